@@ -1,0 +1,33 @@
+//===- BufferPlan.h - static arena offsets for a function's values -*- C++ -*-===//
+//
+// Straight-line programs have exact lifetimes: a value lives from the op
+// that defines it to its last use. The plan gives every value that needs
+// memory an offset in one arena so that no two live values overlap, by
+// first-fit over the free intervals in program order. The arena's size is
+// the function's exact activation peak.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_CODEGEN_BUFFERPLAN_H
+#define MTC_CODEGEN_BUFFERPLAN_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/STLFunctionalExtras.h"
+
+namespace mtc {
+
+struct BufferPlan {
+  llvm::DenseMap<mlir::Value, int64_t> offset; // in elements
+  int64_t size = 0;                            // arena elements needed
+};
+
+/// `elements(v)` returns how many arena elements value v needs, or 0 when it
+/// lives elsewhere (parameters, function arguments). Offsets are aligned to
+/// `align` elements.
+BufferPlan planBuffers(mlir::func::FuncOp fn,
+                       llvm::function_ref<int64_t(mlir::Value)> elements,
+                       int64_t align = 16);
+
+} // namespace mtc
+
+#endif // MTC_CODEGEN_BUFFERPLAN_H

@@ -1,0 +1,159 @@
+// The model spec: the JSON file a user writes (docs/spec.md), parsed and
+// validated into plain structs. No MLIR here: the importer (Import.cpp) turns
+// a validated Spec into IR, and the runtime never sees a Spec.
+//
+// Every error names its JSON path ("model.num_heads"), the offending value and
+// what would be valid. Parsing never throws to the caller and never aborts.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mtc::spec {
+
+enum class Arch { gpt, llama, bert };
+enum class NormKind { layernorm, rmsnorm };
+enum class NormPlacement { pre, post };
+enum class Activation { gelu, gelu_tanh, swiglu };
+enum class PositionKind { learned, rope };
+enum class Schedule { gpipe, one_f_one_b, interleaved };   // "gpipe" | "1f1b" | "interleaved"
+enum class Recompute { none, selective, full };
+enum class Precision { fp32, bf16, fp16 };
+enum class LrDecay { constant, linear, cosine };
+
+struct ModelSpec {
+  std::string name = "model";
+  Arch arch = Arch::gpt;
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;      // defaults to num_heads
+  int64_t ffn_hidden_size = 0;   // defaults to defaultFfnHiddenSize()
+  int64_t vocab_size = 0;
+  int64_t seq_length = 0;
+  NormKind norm = NormKind::layernorm;
+  NormPlacement norm_placement = NormPlacement::pre;
+  double norm_eps = 1e-5;
+  Activation activation = Activation::gelu_tanh;
+  PositionKind position_embedding = PositionKind::learned;
+  double rope_theta = 10000.0;
+  bool tied_embeddings = true;
+  bool bias = true;              // biases in linear layers (and LayerNorm beta)
+  double hidden_dropout = 0.0;
+  double attention_dropout = 0.0; // on the attention output (before the projection)
+  double init_std = 0.02;
+  bool causal = true;            // causal attention mask; bert: bidirectional
+};
+
+// Llama's rule for the SwiGLU width: 2/3 of 4*hidden, rounded up to a
+// multiple of 256; 4*hidden for the other activations. Used when the spec
+// leaves ffn_hidden_size out.
+int64_t defaultFfnHiddenSize(int64_t hidden_size, Activation activation);
+
+struct ParallelSpec {
+  int64_t tp = 1, pp = 1, dp = 1;
+  bool sp = false;
+  int64_t virtual_stages = 1;    // virtual pipeline chunks per stage
+  Schedule schedule = Schedule::one_f_one_b;
+  bool distributed_optimizer = false;
+  // As written in the spec ("parallel.microbatches"); when present it must
+  // equal global_batch_size / (micro_batch_size * dp).
+  std::optional<int64_t> microbatches;
+};
+
+struct OptimizerSpec {
+  double lr = 3e-4, min_lr = 3e-5;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;
+  int64_t warmup_steps = 0;
+  int64_t decay_steps = 0;       // 0: train_steps
+  LrDecay decay = LrDecay::cosine;
+};
+
+struct TrainingSpec {
+  int64_t micro_batch_size = 1;
+  int64_t global_batch_size = 0; // 0: micro_batch_size * dp * microbatches
+                                 // (microbatches: 1 if absent); filled in
+                                 // by applyOverridesAndValidate
+  int64_t train_steps = 100;
+  Precision precision = Precision::bf16;
+  OptimizerSpec optimizer;
+  double grad_clip = 1.0;
+  uint64_t seed = 1234;
+};
+
+struct Spec {
+  ModelSpec model;
+  ParallelSpec parallel;
+  Recompute recompute = Recompute::none;
+  TrainingSpec training;
+
+  // Derived after validation: global_batch / (micro_batch * dp).
+  int64_t numMicrobatches() const;
+
+  // The embedding table's row count: vocab_size rounded up to a multiple of
+  // 128 * tp (Megatron's make-vocab-size-divisible-by), so every tensor
+  // parallel rank holds an equal, aligned slice. The padded rows are never
+  // produced by the data; their logits are masked out of the loss.
+  int64_t paddedVocabSize() const;
+};
+
+struct Diagnostic {
+  std::string path;     // JSON path, "model.num_heads"; "" for the whole file
+  std::string message;  // what is wrong and what would be valid
+};
+
+// Command-line overrides (Megatron's flag names); unset fields keep the spec.
+// The flags' spellings, used as diagnostic paths; the driver parses these.
+inline constexpr const char* kFlagTp = "--tp";
+inline constexpr const char* kFlagPp = "--pp";
+inline constexpr const char* kFlagDp = "--dp";
+inline constexpr const char* kFlagSp = "--sp";
+inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
+inline constexpr const char* kFlagGlobalBatchSize = "--global-batch-size";
+inline constexpr const char* kFlagRecompute = "--recompute";
+inline constexpr const char* kFlagTrainIters = "--train-iters";
+
+struct Overrides {
+  std::optional<int64_t> tp, pp, dp, micro_batch_size, global_batch_size;
+  std::optional<bool> sp;
+  std::optional<Recompute> recompute;
+  std::optional<int64_t> train_steps;
+};
+
+// Parses `text` (the contents of a spec file). On failure returns nullopt and
+// fills `diags` with every problem found (not only the first). The file is
+// checked on its own, cross-field rules included, so a spec file that parses
+// is valid without any override.
+std::optional<Spec> parseSpec(const std::string& text,
+                              std::vector<Diagnostic>& diags);
+
+// Applies overrides, then validates the whole spec (sizes positive, heads
+// divisible by kv heads and by tp, seq divisible by tp under sp, batch
+// divisible by micro batch * dp, ...). Appends to `diags`; returns false if
+// any error. Overridden values are reported with the flag's name as path
+// ("--tp"). Zero num_kv_heads, ffn_hidden_size and global_batch_size (a
+// Spec built in code) take their defaults first.
+bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
+                               std::vector<Diagnostic>& diags);
+
+// "path: message" lines, prefixed with `file`: "gpt.json: error: at
+// model.num_heads: ...".
+std::string formatDiagnostics(const std::string& file,
+                              const std::vector<Diagnostic>& diags);
+
+// Parses enum spellings shared with the command line ("selective", ...).
+std::optional<Recompute> parseRecompute(const std::string& s);
+const char* toString(Arch);
+const char* toString(NormKind);
+const char* toString(NormPlacement);
+const char* toString(Activation);
+const char* toString(PositionKind);
+const char* toString(Schedule);
+const char* toString(Recompute);
+const char* toString(Precision);
+const char* toString(LrDecay);
+
+}  // namespace mtc::spec

@@ -1,0 +1,38 @@
+//===- Passes.h - mtc compiler passes ---------------------------*- C++ -*-===//
+//
+// Pass declarations (generated from Passes.td) and the pipelines assembled
+// from them (Pipelines.cpp).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_TRANSFORMS_PASSES_H
+#define MTC_TRANSFORMS_PASSES_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Pass/Pass.h"
+#include "mlir/Pass/PassManager.h"
+#include "mtc/Dialect/MtcDialect.h"
+
+namespace mtc {
+
+#define GEN_PASS_DECL
+#include "mtc/Transforms/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "mtc/Transforms/Passes.h.inc"
+
+/// Registers the named pipelines (`mtc-train-pipeline`, ...).
+void registerMtcPipelines();
+
+/// The passes that turn an imported forward program into the program the
+/// emitter lowers: autodiff (and, as they land, sharding, partitioning,
+/// recompute and memory planning).
+void buildTrainingPipeline(mlir::OpPassManager &pm);
+
+/// Registers every dialect mtc programs and tools use (mtc, func, arith,
+/// shard, tensor) plus mtc's ShardingInterface models.
+void registerMtcDialects(mlir::DialectRegistry &registry);
+
+} // namespace mtc
+
+#endif // MTC_TRANSFORMS_PASSES_H

@@ -1,0 +1,495 @@
+//===- HostEmitter.cpp - training program -> host C++ ----------------------===//
+//
+// Steps:
+//  1. Lay out the parameters: unique names in program order, each at an
+//     offset (elements, 16-aligned) in one allocation; gradients and AdamW
+//     moments use the same layout.
+//  2. For each of @forward (evaluation: dropout off), @train_step and
+//     @optimizer_step: plan the activation arena (BufferPlan), then emit one
+//     runtime kernel call per op, each preceded by a comment with the op's
+//     IR location. Data errors (a token id out of range) return NaN with a
+//     message naming the op's location.
+//  3. Emit the ProgramDesc (parameters, training configuration, FLOPs) and
+//     main(), which hands control to mtc::rt::train_main.
+//
+// The emitter is the only place that knows how an op maps onto a host
+// kernel; ops without a mapping are reported at their location.
+//
+//===----------------------------------------------------------------------===//
+#include "mtc/Codegen/Emitter.h"
+
+#include "mtc/Codegen/BufferPlan.h"
+#include "mtc/Dialect/MtcDialect.h"
+#include "mtc/Transforms/PlanReport.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+
+namespace {
+
+int64_t numel(Value v) {
+  return cast<RankedTensorType>(v.getType()).getNumElements();
+}
+ArrayRef<int64_t> shape(Value v) {
+  return cast<RankedTensorType>(v.getType()).getShape();
+}
+std::string fmt(double d) { return llvm::formatv("{0:e9}", d).str(); }
+
+std::string escape(StringRef s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string locString(Location loc) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  loc.print(os);
+  return s;
+}
+
+struct ParamSlot {
+  mtc::ParamOp op;
+  int64_t offset;
+};
+
+class HostEmitter {
+public:
+  explicit HostEmitter(ModuleOp module) : module(module) {}
+  LogicalResult run(mtc::EmitResult &out);
+
+private:
+  void layoutParams();
+  LogicalResult emitFunction(func::FuncOp fn, bool eval);
+  LogicalResult emitOp(Operation *op, bool eval);
+  std::string buf(Value v);
+  void line(const Twine &t) { os << "  " << t << "\n"; }
+
+  ModuleOp module;
+  std::string body;
+  llvm::raw_string_ostream os{body};
+  llvm::StringMap<ParamSlot> params;
+  SmallVector<std::string> paramOrder;
+  int64_t paramElements = 0;
+  BufferPlan plan;
+  llvm::DenseMap<Value, std::string> names; // func args and scalars
+  int64_t arena = 0;
+};
+
+void HostEmitter::layoutParams() {
+  module.walk([&](mtc::ParamOp p) {
+    if (params.count(p.getName()))
+      return;
+    params[p.getName()] = {p, paramElements};
+    paramOrder.push_back(p.getName().str());
+    paramElements += (p.getType().getNumElements() + 15) / 16 * 16;
+  });
+}
+
+std::string HostEmitter::buf(Value v) {
+  if (auto p = v.getDefiningOp<mtc::ParamOp>())
+    return llvm::formatv("(P + {0})", params[p.getName()].offset).str();
+  auto it = names.find(v);
+  if (it != names.end())
+    return it->second;
+  return llvm::formatv("(A + {0})", plan.offset.lookup(v)).str();
+}
+
+LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
+  names.clear();
+  plan = mtc::planBuffers(fn, [](Value v) -> int64_t {
+    if (v.getDefiningOp<mtc::ParamOp>())
+      return 0;
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return t ? t.getNumElements() : 0;
+  });
+  arena = std::max(arena, plan.size);
+
+  StringRef name = fn.getSymName();
+  bool isOptimizer = name == "optimizer_step";
+  if (isOptimizer) {
+    if (fn.getNumArguments() != 2)
+      return fn.emitError("@optimizer_step must take (lr, step)");
+    os << "double " << name
+       << "(HostState& st, float lr, int64_t step) {\n";
+    names[fn.getArgument(0)] = "lr";
+    names[fn.getArgument(1)] = "step";
+  } else {
+    if (fn.getNumArguments() != 2)
+      return fn.emitError("the host target trains models whose @")
+             << name << " takes (tokens, targets); this one takes "
+             << fn.getNumArguments()
+             << " arguments (BERT's attention mask needs the masked-LM data "
+                "pipeline, which the host runtime does not have)";
+    os << "float " << name
+       << "(HostState& st, const int32_t* tokens, const int32_t* targets) "
+          "{\n";
+    names[fn.getArgument(0)] = "tokens";
+    names[fn.getArgument(1)] = "targets";
+  }
+  line("float* P = st.params;");
+  line("float* G = st.grads;");
+  line("float* A = st.arena;");
+  line("(void)P; (void)G; (void)A;");
+  for (Operation &op : fn.getBody().front())
+    if (failed(emitOp(&op, eval)))
+      return failure();
+  os << "}\n\n";
+  return success();
+}
+
+LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
+  if (!isa<mtc::ParamOp>(op))
+    line("// " + op->getName().getStringRef() + " " +
+         locString(op->getLoc()));
+  auto dataError = [&](StringRef what) {
+    return llvm::formatv("return data_error(st, \"{0}: {1}\");",
+                         escape(locString(op->getLoc())), what)
+        .str();
+  };
+  auto rows = [](Value v) { return numel(v) / shape(v).back(); };
+
+  return llvm::TypeSwitch<Operation *, LogicalResult>(op)
+      .Case([&](mtc::ParamOp) { return success(); })
+      .Case([&](arith::ConstantOp c) {
+        auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
+        if (!dense || !dense.isSplat())
+          return op->emitOpError("host target supports only splat float "
+                                 "constants");
+        line(llvm::formatv("k::fill({0}, {1}f, {2});", buf(c), 
+                           fmt(dense.getSplatValue<APFloat>().convertToDouble()),
+                           numel(c)));
+        return success();
+      })
+      .Case([&](mtc::EmbeddingOp e) {
+        auto t = shape(e.getTable());
+        line(llvm::formatv("if (!k::embedding_forward({0}, {1}, {2}, {3}, {4}, "
+                           "{5})) {6}",
+                           buf(e.getTokens()), buf(e.getTable()), buf(e), numel(e.getTokens()),
+                           t[0], t[1],
+                           dataError(llvm::formatv("token id outside [0, {0})",
+                                                   t[0])
+                                         .str())));
+        return success();
+      })
+      .Case([&](mtc::EmbeddingGradOp e) {
+        auto t = shape(e);
+        line(llvm::formatv("k::embedding_backward({0}, {1}, {2}, {3}, {4}, {5});",
+                           buf(e.getTokens()), buf(e.getDout()), buf(e),
+                           numel(e.getTokens()), t[0], t[1]));
+        return success();
+      })
+      .Case([&](mtc::AddOp a) {
+        line(llvm::formatv("k::add({0}, {1}, {2}, {3}, {4});", buf(a.getLhs()),
+                           buf(a.getRhs()), buf(a), numel(a), numel(a.getRhs())));
+        return success();
+      })
+      .Case([&](mtc::ReduceLeadingOp r) {
+        line(llvm::formatv("k::reduce_broadcast({0}, {1}, {2}, {3});",
+                           buf(r.getInput()), buf(r), numel(r.getInput()),
+                           numel(r)));
+        return success();
+      })
+      .Case([&](mtc::GeluOp g) {
+        line(llvm::formatv("k::gelu_forward({0}, {1}, {2}, {3});",
+                           buf(g.getInput()), buf(g), numel(g),
+                           g.getApproximate() == mtc::GeluApprox::tanh));
+        return success();
+      })
+      .Case([&](mtc::GeluGradOp g) {
+        line(llvm::formatv("k::gelu_backward({0}, {1}, {2}, {3}, {4});",
+                           buf(g.getInput()), buf(g.getDout()), buf(g),
+                           numel(g),
+                           g.getApproximate() == mtc::GeluApprox::tanh));
+        return success();
+      })
+      .Case([&](mtc::SwigluOp s) {
+        line(llvm::formatv("k::swiglu_forward({0}, {1}, {2}, {3});",
+                           buf(s.getGate()), buf(s.getUp()), buf(s), numel(s)));
+        return success();
+      })
+      .Case([&](mtc::SwigluGradOp s) {
+        line(llvm::formatv("k::swiglu_backward({0}, {1}, {2}, {3}, {4}, {5});",
+                           buf(s.getGate()), buf(s.getUp()), buf(s.getDout()),
+                           buf(s.getDgate()), buf(s.getDup()),
+                           numel(s.getDout())));
+        return success();
+      })
+      .Case([&](mtc::DropoutOp d) {
+        // Evaluation (@forward) runs without dropout.
+        double p = eval ? 0.0 : d.getP().convertToDouble();
+        line(llvm::formatv(
+            "k::dropout({0}, {1}, {2}, {3}f, st.seed, dropout_key({4}, st), 0);",
+            buf(d.getInput()), buf(d), numel(d), fmt(p), d.getKey()));
+        return success();
+      })
+      .Case([&](mtc::MatmulOp m) {
+        line(llvm::formatv(
+            "k::matmul({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8});",
+            buf(m.getLhs()), buf(m.getRhs()),
+            m.getBias() ? buf(m.getBias()) : "nullptr", buf(m), m.getM(),
+            m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
+        return success();
+      })
+      .Case([&](mtc::LayerNormOp n) {
+        line(llvm::formatv(
+            "k::layer_norm_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}f);",
+            buf(n.getInput()), buf(n.getGamma()),
+            n.getBeta() ? buf(n.getBeta()) : "nullptr", buf(n),
+            rows(n), shape(n).back(), fmt(n.getEps().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::LayerNormGradOp n) {
+        line(llvm::formatv("k::layer_norm_backward({0}, {1}, {2}, {3}, {4}, "
+                           "{5}, {6}, {7}, {8}f);",
+                           buf(n.getInput()), buf(n.getGamma()),
+                           buf(n.getDout()), buf(n.getDinput()),
+                           buf(n.getDgamma()), buf(n.getDbeta()),
+                           rows(n.getInput()), shape(n.getInput()).back(),
+                           fmt(n.getEps().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::RmsNormOp n) {
+        line(llvm::formatv("k::rms_norm_forward({0}, {1}, {2}, {3}, {4}, {5}f);",
+                           buf(n.getInput()), buf(n.getGamma()), buf(n),
+                           rows(n), shape(n).back(),
+                           fmt(n.getEps().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::RmsNormGradOp n) {
+        line(llvm::formatv("k::rms_norm_backward({0}, {1}, {2}, {3}, {4}, {5}, "
+                           "{6}, {7}f);",
+                           buf(n.getInput()), buf(n.getGamma()),
+                           buf(n.getDout()), buf(n.getDinput()),
+                           buf(n.getDgamma()), rows(n.getInput()),
+                           shape(n.getInput()).back(),
+                           fmt(n.getEps().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::RopeOp r) {
+        auto s = shape(r);
+        int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
+        line(llvm::formatv("k::rope({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}f, "
+                           "{8});",
+                           buf(r.getInput()), buf(r), s[0], s[1], r.getHeads(),
+                           r.getKvHeads(), dh,
+                           fmt(r.getTheta().convertToDouble()),
+                           r.getInverse()));
+        return success();
+      })
+      .Case([&](mtc::AttentionOp a) {
+        auto s = shape(a.getQkv());
+        line(llvm::formatv(
+            "k::attention_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, "
+            "{9}, {10}f);",
+            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
+            buf(a.getResult()), buf(a.getLse()), s[0], s[1], a.getHeads(),
+            a.getKvHeads(), a.getHeadDim(), a.getCausal(),
+            fmt(a.getScale().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::AttentionGradOp a) {
+        auto s = shape(a.getQkv());
+        int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
+        line(llvm::formatv(
+            "k::attention_backward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
+            "{8}, {9}, {10}, {11}, {12}f);",
+            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
+            buf(a.getOut()), buf(a.getLse()), buf(a.getDout()), buf(a), s[0],
+            s[1], a.getHeads(), a.getKvHeads(), dh, a.getCausal(),
+            fmt(a.getScale().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::CrossEntropyOp c) {
+        int64_t v = shape(c.getLogits()).back();
+        line(llvm::formatv(
+            "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5})) {6}",
+            buf(c.getLogits()), buf(c.getTargets()), buf(c),
+            numel(c.getTargets()), v, c.getIgnoreIndex(),
+            dataError(llvm::formatv("target id outside [0, {0})", v).str())));
+        return success();
+      })
+      .Case([&](mtc::CrossEntropyGradOp c) {
+        line(llvm::formatv(
+            "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6});",
+            buf(c.getLogits()), buf(c.getTargets()), buf(c.getDloss()), buf(c),
+            numel(c.getTargets()), shape(c.getLogits()).back(),
+            c.getIgnoreIndex()));
+        return success();
+      })
+      .Case([&](mtc::AccumulateGradOp a) {
+        auto it = params.find(a.getParam());
+        if (it == params.end())
+          return op->emitOpError("accumulates into unknown parameter '")
+                 << a.getParam() << "'";
+        line(llvm::formatv("k::accumulate(G + {0}, {1}, {2});",
+                           it->second.offset, buf(a.getGrad()),
+                           numel(a.getGrad())));
+        return success();
+      })
+      .Case([&](mtc::GradNormOp g) {
+        // Padding between parameters is never written, so it stays zero.
+        names[g] = "grad_norm";
+        line(llvm::formatv("const float grad_norm = float(std::sqrt("
+                           "k::sum_squares(G, {0})) * {1});",
+                           paramElements,
+                           fmt(g.getGradScale().convertToDouble())));
+        return success();
+      })
+      .Case([&](mtc::AdamWOp a) {
+        double maxNorm = a.getMaxGradNorm().convertToDouble();
+        line("{");
+        line(llvm::formatv("  float scale = {0}f;",
+                           fmt(a.getGradScale().convertToDouble())));
+        if (maxNorm > 0)
+          line(llvm::formatv("  if ({0} > {1}f) scale *= {1}f / {0};",
+                             buf(a.getNorm()), fmt(maxNorm)));
+        for (Attribute n : a.getParams()) {
+          StringRef name = cast<StringAttr>(n).getValue();
+          auto it = params.find(name);
+          if (it == params.end())
+            return op->emitOpError("updates unknown parameter '") << name << "'";
+          int64_t off = it->second.offset;
+          line(llvm::formatv(
+              "  k::adamw(P + {0}, G + {0}, st.exp_avg + {0}, st.exp_avg_sq + "
+              "{0}, {1}, {2}, {3}f, {4}f, {5}f, {6}f, {7}, scale);  // {8}",
+              off, it->second.op.getType().getNumElements(), buf(a.getLr()),
+              fmt(a.getBeta1().convertToDouble()),
+              fmt(a.getBeta2().convertToDouble()),
+              fmt(a.getEps().convertToDouble()),
+              fmt(a.getWeightDecay().convertToDouble()), buf(a.getStep()),
+              name));
+        }
+        line("}");
+        return success();
+      })
+      .Case([&](func::ReturnOp r) {
+        if (r.getNumOperands() != 1)
+          return op->emitOpError("host functions return exactly one value");
+        Value v = r.getOperand(0);
+        line(llvm::formatv("return {0}{1};", buf(v),
+                           isa<RankedTensorType>(v.getType()) ? "[0]" : ""));
+        return success();
+      })
+      .Default([&](Operation *other) {
+        return other->emitOpError("has no lowering to the host target");
+      });
+}
+
+LogicalResult HostEmitter::run(mtc::EmitResult &out) {
+  auto forward = module.lookupSymbol<func::FuncOp>("forward");
+  auto train = module.lookupSymbol<func::FuncOp>("train_step");
+  auto opt = module.lookupSymbol<func::FuncOp>("optimizer_step");
+  if (!forward || !train || !opt)
+    return module.emitError("the emitter needs @forward, @train_step and "
+                            "@optimizer_step; run the training pipeline "
+                            "(mtc-autodiff) first");
+  layoutParams();
+  if (failed(emitFunction(forward, /*eval=*/true)) ||
+      failed(emitFunction(train, /*eval=*/false)) ||
+      failed(emitFunction(opt, /*eval=*/false)))
+    return failure();
+
+  auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training");
+  auto getI = [&](StringRef k) -> int64_t {
+    auto a = cfg ? cfg.getAs<IntegerAttr>(k) : IntegerAttr();
+    return a ? a.getInt() : 0;
+  };
+  auto getF = [&](StringRef k) -> double {
+    auto a = cfg ? cfg.getAs<FloatAttr>(k) : FloatAttr();
+    return a ? a.getValueAsDouble() : 0.0;
+  };
+  auto getS = [&](StringRef k) -> std::string {
+    auto a = cfg ? cfg.getAs<StringAttr>(k) : StringAttr();
+    return a ? a.str() : "";
+  };
+  mtc::PlanReport report = mtc::computePlanReport(module);
+
+  std::string src;
+  llvm::raw_string_ostream s(src);
+  s << "// Generated by mtc from model '" << escape(report.modelName)
+    << "' for the host target (fp32). Do not edit: recompile the spec.\n"
+    << "// Each kernel call is preceded by the IR op and location it lowers.\n"
+    << "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
+    << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
+    << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
+       "mtc::rt::host;\n\n"
+    << "float data_error(HostState& st, const char* message) {\n"
+    << "  st.error = message;\n"
+    << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
+    << "// Dropout sites differ by key; steps and microbatches by the rest.\n"
+    << "uint64_t dropout_key(uint64_t key, const HostState& st) {\n"
+    << "  return (key << 40) ^ (uint64_t(st.step) << 16) ^ "
+       "uint64_t(st.microbatch);\n}\n\n"
+    << body << "}  // namespace\n\n";
+
+  s << "static mtc::rt::ProgramDesc make_program() {\n"
+    << "  mtc::rt::ProgramDesc p;\n"
+    << "  p.model_name = \"" << escape(report.modelName) << "\";\n"
+    << "  p.target = \"host\";\n";
+  for (const std::string &name : paramOrder) {
+    const ParamSlot &slot = params[name];
+    auto t = slot.op.getType();
+    std::string dims;
+    for (int64_t d : t.getShape())
+      dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+    const char *init = slot.op.getInit() == mtc::InitKind::zeros   ? "zeros"
+                       : slot.op.getInit() == mtc::InitKind::ones ? "ones"
+                                                                  : "normal";
+    s << llvm::formatv("  p.params.push_back({{\"{0}\", {{{1}}, {2}, {3}, "
+                       "mtc::rt::InitKind::{4}, {5}, {6}});\n",
+                       escape(name), dims, slot.offset, t.getNumElements(),
+                       init, fmt(slot.op.getStd().convertToDouble()),
+                       t.getRank() >= 2 ? "true" : "false");
+  }
+  std::string decay = getS("decay");
+  s << "  p.num_param_elems = " << paramElements << ";\n"
+    << "  p.arena_floats = " << arena << ";\n"
+    << "  p.flops_per_step = " << fmt(report.flopsPerStep) << ";\n"
+    << "  auto& t = p.train;\n"
+    << "  t.micro_batch = " << getI("micro_batch_size") << ";\n"
+    << "  t.seq_length = " << getI("seq_length") << ";\n"
+    << "  t.vocab_size = " << getI("vocab_size") << ";\n"
+    << "  t.num_microbatches = " << getI("num_microbatches") << ";\n"
+    << "  t.global_batch = " << getI("global_batch_size") << ";\n"
+    << "  t.train_steps = " << getI("train_steps") << ";\n"
+    << "  t.lr = " << fmt(getF("lr")) << ";\n"
+    << "  t.min_lr = " << fmt(getF("min_lr")) << ";\n"
+    << "  t.warmup_steps = " << getI("warmup_steps") << ";\n"
+    << "  t.decay_steps = " << getI("decay_steps") << ";\n"
+    << "  t.decay = mtc::rt::LrDecay::"
+    << (decay.empty() ? std::string("cosine") : decay) << ";\n"
+    << "  t.beta1 = " << fmt(getF("beta1")) << ";\n"
+    << "  t.beta2 = " << fmt(getF("beta2")) << ";\n"
+    << "  t.eps = " << fmt(getF("eps")) << ";\n"
+    << "  t.weight_decay = " << fmt(getF("weight_decay")) << ";\n"
+    << "  t.grad_clip = " << fmt(getF("grad_clip")) << ";\n"
+    << "  t.seed = " << getI("seed") << "ull;\n"
+    << "  p.forward_loss = &forward;\n"
+    << "  p.forward_backward = &train_step;\n"
+    << "  p.optimizer_step = &optimizer_step;\n"
+    << "  return p;\n}\n\n"
+    << "int main(int argc, char** argv) {\n"
+    << "  static const mtc::rt::ProgramDesc program = make_program();\n"
+    << "  return mtc::rt::train_main(argc, argv, program);\n}\n";
+  out.source = std::move(src);
+  out.arenaElements = arena;
+  return success();
+}
+
+} // namespace
+
+LogicalResult mtc::emitHostProgram(ModuleOp module, EmitResult &out) {
+  return HostEmitter(module).run(out);
+}

@@ -1,0 +1,378 @@
+// Spec validation: every range and cross-field rule (docs/spec.md, "Rules"),
+// run by parseSpec on the file alone and again by applyOverridesAndValidate
+// after command-line overrides.
+//
+// Each rule reports once, at the path of the field it is about; when one of
+// the fields a rule involves was set by a flag, the flag is named instead
+// ("--tp"), since that is what the user just typed. A rule is skipped when a
+// field it needs was already reported, so one mistake gives one diagnostic.
+// Products of two fields are taken in __int128: fields are at most 2^40 only
+// after their own checks pass, and cross rules may still see wild values.
+#include "SpecInternal.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <initializer_list>
+#include <limits>
+
+namespace mtc::spec {
+namespace detail {
+namespace {
+
+std::string str(__int128 v) {
+  if (v == 0) return "0";
+  bool neg = v < 0;
+  unsigned __int128 u = neg ? -(unsigned __int128)v : (unsigned __int128)v;
+  std::string s;
+  for (; u; u /= 10) s.insert(s.begin(), char('0' + int(u % 10)));
+  return neg ? "-" + s : s;
+}
+
+// The divisors of n closest to v from below and above, as a hint:
+// " (nearby valid values: 8 or 16)". O(sqrt(n)), n <= 2^40.
+std::string divisorHint(int64_t n, int64_t v) {
+  if (n < 1 || n > kMaxInt) return "";
+  int64_t below = 0, above = 0;
+  auto consider = [&](int64_t d) {
+    if (d < v && d > below) below = d;
+    if (d > v && (above == 0 || d < above)) above = d;
+  };
+  for (int64_t d = 1; d * d <= n; ++d)
+    if (n % d == 0) { consider(d); consider(n / d); }
+  if (below && above) return " (nearby valid values: " + str(below) + " or " + str(above) + ")";
+  if (below) return " (nearby valid value: " + str(below) + ")";
+  if (above) return " (nearby valid value: " + str(above) + ")";
+  return "";
+}
+
+// Printable form of a user string: ASCII as is, other bytes as \xNN.
+std::string printable(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s.substr(0, 64)) {
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+      out += char(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out + (s.size() > 64 ? "...\"" : "\"");
+}
+
+class Checker {
+ public:
+  Checker(const Spec& spec, CheckContext ctx, std::vector<Diagnostic>& diags)
+      : s_(spec), ctx_(std::move(ctx)), diags_(diags) {}
+
+  bool run() {
+    size_t before = diags_.size();
+    checkFields();
+    checkModel();
+    checkParallel();
+    checkBatch();
+    checkOptimizer();
+    return diags_.size() == before;
+  }
+
+ private:
+  using Paths = std::initializer_list<const char*>;
+
+  // A field as named in paths and messages: its flag if a flag set it.
+  std::string name(const std::string& path) const {
+    auto it = ctx_.flags.find(path);
+    return it == ctx_.flags.end() ? path : it->second;
+  }
+  std::string ref(const char* path, __int128 v) const { return name(path) + " (" + str(v) + ")"; }
+  std::string ref(const char* path, double v) const { return name(path) + " (" + formatReal(v) + ")"; }
+  bool ok(Paths paths) const {
+    for (const char* p : paths)
+      if (ctx_.bad.count(p)) return false;
+    return true;
+  }
+  bool flagged(const char* path) const { return ctx_.flags.count(path) != 0; }
+
+  // Reports at the first of `paths` that a flag set, else at the first path.
+  void fail(Paths paths, const std::string& message) {
+    const char* at = *paths.begin();
+    for (const char* p : paths)
+      if (flagged(p)) { at = p; break; }
+    diags_.push_back({name(at), message});
+    ctx_.bad.insert(at);
+  }
+
+  // ---- one field at a time ------------------------------------------------
+
+  void integer(const char* path, int64_t v, int64_t lo) {
+    if (!ok({path})) return;
+    if (v > kMaxInt)
+      fail({path}, str(v) + " is too large (at most 2^40 = " + str(kMaxInt) + ")");
+    else if (v < lo)
+      fail({path}, std::string(lo == 1 ? "must be a positive integer" : "must be a non-negative integer") +
+                       ", got " + str(v));
+  }
+  // v must lie in the interval from lo to hi; open ends exclude the bound.
+  // hi = inf: no upper bound.
+  void real(const char* path, double v, double lo, bool lo_open, double hi, bool hi_open) {
+    if (!ok({path})) return;
+    bool good = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (good) return;
+    std::string range;
+    if (std::isinf(hi))
+      range = std::string(lo_open ? "> " : ">= ") + formatReal(lo);
+    else
+      range = std::string("in ") + (lo_open ? "(" : "[") + formatReal(lo) + ", " + formatReal(hi) +
+              (hi_open ? ")" : "]");
+    fail({path}, "must be a finite number " + range + ", got " + formatReal(v));
+  }
+
+  void checkFields() {
+    const double inf = std::numeric_limits<double>::infinity();
+    const ModelSpec& m = s_.model;
+    if (ok({"model.name"})) {
+      bool good = !m.name.empty() && m.name.size() <= 64;
+      for (char c : m.name)
+        good = good && (std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.');
+      if (!good)
+        fail({"model.name"}, "must be 1 to 64 characters from A-Z a-z 0-9 _ - . (it names "
+                             "output files), got " + printable(m.name));
+    }
+    integer("model.num_layers", m.num_layers, 1);
+    integer("model.hidden_size", m.hidden_size, 1);
+    integer("model.num_heads", m.num_heads, 1);
+    integer("model.num_kv_heads", m.num_kv_heads, 1);
+    integer("model.ffn_hidden_size", m.ffn_hidden_size, 1);
+    integer("model.vocab_size", m.vocab_size, 1);
+    integer("model.seq_length", m.seq_length, 1);
+    real("model.norm_eps", m.norm_eps, 0, true, 1, true);
+    real("model.rope_theta", m.rope_theta, 0, true, inf, false);
+    real("model.hidden_dropout", m.hidden_dropout, 0, false, 1, true);
+    real("model.attention_dropout", m.attention_dropout, 0, false, 1, true);
+    real("model.init_std", m.init_std, 0, true, inf, false);
+
+    const ParallelSpec& p = s_.parallel;
+    integer("parallel.tp", p.tp, 1);
+    integer("parallel.pp", p.pp, 1);
+    integer("parallel.dp", p.dp, 1);
+    integer("parallel.virtual_stages", p.virtual_stages, 1);
+    if (p.microbatches) integer("parallel.microbatches", *p.microbatches, 1);
+
+    const TrainingSpec& t = s_.training;
+    integer("training.micro_batch_size", t.micro_batch_size, 1);
+    // 0 means "not given" (the parser rejects a written 0); a flag must be >= 1.
+    if (t.global_batch_size != 0 || flagged("training.global_batch_size"))
+      integer("training.global_batch_size", t.global_batch_size, 1);
+    integer("training.train_steps", t.train_steps, 1);
+    real("training.grad_clip", t.grad_clip, 0, false, inf, false);
+
+    const OptimizerSpec& o = t.optimizer;
+    real("training.optimizer.lr", o.lr, 0, true, inf, false);
+    real("training.optimizer.min_lr", o.min_lr, 0, false, inf, false);
+    real("training.optimizer.beta1", o.beta1, 0, false, 1, true);
+    real("training.optimizer.beta2", o.beta2, 0, false, 1, true);
+    real("training.optimizer.eps", o.eps, 0, true, inf, false);
+    real("training.optimizer.weight_decay", o.weight_decay, 0, false, inf, false);
+    integer("training.optimizer.warmup_steps", o.warmup_steps, 0);
+    integer("training.optimizer.decay_steps", o.decay_steps, 0);
+  }
+
+  // ---- across fields ------------------------------------------------------
+
+  void checkModel() {
+    const ModelSpec& m = s_.model;
+    if (ok({"model.hidden_size", "model.num_heads"})) {
+      if (m.hidden_size % m.num_heads != 0) {
+        fail({"model.num_heads", "model.hidden_size"},
+             ref("model.hidden_size", m.hidden_size) + " is not divisible by " +
+                 ref("model.num_heads", m.num_heads) + "; the head size is hidden_size / num_heads" +
+                 divisorHint(m.hidden_size, m.num_heads));
+      } else if (m.position_embedding == PositionKind::rope &&
+                 ok({"model.position_embedding"}) && (m.hidden_size / m.num_heads) % 2 != 0) {
+        fail({"model.position_embedding", "model.hidden_size", "model.num_heads"},
+             "'rope' rotates pairs of channels, so the head size must be even; hidden_size / "
+             "num_heads = " + str(m.hidden_size) + " / " + str(m.num_heads) + " = " +
+                 str(m.hidden_size / m.num_heads));
+      }
+    }
+    if (ok({"model.num_heads", "model.num_kv_heads"}) && m.num_heads % m.num_kv_heads != 0)
+      fail({"model.num_kv_heads", "model.num_heads"},
+           ref("model.num_heads", m.num_heads) + " is not divisible by " +
+               ref("model.num_kv_heads", m.num_kv_heads) +
+               ": each key/value head serves an equal group of query heads" +
+               divisorHint(m.num_heads, m.num_kv_heads));
+  }
+
+  void checkParallel() {
+    const ModelSpec& m = s_.model;
+    const ParallelSpec& p = s_.parallel;
+    if (ok({"parallel.tp"})) {
+      auto divides = [&](const char* path, int64_t n, const char* why) {
+        if (ok({path}) && n % p.tp != 0)
+          fail({"parallel.tp", path}, ref(path, n) + " is not divisible by " + ref("parallel.tp", p.tp) +
+                                          ": " + why + divisorHint(n, p.tp));
+      };
+      divides("model.num_heads", m.num_heads, "tensor parallelism gives each rank num_heads / tp heads");
+      // With num_kv_heads == num_heads the rule above already covers it.
+      if (m.num_kv_heads != m.num_heads)
+        divides("model.num_kv_heads", m.num_kv_heads,
+                "tensor parallelism gives each rank num_kv_heads / tp key/value heads");
+      divides("model.ffn_hidden_size", m.ffn_hidden_size,
+              "tensor parallelism splits the MLP's hidden layer across tp ranks");
+      if (ok({"parallel.sp"}) && p.sp) {
+        if (p.tp == 1)
+          fail({"parallel.sp", "parallel.tp"},
+               "sequence parallelism needs tensor parallelism: " + name("parallel.tp") +
+                   " must be > 1, got 1 (turn sp off or raise tp)");
+        else if (ok({"model.seq_length"}) && m.seq_length % p.tp != 0)
+          fail({"model.seq_length", "parallel.tp", "parallel.sp"},
+               ref("model.seq_length", m.seq_length) + " is not divisible by " +
+                   ref("parallel.tp", p.tp) + ": sequence parallelism splits the sequence across the tp ranks");
+      }
+    }
+    if (ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages"})) {
+      __int128 chunks = (__int128)p.pp * p.virtual_stages;
+      if (m.num_layers < chunks)
+        fail({"parallel.pp", "model.num_layers", "parallel.virtual_stages"},
+             ref("model.num_layers", m.num_layers) +
+                 " is fewer than the pipeline chunks, pp * virtual_stages = " + str(p.pp) + " * " +
+                 str(p.virtual_stages) + " = " + str(chunks) + ": each chunk needs at least one layer");
+    }
+    bool interleaved = p.schedule == Schedule::interleaved;
+    if (ok({"parallel.virtual_stages", "parallel.schedule"})) {
+      if (p.virtual_stages > 1 && !interleaved)
+        fail({"parallel.virtual_stages", "parallel.schedule"},
+             ref("parallel.virtual_stages", p.virtual_stages) +
+                 " needs parallel.schedule 'interleaved', got '" + toString(p.schedule) + "'");
+      if (p.virtual_stages == 1 && interleaved)
+        fail({"parallel.schedule", "parallel.virtual_stages"},
+             "the 'interleaved' schedule needs parallel.virtual_stages > 1 (virtual chunks per "
+             "stage to interleave), got 1");
+    }
+    if (ok({"parallel.schedule", "parallel.pp"}) && interleaved && p.pp == 1)
+      fail({"parallel.schedule", "parallel.pp"},
+           "the 'interleaved' schedule needs " + name("parallel.pp") + " > 1, got 1");
+    if (ok({"parallel.tp", "parallel.pp", "parallel.dp"})) {
+      __int128 world = (__int128)p.tp * p.pp * p.dp;
+      if (world > kMaxInt)
+        fail({"parallel.dp", "parallel.tp", "parallel.pp"},
+             "tp * pp * dp = " + str(world) + " GPUs is too large (at most 2^40)");
+    }
+  }
+
+  void checkBatch() {
+    const ParallelSpec& p = s_.parallel;
+    const TrainingSpec& t = s_.training;
+    if (!ok({"training.micro_batch_size", "parallel.dp", "training.global_batch_size",
+             "parallel.microbatches"}))
+      return;
+    __int128 per_step = (__int128)t.micro_batch_size * p.dp;
+    std::string per_step_text = "micro_batch_size * dp = " + str(t.micro_batch_size) + " * " + str(p.dp);
+    __int128 global = t.global_batch_size;
+    if (global == 0) {
+      // Not given: micro_batch_size * dp * microbatches; only its size can be wrong.
+      global = per_step * p.microbatches.value_or(1);
+      if (global > kMaxInt) {
+        fail({"training.micro_batch_size", "parallel.dp", "parallel.microbatches"},
+             "the global batch, " + per_step_text + (p.microbatches ? " * microbatches" : "") + " = " +
+                 str(global) + ", is too large (at most 2^40)");
+        return;
+      }
+    } else if (global % per_step != 0) {
+      fail({"training.global_batch_size", "training.micro_batch_size", "parallel.dp"},
+           ref("training.global_batch_size", global) + " is not divisible by " + per_step_text + " = " +
+               str(per_step) + "; valid values are its multiples" +
+               (per_step <= kMaxInt ? " such as " + str((global + per_step - 1) / per_step * per_step) : ""));
+      return;
+    }
+    int64_t m = (int64_t)(global / per_step);
+    if (p.microbatches && *p.microbatches != m)
+      fail({"parallel.microbatches", "training.global_batch_size", "training.micro_batch_size", "parallel.dp"},
+           ref("parallel.microbatches", *p.microbatches) +
+               " does not match global_batch_size / (micro_batch_size * dp) = " + str(global) + " / (" +
+               str(t.micro_batch_size) + " * " + str(p.dp) + ") = " + str(m) + "; set it to " + str(m) +
+               " or leave it out");
+    if (p.schedule == Schedule::interleaved && ok({"parallel.schedule", "parallel.pp"}) && p.pp > 1 &&
+        m % p.pp != 0)
+      fail({"parallel.schedule", "parallel.pp", "training.global_batch_size", "training.micro_batch_size",
+            "parallel.dp", "parallel.microbatches"},
+           "the 'interleaved' schedule needs the number of microbatches, global_batch_size / "
+           "(micro_batch_size * dp) = " + str(m) + ", to be divisible by " + ref("parallel.pp", p.pp));
+  }
+
+  void checkOptimizer() {
+    const TrainingSpec& t = s_.training;
+    const OptimizerSpec& o = t.optimizer;
+    if (ok({"training.optimizer.lr", "training.optimizer.min_lr"}) && o.min_lr > o.lr)
+      fail({"training.optimizer.min_lr", "training.optimizer.lr"},
+           ref("training.optimizer.min_lr", o.min_lr) + " is greater than " +
+               ref("training.optimizer.lr", o.lr) + "; the learning rate decays from lr down to min_lr");
+    if (ok({"training.optimizer.warmup_steps", "training.train_steps"}) && o.warmup_steps > t.train_steps)
+      fail({"training.optimizer.warmup_steps", "training.train_steps"},
+           ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
+               ref("training.train_steps", t.train_steps));
+    if (ok({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"}) && o.decay_steps > 0 &&
+        o.warmup_steps > o.decay_steps)
+      fail({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"},
+           ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
+               ref("training.optimizer.decay_steps", o.decay_steps) + " (decay_steps counts warmup)");
+  }
+
+  const Spec& s_;
+  CheckContext ctx_;
+  std::vector<Diagnostic>& diags_;
+};
+
+}  // namespace
+
+bool checkSpec(const Spec& spec, CheckContext ctx, std::vector<Diagnostic>& diags) {
+  return Checker(spec, std::move(ctx), diags).run();
+}
+
+}  // namespace detail
+
+bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
+                               std::vector<Diagnostic>& diags) {
+  try {
+    detail::CheckContext ctx;
+    auto apply = [&](auto& field, const auto& value, const char* path, const char* flag) {
+      if (!value) return;
+      field = *value;
+      ctx.flags[path] = flag;
+    };
+    apply(spec.parallel.tp, overrides.tp, "parallel.tp", kFlagTp);
+    apply(spec.parallel.pp, overrides.pp, "parallel.pp", kFlagPp);
+    apply(spec.parallel.dp, overrides.dp, "parallel.dp", kFlagDp);
+    apply(spec.parallel.sp, overrides.sp, "parallel.sp", kFlagSp);
+    apply(spec.training.micro_batch_size, overrides.micro_batch_size, "training.micro_batch_size",
+          kFlagMicroBatchSize);
+    apply(spec.training.global_batch_size, overrides.global_batch_size, "training.global_batch_size",
+          kFlagGlobalBatchSize);
+    apply(spec.recompute, overrides.recompute, "recompute", kFlagRecompute);
+    apply(spec.training.train_steps, overrides.train_steps, "training.train_steps", kFlagTrainIters);
+
+    // Defaults a Spec built in code may leave at 0; a default taken from a
+    // bad field is bad too (reported once, at the field).
+    ModelSpec& m = spec.model;
+    if (m.num_kv_heads == 0) {
+      m.num_kv_heads = m.num_heads;
+      if (m.num_heads < 1) ctx.bad.insert("model.num_kv_heads");
+    }
+    if (m.ffn_hidden_size == 0) {
+      m.ffn_hidden_size = defaultFfnHiddenSize(m.hidden_size, m.activation);
+      if (m.ffn_hidden_size == 0) ctx.bad.insert("model.ffn_hidden_size");
+    }
+
+    bool ok = detail::checkSpec(spec, std::move(ctx), diags);
+    if (ok && spec.training.global_batch_size == 0)
+      spec.training.global_batch_size = detail::resolvedGlobalBatch(spec);
+    return ok;
+  } catch (const std::exception& e) {
+    diags.push_back({"", std::string("internal error while validating the spec: ") + e.what()});
+  } catch (...) {
+    diags.push_back({"", "internal error while validating the spec"});
+  }
+  return false;
+}
+
+}  // namespace mtc::spec

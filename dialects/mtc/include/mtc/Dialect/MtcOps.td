@@ -1,0 +1,540 @@
+//===- MtcOps.td - ops of the mtc dialect ------------------*- tablegen -*-===//
+//
+// Conventions:
+// - Activations are (B, S, ...) ranked tensors of f32 or bf16 with the global
+//   shape; token ids are i32.
+// - Linear weights are stored (out, in), as nn.Linear and Megatron do, so a
+//   linear layer is `mtc.matmul %x, %w {transpose_b}`.
+// - The fused QKV activation has Megatron's grouped layout: the last
+//   dimension is KV groups, each [R query heads, k, v] of head_dim, R =
+//   num_heads / num_kv_heads (see runtime/include/mtc/rt/host_kernels.h).
+// - Forward ops and their `_grad` ops come in pairs; gradient ops recompute
+//   cheap statistics (norm moments) rather than carrying them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MTC_OPS_TD
+#define MTC_OPS_TD
+
+include "mtc/Dialect/MtcBase.td"
+include "mtc/Dialect/MtcInterfaces.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+def Mtc_FloatTensor : RankedTensorOf<[F32, BF16, F16]>;
+def Mtc_TokenTensor : RankedTensorOf<[I32]>;
+def Mtc_ScalarF32 : 0DTensorOf<[F32]> {
+  let builderCall = "::mlir::RankedTensorType::get({}, $_builder.getF32Type())";
+}
+
+def Mtc_GradientOp : DeclareOpInterfaceMethods<Mtc_GradientOpInterface>;
+def Mtc_CostOp : DeclareOpInterfaceMethods<Mtc_CostOpInterface>;
+
+//===----------------------------------------------------------------------===//
+// Parameters
+//===----------------------------------------------------------------------===//
+
+def Mtc_ParamOp : Mtc_Op<"param", [Pure, Mtc_CostOp]> {
+  let summary = "A trainable parameter, named by its checkpoint key.";
+  let description = [{
+    Produces the value of the parameter `name` (the key it has in
+    checkpoints, e.g. `layers.3.attn.qkv.weight`) with its global shape.
+    `init` says how it is initialized (`normal` uses `init_std`). Two params
+    with one name in a function are the same tensor (tied embeddings reuse
+    one param op).
+
+    ```mlir
+    %w = mtc.param "layers.0.mlp.fc1.weight" init = normal std = 2.000000e-02
+           : tensor<512x128xf32>
+    ```
+  }];
+  let arguments = (ins StrAttr:$name, Mtc_InitKindAttr:$init,
+                   DefaultValuedAttr<F64Attr, "0.02">:$std);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $name `init` `=` $init (`std` `=` $std^)? attr-dict `:` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Embedding
+//===----------------------------------------------------------------------===//
+
+def Mtc_EmbeddingOp : Mtc_Op<"embedding", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+  let summary = "Looks up rows of a table by token id.";
+  let description = [{
+    `result[b, s, :] = table[tokens[b, s], :]`. tokens (B, S) i32, table
+    (V, D); result (B, S, D). A token outside [0, V) is a run-time data
+    error reported with its position.
+
+    ```mlir
+    %x = mtc.embedding %tokens, %wte
+           : tensor<8x64xi32>, tensor<256x128xf32> -> tensor<8x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$table);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $tokens `,` $table attr-dict `:` type($tokens) `,` type($table) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_EmbeddingGradOp : Mtc_Op<"embedding_grad", [Pure, Mtc_CostOp]> {
+  let summary = "Gradient of an embedding table: scatter-add of rows.";
+  let description = [{
+    `result = 0; result[tokens[b, s], :] += dout[b, s, :]`. tokens (B, S),
+    dout (B, S, D); result (V, D).
+
+    ```mlir
+    %dwte = mtc.embedding_grad %tokens, %dx
+              : tensor<8x64xi32>, tensor<8x64x128xf32> -> tensor<256x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$dout);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $tokens `,` $dout attr-dict `:` type($tokens) `,` type($dout) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise and reductions
+//===----------------------------------------------------------------------===//
+
+def Mtc_AddOp : Mtc_Op<"add", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                              AllTypesMatch<["lhs", "result"]>]> {
+  let summary = "Residual add, with rhs broadcast over leading dimensions.";
+  let description = [{
+    `result = lhs + rhs`, where rhs's shape is a suffix of lhs's shape and
+    is broadcast over lhs's leading dimensions (e.g. learned position
+    embeddings (S, D) added to (B, S, D)).
+
+    ```mlir
+    %h = mtc.add %x, %y : tensor<8x64x128xf32>, tensor<8x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$lhs, Mtc_FloatTensor:$rhs);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs)";
+  let hasVerifier = 1;
+}
+
+def Mtc_ReduceLeadingOp : Mtc_Op<"reduce_leading", [Pure, Mtc_CostOp]> {
+  let summary = "Sums over the leading dimensions down to the result's shape.";
+  let description = [{
+    The result's shape is a suffix of the input's; the leading dimensions
+    are summed. It is the gradient of a broadcast operand (a bias, a
+    position table).
+
+    ```mlir
+    %db = mtc.reduce_leading %dy : tensor<8x64x512xf32> -> tensor<512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Mtc_GeluOp : Mtc_Op<"gelu", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                AllTypesMatch<["input", "result"]>]> {
+  let summary = "GELU activation (exact or tanh approximation).";
+  let description = [{
+    ```mlir
+    %y = mtc.gelu %x approximate = tanh : tensor<8x64x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_GeluApproxAttr:$approximate);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input `approximate` `=` $approximate attr-dict `:` type($input)";
+}
+
+def Mtc_GeluGradOp : Mtc_Op<"gelu_grad", [Pure, Mtc_CostOp,
+                                         AllTypesMatch<["input", "dout", "result"]>]> {
+  let summary = "Gradient of GELU: dout * gelu'(input).";
+  let description = [{
+    ```mlir
+    %dx = mtc.gelu_grad %x, %dy approximate = tanh : tensor<8x64x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$dout,
+                   Mtc_GeluApproxAttr:$approximate);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $dout `approximate` `=` $approximate attr-dict `:` type($input)";
+}
+
+def Mtc_SwigluOp : Mtc_Op<"swiglu", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                    AllTypesMatch<["gate", "up", "result"]>]> {
+  let summary = "SwiGLU: silu(gate) * up.";
+  let description = [{
+    ```mlir
+    %h = mtc.swiglu %gate, %up : tensor<8x64x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$gate, Mtc_FloatTensor:$up);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$gate `,` $up attr-dict `:` type($gate)";
+}
+
+def Mtc_SwigluGradOp : Mtc_Op<"swiglu_grad", [Pure, Mtc_CostOp,
+    AllTypesMatch<["gate", "up", "dout", "dgate", "dup"]>]> {
+  let summary = "Gradient of SwiGLU with respect to gate and up.";
+  let description = [{
+    ```mlir
+    %dg, %du = mtc.swiglu_grad %gate, %up, %dh : tensor<8x64x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$gate, Mtc_FloatTensor:$up,
+                   Mtc_FloatTensor:$dout);
+  let results = (outs Mtc_FloatTensor:$dgate, Mtc_FloatTensor:$dup);
+  let assemblyFormat = "$gate `,` $up `,` $dout attr-dict `:` type($gate)";
+}
+
+def Mtc_DropoutOp : Mtc_Op<"dropout", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                      AllTypesMatch<["input", "result"]>]> {
+  let summary = "Dropout with a counter-based mask.";
+  let description = [{
+    Keeps element i with probability 1 - p and scales it by 1/(1-p). The
+    mask is a pure function of (run seed, step, microbatch, `key`, global
+    element index), so the same op reproduces it in backward and in
+    recomputation, on any parallel plan. Its gradient is the same dropout
+    applied to the result's gradient. `key` is unique per dropout site.
+
+    ```mlir
+    %y = mtc.dropout %x p = 1.000000e-01 key = 3 : tensor<8x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, F64Attr:$p, I64Attr:$key);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input `p` `=` $p `key` `=` $key attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Matmul
+//===----------------------------------------------------------------------===//
+
+def Mtc_MatmulOp : Mtc_Op<"matmul", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+  let summary = "Matrix product with optional bias and transposes.";
+  let description = [{
+    Both operands are viewed as matrices by merging all but their last
+    dimension: lhs (M, K) where M is the product of its leading dimensions,
+    rhs (K', N'). `transpose_a` / `transpose_b` transpose those matrices.
+    The result is `op(lhs) · op(rhs) + bias`; its shape is lhs's leading
+    dimensions followed by N when lhs is not transposed, else (K, N).
+    The bias (N) is broadcast over rows. A linear layer with an nn.Linear
+    weight (out, in):
+
+    ```mlir
+    %y = mtc.matmul %x, %w, %b transpose_b
+           : tensor<8x64x128xf32>, tensor<512x128xf32>, tensor<512xf32>
+           -> tensor<8x64x512xf32>
+    ```
+
+    The weight gradient of that layer flattens (B, S) into rows:
+
+    ```mlir
+    %dw = mtc.matmul %dy, %x transpose_a
+            : tensor<8x64x512xf32>, tensor<8x64x128xf32> -> tensor<512x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$lhs, Mtc_FloatTensor:$rhs,
+                   Optional<Mtc_FloatTensor>:$bias,
+                   UnitAttr:$transpose_a, UnitAttr:$transpose_b);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $lhs `,` $rhs (`,` $bias^)? (`transpose_a` $transpose_a^)?
+    (`transpose_b` $transpose_b^)? attr-dict
+    `:` type($lhs) `,` type($rhs) (`,` type($bias)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Rows, columns and contraction size of the product as matrices.
+    int64_t getM();
+    int64_t getN();
+    int64_t getK();
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// Normalization
+//===----------------------------------------------------------------------===//
+
+def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                           AllTypesMatch<["input", "result"]>]> {
+  let summary = "Layer normalization over the last dimension.";
+  let description = [{
+    `(x - mean) / sqrt(var + eps) * gamma + beta` per row; gamma and beta
+    (D) where D is the last dimension; beta is optional.
+
+    ```mlir
+    %y = mtc.layer_norm %x, %g, %b eps = 1.000000e-05
+           : tensor<8x64x128xf32>, tensor<128xf32>, tensor<128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$gamma,
+                   Optional<Mtc_FloatTensor>:$beta, F64Attr:$eps);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $gamma (`,` $beta^)? `eps` `=` $eps attr-dict
+    `:` type($input) `,` type($gamma) (`,` type($beta)^)?
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_LayerNormGradOp : Mtc_Op<"layer_norm_grad", [Pure, Mtc_CostOp,
+    AllTypesMatch<["input", "dout", "dinput"]>,
+    AllTypesMatch<["gamma", "dgamma", "dbeta"]>]> {
+  let summary = "Gradients of layer normalization (statistics recomputed).";
+  let description = [{
+    Returns (dinput, dgamma, dbeta). dbeta is the gradient of the bias
+    whether or not the forward op had one.
+
+    ```mlir
+    %dx, %dg, %db = mtc.layer_norm_grad %x, %g, %dy eps = 1.000000e-05
+                      : tensor<8x64x128xf32>, tensor<128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$gamma,
+                   Mtc_FloatTensor:$dout, F64Attr:$eps);
+  let results = (outs Mtc_FloatTensor:$dinput, Mtc_FloatTensor:$dgamma,
+                 Mtc_FloatTensor:$dbeta);
+  let assemblyFormat = [{
+    $input `,` $gamma `,` $dout `eps` `=` $eps attr-dict `:` type($input) `,` type($gamma)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                       AllTypesMatch<["input", "result"]>]> {
+  let summary = "RMS normalization over the last dimension.";
+  let description = [{
+    `x / sqrt(mean(x^2) + eps) * gamma` per row.
+
+    ```mlir
+    %y = mtc.rms_norm %x, %g eps = 1.000000e-05 : tensor<8x64x128xf32>, tensor<128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$gamma, F64Attr:$eps);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $gamma `eps` `=` $eps attr-dict `:` type($input) `,` type($gamma)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_RmsNormGradOp : Mtc_Op<"rms_norm_grad", [Pure, Mtc_CostOp,
+    AllTypesMatch<["input", "dout", "dinput"]>,
+    AllTypesMatch<["gamma", "dgamma"]>]> {
+  let summary = "Gradients of RMS normalization (statistics recomputed).";
+  let description = [{
+    ```mlir
+    %dx, %dg = mtc.rms_norm_grad %x, %g, %dy eps = 1.000000e-05
+                 : tensor<8x64x128xf32>, tensor<128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$gamma,
+                   Mtc_FloatTensor:$dout, F64Attr:$eps);
+  let results = (outs Mtc_FloatTensor:$dinput, Mtc_FloatTensor:$dgamma);
+  let assemblyFormat = [{
+    $input `,` $gamma `,` $dout `eps` `=` $eps attr-dict `:` type($input) `,` type($gamma)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                AllTypesMatch<["input", "result"]>]> {
+  let summary = "Rotary position embedding on the q and k parts of fused QKV.";
+  let description = [{
+    Rotates each query and key head of the fused (B, S, (H + 2 KV) Dh) QKV
+    tensor by position (rotate-half convention, frequencies
+    `theta^(-2i/Dh)`); value heads pass through. `inverse` rotates by the
+    opposite angle, which is the gradient.
+
+    ```mlir
+    %r = mtc.rope %qkv heads = 4 kv_heads = 2 theta = 1.000000e+04 : tensor<8x64x256xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, I64Attr:$heads, I64Attr:$kv_heads,
+                   F64Attr:$theta, UnitAttr:$inverse);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `heads` `=` $heads `kv_heads` `=` $kv_heads `theta` `=` $theta
+    (`inverse` $inverse^)? attr-dict `:` type($input)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+  let summary = "Scaled dot-product attention core on fused QKV.";
+  let description = [{
+    `softmax(q k^T * scale + masks) v` for every query head, with grouped
+    KV heads (query head h reads KV group h / (heads / kv_heads)). Input is
+    the fused (B, S, (H + 2 KV) Dh) QKV tensor in Megatron's grouped layout;
+    the result is (B, S, H Dh) and `lse` (B, H, S) f32 holds each query's
+    log-sum-exp, kept for the backward pass. `causal` hides later keys; the
+    optional `mask` (B, S) i32 hides keys where it is 0 (padding).
+
+    ```mlir
+    %o, %lse = mtc.attention %qkv heads = 4 kv_heads = 4 causal scale = 0.17677669529663687
+                 : tensor<8x64x384xf32> -> tensor<8x64x128xf32>, tensor<8x4x64xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$qkv, Optional<Mtc_TokenTensor>:$mask,
+                   I64Attr:$heads, I64Attr:$kv_heads, UnitAttr:$causal,
+                   F64Attr:$scale);
+  let results = (outs Mtc_FloatTensor:$result, RankedTensorOf<[F32]>:$lse);
+  let assemblyFormat = [{
+    $qkv (`mask` $mask^)? `heads` `=` $heads `kv_heads` `=` $kv_heads
+    (`causal` $causal^)? `scale` `=` $scale attr-dict
+    `:` type($qkv) (`,` type($mask)^)? `->` type($result) `,` type($lse)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    int64_t getHeadDim();
+  }];
+}
+
+def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Pure, Mtc_CostOp,
+    AllTypesMatch<["qkv", "result"]>, AllTypesMatch<["out", "dout"]>]> {
+  let summary = "Gradient of the attention core with respect to fused QKV.";
+  let description = [{
+    Recomputes the probabilities from `lse` (flash-attention style).
+
+    ```mlir
+    %dqkv = mtc.attention_grad %qkv, %o, %lse, %do heads = 4 kv_heads = 4 causal
+              scale = 0.17677669529663687
+              : tensor<8x64x384xf32>, tensor<8x64x128xf32>, tensor<8x4x64xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$qkv, Mtc_FloatTensor:$out,
+                   RankedTensorOf<[F32]>:$lse, Mtc_FloatTensor:$dout,
+                   Optional<Mtc_TokenTensor>:$mask,
+                   I64Attr:$heads, I64Attr:$kv_heads, UnitAttr:$causal,
+                   F64Attr:$scale);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $qkv `,` $out `,` $lse `,` $dout (`mask` $mask^)? `heads` `=` $heads
+    `kv_heads` `=` $kv_heads (`causal` $causal^)? `scale` `=` $scale attr-dict
+    `:` type($qkv) `,` type($out) `,` type($lse) (`,` type($mask)^)?
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Loss
+//===----------------------------------------------------------------------===//
+
+def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+  let summary = "Mean softmax cross-entropy over the non-ignored targets.";
+  let description = [{
+    logits (B, S, V), targets (B, S) i32; targets equal to `ignore_index`
+    do not count. Result: the mean loss, a 0-d f32 tensor.
+
+    ```mlir
+    %loss = mtc.cross_entropy %logits, %targets ignore_index = -1
+              : tensor<8x64x256xf32>, tensor<8x64xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
+                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index);
+  let results = (outs Mtc_ScalarF32:$loss);
+  let assemblyFormat = [{
+    $logits `,` $targets `ignore_index` `=` $ignore_index attr-dict
+    `:` type($logits) `,` type($targets)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
+    AllTypesMatch<["logits", "result"]>]> {
+  let summary = "Gradient of the mean cross-entropy with respect to logits.";
+  let description = [{
+    `dloss * (softmax(logits) - onehot(target)) / count`, zero on ignored
+    rows.
+
+    ```mlir
+    %dl = mtc.cross_entropy_grad %logits, %targets, %dloss ignore_index = -1
+            : tensor<8x64x256xf32>, tensor<8x64xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
+                   Mtc_ScalarF32:$dloss,
+                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $logits `,` $targets `,` $dloss `ignore_index` `=` $ignore_index attr-dict
+    `:` type($logits) `,` type($targets)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Training step
+//===----------------------------------------------------------------------===//
+
+def Mtc_AccumulateGradOp : Mtc_Op<"accumulate_grad", [
+    MemoryEffects<[MemWrite]>, Mtc_CostOp]> {
+  let summary = "Adds a gradient into the named parameter's gradient buffer.";
+  let description = [{
+    The gradient buffers persist across the microbatches of one optimizer
+    step; the runtime zeroes them before the first microbatch.
+
+    ```mlir
+    mtc.accumulate_grad %dw into "layers.0.mlp.fc1.weight" : tensor<512x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$grad, StrAttr:$param);
+  let assemblyFormat = "$grad `into` $param attr-dict `:` type($grad)";
+}
+
+def Mtc_GradNormOp : Mtc_Op<"grad_norm", [MemoryEffects<[MemRead]>]> {
+  let summary = "Global L2 norm of the accumulated gradients.";
+  let description = [{
+    `sqrt(sum over params of |grad * grad_scale|^2)`; `grad_scale` is
+    1/microbatches, which turns the sum of microbatch-mean gradients into
+    the gradient of the global-batch mean.
+
+    ```mlir
+    %norm = mtc.grad_norm grad_scale = 2.500000e-01 : f32
+    ```
+  }];
+  let arguments = (ins F64Attr:$grad_scale);
+  let results = (outs F32:$norm);
+  let assemblyFormat = "`grad_scale` `=` $grad_scale attr-dict `:` type($norm)";
+}
+
+def Mtc_AdamWOp : Mtc_Op<"adamw", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "AdamW update of one parameter group.";
+  let description = [{
+    For every parameter in `params` (checkpoint names): the gradient is
+    scaled by `grad_scale` and, when `max_grad_norm` > 0 and `norm` exceeds
+    it, by `max_grad_norm / norm` (global clipping); then the moments and the
+    parameter are updated as torch.optim.AdamW does, with this group's
+    `weight_decay`, learning rate `lr` and bias correction for step `step`
+    (counted from 1).
+
+    ```mlir
+    mtc.adamw %lr, %step, %norm params = ["wte", "layers.0.mlp.fc1.weight"]
+      weight_decay = 1.000000e-01 beta1 = 9.000000e-01 beta2 = 9.500000e-01
+      eps = 1.000000e-08 max_grad_norm = 1.000000e+00 grad_scale = 2.500000e-01
+    ```
+  }];
+  let arguments = (ins F32:$lr, I64:$step, F32:$norm, StrArrayAttr:$params,
+                   F64Attr:$weight_decay, F64Attr:$beta1, F64Attr:$beta2,
+                   F64Attr:$eps, F64Attr:$max_grad_norm, F64Attr:$grad_scale);
+  let assemblyFormat = [{
+    $lr `,` $step `,` $norm `params` `=` $params `weight_decay` `=` $weight_decay
+    `beta1` `=` $beta1 `beta2` `=` $beta2 `eps` `=` $eps
+    `max_grad_norm` `=` $max_grad_norm `grad_scale` `=` $grad_scale attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // MTC_OPS_TD

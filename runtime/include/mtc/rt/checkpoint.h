@@ -1,0 +1,76 @@
+// Training checkpoints that do not depend on the parallel layout.
+//
+// Layout of a checkpoint directory DIR (--save DIR):
+//   DIR/step_000100/model.safetensors      every parameter, F32, keyed by
+//                                          its ParamDesc name (the IR's
+//                                          global name), global shape
+//   DIR/step_000100/optimizer.safetensors  "<name>.exp_avg" and
+//                                          "<name>.exp_avg_sq" (AdamW's
+//                                          first and second moments)
+//   DIR/step_000100/state.json             step, consumed samples, data
+//                                          position, seed, config summary,
+//                                          format version
+//   DIR/latest                             "step_000100\n": the last
+//                                          complete checkpoint
+// A step directory is written as DIR/.step_000100.tmp.<pid> and renamed into
+// place once every file is complete and fsync'd; `latest` is then replaced
+// atomically. A crash leaves the previous checkpoint and `latest` intact.
+//
+// Loading validates every name, dtype and shape against the ProgramDesc
+// before anything is read, and reports the first mismatch by tensor name
+// plus the lists of missing and unexpected names. Because names and shapes
+// are global, a checkpoint saved under one parallel plan loads under any
+// other.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mtc/rt/program.h"
+
+namespace mtc::rt {
+
+inline constexpr int64_t kCheckpointFormatVersion = 1;
+
+// Contents of state.json (besides the config summary, which is written from
+// the ProgramDesc and read back only for messages).
+struct CheckpointState {
+  int64_t step = 0;               // optimizer steps completed
+  int64_t consumed_samples = 0;   // global training samples consumed
+  int64_t epoch = 0;              // position of the next sample: epoch and
+  int64_t epoch_index = 0;        //   index within it (derived, informative)
+  uint64_t seed = 0;              // run seed (data order, dropout, init)
+  std::string data;               // --data of the run
+  std::string split;              // --split of the run
+  int64_t seq_length = 0;
+  int64_t global_batch = 0;
+  int64_t train_steps = 0;        // --steps of the run
+  int64_t decay_steps = 0;        // lr decay horizon used
+  bool has_optimizer = true;      // optimizer.safetensors present
+};
+
+// "step_000100".
+std::string checkpoint_step_name(int64_t step);
+
+// Writes DIR/step_NNNNNN and points DIR/latest at it. exp_avg/exp_avg_sq
+// may both be null (no optimizer state to save). Returns the step directory.
+std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
+                            const CheckpointState& state, const float* params,
+                            const float* exp_avg, const float* exp_avg_sq);
+
+// `path` is a checkpoint root (holding `latest`) or a step directory
+// (holding state.json). Returns the step directory; throws Error otherwise.
+std::string resolve_checkpoint(const std::string& path);
+
+// Reads state.json and checks every tensor of the step directory against
+// the program without reading tensor data. Throws Error on any mismatch.
+CheckpointState inspect_checkpoint(const std::string& step_dir,
+                                   const ProgramDesc& program);
+
+// inspect_checkpoint + copies the tensors into `params` (and the moments,
+// when non-null and the checkpoint has them).
+CheckpointState load_checkpoint(const std::string& step_dir,
+                                const ProgramDesc& program, float* params,
+                                float* exp_avg, float* exp_avg_sq);
+
+}  // namespace mtc::rt

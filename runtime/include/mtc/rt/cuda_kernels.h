@@ -1,0 +1,316 @@
+// mtc CUDA kernels: the bf16 mixed-precision implementation of every mtc op
+// and of its gradient, the GPU twin of host_kernels.h (same ops, same
+// layouts, same math; tested against it in test/cuda/).
+//
+// Conventions (shared by every kernel in this file):
+// - Precision as in Megatron-LM: activations and the weights' compute copies
+//   are bf16; arithmetic inside a kernel is fp32 (GEMMs accumulate in fp32,
+//   softmax / norm statistics / loss in fp32); master weights, gradients of
+//   parameters and the optimizer state are fp32.
+// - Layouts are host_kernels.h's: dense, row-major; a (B, S, D) activation
+//   is (T = B*S, D); attention uses the grouped fused-QKV layout described
+//   there; token ids and masks are int32.
+// - Outputs that are activations or activation gradients are OVERWRITTEN.
+//   Outputs that are parameter gradients (fp32) are ACCUMULATED (+=), so
+//   microbatches and tied weights add into one gradient buffer; a caller
+//   zeroes the gradients (fill) before the first microbatch of a step.
+// - Every op runs on ctx.stream, asynchronously; nothing synchronizes except
+//   Context::take_data_error. Pointers are device pointers unless stated.
+// - Ops check their preconditions (sizes, alignment) and throw CudaError with
+//   the current op label (cuda_check.h) when one fails.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mtc/rt/cuda_check.h"
+
+namespace mtc::rt::cuda {
+
+using bf16 = __nv_bfloat16;
+
+struct GemmCache;  // cuBLASLt plans by shape (gemm.cu)
+
+// ---------------------------------------------------------------------------
+// Context: created once per device and process, before the first op.
+// ---------------------------------------------------------------------------
+//
+// Holds the stream every op runs on, the cuBLASLt handle and workspace, the
+// cached GEMM plans, a scratch buffer for the kernels' temporaries and the
+// device-side record of data errors (token or target ids out of range).
+struct Context {
+  explicit Context(int device = 0, size_t cublas_workspace_bytes = 32u << 20);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  int device = 0;
+  int sm_count = 0;
+  size_t max_smem_per_block = 0;   // opt-in limit (227 KB on H100)
+  cudaStream_t stream = nullptr;   // owned, non-blocking
+  cublasLtHandle_t lt = nullptr;
+  void* cublas_workspace = nullptr;
+  size_t cublas_workspace_bytes = 0;
+  GemmCache* gemm_cache = nullptr;
+
+  // Scratch memory of at least `bytes`, valid until the next op on this
+  // context (ops use it for partial sums, attention's dq accumulators, ...).
+  // Grows with stream-ordered allocation; call reserve_scratch with the
+  // largest *_scratch_bytes() before capturing a CUDA graph.
+  void* scratch(size_t bytes);
+  void reserve_scratch(size_t bytes) { scratch(bytes); }
+  size_t scratch_bytes() const { return scratch_bytes_; }
+
+  // Data errors recorded by embedding_forward (token id outside [0, V)) and
+  // cross_entropy (target outside [0, V) and != ignore_index): the position
+  // of the first offending row of each kind. Synchronizes the stream; returns
+  // "" when nothing was recorded since the last call, else a message naming
+  // the row, and clears the record.
+  std::string take_data_error();
+  // Device slots written by the kernels: [0] token row, [1] target row
+  // (UINT64_MAX = none; kernels atomicMin the row index in).
+  unsigned long long* data_error_slots = nullptr;
+
+ private:
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Conversion, fill, elementwise
+// ---------------------------------------------------------------------------
+
+// y[i] = bf16(x[i]) (round to nearest even), or y[i] = float(x[i]).   (n)
+void convert(Context& ctx, const float* x, bf16* y, int64_t n);
+void convert(Context& ctx, const bf16* x, float* y, int64_t n);
+
+// x[i] = value   (n).
+void fill(Context& ctx, float* x, float value, int64_t n);
+void fill(Context& ctx, bf16* x, float value, int64_t n);
+
+// out[i] = a[i] + b[i % nb]   a, out (n), b (nb), nb divides n.
+// Residual add (nb == n) and broadcast add of an (S, D) table over B.
+// out may alias a or b.
+void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n,
+         int64_t nb);
+
+// dst[i] += src[i]   (n), fp32 accumulation of a bf16 or fp32 gradient.
+void accumulate(Context& ctx, float* dst, const bf16* src, int64_t n);
+void accumulate(Context& ctx, float* dst, const float* src, int64_t n);
+
+// y[j] += sum_i x[i, j]   x (M, N) bf16, y (N) fp32; summed in fp32 in a
+// fixed order (deterministic). The gradient of a bias, and of the broadcast
+// operand of `add` (x viewed as (n / nb, nb)).
+void reduce_rows_accumulate(Context& ctx, const bf16* x, float* y, int64_t m,
+                            int64_t n);
+
+// Dropout with mtc/rt/dropout_hash.h's counter-based hash, bit-identical
+// masks to host::dropout: y[i] = keep(offset + i) ? x[i] / (1 - p) : 0 with
+// keep(j) = dropout_uniform(dropout_stream(seed, key), j) >= p. p <= 0
+// copies, p >= 1 zeroes. Its own gradient (apply to dy). y may alias x.
+void dropout(Context& ctx, const bf16* x, bf16* y, int64_t n, float p,
+             uint64_t seed, uint64_t key, int64_t offset);
+
+// out[i] = resid[i] + dropout(x)[i]   (n): the residual add after an
+// attention or MLP block, dropout fused. out may alias resid or x.
+void dropout_add(Context& ctx, const bf16* x, const bf16* resid, bf16* out,
+                 int64_t n, float p, uint64_t seed, uint64_t key,
+                 int64_t offset);
+
+// ---------------------------------------------------------------------------
+// GEMM (cuBLASLt; bf16 inputs, fp32 accumulation)
+// ---------------------------------------------------------------------------
+//
+// Shapes as host::matmul: op(A) is (M, K): A is stored (M, K), or (K, M) when
+// trans_a; op(B) is (K, N): B is stored (K, N), or (N, K) when trans_b.
+// C is (M, N). Every pointer 16-byte aligned and N, K multiples of 8 give the
+// fast kernels (other shapes work, slower). A plan per shape is chosen by
+// cuBLASLt's heuristic at first use and cached in ctx.
+
+// C (M, N) bf16 = op(A) op(B) [+ bias (N) on every row].
+void matmul(Context& ctx, const bf16* a, const bf16* b, const bf16* bias,
+            bf16* c, int64_t m, int64_t n, int64_t k, bool trans_a,
+            bool trans_b);
+
+// C = gelu_tanh(Z), Z = op(A) op(B) [+ bias]; Z is saved to `pre` (M, N)
+// when non-null, for matmul_dgelu in backward.
+void matmul_gelu(Context& ctx, const bf16* a, const bf16* b, const bf16* bias,
+                 bf16* c, bf16* pre, int64_t m, int64_t n, int64_t k,
+                 bool trans_a, bool trans_b);
+
+// C (M, N) bf16 = (op(A) op(B)) * gelu_tanh'(pre)   pre (M, N) from
+// matmul_gelu; dbias (N) fp32 += sum over rows of C when non-null.
+void matmul_dgelu(Context& ctx, const bf16* a, const bf16* b, const bf16* pre,
+                  bf16* c, float* dbias, int64_t m, int64_t n, int64_t k,
+                  bool trans_a, bool trans_b);
+
+// C (M, N) fp32 = op(A) op(B) (+ C when accumulate): weight gradients into
+// the fp32 gradient buffer. dbias (M) fp32 += sum_k op(A)[:, k] when non-null
+// (the bias gradient, from dY stored (K, M): requires trans_a).
+void matmul_f32(Context& ctx, const bf16* a, const bf16* b, float* c,
+                float* dbias, int64_t m, int64_t n, int64_t k, bool trans_a,
+                bool trans_b, bool accumulate);
+
+// ---------------------------------------------------------------------------
+// Embedding
+// ---------------------------------------------------------------------------
+
+// out[t, :] = table[tokens[t], :] (+ pos[t % S, :] when pos != nullptr)
+//   tokens (T), table (V, D), pos (S, D), out (T, D); T a multiple of S.
+// A token outside [0, V) gives a zero row and is recorded for
+// ctx.take_data_error().
+void embedding_forward(Context& ctx, const int32_t* tokens, const bf16* table,
+                       const bf16* pos, bf16* out, int64_t t, int64_t v,
+                       int64_t d, int64_t s);
+
+// dtable[tokens[t], :] += dout[t, :]   dout (T, D) bf16, dtable (V, D) fp32.
+// Rows with an invalid token are skipped. fp32 atomics: the summation order
+// of repeated tokens varies between runs (last-bit differences).
+void embedding_backward(Context& ctx, const int32_t* tokens, const bf16* dout,
+                        float* dtable, int64_t t, int64_t v, int64_t d);
+
+// ---------------------------------------------------------------------------
+// Normalization: one warp per row, statistics in fp32, recomputed in backward
+// ---------------------------------------------------------------------------
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta, per row.
+//   x, y (T, D); gamma, beta (D); beta may be nullptr. D a multiple of 8.
+void layer_norm_forward(Context& ctx, const bf16* x, const bf16* gamma,
+                        const bf16* beta, bf16* y, int64_t t, int64_t d,
+                        float eps);
+// dx (T, D) = d/dx (overwritten, or added to when accumulate_dx: the
+// residual stream's gradient); dgamma, dbeta (D) fp32 +=, dbeta may be
+// nullptr. Deterministic.
+void layer_norm_backward(Context& ctx, const bf16* x, const bf16* gamma,
+                         const bf16* dy, bf16* dx, float* dgamma,
+                         float* dbeta, int64_t t, int64_t d, float eps,
+                         bool accumulate_dx = false);
+
+// y = x / sqrt(mean(x^2) + eps) * gamma.   x, y (T, D); gamma (D).
+void rms_norm_forward(Context& ctx, const bf16* x, const bf16* gamma, bf16* y,
+                      int64_t t, int64_t d, float eps);
+void rms_norm_backward(Context& ctx, const bf16* x, const bf16* gamma,
+                       const bf16* dy, bf16* dx, float* dgamma, int64_t t,
+                       int64_t d, float eps, bool accumulate_dx = false);
+
+// ---------------------------------------------------------------------------
+// Activations (math in host activations.cpp; here in fp32)
+// ---------------------------------------------------------------------------
+
+void gelu_forward(Context& ctx, const bf16* x, bf16* y, int64_t n,
+                  bool tanh_approx);
+void gelu_backward(Context& ctx, const bf16* x, const bf16* dy, bf16* dx,
+                   int64_t n, bool tanh_approx);
+
+// y = silu(gate) * up   gate, up, y (n).
+void swiglu_forward(Context& ctx, const bf16* gate, const bf16* up, bf16* y,
+                    int64_t n);
+void swiglu_backward(Context& ctx, const bf16* gate, const bf16* up,
+                     const bf16* dy, bf16* dgate, bf16* dup, int64_t n);
+
+// Rotary embedding on the q and k heads of a fused qkv (B, S, (H+2KV)*Dh),
+// rotate-half convention, theta_c = pos * base^(-2c/Dh) (cos/sin in double,
+// as the host kernel); v copied; inverse rotates by -theta (the
+// gradient). out may alias qkv. Dh even.
+void rope(Context& ctx, const bf16* qkv, bf16* out, int64_t b, int64_t s,
+          int64_t h, int64_t kv, int64_t dh, float base, bool inverse);
+
+// ---------------------------------------------------------------------------
+// Attention core (FlashAttention-2 style, tensor cores; attention.cu)
+// ---------------------------------------------------------------------------
+//
+// qkv (B, S, (H+2KV)*Dh) in the grouped fused layout, mask (B, S) int32 or
+// nullptr (keys with mask == 0 excluded), out (B, S, H*Dh), lse (B, H, S)
+// fp32. Same semantics as host::attention_forward, including out = 0 and
+// lse = -inf for a query without admissible keys. Dh = 64 or 128.
+void attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask,
+                       bf16* out, float* lse, int64_t b, int64_t s, int64_t h,
+                       int64_t kv, int64_t dh, bool causal, float scale);
+
+// dqkv (B, S, (H+2KV)*Dh) overwritten; P recomputed from lse. Uses
+// attention_backward_scratch_bytes() of ctx's scratch (fp32 dq accumulators
+// and the row terms D = rowsum(dout * out)).
+void attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask,
+                        const bf16* out, const float* lse, const bf16* dout,
+                        bf16* dqkv, int64_t b, int64_t s, int64_t h,
+                        int64_t kv, int64_t dh, bool causal, float scale);
+size_t attention_backward_scratch_bytes(int64_t b, int64_t s, int64_t h,
+                                        int64_t dh);
+
+// ---------------------------------------------------------------------------
+// Loss
+// ---------------------------------------------------------------------------
+
+// Fused softmax cross-entropy: one pass per row computes the row's loss and,
+// from the same statistics, writes its gradient; no separate backward pass.
+//   logits (T, V) bf16, targets (T) int32, loss (1) fp32 device scalar =
+//   mean over the rows whose target != ignore_index (0 if none);
+//   dlogits (T, V) bf16 = dloss / count * (softmax(logits) - onehot(target)),
+//   zero on ignored rows; may alias logits; nullptr computes the loss only.
+// A target outside [0, V) other than ignore_index is treated as ignored and
+// recorded for ctx.take_data_error().
+void cross_entropy(Context& ctx, const bf16* logits, const int32_t* targets,
+                   float* loss, bf16* dlogits, int64_t t, int64_t v,
+                   int32_t ignore_index, float dloss);
+
+// ---------------------------------------------------------------------------
+// Optimizer
+// ---------------------------------------------------------------------------
+
+// out (1, device, double) = sum_i x[i]^2 (n) (+ *out when accumulate);
+// summed in double, deterministic.
+void sum_squares(Context& ctx, const float* x, int64_t n, double* out,
+                 bool accumulate);
+
+// One parameter tensor of the single parameter allocation.
+struct AdamWTensor {
+  int64_t offset = 0;   // element offset
+  int64_t numel = 0;
+  bool weight_decay = true;
+};
+
+// The tensors cut into fixed-size chunks (one thread block each), uploaded
+// once; one launch then updates every parameter.
+class AdamWPlan {
+ public:
+  AdamWPlan(Context& ctx, const std::vector<AdamWTensor>& tensors);
+  ~AdamWPlan();
+  AdamWPlan(const AdamWPlan&) = delete;
+  AdamWPlan& operator=(const AdamWPlan&) = delete;
+
+  int64_t num_chunks() const { return num_chunks_; }
+  const void* chunks() const { return chunks_; }  // device table
+
+ private:
+  void* chunks_ = nullptr;
+  int64_t num_chunks_ = 0;
+};
+
+struct AdamWHyper {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float weight_decay = 0;   // applied to tensors with weight_decay = true
+  int64_t step = 1;         // from 1
+  float grad_scale = 1;     // folds 1/microbatches (and a loss scale)
+  float max_grad_norm = 0;  // clip threshold; 0 disables
+};
+
+// One AdamW step over every tensor of the plan, host::adamw's math with
+//   g = grad * grad_scale * clip,
+//   clip = min(1, max_grad_norm / (sqrt(*grad_sumsq) * grad_scale + 1e-6))
+// (torch.nn.utils.clip_grad_norm_ on the scaled gradient; clip = 1 when
+// grad_sumsq is nullptr or max_grad_norm == 0). grad_sumsq is a device
+// double from sum_squares over the unscaled gradients, so clipping costs no
+// host synchronization. params, grads, m, v: fp32, the plan's layout;
+// params_bf16 (same layout) receives bf16(new param) in the same pass when
+// non-null.
+void adamw(Context& ctx, const AdamWPlan& plan, float* params,
+           const float* grads, float* m, float* v, bf16* params_bf16,
+           const AdamWHyper& hyper, const double* grad_sumsq);
+
+}  // namespace mtc::rt::cuda

@@ -1,0 +1,167 @@
+// mtc host kernels: the fp32 CPU implementation of every mtc op and of its
+// gradient. This is the numerical reference of the project: the CUDA kernels
+// are tested against these, and these are tested against finite differences
+// and against an independent PyTorch model.
+//
+// Conventions (shared by every kernel in this file):
+// - All tensors are dense, row-major, fp32 unless stated; token ids are int32.
+// - Every kernel OVERWRITES its outputs (no hidden accumulation). Gradient
+//   accumulation is the explicit `accumulate` kernel below.
+// - Shapes are given as comments in the same order as the arguments.
+// - Kernels never abort on user data: a token id outside the vocabulary is
+//   reported through the returned/checked status (see embedding_forward).
+// - Activations are flattened to rows: a (B, S, D) activation is (T = B*S, D).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mtc::rt::host {
+
+// ---------------------------------------------------------------------------
+// Linear algebra
+// ---------------------------------------------------------------------------
+
+// C = op(A) · op(B) (+ bias broadcast over rows).
+//   op(A) is (M, K): A is stored (M, K), or (K, M) when trans_a.
+//   op(B) is (K, N): B is stored (K, N), or (N, K) when trans_b.
+//   bias (N) or nullptr.  C (M, N).
+// Implemented with a BLAS sgemm (OpenBLAS).
+void matmul(const float* a, const float* b, const float* bias, float* c,
+            int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b);
+
+// y[n] = sum_m x[m, n]      x (M, N), y (N). The bias gradient.
+void reduce_rows(const float* x, float* y, int64_t m, int64_t n);
+
+// out[i] = a[i] + b[i % nb]   a, out (n), b (nb); nb divides n.
+// Residual add (nb == n) and broadcast add of a (S, D) table over B (nb < n).
+void add(const float* a, const float* b, float* out, int64_t n, int64_t nb);
+
+// dst[i] += src[i]   (n). Gradient accumulation.
+void accumulate(float* dst, const float* src, int64_t n);
+
+// dst[i] = value   (n).
+void fill(float* dst, float value, int64_t n);
+
+// y[j] = sum_i x[i*nb + j]  x (n), y (nb), nb divides n: gradient of the
+// broadcast operand of `add`.
+void reduce_broadcast(const float* x, float* y, int64_t n, int64_t nb);
+
+// ---------------------------------------------------------------------------
+// Embedding
+// ---------------------------------------------------------------------------
+
+// out[t, :] = table[tokens[t], :]     tokens (T), table (V, D), out (T, D).
+// Returns false (and writes nothing) if some token is outside [0, V); the
+// caller reports it with the token's position.
+bool embedding_forward(const int32_t* tokens, const float* table, float* out,
+                       int64_t t, int64_t v, int64_t d);
+
+// dtable = 0; dtable[tokens[t], :] += dout[t, :]   dtable (V, D).
+void embedding_backward(const int32_t* tokens, const float* dout,
+                        float* dtable, int64_t t, int64_t v, int64_t d);
+
+// ---------------------------------------------------------------------------
+// Normalization (statistics in fp32; recomputed in backward)
+// ---------------------------------------------------------------------------
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta, per row.
+//   x, y (T, D); gamma, beta (D); beta may be nullptr (no bias).
+void layer_norm_forward(const float* x, const float* gamma, const float* beta,
+                        float* y, int64_t t, int64_t d, float eps);
+// dx (T, D); dgamma, dbeta (D) overwritten; dbeta may be nullptr.
+void layer_norm_backward(const float* x, const float* gamma, const float* dy,
+                         float* dx, float* dgamma, float* dbeta, int64_t t,
+                         int64_t d, float eps);
+
+// y = x / sqrt(mean(x^2) + eps) * gamma, per row.   x, y (T, D); gamma (D).
+void rms_norm_forward(const float* x, const float* gamma, float* y, int64_t t,
+                      int64_t d, float eps);
+void rms_norm_backward(const float* x, const float* gamma, const float* dy,
+                       float* dx, float* dgamma, int64_t t, int64_t d,
+                       float eps);
+
+// ---------------------------------------------------------------------------
+// Activations
+// ---------------------------------------------------------------------------
+
+// GELU; tanh approximation when `tanh_approx`, else the exact erf form.
+void gelu_forward(const float* x, float* y, int64_t n, bool tanh_approx);
+void gelu_backward(const float* x, const float* dy, float* dx, int64_t n,
+                   bool tanh_approx);
+
+// SwiGLU: y = silu(gate) * up.   gate, up, y (n).
+void swiglu_forward(const float* gate, const float* up, float* y, int64_t n);
+void swiglu_backward(const float* gate, const float* up, const float* dy,
+                     float* dgate, float* dup, int64_t n);
+
+// Dropout with a counter-based RNG: element i of the *global* tensor is kept
+// iff hash(seed, key, offset + i) >= p, and kept elements are scaled by
+// 1/(1-p). The same (seed, key, offset) gives the same mask on every rank and
+// in forward, backward and recomputation, so the gradient of dropout is this
+// same kernel applied to dy. p == 0 copies.
+void dropout(const float* x, float* y, int64_t n, float p, uint64_t seed,
+             uint64_t key, int64_t offset);
+
+// ---------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------
+//
+// Fused QKV layout (Megatron's, chosen so that a contiguous split of the last
+// dimension by tp gives every rank whole KV groups): the last dimension of
+// qkv is KV groups g = 0..KV-1, each holding [q heads g*R .. g*R+R-1, k_g,
+// v_g] of head_dim each, R = H / KV. So qkv is (B, S, (H + 2*KV) * Dh).
+// Query head h uses key/value group h / R. The output is (B, S, H * Dh),
+// head-major. lse (B, H, S) is the log-sum-exp of each query's scaled scores
+// (kept for backward). mask, if not nullptr, is (B, S) int32: key positions
+// with mask == 0 are excluded (padding). causal excludes keys after the
+// query. A query with no admissible key gets output 0 and lse = -inf.
+void attention_forward(const float* qkv, const int32_t* mask, float* out,
+                       float* lse, int64_t b, int64_t s, int64_t h,
+                       int64_t kv, int64_t dh, bool causal, float scale);
+// dqkv (B, S, (H + 2*KV) * Dh) overwritten.
+void attention_backward(const float* qkv, const int32_t* mask,
+                        const float* out, const float* lse, const float* dout,
+                        float* dqkv, int64_t b, int64_t s, int64_t h,
+                        int64_t kv, int64_t dh, bool causal, float scale);
+
+// Rotary position embedding on the q and k parts of a fused qkv tensor
+// (layout as above); v is copied unchanged. Position of token (b, s) is s.
+// Rotate-half convention: for pair (i, i + Dh/2) with angle
+// theta_i = pos * base^(-2i/Dh): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+// inverse rotates by -theta (the gradient of the forward rotation).
+void rope(const float* qkv, float* out, int64_t b, int64_t s, int64_t h,
+          int64_t kv, int64_t dh, float base, bool inverse);
+
+// ---------------------------------------------------------------------------
+// Loss
+// ---------------------------------------------------------------------------
+
+// Mean softmax cross-entropy over the rows whose target != ignore_index.
+//   logits (T, V), targets (T). Returns the mean loss (0 if no row counts).
+// Returns false if a target is outside [0, V) and != ignore_index.
+bool cross_entropy_forward(const float* logits, const int32_t* targets,
+                           float* loss, int64_t t, int64_t v,
+                           int32_t ignore_index);
+// dlogits = dloss * (softmax(logits) - onehot(target)) / count, 0 on ignored.
+void cross_entropy_backward(const float* logits, const int32_t* targets,
+                            float dloss, float* dlogits, int64_t t, int64_t v,
+                            int32_t ignore_index);
+
+// ---------------------------------------------------------------------------
+// Optimizer
+// ---------------------------------------------------------------------------
+
+// sum_i x[i]^2 in double.
+double sum_squares(const float* x, int64_t n);
+
+// One AdamW step (decoupled weight decay, PyTorch's torch.optim.AdamW):
+//   g = grad * grad_scale            (grad_scale folds clipping and 1/accum)
+//   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= lr * (m / (1-b1^step) / (sqrt(v / (1-b2^step)) + eps) + wd * p)
+// step counts from 1.
+void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+           float lr, float beta1, float beta2, float eps, float weight_decay,
+           int64_t step, float grad_scale);
+
+}  // namespace mtc::rt::host

@@ -1,0 +1,96 @@
+// Log-line formatting and the JSONL metrics writer; formats are in
+// mtc/rt/metrics.h.
+#include "mtc/rt/metrics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "mtc/rt/io.h"
+
+namespace mtc::rt {
+
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) seconds = 0;
+  auto total = static_cast<long long>(std::llround(seconds));
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%02lld:%02lld:%02lld", total / 3600,
+                (total / 60) % 60, total % 60);
+  return buf;
+}
+
+std::string format_log_line(const LogLine& l) {
+  char buf[320];
+  int n = std::snprintf(
+      buf, sizeof buf,
+      "step %lld/%lld | loss %.4f | lr %.2e | grad_norm %.3f | tokens/s %.0f",
+      static_cast<long long>(l.step), static_cast<long long>(l.total_steps),
+      l.loss, l.lr, l.grad_norm, l.tokens_per_s);
+  std::string s(buf, static_cast<size_t>(n));
+  if (l.tflops > 0) {
+    std::snprintf(buf, sizeof buf, " | TFLOP/s %.2f", l.tflops);
+    s += buf;
+  }
+  s += " | elapsed " + format_duration(l.elapsed_s) + " | eta " +
+       format_duration(l.eta_s);
+  return s;
+}
+
+std::string format_validation_line(int64_t step, double loss) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "validation at step %lld | loss %.4f | ppl %.2f",
+                static_cast<long long>(step), loss, std::exp(loss));
+  return buf;
+}
+
+MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
+  file_ = std::fopen(path.c_str(), append ? "a" : "w");
+  if (file_ == nullptr)
+    throw Error(path + ": cannot open the metrics file (" +
+                std::strerror(errno) + ")");
+}
+
+MetricsWriter::~MetricsWriter() {
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+MetricsWriter::MetricsWriter(MetricsWriter&& other) noexcept
+    : path_(std::move(other.path_)), file_(other.file_) {
+  other.file_ = nullptr;
+}
+
+MetricsWriter& MetricsWriter::operator=(MetricsWriter&& other) noexcept {
+  if (this != &other) {
+    if (file_ != nullptr) std::fclose(file_);
+    path_ = std::move(other.path_);
+    file_ = other.file_;
+    other.file_ = nullptr;
+  }
+  return *this;
+}
+
+void MetricsWriter::write(const StepMetrics& m) {
+  if (file_ == nullptr) return;
+  double tps = m.step_time_s > 0 ? m.tokens / m.step_time_s : 0;
+  double tflops = m.step_time_s > 0 ? m.flops / m.step_time_s / 1e12 : 0;
+  nlohmann::ordered_json j = {{"step", m.step},
+                              {"loss", m.loss},
+                              {"lr", m.lr},
+                              {"grad_norm", m.grad_norm},
+                              {"consumed_samples", m.consumed_samples},
+                              {"tokens", m.tokens},
+                              {"step_time_s", m.step_time_s},
+                              {"tokens_per_s", tps},
+                              {"tflops", tflops}};
+  if (m.val_loss) j["val_loss"] = *m.val_loss;
+  // NaN/Inf are not JSON; the trainer stops before writing such a step.
+  std::string line = j.dump(-1, ' ', false,
+                            nlohmann::ordered_json::error_handler_t::replace) + "\n";
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() ||
+      std::fflush(file_) != 0)
+    throw Error(path_ + ": write failed (" + std::strerror(errno) + ")");
+}
+
+}  // namespace mtc::rt

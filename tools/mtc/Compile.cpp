@@ -1,0 +1,219 @@
+//===- Compile.cpp - `mtc compile` -----------------------------------------===//
+//
+// Steps:
+//  1. Read and validate the spec (every error with its JSON path).
+//  2. Import it into the mtc dialect (@forward); --emit=mlir stops here.
+//  3. Load pass plugins, run the training pipeline; --emit=train stops here.
+//  4. Emit the program source; --emit=source stops here.
+//  5. Write the output directory: program source, CMakeLists.txt, the IR
+//     (train.mlir), the plan report (plan.txt, plan.json); then build the
+//     binary `train` with CMake. Files are written to a temporary directory
+//     that is renamed into place only when everything was emitted, so a
+//     failed compile never leaves a half-written output.
+//
+//===----------------------------------------------------------------------===//
+#include "Compile.h"
+
+#include "mtc/Codegen/Emitter.h"
+#include "mtc/Import/Import.h"
+#include "mtc/Transforms/Passes.h"
+#include "mtc/Transforms/PlanReport.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Tools/Plugins/PassPlugin.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+
+namespace {
+
+int fail(const llvm::Twine &msg) {
+  llvm::errs() << "mtc: error: " << msg << "\n";
+  return 1;
+}
+
+bool writeFile(llvm::StringRef path, llvm::StringRef contents) {
+  std::error_code ec;
+  llvm::raw_fd_ostream os(path, ec);
+  if (ec) {
+    llvm::errs() << "mtc: error: cannot write " << path << ": "
+                 << ec.message() << "\n";
+    return false;
+  }
+  os << contents;
+  return true;
+}
+
+std::string printModule(ModuleOp module) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  module.print(os);
+  return s;
+}
+
+/// Runs a command, echoing its output to stderr only on failure.
+bool runTool(llvm::ArrayRef<llvm::StringRef> args, llvm::StringRef logPath) {
+  auto exe = llvm::sys::findProgramByName(args[0]);
+  if (!exe) {
+    llvm::errs() << "mtc: error: '" << args[0]
+                 << "' not found on PATH (needed to build the program)\n";
+    return false;
+  }
+  std::optional<llvm::StringRef> redirects[] = {std::nullopt, logPath,
+                                                logPath};
+  std::string err;
+  int rc = llvm::sys::ExecuteAndWait(*exe, args, std::nullopt, redirects, 0,
+                                     0, &err);
+  if (rc != 0) {
+    llvm::errs() << "mtc: error: '";
+    llvm::interleave(args, llvm::errs(), " ");
+    llvm::errs() << "' failed" << (err.empty() ? "" : ": " + err)
+                 << "; its output is in " << logPath << ":\n";
+    if (auto buf = llvm::MemoryBuffer::getFile(logPath))
+      llvm::errs() << (*buf)->getBuffer().take_back(4000) << "\n";
+    return false;
+  }
+  return true;
+}
+
+} // namespace
+
+int mtc::runCompile(const CompileOptions &opts) {
+  // 1. The spec.
+  auto file = llvm::MemoryBuffer::getFile(opts.specPath);
+  if (!file)
+    return fail("cannot read spec '" + opts.specPath +
+                "': " + file.getError().message());
+  std::vector<spec::Diagnostic> diags;
+  std::optional<spec::Spec> parsed =
+      spec::parseSpec((*file)->getBuffer().str(), diags);
+  if (parsed)
+    spec::applyOverridesAndValidate(*parsed, opts.overrides, diags);
+  if (!parsed || !diags.empty()) {
+    llvm::errs() << spec::formatDiagnostics(opts.specPath, diags);
+    return 1;
+  }
+  if (opts.target != "host" && opts.target != "cuda")
+    return fail("unknown --target '" + opts.target + "' (valid: host, cuda)");
+
+  // 2. Import.
+  DialectRegistry registry;
+  registerMtcDialects(registry);
+  MLIRContext context(registry);
+  context.loadAllAvailableDialects();
+  OwningOpRef<ModuleOp> module = importSpec(*parsed, context, opts.specPath);
+  if (!module)
+    return 1;
+  if (opts.emit == EmitStage::mlir) {
+    llvm::outs() << printModule(*module);
+    return 0;
+  }
+
+  // 3. Plugins and the training pipeline.
+  for (const std::string &path : opts.passPlugins) {
+    auto plugin = PassPlugin::load(path);
+    if (!plugin) {
+      llvm::errs() << "mtc: error: cannot load pass plugin '" << path
+                   << "': " << llvm::toString(plugin.takeError()) << "\n";
+      return 1;
+    }
+    plugin->registerPassRegistryCallbacks();
+  }
+  PassManager pm(&context);
+  if (opts.printIRAfterAll) {
+    context.disableMultithreading();
+    pm.enableIRPrinting();
+  }
+  buildTrainingPipeline(pm);
+  if (failed(pm.run(*module)))
+    return 1;
+  if (opts.emit == EmitStage::train) {
+    llvm::outs() << printModule(*module);
+    return 0;
+  }
+
+  // 4. Source.
+  if (opts.target == "cuda")
+    return fail("--target cuda: the CUDA code generator is not available in "
+                "this build of mtc yet; use --target host");
+  EmitResult emitted;
+  if (failed(emitHostProgram(*module, emitted)))
+    return 1;
+  if (opts.emit == EmitStage::source) {
+    llvm::outs() << emitted.source;
+    return 0;
+  }
+
+  // 5. Output directory, written atomically.
+  if (opts.outputDir.empty())
+    return fail("-o DIR is required to write and build the program (or use "
+                "--emit=mlir|train|source to print a stage)");
+  PlanReport report = computePlanReport(*module);
+  report.activationBytes = emitted.arenaElements * 4;
+  std::string reportText, reportJson;
+  {
+    llvm::raw_string_ostream t(reportText), j(reportJson);
+    printPlanReportText(report, t);
+    printPlanReportJson(report, j);
+  }
+  llvm::SmallString<256> outDir(opts.outputDir);
+  llvm::sys::fs::make_absolute(outDir);
+  std::string tmpDir = (outDir + ".partial").str();
+  llvm::sys::fs::remove_directories(tmpDir);
+  if (std::error_code ec = llvm::sys::fs::create_directories(tmpDir))
+    return fail("cannot create '" + tmpDir + "': " + ec.message());
+  auto in = [&](llvm::StringRef name) {
+    llvm::SmallString<256> p(tmpDir);
+    llvm::sys::path::append(p, name);
+    return std::string(p);
+  };
+  if (!writeFile(in("program.cpp"), emitted.source) ||
+      !writeFile(in("CMakeLists.txt"),
+                 emitCMakeProject(opts.target, opts.mtcPackageDir)) ||
+      !writeFile(in("train.mlir"), printModule(*module)) ||
+      !writeFile(in("plan.txt"), reportText) ||
+      !writeFile(in("plan.json"), reportJson))
+    return 1;
+  // Keep a previous build directory (incremental rebuilds), replace the rest.
+  llvm::SmallString<256> oldBuild(outDir);
+  llvm::sys::path::append(oldBuild, "build");
+  if (llvm::sys::fs::is_directory(oldBuild))
+    llvm::sys::fs::rename(oldBuild, in("build"));
+  llvm::sys::fs::remove_directories(outDir);
+  if (std::error_code ec = llvm::sys::fs::rename(tmpDir, outDir))
+    return fail("cannot move '" + tmpDir + "' to '" + outDir +
+                "': " + ec.message());
+  llvm::outs() << reportText;
+  llvm::outs() << "wrote " << outDir << "/{program.cpp, CMakeLists.txt, "
+               << "train.mlir, plan.txt, plan.json}\n";
+  if (!opts.build)
+    return 0;
+
+  llvm::SmallString<256> buildDir(outDir), log(outDir);
+  llvm::sys::path::append(buildDir, "build");
+  llvm::sys::path::append(log, "build.log");
+  std::string pkg = "-Dmtc_DIR=" + opts.mtcPackageDir;
+  llvm::outs() << "building " << outDir << "/train ...\n";
+  llvm::outs().flush();
+  if (!runTool({"cmake", "-S", outDir, "-B", buildDir, "-G", "Ninja", pkg,
+                "-DCMAKE_BUILD_TYPE=Release"},
+               log) ||
+      !runTool({"cmake", "--build", buildDir}, log))
+    return 1;
+  llvm::SmallString<256> binary(buildDir), link(outDir);
+  llvm::sys::path::append(binary, "train");
+  llvm::sys::path::append(link, "train");
+  llvm::sys::fs::remove(link);
+  if (std::error_code ec = llvm::sys::fs::copy_file(binary, link))
+    return fail("cannot copy the binary to " + link + ": " + ec.message());
+  llvm::sys::fs::setPermissions(link, llvm::sys::fs::all_read |
+                                          llvm::sys::fs::all_exe |
+                                          llvm::sys::fs::owner_write);
+  llvm::outs() << "built " << link << "\n";
+  return 0;
+}

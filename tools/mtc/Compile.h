@@ -1,0 +1,34 @@
+//===- Compile.h - `mtc compile`: spec -> IR -> program --------*- C++ -*-===//
+#ifndef MTC_TOOLS_COMPILE_H
+#define MTC_TOOLS_COMPILE_H
+
+#include "mtc/Spec/Spec.h"
+#include <string>
+#include <vector>
+
+namespace mtc {
+
+/// Where `mtc compile` stops. `mlir`: the imported forward program; `train`:
+/// after the training pipeline; `source`: the generated C++; `all`: write
+/// the output directory and build the binary.
+enum class EmitStage { mlir, train, source, all };
+
+struct CompileOptions {
+  std::string specPath;
+  std::string outputDir;          // -o; required for EmitStage::all
+  std::string target = "host";    // host | cuda
+  EmitStage emit = EmitStage::all;
+  bool build = true;              // run cmake on the output directory
+  std::string mtcPackageDir;      // where mtcConfig.cmake is
+  std::vector<std::string> passPlugins;
+  spec::Overrides overrides;
+  bool printIRAfterAll = false;
+};
+
+/// Runs the whole compilation; prints errors to stderr. Returns the process
+/// exit code.
+int runCompile(const CompileOptions &options);
+
+} // namespace mtc
+
+#endif // MTC_TOOLS_COMPILE_H

@@ -1,0 +1,151 @@
+//===- mtc.cpp - the mtc driver --------------------------------------------===//
+//
+//   mtc compile SPEC [--target host|cuda] [--emit=mlir|train|source] -o DIR
+//               [--tp N --pp N --dp N --sp --micro-batch-size N
+//                --global-batch-size N --recompute none|selective|full
+//                --train-steps N] [--pass-plugin LIB.so] [--no-build]
+//   mtc --version | --help
+//
+// Flags use Megatron-LM's names and override the spec's values; the
+// overridden spec is validated as a whole, so a flag that breaks the plan is
+// reported with the flag's name.
+//
+//===----------------------------------------------------------------------===//
+#include "Compile.h"
+
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/raw_ostream.h"
+
+namespace cl = llvm::cl;
+
+static cl::SubCommand compileCmd("compile",
+                                 "Compile a model spec to a training program");
+static cl::OptionCategory flagsCat("Compile options");
+static cl::OptionCategory planCat(
+    "Parallel plan and training overrides (Megatron-LM names)");
+
+static cl::opt<std::string> specPath(cl::Positional, cl::desc("<spec.json>"),
+                                     cl::Required, cl::sub(compileCmd));
+static cl::opt<std::string> outputDir("o", cl::desc("Output directory"),
+                                      cl::value_desc("dir"),
+                                      cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<std::string>
+    target("target", cl::desc("Code generation target: host (fp32 CPU, the "
+                              "reference) or cuda"),
+           cl::init("host"), cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<mtc::EmitStage> emit(
+    "emit", cl::desc("Stop at a stage and print it"), cl::init(mtc::EmitStage::all),
+    cl::values(
+        clEnumValN(mtc::EmitStage::mlir, "mlir", "the imported forward program"),
+        clEnumValN(mtc::EmitStage::train, "train",
+                   "after the training pipeline (autodiff, optimizer)"),
+        clEnumValN(mtc::EmitStage::source, "source",
+                   "the generated program source"),
+        clEnumValN(mtc::EmitStage::all, "all",
+                   "write -o DIR and build the binary (default)")),
+    cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<bool> noBuild("no-build",
+                             cl::desc("Write the sources but do not build"),
+                             cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::list<std::string>
+    passPlugins("pass-plugin", cl::desc("Load a pass plugin (.so)"),
+                cl::value_desc("lib"), cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<std::string> mtcDir(
+    "mtc-package-dir",
+    cl::desc("Directory with mtcConfig.cmake used to build the program "
+             "(default: this mtc's build or install tree)"),
+    cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<bool> printIR("print-ir-after-all",
+                             cl::desc("Print the IR after every pass"),
+                             cl::sub(compileCmd), cl::cat(flagsCat));
+
+static cl::opt<int64_t> tp("tp", cl::desc("Tensor-parallel size"),
+                           cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> pp("pp", cl::desc("Pipeline-parallel size"),
+                           cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> dp("dp", cl::desc("Data-parallel size"),
+                           cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> sp("sp", cl::desc("Sequence parallelism (needs tp > 1)"),
+                        cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> microBatch("micro-batch-size",
+                                   cl::desc("Sequences per microbatch"),
+                                   cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> globalBatch("global-batch-size",
+                                    cl::desc("Sequences per optimizer step"),
+                                    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> recompute("recompute",
+                                      cl::desc("none | selective | full"),
+                                      cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> trainSteps("train-steps",
+                                   cl::desc("Default number of training steps"),
+                                   cl::sub(compileCmd), cl::cat(planCat));
+
+/// Where mtcConfig.cmake is: the build tree this mtc came from, or the
+/// install tree next to the binary.
+static std::string defaultPackageDir(const char *argv0) {
+  std::string exe = llvm::sys::fs::getMainExecutable(
+      argv0, reinterpret_cast<void *>(&defaultPackageDir));
+  llvm::SmallString<256> installed(llvm::sys::path::parent_path(
+      llvm::sys::path::parent_path(exe)));
+  llvm::sys::path::append(installed, "lib", "cmake", "mtc");
+  llvm::SmallString<256> cfg(installed);
+  llvm::sys::path::append(cfg, "mtcConfig.cmake");
+  if (llvm::sys::fs::exists(cfg))
+    return std::string(installed);
+  return MTC_BUILD_PACKAGE_DIR;
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  cl::SetVersionPrinter([](llvm::raw_ostream &os) {
+    os << "mtc " << MTC_VERSION << " (MLIR " << LLVM_VERSION_STRING << ")\n";
+  });
+  if (!cl::ParseCommandLineOptions(
+          argc, argv,
+          "mtc: compile transformer training programs\n\n"
+          "  mtc compile examples/tiny-gpt.json --target host -o out/tiny\n"
+          "  out/tiny/train --data data/fortunes --steps 300\n",
+          &llvm::errs()))
+    return 1;
+  if (!compileCmd) {
+    llvm::errs() << "mtc: error: no command given; try 'mtc compile --help'\n";
+    return 1;
+  }
+
+  mtc::CompileOptions opts;
+  opts.specPath = specPath;
+  opts.outputDir = outputDir;
+  opts.target = target;
+  opts.emit = emit;
+  opts.build = !noBuild;
+  opts.passPlugins.assign(passPlugins.begin(), passPlugins.end());
+  opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
+  opts.printIRAfterAll = printIR;
+  auto &o = opts.overrides;
+  if (tp.getNumOccurrences())
+    o.tp = tp;
+  if (pp.getNumOccurrences())
+    o.pp = pp;
+  if (dp.getNumOccurrences())
+    o.dp = dp;
+  if (sp.getNumOccurrences())
+    o.sp = sp;
+  if (microBatch.getNumOccurrences())
+    o.micro_batch_size = microBatch;
+  if (globalBatch.getNumOccurrences())
+    o.global_batch_size = globalBatch;
+  if (trainSteps.getNumOccurrences())
+    o.train_steps = trainSteps;
+  if (recompute.getNumOccurrences()) {
+    o.recompute = mtc::spec::parseRecompute(recompute);
+    if (!o.recompute) {
+      llvm::errs() << "mtc: error: --recompute '" << recompute
+                   << "' is not one of none, selective, full\n";
+      return 1;
+    }
+  }
+  return mtc::runCompile(opts);
+}
