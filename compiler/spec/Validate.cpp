@@ -84,7 +84,9 @@ class Checker {
     auto it = ctx_.flags.find(path);
     return it == ctx_.flags.end() ? path : it->second;
   }
+  // "model.num_heads (12)"
   std::string ref(const char* path, __int128 v) const { return name(path) + " (" + str(v) + ")"; }
+  std::string ref(const char* path, int64_t v) const { return ref(path, (__int128)v); }
   std::string ref(const char* path, double v) const { return name(path) + " (" + formatReal(v) + ")"; }
   bool ok(Paths paths) const {
     for (const char* p : paths)

@@ -94,7 +94,7 @@ TEST(SpecOverrides, CrossFieldProblemsNameTheFlag) {
   sp.sp = true;  // tp is 1
   expectOnly(apply(sp), kFlagSp, {"tp", "> 1"});
 
-  Overrides sptp;  // tp 4 > 1, but the sp problem names --tp when --tp set it
+  Overrides sptp;  // with --tp 4 (divides heads, ffn and seq) --sp is fine
   sptp.sp = true;
   sptp.tp = 4;
   EXPECT_TRUE(apply(sptp).empty());

@@ -1,0 +1,485 @@
+// train_main: the training loop around a generated program.
+//
+// Order of work (nothing large is allocated before every check passed):
+//   1. parse and cross-check flags; validate the ProgramDesc;
+//   2. open and validate the data, build the split, find and validate the
+//      checkpoint to resume from (names, shapes, dtypes), check the lr
+//      schedule; print the plan summary;
+//   3. allocate params, grads, AdamW moments and the arena (zeroed);
+//      initialize (seeded, per parameter name) or load the checkpoint;
+//   4. per step s = start+1 .. steps:
+//        grads = 0
+//        for microbatch i: fetch batch (Megatron order, loader.h);
+//          state.step = s, state.microbatch = i;
+//          loss_i = forward_backward(state, tokens_i, targets_i)
+//        loss = mean_i loss_i
+//        lr = lr_at(schedule, s); grad_norm = optimizer_step(state, lr, s)
+//        consumed_samples += global_batch
+//        log / validate / write metrics / checkpoint as the flags ask.
+//   A NaN/Inf loss or grad norm, or state.error set by the generated code,
+//   stops the run with an error naming the step (and microbatch).
+// Resume is exact: params, moments, step and consumed samples come back
+// from the checkpoint, and everything else is a function of them and the
+// seed.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <optional>
+
+#include "mtc/rt/checkpoint.h"
+#include "mtc/rt/io.h"
+#include "mtc/rt/loader.h"
+#include "mtc/rt/lr_schedule.h"
+#include "mtc/rt/metrics.h"
+#include "mtc/rt/safetensors.h"
+#include "mtc/rt/trainer.h"
+
+namespace mtc::rt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using FloatBuffer = std::unique_ptr<float[], FreeDeleter>;
+
+// n zeroed floats, 64-byte aligned; throws Error naming `what`.
+FloatBuffer alloc_floats(int64_t n, const char* what) {
+  size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float);
+  bytes = (bytes + 63) / 64 * 64;
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (p == nullptr)
+    throw Error(std::string("cannot allocate ") + std::to_string(bytes) +
+                " bytes for " + what);
+  std::memset(p, 0, bytes);
+  return FloatBuffer(p);
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+  return buf;
+}
+
+std::string with_commas(int64_t v) {
+  std::string s = std::to_string(v);
+  for (int i = static_cast<int>(s.size()) - 3; i > (v < 0 ? 1 : 0); i -= 3)
+    s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+class Trainer {
+ public:
+  Trainer(const ProgramDesc& program, const TrainOptions& opts);
+  int run();
+
+ private:
+  void print_plan() const;
+  void check_loss(float loss, int64_t step, int64_t mb, const char* phase);
+  double evaluate(int64_t step);
+  void save(int64_t step, int64_t consumed);
+  void dump_grads(double loss, const std::vector<float>& mb_losses) const;
+
+  const ProgramDesc& p_;
+  const TrainConfig& t_;
+  TrainOptions o_;
+  BatchLayout layout_;
+  LrSchedule schedule_;
+  bool resuming_ = false;
+  std::string resume_dir_;
+  CheckpointState resume_state_;
+  std::unique_ptr<TokenSource> source_;
+  std::vector<DocRange> ranges_;
+  std::optional<GptSamples> train_, valid_;
+  bool moments_bound_ = kHostStateHasMoments;
+
+  FloatBuffer params_, grads_, exp_avg_, exp_avg_sq_, arena_;
+  HostState state_;
+  std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
+};
+
+Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
+    : p_(program), t_(program.train), o_(opts) {
+  layout_.micro_batch = t_.micro_batch;
+  layout_.num_microbatches = t_.num_microbatches;
+  layout_.seq_length = t_.seq_length;
+  layout_.dp_size = t_.global_batch / (t_.micro_batch * t_.num_microbatches);
+  if (layout_.dp_size != 1)
+    throw Error("global_batch " + std::to_string(t_.global_batch) +
+                " = micro_batch " + std::to_string(t_.micro_batch) + " x " +
+                std::to_string(t_.num_microbatches) + " microbatches x dp " +
+                std::to_string(layout_.dp_size) +
+                ", but this trainer runs a single data-parallel rank (dp = 1)");
+
+  resuming_ = o_.resume || !o_.load.empty();
+  if (resuming_) {
+    resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
+    resume_state_ = inspect_checkpoint(resume_dir_, p_);
+    if (!o_.seed_given) o_.seed = resume_state_.seed;
+    else if (o_.seed != resume_state_.seed)
+      std::printf("note: --seed %llu differs from the checkpoint's seed %llu: data "
+                  "order and dropout will not continue the original run\n",
+                  static_cast<unsigned long long>(o_.seed),
+                  static_cast<unsigned long long>(resume_state_.seed));
+    if (resume_state_.seq_length != t_.seq_length ||
+        resume_state_.global_batch != t_.global_batch)
+      std::printf("note: the checkpoint was trained with seq_length %lld, global "
+                  "batch %lld; this program uses %lld, %lld (the data position "
+                  "is kept as a sample count)\n",
+                  static_cast<long long>(resume_state_.seq_length),
+                  static_cast<long long>(resume_state_.global_batch),
+                  static_cast<long long>(t_.seq_length),
+                  static_cast<long long>(t_.global_batch));
+  }
+
+  schedule_.lr = o_.lr;
+  schedule_.min_lr = o_.min_lr;
+  schedule_.warmup_steps = t_.warmup_steps;
+  schedule_.decay_steps = t_.decay_steps > 0 ? t_.decay_steps : o_.steps;
+  schedule_.decay = t_.decay;
+  if (std::string why = check_lr_schedule(schedule_); !why.empty())
+    throw Error("learning-rate schedule: " + why + " (decay_steps defaults to --steps)");
+
+  if (o_.init_only.empty()) {
+    source_ = open_token_source(o_.data);
+    ranges_ = split_source(*source_, parse_split(o_.split));
+    train_.emplace(*source_, ranges_[0], t_.seq_length, o_.seed, 0,
+                   "train split (--split " + o_.split + ")");
+    if (o_.eval_interval > 0) {
+      if (ranges_.size() < 2 || ranges_[1].doc_end == ranges_[1].doc_begin)
+        throw Error("--eval-interval: the validation split of --split " + o_.split +
+                    " is empty (give it a weight, e.g. --split 98,2)");
+      valid_.emplace(*source_, ranges_[1], t_.seq_length, o_.seed, 1,
+                     "validation split (--split " + o_.split + ")");
+    }
+  }
+  print_plan();
+}
+
+void Trainer::print_plan() const {
+  const double pbytes = 4.0 * static_cast<double>(p_.num_param_elems);
+  const double abytes = 4.0 * static_cast<double>(p_.arena_floats);
+  const double total = pbytes * (moments_bound_ ? 4 : 2) + abytes;
+  std::printf("mtc train: model %s (target %s)\n", p_.model_name.c_str(),
+              p_.target.c_str());
+  std::printf("  parameters  %s in %zu tensors\n",
+              with_commas(p_.num_param_elems).c_str(), p_.params.size());
+  std::printf("  memory      params %s + grads %s%s + activations %s = %s\n",
+              human_bytes(pbytes).c_str(), human_bytes(pbytes).c_str(),
+              moments_bound_ ? (" + AdamW moments " + human_bytes(2 * pbytes)).c_str() : "",
+              human_bytes(abytes).c_str(), human_bytes(total).c_str());
+  std::printf("  batch       global %lld = micro %lld x %lld microbatches x dp %lld;"
+              " seq_length %lld; %s tokens/step\n",
+              static_cast<long long>(t_.global_batch),
+              static_cast<long long>(t_.micro_batch),
+              static_cast<long long>(t_.num_microbatches),
+              static_cast<long long>(layout_.dp_size),
+              static_cast<long long>(t_.seq_length),
+              with_commas(t_.global_batch * t_.seq_length).c_str());
+  std::printf("  schedule    %lld steps; lr %.2e -> %.2e %s, warm-up %lld, decay "
+              "until step %lld; AdamW b1 %g b2 %g eps %g wd %g clip %g; seed %llu\n",
+              static_cast<long long>(o_.steps), schedule_.lr, schedule_.min_lr,
+              lr_decay_name(schedule_.decay),
+              static_cast<long long>(schedule_.warmup_steps),
+              static_cast<long long>(schedule_.decay_steps), t_.beta1, t_.beta2,
+              t_.eps, t_.weight_decay, t_.grad_clip,
+              static_cast<unsigned long long>(o_.seed));
+  if (p_.flops_per_step > 0)
+    std::printf("  flops       %.3e model FLOPs per step\n", p_.flops_per_step);
+  if (train_) {
+    std::printf("  data        %s: train %s docs, %s tokens, %s samples/epoch",
+                source_->name().c_str(), with_commas(train_->num_docs()).c_str(),
+                with_commas(train_->num_tokens()).c_str(),
+                with_commas(train_->samples_per_epoch()).c_str());
+    if (valid_)
+      std::printf("; validation %s docs, %s samples",
+                  with_commas(valid_->num_docs()).c_str(),
+                  with_commas(valid_->samples_per_epoch()).c_str());
+    std::printf("\n");
+  }
+  if (resuming_)
+    std::printf("  resume      %s (step %lld, %s samples consumed)\n",
+                resume_dir_.c_str(), static_cast<long long>(resume_state_.step),
+                with_commas(resume_state_.consumed_samples).c_str());
+  if (!moments_bound_)
+    std::printf("  note        HostState has no exp_avg/exp_avg_sq members: the "
+                "optimizer state is not checkpointed\n");
+  std::fflush(stdout);
+}
+
+void Trainer::check_loss(float loss, int64_t step, int64_t mb, const char* phase) {
+  if (!state_.error.empty())
+    throw Error(std::string(phase) + " step " + std::to_string(step) +
+                ", microbatch " + std::to_string(mb) + ": " + state_.error);
+  if (!std::isfinite(loss))
+    throw Error(std::string(phase) + " step " + std::to_string(step) + ": loss is " +
+                (std::isnan(loss) ? "NaN" : "Inf") + " at microbatch " +
+                std::to_string(mb) + "; stopping (lower --lr or check the data)");
+}
+
+double Trainer::evaluate(int64_t step) {
+  double sum = 0;
+  int64_t count = 0;
+  const int64_t rows = t_.micro_batch * t_.seq_length;
+  for (int64_t it = 0; it < o_.eval_iters; ++it) {
+    for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+      int32_t* tok = tokens_.data() + i * rows;
+      int32_t* tgt = targets_.data() + i * rows;
+      fill_validation_microbatch(*valid_, layout_, it * layout_.global_batch(), i,
+                                 tok, tgt);
+      state_.microbatch = i;
+      float l = p_.forward_loss(state_, tok, tgt);
+      check_loss(l, step, i, "validation at");
+      sum += l;
+      ++count;
+    }
+  }
+  return sum / static_cast<double>(count);
+}
+
+void Trainer::save(int64_t step, int64_t consumed) {
+  CheckpointState s;
+  s.step = step;
+  s.consumed_samples = consumed;
+  if (train_) {
+    s.epoch = consumed / train_->samples_per_epoch();
+    s.epoch_index = consumed % train_->samples_per_epoch();
+  }
+  s.seed = o_.seed;
+  s.data = o_.data;
+  s.split = o_.split;
+  s.seq_length = t_.seq_length;
+  s.global_batch = t_.global_batch;
+  s.train_steps = o_.steps;
+  s.decay_steps = schedule_.decay_steps;
+  const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
+  auto [m, v] = optimizer_moments(state_);
+  std::string written = save_checkpoint(dir, p_, s, params_.get(), m, v);
+  std::printf("saved checkpoint %s\n", written.c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) const {
+  // Gradients of the global-batch mean loss: the accumulated sum of the
+  // microbatch means divided by the number of microbatches (x dp ranks).
+  const float scale = 1.0f / static_cast<float>(t_.num_microbatches * layout_.dp_size);
+  std::vector<float> g(static_cast<size_t>(p_.num_param_elems));
+  for (int64_t i = 0; i < p_.num_param_elems; ++i) g[i] = grads_[i] * scale;
+  std::vector<TensorRef> tensors;
+  for (const ParamDesc& d : p_.params) {
+    if (d.name == "batch.tokens" || d.name == "batch.targets")
+      throw Error("--dump-grads: parameter name \"" + d.name +
+                  "\" collides with the batch tensors of the dump");
+    tensors.push_back({d.name, d.shape, g.data() + d.offset, "F32"});
+  }
+  const std::vector<int64_t> bshape = {t_.num_microbatches * t_.micro_batch,
+                                       t_.seq_length};
+  tensors.push_back({"batch.tokens", bshape, tokens_.data(), "I32"});
+  tensors.push_back({"batch.targets", bshape, targets_.data(), "I32"});
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", loss);
+  std::string losses = "[";
+  for (size_t i = 0; i < mb_losses.size(); ++i) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.9g", static_cast<double>(mb_losses[i]));
+    losses += (i ? ", " : "") + std::string(b);
+  }
+  losses += "]";
+  std::map<std::string, std::string> meta = {
+      {"format", "mtc-dump-grads"},
+      {"mtc.model", p_.model_name},
+      {"mtc.step", std::to_string(state_.step)},
+      {"mtc.seed", std::to_string(o_.seed)},
+      {"mtc.loss", buf},
+      {"mtc.microbatch_losses", losses},
+      {"mtc.micro_batch", std::to_string(t_.micro_batch)},
+      {"mtc.num_microbatches", std::to_string(t_.num_microbatches)},
+      {"mtc.seq_length", std::to_string(t_.seq_length)},
+      {"mtc.grad_scale", "gradients of the mean loss over the global batch"}};
+  write_safetensors(o_.dump_grads, tensors, meta);
+  std::printf("wrote gradients of step %lld (loss %.6f) to %s\n",
+              static_cast<long long>(state_.step), loss, o_.dump_grads.c_str());
+}
+
+int Trainer::run() {
+  params_ = alloc_floats(p_.num_param_elems, "the parameters");
+  grads_ = alloc_floats(p_.num_param_elems, "the gradients");
+  if (moments_bound_) {
+    exp_avg_ = alloc_floats(p_.num_param_elems, "the AdamW first moments");
+    exp_avg_sq_ = alloc_floats(p_.num_param_elems, "the AdamW second moments");
+    bind_optimizer_moments(state_, exp_avg_.get(), exp_avg_sq_.get());
+  }
+  arena_ = alloc_floats(p_.arena_floats, "the activation arena");
+  state_.params = params_.get();
+  state_.grads = grads_.get();
+  state_.arena = arena_.get();
+  state_.seed = o_.seed;
+
+  int64_t step = 0, consumed = 0;
+  if (resuming_) {
+    auto [m, v] = optimizer_moments(state_);
+    resume_state_ = load_checkpoint(resume_dir_, p_, params_.get(), m, v);
+    step = resume_state_.step;
+    consumed = resume_state_.consumed_samples;
+    if (moments_bound_ && !resume_state_.has_optimizer)
+      std::printf("note: %s has no optimizer state; AdamW moments start at zero\n",
+                  resume_dir_.c_str());
+  } else {
+    init_params(p_, o_.seed, params_.get());
+  }
+  if (!o_.init_only.empty()) {
+    save(0, 0);
+    return 0;
+  }
+  if (step >= o_.steps && o_.dump_grads.empty()) {
+    std::printf("checkpoint is at step %lld, --steps is %lld: nothing to train\n",
+                static_cast<long long>(step), static_cast<long long>(o_.steps));
+    return 0;
+  }
+
+  MetricsWriter metrics;
+  if (!o_.metrics.empty()) metrics = MetricsWriter(o_.metrics, resuming_);
+  const int64_t rows = t_.micro_batch * t_.seq_length;
+  tokens_.assign(static_cast<size_t>(t_.num_microbatches * rows), 0);
+  targets_.assign(tokens_.size(), 0);
+  const int64_t tokens_per_step = t_.global_batch * t_.seq_length;
+
+  const Clock::time_point run_start = Clock::now();
+  Clock::time_point interval_start = run_start;
+  const int64_t first_step = step + 1;
+  double interval_loss = 0;
+  int64_t interval_steps = 0;
+  std::vector<float> mb_losses(static_cast<size_t>(t_.num_microbatches));
+
+  while (step < o_.steps) {
+    ++step;
+    const Clock::time_point step_start = Clock::now();
+    std::fill(grads_.get(), grads_.get() + p_.num_param_elems, 0.0f);
+    state_.step = step;
+    double loss_sum = 0;
+    for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+      int32_t* tok = tokens_.data() + i * rows;
+      int32_t* tgt = targets_.data() + i * rows;
+      fill_microbatch(*train_, layout_, consumed, i, tok, tgt);
+      state_.microbatch = i;
+      float l = p_.forward_backward(state_, tok, tgt);
+      check_loss(l, step, i, "training");
+      mb_losses[i] = l;
+      loss_sum += l;
+    }
+    const double loss = loss_sum / static_cast<double>(t_.num_microbatches);
+    if (!o_.dump_grads.empty()) {
+      dump_grads(loss, mb_losses);
+      return 0;
+    }
+    const double lr = lr_at(schedule_, step);
+    const double grad_norm = p_.optimizer_step(state_, static_cast<float>(lr), step);
+    if (!state_.error.empty())
+      throw Error("training step " + std::to_string(step) + ", optimizer: " + state_.error);
+    if (!std::isfinite(grad_norm))
+      throw Error("training step " + std::to_string(step) + ": gradient norm is " +
+                  (std::isnan(grad_norm) ? "NaN" : "Inf") + "; stopping");
+    consumed += t_.global_batch;
+    const Clock::time_point now = Clock::now();
+    const double step_time = std::chrono::duration<double>(now - step_start).count();
+    interval_loss += loss;
+    ++interval_steps;
+
+    const bool last = step == o_.steps;
+    std::optional<double> val_loss;
+    if (valid_ && (step % o_.eval_interval == 0 || last)) val_loss = evaluate(step);
+
+    StepMetrics m;
+    m.step = step;
+    m.loss = loss;
+    m.lr = lr;
+    m.grad_norm = grad_norm;
+    m.consumed_samples = consumed;
+    m.tokens = tokens_per_step;
+    m.step_time_s = step_time;
+    m.flops = p_.flops_per_step;
+    m.val_loss = val_loss;
+    metrics.write(m);
+
+    if (step % o_.log_interval == 0 || last) {
+      const double interval_s = std::chrono::duration<double>(now - interval_start).count();
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      LogLine line;
+      line.step = step;
+      line.total_steps = o_.steps;
+      line.loss = interval_loss / static_cast<double>(interval_steps);
+      line.lr = lr;
+      line.grad_norm = grad_norm;
+      line.tokens_per_s = interval_s > 0
+                              ? static_cast<double>(interval_steps * tokens_per_step) / interval_s
+                              : 0;
+      line.tflops = interval_s > 0 ? p_.flops_per_step * interval_steps / interval_s / 1e12 : 0;
+      line.elapsed_s = elapsed;
+      line.eta_s = elapsed / static_cast<double>(step - first_step + 1) *
+                   static_cast<double>(o_.steps - step);
+      std::printf("%s\n", format_log_line(line).c_str());
+      interval_loss = 0;
+      interval_steps = 0;
+      interval_start = Clock::now();
+    }
+    if (val_loss) std::printf("%s\n", format_validation_line(step, *val_loss).c_str());
+    std::fflush(stdout);
+
+    const bool exiting = o_.exit_interval > 0 && step % o_.exit_interval == 0 && !last;
+    if (!o_.save.empty() &&
+        (last || exiting || (o_.save_interval > 0 && step % o_.save_interval == 0)))
+      save(step, consumed);
+    if (exiting) {
+      std::printf("exiting after step %lld (--exit-interval %lld)\n",
+                  static_cast<long long>(step), static_cast<long long>(o_.exit_interval));
+      return 0;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int train_main(int argc, char** argv, const ProgramDesc& program) {
+  std::string name = argc > 0 && argv[0] != nullptr ? argv[0] : "train";
+  if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
+  TrainOptions opts;
+  try {
+    opts = parse_train_options(argc, argv, program.train);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s: error: %s\n(run %s --help for the flags)\n",
+                 name.c_str(), e.what(), name.c_str());
+    return 2;
+  }
+  if (opts.help) {
+    std::fputs(train_usage(name).c_str(), stdout);
+    return 0;
+  }
+  try {
+    validate_program(program);
+    Trainer trainer(program, opts);
+    return trainer.run();
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: error: out of memory\n", name.c_str());
+    return 1;
+  }
+}
+
+}  // namespace mtc::rt

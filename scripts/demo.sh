@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The main job: build mtc, turn the Debian fortunes corpus into a token
+# dataset, compile the tiny GPT for this machine and train it.
+#   MTC_DEMO_STEPS   training steps (default: the spec's train_steps)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+BUILD="${MTC_BUILD_DIR:-build}"
+BIN="$BUILD/bin"
+
+mkdir -p data
+if [ ! -f data/fortunes.idx ]; then
+  echo "== preparing data/fortunes from /usr/share/games/fortunes"
+  mapfile -t corpus < <(find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort)
+  "$BIN/mtc-preprocess" --input "${corpus[@]}" --output-prefix data/fortunes \
+    --tokenizer byte --split-documents fortune
+fi
+
+TARGET=host
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "== a GPU is present, but the CUDA code generator is not in this build yet: using the host target"
+fi
+echo "== compiling examples/tiny-gpt.json for the $TARGET target"
+"$BIN/mtc" compile examples/tiny-gpt.json --target "$TARGET" -o out/tiny-gpt
+
+echo "== training"
+STEPS=()
+[ -n "${MTC_DEMO_STEPS:-}" ] && STEPS=(--steps "$MTC_DEMO_STEPS")
+out/tiny-gpt/train --data data/fortunes "${STEPS[@]}" --log-interval 10 \
+  --eval-interval 100 --save out/tiny-gpt/checkpoints --metrics out/tiny-gpt/metrics.jsonl
