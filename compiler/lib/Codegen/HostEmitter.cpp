@@ -82,7 +82,7 @@ private:
   llvm::StringMap<ParamSlot> params;
   SmallVector<std::string> paramOrder;
   int64_t paramElements = 0;
-  BufferPlan plan;
+  mtc::BufferPlan plan;
   llvm::DenseMap<Value, std::string> names; // func args and scalars
   int64_t arena = 0;
 };
@@ -161,8 +161,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
   auto rows = [](Value v) { return numel(v) / shape(v).back(); };
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
-      .Case([&](mtc::ParamOp) { return success(); })
-      .Case([&](arith::ConstantOp c) {
+      .Case([&](mtc::ParamOp) -> LogicalResult { return success(); })
+      .Case([&](arith::ConstantOp c) -> LogicalResult {
         auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
         if (!dense || !dense.isSplat())
           return op->emitOpError("host target supports only splat float "
@@ -172,7 +172,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(c)));
         return success();
       })
-      .Case([&](mtc::EmbeddingOp e) {
+      .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
         auto t = shape(e.getTable());
         line(llvm::formatv("if (!k::embedding_forward({0}, {1}, {2}, {3}, {4}, "
                            "{5})) {6}",
@@ -183,50 +183,50 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                                          .str())));
         return success();
       })
-      .Case([&](mtc::EmbeddingGradOp e) {
+      .Case([&](mtc::EmbeddingGradOp e) -> LogicalResult {
         auto t = shape(e);
         line(llvm::formatv("k::embedding_backward({0}, {1}, {2}, {3}, {4}, {5});",
                            buf(e.getTokens()), buf(e.getDout()), buf(e),
                            numel(e.getTokens()), t[0], t[1]));
         return success();
       })
-      .Case([&](mtc::AddOp a) {
+      .Case([&](mtc::AddOp a) -> LogicalResult {
         line(llvm::formatv("k::add({0}, {1}, {2}, {3}, {4});", buf(a.getLhs()),
                            buf(a.getRhs()), buf(a), numel(a), numel(a.getRhs())));
         return success();
       })
-      .Case([&](mtc::ReduceLeadingOp r) {
+      .Case([&](mtc::ReduceLeadingOp r) -> LogicalResult {
         line(llvm::formatv("k::reduce_broadcast({0}, {1}, {2}, {3});",
                            buf(r.getInput()), buf(r), numel(r.getInput()),
                            numel(r)));
         return success();
       })
-      .Case([&](mtc::GeluOp g) {
+      .Case([&](mtc::GeluOp g) -> LogicalResult {
         line(llvm::formatv("k::gelu_forward({0}, {1}, {2}, {3});",
                            buf(g.getInput()), buf(g), numel(g),
                            g.getApproximate() == mtc::GeluApprox::tanh));
         return success();
       })
-      .Case([&](mtc::GeluGradOp g) {
+      .Case([&](mtc::GeluGradOp g) -> LogicalResult {
         line(llvm::formatv("k::gelu_backward({0}, {1}, {2}, {3}, {4});",
                            buf(g.getInput()), buf(g.getDout()), buf(g),
                            numel(g),
                            g.getApproximate() == mtc::GeluApprox::tanh));
         return success();
       })
-      .Case([&](mtc::SwigluOp s) {
+      .Case([&](mtc::SwigluOp s) -> LogicalResult {
         line(llvm::formatv("k::swiglu_forward({0}, {1}, {2}, {3});",
                            buf(s.getGate()), buf(s.getUp()), buf(s), numel(s)));
         return success();
       })
-      .Case([&](mtc::SwigluGradOp s) {
+      .Case([&](mtc::SwigluGradOp s) -> LogicalResult {
         line(llvm::formatv("k::swiglu_backward({0}, {1}, {2}, {3}, {4}, {5});",
                            buf(s.getGate()), buf(s.getUp()), buf(s.getDout()),
                            buf(s.getDgate()), buf(s.getDup()),
                            numel(s.getDout())));
         return success();
       })
-      .Case([&](mtc::DropoutOp d) {
+      .Case([&](mtc::DropoutOp d) -> LogicalResult {
         // Evaluation (@forward) runs without dropout.
         double p = eval ? 0.0 : d.getP().convertToDouble();
         line(llvm::formatv(
@@ -234,7 +234,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             buf(d.getInput()), buf(d), numel(d), fmt(p), d.getKey()));
         return success();
       })
-      .Case([&](mtc::MatmulOp m) {
+      .Case([&](mtc::MatmulOp m) -> LogicalResult {
         line(llvm::formatv(
             "k::matmul({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8});",
             buf(m.getLhs()), buf(m.getRhs()),
@@ -242,7 +242,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
         return success();
       })
-      .Case([&](mtc::LayerNormOp n) {
+      .Case([&](mtc::LayerNormOp n) -> LogicalResult {
         line(llvm::formatv(
             "k::layer_norm_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}f);",
             buf(n.getInput()), buf(n.getGamma()),
@@ -250,7 +250,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             rows(n), shape(n).back(), fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::LayerNormGradOp n) {
+      .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
         line(llvm::formatv("k::layer_norm_backward({0}, {1}, {2}, {3}, {4}, "
                            "{5}, {6}, {7}, {8}f);",
                            buf(n.getInput()), buf(n.getGamma()),
@@ -260,14 +260,14 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::RmsNormOp n) {
+      .Case([&](mtc::RmsNormOp n) -> LogicalResult {
         line(llvm::formatv("k::rms_norm_forward({0}, {1}, {2}, {3}, {4}, {5}f);",
                            buf(n.getInput()), buf(n.getGamma()), buf(n),
                            rows(n), shape(n).back(),
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::RmsNormGradOp n) {
+      .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
         line(llvm::formatv("k::rms_norm_backward({0}, {1}, {2}, {3}, {4}, {5}, "
                            "{6}, {7}f);",
                            buf(n.getInput()), buf(n.getGamma()),
@@ -277,7 +277,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::RopeOp r) {
+      .Case([&](mtc::RopeOp r) -> LogicalResult {
         auto s = shape(r);
         int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
         line(llvm::formatv("k::rope({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}f, "
@@ -288,7 +288,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            r.getInverse()));
         return success();
       })
-      .Case([&](mtc::AttentionOp a) {
+      .Case([&](mtc::AttentionOp a) -> LogicalResult {
         auto s = shape(a.getQkv());
         line(llvm::formatv(
             "k::attention_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, "
@@ -299,7 +299,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             fmt(a.getScale().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::AttentionGradOp a) {
+      .Case([&](mtc::AttentionGradOp a) -> LogicalResult {
         auto s = shape(a.getQkv());
         int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
         line(llvm::formatv(
@@ -311,7 +311,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             fmt(a.getScale().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::CrossEntropyOp c) {
+      .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
         int64_t v = shape(c.getLogits()).back();
         line(llvm::formatv(
             "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5})) {6}",
@@ -320,7 +320,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             dataError(llvm::formatv("target id outside [0, {0})", v).str())));
         return success();
       })
-      .Case([&](mtc::CrossEntropyGradOp c) {
+      .Case([&](mtc::CrossEntropyGradOp c) -> LogicalResult {
         line(llvm::formatv(
             "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6});",
             buf(c.getLogits()), buf(c.getTargets()), buf(c.getDloss()), buf(c),
@@ -328,7 +328,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             c.getIgnoreIndex()));
         return success();
       })
-      .Case([&](mtc::AccumulateGradOp a) {
+      .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
         auto it = params.find(a.getParam());
         if (it == params.end())
           return op->emitOpError("accumulates into unknown parameter '")
@@ -338,7 +338,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(a.getGrad())));
         return success();
       })
-      .Case([&](mtc::GradNormOp g) {
+      .Case([&](mtc::GradNormOp g) -> LogicalResult {
         // Padding between parameters is never written, so it stays zero.
         names[g] = "grad_norm";
         line(llvm::formatv("const float grad_norm = float(std::sqrt("
@@ -347,7 +347,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            fmt(g.getGradScale().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::AdamWOp a) {
+      .Case([&](mtc::AdamWOp a) -> LogicalResult {
         double maxNorm = a.getMaxGradNorm().convertToDouble();
         line("{");
         line(llvm::formatv("  float scale = {0}f;",
@@ -374,7 +374,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         line("}");
         return success();
       })
-      .Case([&](func::ReturnOp r) {
+      .Case([&](func::ReturnOp r) -> LogicalResult {
         if (r.getNumOperands() != 1)
           return op->emitOpError("host functions return exactly one value");
         Value v = r.getOperand(0);
@@ -382,7 +382,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            isa<RankedTensorType>(v.getType()) ? "[0]" : ""));
         return success();
       })
-      .Default([&](Operation *other) {
+      .Default([&](Operation *other) -> LogicalResult {
         return other->emitOpError("has no lowering to the host target");
       });
 }
@@ -439,7 +439,7 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "  p.model_name = \"" << escape(report.modelName) << "\";\n"
     << "  p.target = \"host\";\n";
   for (const std::string &name : paramOrder) {
-    const ParamSlot &slot = params[name];
+    ParamSlot slot = params[name];
     auto t = slot.op.getType();
     std::string dims;
     for (int64_t d : t.getShape())

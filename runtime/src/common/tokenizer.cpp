@@ -96,7 +96,7 @@ std::string unicode_to_bytes(const std::string& s, const std::string& where) {
   return out;
 }
 
-std::string quoted(const std::string& s) { return json(s).dump(); }
+std::string json_quote(const std::string& s) { return json(s).dump(); }
 
 // ---------------------------------------------------------------------------
 // Byte-level
@@ -163,7 +163,7 @@ class BpeTokenizer final : public Tokenizer {
     for (size_t r = 0; r < merges.size(); ++r) {
       const auto& [a, b] = merges[r];
       std::string where = source_ + ": merge " + std::to_string(r + 1) + " (" +
-                          quoted(a) + " " + quoted(b) + ")";
+                          json_quote(a) + " " + json_quote(b) + ")";
       int32_t ia = lookup(a, where), ib = lookup(b, where),
               ir = lookup(a + b, where);
       // The first occurrence of a duplicated merge keeps its (lower) rank.
@@ -211,7 +211,7 @@ class BpeTokenizer final : public Tokenizer {
  private:
   void add_token(const std::string& token, int32_t id, bool in_bpe) {
     if (id < 0)
-      throw Error(source_ + ": token " + quoted(token) + " has negative id " +
+      throw Error(source_ + ": token " + json_quote(token) + " has negative id " +
                   std::to_string(id));
     if (static_cast<size_t>(id) >= id_to_token_.size()) {
       id_to_token_.resize(static_cast<size_t>(id) + 1);
@@ -220,7 +220,7 @@ class BpeTokenizer final : public Tokenizer {
     if (has_id_[id]) {
       if (id_to_token_[id] == token) return;  // an added token repeating the vocab
       throw Error(source_ + ": id " + std::to_string(id) + " is used by " +
-                  quoted(id_to_token_[id]) + " and " + quoted(token));
+                  json_quote(id_to_token_[id]) + " and " + json_quote(token));
     }
     has_id_[id] = true;
     id_to_token_[id] = token;
@@ -233,7 +233,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t lookup(const std::string& token, const std::string& where) const {
     auto it = bpe_ids_.find(token);
     if (it == bpe_ids_.end())
-      throw Error(where + ": token " + quoted(token) +
+      throw Error(where + ": token " + json_quote(token) +
                   " is not in the vocabulary");
     return it->second;
   }
@@ -314,7 +314,7 @@ std::vector<std::pair<std::string, int32_t>> parse_vocab(const json& vocab,
   std::vector<std::pair<std::string, int32_t>> out;
   out.reserve(vocab.size());
   for (const auto& [key, value] : vocab.items()) {
-    std::string at = where + "[" + quoted(key) + "]";
+    std::string at = where + "[" + json_quote(key) + "]";
     if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
         value.get<int64_t>() > INT32_MAX)
       throw Error(at + ": expected a non-negative integer id, got " + value.dump());
@@ -329,7 +329,7 @@ std::pair<std::string, std::string> split_merge_line(const std::string& line,
   if (sp == std::string::npos || sp == 0 || sp + 1 == line.size() ||
       line.find(' ', sp + 1) != std::string::npos)
     throw Error(where + ": expected two tokens separated by one space, got " +
-                quoted(line));
+                json_quote(line));
   return {unicode_to_bytes(line.substr(0, sp), where),
           unicode_to_bytes(line.substr(sp + 1), where)};
 }
@@ -366,7 +366,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
   const json& model = doc["model"];
   std::string type = model.value("type", std::string("BPE"));
   if (type != "BPE")
-    throw Error(path + ": model.type is " + quoted(type) +
+    throw Error(path + ": model.type is " + json_quote(type) +
                 "; only \"BPE\" (GPT-2 style byte-level BPE) is supported");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (model.contains(key) && !model[key].is_null() &&

@@ -33,6 +33,7 @@ std::vector<Diagnostic> errorsOf(const std::string& text) {
   EXPECT_FALSE(diags.empty());
   return diags;
 }
+std::vector<Diagnostic> errorsOf(const char* text) { return errorsOf(std::string(text)); }
 std::vector<Diagnostic> errorsOf(const Json& j) { return errorsOf(j.dump()); }
 
 // Expects a diagnostic at `path` whose message contains every one of `words`.

@@ -157,6 +157,12 @@ void matmul_f32(Context& ctx, const bf16* a, const bf16* b, float* c,
                 float* dbias, int64_t m, int64_t n, int64_t k, bool trans_a,
                 bool trans_b, bool accumulate);
 
+// Process-wide switch (default on) between cuBLASLt's fused epilogues and the
+// unfused path (plain GEMM, then this library's gelu / reduction kernels;
+// same math). The unfused path is also taken per shape when cuBLASLt has no
+// algorithm for an epilogue. For tests and benchmarks.
+void set_fused_gemm_epilogues(bool enabled);
+
 // ---------------------------------------------------------------------------
 // Embedding
 // ---------------------------------------------------------------------------
