@@ -53,7 +53,8 @@ std::string describe(const Json& v) {
     case Json::value_t::number_float: return "the number " + detail::formatReal(v.get<double>());
     case Json::value_t::string:
       return "the string " + cut(v.dump(-1, ' ', false, Json::error_handler_t::replace));
-    case Json::value_t::array: return "an array of " + std::to_string(v.size()) + " elements";
+    case Json::value_t::array:
+      return "an array of " + std::to_string(v.size()) + (v.size() == 1 ? " element" : " elements");
     case Json::value_t::object: return "an object";
     default: return "an unsupported value";
   }
@@ -184,6 +185,7 @@ class Parser {
       auto child_path = [&]() -> std::string {
         if (stack.empty()) return "";
         const Frame& top = stack.back();
+        if (stack.size() > 32) return top.path;  // no spec is this deep; keep paths short
         return top.is_array ? top.path + "[]" : join(top.path, top.last_key);
       };
       switch (event) {
@@ -223,6 +225,14 @@ class Parser {
       size_t column = what.find("column ");
       size_t colon = column == std::string::npos ? std::string::npos : what.find(": ", column);
       std::string reason = colon == std::string::npos ? what : what.substr(colon + 2);
+      // The two commonest slips, which nlohmann's wording hides.
+      if (reason.find("unexpected string literal; expected '}'") != std::string::npos ||
+          (reason.find("; expected ']'") != std::string::npos &&
+           reason.find("end of input") == std::string::npos))
+        reason += " (a missing comma?)";
+      else if (reason.find("unexpected '}'; expected string literal") != std::string::npos ||
+               reason.find("unexpected ']'; expected '[', '{', or a literal") != std::string::npos)
+        reason += " (a trailing comma?)";
       error("", position(text, e.byte > 0 ? e.byte - 1 : 0) + ": not valid JSON: " + reason);
     } catch (const Json::out_of_range& e) {
       // "number overflow parsing '1e400'": no offset; find the literal.

@@ -9,6 +9,8 @@
 
 namespace mtc::spec {
 
+using detail::Wide;
+
 const char* toString(Arch v) {
   switch (v) {
     case Arch::gpt: return "gpt";
@@ -92,8 +94,8 @@ int64_t defaultFfnHiddenSize(int64_t hidden_size, Activation activation) {
 }
 
 int64_t Spec::numMicrobatches() const {
-  // __int128: micro * dp may exceed int64 on an unvalidated spec.
-  __int128 per_step = (__int128)training.micro_batch_size * parallel.dp;
+  // 128 bits: micro * dp may exceed int64 on an unvalidated spec.
+  Wide per_step = (Wide)training.micro_batch_size * parallel.dp;
   int64_t global = detail::resolvedGlobalBatch(*this);
   if (per_step <= 0 || global <= 0) return 0;
   return (int64_t)(global / per_step);
@@ -102,7 +104,7 @@ int64_t Spec::numMicrobatches() const {
 int64_t Spec::paddedVocabSize() const {
   int64_t multiple = 128 * std::max<int64_t>(1, std::min(parallel.tp, detail::kMaxInt));
   int64_t v = std::max<int64_t>(0, model.vocab_size);
-  return (int64_t)(((__int128)v + multiple - 1) / multiple * multiple);
+  return (int64_t)(((Wide)v + multiple - 1) / multiple * multiple);
 }
 
 std::string formatDiagnostics(const std::string& file,
@@ -120,7 +122,7 @@ namespace detail {
 
 int64_t resolvedGlobalBatch(const Spec& spec) {
   if (spec.training.global_batch_size != 0) return spec.training.global_batch_size;
-  __int128 g = (__int128)spec.training.micro_batch_size * spec.parallel.dp *
+  Wide g = (Wide)spec.training.micro_batch_size * spec.parallel.dp *
                spec.parallel.microbatches.value_or(1);
   if (g > INT64_MAX || g < INT64_MIN) return 0;
   return (int64_t)g;

@@ -17,6 +17,11 @@ namespace mtc::spec::detail {
 // enough that products of two of them fit in int64 in later computations.
 constexpr int64_t kMaxInt = int64_t(1) << 40;
 
+// For products of fields that may not have passed their own checks yet
+// (__extension__: no -pedantic warning; GCC and Clang both have it).
+__extension__ typedef __int128 Wide;
+__extension__ typedef unsigned __int128 UWide;
+
 // Number of values of each enum, so spellings can be looked up through
 // toString(). Keep in step with the enum declarations in Spec.h.
 template <class E> constexpr int kEnumCount = 0;

@@ -6,7 +6,7 @@
 // the fields a rule involves was set by a flag, the flag is named instead
 // ("--tp"), since that is what the user just typed. A rule is skipped when a
 // field it needs was already reported, so one mistake gives one diagnostic.
-// Products of two fields are taken in __int128: fields are at most 2^40 only
+// Products of two fields are taken in 128 bits: fields are at most 2^40 only
 // after their own checks pass, and cross rules may still see wild values.
 #include "SpecInternal.h"
 
@@ -20,10 +20,10 @@ namespace mtc::spec {
 namespace detail {
 namespace {
 
-std::string str(__int128 v) {
+std::string str(Wide v) {
   if (v == 0) return "0";
   bool neg = v < 0;
-  unsigned __int128 u = neg ? -(unsigned __int128)v : (unsigned __int128)v;
+  UWide u = neg ? -(UWide)v : (UWide)v;
   std::string s;
   for (; u; u /= 10) s.insert(s.begin(), char('0' + int(u % 10)));
   return neg ? "-" + s : s;
@@ -85,8 +85,8 @@ class Checker {
     return it == ctx_.flags.end() ? path : it->second;
   }
   // "model.num_heads (12)"
-  std::string ref(const char* path, __int128 v) const { return name(path) + " (" + str(v) + ")"; }
-  std::string ref(const char* path, int64_t v) const { return ref(path, (__int128)v); }
+  std::string ref(const char* path, Wide v) const { return name(path) + " (" + str(v) + ")"; }
+  std::string ref(const char* path, int64_t v) const { return ref(path, (Wide)v); }
   std::string ref(const char* path, double v) const { return name(path) + " (" + formatReal(v) + ")"; }
   bool ok(Paths paths) const {
     for (const char* p : paths)
@@ -233,7 +233,7 @@ class Checker {
       }
     }
     if (ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages"})) {
-      __int128 chunks = (__int128)p.pp * p.virtual_stages;
+      Wide chunks = (Wide)p.pp * p.virtual_stages;
       if (m.num_layers < chunks)
         fail({"parallel.pp", "model.num_layers", "parallel.virtual_stages"},
              ref("model.num_layers", m.num_layers) +
@@ -255,7 +255,7 @@ class Checker {
       fail({"parallel.schedule", "parallel.pp"},
            "the 'interleaved' schedule needs " + name("parallel.pp") + " > 1, got 1");
     if (ok({"parallel.tp", "parallel.pp", "parallel.dp"})) {
-      __int128 world = (__int128)p.tp * p.pp * p.dp;
+      Wide world = (Wide)p.tp * p.pp * p.dp;
       if (world > kMaxInt)
         fail({"parallel.dp", "parallel.tp", "parallel.pp"},
              "tp * pp * dp = " + str(world) + " GPUs is too large (at most 2^40)");
@@ -268,9 +268,9 @@ class Checker {
     if (!ok({"training.micro_batch_size", "parallel.dp", "training.global_batch_size",
              "parallel.microbatches"}))
       return;
-    __int128 per_step = (__int128)t.micro_batch_size * p.dp;
+    Wide per_step = (Wide)t.micro_batch_size * p.dp;
     std::string per_step_text = "micro_batch_size * dp = " + str(t.micro_batch_size) + " * " + str(p.dp);
-    __int128 global = t.global_batch_size;
+    Wide global = t.global_batch_size;
     if (global == 0) {
       // Not given: micro_batch_size * dp * microbatches; only its size can be wrong.
       global = per_step * p.microbatches.value_or(1);

@@ -3,7 +3,7 @@
 //   mtc compile SPEC [--target host|cuda] [--emit=mlir|train|source] -o DIR
 //               [--tp N --pp N --dp N --sp --micro-batch-size N
 //                --global-batch-size N --recompute none|selective|full
-//                --train-steps N] [--pass-plugin LIB.so] [--no-build]
+//                --train-iters N] [--pass-plugin LIB.so] [--no-build]
 //   mtc --version | --help
 //
 // Flags use Megatron-LM's names and override the spec's values; the
@@ -79,7 +79,7 @@ static cl::opt<int64_t> globalBatch("global-batch-size",
 static cl::opt<std::string> recompute("recompute",
                                       cl::desc("none | selective | full"),
                                       cl::sub(compileCmd), cl::cat(planCat));
-static cl::opt<int64_t> trainSteps("train-steps",
+static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
 

@@ -111,7 +111,7 @@ Value Importer::attention(const Twine &prefix, Value x, Value mask) {
                               b.getF64FloatAttr(m.rope_theta), UnitAttr());
   auto xt = cast<RankedTensorType>(x.getType());
   int64_t bsz = xt.getDimSize(0), s = xt.getDimSize(1);
-  bool causal = m.arch != mtc::spec::Arch::bert;
+  bool causal = m.causal;
   auto core = mtc::AttentionOp::create(
       b, loc(prefix + ".core"), f32({bsz, s, h * dh}), f32({bsz, h, s}), qkv,
       mask, b.getI64IntegerAttr(h), b.getI64IntegerAttr(kv),
@@ -194,7 +194,9 @@ OwningOpRef<ModuleOp> Importer::run() {
   b.setInsertionPointToEnd(module->getBody());
 
   int64_t bsz = spec.training.micro_batch_size, s = m.seq_length;
-  int64_t d = m.hidden_size, v = m.vocab_size;
+  // Megatron pads the vocabulary to a multiple of 128 * tp so the embedding
+  // splits evenly; padded rows are never a target and learn to stay unlikely.
+  int64_t d = m.hidden_size, v = spec.paddedVocabSize();
   bool isBert = m.arch == mtc::spec::Arch::bert;
   auto tokType = RankedTensorType::get({bsz, s}, b.getI32Type());
   SmallVector<Type> args = {tokType, tokType};

@@ -142,6 +142,12 @@ struct Merge {
   int32_t result;
 };
 
+// One line of merges.txt (or entry of model.merges), raw bytes, with its
+// location for messages.
+struct MergeRule {
+  std::string a, b, where;
+};
+
 uint64_t pair_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) |
          static_cast<uint32_t>(b);
@@ -153,7 +159,7 @@ class BpeTokenizer final : public Tokenizer {
   // rank order. `extra`: added tokens (id, content) that are decoded but
   // never produced by encode. `source` names the files in errors.
   BpeTokenizer(const std::vector<std::pair<std::string, int32_t>>& vocab,
-               const std::vector<std::pair<std::string, std::string>>& merges,
+               const std::vector<MergeRule>& merges,
                const std::vector<std::pair<int32_t, std::string>>& extra,
                const std::string& source)
       : source_(source) {
@@ -161,9 +167,8 @@ class BpeTokenizer final : public Tokenizer {
     for (const auto& [token, id] : vocab) add_token(token, id, /*in_bpe=*/true);
     for (const auto& [id, content] : extra) add_token(content, id, false);
     for (size_t r = 0; r < merges.size(); ++r) {
-      const auto& [a, b] = merges[r];
-      std::string where = source_ + ": merge " + std::to_string(r + 1) + " (" +
-                          json_quote(a) + " " + json_quote(b) + ")";
+      const auto& [a, b, at] = merges[r];
+      std::string where = at + " (" + json_quote(a) + " " + json_quote(b) + ")";
       int32_t ia = lookup(a, where), ib = lookup(b, where),
               ir = lookup(a + b, where);
       // The first occurrence of a duplicated merge keeps its (lower) rank.
@@ -323,15 +328,14 @@ std::vector<std::pair<std::string, int32_t>> parse_vocab(const json& vocab,
   return out;
 }
 
-std::pair<std::string, std::string> split_merge_line(const std::string& line,
-                                                     const std::string& where) {
+MergeRule split_merge_line(const std::string& line, const std::string& where) {
   size_t sp = line.find(' ');
   if (sp == std::string::npos || sp == 0 || sp + 1 == line.size() ||
       line.find(' ', sp + 1) != std::string::npos)
     throw Error(where + ": expected two tokens separated by one space, got " +
                 json_quote(line));
   return {unicode_to_bytes(line.substr(0, sp), where),
-          unicode_to_bytes(line.substr(sp + 1), where)};
+          unicode_to_bytes(line.substr(sp + 1), where), where};
 }
 
 }  // namespace
@@ -345,7 +349,7 @@ std::unique_ptr<Tokenizer> make_byte_tokenizer(std::optional<int32_t> eod_id) {
 std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::string& vocab_json,
                                                const std::string& merges_txt) {
   auto vocab = parse_vocab(parse_json_file(vocab_json), vocab_json);
-  std::vector<std::pair<std::string, std::string>> merges;
+  std::vector<MergeRule> merges;
   std::istringstream in(read_file(merges_txt));
   std::string line;
   for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
@@ -387,7 +391,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
   if (!model.contains("vocab")) throw Error(path + ": model.vocab is missing");
   auto vocab = parse_vocab(model["vocab"], path + ": model.vocab");
 
-  std::vector<std::pair<std::string, std::string>> merges;
+  std::vector<MergeRule> merges;
   if (model.contains("merges")) {
     const json& m = model["merges"];
     if (!m.is_array()) throw Error(path + ": model.merges must be an array");
@@ -397,8 +401,8 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
         merges.push_back(split_merge_line(m[i].get<std::string>(), where));
       } else if (m[i].is_array() && m[i].size() == 2 && m[i][0].is_string() &&
                  m[i][1].is_string()) {
-        merges.emplace_back(unicode_to_bytes(m[i][0].get<std::string>(), where),
-                            unicode_to_bytes(m[i][1].get<std::string>(), where));
+        merges.push_back({unicode_to_bytes(m[i][0].get<std::string>(), where),
+                          unicode_to_bytes(m[i][1].get<std::string>(), where), where});
       } else {
         throw Error(where + ": expected \"a b\" or [\"a\", \"b\"], got " +
                     m[i].dump());

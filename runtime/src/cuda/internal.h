@@ -19,6 +19,10 @@ inline bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
+// Checks B, S, H, KV, Dh of an attention op (attention_fwd.cu).
+void check_attention_args(const char* op, int64_t b, int64_t s, int64_t h, int64_t kv,
+                          int64_t dh);
+
 // Frees the cuBLASLt plans of a context (gemm.cu).
 void destroy_gemm_cache(GemmCache* cache);
 

@@ -10,9 +10,9 @@
 //   loss = mean_t cross_entropy(logits_t, target_t)
 // and AdamW (PyTorch's, decoupled weight decay on wte and head.weight) with
 // global-norm clipping. The AdamW moments are state.exp_avg/exp_avg_sq when
-// HostState has them; without them the step is the same AdamW update with
-// moments that are not kept (m = g, v = g^2 each step: sign-like SGD), which
-// is still a pure function of (params, grads, step) so resume stays exact.
+// HostState has them; without them the update uses m_hat = g, v_hat = g^2
+// (sign-like SGD with weight decay), still a pure function of (params,
+// grads, step), so resume stays exact.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -149,8 +149,8 @@ inline double optimizer_step(HostState& state, float lr, int64_t step) {
       m[i] = static_cast<float>(mi);
       v[i] = static_cast<float>(vi);
     }
-    const double mhat = mi / (1 - std::pow(b1, double(step)));
-    const double vhat = vi / (1 - std::pow(b2, double(step)));
+    const double mhat = m != nullptr ? mi / (1 - std::pow(b1, double(step))) : g;
+    const double vhat = m != nullptr ? vi / (1 - std::pow(b2, double(step))) : g * g;
     const double decay = i < kHeadB ? wd : 0.0;
     state.params[i] -= static_cast<float>(
         lr * (mhat / (std::sqrt(vhat) + eps) + decay * state.params[i]));

@@ -417,7 +417,8 @@ struct BadSpec {
 };
 
 const BadSpec kBadSpecs[] = {
-    {"trailing_comma", R"({"model": {"num_layers": 2,}})", "", {"line 1, column 28", "not valid JSON"}},
+    {"trailing_comma", R"({"model": {"num_layers": 2,}})", "", {"line 1, column 28", "not valid JSON", "trailing comma"}},
+    {"missing_comma", "{\"model\": {\n  \"num_layers\": 2\n  \"hidden_size\": 64}}", "", {"line 3, column 15", "missing comma"}},
     {"unquoted_key", "{\n  model: {}\n}", "", {"line 2, column 3"}},
     {"top_level_string", R"("gpt")", "", {"JSON object", "\"gpt\""}},
     {"typo_in_key",

@@ -26,6 +26,7 @@ using Json = nlohmann::ordered_json;
 using Rng = std::mt19937_64;
 
 constexpr int64_t kMax = int64_t(1) << 40;
+__extension__ typedef __int128 Wide;  // products of sizes up to 2^40
 
 size_t pick(Rng& rng, size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); }
 bool chance(Rng& rng, double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
@@ -70,18 +71,18 @@ std::vector<std::string> violations(const Spec& s) {
   rule(m.num_kv_heads % p.tp == 0, "kv_heads % tp");
   rule(m.ffn_hidden_size % p.tp == 0, "ffn % tp");
   rule(!p.sp || (p.tp > 1 && m.seq_length % p.tp == 0), "sp");
-  rule((__int128)p.pp * p.virtual_stages <= m.num_layers, "layers >= pp * v");
+  rule((Wide)p.pp * p.virtual_stages <= m.num_layers, "layers >= pp * v");
   bool interleaved = p.schedule == Schedule::interleaved;
   rule((p.virtual_stages > 1) == interleaved, "virtual_stages <=> interleaved");
   rule(!interleaved || p.pp > 1, "interleaved pp");
-  rule((__int128)p.tp * p.pp * p.dp <= kMax, "world size");
+  rule((Wide)p.tp * p.pp * p.dp <= kMax, "world size");
 
-  __int128 per_step = (__int128)t.micro_batch_size * p.dp;
-  __int128 global = t.global_batch_size ? t.global_batch_size : per_step * p.microbatches.value_or(1);
+  Wide per_step = (Wide)t.micro_batch_size * p.dp;
+  Wide global = t.global_batch_size ? t.global_batch_size : per_step * p.microbatches.value_or(1);
   rule(global >= 1 && global <= kMax, "global batch size");
   if (global >= 1 && global <= kMax) {
     rule(global % per_step == 0, "global % (micro * dp)");
-    __int128 mb = global / per_step;
+    Wide mb = global / per_step;
     rule(!p.microbatches || *p.microbatches == mb, "microbatches");
     rule(!interleaved || mb % p.pp == 0, "interleaved microbatches % pp");
   }

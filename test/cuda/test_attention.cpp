@@ -1,0 +1,99 @@
+// Tests that the FlashAttention-2 style forward and backward kernels match
+// host::attention_forward / attention_backward (double-precision reference
+// math) on the same bf16 inputs: causal and bidirectional, padding masks
+// (including a sequence with every key masked: out 0, lse -inf, no
+// gradient), GQA through the grouped fused-QKV layout, head_dim 64 and 128,
+// ragged sequence lengths, and the GPT-2 124M and 1.3B head shapes.
+#include <cmath>
+
+#include "cuda_test_util.h"
+#include "mtc/rt/host_kernels.h"
+
+namespace mtc::rt::cuda::test {
+namespace {
+
+class CudaAttention : public CudaTest {};
+
+struct Case {
+  int64_t b, s, h, kv, dh;
+  bool causal;
+  int mask_kind;  // 0 none, 1 random padding, 2 padding + one batch fully masked
+};
+
+std::string tag(const Case& c) {
+  return " B=" + std::to_string(c.b) + " S=" + std::to_string(c.s) + " H=" + std::to_string(c.h) +
+         " KV=" + std::to_string(c.kv) + " Dh=" + std::to_string(c.dh) +
+         (c.causal ? " causal" : " bidirectional") +
+         (c.mask_kind == 0 ? "" : c.mask_kind == 1 ? " padded" : " padded+empty");
+}
+
+void run_case(const Case& c, uint64_t seed) {
+  const int64_t width = (c.h + 2 * c.kv) * c.dh;
+  const int64_t nqkv = c.b * c.s * width, nout = c.b * c.s * c.h * c.dh, nlse = c.b * c.h * c.s;
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.dh));
+  std::vector<float> qkv = round_bf16(randn(nqkv, seed));
+  std::vector<float> dout = round_bf16(randn(nout, seed + 1));
+  std::vector<int32_t> mask;
+  if (c.mask_kind > 0) {
+    mask = randint(c.b * c.s, seed + 2, 0, 4);  // ~25% padding
+    for (int32_t& m : mask) m = m != 0;
+    if (c.mask_kind == 2)
+      for (int64_t j = 0; j < c.s; ++j) mask[(c.b - 1) * c.s + j] = 0;
+  }
+  DevBuf<bf16> dqkv_in(nqkv), out(nout), ddout(nout), dqkv(nqkv);
+  DevBuf<float> lse(nlse);
+  DevBuf<int32_t> dmask(mask.empty() ? 1 : mask.size());
+  upload(dqkv_in, qkv);
+  upload(ddout, dout);
+  if (!mask.empty()) upload(dmask, mask);
+  const int32_t* mp = mask.empty() ? nullptr : dmask.get();
+
+  attention_forward(ctx(), dqkv_in.get(), mp, out.get(), lse.get(), c.b, c.s, c.h, c.kv, c.dh,
+                    c.causal, scale);
+  std::vector<float> got_out = download(out);
+  // The backward takes the GPU's own bf16 output, as in training.
+  attention_backward(ctx(), dqkv_in.get(), mp, out.get(), lse.get(), ddout.get(), dqkv.get(), c.b,
+                     c.s, c.h, c.kv, c.dh, c.causal, scale);
+  std::vector<float> got_lse = download(lse), got_dqkv = download(dqkv);
+
+  std::vector<float> ref_out(nout), ref_lse(nlse), ref_dqkv(nqkv);
+  const int32_t* hm = mask.empty() ? nullptr : mask.data();
+  host::attention_forward(qkv.data(), hm, ref_out.data(), ref_lse.data(), c.b, c.s, c.h, c.kv,
+                          c.dh, c.causal, scale);
+  host::attention_backward(qkv.data(), hm, got_out.data(), ref_lse.data(), dout.data(),
+                           ref_dqkv.data(), c.b, c.s, c.h, c.kv, c.dh, c.causal, scale);
+
+  const std::string t = tag(c);
+  // out: P is rounded to bf16 before P V (as in FlashAttention), out to bf16.
+  expect_close("attention_forward out" + t, got_out, ref_out, Tol{1e-2, 2e-2, 1e-2});
+  // lse: fp32 scores of exact bf16 inputs; -inf must match exactly.
+  expect_close("attention_forward lse" + t, got_lse, ref_lse, Tol{1e-4, 1e-4, 0});
+
+  // dq, dk, dv separately: P and dS are rounded to bf16 for the MMAs.
+  std::vector<float> gq, rq, gk, rk, gv, rv;
+  const int64_t r = c.h / c.kv;
+  for (int64_t row = 0; row < c.b * c.s; ++row)
+    for (int64_t g = 0; g < c.kv; ++g)
+      for (int64_t j = 0; j < r + 2; ++j)
+        for (int64_t e = 0; e < c.dh; ++e) {
+          const int64_t i = row * width + (g * (r + 2) + j) * c.dh + e;
+          auto& gd = j < r ? gq : j == r ? gk : gv;
+          auto& rd = j < r ? rq : j == r ? rk : rv;
+          gd.push_back(got_dqkv[i]);
+          rd.push_back(ref_dqkv[i]);
+        }
+  expect_close("attention_backward dq" + t, gq, rq, Tol{2e-2 * max_abs(rq), 5e-2, 2e-2});
+  expect_close("attention_backward dk" + t, gk, rk, Tol{2e-2 * max_abs(rk), 5e-2, 2e-2});
+  expect_close("attention_backward dv" + t, gv, rv, Tol{2e-2 * max_abs(rv), 5e-2, 2e-2});
+}
+
+TEST_F(CudaAttention, SmallCausalRagged) { run_case({1, 100, 2, 2, 64, true, 0}, 801); }
+TEST_F(CudaAttention, SmallBidirectionalRagged128) { run_case({2, 77, 2, 1, 128, false, 0}, 802); }
+TEST_F(CudaAttention, GqaPaddingMaskCausal) { run_case({2, 130, 4, 2, 64, true, 1}, 803); }
+TEST_F(CudaAttention, GqaPaddingMaskEmptyRows128) { run_case({2, 96, 8, 2, 128, false, 2}, 804); }
+TEST_F(CudaAttention, CausalWithEmptyBatch128) { run_case({2, 192, 4, 4, 128, true, 2}, 805); }
+TEST_F(CudaAttention, Gpt2_124M_Shape) { run_case({1, 1024, 12, 12, 64, true, 0}, 806); }
+TEST_F(CudaAttention, Gpt_1p3B_Shape) { run_case({1, 2048, 16, 16, 128, true, 0}, 807); }
+
+}  // namespace
+}  // namespace mtc::rt::cuda::test

@@ -1,0 +1,331 @@
+// Tests of train_main with the tiny hand-written program
+// (train_test_support.h): the loss falls, resume is bit-exact, --dump-grads
+// writes the gradients of the global-batch mean loss (checked against
+// central finite differences of an independent double-precision forward),
+// initialization depends only on (seed, name), and bad flags, bad data and
+// NaN losses stop with errors naming the flag or step.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <regex>
+
+#include "mtc/rt/checkpoint.h"
+#include "mtc/rt/loader.h"
+#include "mtc/rt/safetensors.h"
+#include "train_test_support.h"
+
+namespace mtc::rt {
+namespace {
+
+using testing::read_jsonl;
+using testing::run_train;
+using testing::scratch_dir;
+namespace tiny = testing::tiny;
+
+class Trainer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = scratch_dir("trainer_" + std::string(::testing::UnitTest::GetInstance()
+                                                     ->current_test_info()
+                                                     ->name()));
+    corpus_ = dir_ + "/corpus";
+    tiny::write_corpus(corpus_, 60);
+  }
+  std::string dir_, corpus_;
+};
+
+std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
+  std::vector<double> out;
+  for (const auto& r : rows)
+    if (r.contains(key)) out.push_back(r[key].get<double>());
+  return out;
+}
+
+TEST_F(Trainer, LossFallsAndLogsEachInterval) {
+  ProgramDesc p = tiny::program();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_, "--steps", "40", "--log-interval", "10",
+                         "--metrics", dir_ + "/m.jsonl"});
+  std::string out = ::testing::internal::GetCapturedStdout();
+  ASSERT_EQ(rc, 0) << out;
+  auto rows = read_jsonl(dir_ + "/m.jsonl");
+  ASSERT_EQ(rows.size(), 40u);
+  auto loss = column(rows, "loss");
+  double last5 = 0;
+  for (size_t i = 35; i < 40; ++i) last5 += loss[i] / 5;
+  EXPECT_LT(last5, loss[0] - 1.0) << "first " << loss[0] << ", last five " << last5;
+  EXPECT_EQ(rows[39]["step"], 40);
+  EXPECT_EQ(rows[39]["consumed_samples"], 160);
+  EXPECT_EQ(rows[0]["tokens"], 32);
+  // lr follows the schedule: warm-up 3 steps to 3e-2, cosine to 3e-3 at 40.
+  EXPECT_DOUBLE_EQ(rows[0]["lr"].get<double>(), 1e-2);
+  EXPECT_NEAR(rows[39]["lr"].get<double>(), 3e-3, 1e-12);
+
+  // The plan summary comes first; then one line per 10 steps in the format
+  // step 10/40 | loss 2.1234 | lr 2.79e-02 | grad_norm 0.812 | tokens/s ... | eta ...
+  EXPECT_NE(out.find("parameters  272 in 3 tensors"), std::string::npos) << out;
+  std::regex line(R"(step (\d+)/40 \| loss \d+\.\d{4} \| lr \d\.\d{2}e-\d{2} \| grad_norm \d+\.\d{3} \| tokens/s \d+ \| TFLOP/s \d+\.\d{2} \| elapsed \d{2}:\d{2}:\d{2} \| eta \d{2}:\d{2}:\d{2})");
+  std::vector<std::string> steps;
+  for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it)
+    steps.push_back((*it)[1]);
+  EXPECT_EQ(steps, (std::vector<std::string>{"10", "20", "30", "40"})) << out;
+}
+
+TEST_F(Trainer, ResumeIsBitExact) {
+  ProgramDesc p = tiny::program();
+  const std::vector<std::string> common = {"--data", corpus_, "--steps", "20",
+                                           "--eval-interval", "5", "--eval-iters", "2",
+                                           "--split", "90,10", "--log-interval", "5"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  ASSERT_EQ(run_train(p, with({"--save", dir_ + "/a", "--metrics", dir_ + "/a.jsonl"})), 0);
+  // The same run, stopped after step 10 and resumed from its checkpoint.
+  ASSERT_EQ(run_train(p, with({"--save", dir_ + "/b", "--metrics", dir_ + "/b.jsonl",
+                               "--exit-interval", "10"})), 0);
+  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").size(), 10u);
+  EXPECT_EQ(resolve_checkpoint(dir_ + "/b"), dir_ + "/b/step_000010");
+  ASSERT_EQ(run_train(p, with({"--save", dir_ + "/b", "--metrics", dir_ + "/b.jsonl",
+                               "--resume"})), 0);
+
+  auto a = read_jsonl(dir_ + "/a.jsonl"), b = read_jsonl(dir_ + "/b.jsonl");
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  for (const char* key : {"loss", "grad_norm", "lr", "consumed_samples", "val_loss"}) {
+    auto ca = column(a, key), cb = column(b, key);
+    ASSERT_FALSE(ca.empty()) << key;
+    EXPECT_EQ(ca, cb) << key;  // exact equality of every value
+  }
+  EXPECT_EQ(column(a, "val_loss").size(), 4u);
+  EXPECT_EQ(testing::read_bytes(dir_ + "/a/step_000020/model.safetensors"),
+            testing::read_bytes(dir_ + "/b/step_000020/model.safetensors"));
+  // Resuming a finished run does nothing.
+  EXPECT_EQ(run_train(p, with({"--save", dir_ + "/b", "--resume"})), 0);
+  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").size(), 20u);
+}
+
+// Mean cross-entropy of the global batch in double, written independently
+// of the program: rows (N, S) of tokens/targets, microbatches of kB rows.
+double reference_loss(const std::vector<double>& params, const std::vector<int32_t>& tok,
+                      const std::vector<int32_t>& tgt) {
+  const int64_t rows = static_cast<int64_t>(tok.size()) / tiny::kS;
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t s = 0; s < tiny::kS; ++s) {
+      int32_t x = tok[r * tiny::kS + s], y = tgt[r * tiny::kS + s];
+      std::vector<double> z(tiny::kV);
+      double mx = -1e300;
+      for (int64_t v = 0; v < tiny::kV; ++v) {
+        z[v] = params[tiny::kHeadB + v];
+        for (int64_t d = 0; d < tiny::kD; ++d)
+          z[v] += params[tiny::kHeadW + v * tiny::kD + d] * params[tiny::kWte + x * tiny::kD + d];
+        mx = std::max(mx, z[v]);
+      }
+      double sum = 0;
+      for (double zv : z) sum += std::exp(zv - mx);
+      total += std::log(sum) + mx - z[y];
+    }
+  }
+  // Each microbatch's loss is a mean over its tokens; all microbatches have
+  // the same token count, so the mean of means is the mean over all tokens.
+  return total / static_cast<double>(rows * tiny::kS);
+}
+
+TEST_F(Trainer, DumpGradsMatchFiniteDifferences) {
+  ProgramDesc p = tiny::program();
+  ASSERT_EQ(run_train(p, {"--init-only", dir_ + "/init", "--seed", "11"}), 0);
+  ASSERT_EQ(run_train(p, {"--data", corpus_, "--seed", "11", "--dump-grads",
+                          dir_ + "/grads.safetensors"}), 0);
+  SafetensorsReader init(dir_ + "/init/step_000000/model.safetensors");
+  SafetensorsReader dump(dir_ + "/grads.safetensors");
+  EXPECT_EQ(dump.tensors().size(), p.params.size() + 2);
+  EXPECT_EQ(dump.metadata().at("mtc.step"), "1");
+  EXPECT_EQ(dump.metadata().at("mtc.num_microbatches"), "2");
+
+  const int64_t n = tiny::kMicro * tiny::kB * tiny::kS;
+  std::vector<int32_t> tok(n), tgt(n);
+  dump.read_i32("batch.tokens", tok.data(), n);
+  dump.read_i32("batch.targets", tgt.data(), n);
+  EXPECT_EQ(dump.info("batch.tokens").shape, (std::vector<int64_t>{4, 8}));
+
+  // The batch is the loader's first global batch for this seed and split.
+  IndexedDataset ds(corpus_);
+  GptSamples train(ds, split_source(ds, parse_split("98,2"))[0], tiny::kS, 11, 0, "train");
+  BatchLayout layout{tiny::kB, tiny::kMicro, tiny::kS, 0, 1};
+  std::vector<int32_t> want_tok(n), want_tgt(n);
+  for (int64_t i = 0; i < tiny::kMicro; ++i)
+    fill_microbatch(train, layout, 0, i, want_tok.data() + i * tiny::kB * tiny::kS,
+                    want_tgt.data() + i * tiny::kB * tiny::kS);
+  EXPECT_EQ(tok, want_tok);
+  EXPECT_EQ(tgt, want_tgt);
+
+  std::vector<float> p0(tiny::kNumParams), grads(tiny::kNumParams);
+  for (const ParamDesc& d : p.params) {
+    init.read_f32(d.name, p0.data() + d.offset, d.numel);
+    dump.read_f32(d.name, grads.data() + d.offset, d.numel);
+  }
+  std::vector<double> params(p0.begin(), p0.end());
+  EXPECT_NEAR(std::stod(dump.metadata().at("mtc.loss")), reference_loss(params, tok, tgt), 1e-5);
+
+  // Central differences on 40 random elements plus every used embedding row.
+  std::mt19937 rng(5);
+  std::vector<int64_t> idx;
+  for (int k = 0; k < 40; ++k) idx.push_back(rng() % tiny::kNumParams);
+  for (int64_t d = 0; d < tiny::kD; ++d) idx.push_back(tiny::kWte + tok[0] * tiny::kD + d);
+  const double h = 1e-4;
+  for (int64_t i : idx) {
+    std::vector<double> plus = params, minus = params;
+    plus[i] += h;
+    minus[i] -= h;
+    double fd = (reference_loss(plus, tok, tgt) - reference_loss(minus, tok, tgt)) / (2 * h);
+    EXPECT_NEAR(grads[i], fd, 2e-5 + 1e-3 * std::abs(fd)) << "element " << i;
+  }
+}
+
+TEST_F(Trainer, InitDependsOnlyOnSeedAndName) {
+  ProgramDesc p = tiny::program();
+  ProgramDesc q = p;
+  std::reverse(q.params.begin(), q.params.end());
+  int64_t off = 0;
+  for (ParamDesc& d : q.params) {
+    d.offset = off;
+    off += d.numel;
+  }
+  ASSERT_EQ(run_train(p, {"--init-only", dir_ + "/p", "--seed", "3"}), 0);
+  ASSERT_EQ(run_train(q, {"--init-only", dir_ + "/q", "--seed", "3"}), 0);
+  ASSERT_EQ(run_train(p, {"--init-only", dir_ + "/r", "--seed", "4"}), 0);
+  SafetensorsReader a(dir_ + "/p/step_000000/model.safetensors"),
+      b(dir_ + "/q/step_000000/model.safetensors"), c(dir_ + "/r/step_000000/model.safetensors");
+  for (const ParamDesc& d : p.params) {
+    std::vector<float> x(d.numel), y(d.numel), z(d.numel);
+    a.read_f32(d.name, x.data(), d.numel);
+    b.read_f32(d.name, y.data(), d.numel);
+    c.read_f32(d.name, z.data(), d.numel);
+    EXPECT_EQ(x, y) << d.name;
+    if (d.init == InitKind::normal) {
+      EXPECT_NE(x, z) << d.name << " must change with the seed";
+      double mean = 0, sq = 0;
+      for (float v : x) mean += v / d.numel;
+      for (float v : x) sq += (v - mean) * (v - mean) / d.numel;
+      EXPECT_NEAR(mean, 0.0, 0.15) << d.name;
+      EXPECT_NEAR(std::sqrt(sq), d.init_std, 0.1) << d.name;
+    } else {
+      EXPECT_EQ(x, std::vector<float>(d.numel, 0.0f)) << d.name;
+    }
+  }
+  // A shard of a tensor is the matching slice of the whole (element i of
+  // parameter `name` does not depend on the tensor's size).
+  ProgramDesc big = p;
+  big.params = {{"wte", {tiny::kV * 2, tiny::kD}, 0, 2 * tiny::kV * tiny::kD,
+                 InitKind::normal, 0.5, true}};
+  big.num_param_elems = 2 * tiny::kV * tiny::kD;
+  std::vector<float> whole(big.num_param_elems), part(tiny::kV * tiny::kD);
+  init_params(big, 3, whole.data());
+  a.read_f32("wte", part.data(), tiny::kV * tiny::kD);
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), whole.begin()));
+}
+
+struct FlagCase {
+  std::vector<std::string> args;
+  int rc;
+  std::string message;
+};
+
+TEST_F(Trainer, BadFlagsAndInputsAreReported) {
+  ProgramDesc p = tiny::program();
+  std::filesystem::create_directories(dir_ + "/empty");
+  const std::vector<FlagCase> cases = {
+      {{"--bogus"}, 2, "unknown argument \"--bogus\""},
+      {{"--data", corpus_, "--steps", "abc"}, 2, "--steps: expected an integer, got \"abc\""},
+      {{"--data", corpus_, "--steps", "0"}, 2, "--steps: must be >= 1"},
+      {{"--steps", "5"}, 2, "--data: required"},
+      {{"--data", corpus_, "--resume"}, 2, "--resume: needs --load DIR or --save DIR"},
+      {{"--data", corpus_, "--lr"}, 2, "--lr: missing value"},
+      {{"--data", corpus_, "--lr=-1"}, 2, "--lr: must be > 0"},
+      {{"--data", corpus_, "--save-interval", "5"}, 2, "--save-interval: needs --save"},
+      {{"--data", corpus_, "--help=1"}, 2, "--help: takes no value"},
+      {{"--data", corpus_, "--split", "9;1"}, 1, "--split \"9;1\""},
+      {{"--data", dir_ + "/nothing"}, 1, "nothing.idx: cannot open"},
+      {{"--data", corpus_, "--split", "100,0", "--eval-interval", "5"}, 1,
+       "the validation split of --split 100,0 is empty"},
+      {{"--data", corpus_, "--resume", "--load", dir_ + "/empty"}, 1, "not a checkpoint"},
+  };
+  for (const FlagCase& c : cases) {
+    ::testing::internal::CaptureStderr();
+    ::testing::internal::CaptureStdout();
+    int rc = run_train(p, c.args);
+    std::string err = ::testing::internal::GetCapturedStderr();
+    ::testing::internal::GetCapturedStdout();
+    EXPECT_EQ(rc, c.rc) << c.message << "\n" << err;
+    EXPECT_NE(err.find(c.message), std::string::npos) << "stderr: " << err;
+  }
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(run_train(p, {"--help"}), 0);
+  std::string help = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(help.find("--dump-grads FILE"), std::string::npos) << help;
+}
+
+TEST_F(Trainer, BadProgramsAreReported) {
+  auto expect_fail = [&](const ProgramDesc& p, const std::string& message) {
+    ::testing::internal::CaptureStderr();
+    ::testing::internal::CaptureStdout();
+    int rc = run_train(p, {"--data", corpus_});
+    std::string err = ::testing::internal::GetCapturedStderr();
+    ::testing::internal::GetCapturedStdout();
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find(message), std::string::npos) << err;
+  };
+  ProgramDesc dup = tiny::program();
+  dup.params[2].name = "wte";
+  expect_fail(dup, "parameter \"wte\": the name is used twice");
+  ProgramDesc overlap = tiny::program();
+  overlap.params[1].offset = 4;
+  expect_fail(overlap, "\"wte\" and \"head.weight\" overlap");
+  ProgramDesc dp = tiny::program();
+  dp.train.global_batch = 8;
+  expect_fail(dp, "single data-parallel rank");
+  ProgramDesc sched = tiny::program();
+  sched.train.warmup_steps = 30;
+  expect_fail(sched, "must exceed the warm-up");
+}
+
+TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
+  tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
+  ProgramDesc p = tiny::program();
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_ + "_bad", "--steps", "300",
+                         "--metrics", dir_ + "/m.jsonl"});
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("token 99 at position"), std::string::npos) << err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(err, m, std::regex(R"(training step (\d+), microbatch \d)"))) << err;
+  // The failing step is not recorded.
+  EXPECT_EQ(read_jsonl(dir_ + "/m.jsonl").size(), std::stoul(m[1]) - 1);
+}
+
+float nan_at_step_3(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  float l = tiny::forward_backward(s, tok, tgt);
+  return s.step == 3 ? std::nanf("") : l;
+}
+
+TEST_F(Trainer, NanLossStopsWithTheStep) {
+  ProgramDesc p = tiny::program();
+  p.forward_backward = &nan_at_step_3;
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_, "--steps", "10", "--save", dir_ + "/ck"});
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("training step 3: loss is NaN at microbatch 0"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
+}
+
+}  // namespace
+}  // namespace mtc::rt
