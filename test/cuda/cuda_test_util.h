@@ -128,15 +128,22 @@ class DevBuf {
 
   T* get() const { return p_; }
   size_t size() const { return n_; }
-  // All bytes 0xFF: NaN as fp32 and as bf16, -1 as int32.
-  void poison() { MTC_TEST_CUDA(cudaMemset(p_, 0xff, n_ * sizeof(T))); }
+  // All bytes 0xFF: NaN as fp32 and as bf16, -1 as int32. Uploads and
+  // poisoning go through ctx().stream and complete before returning (a plain
+  // cudaMemcpy / cudaMemset is not ordered with the non-blocking stream).
+  void poison() {
+    MTC_TEST_CUDA(cudaMemsetAsync(p_, 0xff, n_ * sizeof(T), ctx().stream));
+    MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
+  }
   void upload_raw(const T* src) {
-    MTC_TEST_CUDA(cudaMemcpy(p_, src, n_ * sizeof(T), cudaMemcpyHostToDevice));
+    MTC_TEST_CUDA(cudaMemcpyAsync(p_, src, n_ * sizeof(T), cudaMemcpyHostToDevice, ctx().stream));
+    MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
   }
   std::vector<T> download_raw() const {
     MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
     std::vector<T> h(n_);
-    MTC_TEST_CUDA(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    MTC_TEST_CUDA(cudaMemcpyAsync(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost, ctx().stream));
+    MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
     return h;
   }
 
@@ -149,12 +156,16 @@ class DevBuf {
 inline void upload(DevBuf<bf16>& d, const std::vector<float>& v) {
   std::vector<uint16_t> bits(v.size());
   for (size_t i = 0; i < v.size(); ++i) bits[i] = to_bf16_bits(v[i]);
-  MTC_TEST_CUDA(cudaMemcpy(d.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
+  MTC_TEST_CUDA(cudaMemcpyAsync(d.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice,
+                                ctx().stream));
+  MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
 }
 inline std::vector<float> download(const DevBuf<bf16>& d) {
   MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
   std::vector<uint16_t> bits(d.size());
-  MTC_TEST_CUDA(cudaMemcpy(bits.data(), d.get(), bits.size() * 2, cudaMemcpyDeviceToHost));
+  MTC_TEST_CUDA(cudaMemcpyAsync(bits.data(), d.get(), bits.size() * 2, cudaMemcpyDeviceToHost,
+                                ctx().stream));
+  MTC_TEST_CUDA(cudaStreamSynchronize(ctx().stream));
   std::vector<float> v(bits.size());
   for (size_t i = 0; i < v.size(); ++i) v[i] = from_bf16_bits(bits[i]);
   return v;

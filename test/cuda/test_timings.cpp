@@ -31,12 +31,16 @@ void fill_random(DevBuf<T>& d, uint64_t seed, float stddev) {
       h[i] = static_cast<T>(r[i]);
     }
   }
-  MTC_TEST_CUDA(cudaMemcpy(d.get(), h.data(), block * sizeof(T), cudaMemcpyHostToDevice));
+  cudaStream_t s = ctx().stream;
+  MTC_TEST_CUDA(
+      cudaMemcpyAsync(d.get(), h.data(), block * sizeof(T), cudaMemcpyHostToDevice, s));
   for (size_t done = block; done < d.size();) {
     const size_t n = std::min(done, d.size() - done);
-    MTC_TEST_CUDA(cudaMemcpy(d.get() + done, d.get(), n * sizeof(T), cudaMemcpyDeviceToDevice));
+    MTC_TEST_CUDA(
+        cudaMemcpyAsync(d.get() + done, d.get(), n * sizeof(T), cudaMemcpyDeviceToDevice, s));
     done += n;
   }
+  MTC_TEST_CUDA(cudaStreamSynchronize(s));
 }
 
 double median_ms(const std::function<void()>& fn) {

@@ -18,7 +18,7 @@ config.substitutions.append(("%mtc_src", config.mtc_src_root))
 config.substitutions.append(("%mtc-preprocess", config.mtc_preprocess))
 
 llvm_config.use_default_substitutions()
-llvm_config.with_environment("PATH", config.mtc_tools_dir, append_path=False)
+llvm_config.with_environment("PATH", config.mtc_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 tools = ["mtc-opt", "mtc", "FileCheck", "not", "count"]
 llvm_config.add_tool_substitutions(tools, [config.mtc_tools_dir, config.llvm_tools_dir])

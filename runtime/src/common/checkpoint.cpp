@@ -225,6 +225,12 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
   return final_dir.string();
 }
 
+bool checkpoint_exists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(fs::path(path) / "latest", ec) ||
+         fs::exists(fs::path(path) / "state.json", ec);
+}
+
 std::string resolve_checkpoint(const std::string& path) {
   const fs::path p(path);
   std::error_code ec;

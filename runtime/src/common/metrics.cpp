@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <sstream>
 
 #include "mtc/rt/io.h"
 
@@ -45,8 +47,21 @@ std::string format_validation_line(int64_t step, double loss) {
   return buf;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
-  file_ = std::fopen(path.c_str(), append ? "a" : "w");
+MetricsWriter::MetricsWriter(const std::string& path, int64_t keep_through_step)
+    : path_(path) {
+  std::error_code ec;
+  if (keep_through_step >= 0 && std::filesystem::exists(path, ec)) {
+    std::string kept, line;
+    std::istringstream in(read_file(path));
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() <= keep_through_step)
+        kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+  }
+  file_ = std::fopen(path.c_str(), keep_through_step >= 0 ? "a" : "w");
   if (file_ == nullptr)
     throw Error(path + ": cannot open the metrics file (" +
                 std::strerror(errno) + ")");

@@ -21,11 +21,13 @@
 // Resume is exact: params, moments, step and consumed samples come back
 // from the checkpoint, and everything else is a function of them and the
 // seed.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <new>
 #include <optional>
@@ -103,7 +105,6 @@ class Trainer {
   std::unique_ptr<TokenSource> source_;
   std::vector<DocRange> ranges_;
   std::optional<GptSamples> train_, valid_;
-  bool moments_bound_ = kHostStateHasMoments;
 
   FloatBuffer params_, grads_, exp_avg_, exp_avg_sq_, arena_;
   HostState state_;
@@ -124,6 +125,12 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
                 ", but this trainer runs a single data-parallel rank (dp = 1)");
 
   resuming_ = o_.resume || !o_.load.empty();
+  if (resuming_ && o_.load.empty() && !checkpoint_exists(o_.save)) {
+    // As Megatron: a job that always passes --resume starts fresh the first time.
+    std::printf("note: --resume: no checkpoint in %s yet; starting from step 0\n",
+                o_.save.c_str());
+    resuming_ = false;
+  }
   if (resuming_) {
     resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
     resume_state_ = inspect_checkpoint(resume_dir_, p_);
@@ -150,7 +157,10 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
   schedule_.decay_steps = t_.decay_steps > 0 ? t_.decay_steps : o_.steps;
   schedule_.decay = t_.decay;
   if (std::string why = check_lr_schedule(schedule_); !why.empty())
-    throw Error("learning-rate schedule: " + why + " (decay_steps defaults to --steps)");
+    throw Error("learning-rate schedule: " + why +
+                (t_.decay_steps > 0 ? " (the program's decay_steps)"
+                                    : " (the program's decay_steps is 0, so decay ends at "
+                                      "--steps: give more --steps than warm-up steps)"));
 
   if (o_.init_only.empty()) {
     source_ = open_token_source(o_.data);
@@ -171,15 +181,16 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
 void Trainer::print_plan() const {
   const double pbytes = 4.0 * static_cast<double>(p_.num_param_elems);
   const double abytes = 4.0 * static_cast<double>(p_.arena_floats);
-  const double total = pbytes * (moments_bound_ ? 4 : 2) + abytes;
+  const double total = pbytes * 4 + abytes;
   std::printf("mtc train: model %s (target %s)\n", p_.model_name.c_str(),
               p_.target.c_str());
   std::printf("  parameters  %s in %zu tensors\n",
               with_commas(p_.num_param_elems).c_str(), p_.params.size());
-  std::printf("  memory      params %s + grads %s%s + activations %s = %s\n",
+  std::printf("  memory      params %s + grads %s + AdamW moments %s + activations %s"
+              " = %s\n",
               human_bytes(pbytes).c_str(), human_bytes(pbytes).c_str(),
-              moments_bound_ ? (" + AdamW moments " + human_bytes(2 * pbytes)).c_str() : "",
-              human_bytes(abytes).c_str(), human_bytes(total).c_str());
+              human_bytes(2 * pbytes).c_str(), human_bytes(abytes).c_str(),
+              human_bytes(total).c_str());
   std::printf("  batch       global %lld = micro %lld x %lld microbatches x dp %lld;"
               " seq_length %lld; %s tokens/step\n",
               static_cast<long long>(t_.global_batch),
@@ -213,9 +224,6 @@ void Trainer::print_plan() const {
     std::printf("  resume      %s (step %lld, %s samples consumed)\n",
                 resume_dir_.c_str(), static_cast<long long>(resume_state_.step),
                 with_commas(resume_state_.consumed_samples).c_str());
-  if (!moments_bound_)
-    std::printf("  note        HostState has no exp_avg/exp_avg_sq members: the "
-                "optimizer state is not checkpointed\n");
   std::fflush(stdout);
 }
 
@@ -265,8 +273,8 @@ void Trainer::save(int64_t step, int64_t consumed) {
   s.train_steps = o_.steps;
   s.decay_steps = schedule_.decay_steps;
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
-  auto [m, v] = optimizer_moments(state_);
-  std::string written = save_checkpoint(dir, p_, s, params_.get(), m, v);
+  std::string written = save_checkpoint(dir, p_, s, params_.get(), state_.exp_avg,
+                                        state_.exp_avg_sq);
   std::printf("saved checkpoint %s\n", written.c_str());
   std::fflush(stdout);
 }
@@ -316,24 +324,23 @@ void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) const
 int Trainer::run() {
   params_ = alloc_floats(p_.num_param_elems, "the parameters");
   grads_ = alloc_floats(p_.num_param_elems, "the gradients");
-  if (moments_bound_) {
-    exp_avg_ = alloc_floats(p_.num_param_elems, "the AdamW first moments");
-    exp_avg_sq_ = alloc_floats(p_.num_param_elems, "the AdamW second moments");
-    bind_optimizer_moments(state_, exp_avg_.get(), exp_avg_sq_.get());
-  }
+  exp_avg_ = alloc_floats(p_.num_param_elems, "the AdamW first moments");
+  exp_avg_sq_ = alloc_floats(p_.num_param_elems, "the AdamW second moments");
   arena_ = alloc_floats(p_.arena_floats, "the activation arena");
   state_.params = params_.get();
   state_.grads = grads_.get();
+  state_.exp_avg = exp_avg_.get();
+  state_.exp_avg_sq = exp_avg_sq_.get();
   state_.arena = arena_.get();
   state_.seed = o_.seed;
 
   int64_t step = 0, consumed = 0;
   if (resuming_) {
-    auto [m, v] = optimizer_moments(state_);
-    resume_state_ = load_checkpoint(resume_dir_, p_, params_.get(), m, v);
+    resume_state_ = load_checkpoint(resume_dir_, p_, params_.get(), state_.exp_avg,
+                                    state_.exp_avg_sq);
     step = resume_state_.step;
     consumed = resume_state_.consumed_samples;
-    if (moments_bound_ && !resume_state_.has_optimizer)
+    if (!resume_state_.has_optimizer)
       std::printf("note: %s has no optimizer state; AdamW moments start at zero\n",
                   resume_dir_.c_str());
   } else {
@@ -350,7 +357,7 @@ int Trainer::run() {
   }
 
   MetricsWriter metrics;
-  if (!o_.metrics.empty()) metrics = MetricsWriter(o_.metrics, resuming_);
+  if (!o_.metrics.empty()) metrics = MetricsWriter(o_.metrics, resuming_ ? step : -1);
   const int64_t rows = t_.micro_batch * t_.seq_length;
   tokens_.assign(static_cast<size_t>(t_.num_microbatches * rows), 0);
   targets_.assign(tokens_.size(), 0);

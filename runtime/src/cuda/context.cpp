@@ -94,8 +94,9 @@ Context::Context(int device_, size_t workspace_bytes) : device(device_) {
   MTC_CUDA_CHECK(cudaMalloc(&cublas_workspace, cublas_workspace_bytes));
   MTC_CUDA_CHECK(cudaMalloc(&data_error_slots,
                             kNumDataErrorSlots * sizeof(unsigned long long)));
-  MTC_CUDA_CHECK(cudaMemset(data_error_slots, 0xff,
-                            kNumDataErrorSlots * sizeof(unsigned long long)));
+  MTC_CUDA_CHECK(cudaMemsetAsync(data_error_slots, 0xff,
+                                 kNumDataErrorSlots * sizeof(unsigned long long), stream));
+  MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 Context::~Context() {

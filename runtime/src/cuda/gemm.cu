@@ -221,9 +221,20 @@ bool run(Context& ctx, const Call& c) {
   set_pointers(p.desc, c);
   const float alpha = 1.f, beta = c.accumulate ? 1.f : 0.f;
   // cuBLASLt's A is our B and its B is our A (see the file comment).
-  MTC_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, c.b, p.la, c.a, p.lb, &beta, c.c, p.lc,
-                                  c.c, p.lc, &p.algo, ctx.cublas_workspace,
-                                  ctx.cublas_workspace_bytes, ctx.stream));
+  cublasStatus_t st = cublasLtMatmul(ctx.lt, p.desc, &alpha, c.b, p.la, c.a, p.lb, &beta, c.c,
+                                     p.lc, c.c, p.lc, &p.algo, ctx.cublas_workspace,
+                                     ctx.cublas_workspace_bytes, ctx.stream);
+  const bool plain = c.epilogue == CUBLASLT_EPILOGUE_DEFAULT || c.epilogue == CUBLASLT_EPILOGUE_BIAS;
+  if (!plain && (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE)) {
+    // A fused epilogue the heuristic offered but the call refused: remember
+    // and take the unfused path from now on.
+    if (verbose())
+      std::fprintf(stderr, "[mtc gemm] epilogue %s refused at run time (%s): fallback\n",
+                   epilogue_name(c.epilogue), cublas_status_string(st).c_str());
+    p.supported = false;
+    return false;
+  }
+  MTC_CUBLAS_CHECK(st);
   return true;
 }
 

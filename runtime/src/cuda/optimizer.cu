@@ -159,8 +159,9 @@ AdamWPlan::AdamWPlan(Context& ctx, const std::vector<AdamWTensor>& tensors) {
   if (num_chunks_ == 0) return;
   MTC_CUDA_CHECK(cudaSetDevice(ctx.device));
   MTC_CUDA_CHECK(cudaMalloc(&chunks_, sizeof(Chunk) * chunks.size()));
-  MTC_CUDA_CHECK(
-      cudaMemcpy(chunks_, chunks.data(), sizeof(Chunk) * chunks.size(), cudaMemcpyHostToDevice));
+  MTC_CUDA_CHECK(cudaMemcpyAsync(chunks_, chunks.data(), sizeof(Chunk) * chunks.size(),
+                                 cudaMemcpyHostToDevice, ctx.stream));
+  MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
 }
 
 AdamWPlan::~AdamWPlan() {

@@ -133,6 +133,18 @@ func.func @matmul_plain(%x: tensor<2x4x8xf32>, %w: tensor<8x16xf32>) -> tensor<2
 
 // -----
 
+// Tests mtc.matmul with transpose_b and no bias.
+// CHECK-LABEL: func.func @matmul_transpose_b
+// CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<16x8xf32>
+// CHECK:         %[[Y:.*]] = mtc.matmul %[[X]], %[[W]] transpose_b : tensor<2x4x8xf32>, tensor<16x8xf32> -> tensor<2x4x16xf32>
+// CHECK:         return %[[Y]]
+func.func @matmul_transpose_b(%x: tensor<2x4x8xf32>, %w: tensor<16x8xf32>) -> tensor<2x4x16xf32> {
+  %y = mtc.matmul %x, %w transpose_b : tensor<2x4x8xf32>, tensor<16x8xf32> -> tensor<2x4x16xf32>
+  return %y : tensor<2x4x16xf32>
+}
+
+// -----
+
 // Tests mtc.matmul with a bias and transpose_b (a linear layer).
 // CHECK-LABEL: func.func @matmul_bias_transpose_b
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<16x8xf32>, %[[B:[^:]+]]: tensor<16xf32>

@@ -4,6 +4,8 @@
 // formats agree, and bad files give errors naming the place.
 #include <gtest/gtest.h>
 
+#include <random>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,26 @@ TEST(TokenizerPretokenize, PiecesConcatenateToText) {
   std::string joined;
   for (auto p : gpt2_pretokenize(text)) joined += p;
   EXPECT_EQ(joined, text);
+}
+
+// On ASCII the byte classes are exact, so the split must equal the original
+// pattern's (with \p{L} = [A-Za-z], \p{N} = [0-9], \s = [ \t\n\v\f\r]) run
+// by std::regex, whose ECMAScript alternation is leftmost-first like the
+// regex module's.
+TEST(TokenizerPretokenize, MatchesTheAsciiPatternOnRandomText) {
+  const std::regex pattern(
+      "'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^ \t\n\v\f\rA-Za-z0-9]+"
+      "|[ \t\n\v\f\r]+(?![^ \t\n\v\f\r])|[ \t\n\v\f\r]+");
+  const std::string alphabet = "ab Z09'  \t\n\r\v\f.!-'sltdmrve";
+  std::mt19937 rng(1);
+  for (int i = 0; i < 3000; ++i) {
+    std::string text(rng() % 15, ' ');
+    for (char& c : text) c = alphabet[rng() % alphabet.size()];
+    std::vector<std::string> expected;
+    for (std::sregex_iterator it(text.begin(), text.end(), pattern), end; it != end; ++it)
+      expected.push_back(it->str());
+    ASSERT_EQ(pieces(text), expected) << "text: \"" << text << "\"";
+  }
 }
 
 TEST(TokenizerByte, EncodeDecodeAndEod) {

@@ -8,11 +8,8 @@
 //   h = wte[token]                 wte (V, D)           h (T, D)
 //   logits = h head.weight^T + head.bias                logits (T, V)
 //   loss = mean_t cross_entropy(logits_t, target_t)
-// and AdamW (PyTorch's, decoupled weight decay on wte and head.weight) with
-// global-norm clipping. The AdamW moments are state.exp_avg/exp_avg_sq when
-// HostState has them; without them the update uses m_hat = g, v_hat = g^2
-// (sign-like SGD with weight decay), still a pure function of (params,
-// grads, step), so resume stays exact.
+// and AdamW (PyTorch's, decoupled weight decay on wte and head.weight, the
+// moments in state.exp_avg / exp_avg_sq) with global-norm clipping.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -139,18 +136,15 @@ inline double optimizer_step(HostState& state, float lr, int64_t step) {
   }
   const double norm = std::sqrt(sq);
   const double scale = (norm > clip ? clip / (norm + 1e-6) : 1.0) / kMicro;
-  auto [m, v] = optimizer_moments(state);
+  float* m = state.exp_avg;
+  float* v = state.exp_avg_sq;
   for (int64_t i = 0; i < kNumParams; ++i) {
     const double g = state.grads[i] * scale;
-    double mi = (1 - b1) * g, vi = (1 - b2) * g * g;
-    if (m != nullptr) {
-      mi += b1 * m[i];
-      vi += b2 * v[i];
-      m[i] = static_cast<float>(mi);
-      v[i] = static_cast<float>(vi);
-    }
-    const double mhat = m != nullptr ? mi / (1 - std::pow(b1, double(step))) : g;
-    const double vhat = m != nullptr ? vi / (1 - std::pow(b2, double(step))) : g * g;
+    const double mi = b1 * m[i] + (1 - b1) * g, vi = b2 * v[i] + (1 - b2) * g * g;
+    m[i] = static_cast<float>(mi);
+    v[i] = static_cast<float>(vi);
+    const double mhat = mi / (1 - std::pow(b1, double(step)));
+    const double vhat = vi / (1 - std::pow(b2, double(step)));
     const double decay = i < kHeadB ? wd : 0.0;
     state.params[i] -= static_cast<float>(
         lr * (mhat / (std::sqrt(vhat) + eps) + decay * state.params[i]));

@@ -83,11 +83,14 @@ TEST_F(Trainer, ResumeIsBitExact) {
     return a;
   };
   ASSERT_EQ(run_train(p, with({"--save", dir_ + "/a", "--metrics", dir_ + "/a.jsonl"})), 0);
-  // The same run, stopped after step 10 and resumed from its checkpoint.
+  // The same run, killed after step 13 with its last checkpoint at step 10
+  // (simulated: stop at 13, then drop the step-13 checkpoint), resumed.
   ASSERT_EQ(run_train(p, with({"--save", dir_ + "/b", "--metrics", dir_ + "/b.jsonl",
-                               "--exit-interval", "10"})), 0);
-  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").size(), 10u);
-  EXPECT_EQ(resolve_checkpoint(dir_ + "/b"), dir_ + "/b/step_000010");
+                               "--save-interval", "10", "--exit-interval", "13"})), 0);
+  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").size(), 13u);
+  EXPECT_EQ(resolve_checkpoint(dir_ + "/b"), dir_ + "/b/step_000013");
+  std::filesystem::remove_all(dir_ + "/b/step_000013");
+  testing::write_bytes(dir_ + "/b/latest", "step_000010\n");
   ASSERT_EQ(run_train(p, with({"--save", dir_ + "/b", "--metrics", dir_ + "/b.jsonl",
                                "--resume"})), 0);
 
@@ -100,8 +103,12 @@ TEST_F(Trainer, ResumeIsBitExact) {
     EXPECT_EQ(ca, cb) << key;  // exact equality of every value
   }
   EXPECT_EQ(column(a, "val_loss").size(), 4u);
-  EXPECT_EQ(testing::read_bytes(dir_ + "/a/step_000020/model.safetensors"),
-            testing::read_bytes(dir_ + "/b/step_000020/model.safetensors"));
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(testing::read_bytes(dir_ + "/a/step_000020/" + file),
+              testing::read_bytes(dir_ + "/b/step_000020/" + file)) << file;
+  // The resumed run replaced the metrics of steps 11-13 (one line per step).
+  std::vector<double> steps = column(b, "step");
+  for (size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i], double(i + 1));
   // Resuming a finished run does nothing.
   EXPECT_EQ(run_train(p, with({"--save", dir_ + "/b", "--resume"})), 0);
   EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").size(), 20u);
@@ -132,6 +139,16 @@ double reference_loss(const std::vector<double>& params, const std::vector<int32
   // Each microbatch's loss is a mean over its tokens; all microbatches have
   // the same token count, so the mean of means is the mean over all tokens.
   return total / static_cast<double>(rows * tiny::kS);
+}
+
+TEST_F(Trainer, ResumeWithoutACheckpointStartsFresh) {
+  ProgramDesc p = tiny::program();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_, "--steps", "5", "--save", dir_ + "/new", "--resume"});
+  std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("no checkpoint in " + dir_ + "/new yet"), std::string::npos) << out;
+  EXPECT_EQ(resolve_checkpoint(dir_ + "/new"), dir_ + "/new/step_000005");
 }
 
 TEST_F(Trainer, DumpGradsMatchFiniteDifferences) {

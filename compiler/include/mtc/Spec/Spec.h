@@ -144,6 +144,13 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
 std::string formatDiagnostics(const std::string& file,
                               const std::vector<Diagnostic>& diags);
 
+// The fully resolved spec as pretty-printed JSON: every key of docs/spec.md
+// with its value after presets, defaults and overrides (parallel.microbatches
+// and training.global_batch_size derived when left out), plus the derived
+// "model.padded_vocab_size" (paddedVocabSize()). With that one key removed,
+// parseSpec reads it back to an equal spec. Never throws.
+std::string toJson(const Spec& spec);
+
 // Parses enum spellings shared with the command line ("selective", ...).
 std::optional<Recompute> parseRecompute(const std::string& s);
 const char* toString(Arch);

@@ -58,6 +58,10 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                             const CheckpointState& state, const float* params,
                             const float* exp_avg, const float* exp_avg_sq);
 
+// True if `path` holds `latest` or state.json (resolve_checkpoint may still
+// find it broken).
+bool checkpoint_exists(const std::string& path);
+
 // `path` is a checkpoint root (holding `latest`) or a step directory
 // (holding state.json). Returns the step directory; throws Error otherwise.
 std::string resolve_checkpoint(const std::string& path);

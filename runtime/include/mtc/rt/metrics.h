@@ -13,7 +13,8 @@
 // flushed when the step ends, with full-precision numbers:
 //   {"step", "loss", "lr", "grad_norm", "consumed_samples", "tokens",
 //    "step_time_s", "tokens_per_s", "tflops"[, "val_loss"]}
-// A resumed run appends to the file.
+// A resumed run keeps the lines of the steps up to its checkpoint (steps
+// logged after it, which the run will redo, are dropped) and appends.
 #pragma once
 
 #include <cstdint>
@@ -51,8 +52,10 @@ std::string format_validation_line(int64_t step, double loss);
 class MetricsWriter {
  public:
   MetricsWriter() = default;  // disabled
-  // Opens `path` (truncated, or appended to when `append`); throws Error.
-  MetricsWriter(const std::string& path, bool append);
+  // Opens `path`. keep_through_step < 0: the file is truncated; else the
+  // existing lines with "step" <= keep_through_step are kept and new ones
+  // appended. Throws Error naming the path.
+  MetricsWriter(const std::string& path, int64_t keep_through_step);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;

@@ -1,12 +1,10 @@
-// The trainer around a generated program: flags, parameter initialization,
-// optimizer-state binding. train_main (program.h) is the entry point; the
+// The trainer around a generated program: flags, program checks, parameter
+// initialization. train_main (program.h) is the entry point; the
 // pieces here are exposed for tests and for other drivers.
 #pragma once
 
 #include <cstdint>
 #include <string>
-#include <type_traits>
-#include <utility>
 
 #include "mtc/rt/program.h"
 
@@ -53,43 +51,5 @@ void validate_program(const ProgramDesc& program);
 // (detail::normal_at on stream (seed, fnv1a(name))). Independent of the
 // parameters' order, offsets and of how a tensor is sharded.
 void init_params(const ProgramDesc& program, uint64_t seed, float* params);
-
-// The AdamW moments, laid out like the parameters, that the generated
-// optimizer_step updates and checkpoints save as "<name>.exp_avg" /
-// "<name>.exp_avg_sq". They are handed to the generated code through
-// HostState members `exp_avg` / `exp_avg_sq` (float*). Until program.h's
-// HostState declares them, binding is a no-op that returns false and the
-// trainer saves no optimizer state (and says so).
-namespace detail {
-template <typename S, typename = void>
-struct has_adam_moments : std::false_type {};
-template <typename S>
-struct has_adam_moments<S, std::void_t<decltype(std::declval<S&>().exp_avg),
-                                       decltype(std::declval<S&>().exp_avg_sq)>>
-    : std::true_type {};
-}  // namespace detail
-
-inline constexpr bool kHostStateHasMoments = detail::has_adam_moments<HostState>::value;
-
-template <typename S = HostState>
-bool bind_optimizer_moments(S& state, float* exp_avg, float* exp_avg_sq) {
-  if constexpr (detail::has_adam_moments<S>::value) {
-    state.exp_avg = exp_avg;
-    state.exp_avg_sq = exp_avg_sq;
-    return true;
-  } else {
-    (void)state, (void)exp_avg, (void)exp_avg_sq;
-    return false;
-  }
-}
-
-// {exp_avg, exp_avg_sq} of the state, or {nullptr, nullptr} when unbound.
-template <typename S = HostState>
-std::pair<float*, float*> optimizer_moments(S& state) {
-  if constexpr (detail::has_adam_moments<S>::value)
-    return {state.exp_avg, state.exp_avg_sq};
-  else
-    return {nullptr, nullptr};
-}
 
 }  // namespace mtc::rt
