@@ -3,7 +3,9 @@
 // math) on the same bf16 inputs: causal and bidirectional, padding masks
 // (including a sequence with every key masked: out 0, lse -inf, no
 // gradient), GQA through the grouped fused-QKV layout, head_dim 64 and 128,
-// ragged sequence lengths, and the GPT-2 124M and 1.3B head shapes.
+// ragged sequence lengths, and the GPT-2 124M and 1.3B head shapes; for the
+// own kernels and, where it applies (H == KV, no mask), the cuDNN path
+// (skipped with the reason when cuDNN or an engine is missing).
 #include <cmath>
 
 #include "cuda_test_util.h"
@@ -12,7 +14,14 @@
 namespace mtc::rt::cuda::test {
 namespace {
 
-class CudaAttention : public CudaTest {};
+class CudaAttention : public CudaTest {
+ protected:
+  void TearDown() override {
+    set_attention_backend(AttentionBackend::automatic);
+    CudaTest::TearDown();
+  }
+};
+class CudaAttentionCudnn : public CudaAttention {};
 
 struct Case {
   int64_t b, s, h, kv, dh;
@@ -27,7 +36,14 @@ std::string tag(const Case& c) {
          (c.mask_kind == 0 ? "" : c.mask_kind == 1 ? " padded" : " padded+empty");
 }
 
-void run_case(const Case& c, uint64_t seed) {
+void run_case(const Case& c, uint64_t seed, AttentionBackend backend) {
+  if (backend == AttentionBackend::cudnn) {
+    std::string why;
+    if (!cudnn_attention_supported(ctx(), c.b, c.s, c.h, c.kv, c.dh, c.causal, c.mask_kind != 0,
+                                   &why))
+      GTEST_SKIP() << "cuDNN attention unavailable: " << why;
+  }
+  set_attention_backend(backend);
   const int64_t width = (c.h + 2 * c.kv) * c.dh;
   const int64_t nqkv = c.b * c.s * width, nout = c.b * c.s * c.h * c.dh, nlse = c.b * c.h * c.s;
   const float scale = 1.f / std::sqrt(static_cast<float>(c.dh));
@@ -63,7 +79,7 @@ void run_case(const Case& c, uint64_t seed) {
   host::attention_backward(qkv.data(), hm, got_out.data(), ref_lse.data(), dout.data(),
                            ref_dqkv.data(), c.b, c.s, c.h, c.kv, c.dh, c.causal, scale);
 
-  const std::string t = tag(c);
+  const std::string t = tag(c) + (backend == AttentionBackend::cudnn ? " [cuDNN]" : " [own]");
   // out: P is rounded to bf16 before P V (as in FlashAttention), out to bf16.
   expect_close("attention_forward out" + t, got_out, ref_out, Tol{1e-2, 2e-2, 1e-2});
   // lse: fp32 scores of exact bf16 inputs; -inf must match exactly.
@@ -87,13 +103,33 @@ void run_case(const Case& c, uint64_t seed) {
   expect_close("attention_backward dv" + t, gv, rv, Tol{2e-2 * max_abs(rv), 5e-2, 2e-2});
 }
 
-TEST_F(CudaAttention, SmallCausalRagged) { run_case({1, 100, 2, 2, 64, true, 0}, 801); }
-TEST_F(CudaAttention, SmallBidirectionalRagged128) { run_case({2, 77, 2, 1, 128, false, 0}, 802); }
-TEST_F(CudaAttention, GqaPaddingMaskCausal) { run_case({2, 130, 4, 2, 64, true, 1}, 803); }
-TEST_F(CudaAttention, GqaPaddingMaskEmptyRows128) { run_case({2, 96, 8, 2, 128, false, 2}, 804); }
-TEST_F(CudaAttention, CausalWithEmptyBatch128) { run_case({2, 192, 4, 4, 128, true, 2}, 805); }
-TEST_F(CudaAttention, Gpt2_124M_Shape) { run_case({1, 1024, 12, 12, 64, true, 0}, 806); }
-TEST_F(CudaAttention, Gpt_1p3B_Shape) { run_case({1, 2048, 16, 16, 128, true, 0}, 807); }
+constexpr AttentionBackend kOwn = AttentionBackend::own;
+constexpr AttentionBackend kCudnn = AttentionBackend::cudnn;
+
+TEST_F(CudaAttention, SmallCausalRagged) { run_case({1, 100, 2, 2, 64, true, 0}, 801, kOwn); }
+TEST_F(CudaAttention, SmallBidirectionalRagged128) {
+  run_case({2, 77, 2, 1, 128, false, 0}, 802, kOwn);
+}
+TEST_F(CudaAttention, GqaPaddingMaskCausal) { run_case({2, 130, 4, 2, 64, true, 1}, 803, kOwn); }
+TEST_F(CudaAttention, GqaPaddingMaskEmptyRows128) {
+  run_case({2, 96, 8, 2, 128, false, 2}, 804, kOwn);
+}
+TEST_F(CudaAttention, CausalWithEmptyBatch128) {
+  run_case({2, 192, 4, 4, 128, true, 2}, 805, kOwn);
+}
+TEST_F(CudaAttention, Gpt2_124M_Shape) { run_case({1, 1024, 12, 12, 64, true, 0}, 806, kOwn); }
+TEST_F(CudaAttention, Gpt_1p3B_Shape) { run_case({1, 2048, 16, 16, 128, true, 0}, 807, kOwn); }
+
+TEST_F(CudaAttentionCudnn, SmallCausalRagged) { run_case({1, 100, 2, 2, 64, true, 0}, 811, kCudnn); }
+TEST_F(CudaAttentionCudnn, Bidirectional128) {
+  run_case({2, 128, 4, 4, 128, false, 0}, 812, kCudnn);
+}
+TEST_F(CudaAttentionCudnn, Gpt2_124M_Shape) {
+  run_case({2, 1024, 12, 12, 64, true, 0}, 813, kCudnn);
+}
+TEST_F(CudaAttentionCudnn, Gpt_1p3B_Shape) {
+  run_case({1, 2048, 16, 16, 128, true, 0}, 814, kCudnn);
+}
 
 }  // namespace
 }  // namespace mtc::rt::cuda::test

@@ -66,11 +66,11 @@ double median_ms(const std::function<void()>& fn) {
 }
 
 void report_flops(const char* what, double ms, double flops) {
-  std::printf("[timing] %-44s %9.3f ms  %7.1f TFLOP/s\n", what, ms, flops / ms * 1e-9);
+  std::printf("[timing] %-56s %9.3f ms  %7.1f TFLOP/s\n", what, ms, flops / ms * 1e-9);
   std::fflush(stdout);
 }
 void report_bytes(const char* what, double ms, double bytes) {
-  std::printf("[timing] %-44s %9.3f ms  %7.1f GB/s\n", what, ms, bytes / ms * 1e-6);
+  std::printf("[timing] %-56s %9.3f ms  %7.1f GB/s\n", what, ms, bytes / ms * 1e-6);
   std::fflush(stdout);
 }
 
@@ -191,18 +191,29 @@ TEST_F(CudaTimings, DISABLED_Gpt1p3BShapes) {
     const float scale = 1.f / std::sqrt(static_cast<float>(a.dh));
     c.reserve_scratch(attention_backward_scratch_bytes(a.b, a.s, a.h, a.dh));
     const double fwd_flops = 4.0 * a.b * a.h * a.s * a.s * a.dh / 2;
-    double ms = median_ms([&] {
-      attention_forward(c, qkv.get(), nullptr, out.get(), lse.get(), a.b, a.s, a.h, a.h, a.dh,
-                        true, scale);
-    });
-    report_flops((std::string("attention fwd causal ") + a.name).c_str(), ms, fwd_flops);
-    double ms_b = median_ms([&] {
-      attention_backward(c, qkv.get(), nullptr, out.get(), lse.get(), dout.get(), dqkv.get(), a.b,
-                         a.s, a.h, a.h, a.dh, true, scale);
-    });
-    report_flops((std::string("attention bwd causal ") + a.name).c_str(), ms_b, 2.5 * fwd_flops);
-    report_flops((std::string("attention fwd+bwd causal ") + a.name).c_str(), ms + ms_b,
-                 3.5 * fwd_flops);
+    for (AttentionBackend be : {AttentionBackend::own, AttentionBackend::cudnn}) {
+      const char* bname = be == AttentionBackend::own ? "own" : "cuDNN";
+      std::string why;
+      if (be == AttentionBackend::cudnn &&
+          !cudnn_attention_supported(c, a.b, a.s, a.h, a.h, a.dh, true, false, &why)) {
+        std::printf("[timing] attention %s %s: skipped (%s)\n", bname, a.name, why.c_str());
+        continue;
+      }
+      set_attention_backend(be);
+      double ms = median_ms([&] {
+        attention_forward(c, qkv.get(), nullptr, out.get(), lse.get(), a.b, a.s, a.h, a.h, a.dh,
+                          true, scale);
+      });
+      double ms_b = median_ms([&] {
+        attention_backward(c, qkv.get(), nullptr, out.get(), lse.get(), dout.get(), dqkv.get(),
+                           a.b, a.s, a.h, a.h, a.dh, true, scale);
+      });
+      const std::string tag = std::string(" causal ") + bname + " " + a.name;
+      report_flops(("attention fwd" + tag).c_str(), ms, fwd_flops);
+      report_flops(("attention bwd" + tag).c_str(), ms_b, 2.5 * fwd_flops);
+      report_flops(("attention fwd+bwd" + tag).c_str(), ms + ms_b, 3.5 * fwd_flops);
+    }
+    set_attention_backend(AttentionBackend::automatic);
   }
   {
     // AdamW over 1.3B parameters (fp32 master, m, v, grads; bf16 copy).

@@ -6,7 +6,8 @@
 //  3. Load pass plugins, run the training pipeline; --emit=train stops here.
 //  4. Emit the program source; --emit=source stops here.
 //  5. Write the output directory: program source, CMakeLists.txt, the IR
-//     (train.mlir), the plan report (plan.txt, plan.json); then build the
+//     (train.mlir), the plan report (plan.txt, plan.json), the resolved
+//     spec (spec.json: every default filled in); then build the
 //     binary `train` with CMake. Files are written to a temporary directory
 //     that is renamed into place only when everything was emitted, so a
 //     failed compile never leaves a half-written output.
@@ -138,11 +139,9 @@ int mtc::runCompile(const CompileOptions &opts) {
   }
 
   // 4. Source.
-  if (opts.target == "cuda")
-    return fail("--target cuda: the CUDA code generator is not available in "
-                "this build of mtc yet; use --target host");
   EmitResult emitted;
-  if (failed(emitHostProgram(*module, emitted)))
+  if (failed(opts.target == "cuda" ? emitCudaProgram(*module, emitted)
+                                   : emitHostProgram(*module, emitted)))
     return 1;
   if (opts.emit == EmitStage::source) {
     llvm::outs() << emitted.source;
@@ -154,7 +153,9 @@ int mtc::runCompile(const CompileOptions &opts) {
     return fail("-o DIR is required to write and build the program (or use "
                 "--emit=mlir|train|source to print a stage)");
   PlanReport report = computePlanReport(*module);
-  report.activationBytes = emitted.arenaElements * 4;
+  // Host arenas count fp32 elements, CUDA arenas 2-byte units.
+  report.activationBytes =
+      emitted.arenaElements * (opts.target == "cuda" ? 2 : 4);
   std::string reportText, reportJson;
   {
     llvm::raw_string_ostream t(reportText), j(reportJson);
@@ -177,7 +178,8 @@ int mtc::runCompile(const CompileOptions &opts) {
                  emitCMakeProject(opts.target, opts.mtcPackageDir)) ||
       !writeFile(in("train.mlir"), printModule(*module)) ||
       !writeFile(in("plan.txt"), reportText) ||
-      !writeFile(in("plan.json"), reportJson))
+      !writeFile(in("plan.json"), reportJson) ||
+      !writeFile(in("spec.json"), spec::toJson(*parsed)))
     return 1;
   // Keep a previous build directory (incremental rebuilds), replace the rest.
   llvm::SmallString<256> oldBuild(outDir);

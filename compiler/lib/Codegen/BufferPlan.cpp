@@ -65,42 +65,53 @@ private:
 
 mtc::BufferPlan mtc::planBuffers(func::FuncOp fn,
                                  llvm::function_ref<int64_t(Value)> elements,
-                                 int64_t align) {
+                                 int64_t align, const ExecutionHints &hints) {
   BufferPlan plan;
   Block &body = fn.getBody().front();
   llvm::DenseMap<Operation *, int64_t> index;
   int64_t i = 0;
   for (Operation &op : body)
     index[&op] = i++;
+  // A fused op's uses happen when its group runs.
+  auto when = [&](Operation *op) {
+    while (Operation *host = hints.fusedInto.lookup(op))
+      op = host;
+    return index[op];
+  };
+  // In-place values share their root's storage and lifetime.
+  auto root = [&](Value v) {
+    while (Value r = hints.inPlaceOf.lookup(v))
+      v = r;
+    return v;
+  };
   llvm::DenseMap<Value, int64_t> lastUse;
   for (Operation &op : body)
-    for (Value v : op.getOperands())
-      lastUse[v] = std::max(lastUse.lookup(v), index[&op]);
+    for (Value v : op.getOperands()) {
+      Value r = root(v);
+      lastUse[r] = std::max(lastUse.lookup(r), when(&op));
+    }
 
   auto rounded = [&](int64_t n) { return (n + align - 1) / align * align; };
   FreeList arena;
+  // Values are freed after the op at their last use, so ops are visited in
+  // order and each frees what dies at its index.
+  llvm::DenseMap<int64_t, SmallVector<Value>> dying;
   for (Operation &op : body) {
     for (Value r : op.getResults()) {
+      if (hints.inPlaceOf.count(r))
+        continue;
       int64_t n = elements(r);
-      if (n > 0)
-        plan.offset[r] = arena.allocate(rounded(n));
+      if (n <= 0)
+        continue;
+      plan.offset[r] = arena.allocate(rounded(n));
+      auto lu = lastUse.find(r);
+      dying[lu == lastUse.end() ? index[&op] : lu->second].push_back(r);
     }
-    auto maybeFree = [&](Value v) {
-      auto it = plan.offset.find(v);
-      if (it == plan.offset.end())
-        return;
-      auto lu = lastUse.find(v);
-      if (lu == lastUse.end() || lu->second == index[&op])
-        arena.release(it->second, rounded(elements(v)));
-    };
-    llvm::SmallPtrSet<Value, 8> done;
-    for (Value v : op.getOperands())
-      if (done.insert(v).second)
-        maybeFree(v);
-    for (Value r : op.getResults())
-      if (r.use_empty())
-        maybeFree(r);
+    for (Value v : dying.lookup(index[&op]))
+      arena.release(plan.offset[v], rounded(elements(v)));
   }
+  for (auto &[v, r] : hints.inPlaceOf)
+    plan.offset[v] = plan.offset.lookup(root(r));
   plan.size = arena.size();
   return plan;
 }

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 #include "mtc/Codegen/Emitter.h"
 
+#include "EmitterCommon.h"
 #include "mtc/Codegen/BufferPlan.h"
 #include "mtc/Dialect/MtcDialect.h"
 #include "mtc/Transforms/PlanReport.h"
@@ -29,48 +30,14 @@
 using namespace mlir;
 
 namespace {
-
-int64_t numel(Value v) {
-  return cast<RankedTensorType>(v.getType()).getNumElements();
-}
-ArrayRef<int64_t> shape(Value v) {
-  return cast<RankedTensorType>(v.getType()).getShape();
-}
-std::string fmt(double d) { return llvm::formatv("{0:e9}", d).str(); }
-
-std::string escape(StringRef s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\')
-      out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-std::string locString(Location loc) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  loc.print(os);
-  return s;
-}
-
-struct ParamSlot {
-  mtc::ParamOp op;
-  int64_t offset;
-};
+using namespace mtc::codegen;
 
 class HostEmitter {
 public:
-  explicit HostEmitter(ModuleOp module) : module(module) {}
+  explicit HostEmitter(ModuleOp module) : module(module), layout(module) {}
   LogicalResult run(mtc::EmitResult &out);
 
 private:
-  void layoutParams();
   LogicalResult emitFunction(func::FuncOp fn, bool eval);
   LogicalResult emitOp(Operation *op, bool eval);
   std::string buf(Value v);
@@ -79,27 +46,15 @@ private:
   ModuleOp module;
   std::string body;
   llvm::raw_string_ostream os{body};
-  llvm::StringMap<ParamSlot> params;
-  SmallVector<std::string> paramOrder;
-  int64_t paramElements = 0;
+  ParamLayout layout;
   mtc::BufferPlan plan;
   llvm::DenseMap<Value, std::string> names; // func args and scalars
   int64_t arena = 0;
 };
 
-void HostEmitter::layoutParams() {
-  module.walk([&](mtc::ParamOp p) {
-    if (params.count(p.getName()))
-      return;
-    params[p.getName()] = {p, paramElements};
-    paramOrder.push_back(p.getName().str());
-    paramElements += (p.getType().getNumElements() + 15) / 16 * 16;
-  });
-}
-
 std::string HostEmitter::buf(Value v) {
   if (auto p = v.getDefiningOp<mtc::ParamOp>())
-    return llvm::formatv("(P + {0})", params[p.getName()].offset).str();
+    return llvm::formatv("(P + {0})", layout.offset(p.getName())).str();
   auto it = names.find(v);
   if (it != names.end())
     return it->second;
@@ -119,19 +74,11 @@ LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
   StringRef name = fn.getSymName();
   bool isOptimizer = name == "optimizer_step";
   if (isOptimizer) {
-    if (fn.getNumArguments() != 2)
-      return fn.emitError("@optimizer_step must take (lr, step)");
     os << "double " << name
        << "(HostState& st, float lr, int64_t step) {\n";
     names[fn.getArgument(0)] = "lr";
     names[fn.getArgument(1)] = "step";
   } else {
-    if (fn.getNumArguments() != 2)
-      return fn.emitError("the host target trains models whose @")
-             << name << " takes (tokens, targets); this one takes "
-             << fn.getNumArguments()
-             << " arguments (BERT's attention mask needs the masked-LM data "
-                "pipeline, which the host runtime does not have)";
     os << "float " << name
        << "(HostState& st, const int32_t* tokens, const int32_t* targets) "
           "{\n";
@@ -158,7 +105,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                          escape(locString(op->getLoc())), what)
         .str();
   };
-  auto rows = [](Value v) { return numel(v) / shape(v).back(); };
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](mtc::ParamOp) -> LogicalResult { return success(); })
@@ -173,7 +119,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
-        auto t = shape(e.getTable());
+        auto t = shapeOf(e.getTable());
         line(llvm::formatv("if (!k::embedding_forward({0}, {1}, {2}, {3}, {4}, "
                            "{5})) {6}",
                            buf(e.getTokens()), buf(e.getTable()), buf(e), numel(e.getTokens()),
@@ -184,7 +130,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::EmbeddingGradOp e) -> LogicalResult {
-        auto t = shape(e);
+        auto t = shapeOf(e);
         line(llvm::formatv("k::embedding_backward({0}, {1}, {2}, {3}, {4}, {5});",
                            buf(e.getTokens()), buf(e.getDout()), buf(e),
                            numel(e.getTokens()), t[0], t[1]));
@@ -247,7 +193,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             "k::layer_norm_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}f);",
             buf(n.getInput()), buf(n.getGamma()),
             n.getBeta() ? buf(n.getBeta()) : "nullptr", buf(n),
-            rows(n), shape(n).back(), fmt(n.getEps().convertToDouble())));
+            rows(n), shapeOf(n).back(), fmt(n.getEps().convertToDouble())));
         return success();
       })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
@@ -256,14 +202,14 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            buf(n.getInput()), buf(n.getGamma()),
                            buf(n.getDout()), buf(n.getDinput()),
                            buf(n.getDgamma()), buf(n.getDbeta()),
-                           rows(n.getInput()), shape(n.getInput()).back(),
+                           rows(n.getInput()), shapeOf(n.getInput()).back(),
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
       .Case([&](mtc::RmsNormOp n) -> LogicalResult {
         line(llvm::formatv("k::rms_norm_forward({0}, {1}, {2}, {3}, {4}, {5}f);",
                            buf(n.getInput()), buf(n.getGamma()), buf(n),
-                           rows(n), shape(n).back(),
+                           rows(n), shapeOf(n).back(),
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
@@ -273,12 +219,12 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            buf(n.getInput()), buf(n.getGamma()),
                            buf(n.getDout()), buf(n.getDinput()),
                            buf(n.getDgamma()), rows(n.getInput()),
-                           shape(n.getInput()).back(),
+                           shapeOf(n.getInput()).back(),
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
       .Case([&](mtc::RopeOp r) -> LogicalResult {
-        auto s = shape(r);
+        auto s = shapeOf(r);
         int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
         line(llvm::formatv("k::rope({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}f, "
                            "{8});",
@@ -289,7 +235,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::AttentionOp a) -> LogicalResult {
-        auto s = shape(a.getQkv());
+        auto s = shapeOf(a.getQkv());
         line(llvm::formatv(
             "k::attention_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, "
             "{9}, {10}f);",
@@ -300,7 +246,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::AttentionGradOp a) -> LogicalResult {
-        auto s = shape(a.getQkv());
+        auto s = shapeOf(a.getQkv());
         int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
         line(llvm::formatv(
             "k::attention_backward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
@@ -312,11 +258,11 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
-        int64_t v = shape(c.getLogits()).back();
+        int64_t v = shapeOf(c.getLogits()).back();
         line(llvm::formatv(
             "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5})) {6}",
             buf(c.getLogits()), buf(c.getTargets()), buf(c),
-            numel(c.getTargets()), v, c.getIgnoreIndex(),
+            numel(c.getTargets()), v, int64_t(c.getIgnoreIndex()),
             dataError(llvm::formatv("target id outside [0, {0})", v).str())));
         return success();
       })
@@ -324,13 +270,13 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         line(llvm::formatv(
             "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6});",
             buf(c.getLogits()), buf(c.getTargets()), buf(c.getDloss()), buf(c),
-            numel(c.getTargets()), shape(c.getLogits()).back(),
-            c.getIgnoreIndex()));
+            numel(c.getTargets()), shapeOf(c.getLogits()).back(),
+            int64_t(c.getIgnoreIndex())));
         return success();
       })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
-        auto it = params.find(a.getParam());
-        if (it == params.end())
+        auto it = layout.slots.find(a.getParam());
+        if (it == layout.slots.end())
           return op->emitOpError("accumulates into unknown parameter '")
                  << a.getParam() << "'";
         line(llvm::formatv("k::accumulate(G + {0}, {1}, {2});",
@@ -343,7 +289,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         names[g] = "grad_norm";
         line(llvm::formatv("const float grad_norm = float(std::sqrt("
                            "k::sum_squares(G, {0})) * {1});",
-                           paramElements,
+                           layout.totalElements,
                            fmt(g.getGradScale().convertToDouble())));
         return success();
       })
@@ -357,8 +303,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                              buf(a.getNorm()), fmt(maxNorm)));
         for (Attribute n : a.getParams()) {
           StringRef name = cast<StringAttr>(n).getValue();
-          auto it = params.find(name);
-          if (it == params.end())
+          auto it = layout.slots.find(name);
+          if (it == layout.slots.end())
             return op->emitOpError("updates unknown parameter '") << name << "'";
           int64_t off = it->second.offset;
           line(llvm::formatv(
@@ -388,37 +334,16 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
 }
 
 LogicalResult HostEmitter::run(mtc::EmitResult &out) {
-  auto forward = module.lookupSymbol<func::FuncOp>("forward");
-  auto train = module.lookupSymbol<func::FuncOp>("train_step");
-  auto opt = module.lookupSymbol<func::FuncOp>("optimizer_step");
-  if (!forward || !train || !opt)
-    return module.emitError("the emitter needs @forward, @train_step and "
-                            "@optimizer_step; run the training pipeline "
-                            "(mtc-autodiff) first");
-  layoutParams();
-  if (failed(emitFunction(forward, /*eval=*/true)) ||
-      failed(emitFunction(train, /*eval=*/false)) ||
-      failed(emitFunction(opt, /*eval=*/false)))
+  FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
+  if (failed(fns) || failed(emitFunction(fns->forward, /*eval=*/true)) ||
+      failed(emitFunction(fns->train, /*eval=*/false)) ||
+      failed(emitFunction(fns->optimizer, /*eval=*/false)))
     return failure();
 
-  auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training");
-  auto getI = [&](StringRef k) -> int64_t {
-    auto a = cfg ? cfg.getAs<IntegerAttr>(k) : IntegerAttr();
-    return a ? a.getInt() : 0;
-  };
-  auto getF = [&](StringRef k) -> double {
-    auto a = cfg ? cfg.getAs<FloatAttr>(k) : FloatAttr();
-    return a ? a.getValueAsDouble() : 0.0;
-  };
-  auto getS = [&](StringRef k) -> std::string {
-    auto a = cfg ? cfg.getAs<StringAttr>(k) : StringAttr();
-    return a ? a.str() : "";
-  };
-  mtc::PlanReport report = mtc::computePlanReport(module);
-
+  auto name = module->getAttrOfType<StringAttr>("mtc.model");
   std::string src;
   llvm::raw_string_ostream s(src);
-  s << "// Generated by mtc from model '" << escape(report.modelName)
+  s << "// Generated by mtc from model '" << escape(name ? name.str() : "")
     << "' for the host target (fp32). Do not edit: recompile the spec.\n"
     << "// Each kernel call is preceded by the IR op and location it lowers.\n"
     << "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
@@ -433,56 +358,10 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "  return (key << 40) ^ (uint64_t(st.step) << 16) ^ "
        "uint64_t(st.microbatch);\n}\n\n"
     << body << "}  // namespace\n\n";
-
-  s << "static mtc::rt::ProgramDesc make_program() {\n"
-    << "  mtc::rt::ProgramDesc p;\n"
-    << "  p.model_name = \"" << escape(report.modelName) << "\";\n"
-    << "  p.target = \"host\";\n";
-  for (const std::string &name : paramOrder) {
-    ParamSlot slot = params[name];
-    auto t = slot.op.getType();
-    std::string dims;
-    for (int64_t d : t.getShape())
-      dims += (dims.empty() ? "" : ", ") + std::to_string(d);
-    const char *init = slot.op.getInit() == mtc::InitKind::zeros   ? "zeros"
-                       : slot.op.getInit() == mtc::InitKind::ones ? "ones"
-                                                                  : "normal";
-    s << llvm::formatv("  p.params.push_back({{\"{0}\", {{{1}}, {2}, {3}, "
-                       "mtc::rt::InitKind::{4}, {5}, {6}});\n",
-                       escape(name), dims, slot.offset, t.getNumElements(),
-                       init, fmt(slot.op.getStd().convertToDouble()),
-                       t.getRank() >= 2 ? "true" : "false");
-  }
-  std::string decay = getS("decay");
-  s << "  p.num_param_elems = " << paramElements << ";\n"
-    << "  p.arena_floats = " << arena << ";\n"
-    << "  p.flops_per_step = " << fmt(report.flopsPerStep) << ";\n"
-    << "  auto& t = p.train;\n"
-    << "  t.micro_batch = " << getI("micro_batch_size") << ";\n"
-    << "  t.seq_length = " << getI("seq_length") << ";\n"
-    << "  t.vocab_size = " << getI("vocab_size") << ";\n"
-    << "  t.num_microbatches = " << getI("num_microbatches") << ";\n"
-    << "  t.global_batch = " << getI("global_batch_size") << ";\n"
-    << "  t.train_steps = " << getI("train_steps") << ";\n"
-    << "  t.lr = " << fmt(getF("lr")) << ";\n"
-    << "  t.min_lr = " << fmt(getF("min_lr")) << ";\n"
-    << "  t.warmup_steps = " << getI("warmup_steps") << ";\n"
-    << "  t.decay_steps = " << getI("decay_steps") << ";\n"
-    << "  t.decay = mtc::rt::LrDecay::"
-    << (decay.empty() ? std::string("cosine") : decay) << ";\n"
-    << "  t.beta1 = " << fmt(getF("beta1")) << ";\n"
-    << "  t.beta2 = " << fmt(getF("beta2")) << ";\n"
-    << "  t.eps = " << fmt(getF("eps")) << ";\n"
-    << "  t.weight_decay = " << fmt(getF("weight_decay")) << ";\n"
-    << "  t.grad_clip = " << fmt(getF("grad_clip")) << ";\n"
-    << "  t.seed = " << getI("seed") << "ull;\n"
-    << "  p.forward_loss = &forward;\n"
-    << "  p.forward_backward = &train_step;\n"
-    << "  p.optimizer_step = &optimizer_step;\n"
-    << "  return p;\n}\n\n"
-    << "int main(int argc, char** argv) {\n"
-    << "  static const mtc::rt::ProgramDesc program = make_program();\n"
-    << "  return mtc::rt::train_main(argc, argv, program);\n}\n";
+  ProgramDescExtras extras;
+  extras.target = "host";
+  extras.arenaWords = arena;
+  s << emitProgramDesc(module, layout, extras);
   out.source = std::move(src);
   out.arenaElements = arena;
   return success();

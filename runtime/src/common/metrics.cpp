@@ -35,6 +35,10 @@ std::string format_log_line(const LogLine& l) {
     std::snprintf(buf, sizeof buf, " | TFLOP/s %.2f", l.tflops);
     s += buf;
   }
+  if (l.mfu > 0) {
+    std::snprintf(buf, sizeof buf, " | MFU %.1f%%", 100 * l.mfu);
+    s += buf;
+  }
   s += " | elapsed " + format_duration(l.elapsed_s) + " | eta " +
        format_duration(l.eta_s);
   return s;
@@ -99,6 +103,7 @@ void MetricsWriter::write(const StepMetrics& m) {
                               {"step_time_s", m.step_time_s},
                               {"tokens_per_s", tps},
                               {"tflops", tflops}};
+  if (m.peak_flops > 0 && m.flops > 0) j["mfu"] = tflops * 1e12 / m.peak_flops;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   // NaN/Inf are not JSON; the trainer stops before writing such a step.
   std::string line = j.dump(-1, ' ', false,

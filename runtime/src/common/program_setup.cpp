@@ -16,8 +16,21 @@ void validate_program(const ProgramDesc& p) {
       p.optimizer_step == nullptr)
     throw Error(where + "an entry point (forward_loss, forward_backward, "
                 "optimizer_step) is missing");
-  if (p.num_param_elems < 0 || p.arena_floats < 0)
-    throw Error(where + "num_param_elems and arena_floats must be >= 0");
+  if (p.num_param_elems < 0 || p.arena_floats < 0 || p.compute_param_bytes < 0)
+    throw Error(where + "num_param_elems, arena_floats and compute_param_bytes must be >= 0");
+  if (p.backend == nullptr && p.target != "host")
+    throw Error(where + "target \"" + p.target + "\" has no backend (ProgramDesc::backend "
+                "is null, which means host memory)");
+  if (const Backend* b = p.backend) {
+    if (b->name == nullptr || b->alloc == nullptr || b->release == nullptr ||
+        b->upload == nullptr || b->download == nullptr || b->zero == nullptr ||
+        b->synchronize == nullptr || b->memory_info == nullptr)
+      throw Error(where + "backend \"" + (b->name ? b->name : "?") + "\" lacks a function "
+                  "(name, alloc, release, upload, download, zero, synchronize and "
+                  "memory_info are all required)");
+  }
+  if (p.destroy_context != nullptr && p.create_context == nullptr)
+    throw Error(where + "destroy_context is set without create_context");
   std::set<std::string> names;
   std::vector<std::pair<int64_t, size_t>> spans;  // (offset, param index)
   for (size_t i = 0; i < p.params.size(); ++i) {

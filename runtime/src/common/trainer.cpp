@@ -5,19 +5,30 @@
 //   2. open and validate the data, build the split, find and validate the
 //      checkpoint to resume from (names, shapes, dtypes), check the lr
 //      schedule; print the plan summary;
-//   3. allocate params, grads, AdamW moments and the arena (zeroed);
-//      initialize (seeded, per parameter name) or load the checkpoint;
+//   3. create the program's context (ProgramDesc::create_context, CUDA);
+//      check that the plan fits in the backend's free memory (when the
+//      backend knows it); allocate params, grads, AdamW moments, the compute
+//      copy, the arena and the batch buffers through the backend (zeroed);
+//      initialize (seeded, per parameter name) or load the checkpoint on the
+//      host and upload; sync_compute_params;
 //   4. per step s = start+1 .. steps:
 //        grads = 0
-//        for microbatch i: fetch batch (Megatron order, loader.h);
+//        for microbatch i: fetch batch (Megatron order, loader.h) on the
+//          host; check its ids (backends other than the host's); upload;
 //          state.step = s, state.microbatch = i;
 //          loss_i = forward_backward(state, tokens_i, targets_i)
 //        loss = mean_i loss_i
 //        lr = lr_at(schedule, s); grad_norm = optimizer_step(state, lr, s)
 //        consumed_samples += global_batch
 //        log / validate / write metrics / checkpoint as the flags ask.
-//   A NaN/Inf loss or grad norm, or state.error set by the generated code,
-//   stops the run with an error naming the step (and microbatch).
+//   A NaN/Inf loss or grad norm, a bad id, or state.error set by the
+//   generated code stops the run with an error naming the step (and
+//   microbatch).
+// Program memory (every HostState pointer, and the tokens/targets handed to
+// the entry points) lives in the program's Backend (program.h): the trainer
+// only reaches it through alloc/upload/download/zero, so the same loop runs
+// host and CUDA programs. Checkpoints, --init-only and --dump-grads download
+// to host staging buffers.
 // Resume is exact: params, moments, step and consumed samples come back
 // from the checkpoint, and everything else is a function of them and the
 // seed.
@@ -46,34 +57,64 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using FloatBuffer = std::unique_ptr<float[], FreeDeleter>;
-
-// n zeroed floats, 64-byte aligned; throws Error naming `what`.
-FloatBuffer alloc_floats(int64_t n, const char* what) {
-  size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float);
-  bytes = (bytes + 63) / 64 * 64;
-  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-  if (p == nullptr)
-    throw Error(std::string("cannot allocate ") + std::to_string(bytes) +
-                " bytes for " + what);
-  std::memset(p, 0, bytes);
-  return FloatBuffer(p);
-}
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
+// One allocation of program memory (zeroed by the backend), released on
+// destruction. Release must not throw (backends ignore errors there).
+class ProgramBuffer {
+ public:
+  ProgramBuffer() = default;
+  ProgramBuffer(const Backend& backend, size_t bytes, const char* what)
+      : backend_(&backend), bytes_(bytes), ptr_(backend.alloc(bytes, what)) {}
+  ~ProgramBuffer() { reset(); }
+  ProgramBuffer(ProgramBuffer&& o) noexcept
+      : backend_(o.backend_), bytes_(o.bytes_), ptr_(o.ptr_) {
+    o.ptr_ = nullptr;
   }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
-  return buf;
-}
+  ProgramBuffer& operator=(ProgramBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = o.backend_;
+      bytes_ = o.bytes_;
+      ptr_ = o.ptr_;
+      o.ptr_ = nullptr;
+    }
+    return *this;
+  }
+  ProgramBuffer(const ProgramBuffer&) = delete;
+  ProgramBuffer& operator=(const ProgramBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void reset() {
+    if (ptr_ != nullptr) backend_->release(ptr_);
+    ptr_ = nullptr;
+  }
+  const Backend* backend_ = nullptr;
+  size_t bytes_ = 0;
+  void* ptr_ = nullptr;
+};
+
+// The program's context (ProgramDesc::create_context), destroyed with
+// ProgramDesc::destroy_context after every ProgramBuffer (declared before
+// them in Trainer).
+class ContextGuard {
+ public:
+  ContextGuard() = default;
+  ~ContextGuard() {
+    if (ctx_ != nullptr && destroy_ != nullptr) destroy_(ctx_);
+  }
+  void reset(void* ctx, void (*destroy)(void*)) {
+    ctx_ = ctx;
+    destroy_ = destroy;
+  }
+  ContextGuard(const ContextGuard&) = delete;
+  ContextGuard& operator=(const ContextGuard&) = delete;
+
+ private:
+  void* ctx_ = nullptr;
+  void (*destroy_)(void*) = nullptr;
+};
 
 std::string with_commas(int64_t v) {
   std::string s = std::to_string(v);
@@ -89,6 +130,11 @@ class Trainer {
 
  private:
   void print_plan() const;
+  void allocate();
+  int64_t initialize_or_load(int64_t* consumed);
+  std::vector<float> download_floats(const float* src) const;
+  void upload_microbatch(int64_t mb, int64_t step, const char* phase,
+                         const int32_t** tokens, const int32_t** targets);
   void check_loss(float loss, int64_t step, int64_t mb, const char* phase);
   double evaluate(int64_t step);
   void save(int64_t step, int64_t consumed);
@@ -96,7 +142,10 @@ class Trainer {
 
   const ProgramDesc& p_;
   const TrainConfig& t_;
+  const Backend& backend_;
+  const bool check_ids_;       // backend kernels only record bad ids
   TrainOptions o_;
+  double peak_flops_ = 0;      // MTC_PEAK_TFLOPS * 1e12 (0: no MFU)
   BatchLayout layout_;
   LrSchedule schedule_;
   bool resuming_ = false;
@@ -106,13 +155,22 @@ class Trainer {
   std::vector<DocRange> ranges_;
   std::optional<GptSamples> train_, valid_;
 
-  FloatBuffer params_, grads_, exp_avg_, exp_avg_sq_, arena_;
+  // Program memory; context_ first so that it is destroyed last.
+  ContextGuard context_;
+  ProgramBuffer params_, grads_, exp_avg_, exp_avg_sq_, compute_params_, arena_;
+  ProgramBuffer tokens_dev_, targets_dev_;  // (num_microbatches * micro_batch, S) int32
   HostState state_;
+  // Host staging of the step's batch (kept whole for --dump-grads).
   std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
 };
 
 Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
-    : p_(program), t_(program.train), o_(opts) {
+    : p_(program),
+      t_(program.train),
+      backend_(program_backend(program)),
+      check_ids_(&backend_ != &host_backend()),
+      o_(opts) {
+  peak_flops_ = peak_flops_from_env();
   layout_.micro_batch = t_.micro_batch;
   layout_.num_microbatches = t_.num_microbatches;
   layout_.seq_length = t_.seq_length;
@@ -179,18 +237,12 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
 }
 
 void Trainer::print_plan() const {
-  const double pbytes = 4.0 * static_cast<double>(p_.num_param_elems);
-  const double abytes = 4.0 * static_cast<double>(p_.arena_floats);
-  const double total = pbytes * 4 + abytes;
   std::printf("mtc train: model %s (target %s)\n", p_.model_name.c_str(),
               p_.target.c_str());
   std::printf("  parameters  %s in %zu tensors\n",
               with_commas(p_.num_param_elems).c_str(), p_.params.size());
-  std::printf("  memory      params %s + grads %s + AdamW moments %s + activations %s"
-              " = %s\n",
-              human_bytes(pbytes).c_str(), human_bytes(pbytes).c_str(),
-              human_bytes(2 * pbytes).c_str(), human_bytes(abytes).c_str(),
-              human_bytes(total).c_str());
+  std::printf("  memory      %s (%s memory)\n", format_plan_bytes(plan_bytes(p_)).c_str(),
+              backend_.name);
   std::printf("  batch       global %lld = micro %lld x %lld microbatches x dp %lld;"
               " seq_length %lld; %s tokens/step\n",
               static_cast<long long>(t_.global_batch),
@@ -209,6 +261,11 @@ void Trainer::print_plan() const {
               static_cast<unsigned long long>(o_.seed));
   if (p_.flops_per_step > 0)
     std::printf("  flops       %.3e model FLOPs per step\n", p_.flops_per_step);
+  if (peak_flops_ > 0)
+    std::printf("  peak        %g TFLOP/s (MTC_PEAK_TFLOPS)%s\n", peak_flops_ / 1e12,
+                p_.flops_per_step > 0 ? ": MFU on the log lines and in the metrics"
+                                      : ", but the program does not know its FLOPs "
+                                        "per step: no MFU");
   if (train_) {
     std::printf("  data        %s: train %s docs, %s tokens, %s samples/epoch",
                 source_->name().c_str(), with_commas(train_->num_docs()).c_str(),
@@ -243,10 +300,10 @@ double Trainer::evaluate(int64_t step) {
   const int64_t rows = t_.micro_batch * t_.seq_length;
   for (int64_t it = 0; it < o_.eval_iters; ++it) {
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
-      int32_t* tok = tokens_.data() + i * rows;
-      int32_t* tgt = targets_.data() + i * rows;
       fill_validation_microbatch(*valid_, layout_, it * layout_.global_batch(), i,
-                                 tok, tgt);
+                                 tokens_.data() + i * rows, targets_.data() + i * rows);
+      const int32_t *tok = nullptr, *tgt = nullptr;
+      upload_microbatch(i, step, "validation at", &tok, &tgt);
       state_.microbatch = i;
       float l = p_.forward_loss(state_, tok, tgt);
       check_loss(l, step, i, "validation at");
@@ -273,8 +330,11 @@ void Trainer::save(int64_t step, int64_t consumed) {
   s.train_steps = o_.steps;
   s.decay_steps = schedule_.decay_steps;
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
-  std::string written = save_checkpoint(dir, p_, s, params_.get(), state_.exp_avg,
-                                        state_.exp_avg_sq);
+  const std::vector<float> params = download_floats(state_.params);
+  const std::vector<float> exp_avg = download_floats(state_.exp_avg);
+  const std::vector<float> exp_avg_sq = download_floats(state_.exp_avg_sq);
+  std::string written =
+      save_checkpoint(dir, p_, s, params.data(), exp_avg.data(), exp_avg_sq.data());
   std::printf("saved checkpoint %s\n", written.c_str());
   std::fflush(stdout);
 }
@@ -283,8 +343,8 @@ void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) const
   // Gradients of the global-batch mean loss: the accumulated sum of the
   // microbatch means divided by the number of microbatches (x dp ranks).
   const float scale = 1.0f / static_cast<float>(t_.num_microbatches * layout_.dp_size);
-  std::vector<float> g(static_cast<size_t>(p_.num_param_elems));
-  for (int64_t i = 0; i < p_.num_param_elems; ++i) g[i] = grads_[i] * scale;
+  std::vector<float> g = download_floats(state_.grads);
+  for (float& x : g) x *= scale;
   std::vector<TensorRef> tensors;
   for (const ParamDesc& d : p_.params) {
     if (d.name == "batch.tokens" || d.name == "batch.targets")
@@ -321,31 +381,115 @@ void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) const
               static_cast<long long>(state_.step), loss, o_.dump_grads.c_str());
 }
 
-int Trainer::run() {
-  params_ = alloc_floats(p_.num_param_elems, "the parameters");
-  grads_ = alloc_floats(p_.num_param_elems, "the gradients");
-  exp_avg_ = alloc_floats(p_.num_param_elems, "the AdamW first moments");
-  exp_avg_sq_ = alloc_floats(p_.num_param_elems, "the AdamW second moments");
-  arena_ = alloc_floats(p_.arena_floats, "the activation arena");
-  state_.params = params_.get();
-  state_.grads = grads_.get();
-  state_.exp_avg = exp_avg_.get();
-  state_.exp_avg_sq = exp_avg_sq_.get();
-  state_.arena = arena_.get();
-  state_.seed = o_.seed;
-
-  int64_t step = 0, consumed = 0;
-  if (resuming_) {
-    resume_state_ = load_checkpoint(resume_dir_, p_, params_.get(), state_.exp_avg,
-                                    state_.exp_avg_sq);
-    step = resume_state_.step;
-    consumed = resume_state_.consumed_samples;
-    if (!resume_state_.has_optimizer)
-      std::printf("note: %s has no optimizer state; AdamW moments start at zero\n",
-                  resume_dir_.c_str());
-  } else {
-    init_params(p_, o_.seed, params_.get());
+// Context, the "does it fit" check, then every buffer of program memory.
+void Trainer::allocate() {
+  if (p_.create_context != nullptr) {
+    state_.context = p_.create_context();
+    context_.reset(state_.context, p_.destroy_context);
   }
+  size_t free_bytes = 0, total_bytes = 0;
+  backend_.memory_info(&free_bytes, &total_bytes);
+  if (total_bytes > 0) {
+    std::printf("  device      %s: %s free of %s; the plan takes %s\n", backend_.name,
+                human_bytes(static_cast<double>(free_bytes)).c_str(),
+                human_bytes(static_cast<double>(total_bytes)).c_str(),
+                human_bytes(plan_bytes(p_).total()).c_str());
+    std::fflush(stdout);
+  }
+  check_plan_fits(p_, backend_.name, free_bytes, total_bytes);
+
+  const size_t pbytes = static_cast<size_t>(p_.num_param_elems) * sizeof(float);
+  const size_t batch_bytes = static_cast<size_t>(t_.num_microbatches * t_.micro_batch *
+                                                 t_.seq_length) * sizeof(int32_t);
+  params_ = ProgramBuffer(backend_, pbytes, "the parameters");
+  grads_ = ProgramBuffer(backend_, pbytes, "the gradients");
+  exp_avg_ = ProgramBuffer(backend_, pbytes, "the AdamW first moments");
+  exp_avg_sq_ = ProgramBuffer(backend_, pbytes, "the AdamW second moments");
+  if (p_.compute_param_bytes > 0)
+    compute_params_ = ProgramBuffer(backend_, static_cast<size_t>(p_.compute_param_bytes),
+                                    "the compute copy of the parameters");
+  arena_ = ProgramBuffer(backend_, static_cast<size_t>(p_.arena_floats) * sizeof(float),
+                         "the activation arena");
+  tokens_dev_ = ProgramBuffer(backend_, batch_bytes, "the batch's tokens");
+  targets_dev_ = ProgramBuffer(backend_, batch_bytes, "the batch's targets");
+  state_.params = static_cast<float*>(params_.get());
+  state_.grads = static_cast<float*>(grads_.get());
+  state_.exp_avg = static_cast<float*>(exp_avg_.get());
+  state_.exp_avg_sq = static_cast<float*>(exp_avg_sq_.get());
+  state_.compute_params = compute_params_.get();
+  state_.arena = static_cast<float*>(arena_.get());
+  state_.seed = o_.seed;
+}
+
+// Parameters (and moments) on the host: seeded initialization or the
+// checkpoint; uploaded, then the compute copy refreshed. Returns the step
+// reached (0 when fresh) and sets *consumed.
+int64_t Trainer::initialize_or_load(int64_t* consumed) {
+  const size_t n = static_cast<size_t>(p_.num_param_elems);
+  const size_t pbytes = n * sizeof(float);
+  int64_t step = 0;
+  *consumed = 0;
+  {
+    std::vector<float> params(n, 0.0f);
+    if (resuming_) {
+      // Moments stay zero when the checkpoint has none.
+      std::vector<float> exp_avg(n, 0.0f), exp_avg_sq(n, 0.0f);
+      resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
+                                      exp_avg_sq.data());
+      backend_.upload(state_.exp_avg, exp_avg.data(), pbytes);
+      backend_.upload(state_.exp_avg_sq, exp_avg_sq.data(), pbytes);
+      step = resume_state_.step;
+      *consumed = resume_state_.consumed_samples;
+      if (!resume_state_.has_optimizer)
+        std::printf("note: %s has no optimizer state; AdamW moments start at zero\n",
+                    resume_dir_.c_str());
+    } else {
+      init_params(p_, o_.seed, params.data());
+    }
+    backend_.upload(state_.params, params.data(), pbytes);
+  }
+  if (p_.sync_compute_params != nullptr) p_.sync_compute_params(state_);
+  return step;
+}
+
+// A parameter-shaped fp32 buffer of program memory, copied to the host.
+std::vector<float> Trainer::download_floats(const float* src) const {
+  std::vector<float> out(static_cast<size_t>(p_.num_param_elems));
+  backend_.download(out.data(), src, out.size() * sizeof(float));
+  return out;
+}
+
+// Microbatch `mb` of the host staging (tokens_, targets_), checked on the
+// host when the backend's kernels only record bad ids, copied to the batch
+// buffers of program memory; *tokens/*targets point at it there.
+void Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
+                                const int32_t** tokens, const int32_t** targets) {
+  const int64_t rows = t_.micro_batch * t_.seq_length;
+  const int32_t* tok = tokens_.data() + mb * rows;
+  const int32_t* tgt = targets_.data() + mb * rows;
+  if (check_ids_) {
+    std::string why = check_ids(tok, t_.micro_batch, t_.seq_length, t_.vocab_size, "token");
+    if (why.empty())
+      why = check_ids(tgt, t_.micro_batch, t_.seq_length, t_.vocab_size, "target");
+    if (!why.empty())
+      throw Error(std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
+                  std::to_string(mb) + ": " + why);
+  }
+  int32_t* dtok = static_cast<int32_t*>(tokens_dev_.get()) + mb * rows;
+  int32_t* dtgt = static_cast<int32_t*>(targets_dev_.get()) + mb * rows;
+  backend_.upload(dtok, tok, static_cast<size_t>(rows) * sizeof(int32_t));
+  backend_.upload(dtgt, tgt, static_cast<size_t>(rows) * sizeof(int32_t));
+  *tokens = dtok;
+  *targets = dtgt;
+}
+
+int Trainer::run() {
+  allocate();
+  int64_t consumed = 0;
+  int64_t step = initialize_or_load(&consumed);
+  const int64_t rows = t_.micro_batch * t_.seq_length;
+  tokens_.assign(static_cast<size_t>(t_.num_microbatches * rows), 0);
+  targets_.assign(tokens_.size(), 0);
   if (!o_.init_only.empty()) {
     save(0, 0);
     return 0;
@@ -358,9 +502,6 @@ int Trainer::run() {
 
   MetricsWriter metrics;
   if (!o_.metrics.empty()) metrics = MetricsWriter(o_.metrics, resuming_ ? step : -1);
-  const int64_t rows = t_.micro_batch * t_.seq_length;
-  tokens_.assign(static_cast<size_t>(t_.num_microbatches * rows), 0);
-  targets_.assign(tokens_.size(), 0);
   const int64_t tokens_per_step = t_.global_batch * t_.seq_length;
 
   const Clock::time_point run_start = Clock::now();
@@ -373,13 +514,14 @@ int Trainer::run() {
   while (step < o_.steps) {
     ++step;
     const Clock::time_point step_start = Clock::now();
-    std::fill(grads_.get(), grads_.get() + p_.num_param_elems, 0.0f);
+    backend_.zero(state_.grads, grads_.bytes());
     state_.step = step;
     double loss_sum = 0;
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
-      int32_t* tok = tokens_.data() + i * rows;
-      int32_t* tgt = targets_.data() + i * rows;
-      fill_microbatch(*train_, layout_, consumed, i, tok, tgt);
+      fill_microbatch(*train_, layout_, consumed, i, tokens_.data() + i * rows,
+                      targets_.data() + i * rows);
+      const int32_t *tok = nullptr, *tgt = nullptr;
+      upload_microbatch(i, step, "training", &tok, &tgt);
       state_.microbatch = i;
       float l = p_.forward_backward(state_, tok, tgt);
       check_loss(l, step, i, "training");
@@ -399,6 +541,7 @@ int Trainer::run() {
       throw Error("training step " + std::to_string(step) + ": gradient norm is " +
                   (std::isnan(grad_norm) ? "NaN" : "Inf") + "; stopping");
     consumed += t_.global_batch;
+    backend_.synchronize();  // the step's work is done before it is timed
     const Clock::time_point now = Clock::now();
     const double step_time = std::chrono::duration<double>(now - step_start).count();
     interval_loss += loss;
@@ -417,6 +560,7 @@ int Trainer::run() {
     m.tokens = tokens_per_step;
     m.step_time_s = step_time;
     m.flops = p_.flops_per_step;
+    m.peak_flops = peak_flops_;
     m.val_loss = val_loss;
     metrics.write(m);
 
@@ -433,6 +577,7 @@ int Trainer::run() {
                               ? static_cast<double>(interval_steps * tokens_per_step) / interval_s
                               : 0;
       line.tflops = interval_s > 0 ? p_.flops_per_step * interval_steps / interval_s / 1e12 : 0;
+      line.mfu = peak_flops_ > 0 ? line.tflops * 1e12 / peak_flops_ : 0;
       line.elapsed_s = elapsed;
       line.eta_s = elapsed / static_cast<double>(step - first_step + 1) *
                    static_cast<double>(o_.steps - step);
@@ -485,6 +630,11 @@ int train_main(int argc, char** argv, const ProgramDesc& program) {
   } catch (const std::bad_alloc&) {
     std::fflush(stdout);
     std::fprintf(stderr, "%s: error: out of memory\n", name.c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    // Target errors, e.g. mtc::rt::cuda::CudaError from a kernel or a copy.
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
     return 1;
   }
 }

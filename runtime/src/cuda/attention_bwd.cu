@@ -341,6 +341,9 @@ void attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask, cons
   check_attention_args("attention_backward", b, s, h, kv, dh);
   require(aligned16(qkv) && aligned16(out) && aligned16(dout) && aligned16(dqkv),
           "attention_backward: qkv, out, dout and dqkv must be 16-byte aligned");
+  if (cudnn_attention_backward(ctx, qkv, mask, out, lse, dout, dqkv, b, s, h, kv, dh, causal,
+                               scale))
+    return;
   char* scratch = static_cast<char*>(ctx.scratch(attention_backward_scratch_bytes(b, s, h, dh)));
   float* dq_accum = reinterpret_cast<float*>(scratch);  // (B, S, H, Dh)
   const size_t dq_bytes = sizeof(float) * static_cast<size_t>(b * s * h * dh);

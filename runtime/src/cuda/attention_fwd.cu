@@ -224,6 +224,7 @@ void attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask, bf16*
                        float scale) {
   check_attention_args("attention_forward", b, s, h, kv, dh);
   require(aligned16(qkv) && aligned16(out), "attention_forward: qkv and out must be 16-byte aligned");
+  if (cudnn_attention_forward(ctx, qkv, mask, out, lse, b, s, h, kv, dh, causal, scale)) return;
   FwdParams p;
   p.qkv = qkv;
   p.mask = mask;

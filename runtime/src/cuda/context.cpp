@@ -104,6 +104,7 @@ Context::~Context() {
   // usually exiting after a reported error).
   cudaStreamSynchronize(stream);
   destroy_gemm_cache(gemm_cache);
+  destroy_cudnn_state(cudnn);
   if (scratch_) cudaFree(scratch_);
   cudaFree(data_error_slots);
   cudaFree(cublas_workspace);

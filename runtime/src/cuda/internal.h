@@ -26,4 +26,19 @@ void check_attention_args(const char* op, int64_t b, int64_t s, int64_t h, int64
 // Frees the cuBLASLt plans of a context (gemm.cu).
 void destroy_gemm_cache(GemmCache* cache);
 
+// Frees the cuDNN handle and attention plans of a context (attention_cudnn.cpp).
+void destroy_cudnn_state(CudnnState* state);
+
+// Attention through cuDNN (attention_cudnn.cpp): runs the call and returns
+// true, or returns false when the cuDNN path does not apply (library
+// missing, GQA, padding mask, no engine, own kernels selected); the caller
+// then runs its own kernel. Throws when the cuDNN backend is forced and
+// cannot run the call.
+bool cudnn_attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask, bf16* out,
+                             float* lse, int64_t b, int64_t s, int64_t h, int64_t kv, int64_t dh,
+                             bool causal, float scale);
+bool cudnn_attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask, const bf16* out,
+                              const float* lse, const bf16* dout, bf16* dqkv, int64_t b, int64_t s,
+                              int64_t h, int64_t kv, int64_t dh, bool causal, float scale);
+
 }  // namespace mtc::rt::cuda

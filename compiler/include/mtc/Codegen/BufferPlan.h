@@ -21,12 +21,24 @@ struct BufferPlan {
   int64_t size = 0;                            // arena elements needed
 };
 
+/// How an emitter executes the function, when it is not one op at a time.
+struct ExecutionHints {
+  /// Ops executed as part of a later op (a fused group runs at its last
+  /// op): their operands stay live until that op.
+  llvm::DenseMap<mlir::Operation *, mlir::Operation *> fusedInto;
+  /// Values computed in place in another value's storage (e.g. the logits'
+  /// gradient over the logits): they get no storage of their own, and the
+  /// storage lives until the last use of either.
+  llvm::DenseMap<mlir::Value, mlir::Value> inPlaceOf;
+};
+
 /// `elements(v)` returns how many arena elements value v needs, or 0 when it
 /// lives elsewhere (parameters, function arguments). Offsets are aligned to
 /// `align` elements.
 BufferPlan planBuffers(mlir::func::FuncOp fn,
                        llvm::function_ref<int64_t(mlir::Value)> elements,
-                       int64_t align = 16);
+                       int64_t align = 16,
+                       const ExecutionHints &hints = ExecutionHints());
 
 } // namespace mtc
 

@@ -24,6 +24,10 @@ struct EmitResult {
 /// op's location when an op has no host lowering.
 llvm::LogicalResult emitHostProgram(mlir::ModuleOp module, EmitResult &out);
 
+/// Emits the CUDA program (bf16 compute, fp32 master weights) calling
+/// runtime/include/mtc/rt/cuda_kernels.h.
+llvm::LogicalResult emitCudaProgram(mlir::ModuleOp module, EmitResult &out);
+
 /// The CMake project that builds `program.cpp` against the mtc runtime
 /// package found in `mtcPackageDir`.
 std::string emitCMakeProject(llvm::StringRef target,

@@ -35,7 +35,8 @@ namespace mtc::rt::cuda {
 
 using bf16 = __nv_bfloat16;
 
-struct GemmCache;  // cuBLASLt plans by shape (gemm.cu)
+struct GemmCache;   // cuBLASLt plans by shape (gemm.cu)
+struct CudnnState;  // cuDNN handle and attention plans (attention_cudnn.cpp)
 
 // ---------------------------------------------------------------------------
 // Context: created once per device and process, before the first op.
@@ -58,6 +59,7 @@ struct Context {
   void* cublas_workspace = nullptr;
   size_t cublas_workspace_bytes = 0;
   GemmCache* gemm_cache = nullptr;
+  CudnnState* cudnn = nullptr;     // created at the first cuDNN attention call
 
   // Scratch memory of at least `bytes`, valid until the next op on this
   // context (ops use it for partial sums, attention's dq accumulators, ...).
@@ -248,6 +250,25 @@ void attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask,
                         int64_t kv, int64_t dh, bool causal, float scale);
 size_t attention_backward_scratch_bytes(int64_t b, int64_t s, int64_t h,
                                         int64_t dh);
+
+// Which implementation attention_forward / attention_backward use:
+//   automatic  cuDNN's fused flash-attention engines (loaded at run time,
+//              libcudnn.so.9 or $MTC_CUDNN_LIB) where they apply: H == KV,
+//              no padding mask, Dh 64 or 128, and an engine exists; the own
+//              FlashAttention-2 style kernels otherwise (GQA, masks, no cuDNN).
+//   own        always the own kernels.
+//   cudnn      always cuDNN; a call it cannot run throws CudaError.
+// Process-wide; the default comes from $MTC_ATTENTION_BACKEND
+// (auto | own | cudnn), else automatic. Forward and backward may use
+// different implementations: both define lse the same way.
+enum class AttentionBackend { automatic, own, cudnn };
+void set_attention_backend(AttentionBackend backend);
+
+// True when the cuDNN path can run attention of this shape in both
+// directions (builds and caches the plans); else false with the reason.
+bool cudnn_attention_supported(Context& ctx, int64_t b, int64_t s, int64_t h,
+                               int64_t kv, int64_t dh, bool causal,
+                               bool has_mask, std::string* why);
 
 // ---------------------------------------------------------------------------
 // Loss

@@ -11,6 +11,7 @@
 // Nothing here depends on MLIR or LLVM.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,13 +51,36 @@ struct TrainConfig {
   uint64_t seed = 1234;
 };
 
-// State the generated code reads and writes. All fp32 on the host target.
+// Where a program's memory lives and how the trainer moves data in and out
+// of it. The host target's backend is plain memory; the CUDA target's
+// (runtime/src/cuda/backend.cpp) is device memory on one GPU. The trainer
+// never touches program memory except through these.
+struct Backend {
+  const char* name = "host";
+  // Zero-initialized allocation of `bytes`; throws mtc::rt::Error naming
+  // `what` when it fails (e.g. out of GPU memory, with the sizes).
+  void* (*alloc)(size_t bytes, const char* what) = nullptr;
+  void (*release)(void* ptr) = nullptr;
+  void (*upload)(void* dst, const void* src, size_t bytes) = nullptr;    // host -> program
+  void (*download)(void* dst, const void* src, size_t bytes) = nullptr;  // program -> host
+  void (*zero)(void* dst, size_t bytes) = nullptr;
+  void (*synchronize)() = nullptr;
+  // Free and total memory of the device, for the "does it fit" check; both 0
+  // when unknown (host).
+  void (*memory_info)(size_t* free_bytes, size_t* total_bytes) = nullptr;
+};
+
+// State the generated code reads and writes. Every pointer is in the
+// backend's memory (device pointers on the CUDA target). The trainer
+// allocates all of it before the first step.
 struct HostState {
-  float* params = nullptr;     // all parameters, one allocation
+  float* params = nullptr;     // fp32 (master) parameters, one allocation
   float* grads = nullptr;      // same layout as params; accumulated over microbatches
   float* exp_avg = nullptr;    // AdamW first moments, same layout as params
   float* exp_avg_sq = nullptr; // AdamW second moments, same layout as params
-  float* arena = nullptr;      // activations/temporaries, `arena_floats` long
+  float* arena = nullptr;      // activations/temporaries, `arena_floats` 4-byte words
+  void* compute_params = nullptr;  // compute copy of params (bf16 on CUDA), `compute_param_bytes`
+  void* context = nullptr;     // target-specific (the CUDA Context), from ProgramDesc::create_context
   uint64_t seed = 0;           // run seed (dropout keys derive from it)
   int64_t step = 0;            // optimizer step being computed, from 1
   int64_t microbatch = 0;      // index within the step
@@ -68,7 +92,9 @@ struct ProgramDesc {
   std::string target;          // "host" or "cuda"
   std::vector<ParamDesc> params;
   int64_t num_param_elems = 0;
-  int64_t arena_floats = 0;    // size of HostState::arena
+  int64_t arena_floats = 0;    // size of HostState::arena in 4-byte words
+  int64_t compute_param_bytes = 0;  // size of HostState::compute_params (0: none)
+  const Backend* backend = nullptr; // nullptr: the host backend
   double flops_per_step = 0;   // model FLOPs of one optimizer step (no recompute)
   TrainConfig train;
 
@@ -84,6 +110,12 @@ struct ProgramDesc {
   // 1/num_microbatches inside), at learning rate lr; returns the gradient
   // norm before clipping. Does not zero the gradients.
   double (*optimizer_step)(HostState& state, float lr, int64_t step) = nullptr;
+  // Optional (CUDA): make the target's context before anything else, and
+  // refresh compute_params from params after the trainer wrote params
+  // (initialization, checkpoint load).
+  void* (*create_context)() = nullptr;
+  void (*destroy_context)(void* context) = nullptr;
+  void (*sync_compute_params)(HostState& state) = nullptr;
 };
 
 // The generated program's main() calls this.

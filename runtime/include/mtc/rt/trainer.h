@@ -1,8 +1,10 @@
 // The trainer around a generated program: flags, program checks, parameter
-// initialization. train_main (program.h) is the entry point; the
-// pieces here are exposed for tests and for other drivers.
+// initialization, the host backend and the program's memory plan.
+// train_main (program.h) is the entry point; the pieces here are exposed for
+// tests and for other drivers.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -51,5 +53,57 @@ void validate_program(const ProgramDesc& program);
 // (detail::normal_at on stream (seed, fnv1a(name))). Independent of the
 // parameters' order, offsets and of how a tensor is sharded.
 void init_params(const ProgramDesc& program, uint64_t seed, float* params);
+
+// The backend of programs whose ProgramDesc::backend is nullptr: program
+// memory is host memory (64-byte aligned, zeroed), upload/download are
+// memcpy, synchronize does nothing, memory_info reports 0 / 0 (unknown).
+const Backend& host_backend();
+
+// ProgramDesc::backend, or host_backend() when it is nullptr.
+const Backend& program_backend(const ProgramDesc& program);
+
+// Bytes of program memory the trainer allocates for a program:
+//   params, grads        4 * num_param_elems each (fp32)
+//   optimizer            8 * num_param_elems (AdamW exp_avg + exp_avg_sq)
+//   compute_copy         compute_param_bytes (bf16 copy of params on CUDA)
+//   activations          4 * arena_floats
+//   batch                2 * 4 * num_microbatches * micro_batch * seq_length
+//                        (int32 tokens and targets of every microbatch)
+struct PlanBytes {
+  double params = 0, grads = 0, optimizer = 0, compute_copy = 0,
+         activations = 0, batch = 0;
+  double total() const {
+    return params + grads + optimizer + compute_copy + activations + batch;
+  }
+};
+PlanBytes plan_bytes(const ProgramDesc& program);
+
+// "params 1.0 MiB + grads 1.0 MiB + AdamW moments 2.0 MiB [+ compute copy
+// 512.0 KiB] + activations 3.0 MiB + batch 2.0 KiB = 7.5 MiB".
+std::string format_plan_bytes(const PlanBytes& bytes);
+
+// "1.5 GiB" (binary units, one decimal; bytes without one).
+std::string human_bytes(double bytes);
+
+// The "does it fit" check before allocation: when `total_bytes` > 0 (the
+// backend knows its memory), the plan plus an allocation slack of 2 MiB per
+// buffer (CUDA's allocation granularity) must not exceed `free_bytes`.
+// Throws Error listing the plan's bytes by kind and the free memory.
+void check_plan_fits(const ProgramDesc& program, const char* backend_name,
+                     size_t free_bytes, size_t total_bytes);
+
+// Host-side check of a microbatch's ids before they are uploaded to a
+// backend whose kernels only record bad ids: `ids` (rows, seq_length), each
+// must lie in [0, vocab_size). Returns "" or a message naming the first bad
+// id by position: "<kind> 99 at position 13 (sequence 1, offset 5) is
+// outside the vocabulary [0, 16)".
+std::string check_ids(const int32_t* ids, int64_t rows, int64_t seq_length,
+                      int64_t vocab_size, const char* kind);
+
+// Peak FLOP/s of the accelerator from the environment variable
+// MTC_PEAK_TFLOPS (TFLOP/s, e.g. 989 for an H100 SXM in dense bf16), for
+// model FLOPs utilization; 0 when unset or empty. Throws Error naming the
+// variable when it is not a positive number.
+double peak_flops_from_env();
 
 }  // namespace mtc::rt

@@ -1,0 +1,143 @@
+//===- EmitterCommon.cpp - parameter layout and ProgramDesc emission -------===//
+#include "EmitterCommon.h"
+
+#include "mtc/Transforms/PlanReport.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+
+namespace mtc::codegen {
+
+ParamLayout::ParamLayout(ModuleOp module) {
+  module.walk([&](ParamOp p) {
+    if (slots.count(p.getName()))
+      return;
+    slots[p.getName()] = {p, totalElements};
+    order.push_back(p.getName().str());
+    totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
+  });
+}
+
+int64_t numel(Value v) {
+  return cast<RankedTensorType>(v.getType()).getNumElements();
+}
+ArrayRef<int64_t> shapeOf(Value v) {
+  return cast<RankedTensorType>(v.getType()).getShape();
+}
+int64_t rows(Value v) { return numel(v) / shapeOf(v).back(); }
+std::string fmt(double d) { return llvm::formatv("{0:e9}", d).str(); }
+
+std::string escape(StringRef s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    if (c == '"' || c == '\\')
+      out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string locString(Location loc) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  loc.print(os);
+  return s;
+}
+
+FailureOr<TrainingFunctions> getTrainingFunctions(ModuleOp module) {
+  TrainingFunctions f{module.lookupSymbol<func::FuncOp>("forward"),
+                      module.lookupSymbol<func::FuncOp>("train_step"),
+                      module.lookupSymbol<func::FuncOp>("optimizer_step")};
+  if (!f.forward || !f.train || !f.optimizer)
+    return module.emitError("the emitter needs @forward, @train_step and "
+                            "@optimizer_step; run the training pipeline "
+                            "(mtc-autodiff) first");
+  for (func::FuncOp fn : {f.forward, f.train})
+    if (fn.getNumArguments() != 2)
+      return fn.emitError("code generation handles models whose @")
+             << fn.getSymName() << " takes (tokens, targets); this one takes "
+             << fn.getNumArguments()
+             << " arguments (BERT's attention mask needs the masked-LM data "
+                "pipeline, which the runtime does not have yet)";
+  if (f.optimizer.getNumArguments() != 2)
+    return f.optimizer.emitError("@optimizer_step must take (lr, step)");
+  return f;
+}
+
+std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
+                            const ProgramDescExtras &extras) {
+  auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training");
+  auto getI = [&](StringRef k) -> int64_t {
+    auto a = cfg ? cfg.getAs<IntegerAttr>(k) : IntegerAttr();
+    return a ? a.getInt() : 0;
+  };
+  auto getF = [&](StringRef k) -> double {
+    auto a = cfg ? cfg.getAs<FloatAttr>(k) : FloatAttr();
+    return a ? a.getValueAsDouble() : 0.0;
+  };
+  auto getS = [&](StringRef k) -> std::string {
+    auto a = cfg ? cfg.getAs<StringAttr>(k) : StringAttr();
+    return a ? a.str() : "";
+  };
+  PlanReport report = computePlanReport(module);
+
+  std::string src;
+  llvm::raw_string_ostream s(src);
+  s << "static mtc::rt::ProgramDesc make_program() {\n"
+    << "  mtc::rt::ProgramDesc p;\n"
+    << "  p.model_name = \"" << escape(report.modelName) << "\";\n"
+    << "  p.target = \"" << extras.target << "\";\n";
+  for (const std::string &name : layout.order) {
+    ParamSlot slot = layout.slots.lookup(name);
+    auto t = slot.op.getType();
+    std::string dims;
+    for (int64_t d : t.getShape())
+      dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+    const char *init = slot.op.getInit() == InitKind::zeros   ? "zeros"
+                       : slot.op.getInit() == InitKind::ones ? "ones"
+                                                             : "normal";
+    s << llvm::formatv("  p.params.push_back({{\"{0}\", {{{1}}, {2}, {3}, "
+                       "mtc::rt::InitKind::{4}, {5}, {6}});\n",
+                       escape(name), dims, slot.offset, t.getNumElements(),
+                       init, fmt(slot.op.getStd().convertToDouble()),
+                       t.getRank() >= 2 ? "true" : "false");
+  }
+  std::string decay = getS("decay");
+  s << "  p.num_param_elems = " << layout.totalElements << ";\n"
+    << "  p.arena_floats = " << extras.arenaWords << ";\n"
+    << "  p.compute_param_bytes = " << extras.computeParamBytes << ";\n"
+    << "  p.flops_per_step = " << fmt(report.flopsPerStep) << ";\n"
+    << "  auto& t = p.train;\n"
+    << "  t.micro_batch = " << getI("micro_batch_size") << ";\n"
+    << "  t.seq_length = " << getI("seq_length") << ";\n"
+    << "  t.vocab_size = " << getI("vocab_size") << ";\n"
+    << "  t.num_microbatches = " << getI("num_microbatches") << ";\n"
+    << "  t.global_batch = " << getI("global_batch_size") << ";\n"
+    << "  t.train_steps = " << getI("train_steps") << ";\n"
+    << "  t.lr = " << fmt(getF("lr")) << ";\n"
+    << "  t.min_lr = " << fmt(getF("min_lr")) << ";\n"
+    << "  t.warmup_steps = " << getI("warmup_steps") << ";\n"
+    << "  t.decay_steps = " << getI("decay_steps") << ";\n"
+    << "  t.decay = mtc::rt::LrDecay::"
+    << (decay.empty() ? std::string("cosine") : decay) << ";\n"
+    << "  t.beta1 = " << fmt(getF("beta1")) << ";\n"
+    << "  t.beta2 = " << fmt(getF("beta2")) << ";\n"
+    << "  t.eps = " << fmt(getF("eps")) << ";\n"
+    << "  t.weight_decay = " << fmt(getF("weight_decay")) << ";\n"
+    << "  t.grad_clip = " << fmt(getF("grad_clip")) << ";\n"
+    << "  t.seed = " << getI("seed") << "ull;\n"
+    << "  p.forward_loss = &forward;\n"
+    << "  p.forward_backward = &train_step;\n"
+    << "  p.optimizer_step = &optimizer_step;\n"
+    << extras.extraLines << "  return p;\n}\n\n"
+    << "int main(int argc, char** argv) {\n"
+    << "  static const mtc::rt::ProgramDesc program = make_program();\n"
+    << "  return mtc::rt::train_main(argc, argv, program);\n}\n";
+  return src;
+}
+
+} // namespace mtc::codegen

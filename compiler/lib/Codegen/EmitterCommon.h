@@ -1,0 +1,63 @@
+//===- EmitterCommon.h - what the host and CUDA emitters share --*- C++ -*-===//
+//
+// Both emitters lay parameters out the same way (so checkpoints and the
+// runtime's ParamDesc table do not depend on the target), describe the
+// program to the runtime the same way (ProgramDesc), and print IR locations
+// into the generated code the same way.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_CODEGEN_EMITTERCOMMON_H
+#define MTC_CODEGEN_EMITTERCOMMON_H
+
+#include "mtc/Dialect/MtcDialect.h"
+#include "llvm/ADT/StringMap.h"
+#include <string>
+
+namespace mtc::codegen {
+
+struct ParamSlot {
+  ParamOp op;
+  int64_t offset = 0; // elements, 16-aligned
+};
+
+/// Unique parameters in program order, each at an offset of one allocation.
+struct ParamLayout {
+  llvm::StringMap<ParamSlot> slots;
+  llvm::SmallVector<std::string> order;
+  int64_t totalElements = 0;
+
+  explicit ParamLayout(mlir::ModuleOp module);
+  int64_t offset(llvm::StringRef name) const {
+    return slots.lookup(name).offset;
+  }
+};
+
+int64_t numel(mlir::Value v);
+llvm::ArrayRef<int64_t> shapeOf(mlir::Value v);
+/// Rows of an activation flattened to (rows, last dim).
+int64_t rows(mlir::Value v);
+std::string fmt(double d);
+std::string escape(llvm::StringRef s);
+std::string locString(mlir::Location loc);
+
+/// The three functions the training pipeline produced, or an error.
+struct TrainingFunctions {
+  mlir::func::FuncOp forward, train, optimizer;
+};
+mlir::FailureOr<TrainingFunctions> getTrainingFunctions(mlir::ModuleOp module);
+
+/// What differs between targets in the ProgramDesc.
+struct ProgramDescExtras {
+  std::string target;          // "host" | "cuda"
+  int64_t arenaWords = 0;      // 4-byte words
+  int64_t computeParamBytes = 0;
+  std::string extraLines;      // more `p.x = ...;` lines (backend, context)
+};
+
+/// `static mtc::rt::ProgramDesc make_program()` and `main()`.
+std::string emitProgramDesc(mlir::ModuleOp module, const ParamLayout &layout,
+                            const ProgramDescExtras &extras);
+
+} // namespace mtc::codegen
+
+#endif // MTC_CODEGEN_EMITTERCOMMON_H
