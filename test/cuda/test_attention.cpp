@@ -67,7 +67,11 @@ void run_case(const Case& c, uint64_t seed, AttentionBackend backend) {
   attention_forward(ctx(), dqkv_in.get(), mp, out.get(), lse.get(), c.b, c.s, c.h, c.kv, c.dh,
                     c.causal, scale);
   std::vector<float> got_out = download(out);
-  // The backward takes the GPU's own bf16 output, as in training.
+  // The backward takes the GPU's own bf16 output, as in training. Its
+  // scratch (dq accumulators, row sums, cuDNN workspace) starts as NaN, so a
+  // kernel relying on zeroed scratch fails.
+  const size_t scratch = attention_backward_scratch_bytes(c.b, c.s, c.h, c.dh) + (16u << 20);
+  MTC_TEST_CUDA(cudaMemsetAsync(ctx().scratch(scratch), 0xff, ctx().scratch_bytes(), ctx().stream));
   attention_backward(ctx(), dqkv_in.get(), mp, out.get(), lse.get(), ddout.get(), dqkv.get(), c.b,
                      c.s, c.h, c.kv, c.dh, c.causal, scale);
   std::vector<float> got_lse = download(lse), got_dqkv = download(dqkv);

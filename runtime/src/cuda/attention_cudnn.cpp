@@ -20,7 +20,8 @@
 //             [causal mask]; E = exp(S); dV = E^T dO; dP = dO V^T;
 //             dS = (dP - Dsum) * E * scale; dK = dS^T Q; dQacc = dS K;
 //             dQ = identity(dQacc)
-// Dsum and dQacc are fp32 tensors in ctx.scratch, with the plan's workspace.
+// Dsum and dQacc are fp32 tensors in ctx.scratch, with the plan's workspace
+// (dQacc zeroed by the engine since cuDNN 9.6; the tests poison the scratch).
 // Plans are built once per (direction, B, S, H, Dh, causal) and cached in
 // the context; MTC_CUDA_ATTN_VERBOSE=1 prints each build and fallback.
 #include "cuda/internal.h"
@@ -621,7 +622,10 @@ bool cudnn_attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask
   const size_t dsum_bytes = round(sizeof(float) * static_cast<size_t>(b * h * s));
   char* scratch =
       static_cast<char*>(ctx.scratch(acc_bytes + dsum_bytes + static_cast<size_t>(p->workspace)));
-  MTC_CUDA_CHECK(cudaMemsetAsync(scratch, 0, acc_bytes, ctx.stream));
+  // Since cuDNN 9.6 the engine initializes the dQ accumulator itself (as
+  // cudnn-frontend assumes); earlier versions need it zeroed.
+  if (api().GetVersion() < 90600)
+    MTC_CUDA_CHECK(cudaMemsetAsync(scratch, 0, acc_bytes, ctx.stream));
   float one = 1.f, mask_value = std::numeric_limits<float>::lowest();
   bf16* base = const_cast<bf16*>(qkv);
   std::vector<int64_t> uids = {kQ,  kK,  kV,  kO,    kDO,   kStats, kDQ,
