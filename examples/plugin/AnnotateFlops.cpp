@@ -1,10 +1,11 @@
 //===- AnnotateFlops.cpp - an example mtc pass plugin ----------------------===//
 //
-// A pass plugin loaded by `mtc-opt --load-pass-plugin=MtcExamplePlugin.so`.
-// It registers `mtc-example-annotate-flops`, which writes each mtc op's FLOP
-// count (from CostOpInterface) as an `mtc.flops` attribute, and reports the
-// total as a remark. It shows the three things a plugin needs: a pass class,
-// a registration function, and the exported `mlirGetPassPluginInfo`.
+// A pass plugin loaded by `mtc-opt --load-pass-plugin=MtcExamplePlugin.so`
+// (or `mtc compile --pass-plugin`). It registers
+// `mtc-example-annotate-flops`, which writes each mtc op's FLOP count (from
+// CostOpInterface) as an `mtc.flops` attribute and reports the total as a
+// remark. It shows the three things a plugin needs: a pass declared in ODS
+// (Passes.td), its registration, and the exported `mlirGetPassPluginInfo`.
 //
 //===----------------------------------------------------------------------===//
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -12,18 +13,21 @@
 #include "mlir/Pass/Pass.h"
 #include "mlir/Tools/Plugins/PassPlugin.h"
 #include "mtc/Dialect/MtcDialect.h"
+#include "llvm/Support/Format.h"
+
+namespace mtc::example {
+#define GEN_PASS_DECL
+#define GEN_PASS_DEF_MTCEXAMPLEANNOTATEFLOPS
+#define GEN_PASS_REGISTRATION
+#include "Passes.h.inc"
+} // namespace mtc::example
 
 using namespace mlir;
 
 namespace {
 struct AnnotateFlopsPass
-    : public PassWrapper<AnnotateFlopsPass, OperationPass<func::FuncOp>> {
-  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(AnnotateFlopsPass)
-
-  StringRef getArgument() const final { return "mtc-example-annotate-flops"; }
-  StringRef getDescription() const final {
-    return "Annotates every mtc op with its FLOP count (example plugin)";
-  }
+    : public mtc::example::impl::MtcExampleAnnotateFlopsBase<
+          AnnotateFlopsPass> {
   void runOnOperation() override {
     func::FuncOp fn = getOperation();
     Builder b(fn.getContext());
@@ -33,7 +37,9 @@ struct AnnotateFlopsPass
       total += flops;
       op->setAttr("mtc.flops", b.getF64FloatAttr(flops));
     });
-    fn.emitRemark() << "total FLOPs " << llvm::format("%.6g", total);
+    std::string text;
+    llvm::raw_string_ostream(text) << llvm::format("%.6g", total);
+    fn.emitRemark() << "total FLOPs " << text;
   }
 };
 } // namespace
@@ -41,5 +47,5 @@ struct AnnotateFlopsPass
 extern "C" LLVM_ATTRIBUTE_WEAK ::mlir::PassPluginLibraryInfo
 mlirGetPassPluginInfo() {
   return {MLIR_PLUGIN_API_VERSION, "MtcExamplePlugin", LLVM_VERSION_STRING,
-          []() { PassRegistration<AnnotateFlopsPass>(); }};
+          []() { mtc::example::registerMtcExampleAnnotateFlops(); }};
 }

@@ -1,7 +1,8 @@
 // Tests that the embedding lookup (with the fused position table) and its
 // fp32 accumulating gradient, and the fused softmax cross-entropy (loss and
-// dlogits in one pass, ignore_index, in place, forward only) match the host
-// kernels; and that bad token / target ids are reported, not read.
+// dlogits in one pass, ignore_index, padded vocabulary, in place, forward
+// only) match the host kernels; and that bad token / target ids are
+// reported, not read.
 #include "cuda_test_util.h"
 #include "mtc/rt/host_kernels.h"
 
@@ -75,12 +76,14 @@ TEST_F(CudaEmbedding, BadTokenIsReportedAndGivesZeroRow) {
 }
 
 TEST_F(CudaLoss, FusedCrossEntropyMatchesHost) {
-  struct Case { int64_t t, v; bool in_place; };
+  // valid < V: a padded vocabulary (GPT-2's 50257 classes padded to 50304).
+  struct Case { int64_t t, v, valid; bool in_place; };
   const int32_t kIgnore = -100;
-  for (Case c : {Case{64, 50304, false}, Case{37, 1001, false}, Case{8, 70000, true},
-                 Case{128, 50304, true}}) {
+  for (Case c : {Case{64, 50304, 50304, false}, Case{37, 1001, 1001, false},
+                 Case{8, 70000, 70000, true}, Case{128, 50304, 50257, true},
+                 Case{16, 70000, 65541, false}, Case{9, 1001, 990, true}}) {
     std::vector<float> logits = round_bf16(randn(c.t * c.v, 601, 2.f));
-    std::vector<int32_t> tgt = randint(c.t, 602, 0, static_cast<int32_t>(c.v));
+    std::vector<int32_t> tgt = randint(c.t, 602, 0, static_cast<int32_t>(c.valid));
     tgt[1] = kIgnore;
     tgt[c.t - 1] = kIgnore;
     const float dloss = 0.25f;
@@ -90,15 +93,17 @@ TEST_F(CudaLoss, FusedCrossEntropyMatchesHost) {
     upload(dl, logits);
     upload(dt, tgt);
     bf16* g = c.in_place ? dl.get() : dgrad.get();
-    cross_entropy(ctx(), dl.get(), dt.get(), loss_only.get(), nullptr, c.t, c.v, kIgnore, dloss);
-    cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), g, c.t, c.v, kIgnore, dloss);
+    cross_entropy(ctx(), dl.get(), dt.get(), loss_only.get(), nullptr, c.t, c.v, c.valid, kIgnore,
+                  dloss);
+    cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), g, c.t, c.v, c.valid, kIgnore, dloss);
     float ref_loss = 0;
     ASSERT_TRUE(host::cross_entropy_forward(logits.data(), tgt.data(), &ref_loss, c.t, c.v,
-                                            kIgnore));
+                                            c.valid, kIgnore));
     std::vector<float> ref(c.t * c.v);
-    host::cross_entropy_backward(logits.data(), tgt.data(), dloss, ref.data(), c.t, c.v, kIgnore);
+    host::cross_entropy_backward(logits.data(), tgt.data(), dloss, ref.data(), c.t, c.v, c.valid,
+                                 kIgnore);
     const std::string tg = " T=" + std::to_string(c.t) + " V=" + std::to_string(c.v) +
-                           (c.in_place ? " in place" : "");
+                           " valid=" + std::to_string(c.valid) + (c.in_place ? " in place" : "");
     expect_close("cross_entropy loss" + tg, download(loss), {ref_loss}, Tol{1e-5, 1e-5, 0});
     expect_close("cross_entropy loss (forward only)" + tg, download(loss_only), {ref_loss},
                  Tol{1e-5, 1e-5, 0});
@@ -118,7 +123,7 @@ TEST_F(CudaLoss, AllIgnoredGivesZeroLossAndGradient) {
   DevBuf<float> loss(1);
   upload(dl, logits);
   upload(dt, tgt);
-  cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), dg.get(), t, v, -1, 1.f);
+  cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), dg.get(), t, v, v, -1, 1.f);
   expect_close("cross_entropy all ignored loss", download(loss), {0.f}, Tol{0, 0, 0});
   expect_close("cross_entropy all ignored dlogits", download(dg), std::vector<float>(t * v, 0.f),
                Tol{0, 0, 0});
@@ -127,14 +132,14 @@ TEST_F(CudaLoss, AllIgnoredGivesZeroLossAndGradient) {
 TEST_F(CudaLoss, BadTargetIsReported) {
   const int64_t t = 8, v = 32;
   std::vector<float> logits = round_bf16(randn(t * v, 621));
-  std::vector<int32_t> tgt = randint(t, 622, 0, v);
-  tgt[5] = 32;
+  std::vector<int32_t> tgt = randint(t, 622, 0, v - 2);
+  tgt[5] = 30;  // a padding class (valid = 30)
   DevBuf<bf16> dl(t * v), dg(t * v);
   DevBuf<int32_t> dt(t);
   DevBuf<float> loss(1);
   upload(dl, logits);
   upload(dt, tgt);
-  cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), dg.get(), t, v, -100, 1.f);
+  cross_entropy(ctx(), dl.get(), dt.get(), loss.get(), dg.get(), t, v, v - 2, -100, 1.f);
   const std::string err = ctx().take_data_error();
   std::printf("[cross_entropy bad target] take_data_error: \"%s\"\n", err.c_str());
   EXPECT_NE(err.find("row 5"), std::string::npos) << err;

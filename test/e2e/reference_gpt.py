@@ -330,14 +330,15 @@ def run_check(args):
 
     params, pmeta = read_safetensors(args.params)
     check_names(args.params, {k: v.shape for k, v in params.items()}, shapes)
-    for name, x in params.items():
-        if x.dtype != np.float32:
-            raise CheckError(f"{args.params}: {name} is {x.dtype}, expected F32")
     dump, dmeta = read_safetensors(args.dump)
     tokens_all, targets_all = dump.pop("batch.tokens", None), dump.pop("batch.targets", None)
     if tokens_all is None or targets_all is None:
         raise CheckError(f"{args.dump}: batch.tokens / batch.targets missing (not a --dump-grads file?)")
     check_names(args.dump, {k: v.shape for k, v in dump.items()}, shapes)
+    for path, tensors in ((args.params, params), (args.dump, dump)):
+        for name, x in tensors.items():
+            if x.dtype != np.float32:
+                raise CheckError(f"{path}: {name} is {x.dtype}, expected F32")
 
     mb, nmb = meta_int(dmeta, "mtc.micro_batch", args.dump), meta_int(dmeta, "mtc.num_microbatches", args.dump)
     s = m["seq_length"]

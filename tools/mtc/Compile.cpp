@@ -192,7 +192,7 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "': " + ec.message());
   llvm::outs() << reportText;
   llvm::outs() << "wrote " << outDir << "/{program.cpp, CMakeLists.txt, "
-               << "train.mlir, plan.txt, plan.json}\n";
+               << "train.mlir, plan.txt, plan.json, spec.json}\n";
   if (!opts.build)
     return 0;
 

@@ -452,12 +452,12 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
           dlogits = buf(ceg.getResult());
         }
         line(llvm::formatv("k::cross_entropy(ctx, {0}, {1}, {2}, {3}, {4}, "
-                           "{5}, {6}, {7}f);",
+                           "{5}, {6}, {7}, {8}f);",
                            buf(c.getLogits()), buf(c.getTargets()), buf(c),
                            dlogits, numel(c.getTargets()),
                            shapeOf(c.getLogits()).back(),
-                           int64_t(c.getIgnoreIndex()),
-                           fmt(dloss)));
+                           c.getNumValidClasses(),
+                           int64_t(c.getIgnoreIndex()), fmt(dloss)));
         return success();
       })
       .Case([&](mtc::CrossEntropyGradOp) -> LogicalResult {

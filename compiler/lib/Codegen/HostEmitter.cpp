@@ -260,18 +260,23 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
         int64_t v = shapeOf(c.getLogits()).back();
         line(llvm::formatv(
-            "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5})) {6}",
+            "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5}, {6})) "
+            "{7}",
             buf(c.getLogits()), buf(c.getTargets()), buf(c),
-            numel(c.getTargets()), v, int64_t(c.getIgnoreIndex()),
-            dataError(llvm::formatv("target id outside [0, {0})", v).str())));
+            numel(c.getTargets()), v, c.getNumValidClasses(),
+            int64_t(c.getIgnoreIndex()),
+            dataError(llvm::formatv("target id outside [0, {0})",
+                                    c.getNumValidClasses())
+                          .str())));
         return success();
       })
       .Case([&](mtc::CrossEntropyGradOp c) -> LogicalResult {
         line(llvm::formatv(
-            "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6});",
+            "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6}, "
+            "{7});",
             buf(c.getLogits()), buf(c.getTargets()), buf(c.getDloss()), buf(c),
             numel(c.getTargets()), shapeOf(c.getLogits()).back(),
-            int64_t(c.getIgnoreIndex())));
+            c.getNumValidClasses(), int64_t(c.getIgnoreIndex())));
         return success();
       })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {

@@ -195,7 +195,7 @@ OwningOpRef<ModuleOp> Importer::run() {
 
   int64_t bsz = spec.training.micro_batch_size, s = m.seq_length;
   // Megatron pads the vocabulary to a multiple of 128 * tp so the embedding
-  // splits evenly; padded rows are never a target and learn to stay unlikely.
+  // splits evenly; the loss leaves the padding classes out.
   int64_t d = m.hidden_size, v = spec.paddedVocabSize();
   bool isBert = m.arch == mtc::spec::Arch::bert;
   auto tokType = RankedTensorType::get({bsz, s}, b.getI32Type());
@@ -246,8 +246,12 @@ OwningOpRef<ModuleOp> Importer::run() {
   Value head = m.tied_embeddings ? wte : weight("lm_head", {v, d}, m.init_std);
   Value logits = mtc::MatmulOp::create(b, loc("lm_head"), f32({bsz, s, v}), x,
                                        head, Value(), false, true);
+  // Padding classes stay out of the softmax (see mtc.cross_entropy).
+  IntegerAttr valid =
+      v > m.vocab_size ? b.getI64IntegerAttr(m.vocab_size) : IntegerAttr();
   Value loss = mtc::CrossEntropyOp::create(b, loc("loss"), f32({}), logits,
-                                           targets, b.getI64IntegerAttr(-1));
+                                           targets, b.getI64IntegerAttr(-1),
+                                           valid);
   func::ReturnOp::create(b, loc("forward"), loss);
 
   if (failed(verify(*module)))

@@ -155,7 +155,8 @@ LogicalResult CrossEntropyOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                             SmallVectorImpl<Value> &grads) {
   auto op = CrossEntropyGradOp::create(b, getLoc(), getLogits().getType(),
                                        getLogits(), getTargets(), dy[0],
-                                       getIgnoreIndexAttr());
+                                       getIgnoreIndexAttr(),
+                                       getValidClassesAttr());
   grads.assign({Value(op), Value()});
   return success();
 }

@@ -95,10 +95,16 @@ LogicalResult verifyAttentionShapes(Operation *op, Value qkv, Value mask,
   return success();
 }
 
-/// Checks of cross-entropy: logits (B, S, V), targets (B, S).
-LogicalResult verifyLossShapes(Operation *op, Value logits, Value targets) {
+/// Checks of cross-entropy: logits (B, S, V), targets (B, S),
+/// 0 < valid_classes <= V.
+LogicalResult verifyLossShapes(Operation *op, Value logits, Value targets,
+                               std::optional<uint64_t> valid) {
   auto l = rankedOf(logits);
   auto t = rankedOf(targets);
+  if (valid && (int64_t(*valid) <= 0 || int64_t(*valid) > l.getShape().back()))
+    return op->emitOpError("valid_classes must be in [1, ")
+           << l.getShape().back() << "] (the logits' last dimension), got "
+           << int64_t(*valid);
   if (l.getRank() < 2)
     return op->emitOpError("logits must have rank >= 2, got ") << l.getRank();
   if (t.getShape() != l.getShape().drop_back())
@@ -199,8 +205,9 @@ LogicalResult DropoutOp::verify() {
   double p = getP().convertToDouble();
   if (!(p >= 0.0 && p < 1.0))
     return emitOpError("dropout probability must be in [0, 1), got ") << p;
-  if (getKey() < 0)
-    return emitOpError("dropout key must be >= 0, got ") << getKey();
+  int64_t key = getKeyAttr().getInt();
+  if (key < 0)
+    return emitOpError("dropout key must be >= 0, got ") << key;
   return success();
 }
 
@@ -344,11 +351,23 @@ LogicalResult AttentionGradOp::verify() {
 }
 
 LogicalResult CrossEntropyOp::verify() {
-  return verifyLossShapes(*this, getLogits(), getTargets());
+  return verifyLossShapes(*this, getLogits(), getTargets(), getValidClasses());
 }
 
 LogicalResult CrossEntropyGradOp::verify() {
-  return verifyLossShapes(*this, getLogits(), getTargets());
+  return verifyLossShapes(*this, getLogits(), getTargets(), getValidClasses());
+}
+
+int64_t CrossEntropyOp::getNumValidClasses() {
+  if (auto v = getValidClasses())
+    return int64_t(*v);
+  return rankedOf(getLogits()).getShape().back();
+}
+
+int64_t CrossEntropyGradOp::getNumValidClasses() {
+  if (auto v = getValidClasses())
+    return int64_t(*v);
+  return rankedOf(getLogits()).getShape().back();
 }
 
 // Checks: non-empty, unique parameter names; hyper-parameters in range.

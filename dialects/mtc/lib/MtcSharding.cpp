@@ -22,6 +22,7 @@
 
 #include "mlir/Dialect/Shard/Interfaces/ShardingInterface.h"
 #include "mlir/Dialect/Shard/Interfaces/ShardingInterfaceImpl.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/IR/AffineMap.h"
 
 using namespace mlir;
@@ -92,19 +93,26 @@ struct MatmulShardingModel
       return op->emitOpError("cannot be partitioned: only matmuls without "
                              "transpose_a and with a 2-D rhs have a sharding "
                              "rule");
-    if (mm.getBias()) {
-      ShardingArray axes = getGridAxisAssignmentForLoopIterators(
-          operandShardings, resultShardings, getLoopIteratorTypes(op),
-          getIndexingMaps(op));
-      if (isAtLeastOneReductionIteratorSharded(getLoopIteratorTypes(op), axes))
-        return op->emitOpError(
-            "cannot split the contraction of a matmul with a bias: the bias "
-            "would be added once per shard; split the bias into an mtc.add "
-            "after the reduction");
-    }
+    SmallVector<utils::IteratorType> loops = getLoopIteratorTypes(op);
+    ShardingArray axes = getGridAxisAssignmentForLoopIterators(
+        operandShardings, resultShardings, loops, getIndexingMaps(op));
+    bool splitK = isAtLeastOneReductionIteratorSharded(loops, axes);
+    if (splitK && mm.getBias())
+      return op->emitOpError(
+          "cannot split the contraction of a matmul with a bias: the bias "
+          "would be added once per shard; split the bias into an mtc.add "
+          "after the reduction");
     partitionTriviallyShardableOperation(*op, partitionedOperands,
                                          operandShardings, resultShardings,
                                          partitionMap, symbolTable, builder);
+    if (splitK) {
+      Value partial = partitionMap.lookup(op->getResult(0));
+      Value sum = AllReduceOp::create(builder, op->getLoc(), partial,
+                                      resultShardings[0].getGrid(),
+                                      getReductionGridAxes(loops, axes),
+                                      ReductionKind::Sum);
+      partitionMap.map(op->getResult(0), sum);
+    }
     return success();
   }
 };

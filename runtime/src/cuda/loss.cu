@@ -1,10 +1,13 @@
 // Fused softmax cross-entropy: loss and dlogits from one read of the logits.
 //
-// Math (host loss.cpp's), rows t with a counted target y_t (count of them):
-//   lse_t = log sum_v exp(logits[t, v])          (fp32, max-shifted)
+// Math (host loss.cpp's), rows t with a counted target y_t (count of them),
+// classes v < valid (columns valid..V-1 are vocabulary padding: outside the
+// softmax, zero gradient):
+//   lse_t = log sum_{v < valid} exp(logits[t, v])  (fp32, max-shifted)
 //   loss  = (1 / count) sum_t (lse_t - logits[t, y_t])          (0 if count == 0)
 //   dlogits[t, v] = dloss / count * (exp(logits[t, v] - lse_t) - [v == y_t])
-//   dlogits[t, :] = 0 on rows whose target is ignore_index (or out of range).
+//   dlogits[t, :] = 0 on rows whose target is ignore_index (or out of
+//   [0, valid)), and dlogits[t, v] = 0 for v >= valid.
 //
 // Design: three launches, none of which re-reads the logits from memory.
 //   1. count_targets: one block counts the counted rows (fixed order) and
@@ -32,7 +35,8 @@ __device__ __forceinline__ bool counted(int32_t target, int64_t v, int32_t ignor
   return target != ignore_index && target >= 0 && target < v;
 }
 
-// *count (1) = number of counted rows of targets (T).
+// *count (1) = number of counted rows of targets (T); v is the number of
+// valid classes.
 __global__ void count_targets_kernel(const int32_t* targets, int64_t t, int64_t v,
                                      int32_t ignore_index, int* count,
                                      unsigned long long* bad_row) {
@@ -69,15 +73,15 @@ __device__ __forceinline__ void load_tile(const bf16* row, int64_t v, int64_t ti
   }
 }
 
-// row_loss (T); dlogits (T, V) or nullptr.
+// row_loss (T); dlogits (T, V) or nullptr; classes [valid, V) are padding.
 __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
     const bf16* logits, const int32_t* targets, const int* count, float* row_loss, bf16* dlogits,
-    int64_t v, int32_t ignore_index, float dloss, bool vec) {
+    int64_t v, int64_t valid, int32_t ignore_index, float dloss, bool vec) {
   __shared__ float shared[32];
   const int64_t r = blockIdx.x;
   const bf16* row = logits + r * v;
   const int32_t y = targets[r];
-  const bool use = counted(y, v, ignore_index);
+  const bool use = counted(y, valid, ignore_index);
   if (!use) {
     if (threadIdx.x == 0) row_loss[r] = 0.f;
     if (dlogits) {
@@ -86,7 +90,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
     }
     return;
   }
-  const int64_t tiles = ceil_div(v, kTile);
+  const int64_t tiles = ceil_div(valid, kTile);  // passes 1 and 2 read [0, valid)
   Bf16x8 buf[kCache];
   // Pass 1: row max.
   float mx = -INFINITY;
@@ -97,7 +101,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
       const int64_t c = tile * kTile + (static_cast<int64_t>(k) * kRowThreads + threadIdx.x) * 8;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (c + j >= v) continue;
+        if (c + j >= valid) continue;
         mx = fmaxf(mx, element(buf[k], j));
       }
     }
@@ -114,7 +118,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
       const int64_t c = tile * kTile + (static_cast<int64_t>(k) * kRowThreads + threadIdx.x) * 8;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (c + j >= v) continue;
+        if (c + j >= valid) continue;
         sum += exp2f(fmaf(element(buf[k], j), kLog2e, -mx2));
       }
     }
@@ -128,8 +132,9 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
   const float coeff = n > 0 ? dloss / static_cast<float>(n) : 0.f;
   const float lse2 = lse * kLog2e;
   bf16* drow = dlogits + r * v;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    if (tiles > 1) load_tile(row, v, tile, buf, vec);
+  const int64_t out_tiles = ceil_div(v, kTile);  // the gradient covers [0, V)
+  for (int64_t tile = 0; tile < out_tiles; ++tile) {
+    if (tiles > 1 || out_tiles > 1) load_tile(row, v, tile, buf, vec);
 #pragma unroll
     for (int k = 0; k < kCache; ++k) {
       const int64_t c = tile * kTile + (static_cast<int64_t>(k) * kRowThreads + threadIdx.x) * 8;
@@ -139,7 +144,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_rows_kernel(
       for (int j = 0; j < 8; ++j) {
         float p = exp2f(fmaf(element(buf[k], j), kLog2e,
                              -lse2));
-        g[j] = coeff * (p - (c + j == y ? 1.f : 0.f));
+        g[j] = c + j < valid ? coeff * (p - (c + j == y ? 1.f : 0.f)) : 0.f;
       }
       if (vec) {
         store8(drow + c, g);
@@ -168,19 +173,22 @@ __global__ void cross_entropy_mean_kernel(const float* row_loss, const int* coun
 }  // namespace
 
 void cross_entropy(Context& ctx, const bf16* logits, const int32_t* targets, float* loss,
-                   bf16* dlogits, int64_t t, int64_t v, int32_t ignore_index, float dloss) {
+                   bf16* dlogits, int64_t t, int64_t v, int64_t valid, int32_t ignore_index,
+                   float dloss) {
   require(t > 0 && v > 0, "cross_entropy: T and V must be positive");
+  require(valid > 0 && valid <= v, "cross_entropy: valid classes must be in [1, V], got " +
+                                       std::to_string(valid) + " for V = " + std::to_string(v));
   require(t <= 0x7fffffff, "cross_entropy: T must fit in 31 bits");
   // Scratch: count (1 int, padded to 256 bytes), row_loss (T) floats.
   char* scratch = static_cast<char*>(ctx.scratch(256 + sizeof(float) * t));
   int* count = reinterpret_cast<int*>(scratch);
   float* row_loss = reinterpret_cast<float*>(scratch + 256);
   const bool vec = v % 8 == 0 && aligned16(logits) && (!dlogits || aligned16(dlogits));
-  count_targets_kernel<<<1, 1024, 0, ctx.stream>>>(targets, t, v, ignore_index, count,
+  count_targets_kernel<<<1, 1024, 0, ctx.stream>>>(targets, t, valid, ignore_index, count,
                                                    ctx.data_error_slots + 1);
   MTC_LAUNCH_CHECK("count_targets_kernel");
   cross_entropy_rows_kernel<<<static_cast<unsigned>(t), kRowThreads, 0, ctx.stream>>>(
-      logits, targets, count, row_loss, dlogits, v, ignore_index, dloss, vec);
+      logits, targets, count, row_loss, dlogits, v, valid, ignore_index, dloss, vec);
   MTC_LAUNCH_CHECK("cross_entropy_rows_kernel");
   cross_entropy_mean_kernel<<<1, 1024, 0, ctx.stream>>>(row_loss, count, t, loss);
   MTC_LAUNCH_CHECK("cross_entropy_mean_kernel");

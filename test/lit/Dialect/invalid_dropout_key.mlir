@@ -2,9 +2,7 @@
 // It is its own file because it fails today: I64Attr's getter returns
 // uint64_t, so `getKey() < 0` is never true and key = -1 verifies (and reaches
 // codegen as 2^64 - 1). Fix: compare `getKeyAttr().getInt() < 0` and print
-// that value; then delete the XFAIL line and move this case to invalid.mlir.
 //
-// XFAIL: *
 // RUN: mtc-opt %s -split-input-file -verify-diagnostics
 
 // Tests that the dropout key must not be negative.

@@ -28,7 +28,8 @@ func.func @param_default_std() -> tensor<16x8xf32> {
 
 // -----
 
-// Tests the zeros and ones init kinds, with bf16 and f16 element types.
+// Tests that the zeros and ones init kinds round-trip, with bf16 and f16
+// element types.
 // CHECK-LABEL: func.func @param_zeros_ones
 // CHECK:         %[[Z:.*]] = mtc.param "ln.bias" init = zeros : tensor<8xbf16>
 // CHECK:         %[[O:.*]] = mtc.param "ln.weight" init = ones : tensor<8xf16>
@@ -41,7 +42,7 @@ func.func @param_zeros_ones() -> (tensor<8xbf16>, tensor<8xf16>) {
 
 // -----
 
-// Tests mtc.embedding and mtc.embedding_grad.
+// Tests that mtc.embedding and mtc.embedding_grad round-trip.
 // CHECK-LABEL: func.func @embedding
 // CHECK-SAME:    (%[[TOK:[^:]+]]: tensor<2x4xi32>, %[[TABLE:[^:]+]]: tensor<16x8xf32>
 // CHECK:         %[[E:.*]] = mtc.embedding %[[TOK]], %[[TABLE]] : tensor<2x4xi32>, tensor<16x8xf32> -> tensor<2x4x8xf32>
@@ -56,8 +57,8 @@ func.func @embedding(%tok: tensor<2x4xi32>, %table: tensor<16x8xf32>)
 
 // -----
 
-// Tests mtc.add with equal shapes and with a broadcast rhs, and
-// mtc.reduce_leading.
+// Tests that mtc.add with equal shapes and with a broadcast rhs, and
+// mtc.reduce_leading, round-trip.
 // CHECK-LABEL: func.func @add_reduce
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[P:[^:]+]]: tensor<4x8xf32>
 // CHECK:         %[[A:.*]] = mtc.add %[[X]], %[[X]] : tensor<2x4x8xf32>, tensor<2x4x8xf32>
@@ -74,7 +75,7 @@ func.func @add_reduce(%x: tensor<2x4x8xf32>, %pos: tensor<4x8xf32>)
 
 // -----
 
-// Tests mtc.gelu and mtc.gelu_grad with both approximations.
+// Tests that mtc.gelu and mtc.gelu_grad round-trip with both approximations.
 // CHECK-LABEL: func.func @gelu
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>
 // CHECK:         %[[Y:.*]] = mtc.gelu %[[X]] approximate = tanh : tensor<2x4x8xf32>
@@ -92,7 +93,7 @@ func.func @gelu(%x: tensor<2x4x8xf32>) -> tensor<2x4x8xf32> {
 
 // -----
 
-// Tests mtc.swiglu and mtc.swiglu_grad (two results).
+// Tests that mtc.swiglu and mtc.swiglu_grad (two results) round-trip.
 // CHECK-LABEL: func.func @swiglu
 // CHECK-SAME:    (%[[G:[^:]+]]: tensor<2x4x8xbf16>, %[[U:[^:]+]]: tensor<2x4x8xbf16>
 // CHECK:         %[[H:.*]] = mtc.swiglu %[[G]], %[[U]] : tensor<2x4x8xbf16>
@@ -107,7 +108,7 @@ func.func @swiglu(%g: tensor<2x4x8xbf16>, %u: tensor<2x4x8xbf16>)
 
 // -----
 
-// Tests mtc.dropout's p and key, including p = 0.
+// Tests that mtc.dropout's p and key round-trip, including p = 0.
 // CHECK-LABEL: func.func @dropout
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>
 // CHECK:         %[[Y:.*]] = mtc.dropout %[[X]] p = 1.000000e-01 key = 3 : tensor<2x4x8xf32>
@@ -121,7 +122,7 @@ func.func @dropout(%x: tensor<2x4x8xf32>) -> tensor<2x4x8xf32> {
 
 // -----
 
-// Tests mtc.matmul without bias or transposes.
+// Tests that mtc.matmul round-trips without bias or transposes.
 // CHECK-LABEL: func.func @matmul_plain
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<8x16xf32>
 // CHECK:         %[[Y:.*]] = mtc.matmul %[[X]], %[[W]] : tensor<2x4x8xf32>, tensor<8x16xf32> -> tensor<2x4x16xf32>
@@ -133,7 +134,7 @@ func.func @matmul_plain(%x: tensor<2x4x8xf32>, %w: tensor<8x16xf32>) -> tensor<2
 
 // -----
 
-// Tests mtc.matmul with transpose_b and no bias.
+// Tests that mtc.matmul round-trips with transpose_b and no bias.
 // CHECK-LABEL: func.func @matmul_transpose_b
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<16x8xf32>
 // CHECK:         %[[Y:.*]] = mtc.matmul %[[X]], %[[W]] transpose_b : tensor<2x4x8xf32>, tensor<16x8xf32> -> tensor<2x4x16xf32>
@@ -145,7 +146,8 @@ func.func @matmul_transpose_b(%x: tensor<2x4x8xf32>, %w: tensor<16x8xf32>) -> te
 
 // -----
 
-// Tests mtc.matmul with a bias and transpose_b (a linear layer).
+// Tests that mtc.matmul round-trips with a bias and transpose_b (a linear
+// layer).
 // CHECK-LABEL: func.func @matmul_bias_transpose_b
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<16x8xf32>, %[[B:[^:]+]]: tensor<16xf32>
 // CHECK:         %[[Y:.*]] = mtc.matmul %[[X]], %[[W]], %[[B]] transpose_b : tensor<2x4x8xf32>, tensor<16x8xf32>, tensor<16xf32> -> tensor<2x4x16xf32>
@@ -159,7 +161,7 @@ func.func @matmul_bias_transpose_b(%x: tensor<2x4x8xf32>, %w: tensor<16x8xf32>, 
 
 // -----
 
-// Tests mtc.matmul with a bias and no transpose.
+// Tests that mtc.matmul round-trips with a bias and no transpose.
 // CHECK-LABEL: func.func @matmul_bias
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[W:[^:]+]]: tensor<8x16xf32>, %[[B:[^:]+]]: tensor<16xf32>
 // CHECK:         %[[Y:.*]] = mtc.matmul %[[X]], %[[W]], %[[B]] : tensor<2x4x8xf32>, tensor<8x16xf32>, tensor<16xf32> -> tensor<2x4x16xf32>
@@ -172,8 +174,8 @@ func.func @matmul_bias(%x: tensor<2x4x8xf32>, %w: tensor<8x16xf32>, %b: tensor<1
 
 // -----
 
-// Tests mtc.matmul with transpose_a (a weight gradient that flattens (B, S)
-// into rows).
+// Tests that mtc.matmul round-trips with transpose_a (a weight gradient that
+// flattens (B, S) into rows).
 // CHECK-LABEL: func.func @matmul_transpose_a
 // CHECK-SAME:    (%[[DY:[^:]+]]: tensor<2x4x16xf32>, %[[X:[^:]+]]: tensor<2x4x8xf32>
 // CHECK:         %[[DW:.*]] = mtc.matmul %[[DY]], %[[X]] transpose_a : tensor<2x4x16xf32>, tensor<2x4x8xf32> -> tensor<16x8xf32>
@@ -185,7 +187,7 @@ func.func @matmul_transpose_a(%dy: tensor<2x4x16xf32>, %x: tensor<2x4x8xf32>) ->
 
 // -----
 
-// Tests mtc.matmul with both transposes.
+// Tests that mtc.matmul round-trips with both transposes.
 // CHECK-LABEL: func.func @matmul_transpose_both
 // CHECK-SAME:    (%[[A:[^:]+]]: tensor<8x4xf32>, %[[B:[^:]+]]: tensor<16x8xf32>
 // CHECK:         %[[Y:.*]] = mtc.matmul %[[A]], %[[B]] transpose_a transpose_b : tensor<8x4xf32>, tensor<16x8xf32> -> tensor<4x16xf32>
@@ -197,7 +199,8 @@ func.func @matmul_transpose_both(%a: tensor<8x4xf32>, %b: tensor<16x8xf32>) -> t
 
 // -----
 
-// Tests mtc.layer_norm with and without beta, and mtc.layer_norm_grad.
+// Tests that mtc.layer_norm with and without beta, and mtc.layer_norm_grad,
+// round-trip.
 // CHECK-LABEL: func.func @layer_norm
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[G:[^:]+]]: tensor<8xf32>, %[[B:[^:]+]]: tensor<8xf32>
 // CHECK:         %[[Y:.*]] = mtc.layer_norm %[[X]], %[[G]], %[[B]] eps = 1.000000e-05 : tensor<2x4x8xf32>, tensor<8xf32>, tensor<8xf32>
@@ -214,7 +217,7 @@ func.func @layer_norm(%x: tensor<2x4x8xf32>, %g: tensor<8xf32>, %b: tensor<8xf32
 
 // -----
 
-// Tests mtc.rms_norm and mtc.rms_norm_grad.
+// Tests that mtc.rms_norm and mtc.rms_norm_grad round-trip.
 // CHECK-LABEL: func.func @rms_norm
 // CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xf32>, %[[G:[^:]+]]: tensor<8xf32>
 // CHECK:         %[[Y:.*]] = mtc.rms_norm %[[X]], %[[G]] eps = 1.000000e-05 : tensor<2x4x8xf32>, tensor<8xf32>
@@ -228,8 +231,8 @@ func.func @rms_norm(%x: tensor<2x4x8xf32>, %g: tensor<8xf32>) -> (tensor<2x4x8xf
 
 // -----
 
-// Tests mtc.rope with and without inverse (4 heads, 2 KV heads, head_dim 4:
-// width (4 + 2 * 2) * 4 = 32).
+// Tests that mtc.rope round-trips with and without inverse (4 heads, 2 KV
+// heads, head_dim 4: width (4 + 2 * 2) * 4 = 32).
 // CHECK-LABEL: func.func @rope
 // CHECK-SAME:    (%[[QKV:[^:]+]]: tensor<2x4x32xf32>
 // CHECK:         %[[R:.*]] = mtc.rope %[[QKV]] heads = 4 kv_heads = 2 theta = 1.000000e+04 : tensor<2x4x32xf32>
@@ -243,8 +246,8 @@ func.func @rope(%qkv: tensor<2x4x32xf32>) -> tensor<2x4x32xf32> {
 
 // -----
 
-// Tests mtc.attention without mask and without causal, and its gradient
-// likewise.
+// Tests that mtc.attention and its gradient round-trip without mask and
+// without causal.
 // CHECK-LABEL: func.func @attention_plain
 // CHECK-SAME:    (%[[QKV:[^:]+]]: tensor<2x4x32xf32>
 // CHECK:         %[[O:[^,]+]], %[[LSE:.*]] = mtc.attention %[[QKV]] heads = 4 kv_heads = 2 scale = 5.000000e-01 : tensor<2x4x32xf32> -> tensor<2x4x16xf32>, tensor<2x4x4xf32>
@@ -260,7 +263,8 @@ func.func @attention_plain(%qkv: tensor<2x4x32xf32>) -> tensor<2x4x32xf32> {
 
 // -----
 
-// Tests mtc.attention with causal and no mask, and its gradient likewise.
+// Tests that mtc.attention and its gradient round-trip with causal and no
+// mask.
 // CHECK-LABEL: func.func @attention_causal
 // CHECK-SAME:    (%[[QKV:[^:]+]]: tensor<2x4x32xf32>
 // CHECK:         %[[O:[^,]+]], %[[LSE:.*]] = mtc.attention %[[QKV]] heads = 4 kv_heads = 2 causal scale = 5.000000e-01 : tensor<2x4x32xf32> -> tensor<2x4x16xf32>, tensor<2x4x4xf32>
@@ -276,8 +280,8 @@ func.func @attention_causal(%qkv: tensor<2x4x32xf32>) -> tensor<2x4x32xf32> {
 
 // -----
 
-// Tests mtc.attention with a padding mask and causal, and its gradient
-// likewise.
+// Tests that mtc.attention and its gradient round-trip with a padding mask
+// and causal.
 // CHECK-LABEL: func.func @attention_mask_causal
 // CHECK-SAME:    (%[[QKV:[^:]+]]: tensor<2x4x32xf32>, %[[M:[^:]+]]: tensor<2x4xi32>
 // CHECK:         %[[O:[^,]+]], %[[LSE:.*]] = mtc.attention %[[QKV]] mask %[[M]] heads = 4 kv_heads = 2 causal scale = 5.000000e-01 : tensor<2x4x32xf32>, tensor<2x4xi32> -> tensor<2x4x16xf32>, tensor<2x4x4xf32>
@@ -293,8 +297,8 @@ func.func @attention_mask_causal(%qkv: tensor<2x4x32xf32>, %m: tensor<2x4xi32>) 
 
 // -----
 
-// Tests mtc.attention with a padding mask and no causal, and its gradient
-// likewise.
+// Tests that mtc.attention and its gradient round-trip with a padding mask
+// and no causal.
 // CHECK-LABEL: func.func @attention_mask
 // CHECK-SAME:    (%[[QKV:[^:]+]]: tensor<2x4x32xf32>, %[[M:[^:]+]]: tensor<2x4xi32>
 // CHECK:         %[[O:[^,]+]], %[[LSE:.*]] = mtc.attention %[[QKV]] mask %[[M]] heads = 4 kv_heads = 2 scale = 5.000000e-01 : tensor<2x4x32xf32>, tensor<2x4xi32> -> tensor<2x4x16xf32>, tensor<2x4x4xf32>
@@ -310,8 +314,8 @@ func.func @attention_mask(%qkv: tensor<2x4x32xf32>, %m: tensor<2x4xi32>) -> tens
 
 // -----
 
-// Tests mtc.cross_entropy and mtc.cross_entropy_grad, with the default and a
-// non-default ignore_index.
+// Tests that mtc.cross_entropy and mtc.cross_entropy_grad round-trip, with
+// the default and a non-default ignore_index.
 // CHECK-LABEL: func.func @cross_entropy
 // CHECK-SAME:    (%[[L:[^:]+]]: tensor<2x4x16xf32>, %[[T:[^:]+]]: tensor<2x4xi32>
 // CHECK:         %[[LOSS:.*]] = mtc.cross_entropy %[[L]], %[[T]] ignore_index = -1 : tensor<2x4x16xf32>, tensor<2x4xi32>
@@ -326,7 +330,7 @@ func.func @cross_entropy(%l: tensor<2x4x16xf32>, %t: tensor<2x4xi32>)
 
 // -----
 
-// Tests mtc.accumulate_grad.
+// Tests that mtc.accumulate_grad round-trips.
 // CHECK-LABEL: func.func @accumulate_grad
 // CHECK-SAME:    (%[[G:[^:]+]]: tensor<16x8xf32>
 // CHECK:         mtc.accumulate_grad %[[G]] into "layers.0.mlp.fc1.weight" : tensor<16x8xf32>
@@ -337,7 +341,7 @@ func.func @accumulate_grad(%g: tensor<16x8xf32>) {
 
 // -----
 
-// Tests mtc.grad_norm and mtc.adamw.
+// Tests that mtc.grad_norm and mtc.adamw round-trip.
 // CHECK-LABEL: func.func @optimizer
 // CHECK-SAME:    (%[[LR:[^:]+]]: f32, %[[STEP:[^:]+]]: i64
 // CHECK:         %[[N:.*]] = mtc.grad_norm grad_scale = 2.500000e-01 : f32

@@ -4,18 +4,16 @@
 // A plugin's passes are registered only once mtc-opt has parsed its options,
 // so they run through --pass-pipeline, not as `--mtc-example-annotate-flops`.
 //
-// XFAIL: *
 // Expected to fail until examples/plugin/AnnotateFlops.cpp compiles (so that
 // MtcExamplePlugin.so exists): `fn.emitRemark() << llvm::format(...)` has no
 // operator<< (a Diagnostic takes no format_object); format into a
-// std::string first. Remove this XFAIL with the fix.
 //
 // RUN: mtc-opt %s -split-input-file -verify-diagnostics \
 // RUN:   --load-pass-plugin=%plugin_dir/MtcExamplePlugin.so \
 // RUN:   --pass-pipeline='builtin.module(func.func(mtc-example-annotate-flops))' \
 // RUN:   | FileCheck %s
 
-// Tests the matmul count 2 * M * N * K: a (2, 3) x (3, 4) product is
+// Tests that a matmul counts 2 * M * N * K: a (2, 3) x (3, 4) product is
 // 2 * 2 * 4 * 3 = 48 FLOPs.
 // CHECK-LABEL: func.func @matmul_2x3x4
 // CHECK:         mtc.matmul %{{.*}}, %{{.*}} {mtc.flops = 4.800000e+01 : f64} : tensor<2x3xf32>, tensor<3x4xf32> -> tensor<2x4xf32>
@@ -27,12 +25,12 @@ func.func @matmul_2x3x4(%a: tensor<2x3xf32>, %b: tensor<3x4xf32>) -> tensor<2x4x
 
 // -----
 
-// Tests a small transformer-like function: a linear layer with a bias over
-// (B, S) = (2, 4) rows (M = 8, N = 16, K = 8: 2 M N K + M N = 2176), gelu
-// (8 per element: 1024), attention (4 heads, 2 KV heads, head_dim 6:
-// QK^T and PV, 2 * 2 B H S^2 Dh = 3072), cross-entropy (4 per logit: 512), a
-// param (0), and a total of 6784; grad_norm has no cost model and gets no
-// attribute.
+// Tests that every mtc op with a cost model is annotated: a linear layer with
+// a bias over (B, S) = (2, 4) rows (M = 8, N = 16, K = 8: 2 M N K + M N =
+// 2176), gelu (8 per element: 1024), attention (4 heads, 2 KV heads,
+// head_dim 6: QK^T and PV, 2 * 2 B H S^2 Dh = 3072), cross-entropy (4 per
+// logit: 512), a param (0), and a total of 6784; grad_norm has no cost model
+// and gets no attribute.
 // CHECK-LABEL: func.func @block
 // CHECK:         mtc.param "w" init = normal {mtc.flops = 0.000000e+00 : f64} : tensor<16x8xf32>
 // CHECK:         mtc.matmul {{.*}} transpose_b {mtc.flops = 2.176000e+03 : f64}

@@ -1,7 +1,6 @@
 // Megatron's tensor-parallel MLP through upstream sharding-propagation and
 // shard-partition: W1 column-parallel, W2 row-parallel, output replicated.
 //
-// XFAIL: *
 // Expected to fail until MtcSharding.cpp is fixed: MatmulShardingModel::
 // partition clones a matmul whose contraction is split with
 // partitionTriviallyShardableOperation only, so the row-parallel matmul
@@ -9,7 +8,6 @@
 // MLIR 22 a shard.sharding has no partial axes: the op's partition() must
 // itself all-reduce over shard::getReductionGridAxes(...), as upstream's
 // Linalg model does (partitionLinalgOpWithShardedReduction). Remove this
-// XFAIL with the fix.
 //
 // RUN: mtc-opt %s -split-input-file \
 // RUN:   --pass-pipeline='builtin.module(func.func(sharding-propagation,shard-partition))' \

@@ -11,8 +11,8 @@
 // TWICE: error: module already has @train_step or @optimizer_step: mtc-autodiff runs once
 // TWICE-NOT: func.func @train_step
 
-// Tests the backward program of an MLP block with a learned position table,
-// a residual, biases and a tied embedding / LM head: gradients in reverse
+// Tests that the backward program of an MLP block (learned position table,
+// residual, biases, tied embedding / LM head) has its gradients in reverse
 // order, linear-layer weight and input gradients with the right transposes,
 // bias and broadcast gradients through reduce_leading, mtc.add summing the
 // residual's fan-out, the tied weight's two gradients summed into one
@@ -116,11 +116,12 @@ module attributes {mtc.training = {num_microbatches = 4 : i64, weight_decay = 5.
 
 // -----
 
-// Tests the backward program of an attention block: matmul gradients of a
-// (K, N) weight (dA = dY B^T, dB = A^T dY), dropout's gradient as the same
-// dropout (same p and key), attention_grad reading the forward's qkv, output,
-// lse, mask and attributes, rope's gradient as the inverse rotation, and the
-// optimizer defaults when the module has no mtc.training attribute.
+// Tests that the backward program of an attention block has the matmul
+// gradients of a (K, N) weight (dA = dY B^T, dB = A^T dY), dropout's
+// gradient as the same dropout (same p and key), attention_grad reading the
+// forward's qkv, output, lse, mask and attributes, rope's gradient as the
+// inverse rotation, and the optimizer defaults when the module has no
+// mtc.training attribute.
 func.func @forward(%tok: tensor<2x4xi32>, %tgt: tensor<2x4xi32>, %mask: tensor<2x4xi32>) -> tensor<f32> {
   %wte = mtc.param "wte" init = normal : tensor<16x8xf32>
   %x = mtc.embedding %tok, %wte : tensor<2x4xi32>, tensor<16x8xf32> -> tensor<2x4x8xf32>
@@ -176,10 +177,10 @@ func.func @forward(%tok: tensor<2x4xi32>, %tgt: tensor<2x4xi32>, %mask: tensor<2
 
 // -----
 
-// Tests swiglu's two operand gradients, the fan-out of one activation into
-// two matmuls summed with mtc.add, a layer_norm without beta (no dbeta
-// accumulated), and that a parameter the loss does not depend on gets no
-// accumulate_grad but stays in its AdamW group.
+// Tests that swiglu gives two operand gradients, that the fan-out of one
+// activation into two matmuls is summed with mtc.add, that a layer_norm
+// without beta accumulates no dbeta, and that a parameter the loss does not
+// depend on gets no accumulate_grad but stays in its AdamW group.
 module attributes {mtc.training = {num_microbatches = 8 : i64}} {
   func.func @forward(%tok: tensor<2x4xi32>, %tgt: tensor<2x4xi32>) -> tensor<f32> {
     %wte = mtc.param "wte" init = normal : tensor<16x8xf32>

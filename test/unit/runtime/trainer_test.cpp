@@ -7,11 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <regex>
 
 #include "mtc/rt/checkpoint.h"
 #include "mtc/rt/loader.h"
+#include "mtc/rt/metrics.h"
 #include "mtc/rt/safetensors.h"
 #include "train_test_support.h"
 
@@ -342,6 +344,82 @@ TEST_F(Trainer, NanLossStopsWithTheStep) {
   EXPECT_EQ(rc, 1);
   EXPECT_NE(err.find("training step 3: loss is NaN at microbatch 0"), std::string::npos) << err;
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
+}
+
+// Sets an environment variable for a scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
+
+TEST_F(Trainer, MfuFromThePeakInTheEnvironment) {
+  ProgramDesc p = tiny::program();
+  const double peak_tflops = 2e-6;  // the tiny model runs at a few MFLOP/s
+  std::string out, err;
+  int rc = 0;
+  {
+    ScopedEnv env("MTC_PEAK_TFLOPS", "2e-6");
+    ::testing::internal::CaptureStdout();
+    rc = run_train(p, {"--data", corpus_, "--steps", "4", "--log-interval", "2",
+                       "--metrics", dir_ + "/m.jsonl"});
+    out = ::testing::internal::GetCapturedStdout();
+  }
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("peak        2e-06 TFLOP/s (MTC_PEAK_TFLOPS): MFU"), std::string::npos)
+      << out;
+  std::regex line(R"(step (\d)/4 \| .* \| TFLOP/s \d+\.\d{2} \| MFU \d+\.\d% \| elapsed )");
+  int lines = 0;
+  for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it) ++lines;
+  EXPECT_EQ(lines, 2) << out;
+  // mfu = model FLOPs per step / step time / peak.
+  for (const auto& row : read_jsonl(dir_ + "/m.jsonl")) {
+    ASSERT_TRUE(row.contains("mfu")) << row.dump();
+    const double want = p.flops_per_step / row["step_time_s"].get<double>() /
+                        (peak_tflops * 1e12);
+    EXPECT_NEAR(row["mfu"].get<double>(), want, 1e-9 * want) << row.dump();
+  }
+
+  // Without the variable there is no MFU anywhere.
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(run_train(p, {"--data", corpus_, "--steps", "5", "--metrics", dir_ + "/n.jsonl"}), 0);
+  out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(out.find("MFU"), std::string::npos) << out;
+  for (const auto& row : read_jsonl(dir_ + "/n.jsonl")) EXPECT_FALSE(row.contains("mfu"));
+
+  for (const char* bad : {"fast", "0", "-5", "1e400", "3x"}) {
+    ScopedEnv env("MTC_PEAK_TFLOPS", bad);
+    ::testing::internal::CaptureStderr();
+    ::testing::internal::CaptureStdout();
+    rc = run_train(p, {"--data", corpus_, "--steps", "2"});
+    err = ::testing::internal::GetCapturedStderr();
+    ::testing::internal::GetCapturedStdout();
+    EXPECT_EQ(rc, 1) << bad;
+    EXPECT_NE(err.find("MTC_PEAK_TFLOPS: expected the accelerator's peak TFLOP/s"),
+              std::string::npos) << err;
+    EXPECT_NE(err.find(std::string("got \"") + bad + "\""), std::string::npos) << err;
+  }
+}
+
+TEST(LogLine, MfuFollowsTflops) {
+  LogLine l;
+  l.step = 3;
+  l.total_steps = 10;
+  l.loss = 2.5;
+  l.lr = 1e-3;
+  l.grad_norm = 0.5;
+  l.tokens_per_s = 1000;
+  l.tflops = 123.456;
+  l.mfu = 0.41234;
+  EXPECT_NE(format_log_line(l).find("| tokens/s 1000 | TFLOP/s 123.46 | MFU 41.2% | elapsed "),
+            std::string::npos) << format_log_line(l);
+  l.mfu = 0;
+  EXPECT_EQ(format_log_line(l).find("MFU"), std::string::npos);
 }
 
 }  // namespace

@@ -230,7 +230,9 @@ void rope(Context& ctx, const bf16* qkv, bf16* out, int64_t b, int64_t s,
           int64_t h, int64_t kv, int64_t dh, float base, bool inverse);
 
 // ---------------------------------------------------------------------------
-// Attention core (FlashAttention-2 style, tensor cores; attention.cu)
+// Attention core: cuDNN's fused flash attention where it applies, else the
+// own FlashAttention-2 style tensor-core kernels (attention_fwd.cu,
+// attention_bwd.cu, attention_cudnn.cpp; see AttentionBackend below)
 // ---------------------------------------------------------------------------
 //
 // qkv (B, S, (H+2KV)*Dh) in the grouped fused layout, mask (B, S) int32 or
@@ -243,7 +245,8 @@ void attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask,
 
 // dqkv (B, S, (H+2KV)*Dh) overwritten; P recomputed from lse. Uses
 // attention_backward_scratch_bytes() of ctx's scratch (fp32 dq accumulators
-// and the row terms D = rowsum(dout * out)).
+// and the row terms D = rowsum(dout * out)), plus cuDNN's workspace (a few
+// bytes to a few MB) on the cuDNN path.
 void attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask,
                         const bf16* out, const float* lse, const bf16* dout,
                         bf16* dqkv, int64_t b, int64_t s, int64_t h,
@@ -276,15 +279,17 @@ bool cudnn_attention_supported(Context& ctx, int64_t b, int64_t s, int64_t h,
 
 // Fused softmax cross-entropy: one pass per row computes the row's loss and,
 // from the same statistics, writes its gradient; no separate backward pass.
-//   logits (T, V) bf16, targets (T) int32, loss (1) fp32 device scalar =
-//   mean over the rows whose target != ignore_index (0 if none);
-//   dlogits (T, V) bf16 = dloss / count * (softmax(logits) - onehot(target)),
-//   zero on ignored rows; may alias logits; nullptr computes the loss only.
-// A target outside [0, V) other than ignore_index is treated as ignored and
-// recorded for ctx.take_data_error().
+//   logits (T, V) bf16, targets (T) int32; only classes [0, valid) take part
+//   (valid <= V; the rest is vocabulary padding: outside the softmax, zero
+//   gradient). loss (1) fp32 device scalar = mean over the rows whose target
+//   != ignore_index (0 if none); dlogits (T, V) bf16 = dloss / count *
+//   (softmax(logits) - onehot(target)), zero on ignored rows and padding
+//   columns; may alias logits; nullptr computes the loss only.
+// A target outside [0, valid) other than ignore_index is treated as ignored
+// and recorded for ctx.take_data_error().
 void cross_entropy(Context& ctx, const bf16* logits, const int32_t* targets,
                    float* loss, bf16* dlogits, int64_t t, int64_t v,
-                   int32_t ignore_index, float dloss);
+                   int64_t valid, int32_t ignore_index, float dloss);
 
 // ---------------------------------------------------------------------------
 // Optimizer

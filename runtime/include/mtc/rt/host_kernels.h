@@ -138,15 +138,18 @@ void rope(const float* qkv, float* out, int64_t b, int64_t s, int64_t h,
 // ---------------------------------------------------------------------------
 
 // Mean softmax cross-entropy over the rows whose target != ignore_index.
-//   logits (T, V), targets (T). Returns the mean loss (0 if no row counts).
-// Returns false if a target is outside [0, V) and != ignore_index.
+//   logits (T, V), targets (T). Only classes [0, valid) take part (valid <=
+//   V; the rest is vocabulary padding: outside the softmax, zero gradient).
+// Returns the mean loss (0 if no row counts). Returns false if a target is
+// outside [0, valid) and != ignore_index.
 bool cross_entropy_forward(const float* logits, const int32_t* targets,
-                           float* loss, int64_t t, int64_t v,
+                           float* loss, int64_t t, int64_t v, int64_t valid,
                            int32_t ignore_index);
-// dlogits = dloss * (softmax(logits) - onehot(target)) / count, 0 on ignored.
+// dlogits = dloss * (softmax(logits) - onehot(target)) / count, 0 on ignored
+// rows and on padding columns.
 void cross_entropy_backward(const float* logits, const int32_t* targets,
                             float dloss, float* dlogits, int64_t t, int64_t v,
-                            int32_t ignore_index);
+                            int64_t valid, int32_t ignore_index);
 
 // ---------------------------------------------------------------------------
 // Optimizer

@@ -435,19 +435,29 @@ def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Pure, Mtc_GradientOp, Mtc_Cost
   let summary = "Mean softmax cross-entropy over the non-ignored targets.";
   let description = [{
     logits (B, S, V), targets (B, S) i32; targets equal to `ignore_index`
-    do not count. Result: the mean loss, a 0-d f32 tensor.
+    do not count. Result: the mean loss, a 0-d f32 tensor. With
+    `valid_classes` (< V), only classes [0, valid_classes) take part: the
+    rest is vocabulary padding (Megatron pads the vocabulary so it splits
+    evenly over tp), kept out of the softmax so that the loss does not
+    depend on the padding, hence not on the parallel plan.
 
     ```mlir
-    %loss = mtc.cross_entropy %logits, %targets ignore_index = -1
+    %loss = mtc.cross_entropy %logits, %targets ignore_index = -1 valid_classes = 200
               : tensor<8x64x256xf32>, tensor<8x64xi32>
     ```
   }];
   let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
-                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index);
+                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index,
+                   OptionalAttr<I64Attr>:$valid_classes);
   let results = (outs Mtc_ScalarF32:$loss);
   let assemblyFormat = [{
-    $logits `,` $targets `ignore_index` `=` $ignore_index attr-dict
+    $logits `,` $targets `ignore_index` `=` $ignore_index
+    (`valid_classes` `=` $valid_classes^)? attr-dict
     `:` type($logits) `,` type($targets)
+  }];
+  let extraClassDeclaration = [{
+    /// Classes in the softmax: valid_classes, or the whole last dimension.
+    int64_t getNumValidClasses();
   }];
   let hasVerifier = 1;
 }
@@ -457,7 +467,7 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
   let summary = "Gradient of the mean cross-entropy with respect to logits.";
   let description = [{
     `dloss * (softmax(logits) - onehot(target)) / count`, zero on ignored
-    rows.
+    rows and on padding classes (at or past `valid_classes`).
 
     ```mlir
     %dl = mtc.cross_entropy_grad %logits, %targets, %dloss ignore_index = -1
@@ -466,11 +476,16 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
   }];
   let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
                    Mtc_ScalarF32:$dloss,
-                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index);
+                   DefaultValuedAttr<I64Attr, "-1">:$ignore_index,
+                   OptionalAttr<I64Attr>:$valid_classes);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $logits `,` $targets `,` $dloss `ignore_index` `=` $ignore_index attr-dict
+    $logits `,` $targets `,` $dloss `ignore_index` `=` $ignore_index
+    (`valid_classes` `=` $valid_classes^)? attr-dict
     `:` type($logits) `,` type($targets)
+  }];
+  let extraClassDeclaration = [{
+    int64_t getNumValidClasses();
   }];
   let hasVerifier = 1;
 }

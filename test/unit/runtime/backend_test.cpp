@@ -1,0 +1,572 @@
+// The trainer through a Backend other than the host's (program.h), on the
+// CPU: a "pool" backend stands in for device memory. Each allocation is its
+// own mmap'd region that is PROT_NONE except while a backend function or a
+// program entry point runs, so a trainer access to program memory that does
+// not go through the backend faults instead of passing silently. The
+// program is the tiny hand-written one (train_test_support.h) wrapped so
+// that every entry point checks that it got pool pointers, the context and
+// an up-to-date compute copy, and ids inside the vocabulary.
+//
+// Checked: the same losses, gradient norms, validation losses and
+// checkpoints as the host backend for 10 steps; bit-exact resume through
+// the backend; --dump-grads through it equal to the host's dump; the
+// host-side id check naming step, microbatch and position; the "does not
+// fit" error with the plan's numbers before any allocation; cleanup of
+// every allocation and the context after success and after errors; the
+// host backend's own functions; program checks of the backend.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+#include <regex>
+#include <stdexcept>
+#include <tuple>
+
+#include "mtc/rt/checkpoint.h"
+#include "mtc/rt/loader.h"
+#include "mtc/rt/safetensors.h"
+#include "train_test_support.h"
+
+namespace mtc::rt {
+namespace {
+
+using testing::read_jsonl;
+using testing::run_train;
+using testing::scratch_dir;
+namespace tiny = testing::tiny;
+
+// ---------------------------------------------------------------------------
+// The pool backend
+// ---------------------------------------------------------------------------
+
+namespace pool {
+
+struct Region {
+  char* base = nullptr;
+  size_t bytes = 0;   // requested
+  size_t mapped = 0;  // page multiple
+};
+
+struct Pool {
+  std::vector<Region> regions;
+  int open_depth = 0;
+  size_t free_bytes = 0, total_bytes = 0;  // what memory_info reports
+  int64_t allocs = 0, uploads = 0, downloads = 0, zeros = 0, syncs = 0;
+  std::vector<std::string> violations;     // contract breaches seen
+};
+
+Pool& g() {
+  static Pool pool;
+  return pool;
+}
+
+void reset(size_t free_bytes = 0, size_t total_bytes = 0) {
+  Pool& p = g();
+  p = Pool();
+  p.free_bytes = free_bytes;
+  p.total_bytes = total_bytes;
+}
+
+void protect(int prot) {
+  for (const Region& r : g().regions)
+    if (mprotect(r.base, r.mapped, prot) != 0) std::abort();
+}
+
+// Program memory readable and writable while alive (nested scopes allowed).
+struct Open {
+  Open() {
+    if (g().open_depth++ == 0) protect(PROT_READ | PROT_WRITE);
+  }
+  ~Open() {
+    if (--g().open_depth == 0) protect(PROT_NONE);
+  }
+};
+
+// True if [p, p + bytes) lies in one pool allocation.
+bool in_pool(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (const Region& r : g().regions)
+    if (c >= r.base && c + bytes <= r.base + r.bytes) return true;
+  return false;
+}
+
+bool overlaps_pool(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (const Region& r : g().regions)
+    if (c < r.base + r.mapped && c + bytes > r.base) return true;
+  return false;
+}
+
+void* alloc(size_t bytes, const char* what) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t mapped = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, g().open_depth > 0 ? PROT_READ | PROT_WRITE : PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error(std::string("pool: cannot map ") + what);
+  g().regions.push_back({static_cast<char*>(p), bytes, mapped});
+  ++g().allocs;
+  return p;  // anonymous mappings are zero-filled
+}
+
+void release(void* p) {
+  auto& rs = g().regions;
+  for (size_t i = 0; i < rs.size(); ++i)
+    if (rs[i].base == p) {
+      munmap(rs[i].base, rs[i].mapped);
+      rs.erase(rs.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+  g().violations.push_back("release of a pointer the pool did not allocate");
+}
+
+void upload(void* dst, const void* src, size_t bytes) {
+  ++g().uploads;
+  if (!in_pool(dst, bytes) || overlaps_pool(src, bytes)) {
+    g().violations.push_back("upload: destination not in the pool or source in it");
+    return;
+  }
+  Open open;
+  std::memcpy(dst, src, bytes);
+}
+
+void download(void* dst, const void* src, size_t bytes) {
+  ++g().downloads;
+  if (!in_pool(src, bytes) || overlaps_pool(dst, bytes)) {
+    g().violations.push_back("download: source not in the pool or destination in it");
+    return;
+  }
+  Open open;
+  std::memcpy(dst, src, bytes);
+}
+
+void zero(void* dst, size_t bytes) {
+  ++g().zeros;
+  if (!in_pool(dst, bytes)) {
+    g().violations.push_back("zero: destination not in the pool");
+    return;
+  }
+  Open open;
+  std::memset(dst, 0, bytes);
+}
+
+void synchronize() { ++g().syncs; }
+
+void memory_info(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = g().free_bytes;
+  *total_bytes = g().total_bytes;
+}
+
+const Backend kBackend = {"pool", &alloc, &release, &upload, &download,
+                          &zero,  &synchronize, &memory_info};
+
+// The program's "context": counts creations and destructions.
+struct Context {
+  int64_t created = 0, destroyed = 0, syncs_of_compute_copy = 0;
+};
+Context g_context;
+
+void* create_context() {
+  ++g_context.created;
+  return &g_context;
+}
+void destroy_context(void* ctx) {
+  if (ctx != &g_context) g().violations.push_back("destroy_context: not the context");
+  ++g_context.destroyed;
+}
+
+constexpr size_t kParamBytes = tiny::kNumParams * sizeof(float);
+
+// The compute copy is an fp32 copy of the parameters (a stand-in for
+// CUDA's bf16 copy): refreshed by sync_compute_params and by the optimizer
+// step, and required to equal the parameters whenever a forward runs.
+void sync_compute_params(HostState& s) {
+  ++g_context.syncs_of_compute_copy;
+  if (!in_pool(s.compute_params, kParamBytes) || !in_pool(s.params, kParamBytes)) {
+    g().violations.push_back("sync_compute_params: pointers not in the pool");
+    return;
+  }
+  Open open;
+  std::memcpy(s.compute_params, s.params, kParamBytes);
+}
+
+void check_state(const HostState& s, const int32_t* tok, const int32_t* tgt,
+                 const char* entry) {
+  const size_t batch = tiny::kT * sizeof(int32_t);
+  const bool ok = in_pool(s.params, kParamBytes) && in_pool(s.grads, kParamBytes) &&
+                  in_pool(s.exp_avg, kParamBytes) && in_pool(s.exp_avg_sq, kParamBytes) &&
+                  in_pool(s.compute_params, kParamBytes) &&
+                  in_pool(s.arena, tiny::kT * tiny::kV * sizeof(float)) &&
+                  (tok == nullptr || (in_pool(tok, batch) && in_pool(tgt, batch)));
+  if (!ok) {
+    g().violations.push_back(std::string(entry) + ": a pointer is not in the pool");
+    return;
+  }
+  if (s.context != &g_context)
+    g().violations.push_back(std::string(entry) + ": state.context is not the context");
+  Open open;
+  if (std::memcmp(s.compute_params, s.params, kParamBytes) != 0)
+    g().violations.push_back(std::string(entry) + ": the compute copy is stale");
+  if (tok != nullptr)
+    for (int64_t i = 0; i < tiny::kT; ++i)
+      if (tok[i] < 0 || tok[i] >= tiny::kV || tgt[i] < 0 || tgt[i] >= tiny::kV) {
+        g().violations.push_back(std::string(entry) + ": called with a bad id");
+        break;
+      }
+}
+
+float forward_loss(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  check_state(s, tok, tgt, "forward_loss");
+  Open open;
+  return tiny::forward_loss(s, tok, tgt);
+}
+
+float forward_backward(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  check_state(s, tok, tgt, "forward_backward");
+  Open open;
+  return tiny::forward_backward(s, tok, tgt);
+}
+
+double optimizer_step(HostState& s, float lr, int64_t step) {
+  check_state(s, nullptr, nullptr, "optimizer_step");
+  Open open;
+  double norm = tiny::optimizer_step(s, lr, step);
+  std::memcpy(s.compute_params, s.params, kParamBytes);
+  return norm;
+}
+
+ProgramDesc program() {
+  ProgramDesc p = tiny::program();  // same model name: dumps compare byte for byte
+  p.target = "pool";
+  p.backend = &kBackend;
+  p.compute_param_bytes = static_cast<int64_t>(kParamBytes);
+  p.forward_loss = &forward_loss;
+  p.forward_backward = &forward_backward;
+  p.optimizer_step = &optimizer_step;
+  p.create_context = &create_context;
+  p.destroy_context = &destroy_context;
+  p.sync_compute_params = &sync_compute_params;
+  return p;
+}
+
+}  // namespace pool
+
+class Backends : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = scratch_dir("backend_" + std::string(::testing::UnitTest::GetInstance()
+                                                    ->current_test_info()
+                                                    ->name()));
+    corpus_ = dir_ + "/corpus";
+    tiny::write_corpus(corpus_, 60);
+    pool::reset();
+    pool::g_context = {};
+  }
+  // After every run through the pool: nothing left allocated, the context
+  // destroyed as often as created, no contract breach.
+  void expect_clean(int64_t runs) {
+    EXPECT_TRUE(pool::g().regions.empty()) << pool::g().regions.size() << " leaked";
+    EXPECT_EQ(pool::g_context.created, runs);
+    EXPECT_EQ(pool::g_context.destroyed, runs);
+    EXPECT_EQ(pool::g().violations, std::vector<std::string>{});
+  }
+  // Runs with stdout and stderr captured; returns (rc, stdout, stderr).
+  std::tuple<int, std::string, std::string> quiet(const ProgramDesc& p,
+                                                  const std::vector<std::string>& args) {
+    ::testing::internal::CaptureStderr();
+    ::testing::internal::CaptureStdout();
+    int rc = run_train(p, args);
+    std::string out = ::testing::internal::GetCapturedStdout();
+    std::string err = ::testing::internal::GetCapturedStderr();
+    return {rc, out, err};
+  }
+  std::string dir_, corpus_;
+};
+
+std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
+  std::vector<double> out;
+  for (const auto& r : rows)
+    if (r.contains(key)) out.push_back(r[key].get<double>());
+  return out;
+}
+
+TEST_F(Backends, SameTrainingAsTheHostBackend) {
+  const std::vector<std::string> common = {"--data", corpus_, "--steps", "10",
+                                           "--eval-interval", "5", "--eval-iters", "2",
+                                           "--split", "90,10"};
+  auto with = [&](const std::string& name) {
+    std::vector<std::string> a = common;
+    for (const std::string& x : {std::string("--save"), dir_ + "/" + name,
+                                 std::string("--metrics"), dir_ + "/" + name + ".jsonl"})
+      a.push_back(x);
+    return a;
+  };
+  auto [hrc, hout, herr] = quiet(tiny::program(), with("host"));
+  ASSERT_EQ(hrc, 0) << herr;
+  // The pool knows its memory (1 GiB free of 2 GiB): the check passes and the
+  // device line is printed.
+  pool::reset(size_t(1) << 30, size_t(2) << 30);
+  auto [prc, pout, perr] = quiet(pool::program(), with("pool"));
+  ASSERT_EQ(prc, 0) << perr;
+  EXPECT_NE(pout.find("device      pool: 1.0 GiB free of 2.0 GiB"), std::string::npos) << pout;
+  EXPECT_EQ(hout.find("device "), std::string::npos) << "the host backend knows no memory";
+
+  auto h = read_jsonl(dir_ + "/host.jsonl"), q = read_jsonl(dir_ + "/pool.jsonl");
+  ASSERT_EQ(h.size(), 10u);
+  ASSERT_EQ(q.size(), 10u);
+  for (const char* key : {"loss", "grad_norm", "lr", "val_loss"}) {
+    ASSERT_FALSE(column(h, key).empty()) << key;
+    EXPECT_EQ(column(h, key), column(q, key)) << key;  // exact
+  }
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(testing::read_bytes(dir_ + "/host/step_000010/" + file),
+              testing::read_bytes(dir_ + "/pool/step_000010/" + file)) << file;
+
+  // Grads zeroed once per step through the backend; one upload of tokens and
+  // one of targets per microbatch (10 steps x 2, and validations at steps 5
+  // and 10 x 2 iters x 2), plus the params at initialization (fresh moments
+  // are the backend's zeroed memory); three downloads for the one
+  // checkpoint; one synchronize per step; 8 buffers.
+  EXPECT_EQ(pool::g().zeros, 10);
+  EXPECT_EQ(pool::g().uploads, 1 + 2 * (10 * 2 + 2 * 2 * 2));
+  EXPECT_EQ(pool::g().downloads, 3);
+  EXPECT_EQ(pool::g().syncs, 10);
+  EXPECT_EQ(pool::g().allocs, 8);
+  EXPECT_EQ(pool::g_context.syncs_of_compute_copy, 1);
+  expect_clean(1);
+}
+
+TEST_F(Backends, ResumeIsBitExactThroughTheBackend) {
+  ProgramDesc p = pool::program();
+  const std::vector<std::string> common = {"--data", corpus_, "--steps", "16",
+                                           "--eval-interval", "4", "--eval-iters", "1",
+                                           "--split", "90,10"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  ASSERT_EQ(std::get<0>(quiet(p, with({"--save", dir_ + "/a", "--metrics", dir_ + "/a.jsonl"}))),
+            0);
+  ASSERT_EQ(std::get<0>(quiet(p, with({"--save", dir_ + "/b", "--metrics", dir_ + "/b.jsonl",
+                                       "--save-interval", "5", "--exit-interval", "7"}))),
+            0);
+  std::filesystem::remove_all(dir_ + "/b/step_000007");
+  testing::write_bytes(dir_ + "/b/latest", "step_000005\n");
+  const int64_t syncs_before = pool::g_context.syncs_of_compute_copy;
+  auto [rc, out, err] = quiet(p, with({"--save", dir_ + "/b", "--metrics",
+                                       dir_ + "/b.jsonl", "--resume"}));
+  ASSERT_EQ(rc, 0) << err;
+  // The load wrote params: the compute copy was refreshed (the forward of
+  // step 6 checks it).
+  EXPECT_EQ(pool::g_context.syncs_of_compute_copy, syncs_before + 1);
+
+  auto a = read_jsonl(dir_ + "/a.jsonl"), b = read_jsonl(dir_ + "/b.jsonl");
+  ASSERT_EQ(a.size(), 16u);
+  ASSERT_EQ(b.size(), 16u);
+  for (const char* key : {"loss", "grad_norm", "lr", "consumed_samples", "val_loss"})
+    EXPECT_EQ(column(a, key), column(b, key)) << key;
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(testing::read_bytes(dir_ + "/a/step_000016/" + file),
+              testing::read_bytes(dir_ + "/b/step_000016/" + file)) << file;
+
+  // A checkpoint written through the host backend resumes through the pool
+  // to the same end (checkpoints do not depend on the backend).
+  ASSERT_EQ(std::get<0>(quiet(tiny::program(),
+                              with({"--save", dir_ + "/h", "--exit-interval", "7"}))), 0);
+  ASSERT_EQ(std::get<0>(quiet(p, with({"--save", dir_ + "/h", "--resume"}))), 0);
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(testing::read_bytes(dir_ + "/a/step_000016/" + file),
+              testing::read_bytes(dir_ + "/h/step_000016/" + file)) << file;
+  expect_clean(4);
+}
+
+TEST_F(Backends, DumpGradsAndInitOnlyThroughTheBackend) {
+  ASSERT_EQ(std::get<0>(quiet(tiny::program(), {"--data", corpus_, "--seed", "5",
+                                                "--dump-grads", dir_ + "/host.safetensors"})),
+            0);
+  ASSERT_EQ(std::get<0>(quiet(pool::program(), {"--data", corpus_, "--seed", "5",
+                                                "--dump-grads", dir_ + "/pool.safetensors"})),
+            0);
+  SafetensorsReader h(dir_ + "/host.safetensors"), q(dir_ + "/pool.safetensors");
+  ASSERT_EQ(q.tensors().size(), tiny::program().params.size() + 2);
+  EXPECT_EQ(h.metadata(), q.metadata());
+  for (const ParamDesc& d : tiny::program().params) {
+    std::vector<float> a(d.numel), b(d.numel);
+    h.read_f32(d.name, a.data(), d.numel);
+    q.read_f32(d.name, b.data(), d.numel);
+    EXPECT_EQ(a, b) << d.name;
+    double norm = 0;
+    for (float x : b) norm += double(x) * x;
+    if (d.name != "head.bias") EXPECT_GT(norm, 0) << d.name << " got no gradient";
+  }
+  const int64_t n = tiny::kMicro * tiny::kT;
+  for (const char* batch : {"batch.tokens", "batch.targets"}) {
+    std::vector<int32_t> a(n), b(n);
+    h.read_i32(batch, a.data(), n);
+    q.read_i32(batch, b.data(), n);
+    EXPECT_EQ(a, b) << batch;
+  }
+
+  ASSERT_EQ(std::get<0>(quiet(tiny::program(), {"--init-only", dir_ + "/ih", "--seed", "5"})), 0);
+  ASSERT_EQ(std::get<0>(quiet(pool::program(), {"--init-only", dir_ + "/ip", "--seed", "5"})), 0);
+  EXPECT_EQ(testing::read_bytes(dir_ + "/ih/step_000000/model.safetensors"),
+            testing::read_bytes(dir_ + "/ip/step_000000/model.safetensors"));
+  expect_clean(2);
+}
+
+TEST_F(Backends, PlanThatDoesNotFitIsReportedBeforeAllocating) {
+  // The tiny plan is a few KiB plus 2 MiB of allocation rounding for each of
+  // its 8 buffers: 10 MiB free is too little, 20 MiB is enough.
+  pool::reset(size_t(10) << 20, size_t(16) << 20);
+  auto [rc, out, err] = quiet(pool::program(), {"--data", corpus_, "--steps", "5"});
+  EXPECT_EQ(rc, 1);
+  const double pb = 4.0 * tiny::kNumParams;
+  const std::string want =
+      "the plan does not fit in the memory of the pool device: it needs params " +
+      human_bytes(pb) + " + grads " + human_bytes(pb) + " + AdamW moments " +
+      human_bytes(2 * pb) + " + compute copy " + human_bytes(pb) + " + activations " +
+      human_bytes(4.0 * tiny::kT * tiny::kV) + " + batch " +
+      human_bytes(2 * 4.0 * tiny::kMicro * tiny::kT) + " = " +
+      human_bytes(5 * pb + 4.0 * tiny::kT * tiny::kV + 2 * 4.0 * tiny::kMicro * tiny::kT);
+  EXPECT_NE(err.find(want), std::string::npos) << err << "\nwant: " << want;
+  EXPECT_EQ(human_bytes(pb), "1.1 KiB");
+  EXPECT_NE(err.find("16.0 MiB of allocation rounding"), std::string::npos) << err;
+  EXPECT_NE(err.find("the device has 10.0 MiB free of 16.0 MiB"), std::string::npos) << err;
+  EXPECT_EQ(pool::g().allocs, 0);
+  expect_clean(1);
+
+  pool::reset(size_t(20) << 20, size_t(32) << 20);
+  EXPECT_EQ(std::get<0>(quiet(pool::program(), {"--data", corpus_, "--steps", "5"})), 0);
+  expect_clean(2);
+}
+
+TEST_F(Backends, BadIdsAreCaughtOnTheHostBeforeUpload) {
+  tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
+  auto [rc, out, err] = quiet(pool::program(), {"--data", corpus_ + "_bad", "--steps",
+                                                "300", "--seed", "9"});
+  EXPECT_EQ(rc, 1);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      err, m,
+      std::regex(R"(training step (\d+), microbatch (\d): (token|target) 99 at position (\d+) )"
+                 R"(\(sequence (\d), offset (\d+)\) is outside the vocabulary \[0, 16\))")))
+      << err;
+  const int64_t step = std::stoll(m[1]), mb = std::stoll(m[2]), pos = std::stoll(m[4]);
+  EXPECT_EQ(std::stoll(m[5]), pos / tiny::kS);
+  EXPECT_EQ(std::stoll(m[6]), pos % tiny::kS);
+  // The loader's batch of that step holds 99 there, and no earlier position
+  // of the microbatch holds a bad id of that kind.
+  IndexedDataset ds(corpus_ + "_bad");
+  GptSamples train(ds, split_source(ds, parse_split("98,2"))[0], tiny::kS, 9, 0, "train");
+  BatchLayout layout{tiny::kB, tiny::kMicro, tiny::kS, 0, 1};
+  std::vector<int32_t> tok(tiny::kT), tgt(tiny::kT);
+  fill_microbatch(train, layout, (step - 1) * tiny::kMicro * tiny::kB, mb, tok.data(),
+                  tgt.data());
+  const std::vector<int32_t>& ids = m[3] == "token" ? tok : tgt;
+  EXPECT_EQ(ids[pos], 99);
+  for (int64_t i = 0; i < pos; ++i) EXPECT_LT(ids[i], tiny::kV) << i;
+  // The program never saw the bad batch (its own check would say "token 99
+  // at position N is outside the vocabulary [0, 16)" without the sequence).
+  expect_clean(1);
+}
+
+double throw_in_optimizer(HostState&, float, int64_t) {
+  throw std::runtime_error("device fault in the optimizer (simulated)");
+}
+
+TEST_F(Backends, TargetErrorsStopTheRunAndFreeEverything) {
+  ProgramDesc p = pool::program();
+  p.optimizer_step = &throw_in_optimizer;
+  auto [rc, out, err] = quiet(p, {"--data", corpus_, "--steps", "5"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("error: device fault in the optimizer (simulated)"), std::string::npos)
+      << err;
+  expect_clean(1);
+}
+
+TEST_F(Backends, ProgramChecksCoverTheBackend) {
+  Backend partial = pool::kBackend;
+  partial.download = nullptr;
+  ProgramDesc p = pool::program();
+  p.backend = &partial;
+  auto [rc, out, err] = quiet(p, {"--data", corpus_});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("backend \"pool\" lacks a function"), std::string::npos) << err;
+
+  ProgramDesc q = pool::program();
+  q.backend = nullptr;
+  std::tie(rc, out, err) = quiet(q, {"--data", corpus_});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("target \"pool\" has no backend"), std::string::npos) << err;
+
+  ProgramDesc r = pool::program();
+  r.compute_param_bytes = -4;
+  std::tie(rc, out, err) = quiet(r, {"--data", corpus_});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("compute_param_bytes must be >= 0"), std::string::npos) << err;
+  EXPECT_EQ(pool::g().allocs, 0);
+  EXPECT_EQ(pool::g_context.created, 0);
+}
+
+TEST(HostBackend, AllocatesZeroedAlignedMemoryAndCopies) {
+  const Backend& b = host_backend();
+  EXPECT_STREQ(b.name, "host");
+  for (size_t bytes : {size_t(0), size_t(1), size_t(63), size_t(4096), size_t(100003)}) {
+    auto* p = static_cast<unsigned char*>(b.alloc(bytes, "a test buffer"));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    for (size_t i = 0; i < bytes; ++i) ASSERT_EQ(p[i], 0) << bytes << " " << i;
+    std::vector<unsigned char> src(bytes), back(bytes, 0xAB);
+    for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<unsigned char>(i * 131 + 7);
+    b.upload(p, src.data(), bytes);
+    b.download(back.data(), p, bytes);
+    EXPECT_EQ(back, src);
+    b.zero(p, bytes);
+    b.download(back.data(), p, bytes);
+    EXPECT_EQ(back, std::vector<unsigned char>(bytes, 0));
+    b.release(p);
+  }
+  size_t free_bytes = 1, total_bytes = 1;
+  b.memory_info(&free_bytes, &total_bytes);
+  EXPECT_EQ(free_bytes, 0u);
+  EXPECT_EQ(total_bytes, 0u);
+  ProgramDesc p = tiny::program();
+  EXPECT_EQ(&program_backend(p), &b);
+  p.backend = &pool::kBackend;
+  EXPECT_EQ(&program_backend(p), &pool::kBackend);
+  // A host allocation that cannot be made names the buffer.
+  try {
+    b.alloc(~size_t(0) - 8, "the enormous buffer");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the enormous buffer"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CheckIds, NamesTheFirstBadIdByPosition) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 50; ++trial) {
+    const int64_t rows = 1 + rng() % 4, seq = 1 + rng() % 9, vocab = 2 + rng() % 30;
+    std::vector<int32_t> ids(static_cast<size_t>(rows * seq));
+    for (int32_t& x : ids) x = static_cast<int32_t>(rng() % vocab);
+    if (trial % 5 == 0) {
+      EXPECT_EQ(check_ids(ids.data(), rows, seq, vocab, "token"), "");
+      continue;
+    }
+    const int64_t first = rng() % ids.size();
+    ids[first] = trial % 2 ? static_cast<int32_t>(vocab + rng() % 5) : -1 - int32_t(rng() % 3);
+    for (size_t i = first + 1; i < ids.size(); ++i)
+      if (rng() % 3 == 0) ids[i] = static_cast<int32_t>(vocab);
+    const std::string want = "target " + std::to_string(ids[first]) + " at position " +
+                             std::to_string(first) + " (sequence " +
+                             std::to_string(first / seq) + ", offset " +
+                             std::to_string(first % seq) + ") is outside the vocabulary [0, " +
+                             std::to_string(vocab) + ")";
+    EXPECT_EQ(check_ids(ids.data(), rows, seq, vocab, "target"), want);
+  }
+}
+
+}  // namespace
+}  // namespace mtc::rt
