@@ -215,7 +215,7 @@ OwningOpRef<ModuleOp> Importer::run() {
 
   Value wte = weight("embedding.word_embeddings", {v, d}, m.init_std);
   Value x = mtc::EmbeddingOp::create(b, loc("embedding"), f32({bsz, s, d}),
-                                     tokens, wte);
+                                     tokens, wte, Value());
   if (m.position_embedding == mtc::spec::PositionKind::learned) {
     Value wpe = weight("embedding.position_embeddings", {s, d}, m.init_std);
     x = mtc::AddOp::create(b, loc("embedding.position"), x.getType(), x, wpe);

@@ -15,6 +15,11 @@ void mtc::registerMtcDialects(DialectRegistry &registry) {
 
 void mtc::buildTrainingPipeline(OpPassManager &pm) {
   pm.addPass(createMtcAutodiff());
+  // Policy: annotations only.
+  pm.addPass(createMtcShardTensorParallel());
+  pm.addPass(createMtcShardDataParallel());
+  // Mechanism: local shapes and collectives.
+  pm.addPass(createMtcPartition());
 }
 
 void mtc::registerMtcPipelines() {

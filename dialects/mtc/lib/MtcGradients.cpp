@@ -29,8 +29,10 @@ Value reduceToType(OpBuilder &b, Location loc, Value grad, Type target) {
 LogicalResult EmbeddingOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                          SmallVectorImpl<Value> &grads) {
   Value dtable = EmbeddingGradOp::create(b, getLoc(), getTable().getType(),
-                                         getTokens(), dy[0]);
+                                         getTokens(), dy[0], getVocabStart());
   grads.assign({Value(), dtable});
+  if (getVocabStart())
+    grads.push_back(Value());
   return success();
 }
 

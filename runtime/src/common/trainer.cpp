@@ -32,12 +32,10 @@
 // Resume is exact: params, moments, step and consumed samples come back
 // from the checkpoint, and everything else is a function of them and the
 // seed.
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <new>

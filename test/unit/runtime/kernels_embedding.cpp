@@ -58,5 +58,28 @@ TEST(KernelEmbedding, BackwardAccumulatesRepeatedTokens) {
   expect_near_all(dtable, fd, 1e-3, 1e-4, "dtable vs finite differences");
 }
 
+// Tests that vocabulary shards sum to the full lookup and that their
+// gradients are the rows of the full gradient.
+TEST(KernelEmbedding, ShardsSumToTheFullTable) {
+  Rng rng(13);
+  const int64_t t = 10, v = 8, d = 5, parts = 2, vl = v / parts;
+  std::vector<int32_t> tokens = {0, 7, 3, 4, 4, 1, 6, 2, 5, 3};
+  auto table = rng.uniform(v * d);
+  auto dout = rng.uniform(t * d);
+  std::vector<float> full(t * d), dfull(v * d);
+  ASSERT_TRUE(embedding_forward(tokens.data(), table.data(), full.data(), t, v, d));
+  embedding_backward(tokens.data(), dout.data(), dfull.data(), t, v, d);
+  std::vector<double> sum(t * d, 0.0);
+  for (int64_t r = 0; r < parts; ++r) {
+    std::vector<float> part(t * d, 9.0f), dpart(vl * d, 9.0f);
+    embedding_forward_shard(tokens.data(), table.data() + r * vl * d, part.data(), t, vl, d, r * vl);
+    for (int64_t i = 0; i < t * d; ++i) sum[i] += part[i];
+    embedding_backward_shard(tokens.data(), dout.data(), dpart.data(), t, vl, d, r * vl);
+    std::vector<double> rows(dfull.begin() + r * vl * d, dfull.begin() + (r + 1) * vl * d);
+    expect_near_all(dpart, rows, 0, 0, "gradient shard");
+  }
+  expect_near_all(full, sum, 0, 0, "sum of shards");
+}
+
 }  // namespace
 }  // namespace mtc::rt::host::test

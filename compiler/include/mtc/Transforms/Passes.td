@@ -28,4 +28,45 @@ def MtcAutodiff : Pass<"mtc-autodiff", "::mlir::ModuleOp"> {
                            "::mlir::func::FuncDialect"];
 }
 
+def MtcShardTensorParallel
+    : Pass<"mtc-shard-tensor-parallel", "::mlir::ModuleOp"> {
+  let summary = "Megatron's tensor-parallel plan, as sharding annotations";
+  let description = [{
+    Annotates parameters with upstream `shard.shard` splits over the grid's
+    tensor-parallel axis: QKV, the first MLP linear(s) and an untied LM head
+    column-parallel (split on dimension 0, with their biases); the attention
+    output projection and the second MLP linear row-parallel (dimension 1);
+    embedding tables vocabulary-parallel (dimension 0). Writes annotations
+    only; `mtc-partition` derives local shapes and collectives. No-op when
+    the module's `mtc.parallel` has tp = 1.
+  }];
+  let dependentDialects = ["::mlir::shard::ShardDialect"];
+}
+
+def MtcShardDataParallel
+    : Pass<"mtc-shard-data-parallel", "::mlir::ModuleOp"> {
+  let summary = "Data parallelism: average gradients over the dp axis";
+  let description = [{
+    The imported program is already per data-parallel rank (the micro-batch
+    size is per rank, as in Megatron-LM); data parallelism adds one thing to
+    it: `mtc.reduce_gradients` over the grid's dp axis at the start of
+    `@optimizer_step`. No-op when dp = 1.
+  }];
+  let dependentDialects = ["::mlir::shard::ShardDialect"];
+}
+
+def MtcPartition : Pass<"mtc-partition", "::mlir::ModuleOp"> {
+  let summary = "Sharding annotations -> per-rank program with collectives";
+  let description = [{
+    Rewrites every function into the program one rank runs: local shapes
+    from the parameters' split annotations, explicit `shard.all_reduce`,
+    `shard.all_gather` and `shard.all_slice` where an op needs its operands
+    in another distribution, per-op local attributes (head counts, the
+    vocabulary offset of a vocabulary-parallel embedding). See
+    Partition.cpp for the rules.
+  }];
+  let dependentDialects = ["::mlir::shard::ShardDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD

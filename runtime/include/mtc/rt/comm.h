@@ -81,6 +81,7 @@
 namespace mtc::rt {
 
 class Watchdog;
+class CommAlias;
 
 // A setup error (grid, environment, rendezvous) or a failed collective. It is
 // an Error, so the trainer prints it and exits non-zero.
@@ -263,6 +264,8 @@ class Communicator {
   Watchdog& watchdog() { return watchdog_; }
 
  private:
+  friend class CommAlias;  // a second name for a communicator (World, comm.cpp)
+
   template <typename Fn>
   void run(const char* collective, Stream stream, Fn&& fn);
   void check_count(const char* collective, int64_t n, const void* a, const void* b) const;
@@ -297,7 +300,8 @@ struct WorldOptions {
   double collective_timeout_s = -1;
   double rendezvous_timeout_s = -1;
   // The group kinds to build (all by default). Kinds whose groups coincide
-  // on this grid (tp_dp and dp when tp=1, say) share one communicator.
+  // on this grid (tp_dp and dp when tp=1, say) share one connection; each
+  // kind's Communicator still carries its own GroupDesc (label "tp_dp[0]").
   std::vector<GroupKind> groups{std::begin(kAllGroupKinds), std::end(kAllGroupKinds)};
 };
 

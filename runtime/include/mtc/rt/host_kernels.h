@@ -61,6 +61,17 @@ bool embedding_forward(const int32_t* tokens, const float* table, float* out,
 void embedding_backward(const int32_t* tokens, const float* dout,
                         float* dtable, int64_t t, int64_t v, int64_t d);
 
+// Vocabulary-parallel embedding: the table is rows [start, start + V) of the
+// global table. Forward: tokens outside the range give zero rows (the ranks'
+// partial results sum to the full lookup). Backward: rows outside the range
+// are skipped. Token ids are validated by the caller.
+void embedding_forward_shard(const int32_t* tokens, const float* table,
+                             float* out, int64_t t, int64_t v, int64_t d,
+                             int64_t start);
+void embedding_backward_shard(const int32_t* tokens, const float* dout,
+                              float* dtable, int64_t t, int64_t v, int64_t d,
+                              int64_t start);
+
 // ---------------------------------------------------------------------------
 // Normalization (statistics in fp32; recomputed in backward)
 // ---------------------------------------------------------------------------

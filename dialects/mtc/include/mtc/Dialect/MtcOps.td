@@ -67,15 +67,24 @@ def Mtc_EmbeddingOp : Mtc_Op<"embedding", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
     (V, D); result (B, S, D). A token outside [0, V) is a run-time data
     error reported with its position.
 
+    With `vocab_start` (vocabulary-parallel embedding, after partitioning),
+    the table holds rows [vocab_start, vocab_start + V) of the global table:
+    tokens in that range read their row, other tokens give zero rows (another
+    rank holds them; the partial results are summed across the group).
+
     ```mlir
     %x = mtc.embedding %tokens, %wte
            : tensor<8x64xi32>, tensor<256x128xf32> -> tensor<8x64x128xf32>
+    %p = mtc.embedding %tokens, %wte_shard vocab_start %start
+           : tensor<8x64xi32>, tensor<128x128xf32> -> tensor<8x64x128xf32>
     ```
   }];
-  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$table);
+  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$table,
+                   Optional<Index>:$vocab_start);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $tokens `,` $table attr-dict `:` type($tokens) `,` type($table) `->` type($result)
+    $tokens `,` $table (`vocab_start` $vocab_start^)? attr-dict
+    `:` type($tokens) `,` type($table) `->` type($result)
   }];
   let hasVerifier = 1;
 }
@@ -84,17 +93,20 @@ def Mtc_EmbeddingGradOp : Mtc_Op<"embedding_grad", [Pure, Mtc_CostOp]> {
   let summary = "Gradient of an embedding table: scatter-add of rows.";
   let description = [{
     `result = 0; result[tokens[b, s], :] += dout[b, s, :]`. tokens (B, S),
-    dout (B, S, D); result (V, D).
+    dout (B, S, D); result (V, D). With `vocab_start`, the result is rows
+    [vocab_start, vocab_start + V) of the global gradient.
 
     ```mlir
     %dwte = mtc.embedding_grad %tokens, %dx
               : tensor<8x64xi32>, tensor<8x64x128xf32> -> tensor<256x128xf32>
     ```
   }];
-  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$dout);
+  let arguments = (ins Mtc_TokenTensor:$tokens, Mtc_FloatTensor:$dout,
+                   Optional<Index>:$vocab_start);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $tokens `,` $dout attr-dict `:` type($tokens) `,` type($dout) `->` type($result)
+    $tokens `,` $dout (`vocab_start` $vocab_start^)? attr-dict
+    `:` type($tokens) `,` type($dout) `->` type($result)
   }];
   let hasVerifier = 1;
 }
@@ -550,6 +562,23 @@ def Mtc_AdamWOp : Mtc_Op<"adamw", [MemoryEffects<[MemRead, MemWrite]>]> {
     `max_grad_norm` `=` $max_grad_norm `grad_scale` `=` $grad_scale attr-dict
   }];
   let hasVerifier = 1;
+}
+
+def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Averages every parameter gradient over grid axes.";
+  let description = [{
+    All-reduces the accumulated gradient buffers over the `grid_axes` of
+    `grid` (sum, then divided by the ranks on those axes): data parallelism's
+    gradient synchronization. Each rank's gradients are of its own batch's
+    mean loss, so their average is the gradient of the global batch's mean.
+
+    ```mlir
+    mtc.reduce_gradients on @mtc_grid grid_axes = [1]
+    ```
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes);
+  let assemblyFormat = "`on` $grid `grid_axes` `=` $grid_axes attr-dict";
 }
 
 #endif // MTC_OPS_TD

@@ -1,0 +1,58 @@
+//===- Grid.h - the device grid and sharding annotations --------*- C++ -*-===//
+//
+// mtc programs run on one upstream `shard.grid @mtc_grid(shape = PPxDPxTP)`:
+// axis 0 is pipeline, axis 1 data, axis 2 tensor parallel, so the grid's
+// row-major linear index is Megatron's rank order (tp fastest, then dp, then
+// pp): rank = tp_rank + tp * (dp_rank + dp * pp_rank).
+//
+// Sharding passes (policy) only write annotations with upstream ops:
+//   %s = shard.sharding @mtc_grid split_axes = [[2]] : !shard.sharding
+//   %w_tp = shard.shard %w to %s : tensor<2304x768xf32>
+// on parameters (and on function arguments for data parallelism); the
+// partitioner (mtc-partition, the mechanism) reads them.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_TRANSFORMS_GRID_H
+#define MTC_TRANSFORMS_GRID_H
+
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mtc/Dialect/MtcDialect.h"
+
+#include <optional>
+
+namespace mtc {
+
+constexpr llvm::StringLiteral kGridName = "mtc_grid";
+enum GridAxis : int16_t { kAxisPP = 0, kAxisDP = 1, kAxisTP = 2 };
+
+/// Sizes of the grid's axes, from the module's `mtc.parallel` attribute
+/// (1 where absent).
+struct GridShape {
+  int64_t pp = 1, dp = 1, tp = 1;
+  int64_t size(int axis) const { return axis == 0 ? pp : axis == 1 ? dp : tp; }
+};
+GridShape getGridShape(mlir::ModuleOp module);
+
+/// The module's grid, created at the start of the module on first use.
+mlir::shard::GridOp getOrCreateGrid(mlir::ModuleOp module);
+
+/// A value's split: tensor dimension `dim` split evenly over grid axis
+/// `axis`.
+struct Split {
+  int64_t dim;
+  int16_t axis;
+};
+
+/// Annotates `value` (a parameter or a function argument) as split on
+/// `split.dim` over `split.axis`: all other uses of `value` now use the
+/// annotated value. Idempotent for the same split; returns failure (with an
+/// error) if `value` already carries a different one.
+mlir::LogicalResult annotateSplit(mlir::Value value, Split split);
+
+/// The split annotated on `value` by annotateSplit, if any.
+std::optional<Split> getAnnotatedSplit(mlir::Value value);
+
+} // namespace mtc
+
+#endif // MTC_TRANSFORMS_GRID_H
