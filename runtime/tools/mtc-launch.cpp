@@ -18,6 +18,9 @@
 // SIGKILL after --kill-grace seconds (default 5); once all are gone the
 // launcher prints "mtc-launch: rank R failed with exit code C" with that
 // rank's last stderr lines and exits with C (128+signal for a signal).
+// Ranks that fail within 250 ms of the first all count as failed (a rank's
+// exit often makes its peers fail at once, in an order the launcher cannot
+// see): each is reported, and the exit code is the first one reaped.
 //
 // When RANK and WORLD_SIZE are already set (torchrun, a job script), this
 // process already is one rank: without -n the program is exec'd in place as
@@ -38,6 +41,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <string>
@@ -47,6 +51,8 @@ namespace {
 
 constexpr int kUsageExit = 2;
 constexpr size_t kKeptStderrLines = 20;
+// Failures this close to the first one are reported with it.
+constexpr std::chrono::milliseconds kCollectWindow(250);
 
 struct Options {
   int nproc = 0;  // 0: not given
@@ -389,10 +395,11 @@ int main(int argc, char** argv) {
 
   using Clock = std::chrono::steady_clock;
   int running = o.nproc;
-  int failed = -1;          // index of the first child that failed
+  std::vector<int> failed;  // children that failed on their own, in the order seen
   int interrupted = 0;      // the signal that stopped the run
   bool stopping = false;
   Clock::time_point kill_at = Clock::time_point::max();
+  Clock::time_point collect_until = Clock::time_point::max();
   Clock::time_point drain_until = Clock::time_point::max();
 
   auto stop_all = [&](int sig) {
@@ -418,7 +425,7 @@ int main(int argc, char** argv) {
       drain_until = Clock::now() + std::chrono::seconds(2);  // grandchildren may hold pipes
     if (running == 0 && Clock::now() >= drain_until) break;
 
-    auto next = std::min(kill_at, drain_until);
+    auto next = std::min({kill_at, drain_until, stopping ? Clock::time_point::max() : collect_until});
     int timeout_ms = -1;
     if (next != Clock::time_point::max()) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
@@ -437,7 +444,7 @@ int main(int argc, char** argv) {
         for (ssize_t k = 0; k < n; ++k) {
           int sig = sigs[k];
           if (sig == SIGCHLD) continue;
-          if (interrupted != 0 || failed >= 0) {
+          if (interrupted != 0 || !failed.empty()) {
             stop_all(SIGKILL);
           } else {
             interrupted = sig;
@@ -451,7 +458,10 @@ int main(int argc, char** argv) {
     for (size_t k = 1; r > 0 && k < fds.size(); ++k)
       if (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) drain(*owners[k].first, *owners[k].second);
 
-    // Reap children.
+    // Reap children. A rank's exit often makes its peers fail at once (they
+    // see its connections close), in an order the launcher cannot tell
+    // apart: every rank that fails within kCollectWindow of the first one
+    // counts as failed, and the others are stopped after that window.
     int status;
     pid_t pid;
     while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
@@ -462,14 +472,17 @@ int main(int argc, char** argv) {
         c.status = status;
         --running;
         bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (!ok && failed < 0 && interrupted == 0 && !stopping) {
-          failed = static_cast<int>(i);
-          std::fprintf(stderr, "mtc-launch: rank %d %s; stopping the other ranks\n", c.rank,
-                       describe_status(status).c_str());
-          std::fflush(stderr);
-          stop_all(SIGTERM);
-        }
+        if (ok || interrupted != 0 || stopping) continue;
+        if (failed.empty()) collect_until = Clock::now() + kCollectWindow;
+        failed.push_back(static_cast<int>(i));
       }
+    }
+    if (!failed.empty() && !stopping && (Clock::now() >= collect_until || running == 0)) {
+      const Child& c = children[static_cast<size_t>(failed[0])];
+      std::fprintf(stderr, "mtc-launch: rank %d %s; stopping the other ranks\n", c.rank,
+                   describe_status(c.status).c_str());
+      std::fflush(stderr);
+      stop_all(SIGTERM);
     }
     if (stopping && running > 0 && Clock::now() >= kill_at) {
       signal_all(children, SIGKILL);
@@ -485,17 +498,27 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(rdzv_dir, ec);
   }
 
-  if (failed >= 0) {
-    const Child& c = children[static_cast<size_t>(failed)];
-    std::string msg = "mtc-launch: rank " + std::to_string(c.rank) + " " + describe_status(c.status);
-    if (!c.last_err.empty()) {
-      msg += "; its last stderr lines:\n";
-      for (const auto& line : c.last_err) msg += "  [rank " + std::to_string(c.rank) + "] " + line + "\n";
-    } else {
-      msg += " (it wrote nothing to stderr)\n";
+  if (!failed.empty()) {
+    std::string msg;
+    for (size_t k = 0; k < failed.size() && k < 4; ++k) {
+      const Child& c = children[static_cast<size_t>(failed[k])];
+      msg += "mtc-launch: rank " + std::to_string(c.rank) + " " + describe_status(c.status);
+      if (!c.last_err.empty()) {
+        msg += "; its last stderr lines:\n";
+        for (const auto& line : c.last_err)
+          msg += "  [rank " + std::to_string(c.rank) + "] " + line + "\n";
+      } else {
+        msg += " (it wrote nothing to stderr)\n";
+      }
+    }
+    if (failed.size() > 1) {
+      msg += "mtc-launch: " + std::to_string(failed.size()) +
+             " ranks failed at about the same time (ranks";
+      for (int i : failed) msg += " " + std::to_string(children[static_cast<size_t>(i)].rank);
+      msg += "); the first to fail may have brought down the others\n";
     }
     write_all(2, msg);
-    return exit_code_of(c.status);
+    return exit_code_of(children[static_cast<size_t>(failed[0])].status);
   }
   if (interrupted != 0) return 128 + interrupted;
   return 0;

@@ -416,6 +416,10 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::AttentionOp a) -> LogicalResult {
+        if (a.getHeadDim() != 64 && a.getHeadDim() != 128)
+          return op->emitOpError("CUDA target: the attention kernels take "
+                                 "head_dim 64 or 128, this model has ")
+                 << a.getHeadDim() << " (hidden_size / num_heads)";
         auto s = shapeOf(a.getQkv());
         line(llvm::formatv(
             "k::attention_forward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
