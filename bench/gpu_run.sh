@@ -9,6 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.devrun
 OUT="${OUT:-gpu-out}"
+rm -f "$OUT/random.tokens"
 mkdir -p "$OUT"
 [ -f "$D/lib.tar.xz" ] && mkdir -p /tmp/mtc-lib && tar -xJf "$D/lib.tar.xz" -C /tmp/mtc-lib
 export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
@@ -99,4 +100,6 @@ PY
   "$D/mtc-cuda-tests" --gtest_also_run_disabled_tests --gtest_filter='CudaTimings.*' > "$OUT/timings.log" 2>&1
   tail -40 "$OUT/timings.log" >> "$SUMMARY"
 fi
+# The device tool returns at most 8 files: the summary, and the logs in one archive.
+tar -czf "$OUT/logs.tar.gz" --exclude=logs.tar.gz --exclude=random.tokens -C "$OUT" .
 cat "$SUMMARY"

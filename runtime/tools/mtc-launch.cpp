@@ -36,12 +36,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <string>
@@ -100,7 +100,6 @@ long parse_long(const std::string& flag, const std::string& v, long lo, long hi)
 
 Options parse_args(int argc, char** argv) {
   Options o;
-  bool nproc_given = false;
   int i = 1;
   for (; i < argc; ++i) {
     std::string a = argv[i];
@@ -127,7 +126,6 @@ Options parse_args(int argc, char** argv) {
     };
     if (flag == "-n" || flag == "--nproc-per-node") {
       o.nproc = static_cast<int>(parse_long(flag, take(), 1, 4096));
-      nproc_given = true;
     } else if (flag == "--nnodes") {
       o.nnodes = static_cast<int>(parse_long(flag, take(), 1, 1 << 20));
     } else if (flag == "--node-rank") {
@@ -151,7 +149,6 @@ Options parse_args(int argc, char** argv) {
     }
   }
   for (; i < argc; ++i) o.program.push_back(argv[i]);
-  if (!nproc_given) o.nproc = 0;
   return o;
 }
 
@@ -350,8 +347,9 @@ int main(int argc, char** argv) {
     if (v && *v) o.master_port = static_cast<int>(parse_long("MASTER_PORT", v, 1, 65535));
   }
   if (multi_node && o.master_addr.empty())
-    usage_error("--master-addr (the host of node 0, where global rank 0 runs) is required with "
-                "--nnodes > 1");
+    usage_error(
+        "--master-addr (the host of node 0, where global rank 0 runs) is required with "
+        "--nnodes > 1");
   if (o.master_addr.empty()) o.master_addr = "127.0.0.1";
   if (o.master_port == 0) o.master_port = multi_node ? 29500 : free_port();
 
@@ -383,8 +381,10 @@ int main(int argc, char** argv) {
       {"MASTER_ADDR", o.master_addr},
       {"MASTER_PORT", std::to_string(o.master_port)},
   };
-  if (!rdzv_dir.empty()) env.push_back({"MTC_RDZV_DIR", rdzv_dir});
-  else ::unsetenv("MTC_RDZV_DIR");
+  if (!rdzv_dir.empty())
+    env.push_back({"MTC_RDZV_DIR", rdzv_dir});
+  else
+    ::unsetenv("MTC_RDZV_DIR");
 
   install_signal_handlers();
   std::vector<Child> children(static_cast<size_t>(o.nproc));
@@ -405,7 +405,8 @@ int main(int argc, char** argv) {
   auto stop_all = [&](int sig) {
     signal_all(children, sig);
     if (!stopping)
-      kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o.kill_grace_s * 1000));
+      kill_at =
+          Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o.kill_grace_s * 1000));
     stopping = true;
   };
 
@@ -425,7 +426,8 @@ int main(int argc, char** argv) {
       drain_until = Clock::now() + std::chrono::seconds(2);  // grandchildren may hold pipes
     if (running == 0 && Clock::now() >= drain_until) break;
 
-    auto next = std::min({kill_at, drain_until, stopping ? Clock::time_point::max() : collect_until});
+    auto next =
+        std::min({kill_at, drain_until, stopping ? Clock::time_point::max() : collect_until});
     int timeout_ms = -1;
     if (next != Clock::time_point::max()) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
@@ -444,7 +446,7 @@ int main(int argc, char** argv) {
         for (ssize_t k = 0; k < n; ++k) {
           int sig = sigs[k];
           if (sig == SIGCHLD) continue;
-          if (interrupted != 0 || !failed.empty()) {
+          if (interrupted != 0 || stopping) {
             stop_all(SIGKILL);
           } else {
             interrupted = sig;
@@ -479,8 +481,8 @@ int main(int argc, char** argv) {
     }
     if (!failed.empty() && !stopping && (Clock::now() >= collect_until || running == 0)) {
       const Child& c = children[static_cast<size_t>(failed[0])];
-      std::fprintf(stderr, "mtc-launch: rank %d %s; stopping the other ranks\n", c.rank,
-                   describe_status(c.status).c_str());
+      std::fprintf(stderr, "mtc-launch: rank %d %s%s\n", c.rank, describe_status(c.status).c_str(),
+                   running > 0 ? "; stopping the other ranks" : "");
       std::fflush(stderr);
       stop_all(SIGTERM);
     }

@@ -11,9 +11,10 @@
 //      the group's other members through the store.
 //   4. Each rank sets "ready/<rank>"; rank 0 waits for all of them before
 //      the store (and rank 0's TCP server) is closed.
+#include "mtc/rt/comm.h"
+
 #include <cstring>
 
-#include "mtc/rt/comm.h"
 #include "mtc/rt/watchdog.h"
 
 namespace mtc::rt {
@@ -73,16 +74,15 @@ void Communicator::all_reduce(void* buf, int64_t n, DType dtype, ReduceOp op, St
   run("all_reduce", stream, [&] { do_all_reduce(buf, n, dtype, op, stream); });
 }
 
-void Communicator::all_gather(const void* send, void* recv, int64_t n, DType dtype,
-                              Stream stream) {
+void Communicator::all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) {
   check_backend_args("all_gather", dtype, stream);
   check_count("all_gather", n, send, recv);
   if (n == 0) return;
   run("all_gather", stream, [&] { do_all_gather(send, recv, n, dtype, stream); });
 }
 
-void Communicator::reduce_scatter(const void* send, void* recv, int64_t n, DType dtype,
-                                  ReduceOp op, Stream stream) {
+void Communicator::reduce_scatter(const void* send, void* recv, int64_t n, DType dtype, ReduceOp op,
+                                  Stream stream) {
   check_backend_args("reduce_scatter", dtype, stream);
   check_count("reduce_scatter", n, send, recv);
   if (n == 0) return;
@@ -97,8 +97,7 @@ void Communicator::broadcast(void* buf, int64_t n, DType dtype, int64_t root, St
   run("broadcast", stream, [&] { do_broadcast(buf, n, dtype, root, stream); });
 }
 
-void Communicator::all_to_all(const void* send, void* recv, int64_t n, DType dtype,
-                              Stream stream) {
+void Communicator::all_to_all(const void* send, void* recv, int64_t n, DType dtype, Stream stream) {
   check_backend_args("all_to_all", dtype, stream);
   check_count("all_to_all", n, send, recv);
   if (n == 0) return;
@@ -213,8 +212,8 @@ World::World(const LaunchEnv& env, const WorldOptions& options, const CommFactor
                       " but WORLD_SIZE is " + std::to_string(env_.world_size);
     if (env_.source != "RANK/WORLD_SIZE") why += " (" + env_.source + ")";
     throw CommError(why + "; start it with " + std::to_string(grid_.world_size()) +
-                    (grid_.world_size() == 1 ? " process" : " processes") + ", e.g. mtc-launch -n " +
-                    std::to_string(grid_.world_size()) + " PROGRAM ...");
+                    (grid_.world_size() == 1 ? " process" : " processes") +
+                    ", e.g. mtc-launch -n " + std::to_string(grid_.world_size()) + " PROGRAM ...");
   }
   double collective_timeout = options.collective_timeout_s > 0 ? options.collective_timeout_s
                                                                : collective_timeout_from_env();

@@ -76,15 +76,15 @@ LaunchEnv read_launch_env(const EnvLookup& lookup) {
                                ? parse_leading_int(local_size_var, v)
                                : parse_int(local_size_var, v);
     if (env.local_world_size < 1 || env.local_world_size > env.world_size)
-      throw CommError(std::string(local_size_var) + "=" + v + " must be in [1, " + size_var +
-                      "=" + std::to_string(env.world_size) + "]");
+      throw CommError(std::string(local_size_var) + "=" + v + " must be in [1, " + size_var + "=" +
+                      std::to_string(env.world_size) + "]");
   }
   env.local_rank = env.rank % env.local_world_size;
   if (const char* v = get(local_var)) {
     env.local_rank = parse_int(local_var, v);
     if (env.local_rank < 0 || env.local_rank >= env.local_world_size)
-      throw CommError(std::string(local_var) + "=" + v + " must be in [0, " + local_size_var +
-                      "=" + std::to_string(env.local_world_size) + ")");
+      throw CommError(std::string(local_var) + "=" + v + " must be in [0, " + local_size_var + "=" +
+                      std::to_string(env.local_world_size) + ")");
   }
 
   if (const char* v = get("MASTER_ADDR")) env.master_addr = v;

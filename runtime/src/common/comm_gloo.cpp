@@ -20,8 +20,6 @@
 // Timeouts: Gloo's own timeout is the watchdog's plus 10 s, so the watchdog
 // reports a hang first; if Gloo times out or loses a peer, its exception
 // becomes a CommError naming rank, collective, group and step.
-#include <unistd.h>
-
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/alltoall.h>
@@ -31,6 +29,7 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -49,7 +48,8 @@ namespace {
 // Gloo's rendezvous interface on top of ours, with a key prefix per group.
 class GlooStore final : public ::gloo::rendezvous::Store {
  public:
-  GlooStore(mtc::rt::Store& store, std::string prefix) : store_(store), prefix_(std::move(prefix)) {}
+  GlooStore(mtc::rt::Store& store, std::string prefix)
+      : store_(store), prefix_(std::move(prefix)) {}
   void set(const std::string& key, const std::vector<char>& data) override {
     store_.set(prefix_ + key, std::string(data.begin(), data.end()));
   }
@@ -269,8 +269,8 @@ CommFactory gloo_comm_factory() {
   return [state](const GroupDesc& group, Store& store, Watchdog& watchdog,
                  const LaunchEnv& env) -> std::unique_ptr<Communicator> {
     auto device = device_for(*state, env);
-    auto timeout = std::chrono::milliseconds(
-        static_cast<int64_t>((watchdog.timeout_s() + 10.0) * 1000.0));
+    auto timeout =
+        std::chrono::milliseconds(static_cast<int64_t>((watchdog.timeout_s() + 10.0) * 1000.0));
     auto ctx = std::make_shared<::gloo::rendezvous::Context>(static_cast<int>(group.rank),
                                                              static_cast<int>(group.size()));
     ctx->setTimeout(timeout);

@@ -75,9 +75,9 @@ GridCoord grid_coord(const GridSpec& grid, int64_t rank) {
 int64_t grid_rank(const GridSpec& grid, const GridCoord& c) {
   check_grid(grid);
   if (c.tp < 0 || c.tp >= grid.tp || c.dp < 0 || c.dp >= grid.dp || c.pp < 0 || c.pp >= grid.pp)
-    throw CommError("grid coordinate (tp " + std::to_string(c.tp) + ", dp " +
-                    std::to_string(c.dp) + ", pp " + std::to_string(c.pp) +
-                    ") is outside the grid of " + describe_grid(grid));
+    throw CommError("grid coordinate (tp " + std::to_string(c.tp) + ", dp " + std::to_string(c.dp) +
+                    ", pp " + std::to_string(c.pp) + ") is outside the grid of " +
+                    describe_grid(grid));
   return c.tp + grid.tp * (c.dp + grid.dp * c.pp);
 }
 

@@ -7,7 +7,9 @@
 //   set: 'S' klen key vlen value  -> 'K' once stored
 //   get: 'G' klen key             -> vlen value, once some rank has set key
 // The server runs one thread per connection (the world's ranks connect once
-// each, during setup) and wakes waiting gets when a key is set. Clients retry
+// each, during setup) and wakes waiting gets when a key is set. Closing it
+// waits (up to 5 s) for the clients to disconnect, so that replies already
+// due still arrive. Clients retry
 // connecting until the store's timeout (rank 0 may start last) and wait for
 // any reply at most that long.
 //
@@ -88,6 +90,13 @@ ReadResult read_exact(int fd, void* data, size_t n, Clock::time_point deadline) 
   return ReadResult::ok;
 }
 
+// True when the peer has closed its end (nothing more will come).
+bool peer_closed(int fd) {
+  char c;
+  ssize_t k = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 void put_u32(std::string& out, uint32_t v) {
   uint32_t be = htonl(v);
   out.append(reinterpret_cast<const char*>(&be), 4);
@@ -95,7 +104,9 @@ void put_u32(std::string& out, uint32_t v) {
 
 class TcpStoreServer {
  public:
-  TcpStoreServer(const std::string& addr, int port) : port_(port) {
+  static constexpr std::chrono::seconds kLinger{5};
+
+  TcpStoreServer(const std::string& addr, int port) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (listen_fd_ < 0) fail("cannot create a socket");
     int one = 1;
@@ -118,19 +129,27 @@ class TcpStoreServer {
     accept_thread_ = std::thread([this] { accept_loop(); });
   }
 
+  // Stops accepting, lets connected clients finish (each disconnects after
+  // its last reply: the World's last request is rank r's "ready/r", whose
+  // acknowledgement must still reach it after rank 0 has read the key) for
+  // at most kLinger, then closes what is left.
   ~TcpStoreServer() {
-    std::vector<std::thread> threads;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    accept_thread_.join();
+    std::vector<std::thread> threads;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, kLinger, [this] { return active_ == 0; });
       stop_ = true;
       for (int fd : conn_fds_) ::shutdown(fd, SHUT_RDWR);
       threads.swap(conn_threads_);
     }
     cv_.notify_all();
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    accept_thread_.join();
     for (auto& t : threads) t.join();
-    // Threads accepted after the swap (none: accept_loop saw stop_).
     for (int fd : conn_fds_) ::close(fd);
     ::close(listen_fd_);
   }
@@ -144,13 +163,14 @@ class TcpStoreServer {
     while (true) {
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) {
+      if (closing_) {
         if (fd >= 0) ::close(fd);
         return;
       }
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
-          if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          if (errno == EMFILE || errno == ENFILE)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
           continue;
         }
         return;
@@ -158,7 +178,13 @@ class TcpStoreServer {
       int one = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       conn_fds_.push_back(fd);
-      conn_threads_.emplace_back([this, fd] { serve(fd); });
+      ++active_;
+      conn_threads_.emplace_back([this, fd] {
+        serve(fd);
+        std::lock_guard<std::mutex> done(mu_);
+        --active_;
+        cv_.notify_all();
+      });
     }
   }
 
@@ -186,7 +212,10 @@ class TcpStoreServer {
         std::string reply;
         {
           std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return stop_ || values_.count(key) != 0; });
+          // Wake now and then to notice a client that gave up and left.
+          while (!cv_.wait_for(lock, std::chrono::milliseconds(100),
+                               [&] { return stop_ || values_.count(key) != 0; }))
+            if (peer_closed(fd)) return;
           if (stop_) return;
           put_u32(reply, static_cast<uint32_t>(values_[key].size()));
           reply += values_[key];
@@ -198,11 +227,12 @@ class TcpStoreServer {
     }
   }
 
-  int port_;
   int listen_fd_ = -1;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;
+  bool closing_ = false;  // no new connections
+  bool stop_ = false;     // drop the remaining ones
+  int active_ = 0;        // connections being served
   std::map<std::string, std::string> values_;
   std::vector<int> conn_fds_;
   std::vector<std::thread> conn_threads_;
@@ -280,7 +310,8 @@ class TcpStore final : public Store {
       if (Clock::now() >= deadline)
         throw CommError("rendezvous timed out after " + secs_text(timeout_s_) +
                         " s (MTC_RDZV_TIMEOUT): cannot connect to " + describe() + " (" +
-                        last_error + "): is rank 0 running, and is MASTER_ADDR reachable "
+                        last_error +
+                        "): is rank 0 running, and is MASTER_ADDR reachable "
                         "from this node?");
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::milliseconds(200));

@@ -104,7 +104,8 @@ void Watchdog::loop() {
       if (now - e.start < timeout) continue;
       char secs[32];
       std::snprintf(secs, sizeof secs, "%g", timeout_s_);
-      fire(e, std::string("has not completed after ") + secs + " s (MTC_COLLECTIVE_TIMEOUT=" + secs +
+      fire(e, std::string("has not completed after ") + secs +
+                  " s (MTC_COLLECTIVE_TIMEOUT=" + secs +
                   "): a rank of the group never joined it (it failed, hangs, or took another "
                   "code path), or the timeout is shorter than a legitimate wait");
     }

@@ -39,15 +39,15 @@
 #include "mtc/rt/cuda_check.h"
 #include "mtc/rt/watchdog.h"
 
-#define MTC_NCCL_CHECK(comm, call)                                                       \
-  do {                                                                                   \
-    ncclResult_t mtc_nr_ = (call);                                                       \
-    if (mtc_nr_ != ncclSuccess) {                                                        \
-      std::string mtc_msg_ = ncclGetErrorString(mtc_nr_);                                \
-      const char* mtc_last_ = ncclGetLastError(comm);                                    \
+#define MTC_NCCL_CHECK(comm, call)                                                               \
+  do {                                                                                           \
+    ncclResult_t mtc_nr_ = (call);                                                               \
+    if (mtc_nr_ != ncclSuccess) {                                                                \
+      std::string mtc_msg_ = ncclGetErrorString(mtc_nr_);                                        \
+      const char* mtc_last_ = ncclGetLastError(comm);                                            \
       if (mtc_last_ != nullptr && *mtc_last_ != '\0') mtc_msg_ += std::string(": ") + mtc_last_; \
-      ::mtc::rt::cuda::throw_error("nccl", #call, mtc_msg_, __FILE__, __LINE__);         \
-    }                                                                                    \
+      ::mtc::rt::cuda::throw_error("nccl", #call, mtc_msg_, __FILE__, __LINE__);                 \
+    }                                                                                            \
   } while (0)
 
 namespace mtc::rt {
@@ -143,12 +143,12 @@ class NcclCommunicator final : public Communicator {
       check_overlap("all_to_all", send, chunk * size(), recv, chunk * size(), nullptr);
       MTC_NCCL_CHECK(comm(), ncclGroupStart());
       for (int64_t j = 0; j < size(); ++j) {
-        MTC_NCCL_CHECK(comm(), ncclSend(static_cast<const char*>(send) + j * chunk,
-                                        static_cast<size_t>(n), nccl_type(dt),
-                                        static_cast<int>(j), comm(), as_stream(s)));
-        MTC_NCCL_CHECK(comm(), ncclRecv(static_cast<char*>(recv) + j * chunk,
-                                        static_cast<size_t>(n), nccl_type(dt),
-                                        static_cast<int>(j), comm(), as_stream(s)));
+        MTC_NCCL_CHECK(comm(),
+                       ncclSend(static_cast<const char*>(send) + j * chunk, static_cast<size_t>(n),
+                                nccl_type(dt), static_cast<int>(j), comm(), as_stream(s)));
+        MTC_NCCL_CHECK(comm(),
+                       ncclRecv(static_cast<char*>(recv) + j * chunk, static_cast<size_t>(n),
+                                nccl_type(dt), static_cast<int>(j), comm(), as_stream(s)));
       }
       MTC_NCCL_CHECK(comm(), ncclGroupEnd());
     });
@@ -174,8 +174,8 @@ class NcclCommunicator final : public Communicator {
   void do_barrier() override {
     guard("barrier", [&] {
       MTC_CUDA_CHECK(cudaSetDevice(state_->device));
-      MTC_NCCL_CHECK(comm(), ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm(),
-                                           stream_));
+      MTC_NCCL_CHECK(comm(),
+                     ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm(), stream_));
       MTC_CUDA_CHECK(cudaStreamSynchronize(stream_));
     });
     barrier_done_ = true;
@@ -195,8 +195,10 @@ class NcclCommunicator final : public Communicator {
       cudaError_t e = cudaEventQuery(ev);
       if (e == cudaSuccess) {
         std::lock_guard<std::mutex> lock(st->mu);
-        if (st->alive) st->free_events.push_back(ev);
-        else cudaEventDestroy(ev);
+        if (st->alive)
+          st->free_events.push_back(ev);
+        else
+          cudaEventDestroy(ev);
         return true;
       }
       if (e != cudaErrorNotReady) {
@@ -289,8 +291,8 @@ CommFactory nccl_comm_factory() {
     int count = 0;
     MTC_CUDA_CHECK(cudaGetDeviceCount(&count));
     if (env.local_rank >= count)
-      throw CommError("rank " + std::to_string(env.rank) + ": LOCAL_RANK=" +
-                      std::to_string(env.local_rank) + " but this node has " +
+      throw CommError("rank " + std::to_string(env.rank) +
+                      ": LOCAL_RANK=" + std::to_string(env.local_rank) + " but this node has " +
                       std::to_string(count) +
                       " visible GPU(s) (CUDA_VISIBLE_DEVICES?): start at most that many ranks "
                       "per node");

@@ -153,13 +153,15 @@ int all_collectives(int r, int S) {
 TEST(CommGloo, EveryCollectiveTwoRanks) {
   RunOptions opt;
   opt.rdzv_dir = testing::unique_dir("gloo2");
-  testing::expect_all_ok(testing::run_ranks(2, [](int r) { return all_collectives(r, 2); }, opt));
+  testing::expect_all_ok(testing::run_ranks(
+      2, [](int r) { return all_collectives(r, 2); }, opt));
 }
 
 TEST(CommGloo, EveryCollectiveFourRanks) {
   RunOptions opt;
   opt.rdzv_dir = testing::unique_dir("gloo4");
-  testing::expect_all_ok(testing::run_ranks(4, [](int r) { return all_collectives(r, 4); }, opt));
+  testing::expect_all_ok(testing::run_ranks(
+      4, [](int r) { return all_collectives(r, 4); }, opt));
 }
 
 // Sums over each group of a tp=2 x dp=2 grid: a rank's tp result is the sum
@@ -256,8 +258,10 @@ int bad_arguments_body(int) {
       fn();
       std::fprintf(stderr, "not refused: %s\n", needle);
     } catch (const CommError& e) {
-      if (std::string(e.what()).find(needle) != std::string::npos) ++refused;
-      else std::fprintf(stderr, "message lacks '%s': %s\n", needle, e.what());
+      if (std::string(e.what()).find(needle) != std::string::npos)
+        ++refused;
+      else
+        std::fprintf(stderr, "message lacks '%s': %s\n", needle, e.what());
     }
   };
   expect_refused([&] { c.all_reduce(buf.data(), -1); }, "all_reduce on group world (ranks 0,1)");

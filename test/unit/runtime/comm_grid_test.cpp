@@ -68,9 +68,10 @@ TEST(CommGrid, InvariantsOnManyGrids) {
           GroupKind kind;
           int64_t size;
         };
-        for (KindSize ks : {KindSize{GroupKind::world, pp * dp * tp}, KindSize{GroupKind::tp, tp},
-                            KindSize{GroupKind::dp, dp}, KindSize{GroupKind::pp, pp},
-                            KindSize{GroupKind::tp_dp, tp * dp}, KindSize{GroupKind::tp_pp, tp * pp}}) {
+        for (KindSize ks :
+             {KindSize{GroupKind::world, pp * dp * tp}, KindSize{GroupKind::tp, tp},
+              KindSize{GroupKind::dp, dp}, KindSize{GroupKind::pp, pp},
+              KindSize{GroupKind::tp_dp, tp * dp}, KindSize{GroupKind::tp_pp, tp * pp}}) {
           Groups groups = all_groups(g, ks.kind);
           ASSERT_EQ(static_cast<int64_t>(groups.size()), g.world_size() / ks.size);
           std::set<int64_t> seen;

@@ -108,8 +108,8 @@ TEST(CommLaunch, GivesEachRankItsEnvironmentAndPrefixesItsLines) {
   EXPECT_EQ(r.rc, 0) << r.err;
   for (int k = 0; k < 3; ++k) {
     std::string ks = std::to_string(k);
-    EXPECT_TRUE(contains(r.out, "[rank " + ks + "] env " + ks + " 3 " + ks +
-                                    " 3 127.0.0.1 29999 nvls=0\n"))
+    EXPECT_TRUE(
+        contains(r.out, "[rank " + ks + "] env " + ks + " 3 " + ks + " 3 127.0.0.1 29999 nvls=0\n"))
         << r.out;
     // A last line without a newline is still printed, with its prefix.
     EXPECT_TRUE(contains(r.err, "[rank " + ks + "] to stderr " + ks + "\n")) << r.err;
@@ -128,16 +128,17 @@ TEST(CommLaunch, AFailingRankStopsTheOthersAndSetsTheExitCode) {
        "if [ \"$RANK\" = 1 ]; then sleep 0.3; echo 'first line' >&2; echo \"boom on $RANK\" >&2; "
        "exit 7; fi; echo started; exec sleep 60"});
   EXPECT_EQ(r.rc, 7) << r.err;
-  EXPECT_TRUE(contains(r.err, "mtc-launch: rank 1 failed with exit code 7; its last stderr lines:\n"
-                              "  [rank 1] first line\n  [rank 1] boom on 1\n"))
+  EXPECT_TRUE(contains(r.err,
+                       "mtc-launch: rank 1 failed with exit code 7; its last stderr lines:\n"
+                       "  [rank 1] first line\n  [rank 1] boom on 1\n"))
       << r.err;
   // The sleeping ranks were stopped: the launcher did not wait 60 s.
   EXPECT_LT(r.seconds, 20.0);
 }
 
 TEST(CommLaunch, ARankKilledByASignalIsReported) {
-  Launch r = run_launcher({"-n", "2", "sh", "-c",
-                           "if [ \"$RANK\" = 0 ]; then kill -SEGV $$; fi; exec sleep 60"});
+  Launch r = run_launcher(
+      {"-n", "2", "sh", "-c", "if [ \"$RANK\" = 0 ]; then kill -SEGV $$; fi; exec sleep 60"});
   EXPECT_EQ(r.rc, 128 + SIGSEGV) << r.err;
   EXPECT_TRUE(contains(r.err, "mtc-launch: rank 0 was killed by signal 11")) << r.err;
   EXPECT_LT(r.seconds, 20.0);

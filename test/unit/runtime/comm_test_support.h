@@ -59,7 +59,7 @@ struct RunOptions {
   // >= 0: once this rank exits, the others are killed (for tests where one
   // rank hangs on purpose).
   int primary = -1;
-  std::string rdzv_dir;                     // MTC_RDZV_DIR ("" : unset)
+  std::string rdzv_dir;                    // MTC_RDZV_DIR ("" : unset)
   std::map<std::string, std::string> env;  // more variables (same for all)
 };
 
@@ -84,8 +84,10 @@ inline std::vector<RankResult> run_ranks(int n, const std::function<int(int)>& b
       ::setenv("WORLD_SIZE", std::to_string(n).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(n).c_str(), 1);
-      if (!opt.rdzv_dir.empty()) ::setenv("MTC_RDZV_DIR", opt.rdzv_dir.c_str(), 1);
-      else ::unsetenv("MTC_RDZV_DIR");
+      if (!opt.rdzv_dir.empty())
+        ::setenv("MTC_RDZV_DIR", opt.rdzv_dir.c_str(), 1);
+      else
+        ::unsetenv("MTC_RDZV_DIR");
       for (const auto& [k, v] : opt.env) ::setenv(k.c_str(), v.c_str(), 1);
       int code = 1;
       try {
@@ -109,8 +111,10 @@ inline std::vector<RankResult> run_ranks(int n, const std::function<int(int)>& b
       pid_t p = ::waitpid(pids[r], &status, WNOHANG);
       if (p != pids[r]) continue;
       res[r].seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      if (WIFEXITED(status)) res[r].exit_code = WEXITSTATUS(status);
-      else res[r].term_signal = WTERMSIG(status);
+      if (WIFEXITED(status))
+        res[r].exit_code = WEXITSTATUS(status);
+      else
+        res[r].term_signal = WTERMSIG(status);
       pids[r] = -1;
       --left;
       if (r == opt.primary)
@@ -140,9 +144,9 @@ inline std::vector<RankResult> run_ranks(int n, const std::function<int(int)>& b
 inline void expect_all_ok(const std::vector<RankResult>& res) {
   for (size_t r = 0; r < res.size(); ++r) {
     EXPECT_FALSE(res[r].timed_out) << "rank " << r << " did not finish:\n" << res[r].err;
-    EXPECT_EQ(res[r].exit_code, 0) << "rank " << r << " (signal " << res[r].term_signal
-                                   << ") stderr:\n"
-                                   << res[r].err;
+    EXPECT_EQ(res[r].exit_code, 0)
+        << "rank " << r << " (signal " << res[r].term_signal << ") stderr:\n"
+        << res[r].err;
   }
 }
 

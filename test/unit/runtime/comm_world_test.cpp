@@ -33,8 +33,11 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 TEST(CommEnv, ReadsTorchrunVariables) {
-  LaunchEnv e = env_from({{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"},
-                          {"LOCAL_WORLD_SIZE", "4"}, {"MASTER_ADDR", "node0"},
+  LaunchEnv e = env_from({{"RANK", "5"},
+                          {"WORLD_SIZE", "8"},
+                          {"LOCAL_RANK", "1"},
+                          {"LOCAL_WORLD_SIZE", "4"},
+                          {"MASTER_ADDR", "node0"},
                           {"MASTER_PORT", "29501"}});
   EXPECT_EQ(e.rank, 5);
   EXPECT_EQ(e.world_size, 8);
@@ -53,7 +56,9 @@ TEST(CommEnv, ReadsTorchrunVariables) {
 }
 
 TEST(CommEnv, ReadsSlurmVariables) {
-  LaunchEnv e = env_from({{"SLURM_PROCID", "9"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "1"},
+  LaunchEnv e = env_from({{"SLURM_PROCID", "9"},
+                          {"SLURM_NTASKS", "16"},
+                          {"SLURM_LOCALID", "1"},
                           {"SLURM_NTASKS_PER_NODE", "8(x2)"}});
   EXPECT_EQ(e.rank, 9);
   EXPECT_EQ(e.world_size, 16);
@@ -61,27 +66,35 @@ TEST(CommEnv, ReadsSlurmVariables) {
   EXPECT_EQ(e.local_world_size, 8);
   EXPECT_EQ(e.source, "SLURM_PROCID/SLURM_NTASKS");
   // RANK wins over Slurm's (torchrun inside an allocation).
-  EXPECT_EQ(env_from({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"SLURM_PROCID", "0"},
-                      {"SLURM_NTASKS", "1"}})
-                .rank,
-            1);
+  EXPECT_EQ(
+      env_from({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}})
+          .rank,
+      1);
 }
 
 TEST(CommEnv, RefusesMalformedValues) {
-  EXPECT_NE(error_of([] { env_from({{"RANK", "x"}, {"WORLD_SIZE", "2"}}); }).find("RANK='x' is not an integer"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { env_from({{"RANK", "2"}, {"WORLD_SIZE", "2"}}); }).find("RANK=2 must be in [0, WORLD_SIZE=2)"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { env_from({{"RANK", "0"}}); }).find("WORLD_SIZE is not set but RANK is"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { env_from({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}); })
-                .find("MASTER_PORT=70000"),
+  EXPECT_NE(error_of([] {
+              env_from({{"RANK", "x"}, {"WORLD_SIZE", "2"}});
+            }).find("RANK='x' is not an integer"),
             std::string::npos);
   EXPECT_NE(error_of([] {
-              env_from({{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"},
-                        {"LOCAL_WORLD_SIZE", "2"}});
-            }).find("LOCAL_RANK=3"),
+              env_from({{"RANK", "2"}, {"WORLD_SIZE", "2"}});
+            }).find("RANK=2 must be in [0, WORLD_SIZE=2)"),
             std::string::npos);
+  EXPECT_NE(error_of([] {
+              env_from({{"RANK", "0"}});
+            }).find("WORLD_SIZE is not set but RANK is"),
+            std::string::npos);
+  EXPECT_NE(error_of([] {
+              env_from({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}});
+            }).find("MASTER_PORT=70000"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of([] {
+        env_from(
+            {{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "2"}});
+      }).find("LOCAL_RANK=3"),
+      std::string::npos);
 }
 
 TEST(CommWorld, RefusesAWorldSizeThatDoesNotMatchTheGrid) {
@@ -161,8 +174,7 @@ TEST(CommStore, TcpStoreServesBlockingGets) {
   client->set("c", "from client");
   EXPECT_EQ(server->get("c"), "from client");
   auto quick = make_tcp_store("127.0.0.1", port, false, 0.2);
-  EXPECT_NE(error_of([&] { quick->get("never"); }).find("rendezvous timed out"),
-            std::string::npos);
+  EXPECT_NE(error_of([&] { quick->get("never"); }).find("rendezvous timed out"), std::string::npos);
   // A client with no server gives up after its timeout, naming the address.
   int closed_port = testing::free_tcp_port();
   std::string msg = error_of([&] { make_tcp_store("127.0.0.1", closed_port, false, 0.2); });

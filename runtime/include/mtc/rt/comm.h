@@ -117,8 +117,9 @@ inline int64_t pp_rank(const GridSpec& grid, int64_t rank) { return grid_coord(g
 
 // The group kinds a World builds; each spans the named axes.
 enum class GroupKind { world, tp, dp, pp, tp_dp, tp_pp };
-inline constexpr GroupKind kAllGroupKinds[] = {GroupKind::world, GroupKind::tp,    GroupKind::dp,
-                                               GroupKind::pp,    GroupKind::tp_dp, GroupKind::tp_pp};
+inline constexpr GroupKind kAllGroupKinds[] = {GroupKind::world, GroupKind::tp,
+                                               GroupKind::dp,    GroupKind::pp,
+                                               GroupKind::tp_dp, GroupKind::tp_pp};
 const char* group_kind_name(GroupKind kind);  // "world", "tp", ..., "tp_pp"
 
 // One group as one of its members sees it.
@@ -206,7 +207,9 @@ class Communicator {
   void reduce_scatter(const float* send, float* recv, int64_t n, ReduceOp op = ReduceOp::sum) {
     reduce_scatter(send, recv, n, DType::f32, op, nullptr);
   }
-  void broadcast(float* buf, int64_t n, int64_t root) { broadcast(buf, n, DType::f32, root, nullptr); }
+  void broadcast(float* buf, int64_t n, int64_t root) {
+    broadcast(buf, n, DType::f32, root, nullptr);
+  }
   void all_to_all(const float* send, float* recv, int64_t n) {
     all_to_all(send, recv, n, DType::f32, nullptr);
   }
@@ -242,15 +245,14 @@ class Communicator {
   virtual void do_all_reduce(void* buf, int64_t n, DType dtype, ReduceOp op, Stream stream) = 0;
   virtual void do_all_gather(const void* send, void* recv, int64_t n, DType dtype,
                              Stream stream) = 0;
-  virtual void do_reduce_scatter(const void* send, void* recv, int64_t n, DType dtype,
-                                 ReduceOp op, Stream stream) = 0;
+  virtual void do_reduce_scatter(const void* send, void* recv, int64_t n, DType dtype, ReduceOp op,
+                                 Stream stream) = 0;
   virtual void do_broadcast(void* buf, int64_t n, DType dtype, int64_t root, Stream stream) = 0;
   virtual void do_all_to_all(const void* send, void* recv, int64_t n, DType dtype,
                              Stream stream) = 0;
   // Either buffer may be null (count 0): a lone send or recv.
-  virtual void do_send_recv(const void* send_buf, int64_t send_n, int64_t send_peer,
-                            void* recv_buf, int64_t recv_n, int64_t recv_peer, DType dtype,
-                            Stream stream) = 0;
+  virtual void do_send_recv(const void* send_buf, int64_t send_n, int64_t send_peer, void* recv_buf,
+                            int64_t recv_n, int64_t recv_peer, DType dtype, Stream stream) = 0;
   virtual void do_barrier() = 0;
   // Throws CommError when the backend cannot take `dtype` or `stream`.
   virtual void check_backend_args(const char* collective, DType dtype, Stream stream) const = 0;
@@ -311,7 +313,11 @@ class World {
   // compiled for tp=2 x dp=2 = 4 ranks but WORLD_SIZE is 3 ..."), starts the
   // watchdog, meets the other ranks through make_store(env) and builds the
   // communicators in a fixed order, then waits until every rank has built
-  // its own (so rank 0's TCP store is no longer needed).
+  // its own (so rank 0's TCP store is no longer needed). One World per run:
+  // store keys are written once, so a second World needs a fresh
+  // MTC_RDZV_DIR or MASTER_PORT. Destroying it closes the connections
+  // without a barrier: call comm(GroupKind::world).barrier() first when
+  // other ranks may still be inside a collective with this one.
   World(const LaunchEnv& env, const WorldOptions& options, const CommFactory& factory);
   ~World();
   World(const World&) = delete;
