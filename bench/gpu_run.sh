@@ -54,12 +54,12 @@ for l in open('$OUT/gemm.log'):
   say "peak bf16 GEMM: $PEAK TFLOP/s"
   python3 -c "
 import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('$OUT/random.tokens')"
+np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
   export MTC_PEAK_TFLOPS=$PEAK
   for m in gpt2-124m:64x1024:30 gpt-1.3b:8x2048:20; do
     IFS=: read -r name shape steps <<< "$m"
     say "== mtc $name ($shape), $steps steps"
-    "$D/prog-$name/train" --data "$OUT/random.tokens" --split 100,0 --steps "$steps" \
+    "$D/prog-$name/train" --data /tmp/mtc-random.tokens --split 100,0 --steps "$steps" \
       --log-interval 5 --metrics "$OUT/mtc-$name.jsonl" > "$OUT/mtc-$name.log" 2>&1 \
       || say "mtc $name FAILED: $(tail -5 "$OUT/mtc-$name.log")"
     tail -2 "$OUT/mtc-$name.log" | tee -a "$SUMMARY"
