@@ -22,9 +22,8 @@ compile() {  # name spec target extra-flags...
   "$BIN/mtc" compile "$spec" --target "$target" -o "$OUTD/prog-$name" "$@" > "$OUTD/compile-$name.log"
   rm -rf "$OUTD/prog-$name/build"
 }
-# The CUDA attention kernels take head_dim 64 or 128: the tiny GPT with 2 heads.
-compile tiny-host bench/specs/tiny-gpt-dh64.json host
-compile tiny-cuda bench/specs/tiny-gpt-dh64.json cuda
+compile tiny-host examples/tiny-gpt.json host
+compile tiny-cuda examples/tiny-gpt.json cuda
 compile gpt2-124m examples/gpt2-124m.json cuda --micro-batch-size 64 --global-batch-size 64
 compile gpt-1.3b examples/gpt-1.3b.json cuda --micro-batch-size 8 --global-batch-size 8
 

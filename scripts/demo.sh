@@ -2,6 +2,7 @@
 # The main job: build mtc, turn the Debian fortunes corpus into a token
 # dataset, compile the tiny GPT for this machine and train it.
 #   MTC_DEMO_STEPS   training steps (default: the spec's train_steps)
+#   MTC_DEMO_TARGET  host or cuda (default: cuda when a GPU is present)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,10 +17,13 @@ if [ ! -f data/fortunes.idx ]; then
     --tokenizer byte --split-documents fortune
 fi
 
+# The CUDA target when a GPU and the runtime's CUDA backend are both here.
 TARGET=host
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "== a GPU is present, but the CUDA code generator is not in this build yet: using the host target"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 &&
+   [ -f "$BUILD/runtime/libmtc_runtime_cuda.a" ]; then
+  TARGET=cuda
 fi
+[ -n "${MTC_DEMO_TARGET:-}" ] && TARGET=$MTC_DEMO_TARGET
 echo "== compiling examples/tiny-gpt.json for the $TARGET target"
 "$BIN/mtc" compile examples/tiny-gpt.json --target "$TARGET" -o out/tiny-gpt
 

@@ -121,6 +121,24 @@ std::string with_commas(int64_t v) {
   return s;
 }
 
+// Runs one entry point of the program; a target error (e.g. a CUDA error,
+// which names the op) is reported with the step and microbatch it happened in.
+template <typename F>
+auto at_step(int64_t step, int64_t microbatch, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::string where = "training step " + std::to_string(step);
+    if (microbatch >= 0) where += ", microbatch " + std::to_string(microbatch);
+    else where += ", optimizer";
+    throw Error(where + ": " + e.what());
+  }
+}
+
 class Trainer {
  public:
   Trainer(const ProgramDesc& program, const TrainOptions& opts);
@@ -521,7 +539,7 @@ int Trainer::run() {
       const int32_t *tok = nullptr, *tgt = nullptr;
       upload_microbatch(i, step, "training", &tok, &tgt);
       state_.microbatch = i;
-      float l = p_.forward_backward(state_, tok, tgt);
+      float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
       check_loss(l, step, i, "training");
       mb_losses[i] = l;
       loss_sum += l;
@@ -532,7 +550,8 @@ int Trainer::run() {
       return 0;
     }
     const double lr = lr_at(schedule_, step);
-    const double grad_norm = p_.optimizer_step(state_, static_cast<float>(lr), step);
+    const double grad_norm =
+        at_step(step, -1, [&] { return p_.optimizer_step(state_, static_cast<float>(lr), step); });
     if (!state_.error.empty())
       throw Error("training step " + std::to_string(step) + ", optimizer: " + state_.error);
     if (!std::isfinite(grad_norm))

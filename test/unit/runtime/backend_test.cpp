@@ -481,7 +481,8 @@ TEST_F(Backends, TargetErrorsStopTheRunAndFreeEverything) {
   p.optimizer_step = &throw_in_optimizer;
   auto [rc, out, err] = quiet(p, {"--data", corpus_, "--steps", "5"});
   EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("error: device fault in the optimizer (simulated)"), std::string::npos)
+  EXPECT_NE(err.find("error: training step 1, optimizer: device fault in the optimizer (simulated)"),
+            std::string::npos)
       << err;
   expect_clean(1);
 }

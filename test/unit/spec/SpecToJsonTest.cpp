@@ -169,7 +169,7 @@ TEST(SpecToJson, OverriddenValuesAreWrittenResolved) {
   // Presets and defaults, written out.
   EXPECT_EQ(j["model"]["norm"], "layernorm");
   EXPECT_EQ(j["model"]["activation"], "gelu_tanh");
-  EXPECT_EQ(j["model"]["num_kv_heads"], 4);
+  EXPECT_EQ(j["model"]["num_kv_heads"], 2);
   EXPECT_EQ(j["model"]["ffn_hidden_size"], 512);
   EXPECT_EQ(j["model"]["init_std"], 0.02);
   checkRoundTrip(s);
