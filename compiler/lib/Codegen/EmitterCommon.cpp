@@ -1,6 +1,7 @@
 //===- EmitterCommon.cpp - parameter layout and ProgramDesc emission -------===//
 #include "EmitterCommon.h"
 
+#include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/PlanReport.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -94,18 +95,34 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
   for (const std::string &name : layout.order) {
     ParamSlot slot = layout.slots.lookup(name);
     auto t = slot.op.getType();
+    // Checkpoints hold global tensors: a split parameter records its global
+    // shape and which slice this rank holds (mtc-partition's `mtc.shard`).
+    SmallVector<int64_t> global(t.getShape());
+    int64_t splitDim = -1, splitAxis = -1;
+    if (auto sh = slot.op->getAttrOfType<DictionaryAttr>("mtc.shard")) {
+      global.assign(sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().begin(),
+                    sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().end());
+      splitDim = sh.getAs<IntegerAttr>("dim").getInt();
+      splitAxis = sh.getAs<IntegerAttr>("axis").getInt();
+    }
     std::string dims;
-    for (int64_t d : t.getShape())
+    for (int64_t d : global)
       dims += (dims.empty() ? "" : ", ") + std::to_string(d);
     const char *init = slot.op.getInit() == InitKind::zeros   ? "zeros"
                        : slot.op.getInit() == InitKind::ones ? "ones"
                                                              : "normal";
-    s << llvm::formatv("  p.params.push_back({{\"{0}\", {{{1}}, {2}, {3}, "
-                       "mtc::rt::InitKind::{4}, {5}, {6}});\n",
-                       escape(name), dims, slot.offset, t.getNumElements(),
-                       init, fmt(slot.op.getStd().convertToDouble()),
-                       t.getRank() >= 2 ? "true" : "false");
+    s << llvm::formatv(
+        "  {{ mtc::rt::ParamDesc d; d.name = \"{0}\"; d.shape = {{{1}}; "
+        "d.offset = {2}; d.numel = {3}; d.split_dim = {4}; d.split_axis = "
+        "{5}; d.init = mtc::rt::InitKind::{6}; d.init_std = {7}; "
+        "d.weight_decay = {8}; p.params.push_back(d); }\n",
+        escape(name), dims, slot.offset, t.getNumElements(), splitDim,
+        splitAxis, init, fmt(slot.op.getStd().convertToDouble()),
+        global.size() >= 2 ? "true" : "false");
   }
+  GridShape grid = getGridShape(module);
+  s << "  p.grid[0] = " << grid.pp << "; p.grid[1] = " << grid.dp
+    << "; p.grid[2] = " << grid.tp << ";\n";
   std::string decay = getS("decay");
   s << "  p.num_param_elems = " << layout.totalElements << ";\n"
     << "  p.arena_floats = " << extras.arenaWords << ";\n"

@@ -23,7 +23,9 @@
 #include "mtc/Dialect/MtcDialect.h"
 #include "mtc/Transforms/PlanReport.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -109,6 +111,10 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](mtc::ParamOp) -> LogicalResult { return success(); })
       .Case([&](arith::ConstantOp c) -> LogicalResult {
+        if (auto i = dyn_cast<IntegerAttr>(c.getValue())) {
+          names[c] = "int64_t(" + std::to_string(i.getInt()) + ")";
+          return success();
+        }
         auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
         if (!dense || !dense.isSplat())
           return op->emitOpError("host target supports only splat float "
@@ -118,8 +124,72 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(c)));
         return success();
       })
+      .Case([&](arith::MulIOp m) -> LogicalResult {
+        names[m] = "(" + buf(m.getLhs()) + " * " + buf(m.getRhs()) + ")";
+        return success();
+      })
+      .Case([&](shard::ProcessMultiIndexOp p) -> LogicalResult {
+        auto axes = p.getAxes();
+        if (p->getNumResults() != 1 || axes.size() != 1)
+          return op->emitOpError("host target: one grid axis per index");
+        names[p->getResult(0)] =
+            llvm::formatv("st.comm->index({0})", axes[0]).str();
+        return success();
+      })
+      .Case([&](shard::AllReduceOp a) -> LogicalResult {
+        if (a.getGridAxes().size() != 1 ||
+            a.getReduction() != shard::ReductionKind::Sum)
+          return op->emitOpError("host target: sum over one grid axis");
+        line(llvm::formatv("std::copy({0}, {0} + {1}, {2});",
+                           buf(a.getInput()), numel(a), buf(a)));
+        line(llvm::formatv("st.comm->all_reduce_sum({0}, {1}, {2});",
+                           a.getGridAxes()[0], buf(a), numel(a)));
+        return success();
+      })
+      .Case([&](shard::AllGatherOp g) -> LogicalResult {
+        if (g.getGridAxes().size() != 1)
+          return op->emitOpError("host target: one grid axis per gather");
+        auto in = shapeOf(g.getInput());
+        int64_t d = g.getGatherAxis().getSExtValue();
+        int64_t outer = 1;
+        for (int64_t i = 0; i < d; ++i)
+          outer *= in[i];
+        line(llvm::formatv(
+            "mtc::rt::grid::all_gather_dim(*st.comm, {0}, {1}, {2}, {3}, {4});",
+            g.getGridAxes()[0], buf(g.getInput()), buf(g), outer,
+            numel(g.getInput()) / outer));
+        return success();
+      })
+      .Case([&](shard::AllSliceOp sl) -> LogicalResult {
+        if (sl.getGridAxes().size() != 1)
+          return op->emitOpError("host target: one grid axis per slice");
+        auto out = shapeOf(sl);
+        int64_t d = sl.getSliceAxis().getSExtValue();
+        int64_t outer = 1;
+        for (int64_t i = 0; i < d; ++i)
+          outer *= out[i];
+        line(llvm::formatv(
+            "mtc::rt::grid::slice_dim(*st.comm, {0}, {1}, {2}, {3}, {4});",
+            sl.getGridAxes()[0], buf(sl.getInput()), buf(sl), outer,
+            numel(sl) / outer));
+        return success();
+      })
+      .Case([&](mtc::ReduceGradientsOp r) -> LogicalResult {
+        for (int16_t axis : r.getGridAxes())
+          line(llvm::formatv(
+              "mtc::rt::grid::all_reduce_mean(*st.comm, {0}, G, {1});", axis,
+              layout.totalElements));
+        return success();
+      })
       .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
         auto t = shapeOf(e.getTable());
+        if (Value start = e.getVocabStart()) {
+          line(llvm::formatv("k::embedding_forward_shard({0}, {1}, {2}, {3}, "
+                             "{4}, {5}, {6});",
+                             buf(e.getTokens()), buf(e.getTable()), buf(e),
+                             numel(e.getTokens()), t[0], t[1], buf(start)));
+          return success();
+        }
         line(llvm::formatv("if (!k::embedding_forward({0}, {1}, {2}, {3}, {4}, "
                            "{5})) {6}",
                            buf(e.getTokens()), buf(e.getTable()), buf(e), numel(e.getTokens()),
@@ -131,6 +201,13 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](mtc::EmbeddingGradOp e) -> LogicalResult {
         auto t = shapeOf(e);
+        if (Value start = e.getVocabStart()) {
+          line(llvm::formatv("k::embedding_backward_shard({0}, {1}, {2}, {3}, "
+                             "{4}, {5}, {6});",
+                             buf(e.getTokens()), buf(e.getDout()), buf(e),
+                             numel(e.getTokens()), t[0], t[1], buf(start)));
+          return success();
+        }
         line(llvm::formatv("k::embedding_backward({0}, {1}, {2}, {3}, {4}, {5});",
                            buf(e.getTokens()), buf(e.getDout()), buf(e),
                            numel(e.getTokens()), t[0], t[1]));
@@ -290,12 +367,33 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::GradNormOp g) -> LogicalResult {
-        // Padding between parameters is never written, so it stays zero.
         names[g] = "grad_norm";
-        line(llvm::formatv("const float grad_norm = float(std::sqrt("
-                           "k::sum_squares(G, {0})) * {1});",
-                           layout.totalElements,
-                           fmt(g.getGradScale().convertToDouble())));
+        double scale = g.getGradScale().convertToDouble();
+        auto split = g->getAttrOfType<ArrayAttr>("tp_split_params");
+        if (!split) {
+          // Padding between parameters is never written, so it stays zero.
+          line(llvm::formatv("const float grad_norm = float(std::sqrt("
+                             "k::sum_squares(G, {0})) * {1});",
+                             layout.totalElements, fmt(scale)));
+          return success();
+        }
+        // Split parameters: each rank holds a slice, so their squared norms
+        // are summed over the tp group; whole ones are counted once.
+        llvm::StringSet<> isSplit;
+        for (Attribute a : split)
+          isSplit.insert(cast<StringAttr>(a).getValue());
+        line("double split_sq = 0, whole_sq = 0;");
+        for (const std::string &name : layout.order) {
+          ParamSlot slot = layout.slots.lookup(name);
+          line(llvm::formatv("{0} += k::sum_squares(G + {1}, {2});",
+                             isSplit.count(name) ? "split_sq" : "whole_sq",
+                             slot.offset, slot.op.getType().getNumElements()));
+        }
+        line("float split_sum = float(split_sq);");
+        line("st.comm->all_reduce_sum(2, &split_sum, 1);");
+        line(llvm::formatv("const float grad_norm = float(std::sqrt(double("
+                           "split_sum) + whole_sq) * {0});",
+                           fmt(scale)));
         return success();
       })
       .Case([&](mtc::AdamWOp a) -> LogicalResult {
@@ -352,6 +450,8 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "' for the host target (fp32). Do not edit: recompile the spec.\n"
     << "// Each kernel call is preceded by the IR op and location it lowers.\n"
     << "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
+    << "#include <algorithm>\n\n"
+    << "#include \"mtc/rt/grid_ops.h\"\n"
     << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
     << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
        "mtc::rt::host;\n\n"

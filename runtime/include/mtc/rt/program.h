@@ -25,7 +25,12 @@ struct ParamDesc {
   std::string name;            // checkpoint key, e.g. "layers.3.attn.qkv.weight"
   std::vector<int64_t> shape;  // global (unsharded) shape
   int64_t offset = 0;          // element offset in the parameter allocation
-  int64_t numel = 0;
+  int64_t numel = 0;           // elements this rank holds
+  // Tensor parallelism: this rank holds slice `index(split_axis)` of
+  // dimension `split_dim` (the global dimension divided evenly by the
+  // axis's size); -1 when the rank holds the whole tensor.
+  int split_dim = -1;
+  int split_axis = -1;
   InitKind init = InitKind::normal;
   double init_std = 0.02;      // for InitKind::normal
   bool weight_decay = true;    // false for norms and biases
@@ -70,6 +75,20 @@ struct Backend {
   void (*memory_info)(size_t* free_bytes, size_t* total_bytes) = nullptr;
 };
 
+// The collectives of the device grid (axes: 0 pipeline, 1 data, 2 tensor
+// parallel), as the generated code and the trainer use them. The trainer
+// implements it over mtc::rt::World (comm.h): Gloo on the host target.
+class GridComm {
+ public:
+  virtual ~GridComm() = default;
+  virtual int64_t size(int axis) const = 0;   // ranks along `axis`
+  virtual int64_t index(int axis) const = 0;  // this rank's index along it
+  // data (n) = the sum of every group member's data, in place.
+  virtual void all_reduce_sum(int axis, float* data, int64_t n) = 0;
+  // out (size(axis) * n) = every member's `in` (n), in index order.
+  virtual void all_gather(int axis, const float* in, float* out, int64_t n) = 0;
+};
+
 // State the generated code reads and writes. Every pointer is in the
 // backend's memory (device pointers on the CUDA target). The trainer
 // allocates all of it before the first step.
@@ -81,6 +100,7 @@ struct HostState {
   float* arena = nullptr;      // activations/temporaries, `arena_floats` 4-byte words
   void* compute_params = nullptr;  // compute copy of params (bf16 on CUDA), `compute_param_bytes`
   void* context = nullptr;     // target-specific (the CUDA Context), from ProgramDesc::create_context
+  GridComm* comm = nullptr;    // the grid's collectives; nullptr for a one-rank grid
   uint64_t seed = 0;           // run seed (dropout keys derive from it)
   int64_t step = 0;            // optimizer step being computed, from 1
   int64_t microbatch = 0;      // index within the step
@@ -95,6 +115,7 @@ struct ProgramDesc {
   int64_t arena_floats = 0;    // size of HostState::arena in 4-byte words
   int64_t compute_param_bytes = 0;  // size of HostState::compute_params (0: none)
   const Backend* backend = nullptr; // nullptr: the host backend
+  int64_t grid[3] = {1, 1, 1}; // pp, dp, tp: ranks the program was compiled for
   double flops_per_step = 0;   // model FLOPs of one optimizer step (no recompute)
   TrainConfig train;
 

@@ -1,0 +1,27 @@
+// Data movement around the grid's collectives for the host target: what
+// generated code calls for upstream `shard` ops whose semantics are more
+// than one GridComm call. Tensors are dense row-major fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "mtc/rt/program.h"
+
+namespace mtc::rt::grid {
+
+// shard.all_gather along a dimension: `in` is (outer, chunk) (the tensor's
+// dimensions before the gathered one multiplied into `outer`, the gathered
+// one and those after it into `chunk`); out (outer, parts * chunk) puts
+// member r's chunk at column block r.
+void all_gather_dim(GridComm& comm, int axis, const float* in, float* out,
+                    int64_t outer, int64_t chunk);
+
+// shard.all_slice along a dimension (no communication): in (outer, parts *
+// chunk) -> out (outer, chunk), this rank's column block.
+void slice_dim(const GridComm& comm, int axis, const float* in, float* out,
+               int64_t outer, int64_t chunk);
+
+// data (n) = the mean of the group members' data (sum / size), in place.
+void all_reduce_mean(GridComm& comm, int axis, float* data, int64_t n);
+
+}  // namespace mtc::rt::grid
