@@ -130,7 +130,10 @@ int mtc::runCompile(const CompileOptions &opts) {
     context.disableMultithreading();
     pm.enableIRPrinting();
   }
-  buildTrainingPipeline(pm);
+  if (failed(buildTrainingPipeline(pm, opts.shardingPipeline)))
+    return fail("--sharding-passes '" + opts.shardingPipeline +
+                "' is not a valid pass pipeline (are its plugins loaded with "
+                "--pass-plugin?)");
   if (failed(pm.run(*module)))
     return 1;
   if (opts.emit == EmitStage::train) {

@@ -21,6 +21,7 @@ struct CompileOptions {
   bool build = true;              // run cmake on the output directory
   std::string mtcPackageDir;      // where mtcConfig.cmake is
   std::vector<std::string> passPlugins;
+  std::string shardingPipeline;   // replaces mtc-shard-tensor-parallel
   spec::Overrides overrides;
   bool printIRAfterAll = false;
 };

@@ -3,7 +3,8 @@
 //   mtc compile SPEC [--target host|cuda] [--emit=mlir|train|source] -o DIR
 //               [--tp N --pp N --dp N --sp --micro-batch-size N
 //                --global-batch-size N --recompute none|selective|full
-//                --train-iters N] [--pass-plugin LIB.so] [--no-build]
+//                --train-iters N] [--pass-plugin LIB.so]
+//               [--sharding-passes PIPELINE] [--no-build]
 //   mtc --version | --help
 //
 // Flags use Megatron-LM's names and override the spec's values; the
@@ -53,6 +54,11 @@ static cl::opt<bool> noBuild("no-build",
 static cl::list<std::string>
     passPlugins("pass-plugin", cl::desc("Load a pass plugin (.so)"),
                 cl::value_desc("lib"), cl::sub(compileCmd), cl::cat(flagsCat));
+static cl::opt<std::string> shardingPasses(
+    "sharding-passes",
+    cl::desc("Pass pipeline that writes the sharding annotations instead of "
+             "Megatron's tensor-parallel plan (e.g. a plugin's pass)"),
+    cl::value_desc("pipeline"), cl::sub(compileCmd), cl::cat(flagsCat));
 static cl::opt<std::string> mtcDir(
     "mtc-package-dir",
     cl::desc("Directory with mtcConfig.cmake used to build the program "
@@ -122,6 +128,7 @@ int main(int argc, char **argv) {
   opts.emit = emit;
   opts.build = !noBuild;
   opts.passPlugins.assign(passPlugins.begin(), passPlugins.end());
+  opts.shardingPipeline = shardingPasses;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
   auto &o = opts.overrides;

@@ -4,6 +4,7 @@
 #include "mlir/Dialect/Shard/IR/ShardDialect.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Pass/PassRegistry.h"
+#include "llvm/Support/raw_ostream.h"
 
 using namespace mlir;
 
@@ -13,18 +14,24 @@ void mtc::registerMtcDialects(DialectRegistry &registry) {
   registerShardingInterfaceExternalModels(registry);
 }
 
-void mtc::buildTrainingPipeline(OpPassManager &pm) {
+LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
+                                         StringRef shardingPipeline) {
   pm.addPass(createMtcAutodiff());
-  // Policy: annotations only.
-  pm.addPass(createMtcShardTensorParallel());
+  // Policy: annotations only. A user's sharding passes replace Megatron's
+  // tensor-parallel plan.
+  if (shardingPipeline.empty())
+    pm.addPass(createMtcShardTensorParallel());
+  else if (failed(parsePassPipeline(shardingPipeline, pm, llvm::errs())))
+    return failure();
   pm.addPass(createMtcShardDataParallel());
   // Mechanism: local shapes and collectives.
   pm.addPass(createMtcPartition());
+  return success();
 }
 
 void mtc::registerMtcPipelines() {
   PassPipelineRegistration<>(
       "mtc-train-pipeline",
       "Forward program -> training program ready for code generation",
-      [](OpPassManager &pm) { buildTrainingPipeline(pm); });
+      [](OpPassManager &pm) { (void)buildTrainingPipeline(pm); });
 }

@@ -1,9 +1,11 @@
-// Checks on the emitted ProgramDesc and deterministic parameter
-// initialization (rules in mtc/rt/trainer.h).
+// Checks on the emitted ProgramDesc, deterministic parameter
+// initialization and the global (checkpoint) layout of the parameters
+// (rules in mtc/rt/trainer.h; slices in mtc/rt/grid_comm.h).
 #include <algorithm>
 #include <set>
 
 #include "common/rng.h"
+#include "mtc/rt/grid_comm.h"
 #include "mtc/rt/io.h"
 #include "mtc/rt/safetensors.h"
 #include "mtc/rt/trainer.h"
@@ -12,6 +14,10 @@ namespace mtc::rt {
 
 void validate_program(const ProgramDesc& p) {
   const std::string where = "program \"" + p.model_name + "\": ";
+  if (p.grid[0] < 1 || p.grid[1] < 1 || p.grid[2] < 1)
+    throw Error(where + "grid (pp " + std::to_string(p.grid[0]) + ", dp " +
+                std::to_string(p.grid[1]) + ", tp " + std::to_string(p.grid[2]) +
+                "): every axis must be at least 1");
   if (p.forward_loss == nullptr || p.forward_backward == nullptr ||
       p.optimizer_step == nullptr)
     throw Error(where + "an entry point (forward_loss, forward_backward, "
@@ -40,9 +46,25 @@ void validate_program(const ProgramDesc& p) {
     if (!names.insert(d.name).second) throw Error(at + "the name is used twice");
     for (int64_t dim : d.shape)
       if (dim < 0) throw Error(at + "negative shape " + shape_string(d.shape));
-    if (shape_numel(d.shape) != d.numel)
+    int64_t parts = 1;  // ranks sharing the tensor along its split axis
+    if (d.split_dim != -1 || d.split_axis != -1) {
+      const std::string split = "split_dim " + std::to_string(d.split_dim) + ", split_axis " +
+                                std::to_string(d.split_axis) + ": ";
+      if (d.split_dim < 0 || d.split_dim >= static_cast<int>(d.shape.size()))
+        throw Error(at + split + "split_dim is not a dimension of shape " +
+                    shape_string(d.shape) + " (-1 for an unsplit tensor)");
+      if (d.split_axis != 1 && d.split_axis != 2)
+        throw Error(at + split + "split_axis must be 1 (data) or 2 (tensor parallel)");
+      parts = p.grid[d.split_axis];
+      if (d.shape[static_cast<size_t>(d.split_dim)] % parts != 0)
+        throw Error(at + split + "dimension " + std::to_string(d.split_dim) + " of shape " +
+                    shape_string(d.shape) + " does not divide evenly over the " +
+                    std::to_string(parts) + " ranks of the axis");
+    }
+    if (shape_numel(d.shape) != d.numel * parts)
       throw Error(at + "numel " + std::to_string(d.numel) + " != product of shape " +
-                  shape_string(d.shape));
+                  shape_string(d.shape) +
+                  (parts > 1 ? " / " + std::to_string(parts) + " ranks" : std::string()));
     if (d.offset < 0 || d.offset + d.numel > p.num_param_elems)
       throw Error(at + "elements [" + std::to_string(d.offset) + ", " +
                   std::to_string(d.offset + d.numel) + ") lie outside the " +
@@ -67,23 +89,45 @@ void validate_program(const ProgramDesc& p) {
     throw Error(where + "global_batch " + std::to_string(t.global_batch) +
                 " is not a multiple of micro_batch x num_microbatches = " +
                 std::to_string(t.micro_batch * t.num_microbatches));
+  if (t.global_batch != t.micro_batch * t.num_microbatches * p.grid[1])
+    throw Error(where + "global_batch " + std::to_string(t.global_batch) + " = micro_batch " +
+                std::to_string(t.micro_batch) + " x " + std::to_string(t.num_microbatches) +
+                " microbatches x dp " +
+                std::to_string(t.global_batch / (t.micro_batch * t.num_microbatches)) +
+                ", but the program's grid has dp = " + std::to_string(p.grid[1]));
 }
 
-void init_params(const ProgramDesc& p, uint64_t seed, float* params) {
+void init_params(const ProgramDesc& p, uint64_t seed, float* params, const GridIndex& at) {
   for (const ParamDesc& d : p.params) {
     float* x = params + d.offset;
     switch (d.init) {
       case InitKind::zeros: std::fill(x, x + d.numel, 0.0f); break;
       case InitKind::ones: std::fill(x, x + d.numel, 1.0f); break;
       case InitKind::normal: {
+        // Local element i is element s.global_at(i) of the global tensor.
+        const ParamSlice s = param_slice(d, p.grid, at);
         const uint64_t key = detail::stream_key(seed, detail::fnv1a(d.name));
         for (int64_t i = 0; i < d.numel; ++i)
-          x[i] = static_cast<float>(d.init_std *
-                                    detail::normal_at(key, static_cast<uint64_t>(i)));
+          x[i] = static_cast<float>(
+              d.init_std * detail::normal_at(key, static_cast<uint64_t>(s.global_at(i))));
         break;
       }
     }
   }
+}
+
+ProgramDesc global_layout(const ProgramDesc& p) {
+  ProgramDesc g = p;
+  int64_t offset = 0;
+  for (ParamDesc& d : g.params) {
+    d.offset = offset;
+    d.numel = shape_numel(d.shape);
+    d.split_dim = -1;
+    d.split_axis = -1;
+    offset += d.numel;
+  }
+  g.num_param_elems = offset;
+  return g;
 }
 
 }  // namespace mtc::rt

@@ -15,6 +15,7 @@
 #ifndef MTC_TRANSFORMS_GRID_H
 #define MTC_TRANSFORMS_GRID_H
 
+#include "mlir/Dialect/Shard/IR/ShardDialect.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mtc/Dialect/MtcDialect.h"

@@ -26,9 +26,16 @@ namespace mtc {
 void registerMtcPipelines();
 
 /// The passes that turn an imported forward program into the program the
-/// emitter lowers: autodiff (and, as they land, sharding, partitioning,
-/// recompute and memory planning).
-void buildTrainingPipeline(mlir::OpPassManager &pm);
+/// emitter lowers: autodiff, the sharding passes (policy: annotations only),
+/// the partitioner (mechanism).
+///
+/// `shardingPipeline`, when not empty, is a textual pass pipeline (e.g.
+/// "my-sharding-pass{opt=1}", from a plugin) that replaces the built-in
+/// tensor-parallel plan; it runs on the module after autodiff and must only
+/// write sharding annotations. Returns failure (with a message) if it does
+/// not parse.
+mlir::LogicalResult buildTrainingPipeline(mlir::OpPassManager &pm,
+                                          llvm::StringRef shardingPipeline = "");
 
 /// Registers every dialect mtc programs and tools use (mtc, func, arith,
 /// shard, tensor) plus mtc's ShardingInterface models.

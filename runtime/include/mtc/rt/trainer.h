@@ -4,6 +4,7 @@
 // tests and for other drivers.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -42,17 +43,30 @@ struct TrainOptions {
 TrainOptions parse_train_options(int argc, char** argv, const TrainConfig& defaults);
 std::string train_usage(const std::string& program_name);
 
-// Checks the ProgramDesc the compiler emitted (entry points present,
-// parameters named uniquely, shapes matching numel, offsets inside
-// num_param_elems without overlap, batch configuration consistent).
-// Throws Error naming the offending parameter or field.
+// Checks the ProgramDesc the compiler emitted (entry points present, grid
+// axes >= 1, parameters named uniquely, split_dim / split_axis either both
+// -1 or a dimension of the shape that divides evenly over the data (1) or
+// tensor (2) parallel axis, numel = product of the shape / the ranks it is
+// split over, offsets inside num_param_elems without overlap, batch
+// configuration consistent: global_batch = micro_batch x num_microbatches x
+// grid dp). Throws Error naming the offending parameter or field.
 void validate_program(const ProgramDesc& program);
 
-// Initializes every parameter: zeros, ones, or normal(0, init_std) where
-// element i of parameter `name` is a pure function of (seed, name, i)
-// (detail::normal_at on stream (seed, fnv1a(name))). Independent of the
-// parameters' order, offsets and of how a tensor is sharded.
-void init_params(const ProgramDesc& program, uint64_t seed, float* params);
+// Initializes every parameter this rank holds: zeros, ones, or
+// normal(0, init_std) where element g of the GLOBAL tensor `name` is a pure
+// function of (seed, name, g) (detail::normal_at on stream (seed,
+// fnv1a(name))); the rank at `at` in the grid gets its slice of that global
+// tensor (grid_comm.h). Independent of the parameters' order, offsets and of
+// how a tensor is sharded: every layout initializes the same global model.
+void init_params(const ProgramDesc& program, uint64_t seed, float* params,
+                 const std::array<int64_t, 3>& at = {0, 0, 0});
+
+// The program's parameters at their global shapes, unsplit, packed in
+// program order (offset = running sum of the global sizes), num_param_elems
+// their total: the layout of checkpoints, --init-only and --dump-grads. The
+// rest of the ProgramDesc is copied. The identity (up to offsets) for a
+// program without split parameters.
+ProgramDesc global_layout(const ProgramDesc& program);
 
 // The backend of programs whose ProgramDesc::backend is nullptr: program
 // memory is host memory (64-byte aligned, zeroed), upload/download are

@@ -1,0 +1,66 @@
+// The trainer's view of a multi-rank program: GridComm (program.h) over a
+// World's communicators, and where each rank's slice of a tensor-parallel
+// parameter lies in the global tensor.
+//
+// Axes are those of ProgramDesc::grid: 0 pipeline, 1 data, 2 tensor
+// parallel. Along one axis the group's members are the ranks that differ
+// only in that coordinate; a member's index is its coordinate (comm.h:
+// Megatron's order, tp fastest), so all_gather returns the members' data in
+// index order.
+//
+// Slices (ParamDesc::split_dim / split_axis): with P = grid[split_axis]
+// ranks along the split axis, the global tensor of shape (d0, ..., dk) is
+// viewed as
+//   (outer, P, chunk)   outer = d0 * ... * d(split_dim - 1)
+//                       chunk = d(split_dim) / P * d(split_dim + 1) * ... * dk
+// and the rank with index r along split_axis holds [:, r, :], row-major, as
+// (outer, chunk). A parameter that is not split (or split along an axis of
+// size 1) is (1, 1, numel): the whole tensor.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include "mtc/rt/program.h"
+
+namespace mtc::rt {
+
+class World;
+
+// This rank's index along each axis (pp, dp, tp); all zero for one rank.
+using GridIndex = std::array<int64_t, 3>;
+GridIndex grid_index(const GridComm* comm);  // zeros when comm is nullptr
+
+struct ParamSlice {
+  int64_t outer = 1, parts = 1, chunk = 0, index = 0;
+  int64_t local_numel() const { return outer * chunk; }
+  int64_t global_numel() const { return outer * parts * chunk; }
+  // Element of the global tensor that local element `i` is.
+  int64_t global_at(int64_t i) const {
+    return ((i / chunk) * parts + index) * chunk + i % chunk;
+  }
+};
+
+// The slice of `d` that the rank at `at` holds in a program compiled for
+// `grid` (ProgramDesc::grid). Assumes validate_program accepted the program.
+ParamSlice param_slice(const ParamDesc& d, const int64_t grid[3], const GridIndex& at);
+
+// local (outer, chunk) = global (outer, parts, chunk)[:, s.index, :].
+void take_slice(const ParamSlice& s, const float* global, float* local);
+// global (outer, parts, chunk)[:, part, :] = local (outer, chunk).
+void put_slice(const ParamSlice& s, int64_t part, const float* local, float* global);
+
+// global (the whole tensor, s.global_numel()) = every member's local slice
+// along `axis`, gathered with one all_gather and put in place. Every member
+// of this rank's group along `axis` must call it (same order, same s).
+void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* local,
+                   float* global);
+
+// GridComm over a World's tp, dp and pp communicators (host buffers: the
+// Gloo backend). Along an axis of size 1 all_reduce_sum does nothing and
+// all_gather copies. An axis outside [0, 3) throws Error. The World must
+// outlive it.
+std::unique_ptr<GridComm> make_grid_comm(World& world);
+
+}  // namespace mtc::rt

@@ -1,0 +1,122 @@
+// GridComm over a World (the host target's Gloo communicators) and the
+// slice geometry of tensor-parallel parameters. Layouts and rules:
+// mtc/rt/grid_comm.h.
+#include "mtc/rt/grid_comm.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "mtc/rt/comm.h"
+#include "mtc/rt/io.h"
+
+namespace mtc::rt {
+
+GridIndex grid_index(const GridComm* comm) {
+  if (comm == nullptr) return {0, 0, 0};
+  return {comm->index(0), comm->index(1), comm->index(2)};
+}
+
+ParamSlice param_slice(const ParamDesc& d, const int64_t grid[3], const GridIndex& at) {
+  ParamSlice s;
+  if (d.split_dim < 0 || d.split_axis < 0 || grid[d.split_axis] == 1) {
+    s.chunk = d.numel;
+    return s;
+  }
+  s.parts = grid[d.split_axis];
+  s.index = at[static_cast<size_t>(d.split_axis)];
+  s.chunk = d.shape[static_cast<size_t>(d.split_dim)] / s.parts;
+  for (int k = 0; k < d.split_dim; ++k) s.outer *= d.shape[static_cast<size_t>(k)];
+  for (size_t k = static_cast<size_t>(d.split_dim) + 1; k < d.shape.size(); ++k)
+    s.chunk *= d.shape[k];
+  return s;
+}
+
+void take_slice(const ParamSlice& s, const float* global, float* local) {
+  for (int64_t o = 0; o < s.outer; ++o) {
+    const float* src = global + (o * s.parts + s.index) * s.chunk;
+    std::copy(src, src + s.chunk, local + o * s.chunk);
+  }
+}
+
+void put_slice(const ParamSlice& s, int64_t part, const float* local, float* global) {
+  for (int64_t o = 0; o < s.outer; ++o) {
+    const float* src = local + o * s.chunk;
+    std::copy(src, src + s.chunk, global + (o * s.parts + part) * s.chunk);
+  }
+}
+
+void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* local,
+                   float* global) {
+  const int64_t n = s.local_numel();
+  if (s.parts == 1) {
+    std::copy(local, local + n, global);
+    return;
+  }
+  if (s.outer == 1) {  // the members' slices are contiguous: gather in place
+    comm.all_gather(axis, local, global, n);
+    return;
+  }
+  std::vector<float> all(static_cast<size_t>(s.parts * n));  // (parts, outer, chunk)
+  comm.all_gather(axis, local, all.data(), n);
+  for (int64_t r = 0; r < s.parts; ++r) put_slice(s, r, all.data() + r * n, global);
+}
+
+namespace {
+
+class WorldGridComm final : public GridComm {
+ public:
+  explicit WorldGridComm(World& world) : world_(world) {
+    const GridCoord c = world.coord();
+    const GridSpec& g = world.grid();
+    size_[0] = g.pp;
+    size_[1] = g.dp;
+    size_[2] = g.tp;
+    index_[0] = c.pp;
+    index_[1] = c.dp;
+    index_[2] = c.tp;
+  }
+
+  int64_t size(int axis) const override { return size_[check(axis, "size")]; }
+  int64_t index(int axis) const override { return index_[check(axis, "index")]; }
+
+  // data (n) = sum over the axis's group of every member's data.
+  void all_reduce_sum(int axis, float* data, int64_t n) override {
+    const int a = check(axis, "all_reduce_sum");
+    if (size_[a] == 1) return;
+    world_.comm(kind(a)).all_reduce(data, n, ReduceOp::sum);
+  }
+
+  // out (size * n) = member j's in (n) at out + j * n.
+  void all_gather(int axis, const float* in, float* out, int64_t n) override {
+    const int a = check(axis, "all_gather");
+    if (size_[a] == 1) {
+      std::copy(in, in + n, out);
+      return;
+    }
+    world_.comm(kind(a)).all_gather(in, out, n);
+  }
+
+ private:
+  static int check(int axis, const char* op) {
+    if (axis < 0 || axis > 2)
+      throw Error(std::string("GridComm::") + op + ": axis " + std::to_string(axis) +
+                  " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
+    return axis;
+  }
+  static GroupKind kind(int axis) {
+    return axis == 0 ? GroupKind::pp : axis == 1 ? GroupKind::dp : GroupKind::tp;
+  }
+
+  World& world_;
+  int64_t size_[3] = {1, 1, 1};
+  int64_t index_[3] = {0, 0, 0};
+};
+
+}  // namespace
+
+std::unique_ptr<GridComm> make_grid_comm(World& world) {
+  return std::make_unique<WorldGridComm>(world);
+}
+
+}  // namespace mtc::rt
