@@ -10,6 +10,7 @@
 #include <set>
 #include <unistd.h>
 
+#include "mtc/rt/grid_comm.h"
 #include "mtc/rt/lr_schedule.h"
 #include "mtc/rt/safetensors.h"
 
@@ -167,6 +168,12 @@ std::string checkpoint_step_name(int64_t step) {
 std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                             const CheckpointState& state, const float* params,
                             const float* exp_avg, const float* exp_avg_sq) {
+  for (const ParamDesc& d : program.params)
+    if (d.numel != shape_numel(d.shape))
+      throw Error("save_checkpoint: parameter \"" + d.name + "\" holds " +
+                  std::to_string(d.numel) + " elements of its global shape " +
+                  shape_string(d.shape) + ": pass the global layout (global_layout, "
+                  "trainer.h) with the gathered tensors");
   const std::string name = checkpoint_step_name(state.step);
   const std::string pid = std::to_string(::getpid());
   const fs::path root(dir), final_dir = root / name,
@@ -265,22 +272,34 @@ CheckpointState inspect_checkpoint(const std::string& step_dir,
 
 CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
-                                float* exp_avg, float* exp_avg_sq) {
+                                float* exp_avg, float* exp_avg_sq, const GridIndex& at) {
   CheckpointState s = read_state(step_dir);
   SafetensorsReader model(step_dir + "/model.safetensors");
   check_tensors(model, model_tensors(program));
+  // One tensor's global data at a time when this rank holds a slice of it.
+  std::vector<float> global;
+  auto read = [&](const SafetensorsReader& file, const std::string& name, const ParamDesc& d,
+                  float* base) {
+    const ParamSlice slice = param_slice(d, program.grid, at);
+    if (slice.parts == 1) {
+      file.read_f32(name, base + d.offset, d.numel);
+      return;
+    }
+    global.resize(static_cast<size_t>(slice.global_numel()));
+    file.read_f32(name, global.data(), slice.global_numel());
+    take_slice(slice, global.data(), base + d.offset);
+  };
   if (s.has_optimizer) {
     SafetensorsReader opt(step_dir + "/optimizer.safetensors");
     check_tensors(opt, optimizer_tensors(program));
     if (exp_avg != nullptr && exp_avg_sq != nullptr) {
       for (const ParamDesc& d : program.params) {
-        opt.read_f32(d.name + ".exp_avg", exp_avg + d.offset, d.numel);
-        opt.read_f32(d.name + ".exp_avg_sq", exp_avg_sq + d.offset, d.numel);
+        read(opt, d.name + ".exp_avg", d, exp_avg);
+        read(opt, d.name + ".exp_avg_sq", d, exp_avg_sq);
       }
     }
   }
-  for (const ParamDesc& d : program.params)
-    model.read_f32(d.name, params + d.offset, d.numel);
+  for (const ParamDesc& d : program.params) read(model, d.name, d, params);
   return s;
 }
 

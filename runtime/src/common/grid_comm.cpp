@@ -62,6 +62,37 @@ void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* l
   for (int64_t r = 0; r < s.parts; ++r) put_slice(s, r, all.data() + r * n, global);
 }
 
+std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& program,
+                                         const ProgramDesc& global, const float* local) {
+  const GridIndex at = grid_index(comm);
+  const bool root = at[0] == 0 && at[1] == 0 && at[2] == 0;
+  std::vector<float> out(root ? static_cast<size_t>(global.num_param_elems) : 0);
+  std::vector<float> scratch;  // a non-root member's copy of one gathered tensor
+  for (size_t k = 0; k < program.params.size(); ++k) {
+    const ParamDesc& d = program.params[k];
+    const ParamSlice s = param_slice(d, program.grid, at);
+    if (s.parts == 1) {
+      if (root) std::copy(local + d.offset, local + d.offset + d.numel,
+                          out.data() + global.params[k].offset);
+      continue;
+    }
+    bool in_root_group = true;
+    for (int axis = 0; axis < 3; ++axis)
+      if (axis != d.split_axis && at[static_cast<size_t>(axis)] != 0) in_root_group = false;
+    if (!in_root_group) continue;
+    if (comm == nullptr)
+      throw Error("parameter \"" + d.name + "\" is split over " + std::to_string(s.parts) +
+                  " ranks but the run has no grid communicator");
+    float* dst = out.data() + (root ? global.params[k].offset : 0);
+    if (!root) {
+      scratch.resize(static_cast<size_t>(s.global_numel()));
+      dst = scratch.data();
+    }
+    gather_slices(*comm, d.split_axis, s, local + d.offset, dst);
+  }
+  return out;
+}
+
 namespace {
 
 class WorldGridComm final : public GridComm {

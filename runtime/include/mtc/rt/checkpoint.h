@@ -20,9 +20,11 @@
 // before anything is read, and reports the first mismatch by tensor name
 // plus the lists of missing and unexpected names. Because names and shapes
 // are global, a checkpoint saved under one parallel plan loads under any
-// other.
+// other: a multi-rank run gathers its split tensors to the global shape
+// before saving (one rank writes), and each rank keeps its slice on load.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -52,8 +54,11 @@ struct CheckpointState {
 // "step_000100".
 std::string checkpoint_step_name(int64_t step);
 
-// Writes DIR/step_NNNNNN and points DIR/latest at it. exp_avg/exp_avg_sq
-// may both be null (no optimizer state to save). Returns the step directory.
+// Writes DIR/step_NNNNNN and points DIR/latest at it. `program` must be in
+// the global layout (every numel = the product of its shape; global_layout
+// in trainer.h) with params/exp_avg/exp_avg_sq holding the global tensors at
+// its offsets; a split parameter throws Error. exp_avg/exp_avg_sq may both
+// be null (no optimizer state to save). Returns the step directory.
 std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                             const CheckpointState& state, const float* params,
                             const float* exp_avg, const float* exp_avg_sq);
@@ -72,9 +77,13 @@ CheckpointState inspect_checkpoint(const std::string& step_dir,
                                    const ProgramDesc& program);
 
 // inspect_checkpoint + copies the tensors into `params` (and the moments,
-// when non-null and the checkpoint has them).
+// when non-null and the checkpoint has them) at the program's offsets. For a
+// parameter split over the grid (ParamDesc::split_dim), only the slice of
+// the rank at `at` (pp, dp, tp index; grid_comm.h) is kept: each such tensor
+// is read whole into a scratch buffer, one at a time.
 CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
-                                float* exp_avg, float* exp_avg_sq);
+                                float* exp_avg, float* exp_avg_sq,
+                                const std::array<int64_t, 3>& at = {0, 0, 0});
 
 }  // namespace mtc::rt

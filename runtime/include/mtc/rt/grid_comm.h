@@ -21,6 +21,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "mtc/rt/program.h"
 
@@ -56,6 +57,16 @@ void put_slice(const ParamSlice& s, int64_t part, const float* local, float* glo
 // of this rank's group along `axis` must call it (same order, same s).
 void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* local,
                    float* global);
+
+// A parameter-shaped buffer of the program (`local`, num_param_elems in the
+// program's layout) as the global tensors in `global`'s layout
+// (global_layout(program), trainer.h), returned on the rank at grid index
+// (0, 0, 0); every other rank gets an empty vector. Split tensors are
+// gathered in program order by the group that holds that rank (the ranks
+// whose indices on the other axes are all zero); the others skip them.
+// Every rank must call it (comm may be nullptr for a one-rank grid).
+std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& program,
+                                         const ProgramDesc& global, const float* local);
 
 // GridComm over a World's tp, dp and pp communicators (host buffers: the
 // Gloo backend). Along an axis of size 1 all_reduce_sum does nothing and
