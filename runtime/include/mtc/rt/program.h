@@ -26,14 +26,14 @@ struct ParamDesc {
   std::vector<int64_t> shape;  // global (unsharded) shape
   int64_t offset = 0;          // element offset in the parameter allocation
   int64_t numel = 0;           // elements this rank holds
+  InitKind init = InitKind::normal;
+  double init_std = 0.02;      // for InitKind::normal
+  bool weight_decay = true;    // false for norms and biases
   // Tensor parallelism: this rank holds slice `index(split_axis)` of
   // dimension `split_dim` (the global dimension divided evenly by the
   // axis's size); -1 when the rank holds the whole tensor.
   int split_dim = -1;
   int split_axis = -1;
-  InitKind init = InitKind::normal;
-  double init_std = 0.02;      // for InitKind::normal
-  bool weight_decay = true;    // false for norms and biases
 };
 
 enum class LrDecay { constant, linear, cosine };
