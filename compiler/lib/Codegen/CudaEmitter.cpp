@@ -31,6 +31,7 @@
 
 #include "EmitterCommon.h"
 #include "mtc/Codegen/BufferPlan.h"
+#include "mtc/Transforms/Grid.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -483,6 +484,11 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Default([&](Operation *other) -> LogicalResult {
+        if (other->getDialect() &&
+            other->getDialect()->getNamespace() == "shard")
+          return other->emitOpError(
+              "CUDA target: tensor parallelism is not generated for CUDA yet "
+              "(use --target host, or tp = 1)");
         return other->emitOpError("has no lowering to the CUDA target");
       });
 }
@@ -516,9 +522,26 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
       decay = wd;
   }
   double gradScale = norm.getGradScale().convertToDouble();
+  if (norm->hasAttr("tp_split_params"))
+    return norm.emitOpError("CUDA target: tensor parallelism is not generated "
+                            "for CUDA yet (use --target host, or tp = 1)");
   os << "double optimizer_step(HostState& st, float lr, int64_t step) {\n";
   line("auto& pc = program_context(st);");
   line("k::Context& ctx = pc.ctx;");
+  // Data parallelism: sum the fp32 gradients over the dp group (NCCL through
+  // the trainer's GridComm, on device memory) after the backward pass is
+  // done; the mean's 1/dp folds into the gradient scale, so the norm and
+  // AdamW see the global batch's gradient without another pass.
+  for (auto r : fn.getOps<mtc::ReduceGradientsOp>()) {
+    mtc::GridShape shape = mtc::getGridShape(module);
+    for (int16_t axis : r.getGridAxes()) {
+      line("k::set_current_op(\"mtc.reduce_gradients (all_reduce over dp)\");");
+      line("MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
+      line(llvm::formatv("st.comm->all_reduce_sum({0}, st.grads, {1});", axis,
+                         layout.totalElements));
+      gradScale /= double(shape.size(axis));
+    }
+  }
   line("k::set_current_op(\"mtc.grad_norm\");");
   line(llvm::formatv("k::sum_squares(ctx, st.grads, {0}, pc.grad_sumsq, "
                      "false);",
