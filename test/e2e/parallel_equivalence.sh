@@ -39,6 +39,7 @@ for plan in "$@"; do
     { echo "FAIL $plan: training failed:"; tail -5 "$dir.log"; status=1; continue; }
   "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --dump-grads "$dir.safetensors" > "$dir.dump.log" 2>&1 ||
     { echo "FAIL $plan: --dump-grads failed:"; tail -5 "$dir.dump.log"; status=1; continue; }
+  echo "== $plan ($ranks ranks)"
   if ! "$PYTHON" - "$W/ref.jsonl" "$dir.jsonl" <<'PY'
 import json, sys
 ref = [json.loads(l)["loss"] for l in open(sys.argv[1])]
@@ -49,7 +50,6 @@ print(f"  losses of 5 steps: max relative error {err:.2e}")
 sys.exit(0 if err <= 1e-5 else 1)
 PY
   then echo "FAIL $plan: losses differ"; status=1; fi
-  echo "== $plan ($ranks ranks)"
   "$PYTHON" "$MTC_SRC/test/e2e/compare_dumps.py" "$W/ref.safetensors" "$dir.safetensors" || status=1
 done
 exit $status

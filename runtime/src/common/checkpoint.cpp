@@ -1,4 +1,5 @@
-// Checkpoint directories: atomic save, resolve, validate, load. Layout and
+// Checkpoint directories: atomic save, resolve, validate, load (keeping a
+// rank's slice of split tensors); the --dump-grads file. Layout and
 // guarantees: mtc/rt/checkpoint.h.
 #include "mtc/rt/checkpoint.h"
 
@@ -8,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <vector>
 #include <unistd.h>
 
 #include "mtc/rt/grid_comm.h"
@@ -301,6 +303,45 @@ CheckpointState load_checkpoint(const std::string& step_dir,
   }
   for (const ParamDesc& d : program.params) read(model, d.name, d, params);
   return s;
+}
+
+void write_grad_dump(const std::string& path, const ProgramDesc& program, const float* grads,
+                     const int32_t* tokens, const int32_t* targets, const GradDumpInfo& info) {
+  std::vector<TensorRef> tensors;
+  for (const ParamDesc& d : program.params) {
+    if (d.name == "batch.tokens" || d.name == "batch.targets")
+      throw Error("--dump-grads: parameter name \"" + d.name +
+                  "\" collides with the batch tensors of the dump");
+    if (d.numel != shape_numel(d.shape))
+      throw Error("write_grad_dump: parameter \"" + d.name + "\" is a slice of " +
+                  shape_string(d.shape) + ": pass the global layout with gathered tensors");
+    tensors.push_back({d.name, d.shape, grads + d.offset, "F32"});
+  }
+  const std::vector<int64_t> bshape = {info.num_microbatches * info.micro_batch,
+                                       info.seq_length};
+  tensors.push_back({"batch.tokens", bshape, tokens, "I32"});
+  tensors.push_back({"batch.targets", bshape, targets, "I32"});
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", info.loss);
+  std::string losses = "[";
+  for (size_t i = 0; i < info.microbatch_losses.size(); ++i) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.9g", static_cast<double>(info.microbatch_losses[i]));
+    losses += (i ? ", " : "") + std::string(b);
+  }
+  losses += "]";
+  std::map<std::string, std::string> meta = {
+      {"format", "mtc-dump-grads"},
+      {"mtc.model", info.model},
+      {"mtc.step", std::to_string(info.step)},
+      {"mtc.seed", std::to_string(info.seed)},
+      {"mtc.loss", buf},
+      {"mtc.microbatch_losses", losses},
+      {"mtc.micro_batch", std::to_string(info.micro_batch)},
+      {"mtc.num_microbatches", std::to_string(info.num_microbatches)},
+      {"mtc.seq_length", std::to_string(info.seq_length)},
+      {"mtc.grad_scale", "gradients of the mean loss over the global batch"}};
+  write_safetensors(path, tensors, meta);
 }
 
 }  // namespace mtc::rt

@@ -4,6 +4,7 @@
 #include "mtc/rt/grid_comm.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,61 @@ std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& prog
     gather_slices(*comm, d.split_axis, s, local + d.offset, dst);
   }
   return out;
+}
+
+std::vector<float> gather_over_dp(GridComm& comm, const std::vector<float>& mine,
+                                  int64_t num_microbatches, int64_t block) {
+  const int64_t dp = comm.size(1), n = num_microbatches * block;
+  std::vector<float> all(static_cast<size_t>(dp * n)), out(all.size());  // (dp, mbs, block)
+  comm.all_gather(1, mine.data(), all.data(), n);
+  for (int64_t d = 0; d < dp; ++d)
+    for (int64_t i = 0; i < num_microbatches; ++i)
+      std::copy(all.begin() + (d * num_microbatches + i) * block,
+                all.begin() + (d * num_microbatches + i + 1) * block,
+                out.begin() + (i * dp + d) * block);
+  return out;
+}
+
+std::vector<int32_t> gather_over_dp(GridComm& comm, const std::vector<int32_t>& mine,
+                                    int64_t num_microbatches, int64_t block) {
+  static_assert(sizeof(float) == sizeof(int32_t));
+  std::vector<float> words(mine.size());
+  std::memcpy(words.data(), mine.data(), mine.size() * sizeof(int32_t));
+  words = gather_over_dp(comm, words, num_microbatches, block);
+  std::vector<int32_t> out(words.size());
+  std::memcpy(out.data(), words.data(), out.size() * sizeof(int32_t));
+  return out;
+}
+
+std::vector<double> all_gather_doubles(World& world, const std::vector<double>& mine) {
+  const int64_t n = static_cast<int64_t>(mine.size());
+  std::vector<float> send(static_cast<size_t>(2 * n));
+  std::vector<float> recv(static_cast<size_t>(2 * n * world.world_size()));
+  std::memcpy(send.data(), mine.data(), mine.size() * sizeof(double));
+  world.comm(GroupKind::world).all_gather(send.data(), recv.data(), 2 * n);
+  std::vector<double> out(static_cast<size_t>(n * world.world_size()));
+  std::memcpy(out.data(), recv.data(), out.size() * sizeof(double));
+  return out;
+}
+
+std::string Agreement::describe_failed() const {
+  std::string s = failed_ranks.size() > 1 ? "ranks " : "rank ";
+  for (size_t i = 0; i < failed_ranks.size(); ++i)
+    s += (i == 0 ? "" : i + 1 == failed_ranks.size() ? " and " : ", ") +
+         std::to_string(failed_ranks[i]);
+  return s + " failed (see " + (failed_ranks.size() > 1 ? "their" : "its") + " error)";
+}
+
+Agreement agree(World& world, bool failed, double value) {
+  const std::vector<double> all = all_gather_doubles(world, {failed ? 1.0 : 0.0, value});
+  Agreement a;
+  for (int64_t r = 0; r < world.world_size(); ++r) {
+    if (all[static_cast<size_t>(2 * r)] != 0) a.failed_ranks.push_back(r);
+    a.values.push_back(all[static_cast<size_t>(2 * r + 1)]);
+    const GridCoord c = grid_coord(world.grid(), r);
+    if (c.tp == 0 && c.pp == 0) a.sum_tp0 += a.values.back();
+  }
+  return a;
 }
 
 namespace {

@@ -1,7 +1,8 @@
-// The program's memory plan as the trainer sees it: bytes per kind of
-// buffer, the "does it fit" check against the backend's free memory, the
-// host-side id check for backends whose kernels only record bad ids, and the
-// peak FLOP/s for MFU. Rules in mtc/rt/trainer.h.
+// The program's memory as the trainer sees it: the owning buffer and
+// context guard, bytes per kind of buffer, the "does it fit" check against
+// the backend's free memory, the host-side id check for backends whose
+// kernels only record bad ids, and the peak FLOP/s for MFU. Rules in
+// mtc/rt/trainer.h.
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,34 @@ namespace {
 constexpr double kAllocationSlack = 2.0 * 1024 * 1024;
 
 }  // namespace
+
+ProgramBuffer::ProgramBuffer(const Backend& backend, size_t bytes, const char* what)
+    : backend_(&backend), bytes_(bytes), ptr_(backend.alloc(bytes, what)) {}
+
+ProgramBuffer::ProgramBuffer(ProgramBuffer&& o) noexcept
+    : backend_(o.backend_), bytes_(o.bytes_), ptr_(o.ptr_) {
+  o.ptr_ = nullptr;
+}
+
+ProgramBuffer& ProgramBuffer::operator=(ProgramBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    backend_ = o.backend_;
+    bytes_ = o.bytes_;
+    ptr_ = o.ptr_;
+    o.ptr_ = nullptr;
+  }
+  return *this;
+}
+
+void ProgramBuffer::reset() {
+  if (ptr_ != nullptr) backend_->release(ptr_);
+  ptr_ = nullptr;
+}
+
+ContextGuard::~ContextGuard() {
+  if (ctx_ != nullptr && destroy_ != nullptr) destroy_(ctx_);
+}
 
 std::string human_bytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

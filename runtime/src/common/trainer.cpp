@@ -1,7 +1,10 @@
 // train_main: the training loop around a generated program.
 //
 // Order of work (nothing large is allocated before every check passed):
-//   1. parse and cross-check flags; validate the ProgramDesc;
+//   1. parse and cross-check flags; validate the ProgramDesc; for a program
+//      compiled for more than one rank (ProgramDesc::grid), build the World
+//      from the launch environment (WORLD_SIZE must match the grid) with
+//      Gloo communicators and the GridComm over it (state.comm);
 //   2. open and validate the data, build the split, find and validate the
 //      checkpoint to resume from (names, shapes, dtypes), check the lr
 //      schedule; print the plan summary;
@@ -17,7 +20,7 @@
 //          host; check its ids (backends other than the host's); upload;
 //          state.step = s, state.microbatch = i;
 //          loss_i = forward_backward(state, tokens_i, targets_i)
-//        loss = mean_i loss_i
+//        loss = mean_i loss_i (and the mean over the data-parallel ranks)
 //        lr = lr_at(schedule, s); grad_norm = optimizer_step(state, lr, s)
 //        consumed_samples += global_batch
 //        log / validate / write metrics / checkpoint as the flags ask.
@@ -32,9 +35,28 @@
 // Resume is exact: params, moments, step and consumed samples come back
 // from the checkpoint, and everything else is a function of them and the
 // seed.
+//
+// Several ranks (SPMD: every rank runs this loop). Data-parallel rank d takes
+// its rows of each global batch (loader.h); the tensor-parallel ranks of one
+// data-parallel rank read the same rows. Parameters are initialized as
+// slices of the one global model (init_params) or cut from the global
+// tensors of a checkpoint. Only global rank 0 prints, writes metrics,
+// checkpoints and dumps (split tensors gathered to it first); the others
+// print errors only. Errors that one rank may see alone (bad data, a
+// NaN loss, a failed checkpoint write) are agreed on through one small
+// all_gather over the world at the end of the step or save, so every rank
+// stops with an error instead of waiting in a collective. The loss logged
+// is the mean over the data-parallel ranks; tokens/s counts the global
+// batch, TFLOP/s and MFU are per rank (flops_per_step is one rank's
+// program). Ranks meet at a barrier before a successful exit. Pipeline
+// parallelism and multi-rank programs of other targets than the host's are
+// refused at start (their GridComm would need device collectives).
 #include <chrono>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
@@ -42,6 +64,8 @@
 #include <optional>
 
 #include "mtc/rt/checkpoint.h"
+#include "mtc/rt/comm.h"
+#include "mtc/rt/grid_comm.h"
 #include "mtc/rt/io.h"
 #include "mtc/rt/loader.h"
 #include "mtc/rt/lr_schedule.h"
@@ -54,65 +78,6 @@ namespace mtc::rt {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// One allocation of program memory (zeroed by the backend), released on
-// destruction. Release must not throw (backends ignore errors there).
-class ProgramBuffer {
- public:
-  ProgramBuffer() = default;
-  ProgramBuffer(const Backend& backend, size_t bytes, const char* what)
-      : backend_(&backend), bytes_(bytes), ptr_(backend.alloc(bytes, what)) {}
-  ~ProgramBuffer() { reset(); }
-  ProgramBuffer(ProgramBuffer&& o) noexcept
-      : backend_(o.backend_), bytes_(o.bytes_), ptr_(o.ptr_) {
-    o.ptr_ = nullptr;
-  }
-  ProgramBuffer& operator=(ProgramBuffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      backend_ = o.backend_;
-      bytes_ = o.bytes_;
-      ptr_ = o.ptr_;
-      o.ptr_ = nullptr;
-    }
-    return *this;
-  }
-  ProgramBuffer(const ProgramBuffer&) = delete;
-  ProgramBuffer& operator=(const ProgramBuffer&) = delete;
-
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void reset() {
-    if (ptr_ != nullptr) backend_->release(ptr_);
-    ptr_ = nullptr;
-  }
-  const Backend* backend_ = nullptr;
-  size_t bytes_ = 0;
-  void* ptr_ = nullptr;
-};
-
-// The program's context (ProgramDesc::create_context), destroyed with
-// ProgramDesc::destroy_context after every ProgramBuffer (declared before
-// them in Trainer).
-class ContextGuard {
- public:
-  ContextGuard() = default;
-  ~ContextGuard() {
-    if (ctx_ != nullptr && destroy_ != nullptr) destroy_(ctx_);
-  }
-  void reset(void* ctx, void (*destroy)(void*)) {
-    ctx_ = ctx;
-    destroy_ = destroy;
-  }
-  ContextGuard(const ContextGuard&) = delete;
-  ContextGuard& operator=(const ContextGuard&) = delete;
-
- private:
-  void* ctx_ = nullptr;
-  void (*destroy_)(void*) = nullptr;
-};
 
 std::string with_commas(int64_t v) {
   std::string s = std::to_string(v);
@@ -141,25 +106,39 @@ auto at_step(int64_t step, int64_t microbatch, F&& f) -> decltype(f()) {
 
 class Trainer {
  public:
-  Trainer(const ProgramDesc& program, const TrainOptions& opts);
+  // `world` and `comm` are nullptr for a program compiled for one rank.
+  Trainer(const ProgramDesc& program, const TrainOptions& opts, World* world, GridComm* comm);
   int run();
 
  private:
+  void say(const char* format, ...) const __attribute__((format(printf, 2, 3)));
   void print_plan() const;
+  void agree_on_resume(const std::string& failure);
   void allocate();
   int64_t initialize_or_load(int64_t* consumed);
   std::vector<float> download_floats(const float* src) const;
-  void upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                         const int32_t** tokens, const int32_t** targets);
-  void check_loss(float loss, int64_t step, int64_t mb, const char* phase);
+  std::string upload_microbatch(int64_t mb, int64_t step, const char* phase,
+                                const int32_t** tokens, const int32_t** targets);
+  std::string loss_problem(float loss, int64_t step, int64_t mb, const char* phase);
+  double settle(const std::string& failure, double value, const std::string& where);
   double evaluate(int64_t step);
   void save(int64_t step, int64_t consumed);
-  void dump_grads(double loss, const std::vector<float>& mb_losses) const;
+  void dump_grads(double loss, const std::vector<float>& mb_losses);
+  void write_dump(double loss, const std::vector<float>& grads,
+                  const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
+                  const std::vector<float>& mb_losses) const;
+  void finish();
 
   const ProgramDesc& p_;
   const TrainConfig& t_;
   const Backend& backend_;
   const bool check_ids_;       // backend kernels only record bad ids
+  World* const world_;         // nullptr: one rank
+  GridComm* const comm_;       // state.comm (nullptr: one rank)
+  const GridIndex at_;         // this rank's (pp, dp, tp) index
+  const bool root_;            // global rank 0: prints and writes
+  const int64_t dp_;           // data-parallel ranks
+  const ProgramDesc global_;   // the checkpoint layout (global_layout)
   TrainOptions o_;
   double peak_flops_ = 0;      // MTC_PEAK_TFLOPS * 1e12 (0: no MFU)
   BatchLayout layout_;
@@ -180,49 +159,57 @@ class Trainer {
   std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
 };
 
-Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
+Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, World* world,
+                 GridComm* comm)
     : p_(program),
       t_(program.train),
       backend_(program_backend(program)),
       check_ids_(&backend_ != &host_backend()),
+      world_(world),
+      comm_(comm),
+      at_(grid_index(comm)),
+      root_(world == nullptr || world->rank() == 0),
+      dp_(program.grid[1]),
+      global_(global_layout(program)),
       o_(opts) {
   peak_flops_ = peak_flops_from_env();
   layout_.micro_batch = t_.micro_batch;
   layout_.num_microbatches = t_.num_microbatches;
   layout_.seq_length = t_.seq_length;
-  layout_.dp_size = t_.global_batch / (t_.micro_batch * t_.num_microbatches);
-  if (layout_.dp_size != 1)
-    throw Error("global_batch " + std::to_string(t_.global_batch) +
-                " = micro_batch " + std::to_string(t_.micro_batch) + " x " +
-                std::to_string(t_.num_microbatches) + " microbatches x dp " +
-                std::to_string(layout_.dp_size) +
-                ", but this trainer runs a single data-parallel rank (dp = 1)");
+  layout_.dp_rank = at_[1];
+  layout_.dp_size = dp_;  // validate_program: global_batch = micro x microbatches x dp
 
   resuming_ = o_.resume || !o_.load.empty();
   if (resuming_ && o_.load.empty() && !checkpoint_exists(o_.save)) {
     // As Megatron: a job that always passes --resume starts fresh the first time.
-    std::printf("note: --resume: no checkpoint in %s yet; starting from step 0\n",
-                o_.save.c_str());
+    say("note: --resume: no checkpoint in %s yet; starting from step 0\n", o_.save.c_str());
     resuming_ = false;
   }
+  std::string failure;
   if (resuming_) {
-    resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
-    resume_state_ = inspect_checkpoint(resume_dir_, p_);
+    try {
+      resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
+      resume_state_ = inspect_checkpoint(resume_dir_, p_);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  }
+  agree_on_resume(failure);
+  if (resuming_) {
     if (!o_.seed_given) o_.seed = resume_state_.seed;
     else if (o_.seed != resume_state_.seed)
-      std::printf("note: --seed %llu differs from the checkpoint's seed %llu: data "
-                  "order and dropout will not continue the original run\n",
-                  static_cast<unsigned long long>(o_.seed),
-                  static_cast<unsigned long long>(resume_state_.seed));
+      say("note: --seed %llu differs from the checkpoint's seed %llu: data "
+          "order and dropout will not continue the original run\n",
+          static_cast<unsigned long long>(o_.seed),
+          static_cast<unsigned long long>(resume_state_.seed));
     if (resume_state_.seq_length != t_.seq_length ||
         resume_state_.global_batch != t_.global_batch)
-      std::printf("note: the checkpoint was trained with seq_length %lld, global "
-                  "batch %lld; this program uses %lld, %lld (the data position "
-                  "is kept as a sample count)\n",
-                  static_cast<long long>(resume_state_.seq_length),
-                  static_cast<long long>(resume_state_.global_batch),
-                  static_cast<long long>(t_.seq_length),
-                  static_cast<long long>(t_.global_batch));
+      say("note: the checkpoint was trained with seq_length %lld, global "
+          "batch %lld; this program uses %lld, %lld (the data position "
+          "is kept as a sample count)\n",
+          static_cast<long long>(resume_state_.seq_length),
+          static_cast<long long>(resume_state_.global_batch),
+          static_cast<long long>(t_.seq_length), static_cast<long long>(t_.global_batch));
   }
 
   schedule_.lr = o_.lr;
@@ -252,13 +239,31 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts)
   print_plan();
 }
 
+// Prints on global rank 0 only.
+void Trainer::say(const char* format, ...) const {
+  if (!root_) return;
+  va_list args;
+  va_start(args, format);
+  std::vprintf(format, args);
+  va_end(args);
+}
+
 void Trainer::print_plan() const {
+  if (!root_) return;
   std::printf("mtc train: model %s (target %s)\n", p_.model_name.c_str(),
               p_.target.c_str());
-  std::printf("  parameters  %s in %zu tensors\n",
-              with_commas(p_.num_param_elems).c_str(), p_.params.size());
-  std::printf("  memory      %s (%s memory)\n", format_plan_bytes(plan_bytes(p_)).c_str(),
-              backend_.name);
+  std::printf("  parameters  %s in %zu tensors", with_commas(global_.num_param_elems).c_str(),
+              p_.params.size());
+  if (global_.num_param_elems != p_.num_param_elems)
+    std::printf(" (%s on each rank)", with_commas(p_.num_param_elems).c_str());
+  std::printf("\n");
+  if (world_ != nullptr)
+    std::printf("  grid        %s (%s); ranks meet through %s\n",
+                describe_grid(world_->grid()).c_str(),
+                world_->comm(GroupKind::world).backend(),
+                world_->env().rdzv_dir.empty() ? "MASTER_ADDR:MASTER_PORT" : "MTC_RDZV_DIR");
+  std::printf("  memory      %s (%s memory%s)\n", format_plan_bytes(plan_bytes(p_)).c_str(),
+              backend_.name, world_ != nullptr ? ", each rank" : "");
   std::printf("  batch       global %lld = micro %lld x %lld microbatches x dp %lld;"
               " seq_length %lld; %s tokens/step\n",
               static_cast<long long>(t_.global_batch),
@@ -300,34 +305,86 @@ void Trainer::print_plan() const {
   std::fflush(stdout);
 }
 
-void Trainer::check_loss(float loss, int64_t step, int64_t mb, const char* phase) {
-  if (!state_.error.empty())
-    throw Error(std::string(phase) + " step " + std::to_string(step) +
-                ", microbatch " + std::to_string(mb) + ": " + state_.error);
-  if (!std::isfinite(loss))
-    throw Error(std::string(phase) + " step " + std::to_string(step) + ": loss is " +
-                (std::isnan(loss) ? "NaN" : "Inf") + " at microbatch " +
-                std::to_string(mb) + "; stopping (lower --lr or check the data)");
+// `failure`: this rank's error finding or checking the checkpoint ("" if
+// none). Several ranks must resume from the same checkpoint step (or all
+// start fresh): a rank that sees another directory (no shared filesystem)
+// would train a different model in lockstep with the others.
+void Trainer::agree_on_resume(const std::string& failure) {
+  if (world_ == nullptr) {
+    if (!failure.empty()) throw Error(failure);
+    return;
+  }
+  const double mine = resuming_ ? static_cast<double>(resume_state_.step) : -1.0;
+  const Agreement a = agree(*world_, !failure.empty(), mine);
+  if (!failure.empty()) throw Error(failure);
+  if (!a.failed_ranks.empty())
+    throw Error("the checkpoint to resume from: stopping because " + a.describe_failed());
+  const std::vector<double>& all = a.values;
+  bool same = true;
+  for (double v : all) same &= v == all[0];
+  if (same) return;
+  std::string seen;
+  for (size_t r = 0; r < all.size(); ++r)
+    seen += (r ? ", rank " : "rank ") + std::to_string(r) + ": " +
+            (all[r] < 0 ? std::string("no checkpoint")
+                        : "step " + std::to_string(static_cast<int64_t>(all[r])));
+  throw Error("the ranks do not see the same checkpoint to resume from (" + seen +
+              "): --save/--load must name a directory every rank shares");
 }
 
+// "" or why `loss` of microbatch `mb` stops the run (a data error the
+// generated code reported in state.error, or a NaN/Inf loss).
+std::string Trainer::loss_problem(float loss, int64_t step, int64_t mb, const char* phase) {
+  if (!state_.error.empty())
+    return std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
+           std::to_string(mb) + ": " + state_.error;
+  if (!std::isfinite(loss))
+    return std::string(phase) + " step " + std::to_string(step) + ": loss is " +
+           (std::isnan(loss) ? "NaN" : "Inf") + " at microbatch " + std::to_string(mb) +
+           "; stopping (lower --lr or check the data)";
+  return "";
+}
+
+// The end of a phase that one rank may fail alone. One rank: throws
+// `failure` if set, else returns `value`. Several (agree, grid_comm.h): each
+// failing rank throws its own message, the others one naming the failing
+// ranks; else every rank gets the same sum of `value` over the ranks with
+// tp index 0 (one per data-parallel rank).
+double Trainer::settle(const std::string& failure, double value, const std::string& where) {
+  if (world_ == nullptr) {
+    if (!failure.empty()) throw Error(failure);
+    return value;
+  }
+  const Agreement a = agree(*world_, !failure.empty(), value);
+  if (!failure.empty()) throw Error(failure);
+  if (!a.failed_ranks.empty()) throw Error(where + ": stopping because " + a.describe_failed());
+  return a.sum_tp0;
+}
+
+// Mean loss over eval_iters global batches of the validation split (each
+// data-parallel rank its rows, averaged over the ranks).
 double Trainer::evaluate(int64_t step) {
   double sum = 0;
   int64_t count = 0;
+  std::string failure;
   const int64_t rows = t_.micro_batch * t_.seq_length;
-  for (int64_t it = 0; it < o_.eval_iters; ++it) {
+  for (int64_t it = 0; it < o_.eval_iters && failure.empty(); ++it) {
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
       fill_validation_microbatch(*valid_, layout_, it * layout_.global_batch(), i,
                                  tokens_.data() + i * rows, targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      upload_microbatch(i, step, "validation at", &tok, &tgt);
+      failure = upload_microbatch(i, step, "validation at", &tok, &tgt);
+      if (!failure.empty()) break;
       state_.microbatch = i;
       float l = p_.forward_loss(state_, tok, tgt);
-      check_loss(l, step, i, "validation at");
+      failure = loss_problem(l, step, i, "validation at");
+      if (!failure.empty()) break;
       sum += l;
       ++count;
     }
   }
-  return sum / static_cast<double>(count);
+  sum = settle(failure, sum, "validation at step " + std::to_string(step));
+  return sum / static_cast<double>(count * dp_);
 }
 
 void Trainer::save(int64_t step, int64_t consumed) {
@@ -346,53 +403,89 @@ void Trainer::save(int64_t step, int64_t consumed) {
   s.train_steps = o_.steps;
   s.decay_steps = schedule_.decay_steps;
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
-  const std::vector<float> params = download_floats(state_.params);
-  const std::vector<float> exp_avg = download_floats(state_.exp_avg);
-  const std::vector<float> exp_avg_sq = download_floats(state_.exp_avg_sq);
-  std::string written =
-      save_checkpoint(dir, p_, s, params.data(), exp_avg.data(), exp_avg_sq.data());
-  std::printf("saved checkpoint %s\n", written.c_str());
-  std::fflush(stdout);
+  // One rank: the program's own buffers. Several: the global tensors,
+  // gathered to rank 0 (empty elsewhere).
+  auto global = [&](const float* src) {
+    std::vector<float> local = download_floats(src);
+    if (world_ == nullptr) return local;
+    return gather_params_to_root(comm_, p_, global_, local.data());
+  };
+  const std::vector<float> params = global(state_.params);
+  const std::vector<float> exp_avg = global(state_.exp_avg);
+  const std::vector<float> exp_avg_sq = global(state_.exp_avg_sq);
+  std::string failure;
+  if (root_) {
+    try {
+      std::string written = save_checkpoint(dir, world_ ? global_ : p_, s, params.data(),
+                                            exp_avg.data(), exp_avg_sq.data());
+      std::printf("saved checkpoint %s\n", written.c_str());
+      std::fflush(stdout);
+    } catch (const Error& e) {
+      if (world_ == nullptr) throw;
+      failure = e.what();
+    }
+  }
+  settle(failure, 0, "checkpoint at step " + std::to_string(step));
 }
 
-void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) const {
-  // Gradients of the global-batch mean loss: the accumulated sum of the
-  // microbatch means divided by the number of microbatches (x dp ranks).
-  const float scale = 1.0f / static_cast<float>(t_.num_microbatches * layout_.dp_size);
+// Gradients of the global-batch mean loss (step `state_.step`) with that
+// batch, written by rank 0 in the global layout. The program reduces over
+// the data-parallel ranks only inside optimizer_step, so here the
+// accumulated sums are averaged over them first:
+//   g = (sum over dp ranks of grads) / dp / num_microbatches.
+// The batch rows are put in the global batch's sample order (rank d's
+// microbatch i row j is global row (i * dp + d) * micro_batch + j), so the
+// dump equals a one-rank run's over the same global batch with
+// num_microbatches x dp microbatches.
+void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   std::vector<float> g = download_floats(state_.grads);
+  if (dp_ > 1) {
+    comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
+    const float inv_dp = 1.0f / static_cast<float>(dp_);
+    for (float& x : g) x *= inv_dp;
+  }
+  const float scale = 1.0f / static_cast<float>(t_.num_microbatches);
   for (float& x : g) x *= scale;
-  std::vector<TensorRef> tensors;
-  for (const ParamDesc& d : p_.params) {
-    if (d.name == "batch.tokens" || d.name == "batch.targets")
-      throw Error("--dump-grads: parameter name \"" + d.name +
-                  "\" collides with the batch tensors of the dump");
-    tensors.push_back({d.name, d.shape, g.data() + d.offset, "F32"});
+  if (world_ != nullptr) g = gather_params_to_root(comm_, p_, global_, g.data());
+
+  // Batch and microbatch losses of every data-parallel rank, gathered over
+  // the dp group of rank 0 (tp index 0); int32 ids travel as raw 4-byte words.
+  const int64_t mbs = t_.num_microbatches, rows = t_.micro_batch * t_.seq_length;
+  std::vector<int32_t> tokens = tokens_, targets = targets_;  // (dp * mbs * B, S)
+  std::vector<float> losses_all = mb_losses;                  // (dp * mbs)
+  if (dp_ > 1 && at_[0] == 0 && at_[2] == 0) {
+    tokens = gather_over_dp(*comm_, tokens_, mbs, rows);
+    targets = gather_over_dp(*comm_, targets_, mbs, rows);
+    losses_all = gather_over_dp(*comm_, mb_losses, mbs, 1);
   }
-  const std::vector<int64_t> bshape = {t_.num_microbatches * t_.micro_batch,
-                                       t_.seq_length};
-  tensors.push_back({"batch.tokens", bshape, tokens_.data(), "I32"});
-  tensors.push_back({"batch.targets", bshape, targets_.data(), "I32"});
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", loss);
-  std::string losses = "[";
-  for (size_t i = 0; i < mb_losses.size(); ++i) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.9g", static_cast<double>(mb_losses[i]));
-    losses += (i ? ", " : "") + std::string(b);
+  std::string failure;
+  if (root_) {
+    try {
+      write_dump(loss, g, tokens, targets, losses_all);
+    } catch (const Error& e) {
+      if (world_ == nullptr) throw;
+      failure = e.what();
+    }
   }
-  losses += "]";
-  std::map<std::string, std::string> meta = {
-      {"format", "mtc-dump-grads"},
-      {"mtc.model", p_.model_name},
-      {"mtc.step", std::to_string(state_.step)},
-      {"mtc.seed", std::to_string(o_.seed)},
-      {"mtc.loss", buf},
-      {"mtc.microbatch_losses", losses},
-      {"mtc.micro_batch", std::to_string(t_.micro_batch)},
-      {"mtc.num_microbatches", std::to_string(t_.num_microbatches)},
-      {"mtc.seq_length", std::to_string(t_.seq_length)},
-      {"mtc.grad_scale", "gradients of the mean loss over the global batch"}};
-  write_safetensors(o_.dump_grads, tensors, meta);
+  settle(failure, 0, "--dump-grads");
+}
+
+// The --dump-grads file: grads in the checkpoint layout (the program's own
+// for one rank), the global batch (dp * num_microbatches * micro_batch, S).
+void Trainer::write_dump(double loss, const std::vector<float>& grads,
+                         const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
+                         const std::vector<float>& mb_losses) const {
+  GradDumpInfo info;
+  info.model = p_.model_name;
+  info.step = state_.step;
+  info.seed = o_.seed;
+  info.loss = loss;
+  info.microbatch_losses = mb_losses;
+  info.micro_batch = t_.micro_batch;
+  info.num_microbatches = t_.num_microbatches * dp_;  // of micro_batch rows each
+  info.seq_length = t_.seq_length;
+  write_grad_dump(o_.dump_grads, world_ != nullptr ? global_ : p_, grads.data(), tokens.data(),
+                  targets.data(), info);
   std::printf("wrote gradients of step %lld (loss %.6f) to %s\n",
               static_cast<long long>(state_.step), loss, o_.dump_grads.c_str());
 }
@@ -406,10 +499,10 @@ void Trainer::allocate() {
   size_t free_bytes = 0, total_bytes = 0;
   backend_.memory_info(&free_bytes, &total_bytes);
   if (total_bytes > 0) {
-    std::printf("  device      %s: %s free of %s; the plan takes %s\n", backend_.name,
-                human_bytes(static_cast<double>(free_bytes)).c_str(),
-                human_bytes(static_cast<double>(total_bytes)).c_str(),
-                human_bytes(plan_bytes(p_).total()).c_str());
+    say("  device      %s: %s free of %s; the plan takes %s\n", backend_.name,
+        human_bytes(static_cast<double>(free_bytes)).c_str(),
+        human_bytes(static_cast<double>(total_bytes)).c_str(),
+        human_bytes(plan_bytes(p_).total()).c_str());
     std::fflush(stdout);
   }
   check_plan_fits(p_, backend_.name, free_bytes, total_bytes);
@@ -435,6 +528,7 @@ void Trainer::allocate() {
   state_.compute_params = compute_params_.get();
   state_.arena = static_cast<float*>(arena_.get());
   state_.seed = o_.seed;
+  state_.comm = comm_;
 }
 
 // Parameters (and moments) on the host: seeded initialization or the
@@ -451,16 +545,16 @@ int64_t Trainer::initialize_or_load(int64_t* consumed) {
       // Moments stay zero when the checkpoint has none.
       std::vector<float> exp_avg(n, 0.0f), exp_avg_sq(n, 0.0f);
       resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
-                                      exp_avg_sq.data());
+                                      exp_avg_sq.data(), at_);
       backend_.upload(state_.exp_avg, exp_avg.data(), pbytes);
       backend_.upload(state_.exp_avg_sq, exp_avg_sq.data(), pbytes);
       step = resume_state_.step;
       *consumed = resume_state_.consumed_samples;
       if (!resume_state_.has_optimizer)
-        std::printf("note: %s has no optimizer state; AdamW moments start at zero\n",
-                    resume_dir_.c_str());
+        say("note: %s has no optimizer state; AdamW moments start at zero\n",
+            resume_dir_.c_str());
     } else {
-      init_params(p_, o_.seed, params.data());
+      init_params(p_, o_.seed, params.data(), at_);
     }
     backend_.upload(state_.params, params.data(), pbytes);
   }
@@ -477,9 +571,10 @@ std::vector<float> Trainer::download_floats(const float* src) const {
 
 // Microbatch `mb` of the host staging (tokens_, targets_), checked on the
 // host when the backend's kernels only record bad ids, copied to the batch
-// buffers of program memory; *tokens/*targets point at it there.
-void Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                                const int32_t** tokens, const int32_t** targets) {
+// buffers of program memory; *tokens/*targets point at it there. Returns ""
+// or the bad id's message (nothing uploaded).
+std::string Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
+                                       const int32_t** tokens, const int32_t** targets) {
   const int64_t rows = t_.micro_batch * t_.seq_length;
   const int32_t* tok = tokens_.data() + mb * rows;
   const int32_t* tgt = targets_.data() + mb * rows;
@@ -488,8 +583,8 @@ void Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
     if (why.empty())
       why = check_ids(tgt, t_.micro_batch, t_.seq_length, t_.vocab_size, "target");
     if (!why.empty())
-      throw Error(std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
-                  std::to_string(mb) + ": " + why);
+      return std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
+             std::to_string(mb) + ": " + why;
   }
   int32_t* dtok = static_cast<int32_t*>(tokens_dev_.get()) + mb * rows;
   int32_t* dtgt = static_cast<int32_t*>(targets_dev_.get()) + mb * rows;
@@ -497,6 +592,14 @@ void Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
   backend_.upload(dtgt, tgt, static_cast<size_t>(rows) * sizeof(int32_t));
   *tokens = dtok;
   *targets = dtgt;
+  return "";
+}
+
+// A successful exit: every rank has finished its collectives (one rank:
+// nothing to wait for).
+void Trainer::finish() {
+  std::fflush(stdout);
+  if (world_ != nullptr) world_->comm(GroupKind::world).barrier();
 }
 
 int Trainer::run() {
@@ -508,16 +611,18 @@ int Trainer::run() {
   targets_.assign(tokens_.size(), 0);
   if (!o_.init_only.empty()) {
     save(0, 0);
+    finish();
     return 0;
   }
   if (step >= o_.steps && o_.dump_grads.empty()) {
-    std::printf("checkpoint is at step %lld, --steps is %lld: nothing to train\n",
-                static_cast<long long>(step), static_cast<long long>(o_.steps));
+    say("checkpoint is at step %lld, --steps is %lld: nothing to train\n",
+        static_cast<long long>(step), static_cast<long long>(o_.steps));
+    finish();
     return 0;
   }
 
-  MetricsWriter metrics;
-  if (!o_.metrics.empty()) metrics = MetricsWriter(o_.metrics, resuming_ ? step : -1);
+  MetricsWriter metrics;  // rank 0's
+  if (!o_.metrics.empty() && root_) metrics = MetricsWriter(o_.metrics, resuming_ ? step : -1);
   const int64_t tokens_per_step = t_.global_batch * t_.seq_length;
 
   const Clock::time_point run_start = Clock::now();
@@ -529,24 +634,31 @@ int Trainer::run() {
 
   while (step < o_.steps) {
     ++step;
+    if (world_ != nullptr) world_->set_step(step);
     const Clock::time_point step_start = Clock::now();
     backend_.zero(state_.grads, grads_.bytes());
     state_.step = step;
     double loss_sum = 0;
+    std::string failure;  // this rank's first data error or bad loss
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
       fill_microbatch(*train_, layout_, consumed, i, tokens_.data() + i * rows,
                       targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      upload_microbatch(i, step, "training", &tok, &tgt);
+      failure = upload_microbatch(i, step, "training", &tok, &tgt);
+      if (!failure.empty()) break;
       state_.microbatch = i;
       float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
-      check_loss(l, step, i, "training");
+      failure = loss_problem(l, step, i, "training");
+      if (!failure.empty()) break;
       mb_losses[i] = l;
       loss_sum += l;
     }
-    const double loss = loss_sum / static_cast<double>(t_.num_microbatches);
+    // The mean microbatch loss over the global batch (all dp ranks).
+    loss_sum = settle(failure, loss_sum, "training step " + std::to_string(step));
+    const double loss = loss_sum / static_cast<double>(t_.num_microbatches * dp_);
     if (!o_.dump_grads.empty()) {
       dump_grads(loss, mb_losses);
+      finish();
       return 0;
     }
     const double lr = lr_at(schedule_, step);
@@ -577,7 +689,7 @@ int Trainer::run() {
     m.tokens = tokens_per_step;
     m.step_time_s = step_time;
     m.flops = p_.flops_per_step;
-    m.peak_flops = peak_flops_;
+    m.peak_flops = peak_flops_;  // flops_per_step is one rank's: MFU per rank
     m.val_loss = val_loss;
     metrics.write(m);
 
@@ -598,12 +710,12 @@ int Trainer::run() {
       line.elapsed_s = elapsed;
       line.eta_s = elapsed / static_cast<double>(step - first_step + 1) *
                    static_cast<double>(o_.steps - step);
-      std::printf("%s\n", format_log_line(line).c_str());
+      say("%s\n", format_log_line(line).c_str());
       interval_loss = 0;
       interval_steps = 0;
       interval_start = Clock::now();
     }
-    if (val_loss) std::printf("%s\n", format_validation_line(step, *val_loss).c_str());
+    if (val_loss) say("%s\n", format_validation_line(step, *val_loss).c_str());
     std::fflush(stdout);
 
     const bool exiting = o_.exit_interval > 0 && step % o_.exit_interval == 0 && !last;
@@ -611,12 +723,39 @@ int Trainer::run() {
         (last || exiting || (o_.save_interval > 0 && step % o_.save_interval == 0)))
       save(step, consumed);
     if (exiting) {
-      std::printf("exiting after step %lld (--exit-interval %lld)\n",
-                  static_cast<long long>(step), static_cast<long long>(o_.exit_interval));
+      say("exiting after step %lld (--exit-interval %lld)\n", static_cast<long long>(step),
+          static_cast<long long>(o_.exit_interval));
+      finish();
       return 0;
     }
   }
+  finish();
   return 0;
+}
+
+// The World of a program compiled for several ranks (nullptr for one):
+// WORLD_SIZE must match the grid (World's message says how to start it).
+// A one-rank program only checks that it was not started as several ranks
+// (WORLD_SIZE > 1: mtc-launch -n or torchrun), which would train the same
+// model in each process and race on its checkpoints.
+std::unique_ptr<World> start_world(const ProgramDesc& p) {
+  const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
+  if (grid.world_size() == 1) {
+    const char* ws = std::getenv("WORLD_SIZE");
+    char* end = nullptr;
+    const long long n = ws != nullptr ? std::strtoll(ws, &end, 10) : 1;
+    if (ws != nullptr && *ws != '\0' && *end == '\0' && n > 1)
+      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " + std::string(ws) +
+                  ": run it as one process, or compile it for a grid of " + ws + " ranks");
+    return nullptr;
+  }
+  const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";
+  if (grid.pp > 1)
+    throw Error(where + "pipeline parallelism (pp > 1) is not supported by the trainer yet");
+  if (&program_backend(p) != &host_backend())
+    throw Error(where + "the trainer runs multi-rank programs on the host target only so far "
+                "(target " + p.target + " needs NCCL collectives for its GridComm)");
+  return World::from_env(grid, gloo_comm_factory());
 }
 
 }  // namespace
@@ -638,7 +777,10 @@ int train_main(int argc, char** argv, const ProgramDesc& program) {
   }
   try {
     validate_program(program);
-    Trainer trainer(program, opts);
+    // Destroyed in reverse: the trainer before the GridComm before the World.
+    std::unique_ptr<World> world = start_world(program);
+    std::unique_ptr<GridComm> comm = world ? make_grid_comm(*world) : nullptr;
+    Trainer trainer(program, opts, world.get(), comm.get());
     return trainer.run();
   } catch (const Error& e) {
     std::fflush(stdout);

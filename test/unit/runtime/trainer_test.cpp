@@ -305,7 +305,8 @@ TEST_F(Trainer, BadProgramsAreReported) {
   expect_fail(overlap, "\"wte\" and \"head.weight\" overlap");
   ProgramDesc dp = tiny::program();
   dp.train.global_batch = 8;
-  expect_fail(dp, "single data-parallel rank");
+  expect_fail(dp, "global_batch 8 = micro_batch 2 x 2 microbatches x dp 2, but the "
+                  "program's grid has dp = 1");
   ProgramDesc sched = tiny::program();
   sched.train.warmup_steps = 30;
   expect_fail(sched, "must exceed the warm-up");

@@ -1,4 +1,5 @@
-// Training checkpoints that do not depend on the parallel layout.
+// Training checkpoints that do not depend on the parallel layout, and the
+// --dump-grads file (the same tensors' gradients plus the batch).
 //
 // Layout of a checkpoint directory DIR (--save DIR):
 //   DIR/step_000100/model.safetensors      every parameter, F32, keyed by
@@ -27,6 +28,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "mtc/rt/program.h"
 
@@ -85,5 +87,27 @@ CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
                                 float* exp_avg, float* exp_avg_sq,
                                 const std::array<int64_t, 3>& at = {0, 0, 0});
+
+// What a --dump-grads file records besides the tensors (its metadata).
+struct GradDumpInfo {
+  std::string model;
+  int64_t step = 0;
+  uint64_t seed = 0;
+  double loss = 0;                       // mean microbatch loss of the global batch
+  std::vector<float> microbatch_losses;  // in the global batch's order
+  int64_t micro_batch = 0;               // rows per microbatch
+  int64_t num_microbatches = 0;          // microbatches in the global batch (all dp ranks)
+  int64_t seq_length = 0;
+};
+
+// Writes a --dump-grads file: every parameter's gradient (F32, global shape,
+// `grads` at the offsets of `program`, which must be in the global layout),
+// "batch.tokens" and "batch.targets" (I32, (num_microbatches x micro_batch,
+// seq_length)) and the metadata format "mtc-dump-grads", mtc.model,
+// mtc.step, mtc.seed, mtc.loss (%.17g), mtc.microbatch_losses (JSON list),
+// mtc.micro_batch, mtc.num_microbatches, mtc.seq_length, mtc.grad_scale.
+// Throws Error when a parameter is named like a batch tensor or on I/O.
+void write_grad_dump(const std::string& path, const ProgramDesc& program, const float* grads,
+                     const int32_t* tokens, const int32_t* targets, const GradDumpInfo& info);
 
 }  // namespace mtc::rt

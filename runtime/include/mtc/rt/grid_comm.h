@@ -1,6 +1,8 @@
 // The trainer's view of a multi-rank program: GridComm (program.h) over a
-// World's communicators, and where each rank's slice of a tensor-parallel
-// parameter lies in the global tensor.
+// World's communicators; where each rank's slice of a tensor-parallel
+// parameter lies in the global tensor; gathering parameter-shaped buffers
+// and the global batch to rank 0 (checkpoints, dumps); and the small
+// agreement through which ranks learn that one of them failed.
 //
 // Axes are those of ProgramDesc::grid: 0 pipeline, 1 data, 2 tensor
 // parallel. Along one axis the group's members are the ranks that differ
@@ -21,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mtc/rt/program.h"
@@ -67,6 +70,34 @@ void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* l
 // Every rank must call it (comm may be nullptr for a one-rank grid).
 std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& program,
                                          const ProgramDesc& global, const float* local);
+
+// Microbatch-blocked data of every data-parallel rank in the global batch's
+// order: `mine` is (num_microbatches, block) (this rank's microbatch i at
+// i * block); the result is (dp * num_microbatches, block) with rank d's
+// microbatch i as global microbatch i * dp + d, the order of the global
+// batch's samples (loader.h). Every member of this rank's dp group must
+// call it. int32 ids travel as raw 4-byte words.
+std::vector<float> gather_over_dp(GridComm& comm, const std::vector<float>& mine,
+                                  int64_t num_microbatches, int64_t block);
+std::vector<int32_t> gather_over_dp(GridComm& comm, const std::vector<int32_t>& mine,
+                                    int64_t num_microbatches, int64_t block);
+
+// Every rank's `mine` (the same count n on each) on every rank: (world_size,
+// n), rank-major, bit for bit (sent as pairs of fp32 words).
+std::vector<double> all_gather_doubles(World& world, const std::vector<double>& mine);
+
+// The end of a phase that a rank may fail alone (bad data, a failed write):
+// every rank contributes (failed, value) through one all_gather over the
+// world and learns who failed, every rank's value, and the sum of `value`
+// over the ranks with tp (and pp) index 0, one per data-parallel rank, added
+// in rank order so that every rank gets the same double.
+struct Agreement {
+  std::vector<int64_t> failed_ranks;  // increasing
+  std::vector<double> values;         // by global rank
+  double sum_tp0 = 0;
+  std::string describe_failed() const;  // "rank 1 failed (see its error)"
+};
+Agreement agree(World& world, bool failed, double value);
 
 // GridComm over a World's tp, dp and pp communicators (host buffers: the
 // Gloo backend). Along an axis of size 1 all_reduce_sum does nothing and

@@ -76,6 +76,49 @@ const Backend& host_backend();
 // ProgramDesc::backend, or host_backend() when it is nullptr.
 const Backend& program_backend(const ProgramDesc& program);
 
+// One allocation of program memory through a Backend (zeroed by it),
+// released on destruction; movable, not copyable. Release must not throw
+// (backends ignore errors there).
+class ProgramBuffer {
+ public:
+  ProgramBuffer() = default;
+  // backend.alloc(bytes, what): throws Error naming `what` when it fails.
+  ProgramBuffer(const Backend& backend, size_t bytes, const char* what);
+  ~ProgramBuffer() { reset(); }
+  ProgramBuffer(ProgramBuffer&& o) noexcept;
+  ProgramBuffer& operator=(ProgramBuffer&& o) noexcept;
+  ProgramBuffer(const ProgramBuffer&) = delete;
+  ProgramBuffer& operator=(const ProgramBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void reset();
+  const Backend* backend_ = nullptr;
+  size_t bytes_ = 0;
+  void* ptr_ = nullptr;
+};
+
+// The program's context (ProgramDesc::create_context), destroyed with
+// ProgramDesc::destroy_context on destruction (declare it before the
+// ProgramBuffers, so that it outlives them).
+class ContextGuard {
+ public:
+  ContextGuard() = default;
+  ~ContextGuard();
+  void reset(void* ctx, void (*destroy)(void*)) {
+    ctx_ = ctx;
+    destroy_ = destroy;
+  }
+  ContextGuard(const ContextGuard&) = delete;
+  ContextGuard& operator=(const ContextGuard&) = delete;
+
+ private:
+  void* ctx_ = nullptr;
+  void (*destroy_)(void*) = nullptr;
+};
+
 // Bytes of program memory the trainer allocates for a program:
 //   params, grads        4 * num_param_elems each (fp32)
 //   optimizer            8 * num_param_elems (AdamW exp_avg + exp_avg_sq)
