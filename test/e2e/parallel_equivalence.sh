@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Usage: parallel_equivalence.sh SPEC PLAN...     (a PLAN is e.g. "tp=2" or "tp=2,dp=2")
+# Usage: parallel_equivalence.sh SPEC PLAN...
+#   a PLAN is flags of `mtc compile` without dashes: "tp=2", "tp=2,dp=2",
+#   "tp=2,sp" (sequence parallelism)
 #
 # "Same math under any plan": compiles SPEC for one process and for each
 # plan, runs each plan as N cooperating processes (mtc-launch, Gloo), and
@@ -29,9 +31,10 @@ for plan in "$@"; do
   flags=() ranks=1
   IFS=, read -ra parts <<< "$plan"
   for p in "${parts[@]}"; do
+    if [[ $p != *=* ]]; then flags+=("--$p"); continue; fi
     k=${p%%=*} v=${p#*=}
     flags+=("--$k" "$v")
-    ranks=$((ranks * v))
+    case $k in tp|dp|pp) ranks=$((ranks * v)) ;; esac
   done
   dir="$W/$(echo "$plan" | tr ',=' '_-')"
   "$MTC" compile "$SPEC" --target host "${flags[@]}" -o "$dir" > "$dir.compile.log"

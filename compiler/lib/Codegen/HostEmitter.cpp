@@ -174,6 +174,21 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             numel(sl) / outer));
         return success();
       })
+      .Case([&](shard::ReduceScatterOp rs) -> LogicalResult {
+        if (rs.getGridAxes().size() != 1 ||
+            rs.getReduction() != shard::ReductionKind::Sum)
+          return op->emitOpError("host target: sum over one grid axis");
+        auto out = shapeOf(rs);
+        int64_t d = rs.getScatterAxis().getSExtValue();
+        int64_t outer = 1;
+        for (int64_t i = 0; i < d; ++i)
+          outer *= out[i];
+        line(llvm::formatv("mtc::rt::grid::reduce_scatter_dim(*st.comm, {0}, "
+                           "{1}, {2}, {3}, {4});",
+                           rs.getGridAxes()[0], buf(rs.getInput()), buf(rs),
+                           outer, numel(rs) / outer));
+        return success();
+      })
       .Case([&](mtc::ReduceGradientsOp r) -> LogicalResult {
         for (int16_t axis : r.getGridAxes())
           line(llvm::formatv(

@@ -24,11 +24,18 @@
 //     (their squared norms are summed over the tp group, replicated ones are
 //     not).
 //
+// With sequence parallelism (functions marked `mtc.sequence_parallel` by
+// mtc-shard-sequence-parallel), values outside the tensor-parallel regions
+// are held split on the sequence dimension instead of whole: partial sums
+// become slices with one shard.reduce_scatter, and an op that needs its
+// input whole gathers it with shard.all_gather, Megatron-SP's pairs.
+//
 // Rules (tp axis):
 //   matmul    contraction split on both sides -> P; on one side -> the other
 //             is sliced; an output dimension split -> S of that dimension; a
 //             bias of a P result is added after the all_reduce, once.
-//   norms, cross-entropy (and their gradients), dropout with p > 0 -> need R
+//   norms (and gradients) -> R, or rows split (the weights' gradients are
+//             then partial sums); cross-entropy, dropout with p > 0 -> need R
 //   attention, rope (and gradients) -> R, or S(last) split by heads
 //   embedding -> a vocabulary-split table gives P (rows of other ranks are 0)
 //   elementwise -> any one distribution shared by all operands
@@ -56,6 +63,9 @@ using namespace mlir;
 
 namespace {
 
+struct Dist;
+int64_t distKey(const Dist &d);
+
 struct Dist {
   enum Kind { R, S, P } kind = R;
   int64_t dim = -1;
@@ -67,6 +77,8 @@ struct Dist {
   }
   bool operator!=(const Dist &o) const { return !(*this == o); }
 };
+
+int64_t distKey(const Dist &d) { return int64_t(d.kind) * 64 + d.dim + 1; }
 
 RankedTensorType localType(Type global, Dist d, int64_t tp) {
   auto t = cast<RankedTensorType>(global);
@@ -82,6 +94,7 @@ public:
   FunctionPartitioner(func::FuncOp fn, shard::GridOp grid, int64_t tp,
                       const llvm::StringMap<Dist> &paramDists)
       : fn(fn), grid(grid), tp(tp), paramDists(paramDists),
+        sequenceParallel(fn->hasAttr("mtc.sequence_parallel")),
         b(fn.getContext()) {}
   LogicalResult run();
 
@@ -97,6 +110,14 @@ private:
   Dist distOf(Value old) { return dists.lookup(old); }
   Type local(Value old, Dist d) { return localType(old.getType(), d, tp); }
   Value vocabStart(Location loc, int64_t localRows);
+  /// How a value outside the tensor-parallel regions is held: whole, or
+  /// with sequence parallelism, a (B, S, D) activation split on S.
+  Dist whole(Value v) {
+    auto t = cast<RankedTensorType>(v.getType());
+    if (sequenceParallel && t.getRank() == 3 && t.getDimSize(1) % tp == 0)
+      return Dist::s(1);
+    return Dist::r();
+  }
   /// The distribution of the parameter a gradient value accumulates into.
   std::optional<Dist> gradientTarget(Value v);
   LogicalResult partitionMatmul(mtc::MatmulOp mm);
@@ -105,6 +126,7 @@ private:
   shard::GridOp grid;
   int64_t tp;
   const llvm::StringMap<Dist> &paramDists;
+  bool sequenceParallel;
   OpBuilder b;
   IRMapping mapping;
   llvm::DenseMap<Value, Dist> dists;
@@ -118,6 +140,18 @@ Value FunctionPartitioner::convert(Value v, Dist from, Dist to,
   SmallVector<shard::GridAxis> axes = {mtc::kAxisTP};
   auto gridRef = grid.getSymName();
   auto gridSym = FlatSymbolRefAttr::get(b.getContext(), gridRef);
+  if (from.kind == Dist::P && to.kind == Dist::S) {
+    // Partial sums -> slices in one collective (sequence parallelism's
+    // replacement of the all_reduce).
+    auto t = cast<RankedTensorType>(v.getType());
+    SmallVector<int64_t> shape(t.getShape());
+    shape[to.dim] /= tp;
+    return shard::ReduceScatterOp::create(
+        b, loc, t.clone(shape), gridSym, b.getDenseI16ArrayAttr(axes), v,
+        shard::ReductionKindAttr::get(b.getContext(),
+                                      shard::ReductionKind::Sum),
+        b.getIndexAttr(to.dim));
+  }
   if (from.kind == Dist::P) {
     v = shard::AllReduceOp::create(b, loc, v.getType(), gridRef,
                                    ArrayRef<int16_t>(axes), v,
@@ -149,7 +183,7 @@ Value FunctionPartitioner::get(Value old, Dist want) {
   if (have == want || !isa<RankedTensorType>(old.getType()))
     return v;
   // One conversion per value and distribution, however many users need it.
-  auto key = std::make_pair(old, int64_t(want.kind) * 64 + want.dim + 1);
+  auto key = std::make_pair(old, distKey(want));
   auto it = converted.find(key);
   if (it != converted.end())
     return it->second;
@@ -180,82 +214,143 @@ std::optional<Dist> FunctionPartitioner::gradientTarget(Value v) {
   return std::nullopt;
 }
 
-/// Which matrix dimension of an operand a tensor split corresponds to.
-enum class MatDim { none, rows, cols };
-MatDim matDim(Value v, Dist d, bool transpose) {
+/// How a split operand divides a matmul's contraction (K) or its free
+/// dimension (M for the lhs, N for the rhs). Operands are matrices made by
+/// merging all but the last dimension ("rows"); `transpose` swaps rows and
+/// columns.
+struct MatSplit {
+  enum Kind { none, contraction, free } kind = none;
+  bool byRows = false;     // the split dimension is one of the merged rows
+  int64_t dim = -1;        // the split tensor dimension
+};
+
+MatSplit matSplit(Value v, Dist d, bool transpose, bool isLhs) {
   if (d.kind != Dist::S)
-    return MatDim::none;
+    return {};
   int64_t last = cast<RankedTensorType>(v.getType()).getRank() - 1;
-  MatDim stored = d.dim == last ? MatDim::cols : MatDim::rows;
-  if (!transpose)
-    return stored;
-  return stored == MatDim::cols ? MatDim::rows : MatDim::cols;
+  bool byRows = d.dim != last;
+  // Stored columns are K for an untransposed lhs and a transposed rhs.
+  bool colsAreK = isLhs ? !transpose : transpose;
+  bool isK = byRows ? !colsAreK : colsAreK;
+  return {isK ? MatSplit::contraction : MatSplit::free, byRows, d.dim};
+}
+
+/// The split of `other` that divides the contraction exactly as `split`
+/// divides it on `v`, if there is one.
+std::optional<Dist> matchingContraction(Value v, MatSplit split, Value other,
+                                        bool otherTranspose, bool otherIsLhs) {
+  auto tv = cast<RankedTensorType>(v.getType());
+  auto to = cast<RankedTensorType>(other.getType());
+  bool colsAreK = otherIsLhs ? !otherTranspose : otherTranspose;
+  int64_t otherLast = to.getRank() - 1;
+  if (!split.byRows) {
+    // K is v's last dimension, split in contiguous blocks.
+    if (colsAreK)
+      return Dist::s(otherLast);
+    if (to.getRank() == 2)
+      return Dist::s(0);
+    return std::nullopt;
+  }
+  // K is v's merged rows, split on one of them: the other's K must be the
+  // same rows (same leading shape), split on the same dimension.
+  if (!colsAreK && tv.getShape().drop_back() == to.getShape().drop_back())
+    return Dist::s(split.dim);
+  if (colsAreK && tv.getRank() == 2)
+    return Dist::s(otherLast);
+  return std::nullopt;
 }
 
 LogicalResult FunctionPartitioner::partitionMatmul(mtc::MatmulOp mm) {
   bool ta = mm.getTransposeA(), tb = mm.getTransposeB();
   Value lhs = mm.getLhs(), rhs = mm.getRhs();
-  Dist dl = distOf(lhs), dr = distOf(rhs);
-  // A partial operand is only kept when nothing else is split (linearity).
-  if (dl.kind == Dist::P && dr.kind != Dist::R)
-    dl = Dist::r();
-  if (dr.kind == Dist::P && dl.kind != Dist::R)
-    dr = Dist::r();
-  if (dl.kind == Dist::P && dr.kind == Dist::P)
-    dr = Dist::r();
-  // op(lhs) is (M, K), op(rhs) is (K, N).
-  MatDim ml = matDim(lhs, dl, ta), mr = matDim(rhs, dr, tb);
-  bool kl = ml == MatDim::cols, kr = mr == MatDim::rows;
-  bool mSplit = ml == MatDim::rows, nSplit = mr == MatDim::cols;
-  auto rankOf = [](Value v) {
-    return cast<RankedTensorType>(v.getType()).getRank();
-  };
-  // The stored dimension of an operand that holds K.
-  auto kDimOf = [&](Value v, bool isLhs, bool transpose) -> int64_t {
-    bool kIsCols = isLhs ? !transpose : transpose;
-    return kIsCols ? rankOf(v) - 1 : 0;
-  };
-  if (mSplit && nSplit) { // no 2-D splits: gather the right-hand side
-    dr = Dist::r();
-    mr = MatDim::none;
-    nSplit = kr = false;
-  }
-  if (kl && !kr) {
-    if (rankOf(rhs) != 2 && !tb)
-      return mm.emitOpError("cannot slice the contraction of a rank-")
-             << rankOf(rhs) << " rhs";
-    dr = Dist::s(kDimOf(rhs, false, tb));
-    kr = true;
-  } else if (kr && !kl) {
-    if (ta && rankOf(lhs) != 2)
-      return mm.emitOpError("cannot slice the contraction of a transposed "
-                            "rank-")
-             << rankOf(lhs) << " lhs";
-    dl = Dist::s(kDimOf(lhs, true, ta));
-    kl = true;
-  }
-  Value newLhs = get(lhs, dl), newRhs = get(rhs, dr);
-  bool partial = kl || dl.kind == Dist::P || dr.kind == Dist::P;
-  Dist out = Dist::r();
   int64_t resultRank = mm.getType().getRank();
-  if (partial)
-    out = Dist::p();
-  else if (nSplit)
-    out = Dist::s(resultRank - 1);
-  else if (mSplit)
-    out = Dist::s(ta ? 0 : dl.dim);
+
+  // The result's distribution for operand distributions (dl, dr), or none
+  // if the pair is not consistent.
+  auto evaluate = [&](Dist dl, Dist dr) -> std::optional<Dist> {
+    bool partialL = dl.kind == Dist::P, partialR = dr.kind == Dist::P;
+    if (partialL || partialR) // linear in one partial operand
+      return (partialL && dr.kind == Dist::R) || (partialR && dl.kind == Dist::R)
+                 ? std::optional<Dist>(Dist::p())
+                 : std::nullopt;
+    MatSplit sl = matSplit(lhs, dl, ta, true), sr = matSplit(rhs, dr, tb, false);
+    if (sl.kind == MatSplit::contraction || sr.kind == MatSplit::contraction) {
+      if (sl.kind != MatSplit::contraction || sr.kind != MatSplit::contraction)
+        return std::nullopt;
+      std::optional<Dist> match = matchingContraction(lhs, sl, rhs, tb, false);
+      return match && *match == dr ? std::optional<Dist>(Dist::p())
+                                   : std::nullopt;
+    }
+    if (sl.kind == MatSplit::free && sr.kind == MatSplit::free)
+      return std::nullopt; // no 2-D splits
+    if (sl.kind == MatSplit::free)
+      return Dist::s(ta ? 0 : dl.dim);
+    if (sr.kind == MatSplit::free)
+      return Dist::s(resultRank - 1);
+    return Dist::r();
+  };
+
+  // Candidates, cheapest first: as they are; slice a whole operand to match
+  // the other's contraction split (free); gather an operand that was
+  // already gathered (free: the conversion is reused); gather an
+  // activation rather than a parameter; gather both.
+  Dist dl = distOf(lhs), dr = distOf(rhs);
+  SmallVector<std::pair<Dist, Dist>> candidates = {{dl, dr}};
+  MatSplit sl = matSplit(lhs, dl, ta, true), sr = matSplit(rhs, dr, tb, false);
+  if (sl.kind == MatSplit::contraction && dr.kind == Dist::R)
+    if (auto m = matchingContraction(lhs, sl, rhs, tb, false))
+      candidates.push_back({dl, *m});
+  if (sr.kind == MatSplit::contraction && dl.kind == Dist::R)
+    if (auto m = matchingContraction(rhs, sr, lhs, ta, true))
+      candidates.push_back({*m, dr});
+  auto gathered = [&](Value v) {
+    return converted.count({v, distKey(Dist::r())}) > 0;
+  };
+  auto isParam = [](Value v) {
+    if (auto s = v.getDefiningOp<shard::ShardOp>())
+      v = s.getSrc();
+    return v.getDefiningOp<mtc::ParamOp>() != nullptr;
+  };
+  if (gathered(rhs))
+    candidates.push_back({dl, Dist::r()});
+  if (gathered(lhs))
+    candidates.push_back({Dist::r(), dr});
+  if (!isParam(lhs)) {
+    candidates.push_back({Dist::r(), dr});
+    if (sr.kind == MatSplit::contraction)
+      if (auto m = matchingContraction(rhs, sr, lhs, ta, true))
+        candidates.push_back({*m, dr});
+  }
+  if (!isParam(rhs))
+    candidates.push_back({dl.kind == Dist::P ? Dist::r() : dl, Dist::r()});
+  candidates.push_back({Dist::r(), dr});
+  candidates.push_back({dl.kind == Dist::P ? Dist::r() : dl, Dist::r()});
+  candidates.push_back({Dist::r(), Dist::r()});
+  Dist out;
+  for (auto [cl, cr] : candidates)
+    if (std::optional<Dist> o = evaluate(cl, cr)) {
+      dl = cl;
+      dr = cr;
+      out = *o;
+      break;
+    }
+
+  Value newLhs = get(lhs, dl), newRhs = get(rhs, dr);
+  bool partial = out.kind == Dist::P;
   Value bias;
   if (Value oldBias = mm.getBias())
-    bias = get(oldBias, nSplit && !partial ? Dist::s(0) : Dist::r());
+    bias = get(oldBias, out.kind == Dist::S && out.dim == resultRank - 1
+                            ? Dist::s(0)
+                            : Dist::r());
   Location loc = mm.getLoc();
   auto newMm = mtc::MatmulOp::create(b, loc, local(mm, out), newLhs, newRhs,
                                      partial ? Value() : bias, ta, tb);
   if (partial && bias) {
     // Row-parallel with a bias: reduce, then add the bias once.
-    Value reduced = convert(newMm, Dist::p(), Dist::r(), loc);
-    Value withBias = mtc::AddOp::create(b, loc, reduced.getType(), reduced,
-                                        bias);
-    set(mm, withBias, Dist::r());
+    Dist reduced = whole(mm);
+    Value r = convert(newMm, Dist::p(), reduced, loc);
+    Value withBias = mtc::AddOp::create(b, loc, r.getType(), r, bias);
+    set(mm, withBias, reduced);
     return success();
   }
   set(mm, newMm, out);
@@ -345,15 +440,29 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
       })
       .Case([&](mtc::AddOp a) -> LogicalResult {
         Dist dl = distOf(a.getLhs()), dr = distOf(a.getRhs());
-        bool sameShape = a.getLhs().getType() == a.getRhs().getType();
-        if (dl == dr && (sameShape || dl.kind == Dist::R))
+        auto tl = cast<RankedTensorType>(a.getLhs().getType());
+        auto tr = cast<RankedTensorType>(a.getRhs().getType());
+        int64_t lead = tl.getRank() - tr.getRank(); // broadcast dimensions
+        // The rhs distribution that matches an lhs distribution.
+        auto rhsFor = [&](Dist l) {
+          if (l.kind == Dist::S && l.dim >= lead)
+            return Dist::s(l.dim - lead);
+          return l.kind == Dist::P && lead > 0 ? Dist::r() : l;
+        };
+        if (dl.kind == Dist::P && dr.kind == Dist::P && lead == 0)
           return rebuild({dl, dr}, {dl});
-        // A slice and a whole value: slicing is free, gathering is not.
-        if (sameShape && dl.kind != Dist::P && dr.kind != Dist::P) {
-          Dist d = dl.kind == Dist::S ? dl : dr;
-          return rebuild({d, d}, {d});
+        if (dl.kind != Dist::P && dr.kind != Dist::P) {
+          // Prefer the slice: slicing the other operand is free.
+          if (dl.kind == Dist::S)
+            return rebuild({dl, rhsFor(dl)}, {dl});
+          if (dr.kind == Dist::S && lead == 0)
+            return rebuild({dr, dr}, {dr});
+          return rebuild(all(Dist::r()), {Dist::r()});
         }
-        return rebuild(all(Dist::r()), {Dist::r()});
+        // A partial operand with a whole or sliced one: finish the sum into
+        // the distribution values outside the parallel regions have.
+        Dist d = dl.kind == Dist::S ? dl : whole(a);
+        return rebuild({d, rhsFor(d)}, {d});
       })
       .Case([&](mtc::ReduceLeadingOp r) -> LogicalResult {
         Dist d = distOf(r.getInput());
@@ -378,8 +487,10 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
         // The mask is keyed by the global element index: only whole
         // tensors draw the same mask as the one-process program.
         Dist d = distOf(dr.getInput());
-        if (dr.getP().convertToDouble() > 0 || d.kind == Dist::P)
+        if (dr.getP().convertToDouble() > 0)
           d = Dist::r();
+        else if (d.kind == Dist::P)
+          d = whole(dr.getInput());
         return rebuild({d}, {d});
       })
       .Case<mtc::RopeOp, mtc::AttentionOp>([&](Operation *) -> LogicalResult {
@@ -407,6 +518,31 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
         }
         return rebuild(all(Dist::r()), {Dist::r()});
       })
+      .Case<mtc::LayerNormOp, mtc::RmsNormOp>([&](Operation *) -> LogicalResult {
+        // Rows are independent: a split on a leading dimension (sequence
+        // parallelism) stays; weights are whole.
+        Value x = op->getOperand(0);
+        Dist d = distOf(x);
+        if (!(d.kind == Dist::S && d.dim != last(x)))
+          d = whole(x);
+        SmallVector<Dist> want(op->getNumOperands(), Dist::r());
+        want[0] = d;
+        return rebuild(want, {d});
+      })
+      .Case<mtc::LayerNormGradOp, mtc::RmsNormGradOp>(
+          [&](Operation *) -> LogicalResult {
+            // (x, gamma, dout) -> (dx, dgamma[, dbeta]): with rows split,
+            // each rank sums its rows' share of the weight gradients.
+            Value x = op->getOperand(0);
+            Dist d = distOf(x);
+            if (!(d.kind == Dist::S && d.dim != last(x)))
+              d = whole(x);
+            bool rowsSplit = d.kind == Dist::S;
+            SmallVector<Dist> out(op->getNumResults(),
+                                  rowsSplit ? Dist::p() : Dist::r());
+            out[0] = d;
+            return rebuild({d, Dist::r(), d}, out);
+          })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
         Dist d = paramDists.lookup(a.getParam());
         return rebuild({d}, {});
@@ -465,12 +601,7 @@ struct PartitionPass : public mtc::impl::MtcPartitionBase<PartitionPass> {
           << shape.pp << ") is not implemented yet";
       return signalPassFailure();
     }
-    if (auto plan = module->getAttrOfType<DictionaryAttr>("mtc.parallel"))
-      if (auto sp = plan.getAs<BoolAttr>("sp"); sp && sp.getValue()) {
-        module.emitError("mtc-partition: sequence parallelism is not "
-                         "implemented yet (run with sp off)");
-        return signalPassFailure();
-      }
+
     if (shape.tp == 1)
       return; // nothing is split; data parallelism needs no rewrite
     shard::GridOp grid = mtc::getOrCreateGrid(module);

@@ -23,6 +23,7 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
     pm.addPass(createMtcShardTensorParallel());
   else if (failed(parsePassPipeline(shardingPipeline, pm, llvm::errs())))
     return failure();
+  pm.addPass(createMtcShardSequenceParallel());
   pm.addPass(createMtcShardDataParallel());
   // Mechanism: local shapes and collectives.
   pm.addPass(createMtcPartition());

@@ -1,15 +1,18 @@
-// GridComm over a World (the host target's Gloo communicators) and the
-// slice geometry of tensor-parallel parameters. Layouts and rules:
-// mtc/rt/grid_comm.h.
+// GridComm over a World (the host target's Gloo communicators) or over the
+// program backend's communicators built alongside it (ProgramComms: NCCL on
+// device memory), and the slice geometry of tensor-parallel parameters.
+// Layouts and rules: mtc/rt/grid_comm.h.
 #include "mtc/rt/grid_comm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "mtc/rt/comm.h"
 #include "mtc/rt/io.h"
+#include "mtc/rt/trainer.h"
 
 namespace mtc::rt {
 
@@ -151,9 +154,11 @@ Agreement agree(World& world, bool failed, double value) {
 
 namespace {
 
-class WorldGridComm final : public GridComm {
+// This rank's place in the World's grid and the axis check shared by both
+// GridComms.
+class GridPlace : public GridComm {
  public:
-  explicit WorldGridComm(World& world) : world_(world) {
+  explicit GridPlace(const World& world) {
     const GridCoord c = world.coord();
     const GridSpec& g = world.grid();
     size_[0] = g.pp;
@@ -167,11 +172,32 @@ class WorldGridComm final : public GridComm {
   int64_t size(int axis) const override { return size_[check(axis, "size")]; }
   int64_t index(int axis) const override { return index_[check(axis, "index")]; }
 
+ protected:
+  static int check(int axis, const char* op) {
+    if (axis < 0 || axis > 2)
+      throw Error(std::string("GridComm::") + op + ": axis " + std::to_string(axis) +
+                  " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
+    return axis;
+  }
+
+  int64_t size_[3] = {1, 1, 1};
+  int64_t index_[3] = {0, 0, 0};
+};
+
+GroupKind axis_kind(int axis) {
+  return axis == 0 ? GroupKind::pp : axis == 1 ? GroupKind::dp : GroupKind::tp;
+}
+
+// Host buffers on the World's (Gloo) communicators.
+class WorldGridComm final : public GridPlace {
+ public:
+  explicit WorldGridComm(World& world) : GridPlace(world), world_(world) {}
+
   // data (n) = sum over the axis's group of every member's data.
   void all_reduce_sum(int axis, float* data, int64_t n) override {
     const int a = check(axis, "all_reduce_sum");
     if (size_[a] == 1) return;
-    world_.comm(kind(a)).all_reduce(data, n, ReduceOp::sum);
+    world_.comm(axis_kind(a)).all_reduce(data, n, ReduceOp::sum);
   }
 
   // out (size * n) = member j's in (n) at out + j * n.
@@ -181,29 +207,160 @@ class WorldGridComm final : public GridComm {
       std::copy(in, in + n, out);
       return;
     }
-    world_.comm(kind(a)).all_gather(in, out, n);
+    world_.comm(axis_kind(a)).all_gather(in, out, n);
   }
 
  private:
-  static int check(int axis, const char* op) {
-    if (axis < 0 || axis > 2)
-      throw Error(std::string("GridComm::") + op + ": axis " + std::to_string(axis) +
-                  " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
-    return axis;
-  }
-  static GroupKind kind(int axis) {
-    return axis == 0 ? GroupKind::pp : axis == 1 ? GroupKind::dp : GroupKind::tp;
+  World& world_;
+};
+
+// Program memory on the backend's communicators; each collective waits for
+// the device before it returns (grid_comm.h).
+class ProgramGridComm final : public GridPlace {
+ public:
+  ProgramGridComm(World& world, ProgramComms& comms, const Backend& backend)
+      : GridPlace(world), comms_(comms), backend_(backend) {
+    for (int a = 0; a < 3; ++a) (void)comms_.axis(a);  // every axis of size > 1 is there
   }
 
-  World& world_;
-  int64_t size_[3] = {1, 1, 1};
-  int64_t index_[3] = {0, 0, 0};
+  // data (n) = sum over the axis's group of every member's data, in place,
+  // complete on the device.
+  void all_reduce_sum(int axis, float* data, int64_t n) override {
+    const int a = check(axis, "all_reduce_sum");
+    if (size_[a] == 1) return;
+    comms_.axis(a)->all_reduce(data, n, DType::f32, ReduceOp::sum, nullptr);
+    backend_.synchronize();
+  }
+
+  // out (size * n) = member j's in (n) at out + j * n, complete on the
+  // device. One member: out = in through a host staging copy.
+  void all_gather(int axis, const float* in, float* out, int64_t n) override {
+    const int a = check(axis, "all_gather");
+    if (size_[a] == 1) {
+      std::vector<float> staging(static_cast<size_t>(n));
+      backend_.download(staging.data(), in, staging.size() * sizeof(float));
+      backend_.upload(out, staging.data(), staging.size() * sizeof(float));
+      return;
+    }
+    comms_.axis(a)->all_gather(in, out, n, DType::f32, nullptr);
+    backend_.synchronize();
+  }
+
+ private:
+  ProgramComms& comms_;
+  const Backend& backend_;
+};
+
+// The store as the program's factory sees it: every key under `prefix`.
+class PrefixStore final : public Store {
+ public:
+  PrefixStore(Store& store, std::string prefix) : store_(store), prefix_(std::move(prefix)) {}
+  void set(const std::string& key, const std::string& value) override {
+    store_.set(prefix_ + key, value);
+  }
+  std::string get(const std::string& key) override { return store_.get(prefix_ + key); }
+  std::string describe() const override { return store_.describe(); }
+
+ private:
+  Store& store_;
+  std::string prefix_;
 };
 
 }  // namespace
 
 std::unique_ptr<GridComm> make_grid_comm(World& world) {
   return std::make_unique<WorldGridComm>(world);
+}
+
+ProgramComms::ProgramComms(const GridSpec& grid, CommFactory factory)
+    : grid_(grid), factory_(std::move(factory)) {}
+
+ProgramComms::~ProgramComms() = default;
+
+CommFactory ProgramComms::world_factory(CommFactory host) {
+  return [this, host = std::move(host)](const GroupDesc& group, Store& store, Watchdog& watchdog,
+                                        const LaunchEnv& env) {
+    std::unique_ptr<Communicator> hosts = host(group, store, watchdog, env);
+    for (int a = 0; a < 3; ++a) {
+      if (axes_[a]) continue;
+      GroupDesc g = group_of(grid_, axis_kind(a), env.rank);
+      if (g.size() == 1 || g.members != group.members) continue;
+      PrefixStore prefixed(store, "program/");
+      axes_[a] = factory_(g, prefixed, watchdog, env);
+    }
+    return hosts;
+  };
+}
+
+Communicator* ProgramComms::axis(int axis) const {
+  if (axis < 0 || axis > 2)
+    throw Error("ProgramComms::axis: " + std::to_string(axis) +
+                " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
+  const int64_t size = axis == 0 ? grid_.pp : axis == 1 ? grid_.dp : grid_.tp;
+  if (size == 1) return nullptr;
+  if (!axes_[axis])
+    throw CommError(std::string("the program's communicator of the ") +
+                    group_kind_name(axis_kind(axis)) + " axis (" + std::to_string(size) +
+                    " ranks) was not built: the World was not made with "
+                    "ProgramComms::world_factory");
+  return axes_[axis].get();
+}
+
+std::string ProgramComms::backend() const {
+  for (const auto& c : axes_)
+    if (c) return c->backend();
+  return "";
+}
+
+std::unique_ptr<GridComm> make_program_grid_comm(World& world, ProgramComms& comms,
+                                                 const Backend& backend) {
+  return std::make_unique<ProgramGridComm>(world, comms, backend);
+}
+
+std::string RunComms::describe() const {
+  if (!world) return "";
+  const std::string host_name = world->comm(GroupKind::world).backend();
+  if (!program_comms) return host_name;
+  const std::string prog = program_comms->backend();
+  return (prog.empty() ? std::string("none") : prog) + " for the program, " + host_name +
+         " for the trainer";
+}
+
+RunComms start_run_comms(const ProgramDesc& p) {
+  RunComms c;
+  const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
+  if (grid.world_size() == 1) {
+    const char* ws = std::getenv("WORLD_SIZE");
+    char* end = nullptr;
+    const long long n = ws != nullptr ? std::strtoll(ws, &end, 10) : 1;
+    if (ws != nullptr && *ws != '\0' && *end == '\0' && n > 1)
+      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " + std::string(ws) +
+                  ": run it as one process, or compile it for a grid of " + ws + " ranks");
+    return c;
+  }
+  const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";
+  if (grid.pp > 1)
+    throw Error(where + "pipeline parallelism (pp > 1) is not supported by the trainer yet");
+  const Backend& backend = program_backend(p);
+  if (&backend == &host_backend()) {
+    c.world = World::from_env(grid, gloo_comm_factory());
+    c.host = make_grid_comm(*c.world);
+    return c;
+  }
+  if (grid.tp > 1)
+    throw Error(where + "tensor parallelism (tp > 1) is not supported on target " + p.target +
+                " (backend " + backend.name + "): compile it with --tp 1; data parallelism "
+                "(--dp) is supported");
+  if (backend.comm_factory == nullptr)
+    throw Error(where + "backend " + backend.name + " has no communicators for its memory "
+                "(Backend::comm_factory is null: a CUDA runtime built without NCCL?), so "
+                "the program cannot run on several ranks");
+  c.program_comms = std::make_unique<ProgramComms>(
+      grid, *static_cast<const CommFactory*>(backend.comm_factory));
+  c.world = World::from_env(grid, c.program_comms->world_factory(gloo_comm_factory()));
+  c.host = make_grid_comm(*c.world);
+  c.program_grid = make_program_grid_comm(*c.world, *c.program_comms, backend);
+  return c;
 }
 
 }  // namespace mtc::rt

@@ -32,6 +32,14 @@ void slice_dim(const GridComm& comm, int axis, const float* in, float* out,
   }
 }
 
+void reduce_scatter_dim(GridComm& comm, int axis, const float* in, float* out,
+                        int64_t outer, int64_t chunk) {
+  const int64_t n = outer * comm.size(axis) * chunk;
+  std::vector<float> sum(in, in + n);  // (outer, parts, chunk)
+  comm.all_reduce_sum(axis, sum.data(), n);
+  slice_dim(comm, axis, sum.data(), out, outer, chunk);
+}
+
 void all_reduce_mean(GridComm& comm, int axis, float* data, int64_t n) {
   comm.all_reduce_sum(axis, data, n);
   const float scale = 1.0f / static_cast<float>(comm.size(axis));

@@ -4,7 +4,10 @@
 //   1. parse and cross-check flags; validate the ProgramDesc; for a program
 //      compiled for more than one rank (ProgramDesc::grid), build the World
 //      from the launch environment (WORLD_SIZE must match the grid) with
-//      Gloo communicators and the GridComm over it (state.comm);
+//      Gloo communicators, the trainer's GridComm over it, and the
+//      program's GridComm (state.comm): the same one for the host backend,
+//      else one over the backend's own communicators (NCCL on CUDA), built
+//      alongside the World (grid_comm.h: ProgramComms);
 //   2. open and validate the data, build the split, find and validate the
 //      checkpoint to resume from (names, shapes, dtypes), check the lr
 //      schedule; print the plan summary;
@@ -48,9 +51,15 @@
 // stops with an error instead of waiting in a collective. The loss logged
 // is the mean over the data-parallel ranks; tokens/s counts the global
 // batch, TFLOP/s and MFU are per rank (flops_per_step is one rank's
-// program). Ranks meet at a barrier before a successful exit. Pipeline
-// parallelism and multi-rank programs of other targets than the host's are
-// refused at start (their GridComm would need device collectives).
+// program). Ranks meet at a barrier before a successful exit.
+// Two GridComms: the program's (state.comm) takes program memory; the
+// trainer's own collectives (checkpoint and dump gathers, the dp average of
+// --dump-grads, error agreement, loss sums) run on host copies that it
+// downloaded through the backend, over the Gloo World. For the host backend
+// they are one object. Pipeline parallelism (pp > 1), tensor parallelism
+// (tp > 1) on other backends than the host's, and multi-rank programs of a
+// backend without communicators (Backend::comm_factory) are refused at
+// start.
 #include <chrono>
 #include <cmath>
 #include <cstdarg>
@@ -106,8 +115,7 @@ auto at_step(int64_t step, int64_t microbatch, F&& f) -> decltype(f()) {
 
 class Trainer {
  public:
-  // `world` and `comm` are nullptr for a program compiled for one rank.
-  Trainer(const ProgramDesc& program, const TrainOptions& opts, World* world, GridComm* comm);
+  Trainer(const ProgramDesc& program, const TrainOptions& opts, const RunComms& comms);
   int run();
 
  private:
@@ -134,7 +142,9 @@ class Trainer {
   const Backend& backend_;
   const bool check_ids_;       // backend kernels only record bad ids
   World* const world_;         // nullptr: one rank
-  GridComm* const comm_;       // state.comm (nullptr: one rank)
+  GridComm* const host_comm_;  // the trainer's, on host buffers (nullptr: one rank)
+  GridComm* const comm_;       // state.comm, on program memory (nullptr: one rank)
+  const std::string comm_text_;  // RunComms::describe()
   const GridIndex at_;         // this rank's (pp, dp, tp) index
   const bool root_;            // global rank 0: prints and writes
   const int64_t dp_;           // data-parallel ranks
@@ -159,16 +169,17 @@ class Trainer {
   std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
 };
 
-Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, World* world,
-                 GridComm* comm)
+Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const RunComms& comms)
     : p_(program),
       t_(program.train),
       backend_(program_backend(program)),
       check_ids_(&backend_ != &host_backend()),
-      world_(world),
-      comm_(comm),
-      at_(grid_index(comm)),
-      root_(world == nullptr || world->rank() == 0),
+      world_(comms.world.get()),
+      host_comm_(comms.host.get()),
+      comm_(comms.program()),
+      comm_text_(comms.describe()),
+      at_(grid_index(host_comm_)),
+      root_(world_ == nullptr || world_->rank() == 0),
       dp_(program.grid[1]),
       global_(global_layout(program)),
       o_(opts) {
@@ -259,8 +270,7 @@ void Trainer::print_plan() const {
   std::printf("\n");
   if (world_ != nullptr)
     std::printf("  grid        %s (%s); ranks meet through %s\n",
-                describe_grid(world_->grid()).c_str(),
-                world_->comm(GroupKind::world).backend(),
+                describe_grid(world_->grid()).c_str(), comm_text_.c_str(),
                 world_->env().rdzv_dir.empty() ? "MASTER_ADDR:MASTER_PORT" : "MTC_RDZV_DIR");
   std::printf("  memory      %s (%s memory%s)\n", format_plan_bytes(plan_bytes(p_)).c_str(),
               backend_.name, world_ != nullptr ? ", each rank" : "");
@@ -404,11 +414,11 @@ void Trainer::save(int64_t step, int64_t consumed) {
   s.decay_steps = schedule_.decay_steps;
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
   // One rank: the program's own buffers. Several: the global tensors,
-  // gathered to rank 0 (empty elsewhere).
+  // gathered from host copies to rank 0 (empty elsewhere).
   auto global = [&](const float* src) {
     std::vector<float> local = download_floats(src);
     if (world_ == nullptr) return local;
-    return gather_params_to_root(comm_, p_, global_, local.data());
+    return gather_params_to_root(host_comm_, p_, global_, local.data());
   };
   const std::vector<float> params = global(state_.params);
   const std::vector<float> exp_avg = global(state_.exp_avg);
@@ -440,13 +450,13 @@ void Trainer::save(int64_t step, int64_t consumed) {
 void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   std::vector<float> g = download_floats(state_.grads);
   if (dp_ > 1) {
-    comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
+    host_comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
     const float inv_dp = 1.0f / static_cast<float>(dp_);
     for (float& x : g) x *= inv_dp;
   }
   const float scale = 1.0f / static_cast<float>(t_.num_microbatches);
   for (float& x : g) x *= scale;
-  if (world_ != nullptr) g = gather_params_to_root(comm_, p_, global_, g.data());
+  if (world_ != nullptr) g = gather_params_to_root(host_comm_, p_, global_, g.data());
 
   // Batch and microbatch losses of every data-parallel rank, gathered over
   // the dp group of rank 0 (tp index 0); int32 ids travel as raw 4-byte words.
@@ -454,9 +464,9 @@ void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   std::vector<int32_t> tokens = tokens_, targets = targets_;  // (dp * mbs * B, S)
   std::vector<float> losses_all = mb_losses;                  // (dp * mbs)
   if (dp_ > 1 && at_[0] == 0 && at_[2] == 0) {
-    tokens = gather_over_dp(*comm_, tokens_, mbs, rows);
-    targets = gather_over_dp(*comm_, targets_, mbs, rows);
-    losses_all = gather_over_dp(*comm_, mb_losses, mbs, 1);
+    tokens = gather_over_dp(*host_comm_, tokens_, mbs, rows);
+    targets = gather_over_dp(*host_comm_, targets_, mbs, rows);
+    losses_all = gather_over_dp(*host_comm_, mb_losses, mbs, 1);
   }
   std::string failure;
   if (root_) {
@@ -733,31 +743,6 @@ int Trainer::run() {
   return 0;
 }
 
-// The World of a program compiled for several ranks (nullptr for one):
-// WORLD_SIZE must match the grid (World's message says how to start it).
-// A one-rank program only checks that it was not started as several ranks
-// (WORLD_SIZE > 1: mtc-launch -n or torchrun), which would train the same
-// model in each process and race on its checkpoints.
-std::unique_ptr<World> start_world(const ProgramDesc& p) {
-  const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
-  if (grid.world_size() == 1) {
-    const char* ws = std::getenv("WORLD_SIZE");
-    char* end = nullptr;
-    const long long n = ws != nullptr ? std::strtoll(ws, &end, 10) : 1;
-    if (ws != nullptr && *ws != '\0' && *end == '\0' && n > 1)
-      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " + std::string(ws) +
-                  ": run it as one process, or compile it for a grid of " + ws + " ranks");
-    return nullptr;
-  }
-  const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";
-  if (grid.pp > 1)
-    throw Error(where + "pipeline parallelism (pp > 1) is not supported by the trainer yet");
-  if (&program_backend(p) != &host_backend())
-    throw Error(where + "the trainer runs multi-rank programs on the host target only so far "
-                "(target " + p.target + " needs NCCL collectives for its GridComm)");
-  return World::from_env(grid, gloo_comm_factory());
-}
-
 }  // namespace
 
 int train_main(int argc, char** argv, const ProgramDesc& program) {
@@ -777,10 +762,9 @@ int train_main(int argc, char** argv, const ProgramDesc& program) {
   }
   try {
     validate_program(program);
-    // Destroyed in reverse: the trainer before the GridComm before the World.
-    std::unique_ptr<World> world = start_world(program);
-    std::unique_ptr<GridComm> comm = world ? make_grid_comm(*world) : nullptr;
-    Trainer trainer(program, opts, world.get(), comm.get());
+    // Destroyed in reverse: the trainer before the communicators.
+    RunComms comms = start_run_comms(program);
+    Trainer trainer(program, opts, comms);
     return trainer.run();
   } catch (const Error& e) {
     std::fflush(stdout);

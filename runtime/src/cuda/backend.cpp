@@ -1,5 +1,6 @@
-// The CUDA target's Backend: device memory of the current device and
-// synchronous copies in and out of it (contract in mtc/rt/cuda_backend.h).
+// The CUDA target's Backend: device memory of the current device,
+// synchronous copies in and out of it, and NCCL communicators for
+// multi-rank programs (contract in mtc/rt/cuda_backend.h).
 //
 // Ordering: generated code queues its kernels on the Context's stream, which
 // is created non-blocking, so the legacy default stream used by cudaMemcpy /
@@ -9,6 +10,12 @@
 // place before the program's next kernel). The trainer calls these a few
 // times per microbatch, next to entry points that synchronize anyway to
 // return a loss, so the cost is a few microseconds per call.
+//
+// Communicators: Backend::comm_factory is nccl_comm_factory() (NCCL on
+// device LOCAL_RANK, comm_nccl.cpp) when the runtime is built with NCCL.
+// CMake leaves comm_nccl.cpp out when it finds no NCCL beside the toolkit;
+// nccl.h is looked for here in the same include directories, and without it
+// comm_factory stays null (the trainer then refuses multi-rank programs).
 #include "mtc/rt/cuda_backend.h"
 
 #include <cuda_runtime.h>
@@ -16,6 +23,7 @@
 #include <algorithm>
 #include <string>
 
+#include "mtc/rt/comm.h"
 #include "mtc/rt/cuda_check.h"
 #include "mtc/rt/io.h"
 #include "mtc/rt/trainer.h"
@@ -107,9 +115,17 @@ void cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
   MTC_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
 }
 
+#if __has_include(<nccl.h>)
+// Built before main (a lambda, no CUDA call); the backend holds its address.
+const CommFactory kCommFactory = nccl_comm_factory();
+constexpr const void* kCommFactoryAddress = &kCommFactory;
+#else
+constexpr const void* kCommFactoryAddress = nullptr;
+#endif
+
 const Backend kCudaBackend = {
     "cuda",     &cuda_alloc,        &cuda_release,     &cuda_upload, &cuda_download,
-    &cuda_zero, &cuda_synchronize, &cuda_memory_info,
+    &cuda_zero, &cuda_synchronize, &cuda_memory_info, kCommFactoryAddress,
 };
 
 }  // namespace

@@ -27,10 +27,17 @@
 //
 // barrier() all-reduces one float on the communicator's own stream and
 // waits for it (NCCL has no barrier).
+//
+// Destruction: ncclCommDestroy, or ncclCommAbort while an exception is
+// unwinding (a peer may have failed with a collective still queued).
+//
+// The environment reaches NCCL untouched (NCCL_NVLS_ENABLE=0, NCCL_DEBUG,
+// NCCL_SOCKET_IFNAME, ...): nothing here sets or unsets a variable.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -82,7 +89,12 @@ class NcclCommunicator final : public Communicator {
     cudaSetDevice(state_->device);
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->alive = false;
-    ncclCommDestroy(state_->comm);
+    // Unwinding from an error, a collective may still be queued with a peer
+    // that is gone: abort it rather than let ncclCommDestroy wait for it.
+    if (std::uncaught_exceptions() > 0)
+      ncclCommAbort(state_->comm);
+    else
+      ncclCommDestroy(state_->comm);
     for (cudaEvent_t e : state_->free_events) cudaEventDestroy(e);
     state_->free_events.clear();
     cudaFree(scratch_);

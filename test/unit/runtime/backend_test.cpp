@@ -1,11 +1,11 @@
 // The trainer through a Backend other than the host's (program.h), on the
-// CPU: a "pool" backend stands in for device memory. Each allocation is its
-// own mmap'd region that is PROT_NONE except while a backend function or a
-// program entry point runs, so a trainer access to program memory that does
-// not go through the backend faults instead of passing silently. The
-// program is the tiny hand-written one (train_test_support.h) wrapped so
-// that every entry point checks that it got pool pointers, the context and
-// an up-to-date compute copy, and ids inside the vocabulary.
+// CPU: the "pool" backend (backend_test_pool.h) stands in for device
+// memory; a trainer access to program memory that does not go through the
+// backend faults. The program is the tiny hand-written one
+// (train_test_support.h) wrapped so that every entry point checks that it
+// got pool pointers, the context and an up-to-date compute copy, and ids
+// inside the vocabulary. (Several ranks through the pool:
+// backend_multirank_test.cpp.)
 //
 // Checked: the same losses, gradient norms, validation losses and
 // checkpoints as the host backend for 10 steps; bit-exact resume through
@@ -15,8 +15,6 @@
 // every allocation and the context after success and after errors; the
 // host backend's own functions; program checks of the backend.
 #include <gtest/gtest.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <random>
@@ -24,6 +22,7 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "backend_test_pool.h"
 #include "mtc/rt/checkpoint.h"
 #include "mtc/rt/loader.h"
 #include "mtc/rt/safetensors.h"
@@ -36,221 +35,7 @@ using testing::read_jsonl;
 using testing::run_train;
 using testing::scratch_dir;
 namespace tiny = testing::tiny;
-
-// ---------------------------------------------------------------------------
-// The pool backend
-// ---------------------------------------------------------------------------
-
-namespace pool {
-
-struct Region {
-  char* base = nullptr;
-  size_t bytes = 0;   // requested
-  size_t mapped = 0;  // page multiple
-};
-
-struct Pool {
-  std::vector<Region> regions;
-  int open_depth = 0;
-  size_t free_bytes = 0, total_bytes = 0;  // what memory_info reports
-  int64_t allocs = 0, uploads = 0, downloads = 0, zeros = 0, syncs = 0;
-  std::vector<std::string> violations;     // contract breaches seen
-};
-
-Pool& g() {
-  static Pool pool;
-  return pool;
-}
-
-void reset(size_t free_bytes = 0, size_t total_bytes = 0) {
-  Pool& p = g();
-  p = Pool();
-  p.free_bytes = free_bytes;
-  p.total_bytes = total_bytes;
-}
-
-void protect(int prot) {
-  for (const Region& r : g().regions)
-    if (mprotect(r.base, r.mapped, prot) != 0) std::abort();
-}
-
-// Program memory readable and writable while alive (nested scopes allowed).
-struct Open {
-  Open() {
-    if (g().open_depth++ == 0) protect(PROT_READ | PROT_WRITE);
-  }
-  ~Open() {
-    if (--g().open_depth == 0) protect(PROT_NONE);
-  }
-};
-
-// True if [p, p + bytes) lies in one pool allocation.
-bool in_pool(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (const Region& r : g().regions)
-    if (c >= r.base && c + bytes <= r.base + r.bytes) return true;
-  return false;
-}
-
-bool overlaps_pool(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (const Region& r : g().regions)
-    if (c < r.base + r.mapped && c + bytes > r.base) return true;
-  return false;
-}
-
-void* alloc(size_t bytes, const char* what) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t mapped = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
-  void* p = mmap(nullptr, mapped, g().open_depth > 0 ? PROT_READ | PROT_WRITE : PROT_NONE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw Error(std::string("pool: cannot map ") + what);
-  g().regions.push_back({static_cast<char*>(p), bytes, mapped});
-  ++g().allocs;
-  return p;  // anonymous mappings are zero-filled
-}
-
-void release(void* p) {
-  auto& rs = g().regions;
-  for (size_t i = 0; i < rs.size(); ++i)
-    if (rs[i].base == p) {
-      munmap(rs[i].base, rs[i].mapped);
-      rs.erase(rs.begin() + static_cast<std::ptrdiff_t>(i));
-      return;
-    }
-  g().violations.push_back("release of a pointer the pool did not allocate");
-}
-
-void upload(void* dst, const void* src, size_t bytes) {
-  ++g().uploads;
-  if (!in_pool(dst, bytes) || overlaps_pool(src, bytes)) {
-    g().violations.push_back("upload: destination not in the pool or source in it");
-    return;
-  }
-  Open open;
-  std::memcpy(dst, src, bytes);
-}
-
-void download(void* dst, const void* src, size_t bytes) {
-  ++g().downloads;
-  if (!in_pool(src, bytes) || overlaps_pool(dst, bytes)) {
-    g().violations.push_back("download: source not in the pool or destination in it");
-    return;
-  }
-  Open open;
-  std::memcpy(dst, src, bytes);
-}
-
-void zero(void* dst, size_t bytes) {
-  ++g().zeros;
-  if (!in_pool(dst, bytes)) {
-    g().violations.push_back("zero: destination not in the pool");
-    return;
-  }
-  Open open;
-  std::memset(dst, 0, bytes);
-}
-
-void synchronize() { ++g().syncs; }
-
-void memory_info(size_t* free_bytes, size_t* total_bytes) {
-  *free_bytes = g().free_bytes;
-  *total_bytes = g().total_bytes;
-}
-
-const Backend kBackend = {"pool", &alloc, &release, &upload, &download,
-                          &zero,  &synchronize, &memory_info};
-
-// The program's "context": counts creations and destructions.
-struct Context {
-  int64_t created = 0, destroyed = 0, syncs_of_compute_copy = 0;
-};
-Context g_context;
-
-void* create_context() {
-  ++g_context.created;
-  return &g_context;
-}
-void destroy_context(void* ctx) {
-  if (ctx != &g_context) g().violations.push_back("destroy_context: not the context");
-  ++g_context.destroyed;
-}
-
-constexpr size_t kParamBytes = tiny::kNumParams * sizeof(float);
-
-// The compute copy is an fp32 copy of the parameters (a stand-in for
-// CUDA's bf16 copy): refreshed by sync_compute_params and by the optimizer
-// step, and required to equal the parameters whenever a forward runs.
-void sync_compute_params(HostState& s) {
-  ++g_context.syncs_of_compute_copy;
-  if (!in_pool(s.compute_params, kParamBytes) || !in_pool(s.params, kParamBytes)) {
-    g().violations.push_back("sync_compute_params: pointers not in the pool");
-    return;
-  }
-  Open open;
-  std::memcpy(s.compute_params, s.params, kParamBytes);
-}
-
-void check_state(const HostState& s, const int32_t* tok, const int32_t* tgt,
-                 const char* entry) {
-  const size_t batch = tiny::kT * sizeof(int32_t);
-  const bool ok = in_pool(s.params, kParamBytes) && in_pool(s.grads, kParamBytes) &&
-                  in_pool(s.exp_avg, kParamBytes) && in_pool(s.exp_avg_sq, kParamBytes) &&
-                  in_pool(s.compute_params, kParamBytes) &&
-                  in_pool(s.arena, tiny::kT * tiny::kV * sizeof(float)) &&
-                  (tok == nullptr || (in_pool(tok, batch) && in_pool(tgt, batch)));
-  if (!ok) {
-    g().violations.push_back(std::string(entry) + ": a pointer is not in the pool");
-    return;
-  }
-  if (s.context != &g_context)
-    g().violations.push_back(std::string(entry) + ": state.context is not the context");
-  Open open;
-  if (std::memcmp(s.compute_params, s.params, kParamBytes) != 0)
-    g().violations.push_back(std::string(entry) + ": the compute copy is stale");
-  if (tok != nullptr)
-    for (int64_t i = 0; i < tiny::kT; ++i)
-      if (tok[i] < 0 || tok[i] >= tiny::kV || tgt[i] < 0 || tgt[i] >= tiny::kV) {
-        g().violations.push_back(std::string(entry) + ": called with a bad id");
-        break;
-      }
-}
-
-float forward_loss(HostState& s, const int32_t* tok, const int32_t* tgt) {
-  check_state(s, tok, tgt, "forward_loss");
-  Open open;
-  return tiny::forward_loss(s, tok, tgt);
-}
-
-float forward_backward(HostState& s, const int32_t* tok, const int32_t* tgt) {
-  check_state(s, tok, tgt, "forward_backward");
-  Open open;
-  return tiny::forward_backward(s, tok, tgt);
-}
-
-double optimizer_step(HostState& s, float lr, int64_t step) {
-  check_state(s, nullptr, nullptr, "optimizer_step");
-  Open open;
-  double norm = tiny::optimizer_step(s, lr, step);
-  std::memcpy(s.compute_params, s.params, kParamBytes);
-  return norm;
-}
-
-ProgramDesc program() {
-  ProgramDesc p = tiny::program();  // same model name: dumps compare byte for byte
-  p.target = "pool";
-  p.backend = &kBackend;
-  p.compute_param_bytes = static_cast<int64_t>(kParamBytes);
-  p.forward_loss = &forward_loss;
-  p.forward_backward = &forward_backward;
-  p.optimizer_step = &optimizer_step;
-  p.create_context = &create_context;
-  p.destroy_context = &destroy_context;
-  p.sync_compute_params = &sync_compute_params;
-  return p;
-}
-
-}  // namespace pool
+namespace pool = testing::pool;
 
 class Backends : public ::testing::Test {
  protected:

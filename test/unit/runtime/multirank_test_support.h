@@ -66,13 +66,15 @@ inline Layout layout_of(const HostState& s) {
   return l;
 }
 
-// out (T, parts * n_each) from a gather of (parts, T, n_each) blocks.
+// out (T, parts * n_each) from a gather of (parts, T, n_each) blocks. The
+// activations are host vectors: only tp > 1 gathers them through the comm
+// (a device backend's comm takes program memory only, backend_test_pool.h).
 inline void gather_columns(HostState& s, const std::vector<float>& mine, int64_t n_each,
                            std::vector<float>& out) {
   const Layout l = layout_of(s);
   out.assign(static_cast<size_t>(kT * l.tp * n_each), 0.0f);
   std::vector<float> all(static_cast<size_t>(l.tp * kT * n_each));
-  if (s.comm != nullptr) s.comm->all_gather(2, mine.data(), all.data(), kT * n_each);
+  if (l.tp > 1) s.comm->all_gather(2, mine.data(), all.data(), kT * n_each);
   else all = mine;
   for (int64_t q = 0; q < l.tp; ++q)
     for (int64_t t = 0; t < kT; ++t)
@@ -136,7 +138,7 @@ inline float forward(HostState& s, const int32_t* tokens, const int32_t* targets
       }
     }
   }
-  if (s.comm != nullptr) s.comm->all_reduce_sum(2, dh.data(), kT * kD);
+  if (l.tp > 1) s.comm->all_reduce_sum(2, dh.data(), kT * kD);
   for (int64_t t = 0; t < kT; ++t)
     for (int64_t d = 0; d < dl; ++d) gwte[tokens[t] * dl + d] += dh[t * kD + l.r * dl + d];
   return static_cast<float>(loss / kT);
@@ -218,13 +220,10 @@ struct Job {
   std::vector<std::string> out;  // each rank's stdout
 };
 
-// train_main(program, args_of(rank)) as `n` ranks meeting through a fresh
-// directory;
-// each rank's stdout and stderr are kept. Collectives time out after 60 s
-// (a hang fails the test instead of stalling it).
-inline Job run_job(int n, const ProgramDesc& program,
-                   const std::function<std::vector<std::string>(int rank)>& args_of,
-                   double deadline_s = 90) {
+// body(rank) (its exit status) as `n` ranks meeting through a fresh
+// directory; each rank's stdout and stderr are kept. Collectives time out
+// after 60 s (a hang fails the test instead of stalling it).
+inline Job run_job_with(int n, const std::function<int(int rank)>& body, double deadline_s = 90) {
   const std::string logs = unique_dir("job-out");
   RunOptions opt;
   opt.deadline_s = deadline_s;
@@ -236,11 +235,18 @@ inline Job run_job(int n, const ProgramDesc& program,
       [&](int rank) {
         std::string out = logs + "/rank" + std::to_string(rank) + ".out";
         if (std::freopen(out.c_str(), "w", stdout) == nullptr) return 121;
-        return run_train(program, args_of(rank));
+        return body(rank);
       },
       opt);
   for (int r = 0; r < n; ++r) job.out.push_back(slurp(logs + "/rank" + std::to_string(r) + ".out"));
   return job;
+}
+
+// train_main(program, args_of(rank)) as the ranks of one job (run_job_with).
+inline Job run_job(int n, const ProgramDesc& program,
+                   const std::function<std::vector<std::string>(int rank)>& args_of,
+                   double deadline_s = 90) {
+  return run_job_with(n, [&](int rank) { return run_train(program, args_of(rank)); }, deadline_s);
 }
 
 // Every rank with the same arguments.

@@ -43,6 +43,19 @@ def MtcShardTensorParallel
   let dependentDialects = ["::mlir::shard::ShardDialect"];
 }
 
+def MtcShardSequenceParallel
+    : Pass<"mtc-shard-sequence-parallel", "::mlir::ModuleOp"> {
+  let summary = "Sequence parallelism: split activations outside TP regions";
+  let description = [{
+    Megatron's sequence parallelism, as an annotation: marks every function
+    `mtc.sequence_parallel`, which tells `mtc-partition` to hold the
+    activations outside the tensor-parallel regions (norms, residual adds,
+    dropout) split along the sequence over the tp axis. The partitioner then
+    turns each tensor-parallel all-reduce into a reduce-scatter / all-gather
+    pair. No-op unless the module's `mtc.parallel` has sp on.
+  }];
+}
+
 def MtcShardDataParallel
     : Pass<"mtc-shard-data-parallel", "::mlir::ModuleOp"> {
   let summary = "Data parallelism: average gradients over the dp axis";

@@ -14,6 +14,9 @@
 //                                                it returns
 //   synchronize  cudaDeviceSynchronize
 //   memory_info  cudaMemGetInfo
+//   comm_factory nccl_comm_factory() (comm.h: NCCL on device LOCAL_RANK), the
+//                program's GridComm of a multi-rank run (grid_comm.h:
+//                ProgramComms); null when the runtime was built without NCCL
 // Every CUDA error other than an allocation failure throws
 // mtc::rt::cuda::CudaError (cuda_check.h).
 #pragma once

@@ -1,8 +1,10 @@
 // The trainer's view of a multi-rank program: GridComm (program.h) over a
-// World's communicators; where each rank's slice of a tensor-parallel
-// parameter lies in the global tensor; gathering parameter-shaped buffers
-// and the global batch to rank 0 (checkpoints, dumps); and the small
-// agreement through which ranks learn that one of them failed.
+// World's communicators (host memory) or over the program backend's own
+// communicators (device memory: ProgramComms); where each rank's slice of
+// a tensor-parallel parameter lies in the global tensor; gathering
+// parameter-shaped host buffers and the global batch to rank 0
+// (checkpoints, dumps); and the small agreement through which ranks learn
+// that one of them failed.
 //
 // Axes are those of ProgramDesc::grid: 0 pipeline, 1 data, 2 tensor
 // parallel. Along one axis the group's members are the ranks that differ
@@ -26,11 +28,10 @@
 #include <string>
 #include <vector>
 
+#include "mtc/rt/comm.h"
 #include "mtc/rt/program.h"
 
 namespace mtc::rt {
-
-class World;
 
 // This rank's index along each axis (pp, dp, tp); all zero for one rank.
 using GridIndex = std::array<int64_t, 3>;
@@ -104,5 +105,90 @@ Agreement agree(World& world, bool failed, double value);
 // all_gather copies. An axis outside [0, 3) throws Error. The World must
 // outlive it.
 std::unique_ptr<GridComm> make_grid_comm(World& world);
+
+// The program's collectives when its memory is not the host's (a Backend
+// with a comm_factory, program.h: NCCL on the CUDA target), built alongside
+// the World whose Gloo communicators the trainer keeps for its own
+// host-side collectives (gathers of downloaded checkpoints and dumps, error
+// agreement, loss sums).
+//
+// Setup: the World is built with world_factory(host factory). The World
+// calls its factory once per distinct group (comm.h); every such group that
+// is the group of an axis of size > 1 (pp, dp or tp) also gets a program
+// communicator from the backend's factory, right after its host one, under
+// that axis's GroupDesc ("dp[0]", so watchdog reports name the axis) and
+// through the same store with every key prefixed "program/" (so the two
+// factories' keys never meet). Every rank makes the same calls in the same
+// order, so the members of a group meet. Axes of size 1 get none.
+//
+// The communicators hold a reference to the World's watchdog: destroy the
+// ProgramComms (and any GridComm over it) before the World, and create it
+// before, since the World's factory fills it.
+class ProgramComms {
+ public:
+  // `factory` is the backend's (a const CommFactory*, Backend::comm_factory).
+  ProgramComms(const GridSpec& grid, CommFactory factory);
+  ~ProgramComms();
+  ProgramComms(const ProgramComms&) = delete;
+  ProgramComms& operator=(const ProgramComms&) = delete;
+
+  // The factory to build the World with: `host`'s communicator for every
+  // group (the World's), plus the program's for axis groups (kept here).
+  CommFactory world_factory(CommFactory host);
+
+  // The program communicator of axis 0 (pp), 1 (dp) or 2 (tp); nullptr for
+  // an axis of size 1. CommError if the World did not build it (an axis of
+  // size > 1 whose group the World's factory never saw).
+  Communicator* axis(int axis) const;
+  // The program communicators' backend ("nccl"), "" when none was built.
+  std::string backend() const;
+
+ private:
+  GridSpec grid_;
+  CommFactory factory_;
+  std::unique_ptr<Communicator> axes_[3];  // pp, dp, tp
+};
+
+// GridComm over program memory: sizes and indices from `world`'s grid;
+// collectives on the axis communicators of `comms`, enqueued on the default
+// stream (Stream nullptr), followed by backend.synchronize(), so that every
+// collective has completed on the device when it returns (the generated code
+// runs its next kernel on its own stream, which does not wait for the
+// default one). Along an axis of size 1 all_reduce_sum does nothing and
+// all_gather copies through host memory (download, upload); generated code
+// never gathers along such an axis. An axis outside [0, 3) throws Error.
+// `world`, `comms` and `backend` must outlive it.
+//
+// Cost: one device-wide synchronize per collective. The generated CUDA code
+// calls all_reduce_sum once per optimizer step (the data-parallel gradient
+// sum, after synchronizing its own stream), so the overlap a stream-ordered
+// collective would give (NCCL on a stream that waits for the program's
+// through an event) is not there to take yet.
+std::unique_ptr<GridComm> make_program_grid_comm(World& world, ProgramComms& comms,
+                                                 const Backend& backend);
+
+// The communicators of one training run (train_main), all null for a
+// program compiled for one rank. Members are declared so that destruction
+// goes GridComms, ProgramComms, World.
+struct RunComms {
+  std::unique_ptr<World> world;                 // Gloo: the trainer's collectives
+  std::unique_ptr<ProgramComms> program_comms;  // backends other than the host's
+  std::unique_ptr<GridComm> host;               // over `world`: host buffers
+  std::unique_ptr<GridComm> program_grid;       // over program_comms: program memory
+  // HostState::comm: program_grid, or `host` when program memory is the host's.
+  GridComm* program() const { return program_grid ? program_grid.get() : host.get(); }
+  // "gloo", or "nccl for the program, gloo for the trainer"; "" for one rank.
+  std::string describe() const;
+};
+
+// The run's communicators from the launch environment. One rank: none, but
+// WORLD_SIZE > 1 is refused (two copies would train the same model and race
+// on its checkpoints). Several: WORLD_SIZE must match the grid (World's
+// message says how to start it), pp must be 1; the host backend gets a Gloo
+// World and one GridComm over it for both program and trainer; another
+// backend needs tp = 1 and a Backend::comm_factory, and gets the Gloo World
+// plus ProgramComms built alongside it and the program's GridComm over them.
+// Throws Error naming the program and grid otherwise.
+RunComms start_run_comms(const ProgramDesc& program);
 
 }  // namespace mtc::rt

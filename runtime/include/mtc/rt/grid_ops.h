@@ -21,6 +21,14 @@ void all_gather_dim(GridComm& comm, int axis, const float* in, float* out,
 void slice_dim(const GridComm& comm, int axis, const float* in, float* out,
                int64_t outer, int64_t chunk);
 
+// shard.reduce_scatter along a dimension: the sum over the group of every
+// member's `in` (outer, parts * chunk), of which this rank keeps its column
+// block: out (outer, chunk). Done as an all_reduce of a copy followed by a
+// local slice (twice a reduce-scatter's traffic; GridComm has no
+// reduce-scatter yet).
+void reduce_scatter_dim(GridComm& comm, int axis, const float* in, float* out,
+                        int64_t outer, int64_t chunk);
+
 // data (n) = the mean of the group members' data (sum / size), in place.
 void all_reduce_mean(GridComm& comm, int axis, float* data, int64_t n);
 

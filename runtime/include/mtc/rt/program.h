@@ -73,6 +73,14 @@ struct Backend {
   // Free and total memory of the device, for the "does it fit" check; both 0
   // when unknown (host).
   void (*memory_info)(size_t* free_bytes, size_t* total_bytes) = nullptr;
+  // Multi-rank programs: a `const mtc::rt::CommFactory*` (comm.h; void here
+  // so that this header needs no comm.h) whose communicators take this
+  // backend's memory, enqueued on the default stream (Stream nullptr) and
+  // complete once `synchronize` returns: NCCL for the CUDA backend. The
+  // program's GridComm is built on it (grid_comm.h: ProgramComms); the
+  // trainer's own collectives stay on Gloo. nullptr: none, so a multi-rank
+  // program of a backend other than the host's is refused at start.
+  const void* comm_factory = nullptr;
 };
 
 // The collectives of the device grid (axes: 0 pipeline, 1 data, 2 tensor
