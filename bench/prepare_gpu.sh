@@ -6,6 +6,8 @@
 # the GPU image lacks, the fortunes dataset and the PyTorch baselines.
 #   MTC_BUILD_DIR  a build of mtc with the compiler and the CUDA backend
 #                  (default: build; scripts/setup.sh makes one where nvcc is)
+#   MTC_PREPARE    single (default: for gpu_run.sh) or dp (for gpu_dp_run.sh
+#                  on two GPUs); the carried folder must stay under 64 MiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${MTC_BUILD_DIR:-build}"
@@ -14,18 +16,31 @@ BIN="$BUILD/bin"
 grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/info/exclude
 rm -rf "$OUTD/lib" "$OUTD/lib.tar.xz"
 mkdir -p "$OUTD/lib" "$OUTD/bench" "$OUTD/data"
-cmake --build "$BUILD" --target mtc mtc-preprocess mtc-cuda-tests mtc_runtime_cuda
-cp "$BIN/mtc-cuda-tests" "$OUTD/"
+MODE="${MTC_PREPARE:-single}"
+rm -rf "$OUTD"/prog-* "$OUTD/mtc-cuda-tests" "$OUTD/bin"
+cmake --build "$BUILD" --target mtc mtc-preprocess mtc-launch mtc-cuda-tests mtc_runtime_cuda
+mkdir -p "$OUTD/bin"
+cp "$BIN/mtc-launch" "$OUTD/bin/"
+[ "$MODE" = single ] && cp "$BIN/mtc-cuda-tests" "$OUTD/"
 
 compile() {  # name spec target extra-flags...
   local name=$1 spec=$2 target=$3; shift 3
   "$BIN/mtc" compile "$spec" --target "$target" -o "$OUTD/prog-$name" "$@" > "$OUTD/compile-$name.log"
   rm -rf "$OUTD/prog-$name/build"
 }
-compile tiny-host examples/tiny-gpt.json host
-compile tiny-cuda examples/tiny-gpt.json cuda
 compile gpt2-124m examples/gpt2-124m.json cuda --micro-batch-size 64 --global-batch-size 64
 compile gpt-1.3b examples/gpt-1.3b.json cuda --micro-batch-size 8 --global-batch-size 8
+if [ "$MODE" = single ]; then
+  compile tiny-host examples/tiny-gpt.json host
+  compile tiny-cuda examples/tiny-gpt.json cuda
+else
+  # The same global batch on one GPU (2 microbatches) and on two (dp = 2).
+  compile tiny-cuda-gb16 examples/tiny-gpt.json cuda --micro-batch-size 8 --global-batch-size 16
+  compile tiny-cuda-dp2 examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
+  compile gpt2-124m-dp2 examples/gpt2-124m.json cuda --dp 2 --micro-batch-size 64 --global-batch-size 128
+  compile gpt-1.3b-dp2 examples/gpt-1.3b.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
+fi
+strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 
 # Libraries of this machine's toolchain that the GPU image (Ubuntu 24.04,
 # CUDA 13) does not have.
