@@ -44,7 +44,8 @@ strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 
 # Libraries of this machine's toolchain that the GPU image (Ubuntu 24.04,
 # CUDA 13) does not have.
-for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgloo.so; do
+for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgloo.so libhiredis.so.0.14 \
+    libibverbs.so.1 libnl-route-3.so.200 libnl-3.so.200; do
   p=$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')
   [ -n "$p" ] && cp -L "$p" "$OUTD/lib/"
 done
