@@ -22,6 +22,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$SUMMAR
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
 LAUNCH="$D/bin/mtc-launch"
 
+say "== NCCL program communicator (2 GPUs, one process)"
+"$D/mtc-cuda-tests" --gtest_filter='Nccl*' > "$OUT/nccl-test.log" 2>&1
+say "$(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/nccl-test.log")"
+
 say "== equivalence: tiny GPT, dp=2 vs 1 GPU, same global batches, 20 steps"
 "$D/prog-tiny-cuda-gb16/train" --data "$D/data/fortunes" --steps 20 --metrics "$OUT/tiny-1.jsonl" > "$OUT/tiny-1.log" 2>&1 || say "tiny 1 GPU FAILED: $(tail -3 "$OUT/tiny-1.log")"
 timeout 120 "$LAUNCH" -n 2 "$D/prog-tiny-cuda-dp2/train" --data "$D/data/fortunes" --steps 20 --metrics "$OUT/tiny-2.jsonl" > "$OUT/tiny-2.log" 2>&1 || say "tiny dp=2 FAILED: $(tail -5 "$OUT/tiny-2.log")"

@@ -21,7 +21,7 @@ rm -rf "$OUTD"/prog-* "$OUTD/mtc-cuda-tests" "$OUTD/bin"
 cmake --build "$BUILD" --target mtc mtc-preprocess mtc-launch mtc-cuda-tests mtc_runtime_cuda
 mkdir -p "$OUTD/bin"
 cp "$BIN/mtc-launch" "$OUTD/bin/"
-[ "$MODE" = single ] && cp "$BIN/mtc-cuda-tests" "$OUTD/"
+cp "$BIN/mtc-cuda-tests" "$OUTD/"
 
 compile() {  # name spec target extra-flags...
   local name=$1 spec=$2 target=$3; shift 3
