@@ -46,8 +46,8 @@ strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 # CUDA 13) does not have.
 for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgloo.so libhiredis.so.0.14 \
     libibverbs.so.1 libnl-route-3.so.200 libnl-3.so.200; do
-  p=$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')
-  [ -n "$p" ] && cp -L "$p" "$OUTD/lib/"
+  p=$(ldconfig -p | awk -v l="$lib" '$1 == l && !found {print $NF; found = 1}')
+  if [ -n "$p" ]; then cp -L "$p" "$OUTD/lib/"; else echo "note: $lib not found here"; fi
 done
 
 if [ ! -f "$OUTD/data/fortunes.idx" ]; then
