@@ -57,7 +57,7 @@ for m in gpt2-124m:20 gpt-1.3b:15; do
 done
 for m in 124m:64 1.3b:8; do
   IFS=: read -r size batch <<< "$m"
-  timeout 200 python3 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-1.log" 2>&1
+  timeout 200 torchrun --nproc_per_node 1 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-1.log" 2>&1
   timeout 240 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-2.log" 2>&1
 done
 python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"

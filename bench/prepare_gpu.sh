@@ -44,7 +44,7 @@ strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 
 # Libraries of this machine's toolchain that the GPU image (Ubuntu 24.04,
 # CUDA 13) does not have.
-for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgloo.so libhiredis.so.0.14 \
+for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgloo.so.0 libhiredis.so.0.14 \
     libibverbs.so.1 libnl-route-3.so.200 libnl-3.so.200; do
   p=$(ldconfig -p | awk -v l="$lib" '$1 == l && !found {print $NF; found = 1}')
   if [ -n "$p" ]; then cp -L "$p" "$OUTD/lib/"; else echo "note: $lib not found here"; fi
