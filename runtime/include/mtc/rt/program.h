@@ -84,8 +84,11 @@ struct Backend {
 };
 
 // The collectives of the device grid (axes: 0 pipeline, 1 data, 2 tensor
-// parallel), as the generated code and the trainer use them. The trainer
-// implements it over mtc::rt::World (comm.h): Gloo on the host target.
+// parallel), as the generated code uses them. Buffers are in the program's
+// memory (the backend's: device memory on the CUDA target), and a call has
+// completed on that memory when it returns. The trainer implements it over
+// mtc::rt::World (comm.h): Gloo on the host target, NCCL (the backend's
+// comm_factory) on CUDA.
 class GridComm {
  public:
   virtual ~GridComm() = default;
