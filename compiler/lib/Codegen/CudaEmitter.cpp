@@ -240,6 +240,12 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
     line(llvm::formatv("k::set_current_op(\"{0} {1}\");",
                        op->getName().getStringRef(),
                        escape(locString(op->getLoc()))));
+  // Ops whose CUDA kernel takes the host kernel's arguments after a Context.
+  auto shared = [&]() -> LogicalResult {
+    line(formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
+                    "ctx"));
+    return success();
+  };
   auto sinkOf = [&](Value v) -> std::string {
     auto it = sink.find(v);
     return it == sink.end() ? std::string() : grad(it->second);
@@ -316,30 +322,11 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
               m.getM(), m.getN(), m.getK(), m.getTransposeB()));
           return success();
         }
-        line(llvm::formatv("k::gelu_forward(ctx, {0}, {1}, {2}, {3});",
-                           buf(g.getInput()), buf(g), numel(g),
-                           g.getApproximate() == mtc::GeluApprox::tanh));
-        return success();
+        return shared();
       })
-      .Case([&](mtc::GeluGradOp g) -> LogicalResult {
-        line(llvm::formatv("k::gelu_backward(ctx, {0}, {1}, {2}, {3}, {4});",
-                           buf(g.getInput()), buf(g.getDout()), buf(g),
-                           numel(g),
-                           g.getApproximate() == mtc::GeluApprox::tanh));
-        return success();
-      })
-      .Case([&](mtc::SwigluOp s) -> LogicalResult {
-        line(llvm::formatv("k::swiglu_forward(ctx, {0}, {1}, {2}, {3});",
-                           buf(s.getGate()), buf(s.getUp()), buf(s), numel(s)));
-        return success();
-      })
-      .Case([&](mtc::SwigluGradOp s) -> LogicalResult {
-        line(llvm::formatv(
-            "k::swiglu_backward(ctx, {0}, {1}, {2}, {3}, {4}, {5});",
-            buf(s.getGate()), buf(s.getUp()), buf(s.getDout()),
-            buf(s.getDgate()), buf(s.getDup()), numel(s.getDout())));
-        return success();
-      })
+      .Case<mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp,
+            mtc::LayerNormOp, mtc::RmsNormOp, mtc::RopeOp,
+            mtc::AttentionGradOp>([&](Operation *) { return shared(); })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();
         line(llvm::formatv("k::dropout(ctx, {0}, {1}, {2}, {3}f, st.seed, "
@@ -363,14 +350,6 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
             m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
         return success();
       })
-      .Case([&](mtc::LayerNormOp n) -> LogicalResult {
-        line(llvm::formatv(
-            "k::layer_norm_forward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}f);",
-            buf(n.getInput()), buf(n.getGamma()),
-            n.getBeta() ? buf(n.getBeta()) : "nullptr", buf(n), rows(n),
-            shapeOf(n).back(), fmt(n.getEps().convertToDouble())));
-        return success();
-      })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
         std::string dg = sinkOf(n.getDgamma());
         std::string db = sinkOf(n.getDbeta());
@@ -386,13 +365,6 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
             fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::RmsNormOp n) -> LogicalResult {
-        line(llvm::formatv(
-            "k::rms_norm_forward(ctx, {0}, {1}, {2}, {3}, {4}, {5}f);",
-            buf(n.getInput()), buf(n.getGamma()), buf(n), rows(n),
-            shapeOf(n).back(), fmt(n.getEps().convertToDouble())));
-        return success();
-      })
       .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
         std::string dg = sinkOf(n.getDgamma());
         if (dg.empty())
@@ -406,42 +378,12 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
             shapeOf(n.getInput()).back(), fmt(n.getEps().convertToDouble())));
         return success();
       })
-      .Case([&](mtc::RopeOp r) -> LogicalResult {
-        auto s = shapeOf(r);
-        int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
-        line(llvm::formatv(
-            "k::rope(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}f, {8});",
-            buf(r.getInput()), buf(r), s[0], s[1], r.getHeads(),
-            r.getKvHeads(), dh, fmt(r.getTheta().convertToDouble()),
-            r.getInverse()));
-        return success();
-      })
       .Case([&](mtc::AttentionOp a) -> LogicalResult {
         if (a.getHeadDim() != 64 && a.getHeadDim() != 128)
           return op->emitOpError("CUDA target: the attention kernels take "
                                  "head_dim 64 or 128, this model has ")
                  << a.getHeadDim() << " (hidden_size / num_heads)";
-        auto s = shapeOf(a.getQkv());
-        line(llvm::formatv(
-            "k::attention_forward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
-            "{8}, {9}, {10}f);",
-            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
-            buf(a.getResult()), buf(a.getLse()), s[0], s[1], a.getHeads(),
-            a.getKvHeads(), a.getHeadDim(), a.getCausal(),
-            fmt(a.getScale().convertToDouble())));
-        return success();
-      })
-      .Case([&](mtc::AttentionGradOp a) -> LogicalResult {
-        auto s = shapeOf(a.getQkv());
-        int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
-        line(llvm::formatv(
-            "k::attention_backward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, "
-            "{7}, {8}, {9}, {10}, {11}, {12}f);",
-            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
-            buf(a.getOut()), buf(a.getLse()), buf(a.getDout()), buf(a), s[0],
-            s[1], a.getHeads(), a.getKvHeads(), dh, a.getCausal(),
-            fmt(a.getScale().convertToDouble())));
-        return success();
+        return shared();
       })
       .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
         std::string dlogits = "nullptr";

@@ -40,6 +40,25 @@ std::string fmt(double d);
 std::string escape(llvm::StringRef s);
 std::string locString(mlir::Location loc);
 
+/// How an emitter names a value in the code it generates.
+using BufferName = llvm::function_ref<std::string(mlir::Value)>;
+
+/// A runtime kernel call: the function and its arguments.
+struct KernelCall {
+  std::string name;
+  llvm::SmallVector<std::string> args;
+};
+
+/// The kernel call of ops whose host (host_kernels.h) and CUDA
+/// (cuda_kernels.h) kernels take the same arguments — the CUDA ones after a
+/// Context: activations, norms, rope, attention. nullopt for other ops.
+std::optional<KernelCall> sharedKernelCall(mlir::Operation *op,
+                                           BufferName buf);
+
+/// `k::name(args...);`, with `context` (e.g. "ctx") as first argument when
+/// not empty.
+std::string formatCall(const KernelCall &call, llvm::StringRef context);
+
 /// The three functions the training pipeline produced, or an error.
 struct TrainingFunctions {
   mlir::func::FuncOp forward, train, optimizer;

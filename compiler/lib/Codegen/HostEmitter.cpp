@@ -239,29 +239,11 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(r)));
         return success();
       })
-      .Case([&](mtc::GeluOp g) -> LogicalResult {
-        line(llvm::formatv("k::gelu_forward({0}, {1}, {2}, {3});",
-                           buf(g.getInput()), buf(g), numel(g),
-                           g.getApproximate() == mtc::GeluApprox::tanh));
-        return success();
-      })
-      .Case([&](mtc::GeluGradOp g) -> LogicalResult {
-        line(llvm::formatv("k::gelu_backward({0}, {1}, {2}, {3}, {4});",
-                           buf(g.getInput()), buf(g.getDout()), buf(g),
-                           numel(g),
-                           g.getApproximate() == mtc::GeluApprox::tanh));
-        return success();
-      })
-      .Case([&](mtc::SwigluOp s) -> LogicalResult {
-        line(llvm::formatv("k::swiglu_forward({0}, {1}, {2}, {3});",
-                           buf(s.getGate()), buf(s.getUp()), buf(s), numel(s)));
-        return success();
-      })
-      .Case([&](mtc::SwigluGradOp s) -> LogicalResult {
-        line(llvm::formatv("k::swiglu_backward({0}, {1}, {2}, {3}, {4}, {5});",
-                           buf(s.getGate()), buf(s.getUp()), buf(s.getDout()),
-                           buf(s.getDgate()), buf(s.getDup()),
-                           numel(s.getDout())));
+      .Case<mtc::GeluOp, mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp,
+            mtc::LayerNormOp, mtc::RmsNormOp, mtc::RopeOp, mtc::AttentionOp,
+            mtc::AttentionGradOp>([&](Operation *) -> LogicalResult {
+        line(formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
+                        ""));
         return success();
       })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
@@ -280,14 +262,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
         return success();
       })
-      .Case([&](mtc::LayerNormOp n) -> LogicalResult {
-        line(llvm::formatv(
-            "k::layer_norm_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}f);",
-            buf(n.getInput()), buf(n.getGamma()),
-            n.getBeta() ? buf(n.getBeta()) : "nullptr", buf(n),
-            rows(n), shapeOf(n).back(), fmt(n.getEps().convertToDouble())));
-        return success();
-      })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
         line(llvm::formatv("k::layer_norm_backward({0}, {1}, {2}, {3}, {4}, "
                            "{5}, {6}, {7}, {8}f);",
@@ -295,13 +269,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            buf(n.getDout()), buf(n.getDinput()),
                            buf(n.getDgamma()), buf(n.getDbeta()),
                            rows(n.getInput()), shapeOf(n.getInput()).back(),
-                           fmt(n.getEps().convertToDouble())));
-        return success();
-      })
-      .Case([&](mtc::RmsNormOp n) -> LogicalResult {
-        line(llvm::formatv("k::rms_norm_forward({0}, {1}, {2}, {3}, {4}, {5}f);",
-                           buf(n.getInput()), buf(n.getGamma()), buf(n),
-                           rows(n), shapeOf(n).back(),
                            fmt(n.getEps().convertToDouble())));
         return success();
       })
@@ -313,40 +280,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            buf(n.getDgamma()), rows(n.getInput()),
                            shapeOf(n.getInput()).back(),
                            fmt(n.getEps().convertToDouble())));
-        return success();
-      })
-      .Case([&](mtc::RopeOp r) -> LogicalResult {
-        auto s = shapeOf(r);
-        int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
-        line(llvm::formatv("k::rope({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}f, "
-                           "{8});",
-                           buf(r.getInput()), buf(r), s[0], s[1], r.getHeads(),
-                           r.getKvHeads(), dh,
-                           fmt(r.getTheta().convertToDouble()),
-                           r.getInverse()));
-        return success();
-      })
-      .Case([&](mtc::AttentionOp a) -> LogicalResult {
-        auto s = shapeOf(a.getQkv());
-        line(llvm::formatv(
-            "k::attention_forward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, "
-            "{9}, {10}f);",
-            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
-            buf(a.getResult()), buf(a.getLse()), s[0], s[1], a.getHeads(),
-            a.getKvHeads(), a.getHeadDim(), a.getCausal(),
-            fmt(a.getScale().convertToDouble())));
-        return success();
-      })
-      .Case([&](mtc::AttentionGradOp a) -> LogicalResult {
-        auto s = shapeOf(a.getQkv());
-        int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
-        line(llvm::formatv(
-            "k::attention_backward({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
-            "{8}, {9}, {10}, {11}, {12}f);",
-            buf(a.getQkv()), a.getMask() ? buf(a.getMask()) : "nullptr",
-            buf(a.getOut()), buf(a.getLse()), buf(a.getDout()), buf(a), s[0],
-            s[1], a.getHeads(), a.getKvHeads(), dh, a.getCausal(),
-            fmt(a.getScale().convertToDouble())));
         return success();
       })
       .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
