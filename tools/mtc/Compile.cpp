@@ -101,6 +101,15 @@ int mtc::runCompile(const CompileOptions &opts) {
   }
   if (opts.target != "host" && opts.target != "cuda")
     return fail("unknown --target '" + opts.target + "' (valid: host, cuda)");
+  // The host target is fp32 by design (it is the reference); the CUDA target
+  // computes in bf16 with fp32 master weights and has no other mode yet.
+  if (opts.target == "cuda" &&
+      parsed->training.precision != spec::Precision::bf16)
+    return fail(opts.specPath + ": training.precision is '" +
+                spec::toString(parsed->training.precision) +
+                "', but the CUDA target computes in bf16 only (fp16 with "
+                "loss scaling and an fp32 mode are not implemented); set it "
+                "to \"bf16\"");
 
   // 2. Import.
   DialectRegistry registry;
