@@ -284,6 +284,18 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
         int64_t v = shapeOf(c.getLogits()).back();
+        if (Value start = c.getVocabStart()) {
+          line(llvm::formatv(
+              "if (!mtc::rt::grid::vocab_parallel_cross_entropy_forward("
+              "*st.comm, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8})) {9}",
+              *c.getGridAxis(), buf(c.getLogits()), buf(c.getTargets()),
+              buf(c), numel(c.getTargets()), v, buf(start),
+              c.getNumValidClasses(), int64_t(c.getIgnoreIndex()),
+              dataError(llvm::formatv("target id outside [0, {0})",
+                                      c.getNumValidClasses())
+                            .str())));
+          return success();
+        }
         line(llvm::formatv(
             "if (!k::cross_entropy_forward({0}, {1}, {2}, {3}, {4}, {5}, {6})) "
             "{7}",
@@ -296,6 +308,16 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::CrossEntropyGradOp c) -> LogicalResult {
+        if (Value start = c.getVocabStart()) {
+          line(llvm::formatv(
+              "mtc::rt::grid::vocab_parallel_cross_entropy_backward(*st.comm, "
+              "{0}, {1}, {2}, {3}[0], {4}, {5}, {6}, {7}, {8}, {9});",
+              *c.getGridAxis(), buf(c.getLogits()), buf(c.getTargets()),
+              buf(c.getDloss()), buf(c), numel(c.getTargets()),
+              shapeOf(c.getLogits()).back(), buf(start),
+              c.getNumValidClasses(), int64_t(c.getIgnoreIndex())));
+          return success();
+        }
         line(llvm::formatv(
             "k::cross_entropy_backward({0}, {1}, {2}[0], {3}, {4}, {5}, {6}, "
             "{7});",

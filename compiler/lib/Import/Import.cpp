@@ -250,8 +250,9 @@ OwningOpRef<ModuleOp> Importer::run() {
   IntegerAttr valid =
       v > m.vocab_size ? b.getI64IntegerAttr(m.vocab_size) : IntegerAttr();
   Value loss = mtc::CrossEntropyOp::create(b, loc("loss"), f32({}), logits,
-                                           targets, b.getI64IntegerAttr(-1),
-                                           valid);
+                                           targets, Value(),
+                                           b.getI64IntegerAttr(-1), valid,
+                                           IntegerAttr());
   func::ReturnOp::create(b, loc("forward"), loss);
 
   if (failed(verify(*module)))

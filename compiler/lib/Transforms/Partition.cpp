@@ -35,7 +35,9 @@
 //             is sliced; an output dimension split -> S of that dimension; a
 //             bias of a P result is added after the all_reduce, once.
 //   norms (and gradients) -> R, or rows split (the weights' gradients are
-//             then partial sums); cross-entropy, dropout with p > 0 -> need R
+//             then partial sums); dropout with p > 0 -> needs R
+//   cross-entropy (and gradient) -> R, or logits split on the vocabulary:
+//             vocabulary-parallel, the softmax completed over the group
 //   attention, rope (and gradients) -> R, or S(last) split by heads
 //   embedding -> a vocabulary-split table gives P (rows of other ranks are 0)
 //   elementwise -> any one distribution shared by all operands
@@ -543,6 +545,36 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
             out[0] = d;
             return rebuild({d, Dist::r(), d}, out);
           })
+      .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
+        // Vocabulary-parallel: the logits stay split; the op completes the
+        // softmax over the tp group (no rank holds the whole logits).
+        Dist d = distOf(c.getLogits());
+        if (d.kind != Dist::S || d.dim != last(c.getLogits()))
+          return rebuild(all(Dist::r()), {Dist::r()});
+        Value logits = get(c.getLogits(), d);
+        int64_t v = cast<RankedTensorType>(logits.getType()).getShape().back();
+        auto n = mtc::CrossEntropyOp::create(
+            b, loc, c.getType(), logits, get(c.getTargets(), Dist::r()),
+            vocabStart(loc, v), c.getIgnoreIndexAttr(),
+            b.getI64IntegerAttr(c.getNumValidClasses()),
+            b.getI64IntegerAttr(mtc::kAxisTP));
+        set(c, n, Dist::r());
+        return success();
+      })
+      .Case([&](mtc::CrossEntropyGradOp c) -> LogicalResult {
+        Dist d = distOf(c.getLogits());
+        if (d.kind != Dist::S || d.dim != last(c.getLogits()))
+          return rebuild(all(Dist::r()), {Dist::r()});
+        Value logits = get(c.getLogits(), d);
+        int64_t v = cast<RankedTensorType>(logits.getType()).getShape().back();
+        auto n = mtc::CrossEntropyGradOp::create(
+            b, loc, logits.getType(), logits, get(c.getTargets(), Dist::r()),
+            get(c.getDloss(), Dist::r()), vocabStart(loc, v),
+            c.getIgnoreIndexAttr(), b.getI64IntegerAttr(c.getNumValidClasses()),
+            b.getI64IntegerAttr(mtc::kAxisTP));
+        set(c, n, d);
+        return success();
+      })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
         Dist d = paramDists.lookup(a.getParam());
         return rebuild({d}, {});

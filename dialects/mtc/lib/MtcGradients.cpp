@@ -155,10 +155,12 @@ LogicalResult AttentionOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
 // loss = mean CE(logits, targets)  =>  dlogits = dloss (softmax - onehot)/n.
 LogicalResult CrossEntropyOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                             SmallVectorImpl<Value> &grads) {
-  auto op = CrossEntropyGradOp::create(b, getLoc(), getLogits().getType(),
-                                       getLogits(), getTargets(), dy[0],
-                                       getIgnoreIndexAttr(),
-                                       getValidClassesAttr());
+  auto op = CrossEntropyGradOp::create(
+      b, getLoc(), getLogits().getType(), getLogits(), getTargets(), dy[0],
+      getVocabStart(), getIgnoreIndexAttr(), getValidClassesAttr(),
+      getGridAxisAttr());
   grads.assign({Value(op), Value()});
+  if (getVocabStart())
+    grads.push_back(Value());
   return success();
 }

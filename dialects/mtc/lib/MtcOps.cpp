@@ -351,10 +351,18 @@ LogicalResult AttentionGradOp::verify() {
 }
 
 LogicalResult CrossEntropyOp::verify() {
+  if (bool(getVocabStart()) != bool(getGridAxis()))
+    return emitOpError("vocab_start and the grid axis come together");
+  if (getVocabStart()) // logits are a slice; valid_classes counts globally
+    return verifyLossShapes(*this, getLogits(), getTargets(), std::nullopt);
   return verifyLossShapes(*this, getLogits(), getTargets(), getValidClasses());
 }
 
 LogicalResult CrossEntropyGradOp::verify() {
+  if (bool(getVocabStart()) != bool(getGridAxis()))
+    return emitOpError("vocab_start and the grid axis come together");
+  if (getVocabStart())
+    return verifyLossShapes(*this, getLogits(), getTargets(), std::nullopt);
   return verifyLossShapes(*this, getLogits(), getTargets(), getValidClasses());
 }
 

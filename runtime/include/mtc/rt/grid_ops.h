@@ -29,6 +29,27 @@ void slice_dim(const GridComm& comm, int axis, const float* in, float* out,
 void reduce_scatter_dim(GridComm& comm, int axis, const float* in, float* out,
                         int64_t outer, int64_t chunk);
 
+// Vocabulary-parallel softmax cross-entropy (Megatron's): logits (T, V) are
+// this rank's columns [start, start + V) of the global (T, V * size) logits
+// along `axis`; only global classes < valid take part. The row maxima, the
+// sums of exponentials and the target logits are completed over the group,
+// so loss (1) is the mean over rows whose target != ignore_index of the
+// global cross-entropy, the same on every rank. Returns false (writing
+// nothing) if a target is outside [0, valid) and != ignore_index.
+bool vocab_parallel_cross_entropy_forward(GridComm& comm, int axis,
+                                          const float* logits,
+                                          const int32_t* targets, float* loss,
+                                          int64_t t, int64_t v, int64_t start,
+                                          int64_t valid, int32_t ignore_index);
+// dlogits (T, V) = dloss / count * (softmax - onehot) on this rank's
+// columns; zero on ignored rows and padding columns.
+void vocab_parallel_cross_entropy_backward(GridComm& comm, int axis,
+                                           const float* logits,
+                                           const int32_t* targets, float dloss,
+                                           float* dlogits, int64_t t,
+                                           int64_t v, int64_t start,
+                                           int64_t valid, int32_t ignore_index);
+
 // data (n) = the mean of the group members' data (sum / size), in place.
 void all_reduce_mean(GridComm& comm, int axis, float* data, int64_t n);
 

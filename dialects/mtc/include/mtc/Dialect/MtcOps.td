@@ -453,17 +453,26 @@ def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Pure, Mtc_GradientOp, Mtc_Cost
     evenly over tp), kept out of the softmax so that the loss does not
     depend on the padding, hence not on the parallel plan.
 
+    Vocabulary-parallel (after partitioning): the logits are this rank's
+    columns [vocab_start, vocab_start + V) of the global logits, split over
+    grid axis `axis` of the module's grid; the op's kernel completes the
+    softmax statistics with collectives over that axis (Megatron's
+    vocab-parallel cross-entropy), so no rank holds the whole logits.
+
     ```mlir
     %loss = mtc.cross_entropy %logits, %targets ignore_index = -1 valid_classes = 200
               : tensor<8x64x256xf32>, tensor<8x64xi32>
     ```
   }];
   let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
+                   Optional<Index>:$vocab_start,
                    DefaultValuedAttr<I64Attr, "-1">:$ignore_index,
-                   OptionalAttr<I64Attr>:$valid_classes);
+                   OptionalAttr<I64Attr>:$valid_classes,
+                   OptionalAttr<I64Attr>:$grid_axis);
   let results = (outs Mtc_ScalarF32:$loss);
   let assemblyFormat = [{
-    $logits `,` $targets `ignore_index` `=` $ignore_index
+    $logits `,` $targets (`vocab_parallel` `(` $vocab_start^ `,` `axis` `=` $grid_axis `)`)?
+    `ignore_index` `=` $ignore_index
     (`valid_classes` `=` $valid_classes^)? attr-dict
     `:` type($logits) `,` type($targets)
   }];
@@ -487,12 +496,15 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
     ```
   }];
   let arguments = (ins Mtc_FloatTensor:$logits, Mtc_TokenTensor:$targets,
-                   Mtc_ScalarF32:$dloss,
+                   Mtc_ScalarF32:$dloss, Optional<Index>:$vocab_start,
                    DefaultValuedAttr<I64Attr, "-1">:$ignore_index,
-                   OptionalAttr<I64Attr>:$valid_classes);
+                   OptionalAttr<I64Attr>:$valid_classes,
+                   OptionalAttr<I64Attr>:$grid_axis);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $logits `,` $targets `,` $dloss `ignore_index` `=` $ignore_index
+    $logits `,` $targets `,` $dloss
+    (`vocab_parallel` `(` $vocab_start^ `,` `axis` `=` $grid_axis `)`)?
+    `ignore_index` `=` $ignore_index
     (`valid_classes` `=` $valid_classes^)? attr-dict
     `:` type($logits) `,` type($targets)
   }];
