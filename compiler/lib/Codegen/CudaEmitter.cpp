@@ -330,7 +330,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();
         line(llvm::formatv("k::dropout(ctx, {0}, {1}, {2}, {3}f, st.seed, "
-                           "dropout_key({4}, st), 0);",
+                           "mtc::rt::dropout_site_key({4}, st.step, st.microbatch), 0);",
                            buf(d.getInput()), buf(d), numel(d), fmt(p),
                            d.getKey()));
         return success();
@@ -552,6 +552,7 @@ LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
     << "#include <limits>\n#include <memory>\n#include <string>\n"
     << "#include <vector>\n\n"
     << "#include \"mtc/rt/cuda_backend.h\"\n"
+    << "#include \"mtc/rt/dropout_hash.h\"\n"
     << "#include \"mtc/rt/cuda_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
     << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
        "mtc::rt::cuda;\nusing k::bf16;\n\n"
@@ -583,10 +584,7 @@ LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
     << "float data_error(HostState& st, const std::string& message) {\n"
     << "  st.error = message;\n"
     << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
-    << "// Dropout sites differ by key; steps and microbatches by the rest.\n"
-    << "uint64_t dropout_key(uint64_t key, const HostState& st) {\n"
-    << "  return (key << 40) ^ (uint64_t(st.step) << 16) ^ "
-       "uint64_t(st.microbatch);\n}\n\n"
+
     << "// Copies the (1) fp32 loss to the host; reports recorded data errors.\n"
     << "float finish_loss(HostState& st, const float* loss) {\n"
     << "  auto& pc = program_context(st);\n"

@@ -250,7 +250,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         // Evaluation (@forward) runs without dropout.
         double p = eval ? 0.0 : d.getP().convertToDouble();
         line(llvm::formatv(
-            "k::dropout({0}, {1}, {2}, {3}f, st.seed, dropout_key({4}, st), 0);",
+            "k::dropout({0}, {1}, {2}, {3}f, st.seed, mtc::rt::dropout_site_key({4}, st.step, st.microbatch), 0);",
             buf(d.getInput()), buf(d), numel(d), fmt(p), d.getKey()));
         return success();
       })
@@ -421,6 +421,7 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "// Each kernel call is preceded by the IR op and location it lowers.\n"
     << "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
     << "#include <algorithm>\n\n"
+    << "#include \"mtc/rt/dropout_hash.h\"\n"
     << "#include \"mtc/rt/grid_ops.h\"\n"
     << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
     << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
@@ -428,10 +429,7 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "float data_error(HostState& st, const char* message) {\n"
     << "  st.error = message;\n"
     << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
-    << "// Dropout sites differ by key; steps and microbatches by the rest.\n"
-    << "uint64_t dropout_key(uint64_t key, const HostState& st) {\n"
-    << "  return (key << 40) ^ (uint64_t(st.step) << 16) ^ "
-       "uint64_t(st.microbatch);\n}\n\n"
+
     << body << "}  // namespace\n\n";
   ProgramDescExtras extras;
   extras.target = "host";

@@ -2,6 +2,8 @@
 // GridComm (see grid_ops.h for the layouts).
 #include "mtc/rt/grid_ops.h"
 
+#include "mtc/rt/grid_comm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -9,29 +11,23 @@
 
 namespace mtc::rt::grid {
 
+// A (outer, parts, chunk) tensor is a split parameter's global layout
+// (grid_comm.h), so gathering and slicing along a dimension are the
+// trainer's gather_slices and take_slice.
+namespace {
+ParamSlice slice_of(const GridComm& comm, int axis, int64_t outer, int64_t chunk) {
+  return ParamSlice{outer, comm.size(axis), chunk, comm.index(axis)};
+}
+}  // namespace
+
 void all_gather_dim(GridComm& comm, int axis, const float* in, float* out,
                     int64_t outer, int64_t chunk) {
-  const int64_t parts = comm.size(axis);
-  if (outer == 1) {  // contiguous: gather straight into place
-    comm.all_gather(axis, in, out, chunk);
-    return;
-  }
-  std::vector<float> tmp(static_cast<size_t>(parts * outer * chunk));  // (parts, outer, chunk)
-  comm.all_gather(axis, in, tmp.data(), outer * chunk);
-  for (int64_t r = 0; r < parts; ++r)
-    for (int64_t o = 0; o < outer; ++o) {
-      const float* src = tmp.data() + (r * outer + o) * chunk;
-      std::copy(src, src + chunk, out + (o * parts + r) * chunk);
-    }
+  gather_slices(comm, axis, slice_of(comm, axis, outer, chunk), in, out);
 }
 
 void slice_dim(const GridComm& comm, int axis, const float* in, float* out,
                int64_t outer, int64_t chunk) {
-  const int64_t parts = comm.size(axis), r = comm.index(axis);
-  for (int64_t o = 0; o < outer; ++o) {
-    const float* src = in + (o * parts + r) * chunk;
-    std::copy(src, src + chunk, out + o * chunk);
-  }
+  take_slice(slice_of(comm, axis, outer, chunk), in, out);
 }
 
 void reduce_scatter_dim(GridComm& comm, int axis, const float* in, float* out,

@@ -45,6 +45,15 @@ MTC_HOST_DEVICE inline uint64_t dropout_mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// The key of one dropout site (the op's `key` attribute) at one optimizer
+// step and microbatch: every site, step and microbatch draws its own mask,
+// and forward, backward and recomputation of the same site draw the same.
+// Generated code of every target calls this, so their masks agree.
+MTC_HOST_DEVICE inline uint64_t dropout_site_key(uint64_t site, int64_t step,
+                                                 int64_t microbatch) {
+  return (site << 40) ^ (uint64_t(step) << 16) ^ uint64_t(microbatch);
+}
+
 // The generator state of the stream (seed, key); compute once per kernel.
 MTC_HOST_DEVICE inline uint64_t dropout_stream(uint64_t seed, uint64_t key) {
   return dropout_mix64(seed +
