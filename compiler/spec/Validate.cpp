@@ -346,6 +346,8 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
     apply(spec.parallel.pp, overrides.pp, "parallel.pp", kFlagPp);
     apply(spec.parallel.dp, overrides.dp, "parallel.dp", kFlagDp);
     apply(spec.parallel.sp, overrides.sp, "parallel.sp", kFlagSp);
+    apply(spec.parallel.distributed_optimizer, overrides.distributed_optimizer,
+          "parallel.distributed_optimizer", kFlagDistributedOptimizer);
     apply(spec.training.micro_batch_size, overrides.micro_batch_size, "training.micro_batch_size",
           kFlagMicroBatchSize);
     apply(spec.training.global_batch_size, overrides.global_batch_size, "training.global_batch_size",

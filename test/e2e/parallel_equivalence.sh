@@ -8,7 +8,12 @@
 # checks against the one-process run of the same global batch:
 #   - the losses of 5 training steps agree to 1e-5 relative;
 #   - every parameter's gradient after step 1 (--dump-grads, gathered to
-#     global tensors) agrees to 1e-5 relative (test/e2e/compare_dumps.py).
+#     global tensors) agrees to 1e-5 relative (test/e2e/compare_dumps.py);
+#   - with the distributed optimizer (plan "...,use-distributed-optimizer"),
+#     whose AdamW moments are sharded over dp: the plan's checkpoint after 3
+#     steps, resumed by the one-process program, and the one-process
+#     program's checkpoint, resumed by the plan, both give steps 4 and 5 the
+#     one-process run's losses (moments gathered and cut correctly).
 # Environment (test/e2e/CMakeLists.txt): MTC, MTC_PREPROCESS, MTC_LAUNCH,
 # MTC_SRC, MTC_E2E_WORK, PYTHON.
 set -euo pipefail
@@ -54,5 +59,29 @@ sys.exit(0 if err <= 1e-5 else 1)
 PY
   then echo "FAIL $plan: losses differ"; status=1; fi
   "$PYTHON" "$MTC_SRC/test/e2e/compare_dumps.py" "$W/ref.safetensors" "$dir.safetensors" || status=1
+  if [[ $plan == *use-distributed-optimizer* ]]; then
+    rm -rf "$dir.ckpt" "$W/ref.ckpt" "$dir.r1.jsonl" "$dir.r2.jsonl"
+    "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 5 --exit-interval 3 \
+      --save "$dir.ckpt" > "$dir.save.log" 2>&1 &&
+    "$W/ref/train" --data "$W/data" --steps 5 --load "$dir.ckpt" --resume --metrics "$dir.r1.jsonl" \
+      > "$dir.r1.log" 2>&1 &&
+    "$W/ref/train" --data "$W/data" --steps 5 --exit-interval 3 --save "$W/ref.ckpt" \
+      > "$W/ref.save.log" 2>&1 &&
+    "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 5 --load "$W/ref.ckpt" --resume \
+      --metrics "$dir.r2.jsonl" > "$dir.r2.log" 2>&1 ||
+      { echo "FAIL $plan: checkpoint round trip failed:"; tail -3 "$dir".*.log; status=1; continue; }
+    if ! "$PYTHON" - "$W/ref.jsonl" "$dir.r1.jsonl" "$dir.r2.jsonl" <<'PY'
+import json, sys
+ref = [json.loads(l)["loss"] for l in open(sys.argv[1])][3:]
+for name, path in (("plan's checkpoint resumed by one process", sys.argv[2]),
+                   ("one process's checkpoint resumed by the plan", sys.argv[3])):
+    got = [json.loads(l)["loss"] for l in open(path)]
+    assert len(got) == 2, (path, len(got))
+    err = max(abs(a - b) / abs(a) for a, b in zip(ref, got))
+    print(f"  {name}: steps 4-5 max relative error {err:.2e}")
+    if err > 1e-5: sys.exit(1)
+PY
+    then echo "FAIL $plan: resumed losses differ"; status=1; fi
+  fi
 done
 exit $status

@@ -1,7 +1,8 @@
 //===- mtc.cpp - the mtc driver --------------------------------------------===//
 //
 //   mtc compile SPEC [--target host|cuda] [--emit=mlir|train|source] -o DIR
-//               [--tp N --pp N --dp N --sp --micro-batch-size N
+//               [--tp N --pp N --dp N --sp --use-distributed-optimizer
+//                --micro-batch-size N
 //                --global-batch-size N --recompute none|selective|full
 //                --train-iters N] [--pass-plugin LIB.so]
 //               [--sharding-passes PIPELINE] [--no-build]
@@ -76,6 +77,11 @@ static cl::opt<int64_t> dp("dp", cl::desc("Data-parallel size"),
                            cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<bool> sp("sp", cl::desc("Sequence parallelism (needs tp > 1)"),
                         cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> distOpt(
+    "use-distributed-optimizer",
+    cl::desc("Shard the optimizer state over the data-parallel ranks "
+             "(ZeRO-1; needs dp > 1 to have an effect)"),
+    cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> microBatch("micro-batch-size",
                                    cl::desc("Sequences per microbatch"),
                                    cl::sub(compileCmd), cl::cat(planCat));
@@ -140,6 +146,8 @@ int main(int argc, char **argv) {
     o.dp = dp;
   if (sp.getNumOccurrences())
     o.sp = sp;
+  if (distOpt.getNumOccurrences())
+    o.distributed_optimizer = distOpt;
   if (microBatch.getNumOccurrences())
     o.micro_batch_size = microBatch;
   if (globalBatch.getNumOccurrences())

@@ -18,6 +18,18 @@ ParamLayout::ParamLayout(ModuleOp module) {
     order.push_back(p.getName().str());
     totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
   });
+  module.walk([&](ReduceGradientsOp r) {
+    if (!r.getShardOptimizerState())
+      return;
+    GridShape grid = getGridShape(module);
+    shardParts = 1;
+    for (int16_t axis : r.getGridAxes())
+      shardParts *= grid.size(axis);
+    shardAxis = r.getGridAxes()[0];
+    // Shards 16-aligned like the parameters, so vector loads stay aligned.
+    shardElements = (totalElements + shardParts * 16 - 1) / (shardParts * 16) * 16;
+    totalElements = shardElements * shardParts;
+  });
 }
 
 int64_t numel(Value v) {
@@ -208,6 +220,7 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
     << "; p.grid[2] = " << grid.tp << ";\n";
   std::string decay = getS("decay");
   s << "  p.num_param_elems = " << layout.totalElements << ";\n"
+    << "  p.optimizer_shard_elems = " << layout.shardElements << ";\n"
     << "  p.arena_floats = " << extras.arenaWords << ";\n"
     << "  p.compute_param_bytes = " << extras.computeParamBytes << ";\n"
     << "  p.flops_per_step = " << fmt(report.flopsPerStep) << ";\n"

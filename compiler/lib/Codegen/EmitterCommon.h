@@ -25,6 +25,14 @@ struct ParamLayout {
   llvm::StringMap<ParamSlot> slots;
   llvm::SmallVector<std::string> order;
   int64_t totalElements = 0;
+  /// Distributed optimizer (`mtc.reduce_gradients ... shard_optimizer_state`):
+  /// the ranks along `shardAxis` each own `shardElements` consecutive
+  /// elements of the flat buffer, rank r [r * shardElements, (r + 1) *
+  /// shardElements); totalElements is padded to shardParts * shardElements.
+  /// shardElements is 0 without one.
+  int64_t shardElements = 0;
+  int64_t shardParts = 1;
+  int shardAxis = -1;
 
   explicit ParamLayout(mlir::ModuleOp module);
   int64_t offset(llvm::StringRef name) const {

@@ -190,10 +190,52 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::ReduceGradientsOp r) -> LogicalResult {
+        if (r.getShardOptimizerState()) {
+          // Distributed optimizer: this rank's shard of the flat gradient
+          // buffer, [lo, hi), receives the group's mean; the ops below
+          // read and update that shard only.
+          if (r.getGridAxes().size() != 1)
+            return op->emitOpError("host target: a sharded optimizer over "
+                                   "one grid axis");
+          int16_t axis = r.getGridAxes()[0];
+          line(llvm::formatv("const int64_t lo = st.comm->index({0}) * {1}, "
+                             "hi = lo + {1};",
+                             axis, layout.shardElements));
+          line(llvm::formatv("st.comm->reduce_scatter_sum({0}, G, G + lo, "
+                             "{1});",
+                             axis, layout.shardElements));
+          line("{");
+          line(llvm::formatv("  const float inv = 1.0f / float(st.comm->size("
+                             "{0}));",
+                             axis));
+          line("  for (int64_t i = lo; i < hi; ++i) G[i] *= inv;");
+          line("}");
+          // [a, b) = [off, off + n) within the shard; empty when a >= b.
+          line("auto in_shard = [lo, hi](int64_t off, int64_t n, int64_t* a, "
+               "int64_t* b) {");
+          line("  *a = std::max(off, lo); *b = std::min(off + n, hi);");
+          line("  return *a < *b;");
+          line("};");
+          line("(void)in_shard;");
+          return success();
+        }
         for (int16_t axis : r.getGridAxes())
           line(llvm::formatv(
               "mtc::rt::grid::all_reduce_mean(*st.comm, {0}, G, {1});", axis,
               layout.totalElements));
+        return success();
+      })
+      .Case([&](mtc::AllGatherParamsOp g) -> LogicalResult {
+        if (layout.shardElements == 0 || g.getGridAxes().size() != 1)
+          return op->emitOpError("host target: gathers the shards of a "
+                                 "sharded optimizer over one grid axis");
+        line("{");
+        line(llvm::formatv("  std::vector<float> mine(P + lo, P + hi);  // "
+                           "({0})",
+                           layout.shardElements));
+        line(llvm::formatv("  st.comm->all_gather({0}, mine.data(), P, {1});",
+                           g.getGridAxes()[0], layout.shardElements));
+        line("}");
         return success();
       })
       .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
@@ -340,7 +382,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         names[g] = "grad_norm";
         double scale = g.getGradScale().convertToDouble();
         auto split = g->getAttrOfType<ArrayAttr>("tp_split_params");
-        if (!split) {
+        bool sharded = layout.shardElements > 0;
+        if (!split && !sharded) {
           // Padding between parameters is never written, so it stays zero.
           line(llvm::formatv("const float grad_norm = float(std::sqrt("
                              "k::sum_squares(G, {0})) * {1});",
@@ -348,21 +391,35 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           return success();
         }
         // Split parameters: each rank holds a slice, so their squared norms
-        // are summed over the tp group; whole ones are counted once.
+        // are summed over the tp group; whole ones are counted once. A
+        // sharded optimizer sums this rank's shard, then over its group.
         llvm::StringSet<> isSplit;
-        for (Attribute a : split)
-          isSplit.insert(cast<StringAttr>(a).getValue());
-        line("double split_sq = 0, whole_sq = 0;");
+        if (split)
+          for (Attribute a : split)
+            isSplit.insert(cast<StringAttr>(a).getValue());
+        line("double sq[2] = {0, 0};  // split over tp, whole");
+        if (sharded)
+          line("int64_t a = 0, b = 0;");
         for (const std::string &name : layout.order) {
           ParamSlot slot = layout.slots.lookup(name);
-          line(llvm::formatv("{0} += k::sum_squares(G + {1}, {2});",
-                             isSplit.count(name) ? "split_sq" : "whole_sq",
-                             slot.offset, slot.op.getType().getNumElements()));
+          int64_t n = slot.op.getType().getNumElements();
+          const char *dst = isSplit.count(name) ? "sq[0]" : "sq[1]";
+          if (sharded)
+            line(llvm::formatv("if (in_shard({0}, {1}, &a, &b)) {2} += "
+                               "k::sum_squares(G + a, b - a);  // {3}",
+                               slot.offset, n, dst, name));
+          else
+            line(llvm::formatv("{0} += k::sum_squares(G + {1}, {2});", dst,
+                               slot.offset, n));
         }
-        line("float split_sum = float(split_sq);");
-        line("st.comm->all_reduce_sum(2, &split_sum, 1);");
+        line("float sums[2] = {float(sq[0]), float(sq[1])};");
+        if (sharded)
+          line(llvm::formatv("st.comm->all_reduce_sum({0}, sums, 2);",
+                             layout.shardAxis));
+        if (split)
+          line("st.comm->all_reduce_sum(2, sums, 1);");
         line(llvm::formatv("const float grad_norm = float(std::sqrt(double("
-                           "split_sum) + whole_sq) * {0});",
+                           "sums[0]) + double(sums[1]))) * {0}f;",
                            fmt(scale)));
         return success();
       })
@@ -380,6 +437,21 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           if (it == layout.slots.end())
             return op->emitOpError("updates unknown parameter '") << name << "'";
           int64_t off = it->second.offset;
+          if (layout.shardElements > 0) {
+            // This rank's shard: moments are indexed from its start.
+            line(llvm::formatv(
+                "  if (int64_t a = 0, b = 0; in_shard({0}, {1}, &a, &b)) "
+                "k::adamw(P + a, G + a, st.exp_avg + (a - lo), st.exp_avg_sq "
+                "+ (a - lo), b - a, {2}, {3}f, {4}f, {5}f, {6}f, {7}, scale);"
+                "  // {8}",
+                off, it->second.op.getType().getNumElements(), buf(a.getLr()),
+                fmt(a.getBeta1().convertToDouble()),
+                fmt(a.getBeta2().convertToDouble()),
+                fmt(a.getEps().convertToDouble()),
+                fmt(a.getWeightDecay().convertToDouble()), buf(a.getStep()),
+                name));
+            continue;
+          }
           line(llvm::formatv(
               "  k::adamw(P + {0}, G + {0}, st.exp_avg + {0}, st.exp_avg_sq + "
               "{0}, {1}, {2}, {3}f, {4}f, {5}f, {6}f, {7}, scale);  // {8}",
@@ -420,7 +492,7 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
     << "' for the host target (fp32). Do not edit: recompile the spec.\n"
     << "// Each kernel call is preceded by the IR op and location it lowers.\n"
     << "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
-    << "#include <algorithm>\n\n"
+    << "#include <algorithm>\n#include <vector>\n\n"
     << "#include \"mtc/rt/dropout_hash.h\"\n"
     << "#include \"mtc/rt/grid_ops.h\"\n"
     << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"

@@ -2,6 +2,7 @@
 #include "mtc/Transforms/PlanReport.h"
 
 #include "mtc/Dialect/MtcDialect.h"
+#include "mtc/Transforms/Grid.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/JSON.h"
 
@@ -55,6 +56,16 @@ mtc::PlanReport mtc::computePlanReport(ModuleOp module) {
   r.paramBytes = bytes;
   r.gradBytes = train ? bytes : 0;
   r.optimizerBytes = train ? 2 * bytes : 0;
+  // A distributed optimizer keeps the moments of 1/N of the parameters.
+  module.walk([&](mtc::ReduceGradientsOp g) {
+    if (!g.getShardOptimizerState())
+      return;
+    mtc::GridShape grid = mtc::getGridShape(module);
+    int64_t parts = 1;
+    for (int16_t axis : g.getGridAxes())
+      parts *= grid.size(axis);
+    r.optimizerBytes = (r.optimizerBytes + parts - 1) / parts;
+  });
   return r;
 }
 

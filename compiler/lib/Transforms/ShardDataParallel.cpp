@@ -6,6 +6,14 @@
 // dp group before the optimizer reads them: one `mtc.reduce_gradients` at
 // the start of @optimizer_step.
 //
+// With the spec's `parallel.distributed_optimizer` (Megatron's
+// --use-distributed-optimizer, ZeRO stage 1) the reduction shards the
+// optimizer state: `mtc.reduce_gradients ... shard_optimizer_state`
+// reduce-scatters the flat gradient buffer over dp, the norm and AdamW that
+// follow work on this rank's shard, and `mtc.all_gather_params` before the
+// return hands every rank the updated parameters. Same math; each rank
+// keeps AdamW moments for 1/dp of the parameters.
+//
 //===----------------------------------------------------------------------===//
 #include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/Passes.h"
@@ -34,12 +42,24 @@ struct ShardDataParallelPass
     }
     if (!opt.getOps<mtc::ReduceGradientsOp>().empty())
       return;
+    auto plan = module->getAttrOfType<DictionaryAttr>("mtc.parallel");
+    auto distributed =
+        plan ? plan.getAs<BoolAttr>("distributed_optimizer") : BoolAttr();
+    bool shardState = distributed && distributed.getValue();
     shard::GridOp grid = mtc::getOrCreateGrid(module);
-    OpBuilder b = OpBuilder::atBlockBegin(&opt.getBody().front());
-    mtc::ReduceGradientsOp::create(
-        b, NameLoc::get(b.getStringAttr("data_parallel")),
-        FlatSymbolRefAttr::get(b.getContext(), grid.getSymName()),
-        b.getDenseI16ArrayAttr({mtc::kAxisDP}));
+    Block &body = opt.getBody().front();
+    OpBuilder b = OpBuilder::atBlockBegin(&body);
+    auto gridRef = FlatSymbolRefAttr::get(b.getContext(), grid.getSymName());
+    auto axes = b.getDenseI16ArrayAttr({mtc::kAxisDP});
+    auto reduce = mtc::ReduceGradientsOp::create(
+        b, NameLoc::get(b.getStringAttr("data_parallel")), gridRef, axes);
+    if (!shardState)
+      return;
+    reduce.setShardOptimizerState(true);
+    b.setInsertionPoint(body.getTerminator());
+    mtc::AllGatherParamsOp::create(
+        b, NameLoc::get(b.getStringAttr("distributed_optimizer")), gridRef,
+        axes);
   }
 };
 } // namespace

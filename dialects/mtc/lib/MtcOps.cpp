@@ -399,5 +399,61 @@ LogicalResult AdamWOp::verify() {
   return success();
 }
 
+// Grid axes of a collective over the whole parameter set: at least one,
+// each once, non-negative.
+static LogicalResult verifyParamAxes(Operation *op, ArrayRef<int16_t> axes) {
+  if (axes.empty())
+    return op->emitOpError("needs at least one grid axis");
+  for (size_t i = 0; i < axes.size(); ++i) {
+    if (axes[i] < 0)
+      return op->emitOpError("grid axis ") << axes[i] << " is negative";
+    for (size_t j = 0; j < i; ++j)
+      if (axes[i] == axes[j])
+        return op->emitOpError("grid axis ") << axes[i] << " listed twice";
+  }
+  return success();
+}
+
+// A sharded optimizer step is a pair: reduce_gradients with
+// shard_optimizer_state, later all_gather_params over the same axes.
+static Operation *findPartner(Operation *op, bool after,
+                              function_ref<bool(Operation *)> match) {
+  for (Operation *o = after ? op->getNextNode() : op->getPrevNode(); o;
+       o = after ? o->getNextNode() : o->getPrevNode())
+    if (match(o))
+      return o;
+  return nullptr;
+}
+
+LogicalResult ReduceGradientsOp::verify() {
+  if (failed(verifyParamAxes(*this, getGridAxes())))
+    return failure();
+  if (!getShardOptimizerState())
+    return success();
+  ArrayRef<int16_t> axes = getGridAxes();
+  if (!findPartner(*this, /*after=*/true, [&](Operation *o) {
+        auto g = dyn_cast<AllGatherParamsOp>(o);
+        return g && g.getGridAxes() == axes;
+      }))
+    return emitOpError("shards the optimizer state but no "
+                       "mtc.all_gather_params over the same grid axes "
+                       "follows it");
+  return success();
+}
+
+LogicalResult AllGatherParamsOp::verify() {
+  if (failed(verifyParamAxes(*this, getGridAxes())))
+    return failure();
+  ArrayRef<int16_t> axes = getGridAxes();
+  if (!findPartner(*this, /*after=*/false, [&](Operation *o) {
+        auto r = dyn_cast<ReduceGradientsOp>(o);
+        return r && r.getShardOptimizerState() && r.getGridAxes() == axes;
+      }))
+    return emitOpError("needs an earlier mtc.reduce_gradients with "
+                       "shard_optimizer_state over the same grid axes (only "
+                       "a sharded optimizer step gathers parameters)");
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "mtc/Dialect/MtcOps.cpp.inc"

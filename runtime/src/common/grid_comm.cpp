@@ -210,6 +210,16 @@ class WorldGridComm final : public GridPlace {
     world_.comm(axis_kind(a)).all_gather(in, out, n);
   }
 
+  // out (n) = sum over the group of every member's in[index * n, +n).
+  void reduce_scatter_sum(int axis, const float* in, float* out, int64_t n) override {
+    const int a = check(axis, "reduce_scatter_sum");
+    if (size_[a] == 1) {
+      std::copy(in, in + n, out);
+      return;
+    }
+    world_.comm(axis_kind(a)).reduce_scatter(in, out, n, ReduceOp::sum);
+  }
+
  private:
   World& world_;
 };
@@ -244,6 +254,27 @@ class ProgramGridComm final : public GridPlace {
     }
     comms_.axis(a)->all_gather(in, out, n, DType::f32, nullptr);
     backend_.synchronize();
+  }
+
+  // out (n) = sum over the group of every member's in[index * n, +n),
+  // complete on the device; out may be in + index * n (NCCL's in-place
+  // form). One member: a copy through host memory unless in place.
+  void reduce_scatter_sum(int axis, const float* in, float* out, int64_t n) override {
+    const int a = check(axis, "reduce_scatter_sum");
+    if (size_[a] == 1) {
+      if (in == out) return;
+      std::vector<float> staging(static_cast<size_t>(n));
+      backend_.download(staging.data(), in, staging.size() * sizeof(float));
+      backend_.upload(out, staging.data(), staging.size() * sizeof(float));
+      return;
+    }
+    comms_.axis(a)->reduce_scatter(in, out, n, DType::f32, ReduceOp::sum, nullptr);
+    backend_.synchronize();
+  }
+
+  Communicator* program_comm(int axis) const override {
+    const int a = check(axis, "program_comm");
+    return size_[a] == 1 ? nullptr : comms_.axis(a);
   }
 
  private:

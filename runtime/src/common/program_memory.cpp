@@ -66,7 +66,10 @@ PlanBytes plan_bytes(const ProgramDesc& p) {
   PlanBytes b;
   b.params = 4.0 * static_cast<double>(p.num_param_elems);
   b.grads = b.params;
-  b.optimizer = 2 * b.params;
+  // Distributed optimizer: moments for this rank's shard only.
+  b.optimizer = p.optimizer_shard_elems > 0
+                    ? 2.0 * 4.0 * static_cast<double>(p.optimizer_shard_elems)
+                    : 2 * b.params;
   b.compute_copy = static_cast<double>(p.compute_param_bytes);
   b.activations = 4.0 * static_cast<double>(p.arena_floats);
   b.batch = 2.0 * 4.0 * static_cast<double>(t.num_microbatches) *

@@ -24,6 +24,11 @@ void validate_program(const ProgramDesc& p) {
                 "optimizer_step) is missing");
   if (p.num_param_elems < 0 || p.arena_floats < 0 || p.compute_param_bytes < 0)
     throw Error(where + "num_param_elems, arena_floats and compute_param_bytes must be >= 0");
+  if (p.optimizer_shard_elems < 0 ||
+      (p.optimizer_shard_elems > 0 && p.optimizer_shard_elems * p.grid[1] != p.num_param_elems))
+    throw Error(where + "optimizer_shard_elems " + std::to_string(p.optimizer_shard_elems) +
+                " must be 0 (no distributed optimizer) or num_param_elems / dp = " +
+                std::to_string(p.num_param_elems) + " / " + std::to_string(p.grid[1]));
   if (p.backend == nullptr && p.target != "host")
     throw Error(where + "target \"" + p.target + "\" has no backend (ProgramDesc::backend "
                 "is null, which means host memory)");

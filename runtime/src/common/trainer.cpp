@@ -415,14 +415,25 @@ void Trainer::save(int64_t step, int64_t consumed) {
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
   // One rank: the program's own buffers. Several: the global tensors,
   // gathered from host copies to rank 0 (empty elsewhere).
-  auto global = [&](const float* src) {
-    std::vector<float> local = download_floats(src);
+  auto to_global = [&](const std::vector<float>& local) {
     if (world_ == nullptr) return local;
     return gather_params_to_root(host_comm_, p_, global_, local.data());
   };
+  auto global = [&](const float* src) { return to_global(download_floats(src)); };
+  // Distributed optimizer: the dp group first puts its moment shards
+  // together into the parameters' layout.
+  auto global_moments = [&](const float* src) {
+    if (p_.optimizer_shard_elems == 0) return global(src);
+    const int64_t shard = p_.optimizer_shard_elems;
+    std::vector<float> mine(static_cast<size_t>(shard));
+    backend_.download(mine.data(), src, mine.size() * sizeof(float));
+    std::vector<float> all(static_cast<size_t>(p_.num_param_elems));
+    host_comm_->all_gather(1, mine.data(), all.data(), shard);
+    return to_global(all);
+  };
   const std::vector<float> params = global(state_.params);
-  const std::vector<float> exp_avg = global(state_.exp_avg);
-  const std::vector<float> exp_avg_sq = global(state_.exp_avg_sq);
+  const std::vector<float> exp_avg = global_moments(state_.exp_avg);
+  const std::vector<float> exp_avg_sq = global_moments(state_.exp_avg_sq);
   std::string failure;
   if (root_) {
     try {
@@ -522,8 +533,12 @@ void Trainer::allocate() {
                                                  t_.seq_length) * sizeof(int32_t);
   params_ = ProgramBuffer(backend_, pbytes, "the parameters");
   grads_ = ProgramBuffer(backend_, pbytes, "the gradients");
-  exp_avg_ = ProgramBuffer(backend_, pbytes, "the AdamW first moments");
-  exp_avg_sq_ = ProgramBuffer(backend_, pbytes, "the AdamW second moments");
+  // Distributed optimizer: moments for this dp rank's shard only.
+  const size_t mbytes = p_.optimizer_shard_elems > 0
+                            ? static_cast<size_t>(p_.optimizer_shard_elems) * sizeof(float)
+                            : pbytes;
+  exp_avg_ = ProgramBuffer(backend_, mbytes, "the AdamW first moments");
+  exp_avg_sq_ = ProgramBuffer(backend_, mbytes, "the AdamW second moments");
   if (p_.compute_param_bytes > 0)
     compute_params_ = ProgramBuffer(backend_, static_cast<size_t>(p_.compute_param_bytes),
                                     "the compute copy of the parameters");
@@ -556,8 +571,12 @@ int64_t Trainer::initialize_or_load(int64_t* consumed) {
       std::vector<float> exp_avg(n, 0.0f), exp_avg_sq(n, 0.0f);
       resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
                                       exp_avg_sq.data(), at_);
-      backend_.upload(state_.exp_avg, exp_avg.data(), pbytes);
-      backend_.upload(state_.exp_avg_sq, exp_avg_sq.data(), pbytes);
+      // Distributed optimizer: this dp rank's shard of the moments.
+      const int64_t shard = p_.optimizer_shard_elems;
+      const size_t first = shard > 0 ? static_cast<size_t>(at_[1] * shard) : 0;
+      const size_t mbytes = shard > 0 ? static_cast<size_t>(shard) * sizeof(float) : pbytes;
+      backend_.upload(state_.exp_avg, exp_avg.data() + first, mbytes);
+      backend_.upload(state_.exp_avg_sq, exp_avg_sq.data() + first, mbytes);
       step = resume_state_.step;
       *consumed = resume_state_.consumed_samples;
       if (!resume_state_.has_optimizer)

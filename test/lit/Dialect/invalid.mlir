@@ -648,3 +648,53 @@ func.func @adamw_max_grad_norm(%lr: f32, %step: i64, %n: f32) {
     eps = 1.0e-8 max_grad_norm = -1.0 grad_scale = 1.0
   return
 }
+
+//===----------------------------------------------------------------------===//
+// mtc.reduce_gradients, mtc.all_gather_params
+//===----------------------------------------------------------------------===//
+
+// -----
+
+// Tests that a gradient reduction names at least one grid axis.
+func.func @reduce_gradients_no_axis() {
+  // expected-error @+1 {{'mtc.reduce_gradients' op needs at least one grid axis}}
+  mtc.reduce_gradients on @mtc_grid grid_axes = []
+  return
+}
+
+// -----
+
+// Tests that a grid axis is listed once.
+func.func @reduce_gradients_axis_twice() {
+  // expected-error @+1 {{'mtc.reduce_gradients' op grid axis 1 listed twice}}
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1, 1]
+  return
+}
+
+// -----
+
+// Tests that a grid axis is not negative.
+func.func @all_gather_params_negative_axis() {
+  // expected-error @+1 {{'mtc.all_gather_params' op grid axis -1 is negative}}
+  mtc.all_gather_params on @mtc_grid grid_axes = [-1]
+  return
+}
+
+// -----
+
+// Tests that a sharded optimizer step ends by gathering the parameters.
+func.func @sharded_without_gather() {
+  // expected-error @+1 {{'mtc.reduce_gradients' op shards the optimizer state but no mtc.all_gather_params over the same grid axes follows it}}
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+  return
+}
+
+// -----
+
+// Tests that parameters are gathered only after a sharded reduction.
+func.func @gather_without_sharded_reduce() {
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1]
+  // expected-error @+1 {{'mtc.all_gather_params' op needs an earlier mtc.reduce_gradients with shard_optimizer_state over the same grid axes}}
+  mtc.all_gather_params on @mtc_grid grid_axes = [1]
+  return
+}

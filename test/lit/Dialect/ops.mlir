@@ -358,3 +358,22 @@ func.func @optimizer(%lr: f32, %step: i64) -> f32 {
     max_grad_norm = 0.0 grad_scale = 0.25
   return %n : f32
 }
+
+// -----
+
+// Tests that the data-parallel reductions round-trip: a plain gradient
+// average, and a distributed-optimizer step (reduce-scatter, then gather).
+// CHECK-LABEL: func.func @dp_reductions
+// CHECK:         mtc.reduce_gradients on @mtc_grid grid_axes = [1]{{$}}
+// CHECK-LABEL: func.func @dp_distributed_optimizer
+// CHECK:         mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+// CHECK-NEXT:    mtc.all_gather_params on @mtc_grid grid_axes = [1]
+func.func @dp_reductions() {
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1]
+  return
+}
+func.func @dp_distributed_optimizer() {
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+  mtc.all_gather_params on @mtc_grid grid_axes = [1]
+  return
+}

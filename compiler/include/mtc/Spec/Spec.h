@@ -111,6 +111,7 @@ inline constexpr const char* kFlagTp = "--tp";
 inline constexpr const char* kFlagPp = "--pp";
 inline constexpr const char* kFlagDp = "--dp";
 inline constexpr const char* kFlagSp = "--sp";
+inline constexpr const char* kFlagDistributedOptimizer = "--use-distributed-optimizer";
 inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
 inline constexpr const char* kFlagGlobalBatchSize = "--global-batch-size";
 inline constexpr const char* kFlagRecompute = "--recompute";
@@ -119,6 +120,7 @@ inline constexpr const char* kFlagTrainIters = "--train-iters";
 struct Overrides {
   std::optional<int64_t> tp, pp, dp, micro_batch_size, global_batch_size;
   std::optional<bool> sp;
+  std::optional<bool> distributed_optimizer;
   std::optional<Recompute> recompute;
   std::optional<int64_t> train_steps;
 };

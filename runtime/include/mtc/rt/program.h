@@ -18,6 +18,8 @@
 
 namespace mtc::rt {
 
+class Communicator;  // comm.h
+
 enum class InitKind { zeros, ones, normal };
 
 // One parameter tensor of the model, in the parameters' single allocation.
@@ -98,6 +100,18 @@ class GridComm {
   virtual void all_reduce_sum(int axis, float* data, int64_t n) = 0;
   // out (size(axis) * n) = every member's `in` (n), in index order.
   virtual void all_gather(int axis, const float* in, float* out, int64_t n) = 0;
+  // out (n) = the sum over the group of every member's in[index * n,
+  // (index + 1) * n), where index is this rank's index along `axis`
+  // (in: size(axis) * n).
+  virtual void reduce_scatter_sum(int axis, const float* in, float* out, int64_t n) = 0;
+  // The axis's communicator on program memory, for generated code that
+  // enqueues collectives of any dtype on its own stream (the CUDA target:
+  // NCCL, comm.h). nullptr along an axis of size 1 and where program memory
+  // is the host's (the calls above are the whole interface there).
+  virtual Communicator* program_comm(int axis) const {
+    (void)axis;
+    return nullptr;
+  }
 };
 
 // State the generated code reads and writes. Every pointer is in the
@@ -107,7 +121,8 @@ struct HostState {
   float* params = nullptr;     // fp32 (master) parameters, one allocation
   float* grads = nullptr;      // same layout as params; accumulated over microbatches
   float* exp_avg = nullptr;    // AdamW first moments, same layout as params
-  float* exp_avg_sq = nullptr; // AdamW second moments, same layout as params
+                               // (distributed optimizer: this rank's shard)
+  float* exp_avg_sq = nullptr; // AdamW second moments, likewise
   float* arena = nullptr;      // activations/temporaries, `arena_floats` 4-byte words
   void* compute_params = nullptr;  // compute copy of params (bf16 on CUDA), `compute_param_bytes`
   void* context = nullptr;     // target-specific (the CUDA Context), from ProgramDesc::create_context
@@ -123,6 +138,13 @@ struct ProgramDesc {
   std::string target;          // "host" or "cuda"
   std::vector<ParamDesc> params;
   int64_t num_param_elems = 0;
+  // Distributed optimizer (ZeRO-1): the data-parallel rank with index r owns
+  // elements [r * optimizer_shard_elems, (r + 1) * optimizer_shard_elems) of
+  // the flat parameter buffer (num_param_elems = dp * optimizer_shard_elems),
+  // and HostState::exp_avg / exp_avg_sq hold the moments of that shard only
+  // (optimizer_shard_elems each). 0: not sharded; the moments are
+  // num_param_elems long, in the parameters' layout.
+  int64_t optimizer_shard_elems = 0;
   int64_t arena_floats = 0;    // size of HostState::arena in 4-byte words
   int64_t compute_param_bytes = 0;  // size of HostState::compute_params (0: none)
   const Backend* backend = nullptr; // nullptr: the host backend

@@ -585,12 +585,47 @@ def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
     gradient synchronization. Each rank's gradients are of its own batch's
     mean loss, so their average is the gradient of the global batch's mean.
 
+    With `shard_optimizer_state` (Megatron's distributed optimizer, ZeRO
+    stage 1) the gradients are reduce-scattered instead: the flat gradient
+    buffer (all parameters in program order, padded to a multiple of the
+    group size) is cut into equal contiguous shards, and the member with
+    index r along the axes receives the average of shard r only. The
+    `mtc.grad_norm` and `mtc.adamw` that follow then read and update that
+    shard alone (AdamW's moments exist only for it), and
+    `mtc.all_gather_params` hands every member the updated parameters.
+
     ```mlir
     mtc.reduce_gradients on @mtc_grid grid_axes = [1]
+    mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+    ```
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes,
+                   UnitAttr:$shard_optimizer_state);
+  let assemblyFormat = [{
+    `on` $grid `grid_axes` `=` $grid_axes
+    (`shard_optimizer_state` $shard_optimizer_state^)? attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_AllGatherParamsOp : Mtc_Op<"all_gather_params", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Gathers the parameter shards a sharded optimizer updated.";
+  let description = [{
+    The end of a distributed-optimizer step: each member of the group along
+    `grid_axes` updated the shard of the flat parameter buffer that
+    `mtc.reduce_gradients ... shard_optimizer_state` gave it; after this op
+    every member holds every shard (an all-gather of the shards in index
+    order). Only valid in a function whose `mtc.reduce_gradients` shards
+    the optimizer state over the same axes.
+
+    ```mlir
+    mtc.all_gather_params on @mtc_grid grid_axes = [1]
     ```
   }];
   let arguments = (ins FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes);
   let assemblyFormat = "`on` $grid `grid_axes` `=` $grid_axes attr-dict";
+  let hasVerifier = 1;
 }
 
 #endif // MTC_OPS_TD
