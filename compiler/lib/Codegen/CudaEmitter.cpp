@@ -27,71 +27,85 @@
 //     a per-tensor weight-decay flag), writing the bf16 compute copy.
 //
 //===----------------------------------------------------------------------===//
-#include "mtc/Codegen/Emitter.h"
+#include "CudaEmitter.h"
 
-#include "EmitterCommon.h"
-#include "mtc/Codegen/BufferPlan.h"
-#include "mtc/Transforms/Grid.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
-#include "llvm/ADT/DenseSet.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/TypeSwitch.h"
-#include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
-using namespace mtc::codegen;
 
-namespace {
+namespace mtc::codegen {
 
-/// Mixed precision is applied here, at emission: every float activation and
-/// activation gradient is stored in bf16, except the values kept in fp32 by
-/// design: attention's log-sum-exp and the loss. (Parameter gradients never
-/// reach the arena: they are accumulated in fp32, see gradient sinks.)
+/// (Parameter gradients never reach the arena: they are accumulated in
+/// fp32, see gradient sinks.)
 bool storedF32(Value v) {
   if (auto a = v.getDefiningOp<mtc::AttentionOp>())
     return v == a.getLse();
+  Operation *def = v.getDefiningOp();
+  if (def && isa<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
+                 shard::ReduceScatterOp>(def))
+    return storedF32(def->getOperand(0));
   return v.getDefiningOp<mtc::CrossEntropyOp>() != nullptr;
 }
 
-class CudaEmitter {
-public:
-  explicit CudaEmitter(ModuleOp module) : module(module), layout(module) {}
-  LogicalResult run(mtc::EmitResult &out);
+namespace {
+/// Product of the leading `d` dimensions.
+int64_t outerOf(ArrayRef<int64_t> shape, int64_t d) {
+  int64_t outer = 1;
+  for (int64_t i = 0; i < d; ++i)
+    outer *= shape[i];
+  return outer;
+}
 
-private:
-  void analyzeGradientSinks(func::FuncOp fn);
-  void analyzeFusions(func::FuncOp fn);
-  LogicalResult emitFunction(func::FuncOp fn, bool eval);
-  LogicalResult emitOptimizer(func::FuncOp fn);
-  LogicalResult emitOp(Operation *op, bool eval);
-  std::string buf(Value v);
-  std::string grad(StringRef param) {
+/// A single-axis sum over tp whose input feeds nothing else: a gradient
+/// collective that can run on the accumulated buffer instead.
+bool isGradCollective(Operation *op) {
+  if (auto ar = dyn_cast_or_null<shard::AllReduceOp>(op))
+    return ar.getGridAxes().size() == 1 &&
+           ar.getReduction() == shard::ReductionKind::Sum &&
+           ar.getInput().hasOneUse();
+  if (auto ag = dyn_cast_or_null<shard::AllGatherOp>(op))
+    return ag.getGridAxes().size() == 1 &&
+           ag.getGatherAxis().getSExtValue() == 0 &&
+           ag.getInput().hasOneUse();
+  return false;
+}
+} // namespace
+
+CudaEmitter::CudaEmitter(ModuleOp module)
+    : module(module), layout(module), grid(mtc::getGridShape(module)) {
+  if (auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training"))
+    if (auto n = cfg.getAs<IntegerAttr>("num_microbatches"))
+      numMicrobatches = n.getInt();
+}
+
+std::string CudaEmitter::grad(StringRef param) const {
+  auto it = gatheredChunk.find(param);
+  if (it == gatheredChunk.end())
     return llvm::formatv("(G + {0})", layout.offset(param)).str();
-  }
-  void line(const Twine &t) { os << "  " << t << "\n"; }
-
-  ModuleOp module;
-  ParamLayout layout;
-  std::string body;
-  llvm::raw_string_ostream os{body};
-  mtc::BufferPlan plan;
-  mtc::ExecutionHints hints;
-  llvm::DenseMap<Value, std::string> names;
-  llvm::DenseMap<Value, std::string> sink; // value -> parameter it adds into
-  llvm::DenseSet<Operation *> noOps;       // emitted as part of another op
-  llvm::DenseSet<Value> unmaterialized;    // fused away: never stored
-  llvm::DenseMap<Operation *, Operation *> fusedPartner; // host -> fused op
-  int64_t arena = 0;                       // 2-byte units
-};
+  // This rank's rows of a gathered gradient (gather along dim 0).
+  return llvm::formatv("(G + {0} + st.comm->index(2) * {1})",
+                       layout.offset(param), it->second)
+      .str();
+}
 
 void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
   sink.clear();
+  gradCollectivesAfter.clear();
+  gatheredChunk.clear();
   Block &block = fn.getBody().front();
-  // Tentative: follow single-use chains of adds back from accumulate_grad.
+  // Tentative: follow single-use chains of adds (and one gradient
+  // collective) back from accumulate_grad.
   llvm::DenseMap<Value, std::string> tentative;
   for (Operation &op : llvm::reverse(block)) {
     if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op)) {
-      if (acc.getGrad().hasOneUse())
-        tentative[acc.getGrad()] = acc.getParam().str();
+      Value g = acc.getGrad();
+      if (!g.hasOneUse())
+        continue;
+      tentative[g] = acc.getParam().str();
+      if (isGradCollective(g.getDefiningOp()))
+        tentative[g.getDefiningOp()->getOperand(0)] = acc.getParam().str();
     } else if (auto add = dyn_cast<mtc::AddOp>(op)) {
       auto it = tentative.find(add.getResult());
       if (it == tentative.end() || add.getLhs() == add.getRhs())
@@ -113,8 +127,8 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
       return v != rn.getDinput();
     return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp>(def);
   };
-  // Forward: a value sinks if its producer can accumulate, or it is an add
-  // of two sinking values.
+  // Forward: a value sinks if its producer can accumulate, it is an add of
+  // two sinking values, or a gradient collective of a sinking value.
   for (Operation &op : block)
     for (Value r : op.getResults()) {
       auto it = tentative.find(r);
@@ -122,7 +136,8 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
         continue;
       auto add = dyn_cast<mtc::AddOp>(op);
       if (capable(r) ||
-          (add && sink.count(add.getLhs()) && sink.count(add.getRhs())))
+          (add && sink.count(add.getLhs()) && sink.count(add.getRhs())) ||
+          (isGradCollective(&op) && sink.count(op.getOperand(0))))
         sink[r] = it->second;
     }
   // Backward: an add that does not sink needs its operands materialized.
@@ -132,6 +147,97 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
         for (Value v : {add.getLhs(), add.getRhs()})
           if (v.getDefiningOp<mtc::AddOp>() || !capable(v))
             sink.erase(v);
+
+  // A parameter's gradient collective runs on its accumulated buffer, so
+  // every contribution to that parameter must go through the same
+  // collective; otherwise the collective is materialized.
+  struct ParamUse {
+    Operation *kind = nullptr; // first collective seen (its op name/axes)
+    bool mixed = false;
+    Operation *lastAcc = nullptr;
+    SmallVector<Operation *> collectives;
+  };
+  llvm::StringMap<ParamUse> uses;
+  for (Operation &op : block) {
+    auto acc = dyn_cast<mtc::AccumulateGradOp>(op);
+    if (!acc)
+      continue;
+    ParamUse &u = uses[acc.getParam()];
+    u.lastAcc = &op;
+    Operation *def = acc.getGrad().getDefiningOp();
+    bool collective = sink.count(acc.getGrad()) && isGradCollective(def);
+    if (!collective) {
+      u.mixed |= u.kind != nullptr;
+      u.kind = u.kind ? u.kind : &op; // a plain contribution
+      continue;
+    }
+    u.collectives.push_back(def);
+    if (!u.kind)
+      u.kind = def;
+    else if (u.kind->getName() != def->getName() ||
+             u.kind->getAttrDictionary() != def->getAttrDictionary())
+      u.mixed = true;
+  }
+  for (auto &it : uses) {
+    ParamUse &u = it.second;
+    if (u.collectives.empty())
+      continue;
+    if (u.mixed || u.collectives.size() != 1) {
+      for (Operation *c : u.collectives) {
+        sink.erase(c->getResult(0));
+        sink.erase(c->getOperand(0));
+      }
+      continue;
+    }
+    Operation *c = u.collectives.front();
+    GradCollective g;
+    g.param = it.first().str();
+    g.gather = isa<shard::AllGatherOp>(c);
+    g.axis = g.gather ? cast<shard::AllGatherOp>(c).getGridAxes()[0]
+                      : cast<shard::AllReduceOp>(c).getGridAxes()[0];
+    g.chunk = numel(c->getOperand(0));
+    if (g.gather)
+      gatheredChunk[g.param] = g.chunk;
+    gradCollectivesAfter[u.lastAcc].push_back(g);
+  }
+}
+
+// Data parallelism: the gradient buffer cut into contiguous buckets of at
+// least kBucketElements (40 MB of fp32, as Megatron's default), walking the
+// parameters backwards through the layout (the order the backward pass
+// finishes them). A bucket is launched after the last accumulate_grad of
+// any of its parameters (and after those parameters' gradient collectives).
+void CudaEmitter::planBuckets(func::FuncOp fn) {
+  constexpr int64_t kBucketElements = 10 * 1000 * 1000;
+  buckets.clear();
+  bucketsAfter.clear();
+  Block &block = fn.getBody().front();
+  llvm::DenseMap<Operation *, int64_t> position;
+  llvm::StringMap<Operation *> lastAcc;
+  int64_t i = 0;
+  for (Operation &op : block) {
+    position[&op] = i++;
+    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op))
+      lastAcc[acc.getParam()] = &op;
+  }
+  int64_t end = layout.totalElements;
+  Operation *ready = nullptr;
+  for (int64_t p = int64_t(layout.order.size()) - 1; p >= 0; --p) {
+    const std::string &name = layout.order[p];
+    if (Operation *acc = lastAcc.lookup(name))
+      if (!ready || position[acc] > position[ready])
+        ready = acc;
+    int64_t begin = layout.offset(name);
+    if (end - begin < kBucketElements && p > 0)
+      continue;
+    if (p == 0)
+      begin = 0;
+    Operation *at = ready ? ready : &block.front();
+    bucketsAfter[at].push_back(int(buckets.size()));
+    buckets.push_back({begin, end - begin});
+    end = begin;
+    ready = nullptr;
+  }
 }
 
 void CudaEmitter::analyzeFusions(func::FuncOp fn) {
@@ -139,12 +245,23 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   noOps.clear();
   unmaterialized.clear();
   fusedPartner.clear();
+  inPlaceReduce.clear();
   for (Operation &op : fn.getBody().front()) {
+    // A tensor-parallel all-reduce whose input dies with it: in place.
+    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
+      Value in = ar.getInput();
+      if (!sink.count(ar.getResult()) && in.hasOneUse() && in.getDefiningOp() &&
+          !in.getDefiningOp<mtc::ParamOp>() && in.getType() == ar.getType() &&
+          !unmaterialized.count(in) && !sink.count(in)) {
+        hints.inPlaceOf[ar.getResult()] = in;
+        inPlaceReduce.insert(&op);
+      }
+    }
     // embedding + position table.
     if (auto add = dyn_cast<mtc::AddOp>(op)) {
       auto emb = add.getLhs().getDefiningOp<mtc::EmbeddingOp>();
       auto pos = add.getRhs().getDefiningOp<mtc::ParamOp>();
-      if (emb && pos && emb.getResult().hasOneUse() &&
+      if (emb && !emb.getVocabStart() && pos && emb.getResult().hasOneUse() &&
           pos.getType().getRank() == 2 &&
           pos.getType().getDimSize(0) == shapeOf(emb)[1]) {
         hints.fusedInto[emb] = add;
@@ -197,6 +314,10 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   names.clear();
   analyzeGradientSinks(fn);
   analyzeFusions(fn);
+  buckets.clear();
+  bucketsAfter.clear();
+  if (bucketed && !eval)
+    planBuckets(fn);
   plan = mtc::planBuffers(
       fn,
       [&](Value v) -> int64_t {
@@ -226,11 +347,49 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   line("auto F = [A](int64_t u) { return reinterpret_cast<float*>(A + 2 * u); "
        "};");
   line("(void)PB; (void)G; (void)B; (void)F;");
-  for (Operation &op : fn.getBody().front())
+  if (!eval && (bucketed || !gradCollectivesAfter.empty()))
+    line(llvm::formatv("const bool last_microbatch = st.microbatch == {0};  "
+                       "(void)last_microbatch;",
+                       numMicrobatches - 1));
+  for (Operation &op : fn.getBody().front()) {
     if (failed(emitOp(&op, eval)))
       return failure();
+    if (!eval)
+      emitAfterGradient(&op);
+  }
   os << "}\n\n";
   return success();
+}
+
+// After a parameter's last accumulate_grad on the step's last microbatch:
+// its gradient collective over tp (on the compute stream), then the dp
+// buckets it completes (on the communication stream, after an event).
+void CudaEmitter::emitAfterGradient(Operation *op) {
+  auto gc = gradCollectivesAfter.find(op);
+  if (gc != gradCollectivesAfter.end())
+    for (const GradCollective &g : gc->second) {
+      line(llvm::formatv("k::set_current_op(\"{0} of the gradient of {1} "
+                         "(sequence parallelism)\");",
+                         g.gather ? "shard.all_gather" : "shard.all_reduce",
+                         g.param));
+      if (g.gather)
+        line(llvm::formatv(
+            "if (last_microbatch) axis_comm(st, {0}).all_gather({1}, G + {2}, "
+            "{3}, mtc::rt::DType::f32, ctx.stream);",
+            g.axis, grad(g.param), layout.offset(g.param), g.chunk));
+      else
+        line(llvm::formatv(
+            "if (last_microbatch) axis_comm(st, {0}).all_reduce({1}, {2}, "
+            "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, ctx.stream);",
+            g.axis, grad(g.param),
+            layout.slots.lookup(g.param).op.getType().getNumElements()));
+    }
+  auto bk = bucketsAfter.find(op);
+  if (bk != bucketsAfter.end())
+    for (int b : bk->second)
+      line(llvm::formatv("if (last_microbatch) launch_grad_bucket(pc, st, "
+                         "{0}, {1}, {2});  // dp all-reduce, bucket {0}",
+                         b, buckets[b].begin, buckets[b].size));
 }
 
 LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
@@ -253,6 +412,10 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](arith::ConstantOp c) -> LogicalResult {
+        if (auto i = dyn_cast<IntegerAttr>(c.getValue())) {
+          names[c] = "int64_t(" + std::to_string(i.getInt()) + ")";
+          return success();
+        }
         auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
         if (!dense || !dense.isSplat())
           return op->emitOpError("CUDA target supports only splat float "
@@ -264,6 +427,15 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
         auto t = shapeOf(e.getTable());
+        if (Value start = e.getVocabStart()) {
+          // This rank's rows of the vocabulary; the sum over tp follows.
+          line(llvm::formatv(
+              "k::embedding_forward_shard(ctx, {0}, {1}, {2}, {3}, {4}, {5}, "
+              "{6}, {7});",
+              buf(e.getTokens()), buf(e.getTable()), buf(e),
+              numel(e.getTokens()), t[0], t[1], buf(start), t[0] * grid.tp));
+          return success();
+        }
         line(llvm::formatv(
             "k::embedding_forward(ctx, {0}, {1}, nullptr, {2}, {3}, {4}, {5}, "
             "{6});",
@@ -277,6 +449,13 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
           return op->emitOpError("CUDA target: an embedding gradient must "
                                  "flow into mtc.accumulate_grad");
         auto t = shapeOf(e);
+        if (Value start = e.getVocabStart()) {
+          line(llvm::formatv("k::embedding_backward_shard(ctx, {0}, {1}, {2}, "
+                             "{3}, {4}, {5}, {6});",
+                             buf(e.getTokens()), buf(e.getDout()), g,
+                             numel(e.getTokens()), t[0], t[1], buf(start)));
+          return success();
+        }
         line(llvm::formatv(
             "k::embedding_backward(ctx, {0}, {1}, {2}, {3}, {4}, {5});",
             buf(e.getTokens()), buf(e.getDout()), g, numel(e.getTokens()),
@@ -398,6 +577,30 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
           dloss = dense.getSplatValue<APFloat>().convertToDouble();
           dlogits = buf(ceg.getResult());
         }
+        if (Value start = c.getVocabStart()) {
+          // The softmax completed over tp: every rank's (max, sum, target
+          // logit) per row, gathered, then the loss and gradient.
+          int64_t t = numel(c.getTargets());
+          int axis = *c.getGridAxis();
+          ceRows = std::max(ceRows, t);
+          line(llvm::formatv("k::vp_cross_entropy_stats(ctx, {0}, {1}, "
+                             "pc.ce_stats, {2}, {3}, {4}, {5}, {6});",
+                             buf(c.getLogits()), buf(c.getTargets()), t,
+                             shapeOf(c.getLogits()).back(), buf(start),
+                             c.getNumValidClasses(),
+                             int64_t(c.getIgnoreIndex())));
+          line(llvm::formatv("axis_comm(st, {0}).all_gather(pc.ce_stats, "
+                             "pc.ce_all_stats, {1}, mtc::rt::DType::f32, "
+                             "ctx.stream);",
+                             axis, 3 * t));
+          line(llvm::formatv(
+              "k::vp_cross_entropy_finish(ctx, {0}, {1}, pc.ce_all_stats, {2}, "
+              "{3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}f);",
+              buf(c.getLogits()), buf(c.getTargets()), grid.size(axis), buf(c),
+              dlogits, t, shapeOf(c.getLogits()).back(), buf(start),
+              c.getNumValidClasses(), int64_t(c.getIgnoreIndex()), fmt(dloss)));
+          return success();
+        }
         line(llvm::formatv("k::cross_entropy(ctx, {0}, {1}, {2}, {3}, {4}, "
                            "{5}, {6}, {7}, {8}f);",
                            buf(c.getLogits()), buf(c.getTargets()), buf(c),
@@ -421,205 +624,129 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](func::ReturnOp r) -> LogicalResult {
+        if (bucketed && !eval)
+          line("if (last_microbatch) finish_grad_buckets(pc, st);");
         line(llvm::formatv("return finish_loss(st, {0});",
                            buf(r.getOperand(0))));
         return success();
       })
+      .Case<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
+            shard::ReduceScatterOp>(
+          [&](Operation *) { return emitCollective(op); })
+      .Case([&](shard::ProcessMultiIndexOp p) -> LogicalResult {
+        auto axes = p.getAxes();
+        if (p->getNumResults() != 1 || axes.size() != 1)
+          return op->emitOpError("CUDA target: one grid axis per index");
+        names[p->getResult(0)] =
+            llvm::formatv("st.comm->index({0})", axes[0]).str();
+        return success();
+      })
+      .Case([&](arith::MulIOp m) -> LogicalResult {
+        names[m] = "(" + buf(m.getLhs()) + " * " + buf(m.getRhs()) + ")";
+        return success();
+      })
       .Default([&](Operation *other) -> LogicalResult {
-        if (other->getDialect() &&
-            other->getDialect()->getNamespace() == "shard")
-          return other->emitOpError(
-              "CUDA target: tensor parallelism is not generated for CUDA yet "
-              "(use --target host, or tp = 1)");
         return other->emitOpError("has no lowering to the CUDA target");
       });
 }
 
-LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
-  // One multi-tensor launch over every group: groups differ only in weight
-  // decay, which becomes a per-tensor flag.
-  SmallVector<mtc::AdamWOp> groups;
-  fn.walk([&](mtc::AdamWOp a) { groups.push_back(a); });
-  mtc::GradNormOp norm;
-  fn.walk([&](mtc::GradNormOp g) { norm = g; });
-  if (groups.empty() || !norm)
-    return fn.emitError("@optimizer_step must hold mtc.grad_norm and "
-                        "mtc.adamw");
-  mtc::AdamWOp first = groups.front();
-  double decay = 0;
-  for (mtc::AdamWOp g : groups) {
-    double wd = g.getWeightDecay().convertToDouble();
-    auto same = [](FloatAttr a, FloatAttr b) { return a == b; };
-    if (!same(g.getBeta1Attr(), first.getBeta1Attr()) ||
-        !same(g.getBeta2Attr(), first.getBeta2Attr()) ||
-        !same(g.getEpsAttr(), first.getEpsAttr()) ||
-        !same(g.getMaxGradNormAttr(), first.getMaxGradNormAttr()) ||
-        !same(g.getGradScaleAttr(), first.getGradScaleAttr()))
-      return g.emitOpError("CUDA target: parameter groups may differ only in "
-                           "weight decay (one multi-tensor launch)");
-    if (wd > 0 && decay > 0 && wd != decay)
-      return g.emitOpError("CUDA target: one non-zero weight decay for all "
-                           "decaying groups");
-    if (wd > 0)
-      decay = wd;
+// Tensor-parallel collectives on activations, stream-ordered on the compute
+// stream through the axis's NCCL communicator. NCCL gathers and scatters
+// along the leading dimension: along another one the data goes through the
+// context's scratch in (parts, outer, chunk) order (permute_parts).
+LogicalResult CudaEmitter::emitCollective(Operation *op) {
+  Value in = op->getOperand(0), out = op->getResult(0);
+  if (sink.count(out))
+    return success(); // a gradient collective, run on the accumulated buffer
+  ArrayRef<int16_t> axes;
+  if (auto a = dyn_cast<shard::AllReduceOp>(op)) {
+    if (a.getReduction() != shard::ReductionKind::Sum)
+      return op->emitOpError("CUDA target: only sum reductions");
+    axes = a.getGridAxes();
+  } else if (auto g = dyn_cast<shard::AllGatherOp>(op)) {
+    axes = g.getGridAxes();
+  } else if (auto sl = dyn_cast<shard::AllSliceOp>(op)) {
+    axes = sl.getGridAxes();
+  } else {
+    auto rs = cast<shard::ReduceScatterOp>(op);
+    if (rs.getReduction() != shard::ReductionKind::Sum)
+      return op->emitOpError("CUDA target: only sum reductions");
+    axes = rs.getGridAxes();
   }
-  double gradScale = norm.getGradScale().convertToDouble();
-  if (norm->hasAttr("tp_split_params"))
-    return norm.emitOpError("CUDA target: tensor parallelism is not generated "
-                            "for CUDA yet (use --target host, or tp = 1)");
-  os << "double optimizer_step(HostState& st, float lr, int64_t step) {\n";
-  line("auto& pc = program_context(st);");
-  line("k::Context& ctx = pc.ctx;");
-  // Data parallelism: sum the fp32 gradients over the dp group (NCCL through
-  // the trainer's GridComm, on device memory) after the backward pass is
-  // done; the mean's 1/dp folds into the gradient scale, so the norm and
-  // AdamW see the global batch's gradient without another pass.
-  for (auto r : fn.getOps<mtc::ReduceGradientsOp>()) {
-    mtc::GridShape shape = mtc::getGridShape(module);
-    for (int16_t axis : r.getGridAxes()) {
-      line("k::set_current_op(\"mtc.reduce_gradients (all_reduce over dp)\");");
-      line("MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
-      line(llvm::formatv("st.comm->all_reduce_sum({0}, st.grads, {1});", axis,
-                         layout.totalElements));
-      gradScale /= double(shape.size(axis));
-    }
-  }
-  line("k::set_current_op(\"mtc.grad_norm\");");
-  line(llvm::formatv("k::sum_squares(ctx, st.grads, {0}, pc.grad_sumsq, "
-                     "false);",
-                     layout.totalElements));
-  line("k::set_current_op(\"mtc.adamw\");");
-  line("k::AdamWHyper h;");
-  line("h.lr = lr;");
-  line(llvm::formatv("h.beta1 = {0}f;", fmt(first.getBeta1().convertToDouble())));
-  line(llvm::formatv("h.beta2 = {0}f;", fmt(first.getBeta2().convertToDouble())));
-  line(llvm::formatv("h.eps = {0}f;", fmt(first.getEps().convertToDouble())));
-  line(llvm::formatv("h.weight_decay = {0}f;", fmt(decay)));
-  line("h.step = step;");
-  line(llvm::formatv("h.grad_scale = {0}f;", fmt(gradScale)));
-  line(llvm::formatv("h.max_grad_norm = {0}f;",
-                     fmt(first.getMaxGradNorm().convertToDouble())));
-  line("k::adamw(ctx, *pc.adamw, st.params, st.grads, st.exp_avg, "
-       "st.exp_avg_sq, static_cast<bf16*>(st.compute_params), h, "
-       "pc.grad_sumsq);");
-  line("double sumsq = 0;");
-  line("MTC_CUDA_CHECK(cudaMemcpyAsync(&sumsq, pc.grad_sumsq, sizeof(double), "
-       "cudaMemcpyDeviceToHost, ctx.stream));");
-  line("MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
-  line(llvm::formatv("return std::sqrt(sumsq) * {0};", fmt(gradScale)));
-  os << "}\n\n";
+  if (axes.size() != 1)
+    return op->emitOpError("CUDA target: a collective over one grid axis");
+  int axis = axes[0];
+  int64_t parts = grid.size(axis);
+  bool f32 = storedF32(out);
+  const char *dt = f32 ? "mtc::rt::DType::f32" : "mtc::rt::DType::bf16";
+  int64_t esize = f32 ? 4 : 2;
+  auto needBf16 = [&]() -> LogicalResult {
+    if (f32)
+      return op->emitOpError("CUDA target: fp32 values are gathered and "
+                             "scattered along the leading dimension only");
+    return success();
+  };
 
-  // The AdamW table: which tensors decay.
-  os << "std::vector<k::AdamWTensor> adamw_tensors() {\n  return {\n";
-  for (mtc::AdamWOp g : groups) {
-    bool decays = g.getWeightDecay().convertToDouble() > 0;
-    for (Attribute n : g.getParams()) {
-      StringRef name = cast<StringAttr>(n).getValue();
-      auto it = layout.slots.find(name);
-      if (it == layout.slots.end())
-        return g.emitOpError("updates unknown parameter '") << name << "'";
-      os << llvm::formatv("    {{{0}, {1}, {2}},  // {3}\n", it->second.offset,
-                          it->second.op.getType().getNumElements(),
-                          decays ? "true" : "false", name);
-    }
+  if (isa<shard::AllReduceOp>(op)) {
+    if (!inPlaceReduce.count(op))
+      line(llvm::formatv("MTC_CUDA_CHECK(cudaMemcpyAsync({0}, {1}, {2}, "
+                         "cudaMemcpyDeviceToDevice, ctx.stream));",
+                         buf(out), buf(in), numel(out) * esize));
+    line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+                       "mtc::rt::ReduceOp::sum, ctx.stream);",
+                       axis, buf(out), numel(out), dt));
+    return success();
   }
-  os << "  };\n}\n\n";
+  if (auto g = dyn_cast<shard::AllGatherOp>(op)) {
+    int64_t outer = outerOf(shapeOf(in), g.getGatherAxis().getSExtValue());
+    int64_t n = numel(in);
+    if (outer == 1) {
+      line(llvm::formatv("axis_comm(st, {0}).all_gather({1}, {2}, {3}, {4}, "
+                         "ctx.stream);",
+                         axis, buf(in), buf(out), n, dt));
+      return success();
+    }
+    if (failed(needBf16()))
+      return failure();
+    tpScratch = std::max(tpScratch, numel(out));
+    line(llvm::formatv("axis_comm(st, {0}).all_gather({1}, pc.tp_scratch, "
+                       "{2}, {3}, ctx.stream);  // (parts, outer, chunk)",
+                       axis, buf(in), n, dt));
+    line(llvm::formatv("k::permute_parts(ctx, pc.tp_scratch, {0}, {1}, {2}, "
+                       "{3}, false);",
+                       buf(out), outer, parts, n / outer));
+    return success();
+  }
+  if (auto sl = dyn_cast<shard::AllSliceOp>(op)) {
+    int64_t outer = outerOf(shapeOf(out), sl.getSliceAxis().getSExtValue());
+    int64_t chunk = numel(out) / outer;
+    // out (outer, chunk) = in (outer, parts, chunk)[:, index, :].
+    line(llvm::formatv("MTC_CUDA_CHECK(cudaMemcpy2DAsync({0}, {1}, {2} + "
+                       "st.comm->index({3}) * {4}, {5}, {1}, {6}, "
+                       "cudaMemcpyDeviceToDevice, ctx.stream));",
+                       buf(out), chunk * esize, buf(in), axis, chunk,
+                       parts * chunk * esize, outer));
+    return success();
+  }
+  auto rs = cast<shard::ReduceScatterOp>(op);
+  int64_t outer = outerOf(shapeOf(out), rs.getScatterAxis().getSExtValue());
+  int64_t n = numel(out);
+  if (outer == 1) {
+    line(llvm::formatv("axis_comm(st, {0}).reduce_scatter({1}, {2}, {3}, {4}, "
+                       "mtc::rt::ReduceOp::sum, ctx.stream);",
+                       axis, buf(in), buf(out), n, dt));
+    return success();
+  }
+  if (failed(needBf16()))
+    return failure();
+  tpScratch = std::max(tpScratch, numel(in));
+  line(llvm::formatv("k::permute_parts(ctx, {0}, pc.tp_scratch, {1}, {2}, "
+                     "{3}, true);  // (parts, outer, chunk)",
+                     buf(in), outer, parts, n / outer));
+  line(llvm::formatv("axis_comm(st, {0}).reduce_scatter(pc.tp_scratch, {1}, "
+                     "{2}, {3}, mtc::rt::ReduceOp::sum, ctx.stream);",
+                     axis, buf(out), n, dt));
   return success();
 }
 
-LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
-  FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
-  if (failed(fns))
-    return failure();
-  std::string funcs;
-  if (failed(emitFunction(fns->forward, /*eval=*/true)) ||
-      failed(emitFunction(fns->train, /*eval=*/false)))
-    return failure();
-  funcs = std::move(body);
-  body.clear();
-  if (failed(emitOptimizer(fns->optimizer)))
-    return failure();
-  std::string optimizer = std::move(body);
-
-  auto name = module->getAttrOfType<StringAttr>("mtc.model");
-  std::string src;
-  llvm::raw_string_ostream s(src);
-  s << "// Generated by mtc from model '" << escape(name ? name.str() : "")
-    << "' for the CUDA target (bf16 compute, fp32 master weights).\n"
-    << "// Do not edit: recompile the spec. Each kernel call is preceded by\n"
-    << "// the IR op and location it lowers.\n"
-    << "#include <cmath>\n#include <cstdint>\n#include <cstdlib>\n"
-    << "#include <limits>\n#include <memory>\n#include <string>\n"
-    << "#include <vector>\n\n"
-    << "#include \"mtc/rt/cuda_backend.h\"\n"
-    << "#include \"mtc/rt/dropout_hash.h\"\n"
-    << "#include \"mtc/rt/cuda_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
-    << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
-       "mtc::rt::cuda;\nusing k::bf16;\n\n"
-    << "std::vector<k::AdamWTensor> adamw_tensors();\n\n"
-    << "// One GPU per rank: LOCAL_RANK (set by mtc-launch, torchrun, Slurm)\n"
-    << "// picks it among the visible devices.\n"
-    << "int local_device() {\n"
-    << "  int count = 0;\n"
-    << "  MTC_CUDA_CHECK(cudaGetDeviceCount(&count));\n"
-    << "  const char* local = std::getenv(\"LOCAL_RANK\");\n"
-    << "  return local && count > 0 ? std::atoi(local) % count : 0;\n}\n\n"
-    << "// What the program keeps on the device besides HostState.\n"
-    << "struct ProgramContext {\n"
-    << "  k::Context ctx;\n"
-    << "  std::unique_ptr<k::AdamWPlan> adamw;\n"
-    << "  double* grad_sumsq = nullptr;  // (1) device\n"
-    << "  float* loss_host = nullptr;    // (1) pinned\n"
-    << "  ProgramContext() : ctx(local_device()) {\n"
-    << "    adamw = std::make_unique<k::AdamWPlan>(ctx, adamw_tensors());\n"
-    << "    MTC_CUDA_CHECK(cudaMalloc(&grad_sumsq, sizeof(double)));\n"
-    << "    MTC_CUDA_CHECK(cudaMallocHost(&loss_host, sizeof(float)));\n"
-    << "  }\n"
-    << "  ~ProgramContext() {\n"
-    << "    cudaFree(grad_sumsq);\n"
-    << "    cudaFreeHost(loss_host);\n"
-    << "  }\n};\n\n"
-    << "ProgramContext& program_context(HostState& st) {\n"
-    << "  return *static_cast<ProgramContext*>(st.context);\n}\n\n"
-    << "float data_error(HostState& st, const std::string& message) {\n"
-    << "  st.error = message;\n"
-    << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
-
-    << "// Copies the (1) fp32 loss to the host; reports recorded data errors.\n"
-    << "float finish_loss(HostState& st, const float* loss) {\n"
-    << "  auto& pc = program_context(st);\n"
-    << "  k::set_current_op(\"loss\");\n"
-    << "  MTC_CUDA_CHECK(cudaMemcpyAsync(pc.loss_host, loss, sizeof(float), "
-       "cudaMemcpyDeviceToHost, pc.ctx.stream));\n"
-    << "  std::string error = pc.ctx.take_data_error();  // synchronizes\n"
-    << "  if (!error.empty()) return data_error(st, error);\n"
-    << "  return *pc.loss_host;\n}\n\n"
-    << "void* create_context() { return new ProgramContext(); }\n"
-    << "void destroy_context(void* c) { delete static_cast<ProgramContext*>(c); "
-       "}\n"
-    << "void sync_compute_params(HostState& st) {\n"
-    << "  auto& pc = program_context(st);\n"
-    << "  k::set_current_op(\"sync_compute_params\");\n"
-    << "  k::convert(pc.ctx, st.params, static_cast<bf16*>(st.compute_params), "
-    << layout.totalElements << ");\n"
-    << "  MTC_CUDA_CHECK(cudaStreamSynchronize(pc.ctx.stream));\n}\n\n"
-    << funcs << optimizer << "}  // namespace\n\n";
-  ProgramDescExtras extras;
-  extras.target = "cuda";
-  extras.arenaWords = (arena + 1) / 2;
-  extras.computeParamBytes = layout.totalElements * 2;
-  extras.extraLines = "  p.backend = &mtc::rt::cuda::cuda_backend();\n"
-                      "  p.create_context = &create_context;\n"
-                      "  p.destroy_context = &destroy_context;\n"
-                      "  p.sync_compute_params = &sync_compute_params;\n";
-  s << emitProgramDesc(module, layout, extras);
-  out.source = std::move(src);
-  out.arenaElements = arena;
-  return success();
-}
-
-} // namespace
-
-LogicalResult mtc::emitCudaProgram(ModuleOp module, EmitResult &out) {
-  return CudaEmitter(module).run(out);
-}
+} // namespace mtc::codegen

@@ -19,8 +19,12 @@
 
 namespace mtc::rt {
 
-size_t dtype_size(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
-const char* dtype_name(DType dtype) { return dtype == DType::f32 ? "f32" : "bf16"; }
+size_t dtype_size(DType dtype) {
+  return dtype == DType::f64 ? 8 : dtype == DType::f32 ? 4 : 2;
+}
+const char* dtype_name(DType dtype) {
+  return dtype == DType::f64 ? "f64" : dtype == DType::f32 ? "f32" : "bf16";
+}
 
 // ---------------------------------------------------------------------------
 // Communicator

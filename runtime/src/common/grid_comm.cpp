@@ -378,10 +378,6 @@ RunComms start_run_comms(const ProgramDesc& p) {
     c.host = make_grid_comm(*c.world);
     return c;
   }
-  if (grid.tp > 1)
-    throw Error(where + "tensor parallelism (tp > 1) is not supported on target " + p.target +
-                " (backend " + backend.name + "): compile it with --tp 1; data parallelism "
-                "(--dp) is supported");
   if (backend.comm_factory == nullptr)
     throw Error(where + "backend " + backend.name + " has no communicators for its memory "
                 "(Backend::comm_factory is null: a CUDA runtime built without NCCL?), so "

@@ -56,10 +56,9 @@
 // trainer's own collectives (checkpoint and dump gathers, the dp average of
 // --dump-grads, error agreement, loss sums) run on host copies that it
 // downloaded through the backend, over the Gloo World. For the host backend
-// they are one object. Pipeline parallelism (pp > 1), tensor parallelism
-// (tp > 1) on other backends than the host's, and multi-rank programs of a
-// backend without communicators (Backend::comm_factory) are refused at
-// start.
+// they are one object. Pipeline parallelism (pp > 1) and multi-rank
+// programs of a backend without communicators (Backend::comm_factory) are
+// refused at start.
 #include <chrono>
 #include <cmath>
 #include <cstdarg>
@@ -451,8 +450,9 @@ void Trainer::save(int64_t step, int64_t consumed) {
 
 // Gradients of the global-batch mean loss (step `state_.step`) with that
 // batch, written by rank 0 in the global layout. The program reduces over
-// the data-parallel ranks only inside optimizer_step, so here the
-// accumulated sums are averaged over them first:
+// the data-parallel ranks only inside optimizer_step (or, with
+// grads_summed_in_backward, already summed them), so here the accumulated
+// sums are averaged over them first:
 //   g = (sum over dp ranks of grads) / dp / num_microbatches.
 // The batch rows are put in the global batch's sample order (rank d's
 // microbatch i row j is global row (i * dp + d) * micro_batch + j), so the
@@ -461,7 +461,8 @@ void Trainer::save(int64_t step, int64_t consumed) {
 void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   std::vector<float> g = download_floats(state_.grads);
   if (dp_ > 1) {
-    host_comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
+    if (!p_.grads_summed_in_backward)
+      host_comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
     const float inv_dp = 1.0f / static_cast<float>(dp_);
     for (float& x : g) x *= inv_dp;
   }

@@ -1,4 +1,4 @@
-// The NCCL backend: fp32 / bf16 device buffers, collectives enqueued on the
+// The NCCL backend: fp32 / bf16 / fp64 device buffers, collectives enqueued on the
 // caller's stream (the mtc::rt::Communicator interface in mtc/rt/comm.h).
 //
 // Setup (nccl_comm_factory): the rank selects device LOCAL_RANK; the
@@ -61,7 +61,9 @@ namespace mtc::rt {
 
 namespace {
 
-ncclDataType_t nccl_type(DType d) { return d == DType::f32 ? ncclFloat32 : ncclBfloat16; }
+ncclDataType_t nccl_type(DType d) {
+  return d == DType::f64 ? ncclFloat64 : d == DType::f32 ? ncclFloat32 : ncclBfloat16;
+}
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
 cudaStream_t as_stream(Stream s) { return static_cast<cudaStream_t>(s); }
 

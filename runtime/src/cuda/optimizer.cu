@@ -13,9 +13,14 @@
 // Design: AdamWPlan cuts every tensor into chunks of at most kChunk elements
 // (one block each, table uploaded once), so one launch covers all tensors
 // whatever their sizes, and each block knows its tensor's weight-decay flag
-// without a search. The bf16 compute copy of each parameter is written in
-// the same pass. sum_squares: per-block double partials, then one block sums
-// them in order (deterministic).
+// without a search. Each chunk also carries the offset of its moments
+// (state_offset), so a rank of a sharded optimizer keeps m and v for its
+// shard only. The bf16 compute copy of each parameter is written in the same
+// pass. sum_squares: per-block double partials, then one block sums them in
+// order (deterministic); the multi-range form cuts the ranges into pieces of
+// at most kSumPiece elements (one block each, table uploaded once by
+// SumSquaresPlan) and sums the per-piece partials the same way.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -27,10 +32,19 @@ constexpr int64_t kChunk = 1 << 16;
 constexpr int kAdamThreads = 256;
 constexpr int kSumBlocksMax = 1024;
 
+constexpr int64_t kSumPiece = 1 << 16;
+constexpr int kSumThreads = 256;
+
 struct Chunk {
-  int64_t offset;   // first element
-  int32_t numel;    // <= kChunk
-  float decay_flag; // 1 if the tensor decays, else 0
+  int64_t offset;        // first element in params, grads, params_bf16
+  int64_t state_offset;  // first element in m, v
+  int32_t numel;         // <= kChunk
+  float decay_flag;      // 1 if the tensor decays, else 0
+};
+
+struct SumPiece {
+  int64_t offset;  // first element
+  int64_t numel;   // <= kSumPiece
 };
 
 // partial (gridDim.x) = per-block sums of x^2 (n) in double.
@@ -50,6 +64,30 @@ __global__ void sum_squares_partial_kernel(const float* x, int64_t n, bool vec, 
     done = n4 * 4;
   }
   for (int64_t i = done + tid; i < n; i += stride) acc += static_cast<double>(x[i]) * x[i];
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// partial (pieces) = per-piece sums of x^2 in double; one block per piece.
+__global__ void __launch_bounds__(kSumThreads) sum_squares_pieces_kernel(const float* x,
+                                                                       const SumPiece* pieces,
+                                                                       double* partial) {
+  __shared__ double shared[32];
+  const SumPiece pc = pieces[blockIdx.x];
+  const float* p = x + pc.offset;
+  const int n = static_cast<int>(pc.numel);
+  double acc = 0.0;
+  int done = 0;
+  if ((reinterpret_cast<uintptr_t>(p) & 15u) == 0) {
+    const int n4 = n / 4;
+    for (int i = threadIdx.x; i < n4; i += kSumThreads) {
+      const float4 f = reinterpret_cast<const float4*>(p)[i];
+      acc += static_cast<double>(f.x) * f.x + static_cast<double>(f.y) * f.y +
+             static_cast<double>(f.z) * f.z + static_cast<double>(f.w) * f.w;
+    }
+    done = n4 * 4;
+  }
+  for (int i = done + threadIdx.x; i < n; i += kSumThreads) acc += static_cast<double>(p[i]) * p[i];
   acc = block_sum(acc, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
@@ -97,22 +135,22 @@ __global__ void __launch_bounds__(kAdamThreads) adamw_kernel(AdamWArgs a) {
   }
   const float scale = a.grad_scale * clip;
   const float decay = ch.decay_flag != 0.f ? a.decay : 1.f;
-  const int64_t base = ch.offset;
-  const bool vec = (base & 3) == 0 && (ch.numel & 3) == 0;
+  const int64_t base = ch.offset, sbase = ch.state_offset;
+  const bool vec = (base & 3) == 0 && (sbase & 3) == 0 && (ch.numel & 3) == 0;
   if (vec) {
     for (int i = threadIdx.x * 4; i < ch.numel; i += kAdamThreads * 4) {
-      const int64_t e = base + i;
+      const int64_t e = base + i, se = sbase + i;
       float4 p = *reinterpret_cast<float4*>(a.params + e);
       float4 g = *reinterpret_cast<const float4*>(a.grads + e);
-      float4 m = *reinterpret_cast<float4*>(a.m + e);
-      float4 v = *reinterpret_cast<float4*>(a.v + e);
+      float4 m = *reinterpret_cast<float4*>(a.m + se);
+      float4 v = *reinterpret_cast<float4*>(a.v + se);
       adamw_element(a, scale, decay, p.x, g.x, m.x, v.x);
       adamw_element(a, scale, decay, p.y, g.y, m.y, v.y);
       adamw_element(a, scale, decay, p.z, g.z, m.z, v.z);
       adamw_element(a, scale, decay, p.w, g.w, m.w, v.w);
       *reinterpret_cast<float4*>(a.params + e) = p;
-      *reinterpret_cast<float4*>(a.m + e) = m;
-      *reinterpret_cast<float4*>(a.v + e) = v;
+      *reinterpret_cast<float4*>(a.m + se) = m;
+      *reinterpret_cast<float4*>(a.v + se) = v;
       if (a.params_bf16) {
         __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(a.params_bf16 + e);
         out[0] = __floats2bfloat162_rn(p.x, p.y);
@@ -121,12 +159,12 @@ __global__ void __launch_bounds__(kAdamThreads) adamw_kernel(AdamWArgs a) {
     }
   } else {
     for (int i = threadIdx.x; i < ch.numel; i += kAdamThreads) {
-      const int64_t e = base + i;
-      float p = a.params[e], m = a.m[e], v = a.v[e];
+      const int64_t e = base + i, se = sbase + i;
+      float p = a.params[e], m = a.m[se], v = a.v[se];
       adamw_element(a, scale, decay, p, a.grads[e], m, v);
       a.params[e] = p;
-      a.m[e] = m;
-      a.v[e] = v;
+      a.m[se] = m;
+      a.v[se] = v;
       if (a.params_bf16) a.params_bf16[e] = __float2bfloat16(p);
     }
   }
@@ -146,12 +184,57 @@ void sum_squares(Context& ctx, const float* x, int64_t n, double* out, bool accu
   MTC_LAUNCH_CHECK("sum_squares_final_kernel");
 }
 
+SumSquaresPlan::SumSquaresPlan(Context& ctx,
+                               const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<SumPiece> pieces;
+  for (const auto& [offset, numel] : ranges) {
+    require(offset >= 0 && numel >= 0,
+            "SumSquaresPlan: negative offset or size (range " + std::to_string(offset) + ", " +
+                std::to_string(numel) + ")");
+    for (int64_t o = 0; o < numel; o += kSumPiece)
+      pieces.push_back(SumPiece{offset + o, std::min(kSumPiece, numel - o)});
+  }
+  num_pieces_ = static_cast<int64_t>(pieces.size());
+  require(num_pieces_ <= 0x7fffffff, "SumSquaresPlan: too many elements");
+  if (num_pieces_ == 0) return;
+  MTC_CUDA_CHECK(cudaSetDevice(ctx.device));
+  MTC_CUDA_CHECK(cudaMalloc(&pieces_, sizeof(SumPiece) * pieces.size()));
+  MTC_CUDA_CHECK(cudaMemcpyAsync(pieces_, pieces.data(), sizeof(SumPiece) * pieces.size(),
+                                 cudaMemcpyHostToDevice, ctx.stream));
+  MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+}
+
+SumSquaresPlan::~SumSquaresPlan() {
+  if (pieces_) cudaFree(pieces_);
+}
+
+void sum_squares(Context& ctx, const SumSquaresPlan& plan, const float* x, double* out,
+                 bool accumulate) {
+  const int64_t pieces = plan.num_pieces();
+  if (pieces == 0) {
+    if (!accumulate) MTC_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), ctx.stream));
+    return;
+  }
+  double* partial = static_cast<double*>(ctx.scratch(sizeof(double) * pieces));
+  sum_squares_pieces_kernel<<<static_cast<unsigned>(pieces), kSumThreads, 0, ctx.stream>>>(
+      x, static_cast<const SumPiece*>(plan.pieces()), partial);
+  MTC_LAUNCH_CHECK("sum_squares_pieces_kernel");
+  sum_squares_final_kernel<<<1, 1024, 0, ctx.stream>>>(partial, static_cast<int>(pieces), out,
+                                                       accumulate);
+  MTC_LAUNCH_CHECK("sum_squares_final_kernel");
+}
+
 AdamWPlan::AdamWPlan(Context& ctx, const std::vector<AdamWTensor>& tensors) {
   std::vector<Chunk> chunks;
   for (const AdamWTensor& t : tensors) {
     require(t.offset >= 0 && t.numel >= 0, "AdamWPlan: negative offset or size");
+    require(t.state_offset >= -1,
+            "AdamWPlan: state_offset must be -1 (same as offset) or non-negative, got " +
+                std::to_string(t.state_offset));
+    const int64_t state = t.state_offset < 0 ? t.offset : t.state_offset;
     for (int64_t o = 0; o < t.numel; o += kChunk)
-      chunks.push_back(Chunk{t.offset + o, static_cast<int32_t>(std::min(kChunk, t.numel - o)),
+      chunks.push_back(Chunk{t.offset + o, state + o,
+                             static_cast<int32_t>(std::min(kChunk, t.numel - o)),
                              t.weight_decay ? 1.f : 0.f});
   }
   num_chunks_ = static_cast<int64_t>(chunks.size());

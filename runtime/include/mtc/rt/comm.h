@@ -176,7 +176,7 @@ double rendezvous_timeout_from_env();
 // ---------------------------------------------------------------------------
 // Communicators
 
-enum class DType { f32, bf16 };
+enum class DType { f32, bf16, f64 };
 enum class ReduceOp { sum, max };
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);

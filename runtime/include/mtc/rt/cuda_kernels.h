@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mtc/rt/cuda_check.h"
@@ -300,11 +301,47 @@ void cross_entropy(Context& ctx, const bf16* logits, const int32_t* targets,
 void sum_squares(Context& ctx, const float* x, int64_t n, double* out,
                  bool accumulate);
 
+// A set of element ranges [offset, offset + numel) of one fp32 buffer (e.g.
+// the gradients of this rank's shard, or of the tensors that are not
+// replicated), cut into fixed-size pieces whose table is uploaded once.
+class SumSquaresPlan {
+ public:
+  // ranges: (offset, numel) pairs, offset >= 0, numel >= 0; may be empty.
+  // Overlapping ranges are summed once per range.
+  SumSquaresPlan(Context& ctx,
+                 const std::vector<std::pair<int64_t, int64_t>>& ranges);
+  ~SumSquaresPlan();
+  SumSquaresPlan(const SumSquaresPlan&) = delete;
+  SumSquaresPlan& operator=(const SumSquaresPlan&) = delete;
+
+  int64_t num_pieces() const { return num_pieces_; }
+  const void* pieces() const { return pieces_; }  // device table
+
+ private:
+  void* pieces_ = nullptr;
+  int64_t num_pieces_ = 0;
+};
+
+// out (1, device, double) = sum over the plan's ranges r of
+// sum_{i in r} x[i]^2 (+ *out when accumulate), in double. Two launches
+// whatever the number of ranges (per-piece partials, then one block sums
+// them in order): the same result on every run. An empty plan writes 0
+// (leaves *out when accumulating). Uses 8 * num_pieces() bytes of ctx's
+// scratch.
+void sum_squares(Context& ctx, const SumSquaresPlan& plan, const float* x,
+                 double* out, bool accumulate);
+
 // One parameter tensor of the single parameter allocation.
 struct AdamWTensor {
-  int64_t offset = 0;   // element offset
+  int64_t offset = 0;   // element offset in params, grads, params_bf16
   int64_t numel = 0;
   bool weight_decay = true;
+  // Element offset of this tensor's moments in adamw's m and v; -1: the
+  // same as `offset` (m and v laid out as the parameters). A rank of a
+  // sharded (ZeRO-1) optimizer lists the parts of the tensors inside its
+  // shard [s0, s1) of the flat parameter buffer with
+  // state_offset = offset - s0, so its m and v hold s1 - s0 elements.
+  int64_t state_offset = -1;
 };
 
 // The tensors cut into fixed-size chunks (one thread block each), uploaded

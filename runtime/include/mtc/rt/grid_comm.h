@@ -159,11 +159,12 @@ class ProgramComms {
 // never gathers along such an axis. An axis outside [0, 3) throws Error.
 // `world`, `comms` and `backend` must outlive it.
 //
-// Cost: one device-wide synchronize per collective. The generated CUDA code
-// calls all_reduce_sum once per optimizer step (the data-parallel gradient
-// sum, after synchronizing its own stream), so the overlap a stream-ordered
-// collective would give (NCCL on a stream that waits for the program's
-// through an event) is not there to take yet.
+// Cost: one device-wide synchronize per collective, so the generated CUDA
+// code uses these calls nowhere on its hot path: it takes the axis
+// communicators through program_comm(axis) and enqueues its collectives on
+// its own streams (tensor-parallel activations on the compute stream,
+// data-parallel gradient buckets on a communication stream that waits for
+// the backward pass through events).
 std::unique_ptr<GridComm> make_program_grid_comm(World& world, ProgramComms& comms,
                                                  const Backend& backend);
 
@@ -186,7 +187,7 @@ struct RunComms {
 // on its checkpoints). Several: WORLD_SIZE must match the grid (World's
 // message says how to start it), pp must be 1; the host backend gets a Gloo
 // World and one GridComm over it for both program and trainer; another
-// backend needs tp = 1 and a Backend::comm_factory, and gets the Gloo World
+// backend needs a Backend::comm_factory, and gets the Gloo World
 // plus ProgramComms built alongside it and the program's GridComm over them.
 // Throws Error naming the program and grid otherwise.
 RunComms start_run_comms(const ProgramDesc& program);

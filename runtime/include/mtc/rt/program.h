@@ -145,6 +145,12 @@ struct ProgramDesc {
   // (optimizer_shard_elems each). 0: not sharded; the moments are
   // num_param_elems long, in the parameters' layout.
   int64_t optimizer_shard_elems = 0;
+  // Data parallelism with the gradient sum in the backward pass (the CUDA
+  // target: buckets all-reduced over dp as the backward pass completes them):
+  // after forward_backward of a step's last microbatch, state.grads hold the
+  // sum over the dp group, not this rank's own. false: optimizer_step
+  // reduces them.
+  bool grads_summed_in_backward = false;
   int64_t arena_floats = 0;    // size of HostState::arena in 4-byte words
   int64_t compute_param_bytes = 0;  // size of HostState::compute_params (0: none)
   const Backend* backend = nullptr; // nullptr: the host backend

@@ -1,0 +1,100 @@
+//===- CudaEmitter.h - the CUDA emitter's state, shared by its parts -*- C++ -*-===//
+//
+// The CUDA emitter is split in two files: CudaEmitter.cpp analyzes and
+// emits the forward and training functions op by op (gradient sinks,
+// fusions, tensor-parallel collectives, data-parallel gradient buckets);
+// CudaProgram.cpp emits the optimizer step and puts the program together
+// (the ProgramContext the generated functions share, the ProgramDesc).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_CODEGEN_CUDAEMITTER_H
+#define MTC_CODEGEN_CUDAEMITTER_H
+
+#include "EmitterCommon.h"
+#include "mtc/Codegen/BufferPlan.h"
+#include "mtc/Codegen/Emitter.h"
+#include "mtc/Transforms/Grid.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/Support/FormatVariadic.h"
+
+namespace mtc::codegen {
+
+/// Mixed precision is applied at emission: every float activation and
+/// activation gradient is stored in bf16, except the values kept in fp32 by
+/// design: attention's log-sum-exp and the loss (and collectives of them).
+bool storedF32(mlir::Value v);
+
+class CudaEmitter {
+public:
+  explicit CudaEmitter(mlir::ModuleOp module);
+  mlir::LogicalResult run(mtc::EmitResult &out);
+
+private:
+  // CudaEmitter.cpp
+  void analyzeGradientSinks(mlir::func::FuncOp fn);
+  void analyzeFusions(mlir::func::FuncOp fn);
+  void planBuckets(mlir::func::FuncOp fn);
+  mlir::LogicalResult emitFunction(mlir::func::FuncOp fn, bool eval);
+  mlir::LogicalResult emitOp(mlir::Operation *op, bool eval);
+  mlir::LogicalResult emitCollective(mlir::Operation *op);
+  void emitAfterGradient(mlir::Operation *op);
+  std::string buf(mlir::Value v);
+  std::string grad(llvm::StringRef param) const;
+  // CudaProgram.cpp
+  mlir::LogicalResult emitOptimizer(mlir::func::FuncOp fn);
+  std::string emitContext() const;
+
+  void line(const llvm::Twine &t) { os << "  " << t << "\n"; }
+
+  mlir::ModuleOp module;
+  ParamLayout layout;
+  mtc::GridShape grid;
+  int64_t numMicrobatches = 1;
+  std::string body;
+  llvm::raw_string_ostream os{body};
+  mtc::BufferPlan plan;
+  mtc::ExecutionHints hints;
+  llvm::DenseMap<mlir::Value, std::string> names;
+  llvm::DenseMap<mlir::Value, std::string> sink; // value -> parameter it adds into
+  llvm::DenseSet<mlir::Operation *> noOps;       // emitted as part of another op
+  llvm::DenseSet<mlir::Value> unmaterialized;    // fused away: never stored
+  llvm::DenseMap<mlir::Operation *, mlir::Operation *> fusedPartner; // host -> fused op
+  llvm::DenseSet<mlir::Operation *> inPlaceReduce; // all_reduce over its input's storage
+  int64_t arena = 0;                             // 2-byte units
+
+  // Tensor parallelism: a parameter gradient that is a collective over tp of
+  // partial gradients (sequence parallelism: norm weights and row-parallel
+  // biases all-reduced; the position table all-gathered) is accumulated
+  // partial into its fp32 buffer (its rank's rows for a gather), and the
+  // collective runs there once, on the step's last microbatch, right after
+  // the parameter's last accumulate_grad.
+  struct GradCollective {
+    std::string param;
+    bool gather = false; // all_gather along dim 0, else all_reduce (sum)
+    int axis = 2;
+    int64_t chunk = 0;   // elements of one rank's slice (gather)
+  };
+  llvm::DenseMap<mlir::Operation *, llvm::SmallVector<GradCollective>>
+      gradCollectivesAfter;
+  llvm::StringMap<int64_t> gatheredChunk; // param -> its rank's slice size
+
+  // Data parallelism without a sharded optimizer: the gradient buffer in
+  // contiguous buckets, each all-reduced over dp on the communication
+  // stream as soon as the backward pass of the step's last microbatch has
+  // finished every gradient in it.
+  struct Bucket {
+    int64_t begin = 0, size = 0; // elements of the gradient buffer
+  };
+  bool bucketed = false;
+  llvm::SmallVector<Bucket> buckets;
+  llvm::DenseMap<mlir::Operation *, llvm::SmallVector<int>> bucketsAfter;
+
+  // Device buffers of the ProgramContext sized by the ops (elements).
+  int64_t tpScratch = 0; // bf16: reorderings around gathers/scatters
+  int64_t ceRows = 0;    // rows of the vocabulary-parallel cross-entropy
+};
+
+} // namespace mtc::codegen
+
+#endif // MTC_CODEGEN_CUDAEMITTER_H

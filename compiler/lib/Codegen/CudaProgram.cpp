@@ -1,0 +1,403 @@
+//===- CudaProgram.cpp - the CUDA program around its functions ------------===//
+//
+// The optimizer step and the program's frame (see CudaEmitter.h):
+//
+//  - @optimizer_step: the gradient reduction over dp that is left to do
+//    (none when the backward pass all-reduced the buckets; a
+//    reduce-scatter for the distributed optimizer), the squared gradient
+//    norm on the device (split tensor-parallel parameters summed over tp,
+//    replicated ones counted once; a sharded optimizer sums its shard and
+//    then over dp), one multi-tensor AdamW launch over the parameters this
+//    rank updates (groups are a per-tensor weight-decay flag; the
+//    distributed optimizer keeps moments for its shard only), and for the
+//    distributed optimizer the all-gather of the updated parameters.
+//    Nothing synchronizes the host but the final copy of the norm.
+//  - The ProgramContext the generated functions share: the kernel Context,
+//    the optimizer's plans (built at the first step, when the rank's shard
+//    is known), the communication stream and events of the dp buckets, and
+//    the buffers of the tensor-parallel collectives.
+//
+//===----------------------------------------------------------------------===//
+#include "CudaEmitter.h"
+
+#include "llvm/ADT/StringSet.h"
+
+using namespace mlir;
+
+namespace mtc::codegen {
+
+LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
+  SmallVector<mtc::AdamWOp> groups;
+  fn.walk([&](mtc::AdamWOp a) { groups.push_back(a); });
+  mtc::GradNormOp norm;
+  fn.walk([&](mtc::GradNormOp g) { norm = g; });
+  if (groups.empty() || !norm)
+    return fn.emitError("@optimizer_step must hold mtc.grad_norm and "
+                        "mtc.adamw");
+  mtc::AdamWOp first = groups.front();
+  double decay = 0;
+  for (mtc::AdamWOp g : groups) {
+    double wd = g.getWeightDecay().convertToDouble();
+    auto same = [](FloatAttr a, FloatAttr b) { return a == b; };
+    if (!same(g.getBeta1Attr(), first.getBeta1Attr()) ||
+        !same(g.getBeta2Attr(), first.getBeta2Attr()) ||
+        !same(g.getEpsAttr(), first.getEpsAttr()) ||
+        !same(g.getMaxGradNormAttr(), first.getMaxGradNormAttr()) ||
+        !same(g.getGradScaleAttr(), first.getGradScaleAttr()))
+      return g.emitOpError("CUDA target: parameter groups may differ only in "
+                           "weight decay (one multi-tensor launch)");
+    if (wd > 0 && decay > 0 && wd != decay)
+      return g.emitOpError("CUDA target: one non-zero weight decay for all "
+                           "decaying groups");
+    if (wd > 0)
+      decay = wd;
+  }
+  double gradScale = norm.getGradScale().convertToDouble();
+  llvm::StringSet<> split;
+  if (auto attr = norm->getAttrOfType<ArrayAttr>("tp_split_params"))
+    for (Attribute a : attr)
+      split.insert(cast<StringAttr>(a).getValue());
+  bool sharded = layout.shardElements > 0;
+
+  os << "double optimizer_step(HostState& st, float lr, int64_t step) {\n";
+  line("auto& pc = program_context(st);");
+  line("k::Context& ctx = pc.ctx;");
+  // This rank's part of the flat buffer: a shard, or all of it.
+  if (sharded)
+    line(llvm::formatv("const int64_t lo = st.comm->index({0}) * {1}, hi = lo "
+                       "+ {1};",
+                       layout.shardAxis, layout.shardElements));
+  else
+    line(llvm::formatv("const int64_t lo = 0, hi = {0};", layout.totalElements));
+  line("if (!pc.adamw) build_optimizer_plans(pc, lo, hi);");
+  // The 1/dp of the mean folds into the gradient scale, so the norm and
+  // AdamW see the global batch's gradient without another pass.
+  for (auto r : fn.getOps<mtc::ReduceGradientsOp>()) {
+    if (r.getGridAxes().size() != 1)
+      return r.emitOpError("CUDA target: a gradient reduction over one grid "
+                           "axis");
+    int axis = r.getGridAxes()[0];
+    gradScale /= double(grid.size(axis));
+    if (r.getShardOptimizerState()) {
+      line("k::set_current_op(\"mtc.reduce_gradients (reduce_scatter over "
+           "dp)\");");
+      line(llvm::formatv("axis_comm(st, {0}).reduce_scatter(st.grads, "
+                         "st.grads + lo, {1}, mtc::rt::DType::f32, "
+                         "mtc::rt::ReduceOp::sum, ctx.stream);",
+                         axis, layout.shardElements));
+    } else if (bucketed) {
+      line("// mtc.reduce_gradients: the backward pass of the last "
+           "microbatch all-reduced the gradient buckets over dp.");
+    } else {
+      line("k::set_current_op(\"mtc.reduce_gradients (all_reduce over "
+           "dp)\");");
+      line(llvm::formatv("axis_comm(st, {0}).all_reduce(st.grads, {1}, "
+                         "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
+                         "ctx.stream);",
+                         axis, layout.totalElements));
+    }
+  }
+  line("k::set_current_op(\"mtc.grad_norm\");");
+  if (split.empty() && !sharded) {
+    // Padding between parameters is never written, so it stays zero.
+    line(llvm::formatv("k::sum_squares(ctx, st.grads, {0}, pc.grad_sumsq, "
+                       "false);",
+                       layout.totalElements));
+  } else {
+    line("k::sum_squares(ctx, *pc.sq_split, st.grads, pc.grad_sumsq, false);");
+    if (!split.empty())
+      line("axis_comm(st, 2).all_reduce(pc.grad_sumsq, 1, "
+           "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, ctx.stream);");
+    line("k::sum_squares(ctx, *pc.sq_whole, st.grads, pc.grad_sumsq, true);");
+    if (sharded)
+      line(llvm::formatv("axis_comm(st, {0}).all_reduce(pc.grad_sumsq, 1, "
+                         "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, "
+                         "ctx.stream);",
+                         layout.shardAxis));
+  }
+  line("k::set_current_op(\"mtc.adamw\");");
+  line("k::AdamWHyper h;");
+  line("h.lr = lr;");
+  line(llvm::formatv("h.beta1 = {0}f;", fmt(first.getBeta1().convertToDouble())));
+  line(llvm::formatv("h.beta2 = {0}f;", fmt(first.getBeta2().convertToDouble())));
+  line(llvm::formatv("h.eps = {0}f;", fmt(first.getEps().convertToDouble())));
+  line(llvm::formatv("h.weight_decay = {0}f;", fmt(decay)));
+  line("h.step = step;");
+  line(llvm::formatv("h.grad_scale = {0}f;", fmt(gradScale)));
+  line(llvm::formatv("h.max_grad_norm = {0}f;",
+                     fmt(first.getMaxGradNorm().convertToDouble())));
+  // The distributed optimizer writes the bf16 copy after the gather.
+  line(llvm::formatv("k::adamw(ctx, *pc.adamw, st.params, st.grads, "
+                     "st.exp_avg, st.exp_avg_sq, {0}, h, pc.grad_sumsq);",
+                     sharded ? "nullptr"
+                             : "static_cast<bf16*>(st.compute_params)"));
+  for (auto g : fn.getOps<mtc::AllGatherParamsOp>()) {
+    line("k::set_current_op(\"mtc.all_gather_params\");");
+    line(llvm::formatv("axis_comm(st, {0}).all_gather(st.params + lo, "
+                       "st.params, {1}, mtc::rt::DType::f32, ctx.stream);",
+                       g.getGridAxes()[0], layout.shardElements));
+    line(llvm::formatv("k::convert(ctx, st.params, "
+                       "static_cast<bf16*>(st.compute_params), {0});",
+                       layout.totalElements));
+  }
+  line("double sumsq = 0;");
+  line("MTC_CUDA_CHECK(cudaMemcpyAsync(&sumsq, pc.grad_sumsq, sizeof(double), "
+       "cudaMemcpyDeviceToHost, ctx.stream));");
+  line("MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
+  line(llvm::formatv("return std::sqrt(sumsq) * {0};", fmt(gradScale)));
+  os << "}\n\n";
+
+  // The parameter table: where each tensor is, whether it decays, whether
+  // it is split over tp (its squared norm is then summed over tp).
+  llvm::StringMap<bool> decays;
+  for (mtc::AdamWOp g : groups)
+    for (Attribute n : g.getParams()) {
+      StringRef name = cast<StringAttr>(n).getValue();
+      if (!layout.slots.count(name))
+        return g.emitOpError("updates unknown parameter '") << name << "'";
+      decays[name] = g.getWeightDecay().convertToDouble() > 0;
+    }
+  os << "// offset, numel, weight decay, split over tp\n"
+     << "const ParamRow kParamRows[] = {\n";
+  for (const std::string &name : layout.order) {
+    if (!decays.count(name))
+      continue; // not trained
+    ParamSlot slot = layout.slots.lookup(name);
+    os << llvm::formatv("    {{{0}, {1}, {2}, {3}},  // {4}\n", slot.offset,
+                        slot.op.getType().getNumElements(),
+                        decays.lookup(name) ? "true" : "false",
+                        split.count(name) ? "true" : "false", name);
+  }
+  os << "};\n\n";
+  return success();
+}
+
+// What the generated functions share; sizes from the ops (CudaEmitter.h).
+std::string CudaEmitter::emitContext() const {
+  std::string s;
+  llvm::raw_string_ostream o(s);
+  o << "struct ParamRow {\n"
+    << "  int64_t offset, numel;\n"
+    << "  bool decay, split;\n"
+    << "};\n"
+    << "extern const ParamRow kParamRows[];\n"
+    << "extern const size_t kNumParamRows;\n\n"
+    << "// One GPU per rank: LOCAL_RANK (set by mtc-launch, torchrun, Slurm)\n"
+    << "// picks it among the visible devices.\n"
+    << "int local_device() {\n"
+    << "  int count = 0;\n"
+    << "  MTC_CUDA_CHECK(cudaGetDeviceCount(&count));\n"
+    << "  const char* local = std::getenv(\"LOCAL_RANK\");\n"
+    << "  return local && count > 0 ? std::atoi(local) % count : 0;\n}\n\n"
+    << "// What the program keeps on the device besides HostState.\n"
+    << "struct ProgramContext {\n"
+    << "  k::Context ctx;\n"
+    << "  // Built at the first optimizer step, over [lo, hi) of the flat\n"
+    << "  // buffer (this rank's shard with the distributed optimizer).\n"
+    << "  std::unique_ptr<k::AdamWPlan> adamw;\n"
+    << "  std::unique_ptr<k::SumSquaresPlan> sq_split, sq_whole;\n"
+    << "  double* grad_sumsq = nullptr;  // (1) device\n"
+    << "  float* loss_host = nullptr;    // (1) pinned\n"
+    << "  // Data-parallel gradient buckets: all-reduced on comm_stream, each\n"
+    << "  // after an event of the compute stream. MTC_GRAD_OVERLAP=0 holds\n"
+    << "  // them until the backward pass ends (to measure what overlap "
+       "hides).\n"
+    << "  cudaStream_t comm_stream = nullptr;\n"
+    << "  std::vector<cudaEvent_t> bucket_ready;  // (" << buckets.size()
+    << ")\n"
+    << "  cudaEvent_t buckets_done = nullptr;\n"
+    << "  bool overlap = true;\n"
+    << "  std::vector<int64_t> held;  // (bucket, begin, size) when not "
+       "overlapping\n"
+    << "  // Tensor parallelism.\n"
+    << "  bf16* tp_scratch = nullptr;     // (" << tpScratch << ")\n"
+    << "  float* ce_stats = nullptr;      // (" << ceRows << ", 3)\n"
+    << "  float* ce_all_stats = nullptr;  // (tp, " << ceRows << ", 3)\n"
+    << "  ProgramContext() : ctx(local_device()) {\n"
+    << "    MTC_CUDA_CHECK(cudaMalloc(&grad_sumsq, sizeof(double)));\n"
+    << "    MTC_CUDA_CHECK(cudaMallocHost(&loss_host, sizeof(float)));\n"
+    << "    const char* ov = std::getenv(\"MTC_GRAD_OVERLAP\");\n"
+    << "    overlap = !(ov && std::string(ov) == \"0\");\n";
+  if (bucketed)
+    o << "    MTC_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, "
+         "cudaStreamNonBlocking));\n"
+      << "    bucket_ready.resize(" << buckets.size() << ");\n"
+      << "    for (cudaEvent_t& e : bucket_ready)\n"
+      << "      MTC_CUDA_CHECK(cudaEventCreateWithFlags(&e, "
+         "cudaEventDisableTiming));\n"
+      << "    MTC_CUDA_CHECK(cudaEventCreateWithFlags(&buckets_done, "
+         "cudaEventDisableTiming));\n";
+  if (tpScratch > 0)
+    o << "    MTC_CUDA_CHECK(cudaMalloc(&tp_scratch, " << tpScratch * 2
+      << "));\n";
+  if (ceRows > 0)
+    o << "    MTC_CUDA_CHECK(cudaMalloc(&ce_stats, " << ceRows * 12 << "));\n"
+      << "    MTC_CUDA_CHECK(cudaMalloc(&ce_all_stats, " << ceRows * 12 * grid.tp
+      << "));\n";
+  o << "  }\n"
+    << "  ~ProgramContext() {\n"
+    << "    cudaFree(grad_sumsq);\n"
+    << "    cudaFreeHost(loss_host);\n"
+    << "    for (cudaEvent_t e : bucket_ready) cudaEventDestroy(e);\n"
+    << "    if (buckets_done) cudaEventDestroy(buckets_done);\n"
+    << "    if (comm_stream) cudaStreamDestroy(comm_stream);\n"
+    << "    cudaFree(tp_scratch);\n"
+    << "    cudaFree(ce_stats);\n"
+    << "    cudaFree(ce_all_stats);\n"
+    << "  }\n};\n\n"
+    << "ProgramContext& program_context(HostState& st) {\n"
+    << "  return *static_cast<ProgramContext*>(st.context);\n}\n\n"
+
+    << "// The communicator of a grid axis on device memory (NCCL).\n"
+    << "mtc::rt::Communicator& axis_comm(HostState& st, int axis) {\n"
+    << "  mtc::rt::Communicator* c = st.comm ? st.comm->program_comm(axis) : "
+       "nullptr;\n"
+    << "  if (c == nullptr)\n"
+    << "    throw mtc::rt::Error(\"grid axis \" + std::to_string(axis) + \" "
+       "has no device communicator (the program needs NCCL and its ranks \"\n"
+    << "                         \"started by mtc-launch or torchrun)\");\n"
+    << "  return *c;\n}\n\n"
+
+    << "// The optimizer's tables over [lo, hi) of the flat buffer: AdamW\n"
+    << "// tensors (moments indexed from lo when sharded) and the squared-norm\n"
+    << "// ranges, split over tp or not.\n"
+    << "void build_optimizer_plans(ProgramContext& pc, int64_t lo, int64_t hi) "
+       "{\n"
+    << "  const bool sharded = " << (layout.shardElements > 0 ? "true" : "false")
+    << ";\n"
+    << "  std::vector<k::AdamWTensor> tensors;\n"
+    << "  std::vector<std::pair<int64_t, int64_t>> split, whole;\n"
+    << "  for (size_t i = 0; i < kNumParamRows; ++i) {\n"
+    << "    const ParamRow& r = kParamRows[i];\n"
+    << "    const int64_t a = std::max(r.offset, lo), b = std::min(r.offset + "
+       "r.numel, hi);\n"
+    << "    if (a >= b) continue;\n"
+    << "    k::AdamWTensor t;\n"
+    << "    t.offset = a;\n"
+    << "    t.numel = b - a;\n"
+    << "    t.weight_decay = r.decay;\n"
+    << "    t.state_offset = sharded ? a - lo : -1;\n"
+    << "    tensors.push_back(t);\n"
+    << "    (r.split ? split : whole).emplace_back(a, b - a);\n"
+    << "  }\n"
+    << "  pc.adamw = std::make_unique<k::AdamWPlan>(pc.ctx, tensors);\n"
+    << "  pc.sq_split = std::make_unique<k::SumSquaresPlan>(pc.ctx, split);\n"
+    << "  pc.sq_whole = std::make_unique<k::SumSquaresPlan>(pc.ctx, whole);\n"
+    << "}\n\n"
+
+    << "// Data parallelism: bucket `b` of the gradient buffer, complete on\n"
+    << "// the compute stream, all-reduced (sum) over dp on comm_stream.\n"
+    << "void enqueue_grad_bucket(ProgramContext& pc, HostState& st, int b, "
+       "int64_t begin, int64_t size) {\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.bucket_ready[b], pc.ctx.stream));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.comm_stream, "
+       "pc.bucket_ready[b], 0));\n"
+    << "  axis_comm(st, 1).all_reduce(st.grads + begin, size, "
+       "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, pc.comm_stream);\n"
+    << "}\n\n"
+    << "// At the point where the backward pass completed bucket `b`.\n"
+    << "void launch_grad_bucket(ProgramContext& pc, HostState& st, int b, "
+       "int64_t begin, int64_t size) {\n"
+    << "  if (pc.overlap)\n"
+    << "    enqueue_grad_bucket(pc, st, b, begin, size);\n"
+    << "  else\n"
+    << "    pc.held.insert(pc.held.end(), {b, begin, size});\n"
+    << "}\n\n"
+    << "// End of the backward pass: held buckets go now; the compute stream\n"
+    << "// waits for every bucket.\n"
+    << "void finish_grad_buckets(ProgramContext& pc, HostState& st) {\n"
+    << "  for (size_t i = 0; i < pc.held.size(); i += 3)\n"
+    << "    enqueue_grad_bucket(pc, st, int(pc.held[i]), pc.held[i + 1], "
+       "pc.held[i + 2]);\n"
+    << "  pc.held.clear();\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.buckets_done, pc.comm_stream));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.buckets_done, "
+       "0));\n"
+    << "}\n\n";
+  return s;
+}
+
+LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
+  FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
+  if (failed(fns))
+    return failure();
+  // Buckets when dp reduces the whole gradient (not a sharded optimizer).
+  bucketed = false;
+  fns->optimizer.walk([&](mtc::ReduceGradientsOp r) {
+    bucketed = !r.getShardOptimizerState() && r.getGridAxes().size() == 1 &&
+               r.getGridAxes()[0] == mtc::kAxisDP;
+  });
+  if (failed(emitFunction(fns->forward, /*eval=*/true)) ||
+      failed(emitFunction(fns->train, /*eval=*/false)))
+    return failure();
+  std::string funcs = std::move(body);
+  body.clear();
+  if (failed(emitOptimizer(fns->optimizer)))
+    return failure();
+  std::string optimizer = std::move(body);
+
+  auto name = module->getAttrOfType<StringAttr>("mtc.model");
+  std::string src;
+  llvm::raw_string_ostream s(src);
+  s << "// Generated by mtc from model '" << escape(name ? name.str() : "")
+    << "' for the CUDA target (bf16 compute, fp32 master weights).\n"
+    << "// Do not edit: recompile the spec. Each kernel call is preceded by\n"
+    << "// the IR op and location it lowers.\n"
+    << "#include <algorithm>\n#include <cmath>\n#include <cstdint>\n"
+    << "#include <cstdlib>\n#include <limits>\n#include <memory>\n"
+    << "#include <string>\n#include <utility>\n#include <vector>\n\n"
+    << "#include \"mtc/rt/comm.h\"\n"
+    << "#include \"mtc/rt/cuda_backend.h\"\n"
+    << "#include \"mtc/rt/cuda_kernels.h\"\n"
+    << "#include \"mtc/rt/cuda_tp_kernels.h\"\n"
+    << "#include \"mtc/rt/dropout_hash.h\"\n"
+    << "#include \"mtc/rt/program.h\"\n\n"
+    << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
+       "mtc::rt::cuda;\nusing k::bf16;\n\n"
+    << emitContext()
+    << "float data_error(HostState& st, const std::string& message) {\n"
+    << "  st.error = message;\n"
+    << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
+    << "// Copies the (1) fp32 loss to the host; reports recorded data errors.\n"
+    << "float finish_loss(HostState& st, const float* loss) {\n"
+    << "  auto& pc = program_context(st);\n"
+    << "  k::set_current_op(\"loss\");\n"
+    << "  MTC_CUDA_CHECK(cudaMemcpyAsync(pc.loss_host, loss, sizeof(float), "
+       "cudaMemcpyDeviceToHost, pc.ctx.stream));\n"
+    << "  std::string error = pc.ctx.take_data_error();  // synchronizes\n"
+    << "  if (!error.empty()) return data_error(st, error);\n"
+    << "  return *pc.loss_host;\n}\n\n"
+    << "void* create_context() { return new ProgramContext(); }\n"
+    << "void destroy_context(void* c) { delete static_cast<ProgramContext*>(c); "
+       "}\n"
+    << "void sync_compute_params(HostState& st) {\n"
+    << "  auto& pc = program_context(st);\n"
+    << "  k::set_current_op(\"sync_compute_params\");\n"
+    << "  k::convert(pc.ctx, st.params, static_cast<bf16*>(st.compute_params), "
+    << layout.totalElements << ");\n"
+    << "  MTC_CUDA_CHECK(cudaStreamSynchronize(pc.ctx.stream));\n}\n\n"
+    << funcs << optimizer
+    << "const size_t kNumParamRows = sizeof(kParamRows) / "
+       "sizeof(kParamRows[0]);\n\n"
+    << "}  // namespace\n\n";
+  ProgramDescExtras extras;
+  extras.target = "cuda";
+  extras.arenaWords = (arena + 1) / 2;
+  extras.computeParamBytes = layout.totalElements * 2;
+  extras.extraLines = "  p.backend = &mtc::rt::cuda::cuda_backend();\n"
+                      "  p.create_context = &create_context;\n"
+                      "  p.destroy_context = &destroy_context;\n"
+                      "  p.sync_compute_params = &sync_compute_params;\n";
+  if (bucketed)
+    extras.extraLines += "  p.grads_summed_in_backward = true;\n";
+  s << emitProgramDesc(module, layout, extras);
+  out.source = std::move(src);
+  out.arenaElements = arena;
+  return success();
+}
+
+} // namespace mtc::codegen
+
+LogicalResult mtc::emitCudaProgram(ModuleOp module, EmitResult &out) {
+  return mtc::codegen::CudaEmitter(module).run(out);
+}
