@@ -14,6 +14,7 @@ D=.devrun
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
 [ -f "$D/lib.tar.xz" ] && mkdir -p /tmp/mtc-lib && tar -xJf "$D/lib.tar.xz" -C /tmp/mtc-lib
+[ -f "$D/progs.tar.xz" ] && tar -xJf "$D/progs.tar.xz" -C "$D"
 export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"

@@ -12,6 +12,7 @@ OUT="${OUT:-gpu-out}"
 rm -f "$OUT/random.tokens"
 mkdir -p "$OUT"
 [ -f "$D/lib.tar.xz" ] && mkdir -p /tmp/mtc-lib && tar -xJf "$D/lib.tar.xz" -C /tmp/mtc-lib
+[ -f "$D/progs.tar.xz" ] && tar -xJf "$D/progs.tar.xz" -C "$D"
 export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 WHAT="${1:-all}"

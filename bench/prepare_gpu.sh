@@ -6,8 +6,11 @@
 # the GPU image lacks, the fortunes dataset and the PyTorch baselines.
 #   MTC_BUILD_DIR  a build of mtc with the compiler and the CUDA backend
 #                  (default: build; scripts/setup.sh makes one where nvcc is)
-#   MTC_PREPARE    single (default: for gpu_run.sh) or dp (for gpu_dp_run.sh
-#                  on two GPUs); the carried folder must stay under 64 MiB
+#   MTC_PREPARE    single (default: for gpu_run.sh), dp (for gpu_dp_run.sh
+#                  on two GPUs) or parallel (for gpu_parallel_run.sh on two
+#                  GPUs: tensor, sequence and data parallelism, the
+#                  distributed optimizer); the carried folder must stay under
+#                  64 MiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${MTC_BUILD_DIR:-build}"
@@ -17,7 +20,7 @@ grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/i
 rm -rf "$OUTD/lib" "$OUTD/lib.tar.xz"
 mkdir -p "$OUTD/lib" "$OUTD/bench" "$OUTD/data"
 MODE="${MTC_PREPARE:-single}"
-rm -rf "$OUTD"/prog-* "$OUTD/mtc-cuda-tests" "$OUTD/bin"
+rm -rf "$OUTD"/prog-* "$OUTD/progs.tar.xz" "$OUTD"/compile-*.log "$OUTD/mtc-cuda-tests" "$OUTD/bin"
 cmake --build "$BUILD" --target mtc mtc-preprocess mtc-launch mtc-cuda-tests mtc_runtime_cuda
 mkdir -p "$OUTD/bin"
 cp "$BIN/mtc-launch" "$OUTD/bin/"
@@ -33,6 +36,24 @@ compile gpt-1.3b examples/gpt-1.3b.json cuda --micro-batch-size 8 --global-batch
 if [ "$MODE" = single ]; then
   compile tiny-host examples/tiny-gpt.json host
   compile tiny-cuda examples/tiny-gpt.json cuda
+elif [ "$MODE" = parallel ]; then
+  # Tiny GPT, global batch 16 everywhere: one GPU (2 microbatches), dp = 2
+  # (buckets overlapped with backward), dp = 2 with the distributed
+  # optimizer; tp = 2 with and without sp on the same 16 sequences as one
+  # microbatch, against one GPU doing the same.
+  compile tiny-gb16 examples/tiny-gpt.json cuda --micro-batch-size 8 --global-batch-size 16
+  compile tiny-mb16 examples/tiny-gpt.json cuda --micro-batch-size 16 --global-batch-size 16
+  compile tiny-dp2 examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
+  compile tiny-dp2-zero examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16 --use-distributed-optimizer
+  compile tiny-tp2 examples/tiny-gpt.json cuda --tp 2 --micro-batch-size 16 --global-batch-size 16
+  compile tiny-tp2-sp examples/tiny-gpt.json cuda --tp 2 --sp --micro-batch-size 16 --global-batch-size 16
+  for m in gpt2-124m:64:1024 gpt-1.3b:8:2048; do
+    IFS=: read -r name mb _ <<< "$m"
+    compile "$name-dp2" "examples/$name.json" cuda --dp 2 --micro-batch-size "$mb" --global-batch-size $((2 * mb))
+    compile "$name-dp2-zero" "examples/$name.json" cuda --dp 2 --micro-batch-size "$mb" --global-batch-size $((2 * mb)) --use-distributed-optimizer
+    compile "$name-tp2" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb"
+    compile "$name-tp2-sp" "examples/$name.json" cuda --tp 2 --sp --micro-batch-size "$mb" --global-batch-size "$mb"
+  done
 else
   # The same global batch on one GPU (2 microbatches) and on two (dp = 2).
   compile tiny-cuda-gb16 examples/tiny-gpt.json cuda --micro-batch-size 8 --global-batch-size 16
@@ -59,4 +80,6 @@ cp ../shared/bench/*.py "$OUTD/bench/"
 # The device tool carries at most 64 MiB: the libraries travel compressed.
 tar -cJf "$OUTD/lib.tar.xz" -C "$OUTD" lib && rm -rf "$OUTD/lib"
 rm -rf "$OUTD"/prog-*/build
+# The programs share most of their bytes: they travel as one archive too.
+tar -cJf "$OUTD/progs.tar.xz" -C "$OUTD" $(cd "$OUTD" && ls -d prog-*) && rm -rf "$OUTD"/prog-*
 du -sh "$OUTD"

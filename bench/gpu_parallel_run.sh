@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Runs on a machine with 2 GPUs (device tool, kind nvidia-h200-x2, .devrun
+# carried; MTC_PREPARE=parallel bench/prepare_gpu.sh builds what it needs):
+# tensor, sequence and data parallelism and the distributed optimizer on the
+# CUDA target.
+#   bash bench/gpu_parallel_run.sh check   kernel and NCCL tests; the tiny GPT
+#                                          under every plan against one GPU
+#   bash bench/gpu_parallel_run.sh bench   throughput of GPT-2 124M and the
+#                                          1.3B GPT: one GPU, dp = 2 (buckets
+#                                          overlapped, and held to the end of
+#                                          backward), dp = 2 with the
+#                                          distributed optimizer, tp = 2 with
+#                                          and without sp; PyTorch (one GPU
+#                                          and DDP) in the same run
+#   bash bench/gpu_parallel_run.sh all     both
+# Equivalence is at bf16 tolerance: 20-step loss curves from the same seed
+# and global batches within 0.05 of the one-GPU run (different reduction
+# orders and bf16 rounding, not different math; the host target's CI tests
+# check the math at 1e-5).
+# Writes summary.txt and logs.tar.gz under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+D=.devrun
+OUT="${OUT:-gpu-out}"
+WHAT="${1:-all}"
+mkdir -p "$OUT"
+[ -f "$D/lib.tar.xz" ] && mkdir -p /tmp/mtc-lib && tar -xJf "$D/lib.tar.xz" -C /tmp/mtc-lib
+[ -f "$D/progs.tar.xz" ] && tar -xJf "$D/progs.tar.xz" -C "$D"
+export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+SUMMARY="$OUT/summary.txt"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$SUMMARY"
+LAUNCH="$D/bin/mtc-launch"
+DATA="$D/data/fortunes"
+
+# run NAME RANKS STEPS DATA [ENV...]: one training run, its metrics in
+# $OUT/NAME.jsonl; a failure is reported with the log's tail.
+run() {
+  local name=$1 prog=$2 ranks=$3 steps=$4 data=$5; shift 5
+  local extra=()
+  [ "$data" != "$DATA" ] && extra=(--split 100,0)
+  if [ "$ranks" = 1 ]; then
+    env "$@" timeout 240 "$D/prog-$prog/train" --data "$data" "${extra[@]}" --steps "$steps" \
+      --log-interval 5 --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
+  else
+    env "$@" timeout 240 "$LAUNCH" -n "$ranks" "$D/prog-$prog/train" --data "$data" "${extra[@]}" \
+      --steps "$steps" --log-interval 5 --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
+  fi || say "FAILED $name: $(tail -4 "$OUT/$name.log" | tr '\n' ' ')"
+}
+
+check() {
+  say "== kernel tests: tensor parallelism, optimizer, NCCL (2 GPUs)"
+  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed"
+  say "== equivalence: tiny GPT, 20 steps, global batch 16, every plan vs one GPU"
+  run tiny-gb16 tiny-gb16 1 20 "$DATA"
+  run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  run tiny-dp2 tiny-dp2 2 20 "$DATA"
+  run tiny-dp2-held tiny-dp2 2 20 "$DATA" MTC_GRAD_OVERLAP=0
+  run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
+  run tiny-tp2 tiny-tp2 2 20 "$DATA"
+  run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
+  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, sys
+out = sys.argv[1]
+def losses(n):
+    try:
+        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
+    except OSError:
+        return []
+for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
+                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-sp"])):
+    a = losses(ref)
+    for p in plans:
+        b = losses(p)
+        if len(a) != 20 or len(b) != 20:
+            print(f"{p} vs {ref}: MISSING ({len(a)} and {len(b)} steps)")
+            continue
+        d = max(abs(x - y) for x, y in zip(a, b))
+        print(f"{p} vs {ref}: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
+              f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
+PY
+}
+
+bench() {
+  python3 "$D/bench/env_gemm.py" > "$OUT/gemm.log" 2>&1
+  PEAK=$(python3 -c "import json
+for l in open('$OUT/gemm.log'):
+    if l.startswith('GEMM_RESULT'): print(round(json.loads(l.split(' ',1)[1])['median_tflops'],1))")
+  PEAK=${PEAK:-780}
+  say "peak bf16 GEMM (GPU 0): $PEAK TFLOP/s"
+  python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+  export MTC_PEAK_TFLOPS=$PEAK
+  local R=/tmp/mtc-random.tokens
+  for m in gpt2-124m:20 gpt-1.3b:15; do
+    IFS=: read -r name steps <<< "$m"
+    run "$name-1" "$name" 1 "$steps" "$R"
+    run "$name-dp2" "$name-dp2" 2 "$steps" "$R"
+    run "$name-dp2-held" "$name-dp2" 2 "$steps" "$R" MTC_GRAD_OVERLAP=0
+    run "$name-dp2-zero" "$name-dp2-zero" 2 "$steps" "$R"
+    run "$name-tp2" "$name-tp2" 2 "$steps" "$R"
+    run "$name-tp2-sp" "$name-tp2-sp" 2 "$steps" "$R"
+  done
+  if [ "${MTC_BENCH_TORCH:-1}" = 1 ]; then
+    for m in 124m:64 1.3b:8; do
+      IFS=: read -r size batch <<< "$m"
+      timeout 200 torchrun --nproc_per_node 1 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-1.log" 2>&1
+      timeout 240 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-2.log" 2>&1
+    done
+  fi
+  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, statistics, sys
+out = sys.argv[1]
+def step(name):
+    """Median tokens/s (whole job) and step time of steps 6.., or None."""
+    try:
+        rows = [json.loads(l) for l in open(os.path.join(out, name + ".jsonl"))][5:]
+        return (statistics.median(r["tokens_per_s"] for r in rows),
+                statistics.median(r["step_time_s"] for r in rows))
+    except Exception:
+        return None
+def torch(size, n):
+    try:
+        for l in open(os.path.join(out, f"torch-{size}-{n}.log")):
+            if l.startswith("DDP_RESULT"):
+                r = json.loads(l.split(" ", 1)[1])
+                return r.get("tokens_per_s_per_gpu") or r["tokens_per_s"] / n
+    except Exception:
+        pass
+    return None
+f = lambda x: "n/a" if x is None else f"{x:,.0f}"
+for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
+    one = step(f"{name}-1")
+    t1, t2 = torch(size, 1), torch(size, 2)
+    print(f"{name}: one GPU {f(one and one[0])} tokens/s, step {one and one[1]*1e3:.1f} ms" if one else f"{name}: one GPU n/a")
+    for plan, tokens_scale in (("dp2", 2), ("dp2-held", 2), ("dp2-zero", 2), ("tp2", 1), ("tp2-sp", 1)):
+        r = step(f"{name}-{plan}")
+        if not r or not one:
+            print(f"  {plan}: n/a"); continue
+        per_gpu = r[0] / 2
+        # The same work per GPU takes one GPU's step time (dp: the same
+        # per-GPU batch) or half of it (tp: half of each GEMM).
+        ideal = one[1] if tokens_scale == 2 else one[1] / 2
+        print(f"  {plan}: {per_gpu:,.0f} tokens/s per GPU, efficiency {100*per_gpu/one[0]:.1f}%, "
+              f"step {r[1]*1e3:.1f} ms, not hidden {max(0, r[1]-ideal)*1e3:.1f} ms")
+    if t1 and t2:
+        dp2 = step(f"{name}-dp2")
+        ratio = f"{dp2[0]/2/t2:.3f}" if dp2 else "n/a"
+        print(f"  PyTorch: one GPU {f(t1)}, DDP {f(t2)} per GPU, efficiency {100*t2/t1:.1f}%; "
+              f"mtc dp=2 / DDP {ratio}")
+PY
+}
+
+case "$WHAT" in
+  check) check ;;
+  bench) bench ;;
+  all) check; bench ;;
+  *) echo "usage: $0 check|bench|all" >&2; exit 2 ;;
+esac
+tar -czf "$OUT/logs.tar.gz" --exclude=logs.tar.gz -C "$OUT" .
+cat "$SUMMARY"
