@@ -10,9 +10,14 @@
 #                                          overlapped, and held to the end of
 #                                          backward), dp = 2 with the
 #                                          distributed optimizer, tp = 2 with
-#                                          and without sp; PyTorch (one GPU
-#                                          and DDP) in the same run
+#                                          and without sp (and with every tp
+#                                          all-reduce waited for at once);
+#                                          PyTorch (one GPU and DDP) in the
+#                                          same run
 #   bash bench/gpu_parallel_run.sh all     both
+# MTC_BENCH_MODELS="gpt2-124m" (or "gpt-1.3b") limits bench to one model so
+# that each call of the device tool stays under its time limit;
+# MTC_BENCH_TORCH=0 skips PyTorch.
 # Equivalence is at bf16 tolerance: 20-step loss curves from the same seed
 # and global batches within 0.05 of the one-GPU run (different reduction
 # orders and bf16 rounding, not different math; the host target's CI tests
@@ -95,22 +100,21 @@ import numpy as np; np.random.seed(0)
 np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
   export MTC_PEAK_TFLOPS=$PEAK
   local R=/tmp/mtc-random.tokens
-  for m in gpt2-124m:20 gpt-1.3b:15; do
-    IFS=: read -r name steps <<< "$m"
+  for m in gpt2-124m:20:124m:64 gpt-1.3b:15:1.3b:8; do
+    IFS=: read -r name steps size batch <<< "$m"
+    [[ " ${MTC_BENCH_MODELS:-gpt2-124m gpt-1.3b} " == *" $name "* ]] || continue
     run "$name-1" "$name" 1 "$steps" "$R"
     run "$name-dp2" "$name-dp2" 2 "$steps" "$R"
     run "$name-dp2-held" "$name-dp2" 2 "$steps" "$R" MTC_GRAD_OVERLAP=0
     run "$name-dp2-zero" "$name-dp2-zero" 2 "$steps" "$R"
     run "$name-tp2" "$name-tp2" 2 "$steps" "$R"
+    run "$name-tp2-sync" "$name-tp2" 2 "$steps" "$R" MTC_TP_OVERLAP=0
     run "$name-tp2-sp" "$name-tp2-sp" 2 "$steps" "$R"
-  done
-  if [ "${MTC_BENCH_TORCH:-1}" = 1 ]; then
-    for m in 124m:64 1.3b:8; do
-      IFS=: read -r size batch <<< "$m"
+    if [ "${MTC_BENCH_TORCH:-1}" = 1 ]; then
       timeout 200 torchrun --nproc_per_node 1 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-1.log" 2>&1
       timeout 240 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-2.log" 2>&1
-    done
-  fi
+    fi
+  done
   python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
 import json, os, statistics, sys
 out = sys.argv[1]
@@ -134,9 +138,11 @@ def torch(size, n):
 f = lambda x: "n/a" if x is None else f"{x:,.0f}"
 for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
     one = step(f"{name}-1")
+    if not one and not os.path.exists(os.path.join(out, f"{name}-1.log")):
+        continue  # not run
     t1, t2 = torch(size, 1), torch(size, 2)
     print(f"{name}: one GPU {f(one and one[0])} tokens/s, step {one and one[1]*1e3:.1f} ms" if one else f"{name}: one GPU n/a")
-    for plan, tokens_scale in (("dp2", 2), ("dp2-held", 2), ("dp2-zero", 2), ("tp2", 1), ("tp2-sp", 1)):
+    for plan, tokens_scale in (("dp2", 2), ("dp2-held", 2), ("dp2-zero", 2), ("tp2", 1), ("tp2-sync", 1), ("tp2-sp", 1)):
         r = step(f"{name}-{plan}")
         if not r or not one:
             print(f"  {plan}: n/a"); continue
@@ -160,5 +166,7 @@ case "$WHAT" in
   all) check; bench ;;
   *) echo "usage: $0 check|bench|all" >&2; exit 2 ;;
 esac
-tar -czf "$OUT/logs.tar.gz" --exclude=logs.tar.gz -C "$OUT" .
-cat "$SUMMARY"
+tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
+# Only a few files come back from the device tool: keep the summary and the
+# archive (and the kernel-test log).
+find "$OUT" -maxdepth 1 -type f ! -name summary.txt ! -name logs.tar.gz -delete

@@ -246,6 +246,8 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   unmaterialized.clear();
   fusedPartner.clear();
   inPlaceReduce.clear();
+  earlyReduces.clear();
+  reduceSlot.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
     if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
@@ -297,6 +299,22 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
       }
     }
   }
+  // In-place tensor-parallel all-reduces start right after their input is
+  // computed, on the tp stream, and are waited for where the all_reduce
+  // stands (the backward pass puts the weight-gradient GEMMs in between).
+  // The storage is live from the input's definition to the result's last
+  // use, so nothing in between touches it.
+  for (Operation &op : fn.getBody().front()) {
+    auto ar = dyn_cast<shard::AllReduceOp>(op);
+    if (!ar || !inPlaceReduce.count(&op) || ar.getGridAxes().size() != 1)
+      continue;
+    Operation *producer = ar.getInput().getDefiningOp();
+    if (!producer || noOps.count(producer) || fusedPartner.count(producer))
+      continue;
+    reduceSlot[&op] = int(reduceSlot.size());
+    earlyReduces[producer].push_back(&op);
+  }
+  numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
 }
 
 std::string CudaEmitter::buf(Value v) {
@@ -354,17 +372,54 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   for (Operation &op : fn.getBody().front()) {
     if (failed(emitOp(&op, eval)))
       return failure();
-    if (!eval)
-      emitAfterGradient(&op);
+    emitAfterGradient(&op, eval);
   }
   os << "}\n\n";
   return success();
 }
 
-// After a parameter's last accumulate_grad on the step's last microbatch:
-// its gradient collective over tp (on the compute stream), then the dp
-// buckets it completes (on the communication stream, after an event).
-void CudaEmitter::emitAfterGradient(Operation *op) {
+// A collective on `axis`'s stream: it starts after the compute stream's
+// work so far, and the compute stream waits for it to end (axis_begin,
+// axis_join in the generated code). AXIS_STREAM in `call` names the stream.
+// Every collective of an axis runs on that axis's stream, in program
+// order, so each communicator is used from one stream only.
+void CudaEmitter::axisCall(int axis, const std::string &call,
+                           StringRef guard) {
+  std::string stream = llvm::formatv("pc.axis_stream[{0}]", axis).str();
+  std::string c = call;
+  for (size_t at; (at = c.find("AXIS_STREAM")) != std::string::npos;)
+    c.replace(at, 11, stream);
+  std::string indent = guard.empty() ? "" : "  ";
+  if (!guard.empty())
+    line("if (" + guard + ") {");
+  line(indent + llvm::formatv("axis_begin(pc, {0});", axis).str());
+  line(indent + c);
+  line(indent + llvm::formatv("axis_join(pc, {0});", axis).str());
+  if (!guard.empty())
+    line("}");
+}
+
+// After an op: the tensor-parallel all-reduces of its result that start
+// early (see analyzeFusions), then, after a parameter's last
+// accumulate_grad on the step's last microbatch, its gradient collective
+// over tp and the dp buckets it completes.
+void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
+  auto early = earlyReduces.find(op);
+  if (early != earlyReduces.end())
+    for (Operation *r : early->second) {
+      auto ar = cast<shard::AllReduceOp>(r);
+      int axis = ar.getGridAxes()[0];
+      line(llvm::formatv("k::set_current_op(\"{0} {1} (started)\");",
+                         r->getName().getStringRef(),
+                         escape(locString(r->getLoc()))));
+      line(llvm::formatv("axis_begin(pc, {0});", axis));
+      line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+                         "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
+                         axis, buf(ar.getResult()), numel(ar.getResult()),
+                         storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
+                                                   : "mtc::rt::DType::bf16"));
+      line(llvm::formatv("axis_mark(pc, {0}, {1});", axis, reduceSlot[r]));
+    }
   auto gc = gradCollectivesAfter.find(op);
   if (gc != gradCollectivesAfter.end())
     for (const GradCollective &g : gc->second) {
@@ -373,17 +428,24 @@ void CudaEmitter::emitAfterGradient(Operation *op) {
                          g.gather ? "shard.all_gather" : "shard.all_reduce",
                          g.param));
       if (g.gather)
-        line(llvm::formatv(
-            "if (last_microbatch) axis_comm(st, {0}).all_gather({1}, G + {2}, "
-            "{3}, mtc::rt::DType::f32, ctx.stream);",
-            g.axis, grad(g.param), layout.offset(g.param), g.chunk));
+        axisCall(g.axis,
+                 llvm::formatv("axis_comm(st, {0}).all_gather({1}, G + {2}, "
+                               "{3}, mtc::rt::DType::f32, AXIS_STREAM);",
+                               g.axis, grad(g.param), layout.offset(g.param),
+                               g.chunk),
+                 "last_microbatch");
       else
-        line(llvm::formatv(
-            "if (last_microbatch) axis_comm(st, {0}).all_reduce({1}, {2}, "
-            "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, ctx.stream);",
-            g.axis, grad(g.param),
-            layout.slots.lookup(g.param).op.getType().getNumElements()));
+        axisCall(
+            g.axis,
+            llvm::formatv(
+                "axis_comm(st, {0}).all_reduce({1}, {2}, mtc::rt::DType::f32, "
+                "mtc::rt::ReduceOp::sum, AXIS_STREAM);",
+                g.axis, grad(g.param),
+                layout.slots.lookup(g.param).op.getType().getNumElements()),
+            "last_microbatch");
     }
+  if (eval)
+    return;
   auto bk = bucketsAfter.find(op);
   if (bk != bucketsAfter.end())
     for (int b : bk->second)
@@ -589,10 +651,10 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                              shapeOf(c.getLogits()).back(), buf(start),
                              c.getNumValidClasses(),
                              int64_t(c.getIgnoreIndex())));
-          line(llvm::formatv("axis_comm(st, {0}).all_gather(pc.ce_stats, "
-                             "pc.ce_all_stats, {1}, mtc::rt::DType::f32, "
-                             "ctx.stream);",
-                             axis, 3 * t));
+          axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_gather("
+                                       "pc.ce_stats, pc.ce_all_stats, {1}, "
+                                       "mtc::rt::DType::f32, AXIS_STREAM);",
+                                       axis, 3 * t));
           line(llvm::formatv(
               "k::vp_cross_entropy_finish(ctx, {0}, {1}, pc.ce_all_stats, {2}, "
               "{3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}f);",
@@ -688,30 +750,37 @@ LogicalResult CudaEmitter::emitCollective(Operation *op) {
   };
 
   if (isa<shard::AllReduceOp>(op)) {
+    auto slot = reduceSlot.find(op);
+    if (slot != reduceSlot.end()) {
+      // Started right after its input was computed: wait for it here.
+      line(llvm::formatv("axis_wait(pc, {0}, {1});", axis, slot->second));
+      return success();
+    }
     if (!inPlaceReduce.count(op))
       line(llvm::formatv("MTC_CUDA_CHECK(cudaMemcpyAsync({0}, {1}, {2}, "
                          "cudaMemcpyDeviceToDevice, ctx.stream));",
                          buf(out), buf(in), numel(out) * esize));
-    line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
-                       "mtc::rt::ReduceOp::sum, ctx.stream);",
-                       axis, buf(out), numel(out), dt));
+    axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, "
+                                 "{3}, mtc::rt::ReduceOp::sum, AXIS_STREAM);",
+                                 axis, buf(out), numel(out), dt));
     return success();
   }
   if (auto g = dyn_cast<shard::AllGatherOp>(op)) {
     int64_t outer = outerOf(shapeOf(in), g.getGatherAxis().getSExtValue());
     int64_t n = numel(in);
     if (outer == 1) {
-      line(llvm::formatv("axis_comm(st, {0}).all_gather({1}, {2}, {3}, {4}, "
-                         "ctx.stream);",
-                         axis, buf(in), buf(out), n, dt));
+      axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_gather({1}, {2}, "
+                                   "{3}, {4}, AXIS_STREAM);",
+                                   axis, buf(in), buf(out), n, dt));
       return success();
     }
     if (failed(needBf16()))
       return failure();
     tpScratch = std::max(tpScratch, numel(out));
-    line(llvm::formatv("axis_comm(st, {0}).all_gather({1}, pc.tp_scratch, "
-                       "{2}, {3}, ctx.stream);  // (parts, outer, chunk)",
-                       axis, buf(in), n, dt));
+    // (parts, outer, chunk) in the scratch, then (outer, parts, chunk).
+    axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_gather({1}, "
+                                 "pc.tp_scratch, {2}, {3}, AXIS_STREAM);",
+                                 axis, buf(in), n, dt));
     line(llvm::formatv("k::permute_parts(ctx, pc.tp_scratch, {0}, {1}, {2}, "
                        "{3}, false);",
                        buf(out), outer, parts, n / outer));
@@ -732,9 +801,10 @@ LogicalResult CudaEmitter::emitCollective(Operation *op) {
   int64_t outer = outerOf(shapeOf(out), rs.getScatterAxis().getSExtValue());
   int64_t n = numel(out);
   if (outer == 1) {
-    line(llvm::formatv("axis_comm(st, {0}).reduce_scatter({1}, {2}, {3}, {4}, "
-                       "mtc::rt::ReduceOp::sum, ctx.stream);",
-                       axis, buf(in), buf(out), n, dt));
+    axisCall(axis, llvm::formatv("axis_comm(st, {0}).reduce_scatter({1}, {2}, "
+                                 "{3}, {4}, mtc::rt::ReduceOp::sum, "
+                                 "AXIS_STREAM);",
+                                 axis, buf(in), buf(out), n, dt));
     return success();
   }
   if (failed(needBf16()))
@@ -743,9 +813,10 @@ LogicalResult CudaEmitter::emitCollective(Operation *op) {
   line(llvm::formatv("k::permute_parts(ctx, {0}, pc.tp_scratch, {1}, {2}, "
                      "{3}, true);  // (parts, outer, chunk)",
                      buf(in), outer, parts, n / outer));
-  line(llvm::formatv("axis_comm(st, {0}).reduce_scatter(pc.tp_scratch, {1}, "
-                     "{2}, {3}, mtc::rt::ReduceOp::sum, ctx.stream);",
-                     axis, buf(out), n, dt));
+  axisCall(axis, llvm::formatv("axis_comm(st, {0}).reduce_scatter("
+                               "pc.tp_scratch, {1}, {2}, {3}, "
+                               "mtc::rt::ReduceOp::sum, AXIS_STREAM);",
+                               axis, buf(out), n, dt));
   return success();
 }
 

@@ -38,7 +38,8 @@ private:
   mlir::LogicalResult emitFunction(mlir::func::FuncOp fn, bool eval);
   mlir::LogicalResult emitOp(mlir::Operation *op, bool eval);
   mlir::LogicalResult emitCollective(mlir::Operation *op);
-  void emitAfterGradient(mlir::Operation *op);
+  void emitAfterGradient(mlir::Operation *op, bool eval);
+  void axisCall(int axis, const std::string &call, llvm::StringRef guard = "");
   std::string buf(mlir::Value v);
   std::string grad(llvm::StringRef param) const;
   // CudaProgram.cpp
@@ -61,6 +62,12 @@ private:
   llvm::DenseSet<mlir::Value> unmaterialized;    // fused away: never stored
   llvm::DenseMap<mlir::Operation *, mlir::Operation *> fusedPartner; // host -> fused op
   llvm::DenseSet<mlir::Operation *> inPlaceReduce; // all_reduce over its input's storage
+  // All-reduces started right after their input's producer (op -> them),
+  // and each one's event slot; the most slots any function needs.
+  llvm::DenseMap<mlir::Operation *, llvm::SmallVector<mlir::Operation *>>
+      earlyReduces;
+  llvm::DenseMap<mlir::Operation *, int> reduceSlot;
+  int64_t numReduceSlots = 0;
   int64_t arena = 0;                             // 2-byte units
 
   // Tensor parallelism: a parameter gradient that is a collective over tp of

@@ -81,20 +81,21 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
     if (r.getShardOptimizerState()) {
       line("k::set_current_op(\"mtc.reduce_gradients (reduce_scatter over "
            "dp)\");");
-      line(llvm::formatv("axis_comm(st, {0}).reduce_scatter(st.grads, "
-                         "st.grads + lo, {1}, mtc::rt::DType::f32, "
-                         "mtc::rt::ReduceOp::sum, ctx.stream);",
-                         axis, layout.shardElements));
+      axisCall(axis, llvm::formatv("axis_comm(st, {0}).reduce_scatter("
+                                   "st.grads, st.grads + lo, {1}, "
+                                   "mtc::rt::DType::f32, "
+                                   "mtc::rt::ReduceOp::sum, AXIS_STREAM);",
+                                   axis, layout.shardElements));
     } else if (bucketed) {
       line("// mtc.reduce_gradients: the backward pass of the last "
            "microbatch all-reduced the gradient buckets over dp.");
     } else {
       line("k::set_current_op(\"mtc.reduce_gradients (all_reduce over "
            "dp)\");");
-      line(llvm::formatv("axis_comm(st, {0}).all_reduce(st.grads, {1}, "
-                         "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
-                         "ctx.stream);",
-                         axis, layout.totalElements));
+      axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_reduce(st.grads, "
+                                   "{1}, mtc::rt::DType::f32, "
+                                   "mtc::rt::ReduceOp::sum, AXIS_STREAM);",
+                                   axis, layout.totalElements));
     }
   }
   line("k::set_current_op(\"mtc.grad_norm\");");
@@ -106,14 +107,15 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
   } else {
     line("k::sum_squares(ctx, *pc.sq_split, st.grads, pc.grad_sumsq, false);");
     if (!split.empty())
-      line("axis_comm(st, 2).all_reduce(pc.grad_sumsq, 1, "
-           "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, ctx.stream);");
+      axisCall(2, "axis_comm(st, 2).all_reduce(pc.grad_sumsq, 1, "
+                  "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, AXIS_STREAM);");
     line("k::sum_squares(ctx, *pc.sq_whole, st.grads, pc.grad_sumsq, true);");
     if (sharded)
-      line(llvm::formatv("axis_comm(st, {0}).all_reduce(pc.grad_sumsq, 1, "
-                         "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, "
-                         "ctx.stream);",
-                         layout.shardAxis));
+      axisCall(layout.shardAxis,
+               llvm::formatv("axis_comm(st, {0}).all_reduce(pc.grad_sumsq, 1, "
+                             "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, "
+                             "AXIS_STREAM);",
+                             layout.shardAxis));
   }
   line("k::set_current_op(\"mtc.adamw\");");
   line("k::AdamWHyper h;");
@@ -133,9 +135,10 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
                              : "static_cast<bf16*>(st.compute_params)"));
   for (auto g : fn.getOps<mtc::AllGatherParamsOp>()) {
     line("k::set_current_op(\"mtc.all_gather_params\");");
-    line(llvm::formatv("axis_comm(st, {0}).all_gather(st.params + lo, "
-                       "st.params, {1}, mtc::rt::DType::f32, ctx.stream);",
-                       g.getGridAxes()[0], layout.shardElements));
+    axisCall(g.getGridAxes()[0],
+             llvm::formatv("axis_comm(st, {0}).all_gather(st.params + lo, "
+                           "st.params, {1}, mtc::rt::DType::f32, AXIS_STREAM);",
+                           g.getGridAxes()[0], layout.shardElements));
     line(llvm::formatv("k::convert(ctx, st.params, "
                        "static_cast<bf16*>(st.compute_params), {0});",
                        layout.totalElements));
@@ -198,15 +201,18 @@ std::string CudaEmitter::emitContext() const {
     << "  std::unique_ptr<k::SumSquaresPlan> sq_split, sq_whole;\n"
     << "  double* grad_sumsq = nullptr;  // (1) device\n"
     << "  float* loss_host = nullptr;    // (1) pinned\n"
-    << "  // Data-parallel gradient buckets: all-reduced on comm_stream, each\n"
-    << "  // after an event of the compute stream. MTC_GRAD_OVERLAP=0 holds\n"
-    << "  // them until the backward pass ends (to measure what overlap "
-       "hides).\n"
-    << "  cudaStream_t comm_stream = nullptr;\n"
-    << "  std::vector<cudaEvent_t> bucket_ready;  // (" << buckets.size()
-    << ")\n"
-    << "  cudaEvent_t buckets_done = nullptr;\n"
-    << "  bool overlap = true;\n"
+    << "  // Collectives run on one stream per grid axis (high priority),\n"
+    << "  // ordered against the compute stream by events: fork[a] (the\n"
+    << "  // compute stream's work so far), joined[a] (the axis stream's), and\n"
+    << "  // slot events of the tp all-reduces started early and of the dp\n"
+    << "  // gradient buckets. MTC_GRAD_OVERLAP=0 holds the buckets until the\n"
+    << "  // backward pass ends, MTC_TP_OVERLAP=0 waits for every tp\n"
+    << "  // all-reduce at once (to measure what overlap hides).\n"
+    << "  cudaStream_t axis_stream[3] = {nullptr, nullptr, nullptr};\n"
+    << "  cudaEvent_t fork[3] = {nullptr, nullptr, nullptr};\n"
+    << "  cudaEvent_t joined[3] = {nullptr, nullptr, nullptr};\n"
+    << "  std::vector<cudaEvent_t> slots[3];\n"
+    << "  bool overlap = true, tp_overlap = true;\n"
     << "  std::vector<int64_t> held;  // (bucket, begin, size) when not "
        "overlapping\n"
     << "  // Tensor parallelism.\n"
@@ -217,16 +223,29 @@ std::string CudaEmitter::emitContext() const {
     << "    MTC_CUDA_CHECK(cudaMalloc(&grad_sumsq, sizeof(double)));\n"
     << "    MTC_CUDA_CHECK(cudaMallocHost(&loss_host, sizeof(float)));\n"
     << "    const char* ov = std::getenv(\"MTC_GRAD_OVERLAP\");\n"
-    << "    overlap = !(ov && std::string(ov) == \"0\");\n";
-  if (bucketed)
-    o << "    MTC_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, "
-         "cudaStreamNonBlocking));\n"
-      << "    bucket_ready.resize(" << buckets.size() << ");\n"
-      << "    for (cudaEvent_t& e : bucket_ready)\n"
-      << "      MTC_CUDA_CHECK(cudaEventCreateWithFlags(&e, "
-         "cudaEventDisableTiming));\n"
-      << "    MTC_CUDA_CHECK(cudaEventCreateWithFlags(&buckets_done, "
-         "cudaEventDisableTiming));\n";
+    << "    overlap = !(ov && std::string(ov) == \"0\");\n"
+    << "    const char* tov = std::getenv(\"MTC_TP_OVERLAP\");\n"
+    << "    tp_overlap = !(tov && std::string(tov) == \"0\");\n"
+    << "    int least = 0, greatest = 0;\n"
+    << "    MTC_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, "
+       "&greatest));\n"
+    << "    const int64_t sizes[3] = {" << grid.pp << ", " << grid.dp << ", "
+    << grid.tp << "};\n"
+    << "    const size_t num_slots[3] = {0, " << buckets.size() << ", "
+    << numReduceSlots << "};\n"
+    << "    for (int a = 0; a < 3; ++a) {\n"
+    << "      if (sizes[a] == 1) continue;\n"
+    << "      MTC_CUDA_CHECK(cudaStreamCreateWithPriority(&axis_stream[a], "
+       "cudaStreamNonBlocking, greatest));\n"
+    << "      MTC_CUDA_CHECK(cudaEventCreateWithFlags(&fork[a], "
+       "cudaEventDisableTiming));\n"
+    << "      MTC_CUDA_CHECK(cudaEventCreateWithFlags(&joined[a], "
+       "cudaEventDisableTiming));\n"
+    << "      slots[a].resize(num_slots[a]);\n"
+    << "      for (cudaEvent_t& e : slots[a])\n"
+    << "        MTC_CUDA_CHECK(cudaEventCreateWithFlags(&e, "
+       "cudaEventDisableTiming));\n"
+    << "    }\n";
   if (tpScratch > 0)
     o << "    MTC_CUDA_CHECK(cudaMalloc(&tp_scratch, " << tpScratch * 2
       << "));\n";
@@ -238,9 +257,12 @@ std::string CudaEmitter::emitContext() const {
     << "  ~ProgramContext() {\n"
     << "    cudaFree(grad_sumsq);\n"
     << "    cudaFreeHost(loss_host);\n"
-    << "    for (cudaEvent_t e : bucket_ready) cudaEventDestroy(e);\n"
-    << "    if (buckets_done) cudaEventDestroy(buckets_done);\n"
-    << "    if (comm_stream) cudaStreamDestroy(comm_stream);\n"
+    << "    for (int a = 0; a < 3; ++a) {\n"
+    << "      for (cudaEvent_t e : slots[a]) cudaEventDestroy(e);\n"
+    << "      if (fork[a]) cudaEventDestroy(fork[a]);\n"
+    << "      if (joined[a]) cudaEventDestroy(joined[a]);\n"
+    << "      if (axis_stream[a]) cudaStreamDestroy(axis_stream[a]);\n"
+    << "    }\n"
     << "    cudaFree(tp_scratch);\n"
     << "    cudaFree(ce_stats);\n"
     << "    cudaFree(ce_all_stats);\n"
@@ -285,15 +307,40 @@ std::string CudaEmitter::emitContext() const {
     << "  pc.sq_whole = std::make_unique<k::SumSquaresPlan>(pc.ctx, whole);\n"
     << "}\n\n"
 
+    << "// The compute stream's work so far happens before what is enqueued\n"
+    << "// next on axis a's stream.\n"
+    << "void axis_begin(ProgramContext& pc, int a) {\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.fork[a], pc.ctx.stream));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.axis_stream[a], pc.fork[a], "
+       "0));\n"
+    << "}\n\n"
+    << "// The compute stream waits for everything enqueued on axis a's "
+       "stream.\n"
+    << "void axis_join(ProgramContext& pc, int a) {\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.joined[a], pc.axis_stream[a]));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.joined[a], "
+       "0));\n"
+    << "}\n\n"
+    << "// Slot event s marks axis a's stream so far; axis_wait joins it "
+       "later.\n"
+    << "void axis_mark(ProgramContext& pc, int a, int s) {\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.slots[a][s], "
+       "pc.axis_stream[a]));\n"
+    << "  if (a == 2 && !pc.tp_overlap) axis_join(pc, a);\n"
+    << "}\n\n"
+    << "void axis_wait(ProgramContext& pc, int a, int s) {\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.slots[a][s], "
+       "0));\n"
+    << "}\n\n"
     << "// Data parallelism: bucket `b` of the gradient buffer, complete on\n"
-    << "// the compute stream, all-reduced (sum) over dp on comm_stream.\n"
+    << "// the compute stream, all-reduced (sum) over dp on the dp stream.\n"
     << "void enqueue_grad_bucket(ProgramContext& pc, HostState& st, int b, "
        "int64_t begin, int64_t size) {\n"
-    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.bucket_ready[b], pc.ctx.stream));\n"
-    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.comm_stream, "
-       "pc.bucket_ready[b], 0));\n"
+    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.slots[1][b], pc.ctx.stream));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.axis_stream[1], "
+       "pc.slots[1][b], 0));\n"
     << "  axis_comm(st, 1).all_reduce(st.grads + begin, size, "
-       "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, pc.comm_stream);\n"
+       "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, pc.axis_stream[1]);\n"
     << "}\n\n"
     << "// At the point where the backward pass completed bucket `b`.\n"
     << "void launch_grad_bucket(ProgramContext& pc, HostState& st, int b, "
@@ -310,9 +357,7 @@ std::string CudaEmitter::emitContext() const {
     << "    enqueue_grad_bucket(pc, st, int(pc.held[i]), pc.held[i + 1], "
        "pc.held[i + 2]);\n"
     << "  pc.held.clear();\n"
-    << "  MTC_CUDA_CHECK(cudaEventRecord(pc.buckets_done, pc.comm_stream));\n"
-    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.buckets_done, "
-       "0));\n"
+    << "  axis_join(pc, 1);\n"
     << "}\n\n";
   return s;
 }
