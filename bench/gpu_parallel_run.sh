@@ -88,6 +88,55 @@ for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"])
 PY
 }
 
+# report "PLAN:GPUS_PER_BATCH ...": per-GPU throughput of each plan's runs
+# against the one-GPU run of the same model (2: dp, each GPU its own batch;
+# 1: tp, both GPUs on one batch), and PyTorch's when it ran.
+report() {
+  python3 - "$OUT" "$1" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, statistics, sys
+out = sys.argv[1]
+def step(name):
+    """Median tokens/s (whole job) and step time of steps 6.., or None."""
+    try:
+        rows = [json.loads(l) for l in open(os.path.join(out, name + ".jsonl"))][5:]
+        return (statistics.median(r["tokens_per_s"] for r in rows),
+                statistics.median(r["step_time_s"] for r in rows))
+    except Exception:
+        return None
+def torch(size, n):
+    try:
+        for l in open(os.path.join(out, f"torch-{size}-{n}.log")):
+            if l.startswith("DDP_RESULT"):
+                r = json.loads(l.split(" ", 1)[1])
+                return r.get("tokens_per_s_per_gpu") or r["tokens_per_s"] / n
+    except Exception:
+        pass
+    return None
+f = lambda x: "n/a" if x is None else f"{x:,.0f}"
+for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
+    one = step(f"{name}-1")
+    if not one and not os.path.exists(os.path.join(out, f"{name}-1.log")):
+        continue  # not run
+    t1, t2 = torch(size, 1), torch(size, 2)
+    print(f"{name}: one GPU {f(one and one[0])} tokens/s, step {one and one[1]*1e3:.1f} ms" if one else f"{name}: one GPU n/a")
+    for plan, tokens_scale in ((p.split(":")[0], int(p.split(":")[1])) for p in sys.argv[2].split()):
+        r = step(f"{name}-{plan}")
+        if not r or not one:
+            print(f"  {plan}: n/a"); continue
+        per_gpu = r[0] / 2
+        # The same work per GPU takes one GPU's step time (dp: the same
+        # per-GPU batch) or half of it (tp: half of each GEMM).
+        ideal = one[1] if tokens_scale == 2 else one[1] / 2
+        print(f"  {plan}: {per_gpu:,.0f} tokens/s per GPU, efficiency {100*per_gpu/one[0]:.1f}%, "
+              f"step {r[1]*1e3:.1f} ms, {max(0, r[1]-ideal)*1e3:.1f} ms over the ideal")
+    if t1 and t2:
+        dp2 = step(f"{name}-dp2")
+        ratio = f"{dp2[0]/2/t2:.3f}" if dp2 else "n/a"
+        print(f"  PyTorch: one GPU {f(t1)}, DDP {f(t2)} per GPU, efficiency {100*t2/t1:.1f}%; "
+              f"mtc dp=2 / DDP {ratio}")
+PY
+}
+
 bench() {
   python3 "$D/bench/env_gemm.py" > "$OUT/gemm.log" 2>&1
   PEAK=$(python3 -c "import json
@@ -115,53 +164,26 @@ np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc
       timeout 240 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-2.log" 2>&1
     fi
   done
-  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
-import json, os, statistics, sys
-out = sys.argv[1]
-def step(name):
-    """Median tokens/s (whole job) and step time of steps 6.., or None."""
-    try:
-        rows = [json.loads(l) for l in open(os.path.join(out, name + ".jsonl"))][5:]
-        return (statistics.median(r["tokens_per_s"] for r in rows),
-                statistics.median(r["step_time_s"] for r in rows))
-    except Exception:
-        return None
-def torch(size, n):
-    try:
-        for l in open(os.path.join(out, f"torch-{size}-{n}.log")):
-            if l.startswith("DDP_RESULT"):
-                r = json.loads(l.split(" ", 1)[1])
-                return r.get("tokens_per_s_per_gpu") or r["tokens_per_s"] / n
-    except Exception:
-        pass
-    return None
-f = lambda x: "n/a" if x is None else f"{x:,.0f}"
-for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
-    one = step(f"{name}-1")
-    if not one and not os.path.exists(os.path.join(out, f"{name}-1.log")):
-        continue  # not run
-    t1, t2 = torch(size, 1), torch(size, 2)
-    print(f"{name}: one GPU {f(one and one[0])} tokens/s, step {one and one[1]*1e3:.1f} ms" if one else f"{name}: one GPU n/a")
-    for plan, tokens_scale in (("dp2", 2), ("dp2-held", 2), ("dp2-zero", 2), ("tp2", 1), ("tp2-sync", 1), ("tp2-sp", 1)):
-        r = step(f"{name}-{plan}")
-        if not r or not one:
-            print(f"  {plan}: n/a"); continue
-        per_gpu = r[0] / 2
-        # The same work per GPU takes one GPU's step time (dp: the same
-        # per-GPU batch) or half of it (tp: half of each GEMM).
-        ideal = one[1] if tokens_scale == 2 else one[1] / 2
-        print(f"  {plan}: {per_gpu:,.0f} tokens/s per GPU, efficiency {100*per_gpu/one[0]:.1f}%, "
-              f"step {r[1]*1e3:.1f} ms, not hidden {max(0, r[1]-ideal)*1e3:.1f} ms")
-    if t1 and t2:
-        dp2 = step(f"{name}-dp2")
-        ratio = f"{dp2[0]/2/t2:.3f}" if dp2 else "n/a"
-        print(f"  PyTorch: one GPU {f(t1)}, DDP {f(t2)} per GPU, efficiency {100*t2/t1:.1f}%; "
-              f"mtc dp=2 / DDP {ratio}")
-PY
+  report "dp2:2 dp2-held:2 dp2-zero:2 tp2:1 tp2-sync:1 tp2-sp:1"
+}
+
+# The 1.3B GPT at tp = 2 with the SMs left to the early all-reduces varied.
+tpsweep() {
+  python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+  local R=/tmp/mtc-random.tokens
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  run gpt-1.3b-tp2-sync gpt-1.3b-tp2 2 15 "$R" MTC_TP_OVERLAP=0
+  for sms in 0 8 16 32; do
+    run "gpt-1.3b-tp2-sms$sms" gpt-1.3b-tp2 2 15 "$R" MTC_COMM_SMS=$sms
+  done
+  report "tp2-sync:1 tp2-sms0:1 tp2-sms8:1 tp2-sms16:1 tp2-sms32:1"
 }
 
 case "$WHAT" in
   check) check ;;
+  tpsweep) tpsweep ;;
   bench) bench ;;
   all) check; bench ;;
   *) echo "usage: $0 check|bench|all" >&2; exit 2 ;;
