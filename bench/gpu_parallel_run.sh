@@ -181,8 +181,26 @@ np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc
   report "tp2-sync:1 tp2-sms0:1 tp2-sms8:1 tp2-sms16:1 tp2-sms32:1"
 }
 
+# One hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, as Megatron-LM runs
+# tensor parallelism): an early all-reduce is dispatched before the GEMM
+# that follows it and gets its SMs.
+connsweep() {
+  python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+  local R=/tmp/mtc-random.tokens
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-tp2-c1 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
+  run gpt-1.3b-tp2-c1-sync gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1 MTC_TP_OVERLAP=0
+  run gpt-1.3b-tp2-c1-sms16 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1 MTC_COMM_SMS=16
+  run gpt-1.3b-dp2-c1 gpt-1.3b-dp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
+  report "tp2:1 tp2-c1:1 tp2-c1-sync:1 tp2-c1-sms16:1 dp2-c1:2"
+}
+
 case "$WHAT" in
   check) check ;;
+  connsweep) connsweep ;;
   tpsweep) tpsweep ;;
   bench) bench ;;
   all) check; bench ;;
