@@ -55,8 +55,8 @@ run() {
 }
 
 check() {
-  say "== kernel tests: tensor parallelism, optimizer, NCCL (2 GPUs)"
-  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
+  say "== kernel tests: tensor parallelism, optimizer, embedding, NCCL (2 GPUs)"
+  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
   say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed"
   say "== equivalence: tiny GPT, 20 steps, global batch 16, every plan vs one GPU"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"

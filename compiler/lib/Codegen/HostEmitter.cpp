@@ -437,25 +437,26 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           if (it == layout.slots.end())
             return op->emitOpError("updates unknown parameter '") << name << "'";
           int64_t off = it->second.offset;
+          int64_t elems = it->second.op.getType().getNumElements();
+          // The elements this rank updates, and where their moments are:
+          // the whole tensor, or (distributed optimizer) its part in this
+          // rank's shard, moments indexed from the shard's start.
+          std::string guard, at = std::to_string(off),
+                             state = std::to_string(off),
+                             count = std::to_string(elems);
           if (layout.shardElements > 0) {
-            // This rank's shard: moments are indexed from its start.
-            line(llvm::formatv(
-                "  if (int64_t a = 0, b = 0; in_shard({0}, {1}, &a, &b)) "
-                "k::adamw(P + a, G + a, st.exp_avg + (a - lo), st.exp_avg_sq "
-                "+ (a - lo), b - a, {2}, {3}f, {4}f, {5}f, {6}f, {7}, scale);"
-                "  // {8}",
-                off, it->second.op.getType().getNumElements(), buf(a.getLr()),
-                fmt(a.getBeta1().convertToDouble()),
-                fmt(a.getBeta2().convertToDouble()),
-                fmt(a.getEps().convertToDouble()),
-                fmt(a.getWeightDecay().convertToDouble()), buf(a.getStep()),
-                name));
-            continue;
+            guard = llvm::formatv("if (int64_t a = 0, b = 0; in_shard({0}, "
+                                  "{1}, &a, &b)) ",
+                                  off, elems)
+                        .str();
+            at = "a";
+            state = "(a - lo)";
+            count = "b - a";
           }
           line(llvm::formatv(
-              "  k::adamw(P + {0}, G + {0}, st.exp_avg + {0}, st.exp_avg_sq + "
-              "{0}, {1}, {2}, {3}f, {4}f, {5}f, {6}f, {7}, scale);  // {8}",
-              off, it->second.op.getType().getNumElements(), buf(a.getLr()),
+              "  {0}k::adamw(P + {1}, G + {1}, st.exp_avg + {2}, st.exp_avg_sq "
+              "+ {2}, {3}, {4}, {5}f, {6}f, {7}f, {8}f, {9}, scale);  // {10}",
+              guard, at, state, count, buf(a.getLr()),
               fmt(a.getBeta1().convertToDouble()),
               fmt(a.getBeta2().convertToDouble()),
               fmt(a.getEps().convertToDouble()),

@@ -14,6 +14,7 @@
 // sm_90 when dtable is 16-byte aligned): repeated tokens are summed in a
 // run-dependent order.
 #include "cuda/common.cuh"
+#include "mtc/rt/cuda_tp_kernels.h"
 
 namespace mtc::rt::cuda {
 namespace {
@@ -53,36 +54,6 @@ __global__ void embedding_forward_kernel(const int32_t* tokens, const bf16* tabl
   }
 }
 
-template <bool kVec>
-__global__ void embedding_backward_kernel(const int32_t* tokens, const bf16* dout, float* dtable,
-                                          int64_t t, int64_t v, int64_t d) {
-  constexpr int kW = kVec ? 4 : 1;
-  const int64_t per_row = d / kW;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < t * per_row;
-       i += stride) {
-    const int64_t row = i / per_row, c = (i % per_row) * kW;
-    const int32_t tok = tokens[row];
-    if (tok < 0 || tok >= v) continue;
-    float* dst = dtable + static_cast<int64_t>(tok) * d + c;
-    const bf16* src = dout + row * d + c;
-    if (kVec) {
-      const __nv_bfloat162* s2 = reinterpret_cast<const __nv_bfloat162*>(src);
-      float2 a = __bfloat1622float2(s2[0]), b = __bfloat1622float2(s2[1]);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      atomicAdd(reinterpret_cast<float4*>(dst), make_float4(a.x, a.y, b.x, b.y));
-#else
-      atomicAdd(dst, a.x);
-      atomicAdd(dst + 1, a.y);
-      atomicAdd(dst + 2, b.x);
-      atomicAdd(dst + 3, b.y);
-#endif
-    } else {
-      atomicAdd(dst, __bfloat162float(*src));
-    }
-  }
-}
-
 }  // namespace
 
 void embedding_forward(Context& ctx, const int32_t* tokens, const bf16* table, const bf16* pos,
@@ -104,18 +75,11 @@ void embedding_forward(Context& ctx, const int32_t* tokens, const bf16* table, c
   MTC_LAUNCH_CHECK("embedding_forward_kernel");
 }
 
+// The whole table is the one shard that starts at row 0
+// (tensor_parallel.cu).
 void embedding_backward(Context& ctx, const int32_t* tokens, const bf16* dout, float* dtable,
                         int64_t t, int64_t v, int64_t d) {
-  if (t <= 0 || d <= 0) return;
-  const bool vec = d % 4 == 0 && aligned16(dtable) &&
-                   (reinterpret_cast<uintptr_t>(dout) & 7u) == 0;
-  const int64_t items = vec ? t * d / 4 : t * d;
-  unsigned grid = grid_for(ctx, items, 256);
-  if (vec)
-    embedding_backward_kernel<true><<<grid, 256, 0, ctx.stream>>>(tokens, dout, dtable, t, v, d);
-  else
-    embedding_backward_kernel<false><<<grid, 256, 0, ctx.stream>>>(tokens, dout, dtable, t, v, d);
-  MTC_LAUNCH_CHECK("embedding_backward_kernel");
+  embedding_backward_shard(ctx, tokens, dout, dtable, t, v, d, 0);
 }
 
 }  // namespace mtc::rt::cuda

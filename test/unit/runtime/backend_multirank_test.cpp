@@ -226,22 +226,21 @@ TEST_F(BackendMultiRank, RefusedWithoutTheMeansToRun) {
   };
   pool::reset();
   pool::g_context = {};
-  // Both are refused before the World is built or anything allocated.
-  std::string err = error_of(pool::wrap(sharded::program<2>(1, 2)));
-  EXPECT_NE(err.find("error: program \"tiny-linear-softmax\" (tp=2 = 2 ranks): tensor "
-                     "parallelism (tp > 1) is not supported on target pool (backend pool): "
-                     "compile it with --tp 1; data parallelism (--dp) is supported"),
-            std::string::npos)
-      << err;
+  // A backend without communicators for its memory cannot run a program of
+  // several ranks, data- or tensor-parallel: refused before the World is
+  // built or anything allocated.
   Backend no_comms = pool::kBackend;
   no_comms.comm_factory = nullptr;
-  ProgramDesc p = pool::wrap(sharded::program<2>(2, 1));
-  p.backend = &no_comms;
-  err = error_of(p);
-  EXPECT_NE(err.find("(dp=2 = 2 ranks): backend pool has no communicators for its memory "
-                     "(Backend::comm_factory is null"),
-            std::string::npos)
-      << err;
+  for (auto [tp, dp] : {std::pair<int, int>{1, 2}, std::pair<int, int>{2, 1}}) {
+    ProgramDesc p = pool::wrap(sharded::program<2>(dp, tp));
+    p.backend = &no_comms;
+    std::string err = error_of(p);
+    const std::string grid = tp > 1 ? "(tp=2 = 2 ranks)" : "(dp=2 = 2 ranks)";
+    EXPECT_NE(err.find(grid + ": backend pool has no communicators for its memory "
+                              "(Backend::comm_factory is null"),
+              std::string::npos)
+        << err;
+  }
   EXPECT_EQ(pool::g().allocs, 0);
   EXPECT_EQ(pool::g_context.created, 0);
 }

@@ -12,6 +12,7 @@
 
 #include "comm_test_support.h"
 #include "mtc/rt/comm.h"
+#include "mtc/rt/grid_comm.h"
 
 namespace mtc::rt {
 namespace {
@@ -239,6 +240,51 @@ int pipeline_body(int r) {
   }
   ok &= check("tp all_reduce", x, want, 1e-5);
   return ok ? 0 : 1;
+}
+
+// The program's GridComm over Gloo on a tp=2 x dp=2 grid: reduce_scatter_sum
+// along dp (the distributed optimizer's gradient reduction), out of place
+// and in place (out = in + index * n), all_gather along tp, and no device
+// communicator on the host.
+int grid_comm_body(int r) {
+  GridSpec g{1, 2, 2};
+  auto world = make_world(g);
+  std::unique_ptr<GridComm> comm = make_grid_comm(*world);
+  bool ok = true;
+  const int64_t n = 37, dp = comm->size(1), me = comm->index(1);
+  std::vector<int64_t> members = world->comm(GroupKind::dp).group().members;
+  std::vector<double> want(n, 0.0);  // sum over dp of every member's slice `me`
+  for (int64_t m : members) {
+    auto a = rank_data(static_cast<int>(m), 40, dp * n);
+    for (int64_t i = 0; i < n; ++i) want[i] += a[me * n + i];
+  }
+  std::vector<float> in = rank_data(r, 40, dp * n), out(n);
+  comm->reduce_scatter_sum(1, in.data(), out.data(), n);
+  ok &= check("reduce_scatter_sum", out, want, 1e-5);
+  std::vector<float> buf = rank_data(r, 40, dp * n);
+  comm->reduce_scatter_sum(1, buf.data(), buf.data() + me * n, n);
+  ok &= check("reduce_scatter_sum in place",
+              std::vector<float>(buf.begin() + me * n, buf.begin() + (me + 1) * n), want, 1e-5);
+  const int64_t tp = comm->size(2);
+  std::vector<float> mine = rank_data(r, 41, n), all(tp * n);
+  comm->all_gather(2, mine.data(), all.data(), n);
+  std::vector<double> gathered;
+  for (int64_t m : world->comm(GroupKind::tp).group().members) {
+    auto a = rank_data(static_cast<int>(m), 41, n);
+    gathered.insert(gathered.end(), a.begin(), a.end());
+  }
+  ok &= check("all_gather along tp", all, gathered, 0.0);
+  if (comm->program_comm(1) != nullptr || comm->program_comm(2) != nullptr) {
+    std::fprintf(stderr, "host GridComm returned a device communicator\n");
+    ok = false;
+  }
+  return ok ? 0 : 1;
+}
+
+TEST(CommGloo, GridCommReduceScatterAndGather) {
+  RunOptions opt;
+  opt.rdzv_dir = testing::unique_dir("grid-comm");
+  testing::expect_all_ok(testing::run_ranks(4, grid_comm_body, opt));
 }
 
 TEST(CommGloo, PipelineSendRecvOnATensorPipelineGrid) {
