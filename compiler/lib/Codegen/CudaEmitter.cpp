@@ -5,26 +5,34 @@
 // bf16 activations and compute copies of the weights, fp32 master weights,
 // gradients and AdamW state, fp32 statistics and loss.
 //
-// Steps:
+// Steps (the analyses in CudaAnalysis.cpp, the optimizer and the program's
+// frame in CudaProgram.cpp):
 //  1. Gradient sinks. A parameter gradient that only flows into
 //     `mtc.accumulate_grad` (possibly through `mtc.add`s of other such
-//     gradients, e.g. a tied embedding) is never materialized: its producer
-//     (a transposed matmul, embedding_grad, reduce_leading, a norm's
-//     gamma/beta gradient) accumulates it straight into the fp32 gradient
-//     buffer, and the adds and accumulate_grad ops become no-ops.
+//     gradients, e.g. a tied embedding, or through one tensor-parallel
+//     collective, which then runs once per step on the fp32 buffer) is
+//     never materialized: its producer (a transposed matmul,
+//     embedding_grad, reduce_leading, a norm's gamma/beta gradient)
+//     accumulates it straight into the fp32 gradient buffer, and the adds
+//     and accumulate_grad ops become no-ops.
 //  2. Fusions, each executed at the last op of its group (ExecutionHints
 //     keep the group's inputs alive until then):
 //       embedding + add of the (S, D) position table -> one embedding kernel;
 //       matmul + tanh GELU -> cuBLASLt GELU epilogue keeping the
 //         pre-activation for gelu_grad;
 //       cross_entropy + cross_entropy_grad -> one fused kernel writing the
-//         logits' gradient in place over the logits.
+//         logits' gradient in place over the logits;
+//     and a tensor-parallel all-reduce whose input dies with it runs in
+//     place, started right after its input's producer.
 //  3. Buffer planning in 2-byte units (bf16 tensors; f32 tensors take two).
 //  4. One kernel call per remaining op, each preceded by set_current_op with
-//     the op's IR location, so a CUDA error names the op.
-//  5. @optimizer_step: sum of squares of the gradients on the device, then
-//     one multi-tensor AdamW launch over every parameter group (groups are
-//     a per-tensor weight-decay flag), writing the bf16 compute copy.
+//     the op's IR location, so a CUDA error names the op; `shard.*`
+//     collectives become NCCL calls on their grid axis's stream, fenced by
+//     events; data-parallel gradient buckets are launched where the
+//     backward pass completes them.
+//  5. @optimizer_step: the dp reduction left to do, the squared gradient
+//     norm on the device, one multi-tensor AdamW launch (groups are a
+//     per-tensor weight-decay flag), the distributed optimizer's gather.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
@@ -58,19 +66,6 @@ int64_t outerOf(ArrayRef<int64_t> shape, int64_t d) {
   return outer;
 }
 
-/// A single-axis sum over tp whose input feeds nothing else: a gradient
-/// collective that can run on the accumulated buffer instead.
-bool isGradCollective(Operation *op) {
-  if (auto ar = dyn_cast_or_null<shard::AllReduceOp>(op))
-    return ar.getGridAxes().size() == 1 &&
-           ar.getReduction() == shard::ReductionKind::Sum &&
-           ar.getInput().hasOneUse();
-  if (auto ag = dyn_cast_or_null<shard::AllGatherOp>(op))
-    return ag.getGridAxes().size() == 1 &&
-           ag.getGatherAxis().getSExtValue() == 0 &&
-           ag.getInput().hasOneUse();
-  return false;
-}
 } // namespace
 
 CudaEmitter::CudaEmitter(ModuleOp module)
@@ -88,233 +83,6 @@ std::string CudaEmitter::grad(StringRef param) const {
   return llvm::formatv("(G + {0} + st.comm->index(2) * {1})",
                        layout.offset(param), it->second)
       .str();
-}
-
-void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
-  sink.clear();
-  gradCollectivesAfter.clear();
-  gatheredChunk.clear();
-  Block &block = fn.getBody().front();
-  // Tentative: follow single-use chains of adds (and one gradient
-  // collective) back from accumulate_grad.
-  llvm::DenseMap<Value, std::string> tentative;
-  for (Operation &op : llvm::reverse(block)) {
-    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op)) {
-      Value g = acc.getGrad();
-      if (!g.hasOneUse())
-        continue;
-      tentative[g] = acc.getParam().str();
-      if (isGradCollective(g.getDefiningOp()))
-        tentative[g.getDefiningOp()->getOperand(0)] = acc.getParam().str();
-    } else if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      auto it = tentative.find(add.getResult());
-      if (it == tentative.end() || add.getLhs() == add.getRhs())
-        continue;
-      for (Value v : {add.getLhs(), add.getRhs()})
-        if (v.hasOneUse() && v.getType() == add.getType())
-          tentative[v] = it->second;
-    }
-  }
-  auto capable = [](Value v) {
-    Operation *def = v.getDefiningOp();
-    if (!def)
-      return false;
-    if (auto mm = dyn_cast<mtc::MatmulOp>(def))
-      return mm.getTransposeA() && !mm.getBias();
-    if (auto ln = dyn_cast<mtc::LayerNormGradOp>(def))
-      return v != ln.getDinput();
-    if (auto rn = dyn_cast<mtc::RmsNormGradOp>(def))
-      return v != rn.getDinput();
-    return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp>(def);
-  };
-  // Forward: a value sinks if its producer can accumulate, it is an add of
-  // two sinking values, or a gradient collective of a sinking value.
-  for (Operation &op : block)
-    for (Value r : op.getResults()) {
-      auto it = tentative.find(r);
-      if (it == tentative.end())
-        continue;
-      auto add = dyn_cast<mtc::AddOp>(op);
-      if (capable(r) ||
-          (add && sink.count(add.getLhs()) && sink.count(add.getRhs())) ||
-          (isGradCollective(&op) && sink.count(op.getOperand(0))))
-        sink[r] = it->second;
-    }
-  // Backward: an add that does not sink needs its operands materialized.
-  for (Operation &op : llvm::reverse(block))
-    if (auto add = dyn_cast<mtc::AddOp>(op))
-      if (!sink.count(add.getResult()))
-        for (Value v : {add.getLhs(), add.getRhs()})
-          if (v.getDefiningOp<mtc::AddOp>() || !capable(v))
-            sink.erase(v);
-
-  // A parameter's gradient collective runs on its accumulated buffer, so
-  // every contribution to that parameter must go through the same
-  // collective; otherwise the collective is materialized.
-  struct ParamUse {
-    Operation *kind = nullptr; // first collective seen (its op name/axes)
-    bool mixed = false;
-    Operation *lastAcc = nullptr;
-    SmallVector<Operation *> collectives;
-  };
-  llvm::StringMap<ParamUse> uses;
-  for (Operation &op : block) {
-    auto acc = dyn_cast<mtc::AccumulateGradOp>(op);
-    if (!acc)
-      continue;
-    ParamUse &u = uses[acc.getParam()];
-    u.lastAcc = &op;
-    Operation *def = acc.getGrad().getDefiningOp();
-    bool collective = sink.count(acc.getGrad()) && isGradCollective(def);
-    if (!collective) {
-      u.mixed |= u.kind != nullptr;
-      u.kind = u.kind ? u.kind : &op; // a plain contribution
-      continue;
-    }
-    u.collectives.push_back(def);
-    if (!u.kind)
-      u.kind = def;
-    else if (u.kind->getName() != def->getName() ||
-             u.kind->getAttrDictionary() != def->getAttrDictionary())
-      u.mixed = true;
-  }
-  for (auto &it : uses) {
-    ParamUse &u = it.second;
-    if (u.collectives.empty())
-      continue;
-    if (u.mixed || u.collectives.size() != 1) {
-      for (Operation *c : u.collectives) {
-        sink.erase(c->getResult(0));
-        sink.erase(c->getOperand(0));
-      }
-      continue;
-    }
-    Operation *c = u.collectives.front();
-    GradCollective g;
-    g.param = it.first().str();
-    g.gather = isa<shard::AllGatherOp>(c);
-    g.axis = g.gather ? cast<shard::AllGatherOp>(c).getGridAxes()[0]
-                      : cast<shard::AllReduceOp>(c).getGridAxes()[0];
-    g.chunk = numel(c->getOperand(0));
-    if (g.gather)
-      gatheredChunk[g.param] = g.chunk;
-    gradCollectivesAfter[u.lastAcc].push_back(g);
-  }
-}
-
-// Data parallelism: the gradient buffer cut into contiguous buckets of at
-// least kBucketElements (40 MB of fp32, as Megatron's default), walking the
-// parameters backwards through the layout (the order the backward pass
-// finishes them). A bucket is launched after the last accumulate_grad of
-// any of its parameters (and after those parameters' gradient collectives).
-void CudaEmitter::planBuckets(func::FuncOp fn) {
-  constexpr int64_t kBucketElements = 10 * 1000 * 1000;
-  buckets.clear();
-  bucketsAfter.clear();
-  Block &block = fn.getBody().front();
-  llvm::DenseMap<Operation *, int64_t> position;
-  llvm::StringMap<Operation *> lastAcc;
-  int64_t i = 0;
-  for (Operation &op : block) {
-    position[&op] = i++;
-    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op))
-      lastAcc[acc.getParam()] = &op;
-  }
-  int64_t end = layout.totalElements;
-  Operation *ready = nullptr;
-  for (int64_t p = int64_t(layout.order.size()) - 1; p >= 0; --p) {
-    const std::string &name = layout.order[p];
-    if (Operation *acc = lastAcc.lookup(name))
-      if (!ready || position[acc] > position[ready])
-        ready = acc;
-    int64_t begin = layout.offset(name);
-    if (end - begin < kBucketElements && p > 0)
-      continue;
-    if (p == 0)
-      begin = 0;
-    Operation *at = ready ? ready : &block.front();
-    bucketsAfter[at].push_back(int(buckets.size()));
-    buckets.push_back({begin, end - begin});
-    end = begin;
-    ready = nullptr;
-  }
-}
-
-void CudaEmitter::analyzeFusions(func::FuncOp fn) {
-  hints = mtc::ExecutionHints();
-  noOps.clear();
-  unmaterialized.clear();
-  fusedPartner.clear();
-  inPlaceReduce.clear();
-  earlyReduces.clear();
-  reduceSlot.clear();
-  for (Operation &op : fn.getBody().front()) {
-    // A tensor-parallel all-reduce whose input dies with it: in place.
-    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
-      Value in = ar.getInput();
-      if (!sink.count(ar.getResult()) && in.hasOneUse() && in.getDefiningOp() &&
-          !in.getDefiningOp<mtc::ParamOp>() && in.getType() == ar.getType() &&
-          !unmaterialized.count(in) && !sink.count(in)) {
-        hints.inPlaceOf[ar.getResult()] = in;
-        inPlaceReduce.insert(&op);
-      }
-    }
-    // embedding + position table.
-    if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      auto emb = add.getLhs().getDefiningOp<mtc::EmbeddingOp>();
-      auto pos = add.getRhs().getDefiningOp<mtc::ParamOp>();
-      if (emb && !emb.getVocabStart() && pos && emb.getResult().hasOneUse() &&
-          pos.getType().getRank() == 2 &&
-          pos.getType().getDimSize(0) == shapeOf(emb)[1]) {
-        hints.fusedInto[emb] = add;
-        fusedPartner[add] = emb;
-        noOps.insert(emb);
-        unmaterialized.insert(emb.getResult());
-      }
-    }
-    // matmul + tanh GELU (the pre-activation stays for gelu_grad).
-    if (auto gelu = dyn_cast<mtc::GeluOp>(op)) {
-      auto mm = gelu.getInput().getDefiningOp<mtc::MatmulOp>();
-      if (mm && !mm.getTransposeA() &&
-          gelu.getApproximate() == mtc::GeluApprox::tanh &&
-          mm->getBlock() == gelu->getBlock()) {
-        hints.fusedInto[mm] = gelu;
-        fusedPartner[gelu] = mm;
-        noOps.insert(mm);
-      }
-    }
-    // cross_entropy + its gradient, in place over the logits.
-    if (auto ceg = dyn_cast<mtc::CrossEntropyGradOp>(op)) {
-      auto cst = ceg.getDloss().getDefiningOp<arith::ConstantOp>();
-      mtc::CrossEntropyOp ce;
-      for (Operation *u : ceg.getLogits().getUsers())
-        if (auto c = dyn_cast<mtc::CrossEntropyOp>(u))
-          if (c.getTargets() == ceg.getTargets())
-            ce = c;
-      if (ce && cst && cst->hasOneUse() && ce->isBeforeInBlock(ceg)) {
-        hints.inPlaceOf[ceg.getResult()] = ceg.getLogits();
-        fusedPartner[ce] = ceg;
-        noOps.insert(ceg);
-        noOps.insert(cst);
-      }
-    }
-  }
-  // In-place tensor-parallel all-reduces start right after their input is
-  // computed, on the tp stream, and are waited for where the all_reduce
-  // stands (the backward pass puts the weight-gradient GEMMs in between).
-  // The storage is live from the input's definition to the result's last
-  // use, so nothing in between touches it.
-  for (Operation &op : fn.getBody().front()) {
-    auto ar = dyn_cast<shard::AllReduceOp>(op);
-    if (!ar || !inPlaceReduce.count(&op) || ar.getGridAxes().size() != 1)
-      continue;
-    Operation *producer = ar.getInput().getDefiningOp();
-    if (!producer || noOps.count(producer) || fusedPartner.count(producer))
-      continue;
-    reduceSlot[&op] = int(reduceSlot.size());
-    earlyReduces[producer].push_back(&op);
-  }
-  numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
 }
 
 std::string CudaEmitter::buf(Value v) {

@@ -1,0 +1,266 @@
+//===- CudaAnalysis.cpp - what the CUDA emitter decides before emitting ---===//
+//
+// The analyses of one function that the CUDA emitter (CudaEmitter.cpp) runs
+// before it emits a line (see CudaEmitter.h):
+//  - gradient sinks: which parameter gradients are never materialized
+//    because their producer accumulates them into the fp32 buffer, and
+//    which tensor-parallel collectives of gradients run once per step on
+//    that buffer instead;
+//  - fusions and in-place collectives, as ExecutionHints for the buffer
+//    plan, and which tensor-parallel all-reduces start early;
+//  - the data-parallel gradient buckets and where each is complete.
+//
+//===----------------------------------------------------------------------===//
+#include "CudaEmitter.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
+
+using namespace mlir;
+
+namespace mtc::codegen {
+
+namespace {
+/// A single-axis sum over tp whose input feeds nothing else: a gradient
+/// collective that can run on the accumulated buffer instead.
+bool isGradCollective(Operation *op) {
+  if (auto ar = dyn_cast_or_null<shard::AllReduceOp>(op))
+    return ar.getGridAxes().size() == 1 &&
+           ar.getReduction() == shard::ReductionKind::Sum &&
+           ar.getInput().hasOneUse();
+  if (auto ag = dyn_cast_or_null<shard::AllGatherOp>(op))
+    return ag.getGridAxes().size() == 1 &&
+           ag.getGatherAxis().getSExtValue() == 0 &&
+           ag.getInput().hasOneUse();
+  return false;
+}
+} // namespace
+
+void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
+  sink.clear();
+  gradCollectivesAfter.clear();
+  gatheredChunk.clear();
+  Block &block = fn.getBody().front();
+  // Tentative: follow single-use chains of adds (and one gradient
+  // collective) back from accumulate_grad.
+  llvm::DenseMap<Value, std::string> tentative;
+  for (Operation &op : llvm::reverse(block)) {
+    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op)) {
+      Value g = acc.getGrad();
+      if (!g.hasOneUse())
+        continue;
+      tentative[g] = acc.getParam().str();
+      if (isGradCollective(g.getDefiningOp()))
+        tentative[g.getDefiningOp()->getOperand(0)] = acc.getParam().str();
+    } else if (auto add = dyn_cast<mtc::AddOp>(op)) {
+      auto it = tentative.find(add.getResult());
+      if (it == tentative.end() || add.getLhs() == add.getRhs())
+        continue;
+      for (Value v : {add.getLhs(), add.getRhs()})
+        if (v.hasOneUse() && v.getType() == add.getType())
+          tentative[v] = it->second;
+    }
+  }
+  auto capable = [](Value v) {
+    Operation *def = v.getDefiningOp();
+    if (!def)
+      return false;
+    if (auto mm = dyn_cast<mtc::MatmulOp>(def))
+      return mm.getTransposeA() && !mm.getBias();
+    if (auto ln = dyn_cast<mtc::LayerNormGradOp>(def))
+      return v != ln.getDinput();
+    if (auto rn = dyn_cast<mtc::RmsNormGradOp>(def))
+      return v != rn.getDinput();
+    return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp>(def);
+  };
+  // Forward: a value sinks if its producer can accumulate, it is an add of
+  // two sinking values, or a gradient collective of a sinking value.
+  for (Operation &op : block)
+    for (Value r : op.getResults()) {
+      auto it = tentative.find(r);
+      if (it == tentative.end())
+        continue;
+      auto add = dyn_cast<mtc::AddOp>(op);
+      if (capable(r) ||
+          (add && sink.count(add.getLhs()) && sink.count(add.getRhs())) ||
+          (isGradCollective(&op) && sink.count(op.getOperand(0))))
+        sink[r] = it->second;
+    }
+  // Backward: an add that does not sink needs its operands materialized.
+  for (Operation &op : llvm::reverse(block))
+    if (auto add = dyn_cast<mtc::AddOp>(op))
+      if (!sink.count(add.getResult()))
+        for (Value v : {add.getLhs(), add.getRhs()})
+          if (v.getDefiningOp<mtc::AddOp>() || !capable(v))
+            sink.erase(v);
+
+  // A parameter's gradient collective runs on its accumulated buffer, so
+  // every contribution to that parameter must go through the same
+  // collective; otherwise the collective is materialized.
+  struct ParamUse {
+    Operation *kind = nullptr; // first collective seen (its op name/axes)
+    bool mixed = false;
+    Operation *lastAcc = nullptr;
+    SmallVector<Operation *> collectives;
+  };
+  llvm::StringMap<ParamUse> uses;
+  for (Operation &op : block) {
+    auto acc = dyn_cast<mtc::AccumulateGradOp>(op);
+    if (!acc)
+      continue;
+    ParamUse &u = uses[acc.getParam()];
+    u.lastAcc = &op;
+    Operation *def = acc.getGrad().getDefiningOp();
+    bool collective = sink.count(acc.getGrad()) && isGradCollective(def);
+    if (!collective) {
+      u.mixed |= u.kind != nullptr;
+      u.kind = u.kind ? u.kind : &op; // a plain contribution
+      continue;
+    }
+    u.collectives.push_back(def);
+    if (!u.kind)
+      u.kind = def;
+    else if (u.kind->getName() != def->getName() ||
+             u.kind->getAttrDictionary() != def->getAttrDictionary())
+      u.mixed = true;
+  }
+  for (auto &it : uses) {
+    ParamUse &u = it.second;
+    if (u.collectives.empty())
+      continue;
+    if (u.mixed || u.collectives.size() != 1) {
+      for (Operation *c : u.collectives) {
+        sink.erase(c->getResult(0));
+        sink.erase(c->getOperand(0));
+      }
+      continue;
+    }
+    Operation *c = u.collectives.front();
+    GradCollective g;
+    g.param = it.first().str();
+    g.gather = isa<shard::AllGatherOp>(c);
+    g.axis = g.gather ? cast<shard::AllGatherOp>(c).getGridAxes()[0]
+                      : cast<shard::AllReduceOp>(c).getGridAxes()[0];
+    g.chunk = numel(c->getOperand(0));
+    if (g.gather)
+      gatheredChunk[g.param] = g.chunk;
+    gradCollectivesAfter[u.lastAcc].push_back(g);
+  }
+}
+
+// Data parallelism: the gradient buffer cut into contiguous buckets of at
+// least kBucketElements (40 MB of fp32, as Megatron's default), walking the
+// parameters backwards through the layout (the order the backward pass
+// finishes them). A bucket is launched after the last accumulate_grad of
+// any of its parameters (and after those parameters' gradient collectives).
+void CudaEmitter::planBuckets(func::FuncOp fn) {
+  constexpr int64_t kBucketElements = 10 * 1000 * 1000;
+  buckets.clear();
+  bucketsAfter.clear();
+  Block &block = fn.getBody().front();
+  llvm::DenseMap<Operation *, int64_t> position;
+  llvm::StringMap<Operation *> lastAcc;
+  int64_t i = 0;
+  for (Operation &op : block) {
+    position[&op] = i++;
+    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op))
+      lastAcc[acc.getParam()] = &op;
+  }
+  int64_t end = layout.totalElements;
+  Operation *ready = nullptr;
+  for (int64_t p = int64_t(layout.order.size()) - 1; p >= 0; --p) {
+    const std::string &name = layout.order[p];
+    if (Operation *acc = lastAcc.lookup(name))
+      if (!ready || position[acc] > position[ready])
+        ready = acc;
+    int64_t begin = layout.offset(name);
+    if (end - begin < kBucketElements && p > 0)
+      continue;
+    if (p == 0)
+      begin = 0;
+    Operation *at = ready ? ready : &block.front();
+    bucketsAfter[at].push_back(int(buckets.size()));
+    buckets.push_back({begin, end - begin});
+    end = begin;
+    ready = nullptr;
+  }
+}
+
+void CudaEmitter::analyzeFusions(func::FuncOp fn) {
+  hints = mtc::ExecutionHints();
+  noOps.clear();
+  unmaterialized.clear();
+  fusedPartner.clear();
+  inPlaceReduce.clear();
+  earlyReduces.clear();
+  reduceSlot.clear();
+  for (Operation &op : fn.getBody().front()) {
+    // A tensor-parallel all-reduce whose input dies with it: in place.
+    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
+      Value in = ar.getInput();
+      if (!sink.count(ar.getResult()) && in.hasOneUse() && in.getDefiningOp() &&
+          !in.getDefiningOp<mtc::ParamOp>() && in.getType() == ar.getType() &&
+          !unmaterialized.count(in) && !sink.count(in)) {
+        hints.inPlaceOf[ar.getResult()] = in;
+        inPlaceReduce.insert(&op);
+      }
+    }
+    // embedding + position table.
+    if (auto add = dyn_cast<mtc::AddOp>(op)) {
+      auto emb = add.getLhs().getDefiningOp<mtc::EmbeddingOp>();
+      auto pos = add.getRhs().getDefiningOp<mtc::ParamOp>();
+      if (emb && !emb.getVocabStart() && pos && emb.getResult().hasOneUse() &&
+          pos.getType().getRank() == 2 &&
+          pos.getType().getDimSize(0) == shapeOf(emb)[1]) {
+        hints.fusedInto[emb] = add;
+        fusedPartner[add] = emb;
+        noOps.insert(emb);
+        unmaterialized.insert(emb.getResult());
+      }
+    }
+    // matmul + tanh GELU (the pre-activation stays for gelu_grad).
+    if (auto gelu = dyn_cast<mtc::GeluOp>(op)) {
+      auto mm = gelu.getInput().getDefiningOp<mtc::MatmulOp>();
+      if (mm && !mm.getTransposeA() &&
+          gelu.getApproximate() == mtc::GeluApprox::tanh &&
+          mm->getBlock() == gelu->getBlock()) {
+        hints.fusedInto[mm] = gelu;
+        fusedPartner[gelu] = mm;
+        noOps.insert(mm);
+      }
+    }
+    // cross_entropy + its gradient, in place over the logits.
+    if (auto ceg = dyn_cast<mtc::CrossEntropyGradOp>(op)) {
+      auto cst = ceg.getDloss().getDefiningOp<arith::ConstantOp>();
+      mtc::CrossEntropyOp ce;
+      for (Operation *u : ceg.getLogits().getUsers())
+        if (auto c = dyn_cast<mtc::CrossEntropyOp>(u))
+          if (c.getTargets() == ceg.getTargets())
+            ce = c;
+      if (ce && cst && cst->hasOneUse() && ce->isBeforeInBlock(ceg)) {
+        hints.inPlaceOf[ceg.getResult()] = ceg.getLogits();
+        fusedPartner[ce] = ceg;
+        noOps.insert(ceg);
+        noOps.insert(cst);
+      }
+    }
+  }
+  // In-place tensor-parallel all-reduces start right after their input is
+  // computed, on the tp stream, and are waited for where the all_reduce
+  // stands (the backward pass puts the weight-gradient GEMMs in between).
+  // The storage is live from the input's definition to the result's last
+  // use, so nothing in between touches it.
+  for (Operation &op : fn.getBody().front()) {
+    auto ar = dyn_cast<shard::AllReduceOp>(op);
+    if (!ar || !inPlaceReduce.count(&op) || ar.getGridAxes().size() != 1)
+      continue;
+    Operation *producer = ar.getInput().getDefiningOp();
+    if (!producer || noOps.count(producer) || fusedPartner.count(producer))
+      continue;
+    reduceSlot[&op] = int(reduceSlot.size());
+    earlyReduces[producer].push_back(&op);
+  }
+  numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
+}
+
+} // namespace mtc::codegen
