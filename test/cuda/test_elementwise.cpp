@@ -122,6 +122,40 @@ TEST_F(CudaElementwise, DropoutMatchesHostMaskExactly) {
   }
 }
 
+// A tensor-parallel slice draws the global tensor's mask: every rank's
+// dropout_slice of its part of a global (outer, parts, chunk) tensor equals
+// the host dropout of the whole tensor, cut the same way (vector path with
+// chunk % 8 == 0, scalar path otherwise).
+TEST_F(CudaElementwise, DropoutSliceDrawsTheGlobalMask) {
+  for (int64_t chunk : {int64_t{64}, int64_t{37}}) {
+    const int64_t outer = 96, parts = 2;
+    const int64_t n = outer * parts * chunk;
+    std::vector<float> x = round_bf16(randn(n, 53));
+    for (float& v : x)
+      if (v == 0.f) v = 1.f;
+    const float p = 0.3f;
+    const uint64_t seed = 99, key = 5;
+    std::vector<float> ref(n);
+    host::dropout(x.data(), ref.data(), n, p, seed, key, 0);
+    for (int64_t index = 0; index < parts; ++index) {
+      std::vector<float> mine(outer * chunk), want(outer * chunk);
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t c = 0; c < chunk; ++c) {
+          mine[o * chunk + c] = x[(o * parts + index) * chunk + c];
+          want[o * chunk + c] = ref[(o * parts + index) * chunk + c];
+        }
+      DevBuf<bf16> dx(outer * chunk), dy(outer * chunk);
+      upload(dx, mine);
+      dropout_slice(ctx(), dx.get(), dy.get(), outer, chunk, parts, index, p, seed, key);
+      std::vector<float> got = download(dy);
+      int64_t mismatched = 0;
+      for (int64_t i = 0; i < outer * chunk; ++i) mismatched += (got[i] == 0.f) != (want[i] == 0.f);
+      EXPECT_EQ(mismatched, 0) << "chunk " << chunk << " index " << index;
+      expect_close("dropout_slice chunk=" + std::to_string(chunk), got, want, kOneRounding);
+    }
+  }
+}
+
 TEST_F(CudaElementwise, DropoutEdgeProbabilities) {
   const int64_t n = 4096;
   std::vector<float> x = round_bf16(randn(n, 61));

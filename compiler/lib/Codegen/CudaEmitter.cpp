@@ -338,8 +338,21 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
             mtc::AttentionGradOp>([&](Operation *) { return shared(); })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();
+        if (auto slice = d->getAttrOfType<DictionaryAttr>("mtc.slice_of")) {
+          // This rank's part of the global tensor (dropout_slice).
+          int64_t dim = slice.getAs<IntegerAttr>("dim").getInt();
+          int64_t outer = outerOf(shapeOf(d), dim);
+          line(llvm::formatv(
+              "k::dropout_slice(ctx, {0}, {1}, {2}, {3}, {4}, "
+              "st.comm->index({5}), {6}f, st.seed, "
+              "mtc::rt::dropout_site_key({7}, st.step, st.global_microbatch));",
+              buf(d.getInput()), buf(d), outer, numel(d) / outer,
+              slice.getAs<IntegerAttr>("parts").getInt(),
+              slice.getAs<IntegerAttr>("axis").getInt(), fmt(p), d.getKey()));
+          return success();
+        }
         line(llvm::formatv("k::dropout(ctx, {0}, {1}, {2}, {3}f, st.seed, "
-                           "mtc::rt::dropout_site_key({4}, st.step, st.microbatch), 0);",
+                           "mtc::rt::dropout_site_key({4}, st.step, st.global_microbatch), 0);",
                            buf(d.getInput()), buf(d), numel(d), fmt(p),
                            d.getKey()));
         return success();

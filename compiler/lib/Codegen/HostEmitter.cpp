@@ -291,9 +291,31 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         // Evaluation (@forward) runs without dropout.
         double p = eval ? 0.0 : d.getP().convertToDouble();
-        line(llvm::formatv(
-            "k::dropout({0}, {1}, {2}, {3}f, st.seed, mtc::rt::dropout_site_key({4}, st.step, st.microbatch), 0);",
-            buf(d.getInput()), buf(d), numel(d), fmt(p), d.getKey()));
+        std::string key = llvm::formatv("mtc::rt::dropout_site_key({0}, "
+                                        "st.step, st.global_microbatch)",
+                                        d.getKey())
+                              .str();
+        if (auto slice = d->getAttrOfType<DictionaryAttr>("mtc.slice_of")) {
+          // A slice along `dim` of the global tensor: local (outer, chunk)
+          // is global (outer, parts, chunk)[:, index, :], so row o starts
+          // at global element (o * parts + index) * chunk.
+          int64_t dim = slice.getAs<IntegerAttr>("dim").getInt();
+          int64_t axis = slice.getAs<IntegerAttr>("axis").getInt();
+          int64_t parts = slice.getAs<IntegerAttr>("parts").getInt();
+          int64_t outer = 1;
+          for (int64_t i = 0; i < dim; ++i)
+            outer *= shapeOf(d)[i];
+          int64_t chunk = numel(d) / outer;
+          line(llvm::formatv(
+              "for (int64_t o = 0; o < {0}; ++o) k::dropout({1} + o * {2}, {3} "
+              "+ o * {2}, {2}, {4}f, st.seed, {5}, (o * {6} + "
+              "st.comm->index({7})) * {2});",
+              outer, buf(d.getInput()), chunk, buf(d), fmt(p), key, parts,
+              axis));
+          return success();
+        }
+        line(llvm::formatv("k::dropout({0}, {1}, {2}, {3}f, st.seed, {4}, 0);",
+                           buf(d.getInput()), buf(d), numel(d), fmt(p), key));
         return success();
       })
       .Case([&](mtc::MatmulOp m) -> LogicalResult {

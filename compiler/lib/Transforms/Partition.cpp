@@ -35,7 +35,8 @@
 //             is sliced; an output dimension split -> S of that dimension; a
 //             bias of a P result is added after the all_reduce, once.
 //   norms (and gradients) -> R, or rows split (the weights' gradients are
-//             then partial sums); dropout with p > 0 -> needs R
+//             then partial sums); dropout -> any but P (a slice is marked
+//             `mtc.slice_of` so its mask is the global tensor's)
 //   cross-entropy (and gradient) -> R, or logits split on the vocabulary:
 //             vocabulary-parallel, the softmax completed over the group
 //   attention, rope (and gradients) -> R, or S(last) split by heads
@@ -486,14 +487,25 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
             return rebuild(all(d), allResults(d));
           })
       .Case([&](mtc::DropoutOp dr) -> LogicalResult {
-        // The mask is keyed by the global element index: only whole
-        // tensors draw the same mask as the one-process program.
+        // The mask is keyed by the global element index, so a slice draws
+        // the one-process program's mask for its elements as long as the
+        // emitter knows where the slice lies: `mtc.slice_of` (dim, grid
+        // axis, parts) on the rank's op. A partial sum is made whole first
+        // (sequence shards under sp).
         Dist d = distOf(dr.getInput());
-        if (dr.getP().convertToDouble() > 0)
-          d = Dist::r();
-        else if (d.kind == Dist::P)
+        if (d.kind == Dist::P)
           d = whole(dr.getInput());
-        return rebuild({d}, {d});
+        if (d.kind != Dist::S || dr.getP().convertToDouble() <= 0)
+          return rebuild({d}, {d});
+        return rebuild({d}, {d}, [&](Operation *clone) {
+          clone->setAttr("mtc.slice_of",
+                         b.getDictionaryAttr({
+                             b.getNamedAttr("dim", b.getI64IntegerAttr(d.dim)),
+                             b.getNamedAttr("axis",
+                                            b.getI64IntegerAttr(mtc::kAxisTP)),
+                             b.getNamedAttr("parts", b.getI64IntegerAttr(tp)),
+                         }));
+        });
       })
       .Case<mtc::RopeOp, mtc::AttentionOp>([&](Operation *) -> LogicalResult {
         Value qkv = op->getOperand(0);

@@ -385,6 +385,7 @@ double Trainer::evaluate(int64_t step) {
       failure = upload_microbatch(i, step, "validation at", &tok, &tgt);
       if (!failure.empty()) break;
       state_.microbatch = i;
+      state_.global_microbatch = i * dp_ + at_[1];
       float l = p_.forward_loss(state_, tok, tgt);
       failure = loss_problem(l, step, i, "validation at");
       if (!failure.empty()) break;
@@ -677,6 +678,7 @@ int Trainer::run() {
       failure = upload_microbatch(i, step, "training", &tok, &tgt);
       if (!failure.empty()) break;
       state_.microbatch = i;
+      state_.global_microbatch = i * dp_ + at_[1];
       float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
       failure = loss_problem(l, step, i, "training");
       if (!failure.empty()) break;

@@ -139,25 +139,34 @@ __global__ void column_sum_final_kernel(const float* partial, float* y, int64_t 
 }
 
 // out (n) = (resid ? resid : 0) + (keep ? x * scale : 0), element i hashed
-// at global index offset + i.
+// at global index base + (i / chunk) * stride + i % chunk: a contiguous
+// tensor is one row (chunk = n, stride 0, base = its offset); a
+// tensor-parallel slice is (outer, chunk) rows of a global
+// (outer, parts, chunk) tensor (stride = parts * chunk, base = index *
+// chunk). The vector path needs chunk % 8 == 0 (no vector spans two rows).
 template <bool kVec>
 __global__ void dropout_kernel(const bf16* x, const bf16* resid, bf16* out, int64_t n, float p,
-                               float scale, uint64_t stream, uint64_t offset) {
+                               float scale, uint64_t stream, uint64_t base, int64_t chunk,
+                               uint64_t stride) {
   if (kVec) {
     for (int64_t i = global_tid() * 8; i < n; i += grid_stride() * 8) {
       float f[8], r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       load8(x + i, f);
       if (resid) load8(resid + i, r);
+      const uint64_t g = base + static_cast<uint64_t>(i / chunk) * stride +
+                         static_cast<uint64_t>(i % chunk);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        bool keep = dropout_keep(stream, offset + static_cast<uint64_t>(i + j), p);
+        bool keep = dropout_keep(stream, g + static_cast<uint64_t>(j), p);
         f[j] = r[j] + (keep ? f[j] * scale : 0.f);
       }
       store8(out + i, f);
     }
   } else {
     for (int64_t i = global_tid(); i < n; i += grid_stride()) {
-      bool keep = dropout_keep(stream, offset + static_cast<uint64_t>(i), p);
+      const uint64_t g = base + static_cast<uint64_t>(i / chunk) * stride +
+                         static_cast<uint64_t>(i % chunk);
+      bool keep = dropout_keep(stream, g, p);
       float r = resid ? __bfloat162float(resid[i]) : 0.f;
       out[i] = __float2bfloat16(r + (keep ? __bfloat162float(x[i]) * scale : 0.f));
     }
@@ -249,22 +258,28 @@ void reduce_rows_accumulate(Context& ctx, const bf16* x, float* y, int64_t m, in
 
 namespace {
 
+// Element (o, c) of the (n / chunk, chunk) input at global index
+// base + o * stride + c.
 void launch_dropout(Context& ctx, const bf16* x, const bf16* resid, bf16* out, int64_t n, float p,
-                    uint64_t seed, uint64_t key, int64_t offset) {
+                    uint64_t seed, uint64_t key, int64_t base, int64_t chunk, int64_t stride) {
   if (n <= 0) return;
+  require(chunk > 0 && n % chunk == 0, "dropout: the row length must divide the element count");
   // p <= 0 keeps everything (scale 1); p >= 1 drops everything (scale 0 with
   // keep never true, since uniform < 1 <= p).
   const float pe = p <= 0.f ? 0.f : p;
   const float scale = pe >= 1.f ? 0.f : 1.f / (1.f - pe);
   const uint64_t stream = dropout_stream(seed, key);
-  bool vec = n % 8 == 0 && aligned16(x) && aligned16(out) && (!resid || aligned16(resid));
+  bool vec = n % 8 == 0 && chunk % 8 == 0 && aligned16(x) && aligned16(out) &&
+             (!resid || aligned16(resid));
   unsigned grid = grid_for(ctx, vec ? n / 8 : n, kThreads);
   if (vec)
-    dropout_kernel<true><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale, stream,
-                                                             static_cast<uint64_t>(offset));
+    dropout_kernel<true><<<grid, kThreads, 0, ctx.stream>>>(
+        x, resid, out, n, pe, scale, stream, static_cast<uint64_t>(base), chunk,
+        static_cast<uint64_t>(stride));
   else
-    dropout_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale, stream,
-                                                              static_cast<uint64_t>(offset));
+    dropout_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(
+        x, resid, out, n, pe, scale, stream, static_cast<uint64_t>(base), chunk,
+        static_cast<uint64_t>(stride));
   MTC_LAUNCH_CHECK("dropout_kernel");
 }
 
@@ -272,12 +287,20 @@ void launch_dropout(Context& ctx, const bf16* x, const bf16* resid, bf16* out, i
 
 void dropout(Context& ctx, const bf16* x, bf16* y, int64_t n, float p, uint64_t seed,
              uint64_t key, int64_t offset) {
-  launch_dropout(ctx, x, nullptr, y, n, p, seed, key, offset);
+  launch_dropout(ctx, x, nullptr, y, n, p, seed, key, offset, n > 0 ? n : 1, 0);
+}
+
+void dropout_slice(Context& ctx, const bf16* x, bf16* y, int64_t outer, int64_t chunk,
+                   int64_t parts, int64_t index, float p, uint64_t seed, uint64_t key) {
+  require(outer >= 0 && chunk > 0 && parts > 0 && index >= 0 && index < parts,
+          "dropout_slice: needs outer >= 0, chunk > 0 and 0 <= index < parts");
+  launch_dropout(ctx, x, nullptr, y, outer * chunk, p, seed, key, index * chunk, chunk,
+                 parts * chunk);
 }
 
 void dropout_add(Context& ctx, const bf16* x, const bf16* resid, bf16* out, int64_t n, float p,
                  uint64_t seed, uint64_t key, int64_t offset) {
-  launch_dropout(ctx, x, resid, out, n, p, seed, key, offset);
+  launch_dropout(ctx, x, resid, out, n, p, seed, key, offset, n > 0 ? n : 1, 0);
 }
 
 }  // namespace mtc::rt::cuda

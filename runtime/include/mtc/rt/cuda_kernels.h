@@ -125,6 +125,14 @@ void reduce_rows_accumulate(Context& ctx, const bf16* x, float* y, int64_t m,
 void dropout(Context& ctx, const bf16* x, bf16* y, int64_t n, float p,
              uint64_t seed, uint64_t key, int64_t offset);
 
+// Dropout of a tensor-parallel slice: x, y (outer, chunk) are this rank's
+// part [:, index, :] of a global (outer, parts, chunk) tensor, and element
+// (o, c) draws the global tensor's mask at (o * parts + index) * chunk + c,
+// so the slices of all ranks together draw the one-process mask.
+void dropout_slice(Context& ctx, const bf16* x, bf16* y, int64_t outer,
+                   int64_t chunk, int64_t parts, int64_t index, float p,
+                   uint64_t seed, uint64_t key);
+
 // out[i] = resid[i] + dropout(x)[i]   (n): the residual add after an
 // attention or MLP block, dropout fused. out may alias resid or x.
 void dropout_add(Context& ctx, const bf16* x, const bf16* resid, bf16* out,

@@ -46,7 +46,8 @@ MTC_HOST_DEVICE inline uint64_t dropout_mix64(uint64_t z) {
 }
 
 // The key of one dropout site (the op's `key` attribute) at one optimizer
-// step and microbatch: every site, step and microbatch draws its own mask,
+// step and microbatch of the global batch (HostState::global_microbatch):
+// every site, step and microbatch draws its own mask,
 // and forward, backward and recomputation of the same site draw the same.
 // Generated code of every target calls this, so their masks agree.
 MTC_HOST_DEVICE inline uint64_t dropout_site_key(uint64_t site, int64_t step,

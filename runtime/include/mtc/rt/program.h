@@ -129,7 +129,11 @@ struct HostState {
   GridComm* comm = nullptr;    // the grid's collectives; nullptr for a one-rank grid
   uint64_t seed = 0;           // run seed (dropout keys derive from it)
   int64_t step = 0;            // optimizer step being computed, from 1
-  int64_t microbatch = 0;      // index within the step
+  int64_t microbatch = 0;      // index within the step (this rank's)
+  // Index of the microbatch in the step's global batch (i * dp + dp rank,
+  // the order of the global batch's samples): dropout keys use it, so every
+  // parallel plan draws the one-process program's masks.
+  int64_t global_microbatch = 0;
   std::string error;           // set by generated code on a data error
 };
 
