@@ -144,7 +144,8 @@ __global__ void column_sum_final_kernel(const float* partial, float* y, int64_t 
 // tensor-parallel slice is (outer, chunk) rows of a global
 // (outer, parts, chunk) tensor (stride = parts * chunk, base = index *
 // chunk). The vector path needs chunk % 8 == 0 (no vector spans two rows).
-template <bool kVec>
+// kRows = false: one row (no division), the contiguous case.
+template <bool kVec, bool kRows>
 __global__ void dropout_kernel(const bf16* x, const bf16* resid, bf16* out, int64_t n, float p,
                                float scale, uint64_t stream, uint64_t base, int64_t chunk,
                                uint64_t stride) {
@@ -153,8 +154,9 @@ __global__ void dropout_kernel(const bf16* x, const bf16* resid, bf16* out, int6
       float f[8], r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       load8(x + i, f);
       if (resid) load8(resid + i, r);
-      const uint64_t g = base + static_cast<uint64_t>(i / chunk) * stride +
-                         static_cast<uint64_t>(i % chunk);
+      const uint64_t g = kRows ? base + static_cast<uint64_t>(i / chunk) * stride +
+                                     static_cast<uint64_t>(i % chunk)
+                               : base + static_cast<uint64_t>(i);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         bool keep = dropout_keep(stream, g + static_cast<uint64_t>(j), p);
@@ -164,8 +166,9 @@ __global__ void dropout_kernel(const bf16* x, const bf16* resid, bf16* out, int6
     }
   } else {
     for (int64_t i = global_tid(); i < n; i += grid_stride()) {
-      const uint64_t g = base + static_cast<uint64_t>(i / chunk) * stride +
-                         static_cast<uint64_t>(i % chunk);
+      const uint64_t g = kRows ? base + static_cast<uint64_t>(i / chunk) * stride +
+                                     static_cast<uint64_t>(i % chunk)
+                               : base + static_cast<uint64_t>(i);
       bool keep = dropout_keep(stream, g, p);
       float r = resid ? __bfloat162float(resid[i]) : 0.f;
       out[i] = __float2bfloat16(r + (keep ? __bfloat162float(x[i]) * scale : 0.f));
@@ -272,14 +275,21 @@ void launch_dropout(Context& ctx, const bf16* x, const bf16* resid, bf16* out, i
   bool vec = n % 8 == 0 && chunk % 8 == 0 && aligned16(x) && aligned16(out) &&
              (!resid || aligned16(resid));
   unsigned grid = grid_for(ctx, vec ? n / 8 : n, kThreads);
-  if (vec)
-    dropout_kernel<true><<<grid, kThreads, 0, ctx.stream>>>(
-        x, resid, out, n, pe, scale, stream, static_cast<uint64_t>(base), chunk,
-        static_cast<uint64_t>(stride));
+  const auto b = static_cast<uint64_t>(base);
+  const auto st = static_cast<uint64_t>(stride);
+  const bool rows = chunk != n;
+  if (vec && rows)
+    dropout_kernel<true, true><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale,
+                                                                  stream, b, chunk, st);
+  else if (vec)
+    dropout_kernel<true, false><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale,
+                                                                   stream, b, chunk, st);
+  else if (rows)
+    dropout_kernel<false, true><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale,
+                                                                   stream, b, chunk, st);
   else
-    dropout_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(
-        x, resid, out, n, pe, scale, stream, static_cast<uint64_t>(base), chunk,
-        static_cast<uint64_t>(stride));
+    dropout_kernel<false, false><<<grid, kThreads, 0, ctx.stream>>>(x, resid, out, n, pe, scale,
+                                                                    stream, b, chunk, st);
   MTC_LAUNCH_CHECK("dropout_kernel");
 }
 
