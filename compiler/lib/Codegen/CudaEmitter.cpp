@@ -225,6 +225,13 @@ void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
 LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
   if (noOps.count(op) || isa<mtc::ParamOp>(op))
     return success();
+  if (isIndexOp(op)) {
+    FailureOr<std::string> e = indexExpr(op, [&](Value v) { return buf(v); });
+    if (failed(e))
+      return failure();
+    names[op->getResult(0)] = *e;
+    return success();
+  }
   if (!isa<func::ReturnOp>(op))
     line(llvm::formatv("k::set_current_op(\"{0} {1}\");",
                        op->getName().getStringRef(),
@@ -242,10 +249,6 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](arith::ConstantOp c) -> LogicalResult {
-        if (auto i = dyn_cast<IntegerAttr>(c.getValue())) {
-          names[c] = "int64_t(" + std::to_string(i.getInt()) + ")";
-          return success();
-        }
         auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
         if (!dense || !dense.isSplat())
           return op->emitOpError("CUDA target supports only splat float "
@@ -476,18 +479,6 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       .Case<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
             shard::ReduceScatterOp>(
           [&](Operation *) { return emitCollective(op); })
-      .Case([&](shard::ProcessMultiIndexOp p) -> LogicalResult {
-        auto axes = p.getAxes();
-        if (p->getNumResults() != 1 || axes.size() != 1)
-          return op->emitOpError("CUDA target: one grid axis per index");
-        names[p->getResult(0)] =
-            llvm::formatv("st.comm->index({0})", axes[0]).str();
-        return success();
-      })
-      .Case([&](arith::MulIOp m) -> LogicalResult {
-        names[m] = "(" + buf(m.getLhs()) + " * " + buf(m.getRhs()) + ")";
-        return success();
-      })
       .Default([&](Operation *other) -> LogicalResult {
         return other->emitOpError("has no lowering to the CUDA target");
       });

@@ -3,6 +3,8 @@
 
 #include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/PlanReport.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -60,6 +62,23 @@ std::string locString(Location loc) {
   llvm::raw_string_ostream os(s);
   loc.print(os);
   return s;
+}
+
+bool isIndexOp(Operation *op) {
+  if (auto c = dyn_cast<arith::ConstantOp>(op))
+    return isa<IntegerAttr>(c.getValue());
+  return isa<arith::MulIOp, shard::ProcessMultiIndexOp>(op);
+}
+
+FailureOr<std::string> indexExpr(Operation *op, BufferName buf) {
+  if (auto c = dyn_cast<arith::ConstantOp>(op))
+    return "int64_t(" + std::to_string(cast<IntegerAttr>(c.getValue()).getInt()) + ")";
+  if (auto m = dyn_cast<arith::MulIOp>(op))
+    return "(" + buf(m.getLhs()) + " * " + buf(m.getRhs()) + ")";
+  auto p = cast<shard::ProcessMultiIndexOp>(op);
+  if (p->getNumResults() != 1 || p.getAxes().size() != 1)
+    return p->emitOpError("one grid axis per index");
+  return llvm::formatv("st.comm->index({0})", p.getAxes()[0]).str();
 }
 
 std::optional<KernelCall> sharedKernelCall(Operation *op, BufferName buf) {

@@ -63,6 +63,14 @@ struct KernelCall {
 std::optional<KernelCall> sharedKernelCall(mlir::Operation *op,
                                            BufferName buf);
 
+/// Integer index arithmetic (a rank's vocabulary offset under tensor
+/// parallelism) is not a statement but a C++ expression both targets name
+/// alike: an integer arith.constant, arith.muli, shard.process_multi_index
+/// (`st.comm->index(axis)`). True for those ops.
+bool isIndexOp(mlir::Operation *op);
+/// The expression of an index op's result, or an error at the op.
+mlir::FailureOr<std::string> indexExpr(mlir::Operation *op, BufferName buf);
+
 /// `k::name(args...);`, with `context` (e.g. "ctx") as first argument when
 /// not empty.
 std::string formatCall(const KernelCall &call, llvm::StringRef context);

@@ -99,6 +99,13 @@ LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
 }
 
 LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
+  if (isIndexOp(op)) {
+    FailureOr<std::string> e = indexExpr(op, [&](Value v) { return buf(v); });
+    if (failed(e))
+      return failure();
+    names[op->getResult(0)] = *e;
+    return success();
+  }
   if (!isa<mtc::ParamOp>(op))
     line("// " + op->getName().getStringRef() + " " +
          locString(op->getLoc()));
@@ -111,10 +118,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](mtc::ParamOp) -> LogicalResult { return success(); })
       .Case([&](arith::ConstantOp c) -> LogicalResult {
-        if (auto i = dyn_cast<IntegerAttr>(c.getValue())) {
-          names[c] = "int64_t(" + std::to_string(i.getInt()) + ")";
-          return success();
-        }
         auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
         if (!dense || !dense.isSplat())
           return op->emitOpError("host target supports only splat float "
@@ -122,18 +125,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         line(llvm::formatv("k::fill({0}, {1}f, {2});", buf(c), 
                            fmt(dense.getSplatValue<APFloat>().convertToDouble()),
                            numel(c)));
-        return success();
-      })
-      .Case([&](arith::MulIOp m) -> LogicalResult {
-        names[m] = "(" + buf(m.getLhs()) + " * " + buf(m.getRhs()) + ")";
-        return success();
-      })
-      .Case([&](shard::ProcessMultiIndexOp p) -> LogicalResult {
-        auto axes = p.getAxes();
-        if (p->getNumResults() != 1 || axes.size() != 1)
-          return op->emitOpError("host target: one grid axis per index");
-        names[p->getResult(0)] =
-            llvm::formatv("st.comm->index({0})", axes[0]).str();
         return success();
       })
       .Case([&](shard::AllReduceOp a) -> LogicalResult {

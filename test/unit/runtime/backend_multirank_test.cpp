@@ -36,6 +36,10 @@ namespace {
 using testing::read_jsonl;
 using testing::run_train;
 using testing::scratch_dir;
+using testing::column;
+using testing::sharded::expect_close;
+using testing::sharded::expect_ok;
+using testing::sharded::expect_same_tensors;
 using testing::sharded::Job;
 namespace pool = testing::pool;
 namespace sharded = testing::sharded;
@@ -64,48 +68,6 @@ int pool_rank(const ProgramDesc& program, const std::vector<std::string>& args) 
 
 Job pool_job(const ProgramDesc& program, const std::vector<std::string>& args) {
   return sharded::run_job_with(2, [&](int) { return pool_rank(program, args); });
-}
-
-void expect_ok(const Job& job) {
-  testing::expect_all_ok(job.ranks);
-  for (size_t r = 1; r < job.out.size(); ++r)
-    EXPECT_EQ(job.out[r], "") << "rank " << r << " printed";
-}
-
-std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
-  std::vector<double> out;
-  for (const auto& r : rows)
-    if (r.contains(key)) out.push_back(r[key].get<double>());
-  return out;
-}
-
-// |a - b| <= rel * |a| element by element, same length, not empty.
-void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rel,
-                  const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  ASSERT_FALSE(a.empty()) << what;
-  for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_NEAR(a[i], b[i], rel * std::abs(a[i])) << what << " [" << i << "]";
-}
-
-// Every F32 tensor of two safetensors files: same names and shapes, and
-// |a - b| <= tol * max|a| (+ 1e-30, so all-zero tensors must match).
-void expect_same_tensors(const std::string& a_path, const std::string& b_path, double tol) {
-  SafetensorsReader a(a_path), b(b_path);
-  ASSERT_EQ(a.tensors().size(), b.tensors().size()) << a_path << " vs " << b_path;
-  for (const auto& [name, info] : a.tensors()) {
-    ASSERT_TRUE(b.has(name)) << name;
-    ASSERT_EQ(info.shape, b.info(name).shape) << name;
-    if (info.dtype != "F32") continue;
-    const int64_t n = shape_numel(info.shape);
-    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
-    a.read_f32(name, x.data(), n);
-    b.read_f32(name, y.data(), n);
-    double scale = 0;
-    for (float v : x) scale = std::max(scale, double(std::abs(v)));
-    for (size_t i = 0; i < x.size(); ++i)
-      ASSERT_NEAR(x[i], y[i], tol * scale + 1e-30) << name << " [" << i << "]";
-  }
 }
 
 class BackendMultiRank : public ::testing::Test {

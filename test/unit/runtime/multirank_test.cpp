@@ -30,6 +30,10 @@ using testing::read_jsonl;
 using testing::run_train;
 using testing::scratch_dir;
 using testing::sharded::Job;
+using testing::column;
+using testing::sharded::expect_close;
+using testing::sharded::expect_ok;
+using testing::sharded::expect_same_tensors;
 using testing::sharded::run_job;
 namespace sharded = testing::sharded;
 namespace tiny = testing::tiny;
@@ -57,55 +61,6 @@ class MultiRank : public ::testing::Test {
   }
   std::string dir_, corpus_;
 };
-
-void expect_ok(const Job& job) {
-  testing::expect_all_ok(job.ranks);
-  for (size_t r = 1; r < job.out.size(); ++r)
-    EXPECT_EQ(job.out[r], "") << "rank " << r << " printed";
-}
-
-std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
-  std::vector<double> out;
-  for (const auto& r : rows)
-    if (r.contains(key)) out.push_back(r[key].get<double>());
-  return out;
-}
-
-// |a - b| <= rel * |a| element by element, same length.
-void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rel,
-                  const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  ASSERT_FALSE(a.empty()) << what;
-  for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_NEAR(a[i], b[i], rel * std::abs(a[i])) << what << " [" << i << "]";
-}
-
-std::vector<float> tensor(const SafetensorsReader& f, const std::string& name) {
-  std::vector<float> x(static_cast<size_t>(shape_numel(f.info(name).shape)));
-  f.read_f32(name, x.data(), static_cast<int64_t>(x.size()));
-  return x;
-}
-
-// Every F32 tensor of two files: same names and shapes, |a - b| <= tol *
-// max|a| (+ 1e-30: all-zero tensors must match exactly); tol 0 = bitwise.
-void expect_same_tensors(const std::string& a_path, const std::string& b_path, double tol) {
-  SafetensorsReader a(a_path), b(b_path);
-  ASSERT_EQ(a.tensors().size(), b.tensors().size()) << a_path << " vs " << b_path;
-  for (const auto& [name, info] : a.tensors()) {
-    ASSERT_TRUE(b.has(name)) << name;
-    ASSERT_EQ(info.shape, b.info(name).shape) << name;
-    if (info.dtype != "F32") continue;
-    std::vector<float> x = tensor(a, name), y = tensor(b, name);
-    if (tol == 0) {
-      EXPECT_EQ(x, y) << name;
-      continue;
-    }
-    double scale = 0;
-    for (float v : x) scale = std::max(scale, double(std::abs(v)));
-    for (size_t i = 0; i < x.size(); ++i)
-      ASSERT_NEAR(x[i], y[i], tol * scale + 1e-30) << name << " [" << i << "]";
-  }
-}
 
 TEST_F(MultiRank, DataParallelTrainsLikeOneProcess) {
   // One process takes the global batch of 8 as 4 microbatches of 2; each of

@@ -30,13 +30,17 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <functional>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "comm_test_support.h"
 #include "mtc/rt/program.h"
+#include "mtc/rt/safetensors.h"
 #include "train_test_support.h"
 
 namespace mtc::rt::testing::sharded {
@@ -253,6 +257,55 @@ inline Job run_job(int n, const ProgramDesc& program,
 inline Job run_job(int n, const ProgramDesc& program, const std::vector<std::string>& args,
                    double deadline_s = 90) {
   return run_job(n, program, [&](int) { return args; }, deadline_s);
+}
+
+// ---------------------------------------------------------------------------
+// Checks shared by the multi-rank tests (multirank_test.cpp on the host
+// backend, backend_multirank_test.cpp on the stand-in device backend).
+// ---------------------------------------------------------------------------
+
+// Every rank exited 0 and only rank 0 printed.
+inline void expect_ok(const Job& job) {
+  expect_all_ok(job.ranks);
+  for (size_t r = 1; r < job.out.size(); ++r)
+    EXPECT_EQ(job.out[r], "") << "rank " << r << " printed";
+}
+
+// |a - b| <= rel * |a| element by element, same length, not empty.
+inline void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rel,
+                         const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  ASSERT_FALSE(a.empty()) << what;
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(a[i], b[i], rel * std::abs(a[i])) << what << " [" << i << "]";
+}
+
+inline std::vector<float> tensor(const SafetensorsReader& f, const std::string& name) {
+  std::vector<float> x(static_cast<size_t>(shape_numel(f.info(name).shape)));
+  f.read_f32(name, x.data(), static_cast<int64_t>(x.size()));
+  return x;
+}
+
+// Every F32 tensor of two files: same names and shapes, |a - b| <= tol *
+// max|a| (+ 1e-30: all-zero tensors must match exactly); tol 0 = bitwise.
+inline void expect_same_tensors(const std::string& a_path, const std::string& b_path,
+                                double tol) {
+  SafetensorsReader a(a_path), b(b_path);
+  ASSERT_EQ(a.tensors().size(), b.tensors().size()) << a_path << " vs " << b_path;
+  for (const auto& [name, info] : a.tensors()) {
+    ASSERT_TRUE(b.has(name)) << name;
+    ASSERT_EQ(info.shape, b.info(name).shape) << name;
+    if (info.dtype != "F32") continue;
+    std::vector<float> x = tensor(a, name), y = tensor(b, name);
+    if (tol == 0) {
+      EXPECT_EQ(x, y) << name;
+      continue;
+    }
+    double scale = 0;
+    for (float v : x) scale = std::max(scale, double(std::abs(v)));
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_NEAR(x[i], y[i], tol * scale + 1e-30) << name << " [" << i << "]";
+  }
 }
 
 }  // namespace mtc::rt::testing::sharded

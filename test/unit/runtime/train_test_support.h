@@ -63,6 +63,14 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return out;
 }
 
+// rows[i][key] for the rows that have it (a metrics file's column).
+inline std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
+  std::vector<double> out;
+  for (const auto& r : rows)
+    if (r.contains(key)) out.push_back(r[key].get<double>());
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // The tiny program
 // ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 namespace mtc::rt {
 namespace {
 
+using testing::column;
 using testing::read_jsonl;
 using testing::run_train;
 using testing::scratch_dir;
@@ -36,13 +37,6 @@ class Trainer : public ::testing::Test {
   }
   std::string dir_, corpus_;
 };
-
-std::vector<double> column(const std::vector<nlohmann::json>& rows, const char* key) {
-  std::vector<double> out;
-  for (const auto& r : rows)
-    if (r.contains(key)) out.push_back(r[key].get<double>());
-  return out;
-}
 
 TEST_F(Trainer, LossFallsAndLogsEachInterval) {
   ProgramDesc p = tiny::program();
