@@ -15,6 +15,8 @@
 #                                          PyTorch (one GPU and DDP) in the
 #                                          same run
 #   bash bench/gpu_parallel_run.sh all     both
+#   bash bench/gpu_parallel_run.sh connsweep  1.3B at tp = 2 (and dp = 2) with
+#                                          CUDA_DEVICE_MAX_CONNECTIONS=1
 # MTC_BENCH_MODELS="gpt2-124m" (or "gpt-1.3b") limits bench to one model so
 # that each call of the device tool stays under its time limit;
 # MTC_BENCH_TORCH=0 skips PyTorch.
@@ -167,20 +169,6 @@ np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc
   report "dp2:2 dp2-held:2 dp2-zero:2 tp2:1 tp2-sync:1 tp2-sp:1"
 }
 
-# The 1.3B GPT at tp = 2 with the SMs left to the early all-reduces varied.
-tpsweep() {
-  python3 -c "
-import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
-  local R=/tmp/mtc-random.tokens
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  run gpt-1.3b-tp2-sync gpt-1.3b-tp2 2 15 "$R" MTC_TP_OVERLAP=0
-  for sms in 0 8 16 32; do
-    run "gpt-1.3b-tp2-sms$sms" gpt-1.3b-tp2 2 15 "$R" MTC_COMM_SMS=$sms
-  done
-  report "tp2-sync:1 tp2-sms0:1 tp2-sms8:1 tp2-sms16:1 tp2-sms32:1"
-}
-
 # One hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, as Megatron-LM runs
 # tensor parallelism): an early all-reduce is dispatched before the GEMM
 # that follows it and gets its SMs.
@@ -193,18 +181,16 @@ np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-tp2-c1 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
   run gpt-1.3b-tp2-c1-sync gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1 MTC_TP_OVERLAP=0
-  run gpt-1.3b-tp2-c1-sms16 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1 MTC_COMM_SMS=16
   run gpt-1.3b-dp2-c1 gpt-1.3b-dp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
-  report "tp2:1 tp2-c1:1 tp2-c1-sync:1 tp2-c1-sms16:1 dp2-c1:2"
+  report "tp2:1 tp2-c1:1 tp2-c1-sync:1 dp2-c1:2"
 }
 
 case "$WHAT" in
   check) check ;;
   connsweep) connsweep ;;
-  tpsweep) tpsweep ;;
   bench) bench ;;
   all) check; bench ;;
-  *) echo "usage: $0 check|bench|all" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

@@ -14,8 +14,9 @@
 //    Nothing synchronizes the host but the final copy of the norm.
 //  - The ProgramContext the generated functions share: the kernel Context,
 //    the optimizer's plans (built at the first step, when the rank's shard
-//    is known), the communication stream and events of the dp buckets, and
-//    the buffers of the tensor-parallel collectives.
+//    is known), one stream per grid axis with the events that order its
+//    collectives against the compute stream, and the buffers of the
+//    tensor-parallel collectives.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
@@ -213,10 +214,6 @@ std::string CudaEmitter::emitContext() const {
     << "  cudaEvent_t joined[3] = {nullptr, nullptr, nullptr};\n"
     << "  std::vector<cudaEvent_t> slots[3];\n"
     << "  bool overlap = true, tp_overlap = true;\n"
-    << "  // GEMMs that run beside an early tp all-reduce leave it\n"
-    << "  // MTC_COMM_SMS SMs (default 0: none; measured without effect on\n"
-    << "  // two H200s, see docs/performance.md).\n"
-    << "  int in_flight = 0, overlap_sm_limit = 0;\n"
     << "  std::vector<int64_t> held;  // (bucket, begin, size) when not "
        "overlapping\n"
     << "  // Tensor parallelism.\n"
@@ -230,9 +227,6 @@ std::string CudaEmitter::emitContext() const {
     << "    overlap = !(ov && std::string(ov) == \"0\");\n"
     << "    const char* tov = std::getenv(\"MTC_TP_OVERLAP\");\n"
     << "    tp_overlap = !(tov && std::string(tov) == \"0\");\n"
-    << "    const char* sms = std::getenv(\"MTC_COMM_SMS\");\n"
-    << "    const int reserve = sms ? std::atoi(sms) : 0;\n"
-    << "    overlap_sm_limit = reserve > 0 ? ctx.sm_count - reserve : 0;\n"
     << "    int least = 0, greatest = 0;\n"
     << "    MTC_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, "
        "&greatest));\n"
@@ -333,18 +327,11 @@ std::string CudaEmitter::emitContext() const {
     << "void axis_mark(ProgramContext& pc, int a, int s) {\n"
     << "  MTC_CUDA_CHECK(cudaEventRecord(pc.slots[a][s], "
        "pc.axis_stream[a]));\n"
-    << "  if (a != 2) return;\n"
-    << "  if (!pc.tp_overlap) {\n"
-    << "    axis_join(pc, a);\n"
-    << "    return;\n"
-    << "  }\n"
-    << "  if (pc.in_flight++ == 0) pc.ctx.gemm_sm_limit = pc.overlap_sm_limit;\n"
+    << "  if (a == 2 && !pc.tp_overlap) axis_join(pc, a);\n"
     << "}\n\n"
     << "void axis_wait(ProgramContext& pc, int a, int s) {\n"
     << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.slots[a][s], "
        "0));\n"
-    << "  if (a == 2 && pc.in_flight > 0 && --pc.in_flight == 0) "
-       "pc.ctx.gemm_sm_limit = 0;\n"
     << "}\n\n"
     << "// Data parallelism: bucket `b` of the gradient buffer, complete on\n"
     << "// the compute stream, all-reduced (sum) over dp on the dp stream.\n"

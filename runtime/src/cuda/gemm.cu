@@ -61,7 +61,6 @@ struct Call {
   bool out_f32;
   bool accumulate;         // beta = 1
   cudaDataType_t bias_type;
-  int sm_limit = 0;        // SMs the kernel may use (0: all), Context::gemm_sm_limit
 };
 
 using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, bool, bool, int, int, int, int,
@@ -70,7 +69,7 @@ using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, bool, bool, i
 Key key_of(const Call& c) {
   return Key(c.m, c.n, c.k, c.ta, c.tb, static_cast<int>(c.epilogue), c.out_f32, c.accumulate,
              alignment(c.a), alignment(c.b), alignment(c.c), alignment(c.bias), alignment(c.aux),
-             static_cast<int>(c.bias_type), c.sm_limit);
+             static_cast<int>(c.bias_type), 0);
 }
 
 struct Plan {
@@ -122,12 +121,6 @@ Plan make_plan(Context& ctx, const Call& c) {
   MTC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t op_a = c.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A is our B
   cublasOperation_t op_b = c.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's B is our A
-  if (c.sm_limit > 0) {
-    // Leave SMs to a collective running beside this GEMM.
-    const int32_t target = c.sm_limit;
-    MTC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-        p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target, sizeof(target)));
-  }
   MTC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
                                                   sizeof(op_a)));
   MTC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
@@ -212,9 +205,7 @@ namespace {
 
 // Runs the call with its cached plan; false when cuBLASLt has no algorithm
 // for it (the caller falls back), never false for the plain epilogues.
-bool run(Context& ctx, const Call& call) {
-  Call c = call;
-  c.sm_limit = ctx.gemm_sm_limit > 0 && ctx.gemm_sm_limit < ctx.sm_count ? ctx.gemm_sm_limit : 0;
+bool run(Context& ctx, const Call& c) {
   if (!ctx.gemm_cache) ctx.gemm_cache = new GemmCache;
   const Key key = key_of(c);
   auto it = ctx.gemm_cache->plans.find(key);

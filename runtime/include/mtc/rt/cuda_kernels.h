@@ -54,11 +54,6 @@ struct Context {
 
   int device = 0;
   int sm_count = 0;
-  // When > 0 (and < sm_count), GEMMs are planned to use about this many
-  // SMs (cuBLASLt's SM count target), leaving the rest to a collective that
-  // runs beside them; generated code sets it while a tensor-parallel
-  // all-reduce is in flight. Part of the GEMM plan cache's key.
-  int gemm_sm_limit = 0;
   size_t max_smem_per_block = 0;   // opt-in limit (227 KB on H100)
   cudaStream_t stream = nullptr;   // owned, non-blocking
   cublasLtHandle_t lt = nullptr;
