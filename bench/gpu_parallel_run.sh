@@ -90,6 +90,15 @@ for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"])
 PY
 }
 
+# Random GPT-2 token ids (enough for 40 steps of 2 x 64 x 1024), the
+# benchmarks' data; prints the file's path.
+random_tokens() {
+  python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+  echo /tmp/mtc-random.tokens
+}
+
 # report "PLAN:GPUS_PER_BATCH ...": per-GPU throughput of each plan's runs
 # against the one-GPU run of the same model (2: dp, each GPU its own batch;
 # 1: tp, both GPUs on one batch), and PyTorch's when it ran.
@@ -146,11 +155,9 @@ for l in open('$OUT/gemm.log'):
     if l.startswith('GEMM_RESULT'): print(round(json.loads(l.split(' ',1)[1])['median_tflops'],1))")
   PEAK=${PEAK:-780}
   say "peak bf16 GEMM (GPU 0): $PEAK TFLOP/s"
-  python3 -c "
-import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
   export MTC_PEAK_TFLOPS=$PEAK
-  local R=/tmp/mtc-random.tokens
+  local R
+  R=$(random_tokens)
   for m in gpt2-124m:20:124m:64 gpt-1.3b:15:1.3b:8; do
     IFS=: read -r name steps size batch <<< "$m"
     [[ " ${MTC_BENCH_MODELS:-gpt2-124m gpt-1.3b} " == *" $name "* ]] || continue
@@ -173,10 +180,8 @@ np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc
 # tensor parallelism): an early all-reduce is dispatched before the GEMM
 # that follows it and gets its SMs.
 connsweep() {
-  python3 -c "
-import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=2*64*1025*40, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
-  local R=/tmp/mtc-random.tokens
+  local R
+  R=$(random_tokens)
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-tp2-c1 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1

@@ -6,20 +6,23 @@
 # the GPU image lacks, the fortunes dataset and the PyTorch baselines.
 #   MTC_BUILD_DIR  a build of mtc with the compiler and the CUDA backend
 #                  (default: build; scripts/setup.sh makes one where nvcc is)
-#   MTC_PREPARE    single (default: for gpu_run.sh), dp (for gpu_dp_run.sh
-#                  on two GPUs) or parallel (for gpu_parallel_run.sh on two
-#                  GPUs: tensor, sequence and data parallelism, the
-#                  distributed optimizer); the carried folder must stay under
-#                  64 MiB
+#   MTC_PREPARE    single (default: for gpu_run.sh) or parallel (for
+#                  gpu_parallel_run.sh on two GPUs: tensor, sequence and data
+#                  parallelism, the distributed optimizer); the carried folder
+#                  must stay under 64 MiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE="${MTC_PREPARE:-single}"
+case "$MODE" in
+  single|parallel) ;;
+  *) echo "MTC_PREPARE must be single or parallel, got '$MODE'" >&2; exit 2 ;;
+esac
 BUILD="${MTC_BUILD_DIR:-build}"
 OUTD=.devrun
 BIN="$BUILD/bin"
 grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/info/exclude
 rm -rf "$OUTD/lib" "$OUTD/lib.tar.xz"
 mkdir -p "$OUTD/lib" "$OUTD/bench" "$OUTD/data"
-MODE="${MTC_PREPARE:-single}"
 rm -rf "$OUTD"/prog-* "$OUTD/progs.tar.xz" "$OUTD"/compile-*.log "$OUTD/mtc-cuda-tests" "$OUTD/bin"
 cmake --build "$BUILD" --target mtc mtc-preprocess mtc-launch mtc-cuda-tests mtc_runtime_cuda
 mkdir -p "$OUTD/bin"
@@ -54,12 +57,6 @@ elif [ "$MODE" = parallel ]; then
     compile "$name-tp2" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb"
     compile "$name-tp2-sp" "examples/$name.json" cuda --tp 2 --sp --micro-batch-size "$mb" --global-batch-size "$mb"
   done
-else
-  # The same global batch on one GPU (2 microbatches) and on two (dp = 2).
-  compile tiny-cuda-gb16 examples/tiny-gpt.json cuda --micro-batch-size 8 --global-batch-size 16
-  compile tiny-cuda-dp2 examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
-  compile gpt2-124m-dp2 examples/gpt2-124m.json cuda --dp 2 --micro-batch-size 64 --global-batch-size 128
-  compile gpt-1.3b-dp2 examples/gpt-1.3b.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
 fi
 strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 

@@ -61,15 +61,16 @@ std::string human_bytes(double bytes) {
   return buf;
 }
 
+int64_t moment_elems(const ProgramDesc& p) {
+  return p.optimizer_shard_elems > 0 ? p.optimizer_shard_elems : p.num_param_elems;
+}
+
 PlanBytes plan_bytes(const ProgramDesc& p) {
   const TrainConfig& t = p.train;
   PlanBytes b;
   b.params = 4.0 * static_cast<double>(p.num_param_elems);
   b.grads = b.params;
-  // Distributed optimizer: moments for this rank's shard only.
-  b.optimizer = p.optimizer_shard_elems > 0
-                    ? 2.0 * 4.0 * static_cast<double>(p.optimizer_shard_elems)
-                    : 2 * b.params;
+  b.optimizer = 2.0 * 4.0 * static_cast<double>(moment_elems(p));
   b.compute_copy = static_cast<double>(p.compute_param_bytes);
   b.activations = 4.0 * static_cast<double>(p.arena_floats);
   b.batch = 2.0 * 4.0 * static_cast<double>(t.num_microbatches) *

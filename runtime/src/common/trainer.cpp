@@ -424,7 +424,7 @@ void Trainer::save(int64_t step, int64_t consumed) {
   // together into the parameters' layout.
   auto global_moments = [&](const float* src) {
     if (p_.optimizer_shard_elems == 0) return global(src);
-    const int64_t shard = p_.optimizer_shard_elems;
+    const int64_t shard = moment_elems(p_);
     std::vector<float> mine(static_cast<size_t>(shard));
     backend_.download(mine.data(), src, mine.size() * sizeof(float));
     std::vector<float> all(static_cast<size_t>(p_.num_param_elems));
@@ -536,9 +536,7 @@ void Trainer::allocate() {
   params_ = ProgramBuffer(backend_, pbytes, "the parameters");
   grads_ = ProgramBuffer(backend_, pbytes, "the gradients");
   // Distributed optimizer: moments for this dp rank's shard only.
-  const size_t mbytes = p_.optimizer_shard_elems > 0
-                            ? static_cast<size_t>(p_.optimizer_shard_elems) * sizeof(float)
-                            : pbytes;
+  const size_t mbytes = static_cast<size_t>(moment_elems(p_)) * sizeof(float);
   exp_avg_ = ProgramBuffer(backend_, mbytes, "the AdamW first moments");
   exp_avg_sq_ = ProgramBuffer(backend_, mbytes, "the AdamW second moments");
   if (p_.compute_param_bytes > 0)
@@ -574,9 +572,9 @@ int64_t Trainer::initialize_or_load(int64_t* consumed) {
       resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
                                       exp_avg_sq.data(), at_);
       // Distributed optimizer: this dp rank's shard of the moments.
-      const int64_t shard = p_.optimizer_shard_elems;
-      const size_t first = shard > 0 ? static_cast<size_t>(at_[1] * shard) : 0;
-      const size_t mbytes = shard > 0 ? static_cast<size_t>(shard) * sizeof(float) : pbytes;
+      const size_t first =
+          p_.optimizer_shard_elems > 0 ? static_cast<size_t>(at_[1] * moment_elems(p_)) : 0;
+      const size_t mbytes = static_cast<size_t>(moment_elems(p_)) * sizeof(float);
       backend_.upload(state_.exp_avg, exp_avg.data() + first, mbytes);
       backend_.upload(state_.exp_avg_sq, exp_avg_sq.data() + first, mbytes);
       step = resume_state_.step;

@@ -121,7 +121,7 @@ class ContextGuard {
 
 // Bytes of program memory the trainer allocates for a program:
 //   params, grads        4 * num_param_elems each (fp32)
-//   optimizer            8 * num_param_elems (AdamW exp_avg + exp_avg_sq)
+//   optimizer            8 * moment_elems (AdamW exp_avg + exp_avg_sq)
 //   compute_copy         compute_param_bytes (bf16 copy of params on CUDA)
 //   activations          4 * arena_floats
 //   batch                2 * 4 * num_microbatches * micro_batch * seq_length
@@ -134,6 +134,10 @@ struct PlanBytes {
   }
 };
 PlanBytes plan_bytes(const ProgramDesc& program);
+
+// Elements of each AdamW moment buffer on one rank: the distributed
+// optimizer's shard (optimizer_shard_elems), else num_param_elems.
+int64_t moment_elems(const ProgramDesc& program);
 
 // "params 1.0 MiB + grads 1.0 MiB + AdamW moments 2.0 MiB [+ compute copy
 // 512.0 KiB] + activations 3.0 MiB + batch 2.0 KiB = 7.5 MiB".
