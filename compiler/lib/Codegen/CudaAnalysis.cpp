@@ -95,11 +95,10 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
             sink.erase(v);
 
   // A parameter's gradient collective runs on its accumulated buffer, so
-  // every contribution to that parameter must go through the same
-  // collective; otherwise the collective is materialized.
+  // it must be the parameter's only contribution; otherwise it is
+  // materialized.
   struct ParamUse {
-    Operation *kind = nullptr; // first collective seen (its op name/axes)
-    bool mixed = false;
+    bool plain = false; // some contribution is not a collective
     Operation *lastAcc = nullptr;
     SmallVector<Operation *> collectives;
   };
@@ -111,24 +110,16 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
     ParamUse &u = uses[acc.getParam()];
     u.lastAcc = &op;
     Operation *def = acc.getGrad().getDefiningOp();
-    bool collective = sink.count(acc.getGrad()) && isGradCollective(def);
-    if (!collective) {
-      u.mixed |= u.kind != nullptr;
-      u.kind = u.kind ? u.kind : &op; // a plain contribution
-      continue;
-    }
-    u.collectives.push_back(def);
-    if (!u.kind)
-      u.kind = def;
-    else if (u.kind->getName() != def->getName() ||
-             u.kind->getAttrDictionary() != def->getAttrDictionary())
-      u.mixed = true;
+    if (sink.count(acc.getGrad()) && isGradCollective(def))
+      u.collectives.push_back(def);
+    else
+      u.plain = true;
   }
   for (auto &it : uses) {
     ParamUse &u = it.second;
     if (u.collectives.empty())
       continue;
-    if (u.mixed || u.collectives.size() != 1) {
+    if (u.plain || u.collectives.size() != 1) {
       for (Operation *c : u.collectives) {
         sink.erase(c->getResult(0));
         sink.erase(c->getOperand(0));
