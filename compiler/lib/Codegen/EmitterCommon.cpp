@@ -23,14 +23,11 @@ ParamLayout::ParamLayout(ModuleOp module) {
   module.walk([&](ReduceGradientsOp r) {
     if (!r.getShardOptimizerState())
       return;
-    GridShape grid = getGridShape(module);
-    shardParts = 1;
-    for (int16_t axis : r.getGridAxes())
-      shardParts *= grid.size(axis);
+    const int64_t parts = getGridShape(module).size(r.getGridAxes());
     shardAxis = r.getGridAxes()[0];
     // Shards 16-aligned like the parameters, so vector loads stay aligned.
-    shardElements = (totalElements + shardParts * 16 - 1) / (shardParts * 16) * 16;
-    totalElements = shardElements * shardParts;
+    shardElements = (totalElements + parts * 16 - 1) / (parts * 16) * 16;
+    totalElements = shardElements * parts;
   });
 }
 

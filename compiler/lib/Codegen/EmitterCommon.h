@@ -28,10 +28,9 @@ struct ParamLayout {
   /// Distributed optimizer (`mtc.reduce_gradients ... shard_optimizer_state`):
   /// the ranks along `shardAxis` each own `shardElements` consecutive
   /// elements of the flat buffer, rank r [r * shardElements, (r + 1) *
-  /// shardElements); totalElements is padded to shardParts * shardElements.
+  /// shardElements); totalElements is padded to a multiple of shardElements.
   /// shardElements is 0 without one.
   int64_t shardElements = 0;
-  int64_t shardParts = 1;
   int shardAxis = -1;
 
   explicit ParamLayout(mlir::ModuleOp module);

@@ -60,10 +60,7 @@ mtc::PlanReport mtc::computePlanReport(ModuleOp module) {
   module.walk([&](mtc::ReduceGradientsOp g) {
     if (!g.getShardOptimizerState())
       return;
-    mtc::GridShape grid = mtc::getGridShape(module);
-    int64_t parts = 1;
-    for (int16_t axis : g.getGridAxes())
-      parts *= grid.size(axis);
+    int64_t parts = mtc::getGridShape(module).size(g.getGridAxes());
     r.optimizerBytes = (r.optimizerBytes + parts - 1) / parts;
   });
   return r;

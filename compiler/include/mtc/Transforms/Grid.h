@@ -32,6 +32,13 @@ enum GridAxis : int16_t { kAxisPP = 0, kAxisDP = 1, kAxisTP = 2 };
 struct GridShape {
   int64_t pp = 1, dp = 1, tp = 1;
   int64_t size(int axis) const { return axis == 0 ? pp : axis == 1 ? dp : tp; }
+  /// Ranks in a group along several axes: the product of their sizes.
+  int64_t size(llvm::ArrayRef<int16_t> axes) const {
+    int64_t n = 1;
+    for (int16_t a : axes)
+      n *= size(a);
+    return n;
+  }
 };
 GridShape getGridShape(mlir::ModuleOp module);
 
