@@ -17,6 +17,9 @@
 #   bash bench/gpu_parallel_run.sh all     both
 #   bash bench/gpu_parallel_run.sh connsweep  1.3B at tp = 2 (and dp = 2) with
 #                                          CUDA_DEVICE_MAX_CONNECTIONS=1
+#   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
+#                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
+#                                          and NCCL's all-reduce bandwidth
 # MTC_BENCH_MODELS="gpt2-124m" (or "gpt-1.3b") limits bench to one model so
 # that each call of the device tool stays under its time limit;
 # MTC_BENCH_TORCH=0 skips PyTorch.
@@ -57,8 +60,8 @@ run() {
 }
 
 check() {
-  say "== kernel tests: tensor parallelism, optimizer, embedding, NCCL (2 GPUs)"
-  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
+  say "== kernel tests: tensor parallelism, optimizer, embedding, elementwise (dropout on slices), NCCL (2 GPUs)"
+  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:CudaElementwise*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
   say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed"
   say "== equivalence: tiny GPT, 20 steps, global batch 16, every plan vs one GPU"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"
@@ -68,6 +71,10 @@ check() {
   run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
   run tiny-tp2 tiny-tp2 2 20 "$DATA"
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
+  run tiny-drop-mb16 tiny-drop-mb16 1 20 "$DATA"
+  run tiny-drop-gb16 tiny-drop-gb16 1 20 "$DATA"
+  run tiny-drop-tp2-sp tiny-drop-tp2-sp 2 20 "$DATA"
+  run tiny-drop-dp2 tiny-drop-dp2 2 20 "$DATA"
   python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
 import json, os, sys
 out = sys.argv[1]
@@ -77,7 +84,9 @@ def losses(n):
     except OSError:
         return []
 for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
-                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-sp"])):
+                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-sp"]),
+                   ("tiny-drop-mb16", ["tiny-drop-tp2-sp"]),
+                   ("tiny-drop-gb16", ["tiny-drop-dp2"])):
     a = losses(ref)
     for p in plans:
         b = losses(p)
@@ -190,12 +199,35 @@ connsweep() {
   report "tp2:1 tp2-c1:1 tp2-c1-sync:1 dp2-c1:2"
 }
 
+# Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
+# one GPU, tp = 2 with and without sp, dp = 2; the ranks' reports go to
+# logs.tar.gz, rank 0's tables to the summary. Then NCCL's all-reduce
+# bandwidth through PyTorch (the ceiling of the tp all-reduces).
+profile() {
+  local R
+  R=$(random_tokens)
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R" MTC_PROFILE="$OUT/profile-1gpu.txt"
+  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2.txt"
+  run gpt-1.3b-tp2-sp gpt-1.3b-tp2-sp 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-sp.txt"
+  run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R" MTC_PROFILE="$OUT/profile-dp2.txt"
+  run gpt-1.3b-tp2-noprof gpt-1.3b-tp2 2 15 "$R"
+  report "tp2:1 tp2-noprof:1 tp2-sp:1 dp2:2"
+  for p in "$OUT"/profile-1gpu.txt "$OUT"/profile-*.rank0; do
+    say "== $(basename "$p")"
+    sed -n '1,/^by op/p' "$p" | tee -a "$SUMMARY" > /dev/null
+    grep -A5 '^NCCL' "$p" | tee -a "$SUMMARY" > /dev/null
+  done
+  say "== NCCL all-reduce bandwidth (PyTorch)"
+  timeout 120 torchrun --nproc_per_node 2 "$D/bench/nccl_bw.py" 2>&1 | grep NCCL_BW | tee -a "$SUMMARY"
+}
+
 case "$WHAT" in
   check) check ;;
   connsweep) connsweep ;;
+  profile) profile ;;
   bench) bench ;;
   all) check; bench ;;
-  *) echo "usage: $0 check|bench|all|connsweep" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

@@ -50,6 +50,17 @@ elif [ "$MODE" = parallel ]; then
   compile tiny-dp2-zero examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16 --use-distributed-optimizer
   compile tiny-tp2 examples/tiny-gpt.json cuda --tp 2 --micro-batch-size 16 --global-batch-size 16
   compile tiny-tp2-sp examples/tiny-gpt.json cuda --tp 2 --sp --micro-batch-size 16 --global-batch-size 16
+  # Dropout 0.1 (hidden and attention): one GPU, tp = 2 with sp (dropout on
+  # sequence shards and head slices) and dp = 2 draw the same masks.
+  python3 -c "
+import json, sys
+spec = json.load(open('examples/tiny-gpt.json'))
+spec['model'].update(name='tiny-gpt-dropout', hidden_dropout=0.1, attention_dropout=0.1)
+json.dump(spec, open('$OUTD/tiny-gpt-dropout.json', 'w'), indent=2)"
+  compile tiny-drop-mb16 "$OUTD/tiny-gpt-dropout.json" cuda --micro-batch-size 16 --global-batch-size 16
+  compile tiny-drop-gb16 "$OUTD/tiny-gpt-dropout.json" cuda --micro-batch-size 8 --global-batch-size 16
+  compile tiny-drop-tp2-sp "$OUTD/tiny-gpt-dropout.json" cuda --tp 2 --sp --micro-batch-size 16 --global-batch-size 16
+  compile tiny-drop-dp2 "$OUTD/tiny-gpt-dropout.json" cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
   for m in gpt2-124m:64:1024 gpt-1.3b:8:2048; do
     IFS=: read -r name mb _ <<< "$m"
     compile "$name-dp2" "examples/$name.json" cuda --dp 2 --micro-batch-size "$mb" --global-batch-size $((2 * mb))
@@ -73,7 +84,7 @@ if [ ! -f "$OUTD/data/fortunes.idx" ]; then
   "$BIN/mtc-preprocess" --input "${corpus[@]}" --output-prefix "$OUTD/data/fortunes" \
     --tokenizer byte --split-documents fortune > /dev/null
 fi
-cp ../shared/bench/*.py "$OUTD/bench/"
+cp ../shared/bench/*.py bench/*.py "$OUTD/bench/"
 # The device tool carries at most 64 MiB: the libraries travel compressed.
 tar -cJf "$OUTD/lib.tar.xz" -C "$OUTD" lib && rm -rf "$OUTD/lib"
 rm -rf "$OUTD"/prog-*/build

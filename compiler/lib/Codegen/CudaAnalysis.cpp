@@ -184,6 +184,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   fusedPartner.clear();
   inPlaceReduce.clear();
   earlyReduces.clear();
+  rankZeroBias.clear();
   reduceSlot.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
@@ -194,6 +195,26 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
           !unmaterialized.count(in) && !sink.count(in)) {
         hints.inPlaceOf[ar.getResult()] = in;
         inPlaceReduce.insert(&op);
+      }
+    }
+    // A row-parallel linear's bias, added after the sum over tp of the
+    // partial products: the GEMM of the axis's rank 0 adds it in its
+    // epilogue instead, and the add becomes the all-reduce's storage.
+    if (auto add = dyn_cast<mtc::AddOp>(op)) {
+      auto ar = add.getLhs().getDefiningOp<shard::AllReduceOp>();
+      auto bias = add.getRhs().getDefiningOp<mtc::ParamOp>();
+      auto mm = ar ? ar.getInput().getDefiningOp<mtc::MatmulOp>() : nullptr;
+      if (ar && bias && mm && inPlaceReduce.count(ar) &&
+          ar.getGridAxes().size() == 1 &&
+          ar.getReduction() == shard::ReductionKind::Sum &&
+          ar.getResult().hasOneUse() && !mm.getBias() && !mm.getTransposeA() &&
+          !sink.count(mm.getResult()) && !storedF32(ar.getResult()) &&
+          bias.getType().getRank() == 1 &&
+          bias.getType().getNumElements() == mm.getN() &&
+          add.getType() == ar.getType()) {
+        rankZeroBias[mm] = {bias.getResult(), int(ar.getGridAxes()[0])};
+        hints.inPlaceOf[add.getResult()] = ar.getResult();
+        noOps.insert(add);
       }
     }
     // embedding + position table.

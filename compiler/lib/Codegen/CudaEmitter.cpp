@@ -368,10 +368,13 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                              m.getN(), m.getK(), m.getTransposeB()));
           return success();
         }
+        std::string bias = m.getBias() ? buf(m.getBias()) : "nullptr";
+        if (auto rz = rankZeroBias.find(op); rz != rankZeroBias.end())
+          bias = llvm::formatv("(st.comm->index({0}) == 0 ? {1} : nullptr)",
+                               rz->second.axis, buf(rz->second.bias));
         line(llvm::formatv(
             "k::matmul(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8});",
-            buf(m.getLhs()), buf(m.getRhs()),
-            m.getBias() ? buf(m.getBias()) : "nullptr", buf(m), m.getM(),
+            buf(m.getLhs()), buf(m.getRhs()), bias, buf(m), m.getM(),
             m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
         return success();
       })

@@ -67,6 +67,13 @@ private:
   llvm::DenseMap<mlir::Operation *, llvm::SmallVector<mlir::Operation *>>
       earlyReduces;
   llvm::DenseMap<mlir::Operation *, int> reduceSlot;
+  // Row-parallel GEMMs that add the linear's bias on the tp axis's rank 0
+  // (before the all-reduce of the partial products).
+  struct RankZeroBias {
+    mlir::Value bias;
+    int axis = 2;
+  };
+  llvm::DenseMap<mlir::Operation *, RankZeroBias> rankZeroBias;
   int64_t numReduceSlots = 0;
   int64_t arena = 0;                             // 2-byte units
 

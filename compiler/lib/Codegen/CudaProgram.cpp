@@ -147,7 +147,7 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
   line("double sumsq = 0;");
   line("MTC_CUDA_CHECK(cudaMemcpyAsync(&sumsq, pc.grad_sumsq, sizeof(double), "
        "cudaMemcpyDeviceToHost, ctx.stream));");
-  line("MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
+  line("ctx.synchronize(/*end_of_step=*/true);");
   line(llvm::formatv("return std::sqrt(sumsq) * {0};", fmt(gradScale)));
   os << "}\n\n";
 
@@ -209,6 +209,7 @@ std::string CudaEmitter::emitContext() const {
     << "  // gradient buckets. MTC_GRAD_OVERLAP=0 holds the buckets until the\n"
     << "  // backward pass ends, MTC_TP_OVERLAP=0 waits for every tp\n"
     << "  // all-reduce at once (to measure what overlap hides).\n"
+
     << "  cudaStream_t axis_stream[3] = {nullptr, nullptr, nullptr};\n"
     << "  cudaEvent_t fork[3] = {nullptr, nullptr, nullptr};\n"
     << "  cudaEvent_t joined[3] = {nullptr, nullptr, nullptr};\n"
@@ -329,6 +330,7 @@ std::string CudaEmitter::emitContext() const {
        "pc.axis_stream[a]));\n"
     << "  if (a == 2 && !pc.tp_overlap) axis_join(pc, a);\n"
     << "}\n\n"
+
     << "void axis_wait(ProgramContext& pc, int a, int s) {\n"
     << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.slots[a][s], "
        "0));\n"
@@ -421,7 +423,7 @@ LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
     << "  k::set_current_op(\"sync_compute_params\");\n"
     << "  k::convert(pc.ctx, st.params, static_cast<bf16*>(st.compute_params), "
     << layout.totalElements << ");\n"
-    << "  MTC_CUDA_CHECK(cudaStreamSynchronize(pc.ctx.stream));\n}\n\n"
+    << "  pc.ctx.synchronize();\n}\n\n"
     << funcs << optimizer
     << "const size_t kNumParamRows = sizeof(kParamRows) / "
        "sizeof(kParamRows[0]);\n\n"

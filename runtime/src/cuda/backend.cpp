@@ -25,6 +25,7 @@
 
 #include "mtc/rt/comm.h"
 #include "mtc/rt/cuda_check.h"
+#include "mtc/rt/cuda_profile.h"
 #include "mtc/rt/io.h"
 #include "mtc/rt/trainer.h"
 
@@ -36,7 +37,9 @@ namespace {
 // earlier kernel of the program (reported with the label below).
 void wait_for_program() {
   OpScope scope("the program's queued GPU work (before a trainer copy)");
+  profile::before_sync();
   MTC_CUDA_CHECK(cudaDeviceSynchronize());
+  profile::after_sync();
 }
 
 void* cuda_alloc(size_t bytes, const char* what) {
@@ -105,7 +108,9 @@ void cuda_zero(void* dst, size_t bytes) {
 
 void cuda_synchronize() {
   OpScope scope("the program's queued GPU work (synchronize)");
+  profile::before_sync();
   MTC_CUDA_CHECK(cudaDeviceSynchronize());
+  profile::after_sync();
 }
 
 void cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {

@@ -44,6 +44,7 @@
 
 #include "mtc/rt/comm.h"
 #include "mtc/rt/cuda_check.h"
+#include "mtc/rt/cuda_profile.h"
 #include "mtc/rt/watchdog.h"
 
 #define MTC_NCCL_CHECK(comm, call)                                                               \
@@ -111,6 +112,7 @@ class NcclCommunicator final : public Communicator {
   void do_all_reduce(void* buf, int64_t n, DType dt, ReduceOp op, Stream s) override {
     guard("all_reduce", [&] {
       check_device("all_reduce", buf);
+      cuda::profile::CommSpan span("all_reduce", dtype_size(dt), n, as_stream(s));
       MTC_NCCL_CHECK(comm(), ncclAllReduce(buf, buf, static_cast<size_t>(n), nccl_type(dt),
                                            nccl_op(op), comm(), as_stream(s)));
     });
@@ -123,6 +125,7 @@ class NcclCommunicator final : public Communicator {
       const size_t chunk = static_cast<size_t>(n) * dtype_size(dt);
       check_overlap("all_gather", send, chunk, recv, chunk * size(),
                     static_cast<const char*>(recv) + rank() * chunk);
+      cuda::profile::CommSpan span("all_gather", dtype_size(dt), n * size(), as_stream(s));
       MTC_NCCL_CHECK(comm(), ncclAllGather(send, recv, static_cast<size_t>(n), nccl_type(dt),
                                            comm(), as_stream(s)));
     });
@@ -136,6 +139,7 @@ class NcclCommunicator final : public Communicator {
       const size_t chunk = static_cast<size_t>(n) * dtype_size(dt);
       check_overlap("reduce_scatter", recv, chunk, send, chunk * size(),
                     static_cast<const char*>(send) + rank() * chunk);
+      cuda::profile::CommSpan span("reduce_scatter", dtype_size(dt), n * size(), as_stream(s));
       MTC_NCCL_CHECK(comm(), ncclReduceScatter(send, recv, static_cast<size_t>(n), nccl_type(dt),
                                                nccl_op(op), comm(), as_stream(s)));
     });

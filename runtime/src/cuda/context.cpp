@@ -14,6 +14,7 @@
 #include "cuda/internal.h"
 #include "mtc/rt/cuda_check.h"
 #include "mtc/rt/cuda_kernels.h"
+#include "mtc/rt/cuda_profile.h"
 
 namespace mtc::rt::cuda {
 namespace {
@@ -32,7 +33,10 @@ constexpr int kNumDataErrorSlots = 2;
 
 }  // namespace
 
-void set_current_op(const char* label) { g_current_op = label ? label : ""; }
+void set_current_op(const char* label) {
+  g_current_op = label ? label : "";
+  if (profile::enabled()) profile::mark(g_current_op);
+}
 const char* current_op() { return g_current_op; }
 
 void throw_error(const char* library, const char* call, const std::string& error,
@@ -97,12 +101,18 @@ Context::Context(int device_, size_t workspace_bytes) : device(device_) {
   MTC_CUDA_CHECK(cudaMemsetAsync(data_error_slots, 0xff,
                                  kNumDataErrorSlots * sizeof(unsigned long long), stream));
   MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  profile::attach(stream);
 }
 
 Context::~Context() {
   // Destructors must not throw: errors here are ignored (the process is
   // usually exiting after a reported error).
-  cudaStreamSynchronize(stream);
+  if (cudaStreamSynchronize(stream) == cudaSuccess) {
+    try {
+      profile::detach(stream);
+    } catch (...) {
+    }
+  }
   destroy_gemm_cache(gemm_cache);
   destroy_cudnn_state(cudnn);
   if (scratch_) cudaFree(scratch_);
@@ -125,11 +135,17 @@ void* Context::scratch(size_t bytes) {
   return scratch_;
 }
 
+void Context::synchronize(bool end_of_step) {
+  profile::before_sync();
+  MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  profile::after_sync(end_of_step);
+}
+
 std::string Context::take_data_error() {
   unsigned long long slots[kNumDataErrorSlots];
   MTC_CUDA_CHECK(cudaMemcpyAsync(slots, data_error_slots, sizeof(slots),
                                  cudaMemcpyDeviceToHost, stream));
-  MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  synchronize();
   std::ostringstream os;
   if (slots[0] != ULLONG_MAX)
     os << "token id out of the vocabulary at token row " << slots[0]

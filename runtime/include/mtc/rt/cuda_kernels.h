@@ -76,6 +76,9 @@ struct Context {
   // "" when nothing was recorded since the last call, else a message naming
   // the row, and clears the record.
   std::string take_data_error();
+  // Waits for the stream's work (and folds it into MTC_PROFILE's totals;
+  // end_of_step: the optimizer step's, which counts the profile's steps).
+  void synchronize(bool end_of_step = false);
   // Device slots written by the kernels: [0] token row, [1] target row
   // (UINT64_MAX = none; kernels atomicMin the row index in).
   unsigned long long* data_error_slots = nullptr;

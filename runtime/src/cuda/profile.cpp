@@ -1,0 +1,314 @@
+// MTC_PROFILE: GPU time per op and per collective from CUDA events (see
+// mtc/rt/cuda_profile.h for what is measured and how).
+#include "mtc/rt/cuda_profile.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mtc/rt/cuda_check.h"
+
+namespace mtc::rt::cuda::profile {
+namespace {
+
+// "mtc.matmul loc(\"layers.3.attn.qkv\"(\"spec.json\":1:1)) (started)" ->
+// kind "mtc.matmul", name "layers.*.attn.qkv", suffix " (started)"; labels
+// without a location (runtime scopes) are their own kind.
+struct LabelParts {
+  std::string kind, name;
+};
+
+LabelParts split_label(const std::string& label) {
+  LabelParts p;
+  size_t loc = label.find(" loc(\"");
+  if (loc == std::string::npos) {
+    p.kind = label;
+    return p;
+  }
+  p.kind = label.substr(0, loc);
+  size_t begin = loc + 6, end = label.find('"', begin);
+  std::string name = label.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+  // One row for every layer: the layer index becomes '*'.
+  const std::string layers = "layers.";
+  size_t at = name.find(layers);
+  if (at != std::string::npos) {
+    size_t d = at + layers.size(), e = d;
+    while (e < name.size() && name[e] >= '0' && name[e] <= '9') ++e;
+    if (e > d) name.replace(d, e - d, "*");
+  }
+  p.name = name;
+  if (label.size() >= 10 && label.compare(label.size() - 10, 10, " (started)") == 0)
+    p.kind += " (start)";
+  else if (p.kind.rfind("shard.", 0) == 0)
+    p.kind += " (wait)";
+  return p;
+}
+
+struct Total {
+  double ms = 0, host_ms = 0;
+  int64_t calls = 0;
+};
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct CommTotal {
+  double ms = 0;
+  int64_t calls = 0;
+  double bytes = 0;
+};
+
+const char* const kHostGap = "(GPU idle: the host synchronized, then enqueued the next op)";
+
+struct Profiler {
+  std::mutex mu;
+  cudaStream_t stream = nullptr;
+  int device = 0;
+  std::vector<cudaEvent_t> free_events;
+  struct Mark {
+    cudaEvent_t ev;
+    std::string label;
+    double host;  // when the host recorded it (ms)
+  };
+  std::vector<Mark> marks;  // since the last fold; marks[0] opens the next interval
+  struct Span {
+    const char* collective;
+    int64_t bytes;
+    cudaEvent_t a, b;
+  };
+  std::vector<Span> spans;
+  int skip = 2, steps = 0;
+  bool host_gap = false;  // the next interval starts at a synchronization
+  std::map<std::string, Total> by_label;
+  std::map<std::string, CommTotal> comm;
+  double window_ms = 0, host_ms = 0;
+
+  Profiler() {
+    if (const char* s = std::getenv("MTC_PROFILE_SKIP")) skip = std::max(0, std::atoi(s));
+  }
+
+  cudaEvent_t take() {
+    if (!free_events.empty()) {
+      cudaEvent_t e = free_events.back();
+      free_events.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    MTC_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+
+  // Folds every completed interval (the stream was just synchronized, so
+  // all marks are complete; a collective's span is folded once it ended).
+  void fold() {
+    const bool count = steps >= skip;
+    for (size_t i = 0; i + 1 < marks.size(); ++i) {
+      float ms = 0;
+      MTC_CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i].ev, marks[i + 1].ev));
+      if (count) {
+        window_ms += ms;
+        if (i == 0 && host_gap) {
+          host_ms += ms;
+        } else {
+          Total& t = by_label[marks[i].label];
+          t.ms += ms;
+          t.host_ms += marks[i + 1].host - marks[i].host;
+          t.calls += 1;
+        }
+      }
+      free_events.push_back(marks[i].ev);
+    }
+    if (marks.size() > 1) marks.erase(marks.begin(), marks.end() - 1);
+    std::vector<Span> pending;
+    for (const Span& s : spans) {
+      if (cudaEventQuery(s.b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        pending.push_back(s);
+        continue;
+      }
+      float ms = 0;
+      MTC_CUDA_CHECK(cudaEventElapsedTime(&ms, s.a, s.b));
+      if (count) {
+        CommTotal& t = comm[std::string(s.collective) + " " + std::to_string(s.bytes) + " B"];
+        t.ms += ms;
+        t.calls += 1;
+        t.bytes += double(s.bytes);
+      }
+      free_events.push_back(s.a);
+      free_events.push_back(s.b);
+    }
+    spans.swap(pending);
+  }
+
+  void report() {
+    const char* path = std::getenv("MTC_PROFILE");
+    const int counted = steps - skip;
+    if (!path || counted <= 0) return;
+    std::string file = path;
+    FILE* out = stderr;
+    if (file != "-") {
+      const char* rank = std::getenv("RANK");
+      const char* world = std::getenv("WORLD_SIZE");
+      if (rank && world && std::atoi(world) > 1) file += ".rank" + std::string(rank);
+      out = std::fopen(file.c_str(), "w");
+      if (!out) {
+        std::fprintf(stderr, "MTC_PROFILE: cannot write %s\n", file.c_str());
+        return;
+      }
+    }
+    const double n = counted;
+    std::fprintf(out,
+                 "# mtc profile (MTC_PROFILE): GPU time on the compute stream between the ops'\n"
+                 "# markers, per training step, averaged over %d steps after the first %d\n"
+                 "# (MTC_PROFILE_SKIP). A collective's \"(wait)\" is communication that overlap\n"
+                 "# did not hide; \"(start)\" only enqueues it. host ms: the host's time between\n"
+                 "# the same markers (about the GPU's when the host is the bottleneck).\n",
+                 counted, skip);
+    std::fprintf(out, "compute stream: %.2f ms per step, of which %.2f ms GPU idle at the host\n",
+                 window_ms / n, host_ms / n);
+    std::map<std::string, Total> kinds;
+    std::vector<std::pair<std::string, Total>> rows;
+    for (const auto& [label, t] : by_label) {
+      LabelParts p = split_label(label);
+      Total& k = kinds[p.kind];
+      k.ms += t.ms;
+      k.host_ms += t.host_ms;
+      k.calls += t.calls;
+      bool found = false;
+      std::string key = p.name.empty() ? p.kind : p.kind + "  " + p.name;
+      for (auto& r : rows)
+        if (r.first == key) {
+          r.second.ms += t.ms;
+          r.second.host_ms += t.host_ms;
+          r.second.calls += t.calls;
+          found = true;
+        }
+      if (!found) rows.push_back({key, t});
+    }
+    auto by_time = [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; };
+    std::vector<std::pair<std::string, Total>> kind_rows(kinds.begin(), kinds.end());
+    std::sort(kind_rows.begin(), kind_rows.end(), by_time);
+    std::sort(rows.begin(), rows.end(), by_time);
+    std::fprintf(out, "\nby kind                                        ms/step      %%  calls/step  host ms\n");
+    for (const auto& [k, t] : kind_rows)
+      std::fprintf(out, "  %-44s %8.3f %6.1f %8.1f %8.3f\n", k.c_str(), t.ms / n,
+                   100.0 * t.ms / std::max(window_ms, 1e-9), t.calls / n, t.host_ms / n);
+    std::fprintf(out, "  %-44s %8.3f %6.1f\n", kHostGap, host_ms / n,
+                 100.0 * host_ms / std::max(window_ms, 1e-9));
+    std::fprintf(out, "\nby op (layers summed)                                            ms/step      %%  calls/step  host ms\n");
+    for (const auto& [k, t] : rows)
+      std::fprintf(out, "  %-62s %8.3f %6.1f %8.1f %8.3f\n", k.c_str(), t.ms / n,
+                   100.0 * t.ms / std::max(window_ms, 1e-9), t.calls / n, t.host_ms / n);
+    if (!comm.empty()) {
+      double busy = 0;
+      for (const auto& [k, t] : comm) busy += t.ms;
+      std::fprintf(out,
+                   "\nNCCL collectives (own streams, start to end, overlapped or not): %.2f ms per "
+                   "step\n  collective and bytes per rank            ms/step  calls/step  "
+                   "GB/s (bytes / time)\n",
+                   busy / n);
+      for (const auto& [k, t] : comm)
+        std::fprintf(out, "  %-40s %8.3f %10.1f %10.1f\n", k.c_str(), t.ms / n, t.calls / n,
+                     t.ms > 0 ? t.bytes / (t.ms * 1e-3) / 1e9 : 0.0);
+    }
+    if (out != stderr) {
+      std::fclose(out);
+      std::fprintf(stderr, "MTC_PROFILE: wrote %s\n", file.c_str());
+    }
+  }
+
+  ~Profiler() { report(); }  // host formatting only: no CUDA call at exit
+};
+
+Profiler& profiler() {
+  static Profiler p;
+  return p;
+}
+
+}  // namespace
+
+bool enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MTC_PROFILE");
+    return e && e[0] != '\0';
+  }();
+  return on;
+}
+
+void attach(cudaStream_t stream) {
+  if (!enabled()) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.stream == nullptr) p.stream = stream;
+}
+
+void detach(cudaStream_t stream) {
+  if (!enabled()) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.stream != stream) return;
+  // The stream is synchronized by the caller: fold what is left.
+  p.fold();
+  p.marks.clear();
+  p.stream = nullptr;
+}
+
+void mark(const char* label) {
+  if (!enabled()) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.stream == nullptr) return;
+  cudaEvent_t e = p.take();
+  MTC_CUDA_CHECK(cudaEventRecord(e, p.stream));
+  p.marks.push_back({e, label ? label : "", now_ms()});
+}
+
+void before_sync() {
+  if (!enabled()) return;
+  mark("(synchronize)");
+}
+
+void after_sync(bool end_of_step) {
+  if (!enabled()) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.stream == nullptr) return;
+  // The "(synchronize)" mark closes the GPU's work; the interval it opens
+  // runs until the host enqueues the next op.
+  p.fold();
+  p.host_gap = true;
+  if (end_of_step) ++p.steps;
+}
+
+CommSpan::CommSpan(const char* collective, int dtype_bytes, int64_t elements, cudaStream_t stream)
+    : collective_(collective), bytes_(int64_t(dtype_bytes) * elements), stream_(stream) {
+  if (!enabled()) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.stream == nullptr) return;
+  start_ = p.take();
+  MTC_CUDA_CHECK(cudaEventRecord(start_, stream_));
+}
+
+CommSpan::~CommSpan() {
+  if (start_ == nullptr) return;
+  Profiler& p = profiler();
+  std::lock_guard<std::mutex> lock(p.mu);
+  cudaEvent_t end = p.take();
+  if (cudaEventRecord(end, stream_) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  p.spans.push_back({collective_, bytes_, start_, end});
+}
+
+}  // namespace mtc::rt::cuda::profile
