@@ -215,7 +215,7 @@ profile() {
   for p in "$OUT"/profile-1gpu.txt "$OUT"/profile-*.rank0; do
     say "== $(basename "$p")"
     sed -n '1,/^by op/p' "$p" | tee -a "$SUMMARY" > /dev/null
-    grep -A5 '^NCCL' "$p" | tee -a "$SUMMARY" > /dev/null
+    sed -n '/^NCCL/,$p' "$p" | tee -a "$SUMMARY" > /dev/null
   done
   say "== NCCL all-reduce bandwidth (PyTorch)"
   timeout 120 torchrun --nproc_per_node 2 "$D/bench/nccl_bw.py" 2>&1 | grep NCCL_BW | tee -a "$SUMMARY"

@@ -28,6 +28,13 @@ LabelParts split_label(const std::string& label) {
   LabelParts p;
   size_t loc = label.find(" loc(\"");
   if (loc == std::string::npos) {
+    // "shard.all_reduce of the gradient of P (...)": waited for at once.
+    size_t of = label.find(" of the gradient of ");
+    if (label.rfind("shard.", 0) == 0 && of != std::string::npos) {
+      p.kind = label.substr(0, of) + " of gradients (wait)";
+      p.name = label.substr(of + 20);
+      return p;
+    }
     p.kind = label;
     return p;
   }
@@ -198,6 +205,10 @@ struct Profiler {
     std::vector<std::pair<std::string, Total>> kind_rows(kinds.begin(), kinds.end());
     std::sort(kind_rows.begin(), kind_rows.end(), by_time);
     std::sort(rows.begin(), rows.end(), by_time);
+    double waits = 0;
+    for (const auto& [k, t] : kind_rows)
+      if (k.size() > 7 && k.compare(k.size() - 7, 7, " (wait)") == 0) waits += t.ms;
+    std::fprintf(out, "communication not hidden (the collectives' waits): %.2f ms per step\n", waits / n);
     std::fprintf(out, "\nby kind                                        ms/step      %%  calls/step  host ms\n");
     for (const auto& [k, t] : kind_rows)
       std::fprintf(out, "  %-44s %8.3f %6.1f %8.1f %8.3f\n", k.c_str(), t.ms / n,
