@@ -356,6 +356,8 @@ std::string CudaEmitter::emitContext() const {
     << "// End of the backward pass: held buckets go now; the compute stream\n"
     << "// waits for every bucket.\n"
     << "void finish_grad_buckets(ProgramContext& pc, HostState& st) {\n"
+    << "  k::set_current_op(\"shard.all_reduce of the gradient of the dp "
+       "buckets (data parallelism)\");\n"
     << "  for (size_t i = 0; i < pc.held.size(); i += 3)\n"
     << "    enqueue_grad_bucket(pc, st, int(pc.held[i]), pc.held[i + 1], "
        "pc.held[i + 2]);\n"
