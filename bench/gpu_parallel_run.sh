@@ -70,6 +70,7 @@ check() {
   run tiny-dp2-held tiny-dp2 2 20 "$DATA" MTC_GRAD_OVERLAP=0
   run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
   run tiny-tp2 tiny-tp2 2 20 "$DATA"
+  run tiny-tp2-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
   run tiny-drop-mb16 tiny-drop-mb16 1 20 "$DATA"
   run tiny-drop-gb16 tiny-drop-gb16 1 20 "$DATA"
@@ -84,7 +85,7 @@ def losses(n):
     except OSError:
         return []
 for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
-                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-sp"]),
+                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-nolanes", "tiny-tp2-sp"]),
                    ("tiny-drop-mb16", ["tiny-drop-tp2-sp"]),
                    ("tiny-drop-gb16", ["tiny-drop-dp2"])):
     a = losses(ref)
@@ -200,18 +201,23 @@ connsweep() {
 }
 
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
-# one GPU, tp = 2 with and without sp, dp = 2; the ranks' reports go to
-# logs.tar.gz, rank 0's tables to the summary. Then NCCL's all-reduce
+# one GPU, tp = 2 with the forward pass in half-batch lanes and without
+# (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
+# and without lanes. The ranks' reports go to logs.tar.gz, rank 0's tables
+# to the summary. Then NCCL's all-reduce
 # bandwidth through PyTorch (the ceiling of the tp all-reduces).
 profile() {
   local R
   R=$(random_tokens)
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R" MTC_PROFILE="$OUT/profile-1gpu.txt"
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2.txt"
-  run gpt-1.3b-tp2-sp gpt-1.3b-tp2-sp 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-sp.txt"
-  run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R" MTC_PROFILE="$OUT/profile-dp2.txt"
+  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_PROFILE="$OUT/profile-tp2-nolanes.txt"
   run gpt-1.3b-tp2-noprof gpt-1.3b-tp2 2 15 "$R"
-  report "tp2:1 tp2-noprof:1 tp2-sp:1 dp2:2"
+  run gpt-1.3b-tp2-sp gpt-1.3b-tp2-sp 2 15 "$R"
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  run gpt2-124m-tp2-nolanes gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
+  report "tp2:1 tp2-nolanes:1 tp2-noprof:1 tp2-sp:1"
   for p in "$OUT"/profile-1gpu.txt "$OUT"/profile-*.rank0; do
     say "== $(basename "$p")"
     sed -n '1,/^by op/p' "$p" | tee -a "$SUMMARY" > /dev/null

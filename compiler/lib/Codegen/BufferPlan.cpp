@@ -12,6 +12,7 @@
 #include "mtc/Codegen/BufferPlan.h"
 
 #include <map>
+#include <vector>
 
 using namespace mlir;
 
@@ -84,12 +85,25 @@ mtc::BufferPlan mtc::planBuffers(func::FuncOp fn,
       v = r;
     return v;
   };
+  // The end of the concurrent run an op index falls in (or the index).
+  std::vector<int64_t> runEnd(i);
+  for (int64_t k = 0; k < i; ++k)
+    runEnd[k] = k;
+  for (auto [first, last] : hints.concurrentRuns)
+    for (int64_t k = index[first]; k <= index[last]; ++k)
+      runEnd[k] = index[last];
   llvm::DenseMap<Value, int64_t> lastUse;
-  for (Operation &op : body)
+  for (Operation &op : body) {
     for (Value v : op.getOperands()) {
       Value r = root(v);
-      lastUse[r] = std::max(lastUse.lookup(r), when(&op));
+      lastUse[r] = std::max(lastUse.lookup(r), runEnd[when(&op)]);
     }
+    if (runEnd[index[&op]] != index[&op])
+      for (Value v : op.getResults()) {
+        Value r = root(v);
+        lastUse[r] = std::max(lastUse.lookup(r), runEnd[index[&op]]);
+      }
+  }
 
   auto rounded = [&](int64_t n) { return (n + align - 1) / align * align; };
   FreeList arena;

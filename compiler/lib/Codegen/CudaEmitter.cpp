@@ -104,6 +104,7 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   bucketsAfter.clear();
   if (bucketed && !eval)
     planBuckets(fn);
+  analyzeLanes(fn);
   plan = mtc::planBuffers(
       fn,
       [&](Value v) -> int64_t {
@@ -137,7 +138,23 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
     line(llvm::formatv("const bool last_microbatch = st.microbatch == {0};  "
                        "(void)last_microbatch;",
                        numMicrobatches - 1));
+  if (!laneOps.empty())
+    line("k::Context& ctx1 = pc.lanes ? pc.ctx1 : pc.ctx;  // lane 1 (half "
+         "the batch)");
+  // Runs of ops in two half-batch lanes (CudaLanes.cpp): forked from the
+  // compute stream at their first op, joined after their last.
   for (Operation &op : fn.getBody().front()) {
+    if (laneOps.count(&op)) {
+      for (auto [first, last] : hints.concurrentRuns)
+        if (first == &op)
+          line("lane_fork(pc);");
+      emitLaneOp(&op);
+      emitLaneReduceStarts(&op);
+      for (auto [first, last] : hints.concurrentRuns)
+        if (last == &op)
+          line("lane_join(pc);");
+      continue;
+    }
     if (failed(emitOp(&op, eval)))
       return failure();
     emitAfterGradient(&op, eval);

@@ -40,6 +40,12 @@ private:
   mlir::LogicalResult emitCollective(mlir::Operation *op);
   void emitAfterGradient(mlir::Operation *op, bool eval);
   void axisCall(int axis, const std::string &call, llvm::StringRef guard = "");
+  // Half-batch lanes (CudaLanes.cpp).
+  void analyzeLanes(mlir::func::FuncOp fn);
+  std::optional<std::string> laneCall(mlir::Operation *op, int h);
+  std::string half(mlir::Value v, int h);
+  void emitLaneOp(mlir::Operation *op);
+  void emitLaneReduceStarts(mlir::Operation *op);
   std::string buf(mlir::Value v);
   std::string grad(llvm::StringRef param) const;
   // CudaProgram.cpp
@@ -103,6 +109,14 @@ private:
   bool bucketed = false;
   llvm::SmallVector<Bucket> buckets;
   llvm::DenseMap<mlir::Operation *, llvm::SmallVector<int>> bucketsAfter;
+
+  // Tensor parallelism without sp, batch even: the forward pass (ops
+  // before the loss) runs as two lanes of half the batch, lane 0 on the
+  // compute stream and lane 1 on a second one, so that one lane's tp
+  // all-reduces run while the other lane computes. `laneOps`: the ops of
+  // the function emitted that way; `usesLanes`: some function has any.
+  llvm::DenseSet<mlir::Operation *> laneOps;
+  bool usesLanes = false;
 
   // Device buffers of the ProgramContext sized by the ops (elements).
   int64_t tpScratch = 0; // bf16: reorderings around gathers/scatters

@@ -180,6 +180,31 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
 std::string CudaEmitter::emitContext() const {
   std::string s;
   llvm::raw_string_ostream o(s);
+  // The forward pass's half-batch lanes (CudaLanes.cpp): lane 1's context
+  // and the events that fork and join it.
+  const char *lanesMembers =
+      usesLanes
+          ? "  // Tensor parallelism: the forward pass runs in two lanes of "
+            "half the\n"
+            "  // batch, lane 1 on ctx1's stream (MTC_TP_LANES=0: both on the "
+            "compute\n"
+            "  // stream, one after the other).\n"
+            "  k::Context ctx1;\n"
+            "  bool lanes = true;\n"
+            "  cudaEvent_t lane_fork_ev = nullptr, lane_join_ev = nullptr;\n"
+          : "";
+  const char *lanesInit =
+      usesLanes
+          ? "    const char* lv = std::getenv(\"MTC_TP_LANES\");\n"
+            "    lanes = !(lv && std::string(lv) == \"0\");\n"
+            "    MTC_CUDA_CHECK(cudaEventCreateWithFlags(&lane_fork_ev, "
+            "cudaEventDisableTiming));\n"
+            "    MTC_CUDA_CHECK(cudaEventCreateWithFlags(&lane_join_ev, "
+            "cudaEventDisableTiming));\n"
+          : "";
+  const char *lanesFree = usesLanes ? "    cudaEventDestroy(lane_fork_ev);\n"
+                                      "    cudaEventDestroy(lane_join_ev);\n"
+                                    : "";
   o << "struct ParamRow {\n"
     << "  int64_t offset, numel;\n"
     << "  bool decay, split;\n"
@@ -196,6 +221,7 @@ std::string CudaEmitter::emitContext() const {
     << "// What the program keeps on the device besides HostState.\n"
     << "struct ProgramContext {\n"
     << "  k::Context ctx;\n"
+    << lanesMembers
     << "  // Built at the first optimizer step, over [lo, hi) of the flat\n"
     << "  // buffer (this rank's shard with the distributed optimizer).\n"
     << "  std::unique_ptr<k::AdamWPlan> adamw;\n"
@@ -221,20 +247,22 @@ std::string CudaEmitter::emitContext() const {
     << "  bf16* tp_scratch = nullptr;     // (" << tpScratch << ")\n"
     << "  float* ce_stats = nullptr;      // (" << ceRows << ", 3)\n"
     << "  float* ce_all_stats = nullptr;  // (tp, " << ceRows << ", 3)\n"
-    << "  ProgramContext() : ctx(local_device()) {\n"
+    << "  ProgramContext() : ctx(local_device())"
+    << (usesLanes ? ", ctx1(local_device())" : "") << " {\n"
     << "    MTC_CUDA_CHECK(cudaMalloc(&grad_sumsq, sizeof(double)));\n"
     << "    MTC_CUDA_CHECK(cudaMallocHost(&loss_host, sizeof(float)));\n"
     << "    const char* ov = std::getenv(\"MTC_GRAD_OVERLAP\");\n"
     << "    overlap = !(ov && std::string(ov) == \"0\");\n"
     << "    const char* tov = std::getenv(\"MTC_TP_OVERLAP\");\n"
     << "    tp_overlap = !(tov && std::string(tov) == \"0\");\n"
+    << lanesInit
     << "    int least = 0, greatest = 0;\n"
     << "    MTC_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, "
        "&greatest));\n"
     << "    const int64_t sizes[3] = {" << grid.pp << ", " << grid.dp << ", "
     << grid.tp << "};\n"
     << "    const size_t num_slots[3] = {0, " << buckets.size() << ", "
-    << numReduceSlots << "};\n"
+    << (usesLanes ? 2 : 1) * numReduceSlots << "};\n"
     << "    for (int a = 0; a < 3; ++a) {\n"
     << "      if (sizes[a] == 1) continue;\n"
     << "      MTC_CUDA_CHECK(cudaStreamCreateWithPriority(&axis_stream[a], "
@@ -257,6 +285,7 @@ std::string CudaEmitter::emitContext() const {
       << "));\n";
   o << "  }\n"
     << "  ~ProgramContext() {\n"
+    << lanesFree
     << "    cudaFree(grad_sumsq);\n"
     << "    cudaFreeHost(loss_host);\n"
     << "    for (int a = 0; a < 3; ++a) {\n"
@@ -334,7 +363,41 @@ std::string CudaEmitter::emitContext() const {
     << "void axis_wait(ProgramContext& pc, int a, int s) {\n"
     << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.slots[a][s], "
        "0));\n"
-    << "}\n\n"
+    << "}\n\n";
+  if (usesLanes)
+    o << "// The half-batch lanes: lane 1 starts after the compute stream's "
+         "work so\n"
+      << "// far (fork) and the compute stream waits for lane 1 (join).\n"
+      << "void lane_fork(ProgramContext& pc) {\n"
+      << "  if (!pc.lanes) return;\n"
+      << "  MTC_CUDA_CHECK(cudaEventRecord(pc.lane_fork_ev, pc.ctx.stream));\n"
+      << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx1.stream, pc.lane_fork_ev, "
+         "0));\n"
+      << "}\n\n"
+      << "void lane_join(ProgramContext& pc) {\n"
+      << "  if (!pc.lanes) return;\n"
+      << "  MTC_CUDA_CHECK(cudaEventRecord(pc.lane_join_ev, pc.ctx1.stream));\n"
+      << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.ctx.stream, pc.lane_join_ev, "
+         "0));\n"
+      << "}\n\n"
+      << "// axis_begin / axis_mark / axis_wait for a lane's stream `s`.\n"
+      << "void axis_begin_on(ProgramContext& pc, int a, cudaStream_t s) {\n"
+      << "  MTC_CUDA_CHECK(cudaEventRecord(pc.fork[a], s));\n"
+      << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.axis_stream[a], pc.fork[a], "
+         "0));\n"
+      << "}\n\n"
+      << "void axis_mark_on(ProgramContext& pc, int a, int slot, cudaStream_t "
+         "s) {\n"
+      << "  MTC_CUDA_CHECK(cudaEventRecord(pc.slots[a][slot], "
+         "pc.axis_stream[a]));\n"
+      << "  if (a == 2 && !pc.tp_overlap) MTC_CUDA_CHECK(cudaStreamWaitEvent(s, "
+         "pc.slots[a][slot], 0));\n"
+      << "}\n\n"
+      << "void axis_wait_on(ProgramContext& pc, int a, int slot, cudaStream_t "
+         "s) {\n"
+      << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(s, pc.slots[a][slot], 0));\n"
+      << "}\n\n";
+  o
     << "// Data parallelism: bucket `b` of the gradient buffer, complete on\n"
     << "// the compute stream, all-reduced (sum) over dp on the dp stream.\n"
     << "void enqueue_grad_bucket(ProgramContext& pc, HostState& st, int b, "

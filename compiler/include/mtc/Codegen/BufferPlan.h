@@ -12,6 +12,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/STLFunctionalExtras.h"
 
 namespace mtc {
@@ -30,6 +31,11 @@ struct ExecutionHints {
   /// gradient over the logits): they get no storage of their own, and the
   /// storage lives until the last use of either.
   llvm::DenseMap<mlir::Value, mlir::Value> inPlaceOf;
+  /// Runs of ops [first, last] that execute out of step with each other
+  /// (the CUDA emitter's half-batch lanes): every value an op of the run
+  /// defines or uses stays live at least until `last`.
+  llvm::SmallVector<std::pair<mlir::Operation *, mlir::Operation *>>
+      concurrentRuns;
 };
 
 /// `elements(v)` returns how many arena elements value v needs, or 0 when it

@@ -1,0 +1,235 @@
+//===- CudaLanes.cpp - the forward pass in two half-batch lanes -----------===//
+//
+// With tensor parallelism the forward pass waits for two all-reduces per
+// layer (after the attention output and the second MLP linear) with
+// nothing to run beside them. Every op of a GPT layer's forward pass works
+// on rows (tokens) or on whole sequences, so the microbatch splits into two
+// halves of its sequences that need nothing from each other until the
+// loss: lane 0 runs its half on the compute stream, lane 1 on a second
+// stream (a second k::Context), each op emitted for both halves in turn.
+// The all-reduces of both lanes go, in program order, to the tp axis's
+// stream; while one lane waits for its all-reduce the other computes.
+//
+// What splits (`splittable`): ops before the first cross-entropy whose
+// values lead with the batch dimension: matmuls over rows (the fused
+// matmul + GELU too), layer norms, attention without a mask, adds (of two
+// activations, or of a broadcast parameter whose size divides a half), and
+// the early all-reduces of split producers. Anything else ends the lanes
+// (`lane_join`: the compute stream waits for lane 1) and runs on the
+// compute stream; parameters, index arithmetic and ops fused into others
+// are transparent. The buffer plan keeps every value a run of lane ops
+// touches alive until the run's last op (ExecutionHints::concurrentRuns),
+// since the lanes run out of step and a value freed by one lane may still
+// be read by the other.
+//
+// MTC_TP_LANES=0 runs both halves on the compute stream, one after the
+// other (what the overlap hides).
+//
+//===----------------------------------------------------------------------===//
+#include "CudaEmitter.h"
+
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+
+namespace mtc::codegen {
+
+namespace {
+
+bool batchLeading(Value v, int64_t batch) {
+  auto t = dyn_cast<RankedTensorType>(v.getType());
+  return t && t.getRank() >= 2 && t.getDimSize(0) == batch;
+}
+
+} // namespace
+
+void CudaEmitter::analyzeLanes(func::FuncOp fn) {
+  laneOps.clear();
+  hints.concurrentRuns.clear();
+  if (grid.tp <= 1 || fn.getNumArguments() < 1)
+    return;
+  Value tokens = fn.getArgument(0);
+  auto tt = dyn_cast<RankedTensorType>(tokens.getType());
+  if (!tt || tt.getRank() != 2 || tt.getDimSize(0) % 2 != 0)
+    return;
+  const int64_t batch = tt.getDimSize(0);
+  Block &body = fn.getBody().front();
+  for (Operation &op : body)
+    if (isa<shard::ReduceScatterOp>(op))
+      return; // sequence parallelism: its collectives are not per half
+
+  auto splittable = [&](Operation *op) -> bool {
+    if (gradCollectivesAfter.count(op) || bucketsAfter.count(op))
+      return false;
+    return llvm::TypeSwitch<Operation *, bool>(op)
+        .Case([&](mtc::MatmulOp m) {
+          return !m.getTransposeA() && !sink.count(m.getResult()) &&
+                 batchLeading(m.getLhs(), batch) &&
+                 batchLeading(m.getResult(), batch);
+        })
+        .Case([&](mtc::GeluOp g) {
+          auto m = dyn_cast_or_null<mtc::MatmulOp>(fusedPartner.lookup(op));
+          return m && !m.getTransposeA() && batchLeading(m.getLhs(), batch) &&
+                 batchLeading(g.getResult(), batch);
+        })
+        .Case([&](mtc::LayerNormOp n) {
+          return batchLeading(n.getInput(), batch);
+        })
+        .Case([&](mtc::AttentionOp a) {
+          return !a.getMask() && batchLeading(a.getQkv(), batch) &&
+                 (a.getHeadDim() == 64 || a.getHeadDim() == 128);
+        })
+        .Case([&](mtc::AddOp a) {
+          if (sink.count(a.getResult()) || fusedPartner.count(op) ||
+              !batchLeading(a.getResult(), batch) ||
+              numel(a.getLhs()) != numel(a.getResult()))
+            return false;
+          int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
+          return nb == n || (nb < n && (n / 2) % nb == 0 &&
+                             a.getRhs().getDefiningOp<mtc::ParamOp>());
+        })
+        .Default([](Operation *) { return false; });
+  };
+
+  Operation *first = nullptr, *last = nullptr;
+  auto closeRun = [&] {
+    if (first)
+      hints.concurrentRuns.push_back({first, last});
+    first = last = nullptr;
+  };
+  for (Operation &op : body) {
+    if (isa<mtc::CrossEntropyOp>(op))
+      break;
+    bool lane = false;
+    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
+      Operation *producer = ar.getInput().getDefiningOp();
+      lane = reduceSlot.count(&op) && producer && laneOps.count(producer);
+    } else if (!noOps.count(&op)) {
+      lane = splittable(&op);
+    }
+    if (lane) {
+      laneOps.insert(&op);
+      if (!first)
+        first = &op;
+      last = &op;
+      continue;
+    }
+    bool transparent = noOps.count(&op) || isa<mtc::ParamOp>(op) ||
+                       isIndexOp(&op);
+    if (!transparent)
+      closeRun();
+  }
+  closeRun();
+  usesLanes |= !laneOps.empty();
+}
+
+// Value v's half h: its storage from element h * numel / 2 (values that
+// lead with the batch dimension hold half the sequences in each half).
+std::string CudaEmitter::half(Value v, int h) {
+  if (h == 0)
+    return buf(v);
+  return llvm::formatv("({0} + {1})", buf(v), numel(v) / 2).str();
+}
+
+std::optional<std::string> CudaEmitter::laneCall(Operation *op, int h) {
+  const char *c = h == 0 ? "ctx" : "ctx1";
+  auto matmulBias = [&](mtc::MatmulOp m) -> std::string {
+    if (auto rz = rankZeroBias.find(m); rz != rankZeroBias.end())
+      return llvm::formatv("(st.comm->index({0}) == 0 ? {1} : nullptr)",
+                           rz->second.axis, buf(rz->second.bias));
+    return m.getBias() ? buf(m.getBias()) : "nullptr";
+  };
+  return llvm::TypeSwitch<Operation *, std::optional<std::string>>(op)
+      .Case([&](mtc::MatmulOp m) -> std::optional<std::string> {
+        return llvm::formatv(
+                   "k::matmul({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, false, "
+                   "{8});",
+                   c, half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
+                   half(m.getResult(), h), m.getM() / 2, m.getN(), m.getK(),
+                   m.getTransposeB())
+            .str();
+      })
+      .Case([&](mtc::GeluOp g) -> std::optional<std::string> {
+        auto m = cast<mtc::MatmulOp>(fusedPartner.lookup(op));
+        return llvm::formatv(
+                   "k::matmul_gelu({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
+                   "{8}, false, {9});",
+                   c, half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
+                   half(g.getResult(), h), half(m.getResult(), h),
+                   m.getM() / 2, m.getN(), m.getK(), m.getTransposeB())
+            .str();
+      })
+      .Case([&](mtc::LayerNormOp n) -> std::optional<std::string> {
+        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+        // (input, gamma, beta, out, rows, dim, eps)
+        call->args[0] = half(n.getInput(), h);
+        call->args[3] = half(n.getResult(), h);
+        call->args[4] = std::to_string(rows(n.getResult()) / 2);
+        return formatCall(*call, c);
+      })
+      .Case([&](mtc::AttentionOp a) -> std::optional<std::string> {
+        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+        // (qkv, mask, out, lse, batch, seq, heads, kv_heads, head_dim, ...)
+        call->args[0] = half(a.getQkv(), h);
+        call->args[2] = half(a.getResult(), h);
+        call->args[3] = half(a.getLse(), h);
+        call->args[4] = std::to_string(shapeOf(a.getQkv())[0] / 2);
+        return formatCall(*call, c);
+      })
+      .Case([&](mtc::AddOp a) -> std::optional<std::string> {
+        int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
+        std::string rhs = nb == n ? half(a.getRhs(), h) : buf(a.getRhs());
+        return llvm::formatv("k::add({0}, {1}, {2}, {3}, {4}, {5});", c,
+                             half(a.getLhs(), h), rhs, half(a.getResult(), h),
+                             n / 2, nb == n ? n / 2 : nb)
+            .str();
+      })
+      .Default([](Operation *) { return std::nullopt; });
+}
+
+// One op of the lanes: its label, then each half on its lane (a started
+// all-reduce: each lane waits for its half).
+void CudaEmitter::emitLaneOp(Operation *op) {
+  line(llvm::formatv("k::set_current_op(\"{0} {1}\");",
+                     op->getName().getStringRef(),
+                     escape(locString(op->getLoc()))));
+  if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
+    int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(op);
+    for (int h = 0; h < 2; ++h)
+      line(llvm::formatv("axis_wait_on(pc, {0}, {1}, {2}.stream);", axis,
+                         2 * slot + h, h == 0 ? "ctx" : "ctx1"));
+    return;
+  }
+  for (int h = 0; h < 2; ++h)
+    line(*laneCall(op, h));
+}
+
+// After a lane op: the all-reduces of its result that start early, one per
+// half, each after its lane's work so far.
+void CudaEmitter::emitLaneReduceStarts(Operation *op) {
+  auto early = earlyReduces.find(op);
+  if (early == earlyReduces.end())
+    return;
+  for (Operation *r : early->second) {
+    auto ar = cast<shard::AllReduceOp>(r);
+    int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(r);
+    line(llvm::formatv("k::set_current_op(\"{0} {1} (started)\");",
+                       r->getName().getStringRef(),
+                       escape(locString(r->getLoc()))));
+    for (int h = 0; h < 2; ++h) {
+      const char *c = h == 0 ? "ctx" : "ctx1";
+      line(llvm::formatv("axis_begin_on(pc, {0}, {1}.stream);", axis, c));
+      line(llvm::formatv(
+          "axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+          "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
+          axis, half(ar.getResult(), h), numel(ar.getResult()) / 2,
+          storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
+                                    : "mtc::rt::DType::bf16"));
+      line(llvm::formatv("axis_mark_on(pc, {0}, {1}, {2}.stream);", axis,
+                         2 * slot + h, c));
+    }
+  }
+}
+
+} // namespace mtc::codegen
