@@ -86,13 +86,13 @@ void require(bool ok, const std::string& what) {
   throw CudaError(os.str());
 }
 
-Context::Context(int device_, size_t workspace_bytes) : device(device_) {
+Context::Context(int device_, size_t workspace_bytes, int stream_priority) : device(device_) {
   MTC_CUDA_CHECK(cudaSetDevice(device));
   cudaDeviceProp prop;
   MTC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   sm_count = prop.multiProcessorCount;
   max_smem_per_block = prop.sharedMemPerBlockOptin;
-  MTC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  MTC_CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, stream_priority));
   MTC_CUBLAS_CHECK(cublasLtCreate(&lt));
   cublas_workspace_bytes = workspace_bytes;
   MTC_CUDA_CHECK(cudaMalloc(&cublas_workspace, cublas_workspace_bytes));

@@ -47,7 +47,10 @@ struct CudnnState;  // cuDNN handle and attention plans (attention_cudnn.cpp)
 // cached GEMM plans, a scratch buffer for the kernels' temporaries and the
 // device-side record of data errors (token or target ids out of range).
 struct Context {
-  explicit Context(int device = 0, size_t cublas_workspace_bytes = 32u << 20);
+  // stream_priority: the stream's CUDA priority (0 the default; lower is
+  // more urgent, down to cudaDeviceGetStreamPriorityRange's greatest).
+  explicit Context(int device = 0, size_t cublas_workspace_bytes = 32u << 20,
+                   int stream_priority = 0);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
