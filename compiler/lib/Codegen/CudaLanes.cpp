@@ -17,7 +17,8 @@
 // the early all-reduces of split producers. Anything else ends the lanes
 // (`lane_join`: the compute stream waits for lane 1) and runs on the
 // compute stream; parameters, index arithmetic and ops fused into others
-// are transparent. The buffer plan keeps every value a run of lane ops
+// are transparent. A run of lane ops without an all-reduce is not worth a
+// second stream and stays whole. The buffer plan keeps every value a run of lane ops
 // touches alive until the run's last op (ExecutionHints::concurrentRuns),
 // since the lanes run out of step and a value freed by one lane may still
 // be read by the other.
@@ -92,11 +93,20 @@ void CudaEmitter::analyzeLanes(func::FuncOp fn) {
         .Default([](Operation *) { return false; });
   };
 
+  // A run without an all-reduce has nothing to overlap: its ops stay on
+  // the compute stream, whole.
   Operation *first = nullptr, *last = nullptr;
+  SmallVector<Operation *> run;
+  bool runReduces = false;
   auto closeRun = [&] {
-    if (first)
+    if (first && runReduces)
       hints.concurrentRuns.push_back({first, last});
+    else
+      for (Operation *o : run)
+        laneOps.erase(o);
     first = last = nullptr;
+    run.clear();
+    runReduces = false;
   };
   for (Operation &op : body) {
     if (isa<mtc::CrossEntropyOp>(op))
@@ -110,6 +120,8 @@ void CudaEmitter::analyzeLanes(func::FuncOp fn) {
     }
     if (lane) {
       laneOps.insert(&op);
+      run.push_back(&op);
+      runReduces |= isa<shard::AllReduceOp>(op);
       if (!first)
         first = &op;
       last = &op;
