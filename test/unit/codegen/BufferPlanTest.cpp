@@ -48,6 +48,13 @@ struct Planned {
         },
         /*align=*/16, hints);
   }
+
+  // The plan with ops [first, last] as one concurrent run.
+  mtc::BufferPlan planWithRun(int first, int last) {
+    mtc::ExecutionHints hints;
+    hints.concurrentRuns.push_back({ops[first], ops[last]});
+    return plan(hints);
+  }
 };
 
 TEST(BufferPlan, ReusesStorageOfDeadValues) {
@@ -61,9 +68,7 @@ TEST(BufferPlan, ReusesStorageOfDeadValues) {
 TEST(BufferPlan, ConcurrentRunKeepsItsValuesToItsEnd) {
   Planned p;
   ASSERT_TRUE(p.module);
-  mtc::ExecutionHints hints;
-  hints.concurrentRuns.push_back({p.ops[0], p.ops[2]});
-  mtc::BufferPlan plan = p.plan(hints);
+  mtc::BufferPlan plan = p.planWithRun(0, 2);
   // %0, %1 and %2 are all live at op 2: three distinct buffers.
   int64_t o0 = plan.offset.lookup(p.values[0]), o1 = plan.offset.lookup(p.values[1]),
           o2 = plan.offset.lookup(p.values[2]);
@@ -78,10 +83,8 @@ TEST(BufferPlan, ConcurrentRunKeepsItsValuesToItsEnd) {
 TEST(BufferPlan, ConcurrentRunKeepsAnUnusedResultToItsEnd) {
   Planned p;
   ASSERT_TRUE(p.module);
-  mtc::ExecutionHints hints;
   // A run of ops 1..2: %0 (used at op 1, inside) lives to op 2.
-  hints.concurrentRuns.push_back({p.ops[1], p.ops[2]});
-  mtc::BufferPlan plan = p.plan(hints);
+  mtc::BufferPlan plan = p.planWithRun(1, 2);
   EXPECT_NE(plan.offset.lookup(p.values[2]), plan.offset.lookup(p.values[0]));
 }
 
