@@ -17,31 +17,8 @@
 namespace mtc::rt::cuda::profile {
 namespace {
 
-// "mtc.matmul loc(\"layers.3.attn.qkv\"(\"spec.json\":1:1)) (started)" ->
-// kind "mtc.matmul", name "layers.*.attn.qkv", suffix " (started)"; labels
-// without a location (runtime scopes) are their own kind.
-struct LabelParts {
-  std::string kind, name;
-};
-
-LabelParts split_label(const std::string& label) {
-  LabelParts p;
-  size_t loc = label.find(" loc(\"");
-  if (loc == std::string::npos) {
-    // "shard.all_reduce of the gradient of P (...)": waited for at once.
-    size_t of = label.find(" of the gradient of ");
-    if (label.rfind("shard.", 0) == 0 && of != std::string::npos) {
-      p.kind = label.substr(0, of) + " of gradients (wait)";
-      p.name = label.substr(of + 20);
-      return p;
-    }
-    p.kind = label;
-    return p;
-  }
-  p.kind = label.substr(0, loc);
-  size_t begin = loc + 6, end = label.find('"', begin);
-  std::string name = label.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
-  // One row for every layer: the layer index becomes '*'.
+// One row for every layer: "layers.12.mlp" -> "layers.*.mlp".
+std::string star_layer(std::string name) {
   const std::string layers = "layers.";
   size_t at = name.find(layers);
   if (at != std::string::npos) {
@@ -49,12 +26,7 @@ LabelParts split_label(const std::string& label) {
     while (e < name.size() && name[e] >= '0' && name[e] <= '9') ++e;
     if (e > d) name.replace(d, e - d, "*");
   }
-  p.name = name;
-  if (label.size() >= 10 && label.compare(label.size() - 10, 10, " (started)") == 0)
-    p.kind += " (start)";
-  else if (p.kind.rfind("shard.", 0) == 0)
-    p.kind += " (wait)";
-  return p;
+  return name;
 }
 
 struct Total {
@@ -246,6 +218,34 @@ Profiler& profiler() {
 }
 
 }  // namespace
+
+LabelParts split_label(const std::string& label) {
+  LabelParts p;
+  size_t loc = label.find(" loc(\"");
+  if (loc == std::string::npos) {
+    // "shard.all_reduce of the gradient of P (...)": waited for at once.
+    const std::string of_grad = " of the gradient of ";
+    size_t of = label.find(of_grad);
+    if (label.rfind("shard.", 0) == 0 && of != std::string::npos) {
+      p.kind = label.substr(0, of) + " of gradients (wait)";
+      p.name = star_layer(label.substr(of + of_grad.size()));
+      return p;
+    }
+    p.kind = label;
+    return p;
+  }
+  p.kind = label.substr(0, loc);
+  size_t begin = loc + 6, end = label.find('"', begin);
+  p.name = star_layer(
+      label.substr(begin, end == std::string::npos ? std::string::npos : end - begin));
+  const std::string started = " (started)";
+  if (label.size() >= started.size() &&
+      label.compare(label.size() - started.size(), started.size(), started) == 0)
+    p.kind += " (start)";
+  else if (p.kind.rfind("shard.", 0) == 0)
+    p.kind += " (wait)";
+  return p;
+}
 
 bool enabled() {
   static const bool on = [] {

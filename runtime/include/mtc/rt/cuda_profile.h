@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace mtc::rt::cuda::profile {
 
@@ -42,6 +43,15 @@ void mark(const char* label);
 // (end_of_step: the optimizer step's synchronization, which counts steps).
 void before_sync();
 void after_sync(bool end_of_step = false);
+
+// How the report groups an op label: kind (the op's name, "(start)" or
+// "(wait)" for a collective, "... of gradients (wait)" for a parameter
+// gradient's collective) and name (its location, layer index as '*';
+// empty for the runtime's own labels).
+struct LabelParts {
+  std::string kind, name;
+};
+LabelParts split_label(const std::string& label);
 
 // One NCCL collective of `bytes` (the buffer each rank contributes) on
 // `stream`: events recorded by the constructor and the destructor.
