@@ -5,35 +5,36 @@
 
 namespace {
 
-using mtc::rt::cuda::profile::split_label;
+struct LabelCase {
+  const char* label;
+  const char* kind;
+  const char* name;
+};
 
-TEST(CudaProfileLabels, OpsGroupedByKindAndLayerlessName) {
-  auto p = split_label("mtc.matmul loc(\"layers.12.attn.qkv\"(\"spec.json\":1:1))");
-  EXPECT_EQ(p.kind, "mtc.matmul");
-  EXPECT_EQ(p.name, "layers.*.attn.qkv");
-  p = split_label("mtc.cross_entropy loc(\"loss\"(\"spec.json\":1:1))");
-  EXPECT_EQ(p.kind, "mtc.cross_entropy");
-  EXPECT_EQ(p.name, "loss");
-}
+// Ops by kind and by location with the layer index starred; collectives as
+// starts or waits; parameter-gradient collectives as waits; the runtime's
+// own labels as their own kind.
+const LabelCase kCases[] = {
+    {"mtc.matmul loc(\"layers.12.attn.qkv\"(\"spec.json\":1:1))", "mtc.matmul",
+     "layers.*.attn.qkv"},
+    {"mtc.cross_entropy loc(\"loss\"(\"spec.json\":1:1))", "mtc.cross_entropy", "loss"},
+    {"shard.all_reduce loc(\"layers.3.mlp.fc2\"(\"spec.json\":1:1)) (started)",
+     "shard.all_reduce (start)", "layers.*.mlp.fc2"},
+    {"shard.all_reduce loc(\"layers.3.mlp.fc2\"(\"spec.json\":1:1))", "shard.all_reduce (wait)",
+     "layers.*.mlp.fc2"},
+    {"shard.reduce_scatter loc(\"embedding\"(\"spec.json\":1:1))", "shard.reduce_scatter (wait)",
+     "embedding"},
+    {"shard.all_reduce of the gradient of layers.7.input_norm.weight (sequence parallelism)",
+     "shard.all_reduce of gradients (wait)", "layers.*.input_norm.weight (sequence parallelism)"},
+    {"cuda backend: zero", "cuda backend: zero", ""},
+};
 
-TEST(CudaProfileLabels, CollectivesAreStartsOrWaits) {
-  auto p = split_label("shard.all_reduce loc(\"layers.3.mlp.fc2\"(\"spec.json\":1:1)) (started)");
-  EXPECT_EQ(p.kind, "shard.all_reduce (start)");
-  EXPECT_EQ(p.name, "layers.*.mlp.fc2");
-  p = split_label("shard.all_reduce loc(\"layers.3.mlp.fc2\"(\"spec.json\":1:1))");
-  EXPECT_EQ(p.kind, "shard.all_reduce (wait)");
-  p = split_label("shard.reduce_scatter loc(\"embedding\"(\"spec.json\":1:1))");
-  EXPECT_EQ(p.kind, "shard.reduce_scatter (wait)");
-  EXPECT_EQ(p.name, "embedding");
-  p = split_label("shard.all_reduce of the gradient of layers.7.input_norm.weight (sequence parallelism)");
-  EXPECT_EQ(p.kind, "shard.all_reduce of gradients (wait)");
-  EXPECT_EQ(p.name, "layers.*.input_norm.weight (sequence parallelism)");
-}
-
-TEST(CudaProfileLabels, RuntimeLabelsAreTheirOwnKind) {
-  auto p = split_label("cuda backend: zero");
-  EXPECT_EQ(p.kind, "cuda backend: zero");
-  EXPECT_EQ(p.name, "");
+TEST(CudaProfileLabels, GroupsByKindAndLayerlessName) {
+  for (const LabelCase& c : kCases) {
+    auto p = mtc::rt::cuda::profile::split_label(c.label);
+    EXPECT_EQ(p.kind, c.kind) << c.label;
+    EXPECT_EQ(p.name, c.name) << c.label;
+  }
 }
 
 }  // namespace
