@@ -96,6 +96,51 @@ std::string CudaEmitter::buf(Value v) {
       .str();
 }
 
+// The set_current_op line that names `op` (and its location) before its
+// kernels.
+std::string CudaEmitter::opLabel(Operation *op, StringRef suffix) {
+  return llvm::formatv("k::set_current_op(\"{0} {1}{2}\");",
+                       op->getName().getStringRef(),
+                       escape(locString(op->getLoc())), suffix)
+      .str();
+}
+
+// A matmul's bias argument: its own, or, for a row-parallel GEMM whose bias
+// add follows the all-reduce, the bias on the tp axis's rank 0 only.
+std::string CudaEmitter::matmulBias(mtc::MatmulOp m) {
+  if (auto rz = rankZeroBias.find(m); rz != rankZeroBias.end())
+    return llvm::formatv("(st.comm->index({0}) == 0 ? {1} : nullptr)",
+                         rz->second.axis, buf(rz->second.bias));
+  return m.getBias() ? buf(m.getBias()) : "nullptr";
+}
+
+// The all-reduces of `producer`'s result that start early (see
+// analyzeFusions), on axis stream order: the whole value after the compute
+// stream's work, or (lanes) each half after its lane's work, each half with
+// its own slot event.
+void CudaEmitter::emitReduceStarts(Operation *producer, bool lanes) {
+  auto early = earlyReduces.find(producer);
+  if (early == earlyReduces.end())
+    return;
+  for (Operation *r : early->second) {
+    auto ar = cast<shard::AllReduceOp>(r);
+    int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(r);
+    const char *dtype = storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
+                                                  : "mtc::rt::DType::bf16";
+    line(opLabel(r, " (started)"));
+    for (int h = 0; h < (lanes ? 2 : 1); ++h) {
+      std::string stream = !lanes ? "" : h == 0 ? ", ctx.stream" : ", ctx1.stream";
+      line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
+      line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+                         "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
+                         axis, lanes ? half(ar.getResult(), h) : buf(ar.getResult()),
+                         numel(ar.getResult()) / (lanes ? 2 : 1), dtype));
+      line(llvm::formatv("axis_mark(pc, {0}, {1}{2});", axis,
+                         lanes ? 2 * slot + h : slot, stream));
+    }
+  }
+}
+
 LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   names.clear();
   analyzeGradientSinks(fn);
@@ -143,16 +188,18 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
          "the batch)");
   // Runs of ops in two half-batch lanes (CudaLanes.cpp): forked from the
   // compute stream at their first op, joined after their last.
+  llvm::DenseSet<Operation *> runFirst, runLast;
+  for (auto [first, last] : hints.concurrentRuns) {
+    runFirst.insert(first);
+    runLast.insert(last);
+  }
   for (Operation &op : fn.getBody().front()) {
     if (laneOps.count(&op)) {
-      for (auto [first, last] : hints.concurrentRuns)
-        if (first == &op)
-          line("lane_fork(pc);");
+      if (runFirst.count(&op))
+        line("lane_fork(pc);");
       emitLaneOp(&op);
-      emitLaneReduceStarts(&op);
-      for (auto [first, last] : hints.concurrentRuns)
-        if (last == &op)
-          line("lane_join(pc);");
+      if (runLast.count(&op))
+        line("lane_join(pc);");
       continue;
     }
     if (failed(emitOp(&op, eval)))
@@ -189,22 +236,7 @@ void CudaEmitter::axisCall(int axis, const std::string &call,
 // accumulate_grad on the step's last microbatch, its gradient collective
 // over tp and the dp buckets it completes.
 void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
-  auto early = earlyReduces.find(op);
-  if (early != earlyReduces.end())
-    for (Operation *r : early->second) {
-      auto ar = cast<shard::AllReduceOp>(r);
-      int axis = ar.getGridAxes()[0];
-      line(llvm::formatv("k::set_current_op(\"{0} {1} (started)\");",
-                         r->getName().getStringRef(),
-                         escape(locString(r->getLoc()))));
-      line(llvm::formatv("axis_begin(pc, {0});", axis));
-      line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
-                         "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
-                         axis, buf(ar.getResult()), numel(ar.getResult()),
-                         storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
-                                                   : "mtc::rt::DType::bf16"));
-      line(llvm::formatv("axis_mark(pc, {0}, {1});", axis, reduceSlot[r]));
-    }
+  emitReduceStarts(op, /*lanes=*/false);
   auto gc = gradCollectivesAfter.find(op);
   if (gc != gradCollectivesAfter.end())
     for (const GradCollective &g : gc->second) {
@@ -242,17 +274,10 @@ void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
 LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
   if (noOps.count(op) || isa<mtc::ParamOp>(op))
     return success();
-  if (isIndexOp(op)) {
-    FailureOr<std::string> e = indexExpr(op, [&](Value v) { return buf(v); });
-    if (failed(e))
-      return failure();
-    names[op->getResult(0)] = *e;
-    return success();
-  }
+  if (isIndexOp(op))
+    return nameIndexOp(op, names, [&](Value v) { return buf(v); });
   if (!isa<func::ReturnOp>(op))
-    line(llvm::formatv("k::set_current_op(\"{0} {1}\");",
-                       op->getName().getStringRef(),
-                       escape(locString(op->getLoc()))));
+    line(opLabel(op));
   // Ops whose CUDA kernel takes the host kernel's arguments after a Context.
   auto shared = [&]() -> LogicalResult {
     line(formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
@@ -347,7 +372,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
               "k::matmul_gelu(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
               "false, {8});",
               buf(m.getLhs()), buf(m.getRhs()),
-              m.getBias() ? buf(m.getBias()) : "nullptr", buf(g), buf(m),
+              matmulBias(m), buf(g), buf(m),
               m.getM(), m.getN(), m.getK(), m.getTransposeB()));
           return success();
         }
@@ -385,13 +410,9 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                              m.getN(), m.getK(), m.getTransposeB()));
           return success();
         }
-        std::string bias = m.getBias() ? buf(m.getBias()) : "nullptr";
-        if (auto rz = rankZeroBias.find(op); rz != rankZeroBias.end())
-          bias = llvm::formatv("(st.comm->index({0}) == 0 ? {1} : nullptr)",
-                               rz->second.axis, buf(rz->second.bias));
         line(llvm::formatv(
             "k::matmul(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8});",
-            buf(m.getLhs()), buf(m.getRhs()), bias, buf(m), m.getM(),
+            buf(m.getLhs()), buf(m.getRhs()), matmulBias(m), buf(m), m.getM(),
             m.getN(), m.getK(), m.getTransposeA(), m.getTransposeB()));
         return success();
       })

@@ -42,10 +42,12 @@ private:
   void axisCall(int axis, const std::string &call, llvm::StringRef guard = "");
   // Half-batch lanes (CudaLanes.cpp).
   void analyzeLanes(mlir::func::FuncOp fn);
-  std::optional<std::string> laneCall(mlir::Operation *op, int h);
+  std::string laneCall(mlir::Operation *op, int h);
   std::string half(mlir::Value v, int h);
   void emitLaneOp(mlir::Operation *op);
-  void emitLaneReduceStarts(mlir::Operation *op);
+  void emitReduceStarts(mlir::Operation *producer, bool lanes);
+  std::string opLabel(mlir::Operation *op, llvm::StringRef suffix = "");
+  std::string matmulBias(mtc::MatmulOp m);
   std::string buf(mlir::Value v);
   std::string grad(llvm::StringRef param) const;
   // CudaProgram.cpp

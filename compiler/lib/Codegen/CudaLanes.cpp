@@ -95,16 +95,14 @@ void CudaEmitter::analyzeLanes(func::FuncOp fn) {
 
   // A run without an all-reduce has nothing to overlap: its ops stay on
   // the compute stream, whole.
-  Operation *first = nullptr, *last = nullptr;
   SmallVector<Operation *> run;
   bool runReduces = false;
   auto closeRun = [&] {
-    if (first && runReduces)
-      hints.concurrentRuns.push_back({first, last});
+    if (runReduces)
+      hints.concurrentRuns.push_back({run.front(), run.back()});
     else
       for (Operation *o : run)
         laneOps.erase(o);
-    first = last = nullptr;
     run.clear();
     runReduces = false;
   };
@@ -122,9 +120,6 @@ void CudaEmitter::analyzeLanes(func::FuncOp fn) {
       laneOps.insert(&op);
       run.push_back(&op);
       runReduces |= isa<shard::AllReduceOp>(op);
-      if (!first)
-        first = &op;
-      last = &op;
       continue;
     }
     bool transparent = noOps.count(&op) || isa<mtc::ParamOp>(op) ||
@@ -144,35 +139,27 @@ std::string CudaEmitter::half(Value v, int h) {
   return llvm::formatv("({0} + {1})", buf(v), numel(v) / 2).str();
 }
 
-std::optional<std::string> CudaEmitter::laneCall(Operation *op, int h) {
+// The call of lane h (0 or 1, on context ctx or ctx1) of a lane op.
+std::string CudaEmitter::laneCall(Operation *op, int h) {
   const char *c = h == 0 ? "ctx" : "ctx1";
-  auto matmulBias = [&](mtc::MatmulOp m) -> std::string {
-    if (auto rz = rankZeroBias.find(m); rz != rankZeroBias.end())
-      return llvm::formatv("(st.comm->index({0}) == 0 ? {1} : nullptr)",
-                           rz->second.axis, buf(rz->second.bias));
-    return m.getBias() ? buf(m.getBias()) : "nullptr";
-  };
-  return llvm::TypeSwitch<Operation *, std::optional<std::string>>(op)
-      .Case([&](mtc::MatmulOp m) -> std::optional<std::string> {
+  return llvm::TypeSwitch<Operation *, std::string>(op)
+      .Case([&](mtc::MatmulOp m) -> std::string {
         return llvm::formatv(
-                   "k::matmul({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, false, "
-                   "{8});",
-                   c, half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
-                   half(m.getResult(), h), m.getM() / 2, m.getN(), m.getK(),
-                   m.getTransposeB())
-            .str();
+            "k::matmul({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, false, {8});", c,
+            half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
+            half(m.getResult(), h), m.getM() / 2, m.getN(), m.getK(),
+            m.getTransposeB());
       })
-      .Case([&](mtc::GeluOp g) -> std::optional<std::string> {
+      .Case([&](mtc::GeluOp g) -> std::string {
         auto m = cast<mtc::MatmulOp>(fusedPartner.lookup(op));
         return llvm::formatv(
-                   "k::matmul_gelu({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, "
-                   "{8}, false, {9});",
-                   c, half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
-                   half(g.getResult(), h), half(m.getResult(), h),
-                   m.getM() / 2, m.getN(), m.getK(), m.getTransposeB())
-            .str();
+            "k::matmul_gelu({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, false, "
+            "{9});",
+            c, half(m.getLhs(), h), buf(m.getRhs()), matmulBias(m),
+            half(g.getResult(), h), half(m.getResult(), h), m.getM() / 2,
+            m.getN(), m.getK(), m.getTransposeB());
       })
-      .Case([&](mtc::LayerNormOp n) -> std::optional<std::string> {
+      .Case([&](mtc::LayerNormOp n) -> std::string {
         auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
         // (input, gamma, beta, out, rows, dim, eps)
         call->args[0] = half(n.getInput(), h);
@@ -180,7 +167,7 @@ std::optional<std::string> CudaEmitter::laneCall(Operation *op, int h) {
         call->args[4] = std::to_string(rows(n.getResult()) / 2);
         return formatCall(*call, c);
       })
-      .Case([&](mtc::AttentionOp a) -> std::optional<std::string> {
+      .Case([&](mtc::AttentionOp a) -> std::string {
         auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
         // (qkv, mask, out, lse, batch, seq, heads, kv_heads, head_dim, ...)
         call->args[0] = half(a.getQkv(), h);
@@ -189,59 +176,33 @@ std::optional<std::string> CudaEmitter::laneCall(Operation *op, int h) {
         call->args[4] = std::to_string(shapeOf(a.getQkv())[0] / 2);
         return formatCall(*call, c);
       })
-      .Case([&](mtc::AddOp a) -> std::optional<std::string> {
+      .Case([&](mtc::AddOp a) -> std::string {
         int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
         std::string rhs = nb == n ? half(a.getRhs(), h) : buf(a.getRhs());
         return llvm::formatv("k::add({0}, {1}, {2}, {3}, {4}, {5});", c,
                              half(a.getLhs(), h), rhs, half(a.getResult(), h),
-                             n / 2, nb == n ? n / 2 : nb)
-            .str();
+                             n / 2, nb == n ? n / 2 : nb);
       })
-      .Default([](Operation *) { return std::nullopt; });
+      .Default([](Operation *) -> std::string {
+        llvm_unreachable("analyzeLanes admits only the ops above");
+      });
 }
 
 // One op of the lanes: its label, then each half on its lane (a started
-// all-reduce: each lane waits for its half).
+// all-reduce: each lane waits for its half), then the early all-reduces of
+// its halves.
 void CudaEmitter::emitLaneOp(Operation *op) {
-  line(llvm::formatv("k::set_current_op(\"{0} {1}\");",
-                     op->getName().getStringRef(),
-                     escape(locString(op->getLoc()))));
+  line(opLabel(op));
   if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
     int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(op);
-    for (int h = 0; h < 2; ++h)
-      line(llvm::formatv("axis_wait_on(pc, {0}, {1}, {2}.stream);", axis,
-                         2 * slot + h, h == 0 ? "ctx" : "ctx1"));
+    line(llvm::formatv("axis_wait(pc, {0}, {1}, ctx.stream);", axis, 2 * slot));
+    line(llvm::formatv("axis_wait(pc, {0}, {1}, ctx1.stream);", axis,
+                       2 * slot + 1));
     return;
   }
-  for (int h = 0; h < 2; ++h)
-    line(*laneCall(op, h));
-}
-
-// After a lane op: the all-reduces of its result that start early, one per
-// half, each after its lane's work so far.
-void CudaEmitter::emitLaneReduceStarts(Operation *op) {
-  auto early = earlyReduces.find(op);
-  if (early == earlyReduces.end())
-    return;
-  for (Operation *r : early->second) {
-    auto ar = cast<shard::AllReduceOp>(r);
-    int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(r);
-    line(llvm::formatv("k::set_current_op(\"{0} {1} (started)\");",
-                       r->getName().getStringRef(),
-                       escape(locString(r->getLoc()))));
-    for (int h = 0; h < 2; ++h) {
-      const char *c = h == 0 ? "ctx" : "ctx1";
-      line(llvm::formatv("axis_begin_on(pc, {0}, {1}.stream);", axis, c));
-      line(llvm::formatv(
-          "axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
-          "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
-          axis, half(ar.getResult(), h), numel(ar.getResult()) / 2,
-          storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
-                                    : "mtc::rt::DType::bf16"));
-      line(llvm::formatv("axis_mark_on(pc, {0}, {1}, {2}.stream);", axis,
-                         2 * slot + h, c));
-    }
-  }
+  line(laneCall(op, 0));
+  line(laneCall(op, 1));
+  emitReduceStarts(op, /*lanes=*/true);
 }
 
 } // namespace mtc::codegen

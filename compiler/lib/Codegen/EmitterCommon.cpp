@@ -67,6 +67,16 @@ bool isIndexOp(Operation *op) {
   return isa<arith::MulIOp, shard::ProcessMultiIndexOp>(op);
 }
 
+LogicalResult nameIndexOp(Operation *op,
+                          llvm::DenseMap<Value, std::string> &names,
+                          BufferName buf) {
+  FailureOr<std::string> e = indexExpr(op, buf);
+  if (failed(e))
+    return failure();
+  names[op->getResult(0)] = *e;
+  return success();
+}
+
 FailureOr<std::string> indexExpr(Operation *op, BufferName buf) {
   if (auto c = dyn_cast<arith::ConstantOp>(op))
     return "int64_t(" + std::to_string(cast<IntegerAttr>(c.getValue()).getInt()) + ")";

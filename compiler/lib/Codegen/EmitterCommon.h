@@ -10,6 +10,7 @@
 #define MTC_CODEGEN_EMITTERCOMMON_H
 
 #include "mtc/Dialect/MtcDialect.h"
+#include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringMap.h"
 #include <string>
 
@@ -69,6 +70,11 @@ std::optional<KernelCall> sharedKernelCall(mlir::Operation *op,
 bool isIndexOp(mlir::Operation *op);
 /// The expression of an index op's result, or an error at the op.
 mlir::FailureOr<std::string> indexExpr(mlir::Operation *op, BufferName buf);
+/// Names an index op's result by its expression in `names` (it emits no
+/// statement), or an error at the op.
+mlir::LogicalResult
+nameIndexOp(mlir::Operation *op,
+            llvm::DenseMap<mlir::Value, std::string> &names, BufferName buf);
 
 /// `k::name(args...);`, with `context` (e.g. "ctx") as first argument when
 /// not empty.

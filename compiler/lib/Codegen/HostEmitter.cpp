@@ -99,13 +99,8 @@ LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
 }
 
 LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
-  if (isIndexOp(op)) {
-    FailureOr<std::string> e = indexExpr(op, [&](Value v) { return buf(v); });
-    if (failed(e))
-      return failure();
-    names[op->getResult(0)] = *e;
-    return success();
-  }
+  if (isIndexOp(op))
+    return nameIndexOp(op, names, [&](Value v) { return buf(v); });
   if (!isa<mtc::ParamOp>(op))
     line("// " + op->getName().getStringRef() + " " +
          locString(op->getLoc()));

@@ -35,11 +35,16 @@ namespace {
 
 // Waits for all work queued on the device. A failure here is a fault of an
 // earlier kernel of the program (reported with the label below).
-void wait_for_program() {
-  OpScope scope("the program's queued GPU work (before a trainer copy)");
+// `label` names the wait in errors and in MTC_PROFILE's report.
+void synchronize_device(const char* label) {
+  OpScope scope(label);
   profile::before_sync();
   MTC_CUDA_CHECK(cudaDeviceSynchronize());
   profile::after_sync();
+}
+
+void wait_for_program() {
+  synchronize_device("the program's queued GPU work (before a trainer copy)");
 }
 
 void* cuda_alloc(size_t bytes, const char* what) {
@@ -106,12 +111,7 @@ void cuda_zero(void* dst, size_t bytes) {
   MTC_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-void cuda_synchronize() {
-  OpScope scope("the program's queued GPU work (synchronize)");
-  profile::before_sync();
-  MTC_CUDA_CHECK(cudaDeviceSynchronize());
-  profile::after_sync();
-}
+void cuda_synchronize() { synchronize_device("the program's queued GPU work (synchronize)"); }
 
 void cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
   OpScope scope("cuda backend: memory info");

@@ -32,7 +32,21 @@ std::string star_layer(std::string name) {
 struct Total {
   double ms = 0, host_ms = 0;
   int64_t calls = 0;
+  Total& operator+=(const Total& o) {
+    ms += o.ms;
+    host_ms += o.host_ms;
+    calls += o.calls;
+    return *this;
+  }
 };
+
+// A table's rows, most time first.
+std::vector<std::pair<std::string, Total>> by_time(const std::map<std::string, Total>& m) {
+  std::vector<std::pair<std::string, Total>> rows(m.begin(), m.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  return rows;
+}
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(
@@ -51,7 +65,6 @@ const char* const kHostGap = "(GPU idle: the host synchronized, then enqueued th
 struct Profiler {
   std::mutex mu;
   cudaStream_t stream = nullptr;
-  int device = 0;
   std::vector<cudaEvent_t> free_events;
   struct Mark {
     cudaEvent_t ev;
@@ -155,28 +168,13 @@ struct Profiler {
     std::fprintf(out, "compute stream: %.2f ms per step, of which %.2f ms GPU idle at the host\n",
                  window_ms / n, host_ms / n);
     std::map<std::string, Total> kinds;
-    std::vector<std::pair<std::string, Total>> rows;
+    std::map<std::string, Total> ops;
     for (const auto& [label, t] : by_label) {
       LabelParts p = split_label(label);
-      Total& k = kinds[p.kind];
-      k.ms += t.ms;
-      k.host_ms += t.host_ms;
-      k.calls += t.calls;
-      bool found = false;
-      std::string key = p.name.empty() ? p.kind : p.kind + "  " + p.name;
-      for (auto& r : rows)
-        if (r.first == key) {
-          r.second.ms += t.ms;
-          r.second.host_ms += t.host_ms;
-          r.second.calls += t.calls;
-          found = true;
-        }
-      if (!found) rows.push_back({key, t});
+      kinds[p.kind] += t;
+      ops[p.name.empty() ? p.kind : p.kind + "  " + p.name] += t;
     }
-    auto by_time = [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; };
-    std::vector<std::pair<std::string, Total>> kind_rows(kinds.begin(), kinds.end());
-    std::sort(kind_rows.begin(), kind_rows.end(), by_time);
-    std::sort(rows.begin(), rows.end(), by_time);
+    const auto kind_rows = by_time(kinds), rows = by_time(ops);
     double waits = 0;
     for (const auto& [k, t] : kind_rows)
       if (k.size() > 7 && k.compare(k.size() - 7, 7, " (wait)") == 0) waits += t.ms;

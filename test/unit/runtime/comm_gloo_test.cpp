@@ -20,6 +20,14 @@ namespace {
 using testing::rank_data;
 using testing::RunOptions;
 
+// Runs `body` on n ranks meeting in a fresh directory named after `name`;
+// expects every rank to return 0.
+void expect_ranks_ok(int n, const char* name, const std::function<int(int)>& body) {
+  RunOptions opt;
+  opt.rdzv_dir = testing::unique_dir(name);
+  testing::expect_all_ok(testing::run_ranks(n, body, opt));
+}
+
 // Compares and reports the first mismatch on stderr; false if any.
 bool check(const char* what, const std::vector<float>& got, const std::vector<double>& want,
            double tol) {
@@ -152,17 +160,11 @@ int all_collectives(int r, int S) {
 }
 
 TEST(CommGloo, EveryCollectiveTwoRanks) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("gloo2");
-  testing::expect_all_ok(testing::run_ranks(
-      2, [](int r) { return all_collectives(r, 2); }, opt));
+  expect_ranks_ok(2, "gloo2", [](int r) { return all_collectives(r, 2); });
 }
 
 TEST(CommGloo, EveryCollectiveFourRanks) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("gloo4");
-  testing::expect_all_ok(testing::run_ranks(
-      4, [](int r) { return all_collectives(r, 4); }, opt));
+  expect_ranks_ok(4, "gloo4", [](int r) { return all_collectives(r, 4); });
 }
 
 // Sums over each group of a tp=2 x dp=2 grid: a rank's tp result is the sum
@@ -200,9 +202,7 @@ int grid_groups_body(int r) {
 }
 
 TEST(CommGloo, GroupsOfATensorDataGrid) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("grid-tpdp");
-  testing::expect_all_ok(testing::run_ranks(4, grid_groups_body, opt));
+  expect_ranks_ok(4, "grid-tpdp", grid_groups_body);
 }
 
 // A tp=2 x pp=2 grid: stage 0 sends an activation to stage 1 over the pp
@@ -282,15 +282,11 @@ int grid_comm_body(int r) {
 }
 
 TEST(CommGloo, GridCommReduceScatterAndGather) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("grid-comm");
-  testing::expect_all_ok(testing::run_ranks(4, grid_comm_body, opt));
+  expect_ranks_ok(4, "grid-comm", grid_comm_body);
 }
 
 TEST(CommGloo, PipelineSendRecvOnATensorPipelineGrid) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("grid-tppp");
-  testing::expect_all_ok(testing::run_ranks(4, pipeline_body, opt));
+  expect_ranks_ok(4, "grid-tppp", pipeline_body);
 }
 
 // Bad arguments are refused before anything is sent, naming the collective.
@@ -321,9 +317,7 @@ int bad_arguments_body(int) {
 }
 
 TEST(CommGloo, RefusesBadArguments) {
-  RunOptions opt;
-  opt.rdzv_dir = testing::unique_dir("gloo-args");
-  testing::expect_all_ok(testing::run_ranks(2, bad_arguments_body, opt));
+  expect_ranks_ok(2, "gloo-args", bad_arguments_body);
 }
 
 }  // namespace
