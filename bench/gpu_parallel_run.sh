@@ -17,6 +17,11 @@
 #   bash bench/gpu_parallel_run.sh all     both
 #   bash bench/gpu_parallel_run.sh connsweep  1.3B at tp = 2 (and dp = 2) with
 #                                          CUDA_DEVICE_MAX_CONNECTIONS=1
+#   bash bench/gpu_parallel_run.sh tp      tp = 2 against one GPU (1.3B, 124M):
+#                                          default, --delay-wgrad-compute=false,
+#                                          no lanes, NCCL channel limits; the
+#                                          tp = 2 profile
+#   bash bench/gpu_parallel_run.sh check+tp  both
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -60,12 +65,13 @@ run() {
 }
 
 check() {
-  say "== kernel tests: tensor parallelism, optimizer, embedding, elementwise (dropout on slices), NCCL (2 GPUs)"
-  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:CudaElementwise*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
+  say "== kernel tests: tensor parallelism, optimizer, embedding, elementwise (dropout on slices), norms, NCCL (2 GPUs)"
+  "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:CudaElementwise*:CudaNorms*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
   say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed"
   say "== equivalence: tiny GPT, 20 steps, global batch 16, every plan vs one GPU"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  run tiny-host-mb16 tiny-host-mb16 1 20 "$DATA"
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   run tiny-dp2-held tiny-dp2 2 20 "$DATA" MTC_GRAD_OVERLAP=0
   run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
@@ -84,7 +90,8 @@ def losses(n):
         return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
     except OSError:
         return []
-for ref, plans in (("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
+for ref, plans in (("tiny-host-mb16", ["tiny-mb16"]),
+                   ("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
                    ("tiny-mb16", ["tiny-tp2", "tiny-tp2-nolanes", "tiny-tp2-sp"]),
                    ("tiny-drop-mb16", ["tiny-drop-tp2-sp"]),
                    ("tiny-drop-gb16", ["tiny-drop-dp2"])):
@@ -200,6 +207,34 @@ connsweep() {
   report "tp2:1 tp2-c1:1 tp2-c1-sync:1 dp2-c1:2"
 }
 
+# Tensor parallelism against one GPU, the 1.3B GPT and GPT-2 124M: tp = 2
+# as compiled by default; with autodiff's backward order
+# (--delay-wgrad-compute=false); without the forward lanes; with NCCL held
+# to 8 channels or given at least 32; dp = 2 beside them; then the MTC_PROFILE
+# report of the default tp = 2 (and one GPU) on the 1.3B GPT.
+tp() {
+  local R
+  R=$(random_tokens)
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
+  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  run gpt-1.3b-tp2-ch8 gpt-1.3b-tp2 2 15 "$R" NCCL_MAX_NCHANNELS=8
+  run gpt-1.3b-tp2-ch32 gpt-1.3b-tp2 2 15 "$R" NCCL_MIN_NCHANNELS=32
+  run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  run gpt2-124m-tp2-nodelay gpt2-124m-tp2-nodelay 2 20 "$R"
+  run gpt2-124m-dp2 gpt2-124m-dp2 2 20 "$R"
+  report "tp2:1 tp2-nodelay:1 tp2-nolanes:1 tp2-ch8:1 tp2-ch32:1 dp2:2"
+  run gpt-1.3b-1-prof gpt-1.3b 1 15 "$R" MTC_PROFILE="$OUT/profile-1gpu.txt"
+  run gpt-1.3b-tp2-prof gpt-1.3b-tp2 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2.txt"
+  for p in "$OUT"/profile-1gpu.txt "$OUT"/profile-tp2.txt.rank0; do
+    say "== $(basename "$p")"
+    sed -n '1,/^NCCL/p' "$p" | head -60 | tee -a "$SUMMARY" > /dev/null
+  done
+}
+
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
 # one GPU, tp = 2 with the forward pass in half-batch lanes and without
 # (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
@@ -231,9 +266,11 @@ case "$WHAT" in
   check) check ;;
   connsweep) connsweep ;;
   profile) profile ;;
+  tp) tp ;;
   bench) bench ;;
   all) check; bench ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile" >&2; exit 2 ;;
+  check+tp) check; tp ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

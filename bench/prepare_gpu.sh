@@ -46,6 +46,9 @@ elif [ "$MODE" = parallel ]; then
   # microbatch, against one GPU doing the same.
   compile tiny-gb16 examples/tiny-gpt.json cuda --micro-batch-size 8 --global-batch-size 16
   compile tiny-mb16 examples/tiny-gpt.json cuda --micro-batch-size 16 --global-batch-size 16
+  # The host target (fp32, the reference math) on the same batches: every
+  # GPU plan above is checked against one GPU, and one GPU against this.
+  compile tiny-host-mb16 examples/tiny-gpt.json host --micro-batch-size 16 --global-batch-size 16
   compile tiny-dp2 examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16
   compile tiny-dp2-zero examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16 --use-distributed-optimizer
   compile tiny-tp2 examples/tiny-gpt.json cuda --tp 2 --micro-batch-size 16 --global-batch-size 16
@@ -67,6 +70,9 @@ json.dump(spec, open('$OUTD/tiny-gpt-dropout.json', 'w'), indent=2)"
     compile "$name-dp2-zero" "examples/$name.json" cuda --dp 2 --micro-batch-size "$mb" --global-batch-size $((2 * mb)) --use-distributed-optimizer
     compile "$name-tp2" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb"
     compile "$name-tp2-sp" "examples/$name.json" cuda --tp 2 --sp --micro-batch-size "$mb" --global-batch-size "$mb"
+    # tp = 2 with autodiff's order of the backward pass (the comparison for
+    # mtc-schedule-weight-gradients).
+    compile "$name-tp2-nodelay" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --delay-wgrad-compute=false
   done
 fi
 strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true

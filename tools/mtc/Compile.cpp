@@ -139,7 +139,8 @@ int mtc::runCompile(const CompileOptions &opts) {
     context.disableMultithreading();
     pm.enableIRPrinting();
   }
-  if (failed(buildTrainingPipeline(pm, opts.shardingPipeline)))
+  if (failed(buildTrainingPipeline(pm, opts.shardingPipeline,
+                                   opts.scheduleWeightGradients)))
     return fail("--sharding-passes '" + opts.shardingPipeline +
                 "' is not a valid pass pipeline (are its plugins loaded with "
                 "--pass-plugin?)");

@@ -24,6 +24,7 @@ struct CompileOptions {
   std::string shardingPipeline;   // replaces mtc-shard-tensor-parallel
   spec::Overrides overrides;
   bool printIRAfterAll = false;
+  bool scheduleWeightGradients = true; // --delay-wgrad-compute
 };
 
 /// Runs the whole compilation; prints errors to stderr. Returns the process

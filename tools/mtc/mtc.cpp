@@ -91,6 +91,13 @@ static cl::opt<int64_t> globalBatch("global-batch-size",
 static cl::opt<std::string> recompute("recompute",
                                       cl::desc("none | selective | full"),
                                       cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> delayWgrad(
+    "delay-wgrad-compute",
+    cl::desc("Run weight-gradient work while the tensor-parallel "
+             "collectives of input gradients are in flight "
+             "(mtc-schedule-weight-gradients; default true, =false keeps "
+             "autodiff's order)"),
+    cl::init(true), cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
@@ -135,6 +142,7 @@ int main(int argc, char **argv) {
   opts.build = !noBuild;
   opts.passPlugins.assign(passPlugins.begin(), passPlugins.end());
   opts.shardingPipeline = shardingPasses;
+  opts.scheduleWeightGradients = delayWgrad;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
   auto &o = opts.overrides;

@@ -183,6 +183,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   unmaterialized.clear();
   fusedPartner.clear();
   inPlaceReduce.clear();
+  normIntoResidual.clear();
   earlyReduces.clear();
   rankZeroBias.clear();
   reduceSlot.clear();
@@ -239,6 +240,30 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
         hints.fusedInto[mm] = gelu;
         fusedPartner[gelu] = mm;
         noOps.insert(mm);
+      }
+    }
+    // A norm's input gradient added to the residual stream's gradient (the
+    // other operand, at its last use): the norm's backward kernel adds
+    // its dx into that operand's storage, and the add is gone.
+    if (auto add = dyn_cast<mtc::AddOp>(op)) {
+      for (auto [mine, other] : {std::pair(add.getRhs(), add.getLhs()),
+                                 std::pair(add.getLhs(), add.getRhs())}) {
+        Operation *norm = mine.getDefiningOp();
+        if (!norm || !isa<mtc::LayerNormGradOp, mtc::RmsNormGradOp>(norm) ||
+            mine != norm->getResult(0) || !mine.hasOneUse() ||
+            mine == other || mine.getType() != add.getType() ||
+            other.getType() != add.getType() || !other.getDefiningOp() ||
+            other.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(other) ||
+            sink.count(other) || sink.count(add.getResult()) ||
+            !llvm::all_of(other.getUsers(), [&](Operation *u) {
+              return u == add || u->isBeforeInBlock(norm);
+            }))
+          continue;
+        hints.inPlaceOf[mine] = other;
+        hints.inPlaceOf[add.getResult()] = other;
+        normIntoResidual.insert(norm);
+        noOps.insert(add);
+        break;
       }
     }
     // cross_entropy + its gradient, in place over the logits.

@@ -424,11 +424,12 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                                  "flow into mtc.accumulate_grad");
         line(llvm::formatv(
             "k::layer_norm_backward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, "
-            "{7}, {8}f);",
+            "{7}, {8}f{9});",
             buf(n.getInput()), buf(n.getGamma()), buf(n.getDout()),
             buf(n.getDinput()), dg, db.empty() ? "nullptr" : db,
             rows(n.getInput()), shapeOf(n.getInput()).back(),
-            fmt(n.getEps().convertToDouble())));
+            fmt(n.getEps().convertToDouble()),
+            normIntoResidual.count(op) ? ", true" : ""));
         return success();
       })
       .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
@@ -438,10 +439,11 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                                  "flow into mtc.accumulate_grad");
         line(llvm::formatv(
             "k::rms_norm_backward(ctx, {0}, {1}, {2}, {3}, {4}, {5}, {6}, "
-            "{7}f);",
+            "{7}f{8});",
             buf(n.getInput()), buf(n.getGamma()), buf(n.getDout()),
             buf(n.getDinput()), dg, rows(n.getInput()),
-            shapeOf(n.getInput()).back(), fmt(n.getEps().convertToDouble())));
+            shapeOf(n.getInput()).back(), fmt(n.getEps().convertToDouble()),
+            normIntoResidual.count(op) ? ", true" : ""));
         return success();
       })
       .Case([&](mtc::AttentionOp a) -> LogicalResult {

@@ -70,6 +70,9 @@ private:
   llvm::DenseSet<mlir::Value> unmaterialized;    // fused away: never stored
   llvm::DenseMap<mlir::Operation *, mlir::Operation *> fusedPartner; // host -> fused op
   llvm::DenseSet<mlir::Operation *> inPlaceReduce; // all_reduce over its input's storage
+  // Norm backward ops whose dx is added into the residual stream's
+  // gradient, in its storage (the add that summed them is a no-op).
+  llvm::DenseSet<mlir::Operation *> normIntoResidual;
   // All-reduces started right after their input's producer (op -> them),
   // and each one's event slot; the most slots any function needs.
   llvm::DenseMap<mlir::Operation *, llvm::SmallVector<mlir::Operation *>>

@@ -15,7 +15,8 @@ void mtc::registerMtcDialects(DialectRegistry &registry) {
 }
 
 LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
-                                         StringRef shardingPipeline) {
+                                         StringRef shardingPipeline,
+                                         bool scheduleWeightGradients) {
   pm.addPass(createMtcAutodiff());
   // Policy: annotations only. A user's sharding passes replace Megatron's
   // tensor-parallel plan.
@@ -27,6 +28,9 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   pm.addPass(createMtcShardDataParallel());
   // Mechanism: local shapes and collectives.
   pm.addPass(createMtcPartition());
+  // Scheduling: weight-gradient work beside the collectives in flight.
+  if (scheduleWeightGradients)
+    pm.addPass(createMtcScheduleWeightGradients());
   return success();
 }
 

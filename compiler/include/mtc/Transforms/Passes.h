@@ -33,9 +33,12 @@ void registerMtcPipelines();
 /// "my-sharding-pass{opt=1}", from a plugin) that replaces the built-in
 /// tensor-parallel plan; it runs on the module after autodiff and must only
 /// write sharding annotations. Returns failure (with a message) if it does
-/// not parse.
+/// not parse. `scheduleWeightGradients` adds mtc-schedule-weight-gradients
+/// after the partitioner (`mtc compile --delay-wgrad-compute`, on by
+/// default).
 mlir::LogicalResult buildTrainingPipeline(mlir::OpPassManager &pm,
-                                          llvm::StringRef shardingPipeline = "");
+                                          llvm::StringRef shardingPipeline = "",
+                                          bool scheduleWeightGradients = true);
 
 /// Registers every dialect mtc programs and tools use (mtc, func, arith,
 /// shard, tensor) plus mtc's ShardingInterface models.

@@ -82,4 +82,24 @@ def MtcPartition : Pass<"mtc-partition", "::mlir::ModuleOp"> {
                            "::mlir::arith::ArithDialect"];
 }
 
+def MtcScheduleWeightGradients
+    : Pass<"mtc-schedule-weight-gradients", "::mlir::ModuleOp"> {
+  let summary = "Run weight-gradient work while activation collectives fly";
+  let description = [{
+    Reorders each function's ops, changing no value: the backward pass's
+    weight-gradient work (`mtc.matmul` with `transpose_a`, bias sums
+    `mtc.reduce_leading`, gradient `mtc.add`s, `mtc.accumulate_grad`: ops
+    whose results only reach gradient buffers) that stands before the
+    producer of an activation collective (`shard.all_reduce`,
+    `shard.all_gather`, `shard.reduce_scatter`, e.g. the tensor-parallel
+    all-reduce of an input gradient) moves to just after that producer.
+    The code generators start such a collective as soon as its input
+    exists and wait for it where the collective stands, so the moved work
+    runs while it is in flight (Megatron overlaps only the linear's own
+    weight-gradient GEMM; this also brings the previous linears' ones).
+    Work already between a producer and its collective stays; the order of
+    the accumulations into any one gradient does not change.
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD
