@@ -22,6 +22,9 @@
 #                                          no lanes, NCCL channel limits; the
 #                                          tp = 2 profile
 #   bash bench/gpu_parallel_run.sh check+tp  both
+#   bash bench/gpu_parallel_run.sh tpsm    tp = 2 with GEMMs planned for fewer SMs
+#                                          beside the all-reduces (MTC_TP_SM_MARGIN,
+#                                          MTC_LANES_SM_MARGIN)
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -235,6 +238,31 @@ tp() {
   done
 }
 
+# GEMMs planned for fewer SMs while tp all-reduces run beside them
+# (MTC_TP_SM_MARGIN: the compute stream's GEMMs between an early
+# all-reduce's start and its wait; MTC_LANES_SM_MARGIN: both lanes' GEMMs),
+# with and without --delay-wgrad-compute, against one GPU.
+tpsm() {
+  local R
+  R=$(random_tokens)
+  "$D/mtc-cuda-tests" --gtest_filter='CudaGemm.SmMargin*' > "$OUT/kernel-tests-sm.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests-sm.log") (CudaGemm.SmMargin*)"
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-tp2-w16 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=16
+  run gpt-1.3b-tp2-w32 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=32
+  run gpt-1.3b-tp2-l16 gpt-1.3b-tp2 2 15 "$R" MTC_LANES_SM_MARGIN=16
+  run gpt-1.3b-tp2-w16l16 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
+  run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
+  run gpt-1.3b-tp2-nodelay-w16 gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_SM_MARGIN=16
+  run gpt-1.3b-tp2-nodelay-w16l16 gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  run gpt2-124m-tp2-w16 gpt2-124m-tp2 2 20 "$R" MTC_TP_SM_MARGIN=16
+  run gpt2-124m-tp2-w16l16 gpt2-124m-tp2 2 20 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
+  report "tp2:1 tp2-w16:1 tp2-w32:1 tp2-l16:1 tp2-w16l16:1 tp2-nodelay:1 tp2-nodelay-w16:1 tp2-nodelay-w16l16:1"
+}
+
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
 # one GPU, tp = 2 with the forward pass in half-batch lanes and without
 # (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
@@ -267,10 +295,11 @@ case "$WHAT" in
   connsweep) connsweep ;;
   profile) profile ;;
   tp) tp ;;
+  tpsm) tpsm ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

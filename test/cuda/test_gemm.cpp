@@ -122,6 +122,28 @@ TEST_F(CudaGemm, MatmulDgeluWithBiasGradient) {
   }
 }
 
+// GEMMs planned for fewer SMs (Context::sm_margin, while a collective runs
+// beside them) compute the same products, and the margin is part of the
+// plan's key: the same shape without a margin afterwards is right too.
+TEST_F(CudaGemm, SmMarginKeepsResults) {
+  const Shape s{2048, 1024, 768};
+  std::vector<float> a = round_bf16(randn(s.m * s.k, 41));
+  std::vector<float> w = round_bf16(randn(s.n * s.k, 42));
+  std::vector<float> ref(s.m * s.n);
+  host::matmul(a.data(), w.data(), nullptr, ref.data(), s.m, s.n, s.k, false, true);
+  DevBuf<bf16> da(a.size()), dw(w.size()), dc(s.m * s.n);
+  upload(da, a);
+  upload(dw, w);
+  for (int margin : {32, 0, 16, 0}) {
+    ctx().sm_margin = margin;
+    dc.poison();
+    matmul(ctx(), da.get(), dw.get(), nullptr, dc.get(), s.m, s.n, s.k, false, true);
+    expect_close("matmul sm_margin=" + std::to_string(margin), download(dc), ref,
+                 bf16_out_tol(ref));
+  }
+  ctx().sm_margin = 0;
+}
+
 TEST_F(CudaGemm, WeightGradientAccumulatesInFp32) {
   for (bool fused : {true, false}) {
     set_fused_gemm_epilogues(fused);

@@ -13,7 +13,8 @@
 //
 // Plans: the matmul descriptor, the four layouts and the heuristic's best
 // algorithm are cached per (shape, transposes, epilogue, output type,
-// accumulate, pointer alignments) in ctx.gemm_cache at first use. Epilogues
+// accumulate, pointer alignments, ctx.sm_margin) in ctx.gemm_cache at first
+// use. Epilogues
 // cuBLASLt has no algorithm for (the heuristic returns none) fall back to a
 // plain GEMM followed by this library's own kernels, same math; a process
 // remembers the fallback per shape. MTC_CUDA_GEMM_VERBOSE=1 prints every new
@@ -66,10 +67,10 @@ struct Call {
 using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, bool, bool, int, int, int, int,
                        int, int, int>;
 
-Key key_of(const Call& c) {
+Key key_of(const Context& ctx, const Call& c) {
   return Key(c.m, c.n, c.k, c.ta, c.tb, static_cast<int>(c.epilogue), c.out_f32, c.accumulate,
              alignment(c.a), alignment(c.b), alignment(c.c), alignment(c.bias), alignment(c.aux),
-             static_cast<int>(c.bias_type), 0);
+             static_cast<int>(c.bias_type), ctx.sm_margin);
 }
 
 struct Plan {
@@ -137,6 +138,11 @@ Plan make_plan(Context& ctx, const Call& c) {
     MTC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
                                                     &ld, sizeof(ld)));
   }
+  if (ctx.sm_margin > 0 && ctx.sm_margin < ctx.sm_count) {
+    int32_t target = ctx.sm_count - ctx.sm_margin;
+    MTC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target, sizeof(target)));
+  }
   set_pointers(p.desc, c);
   // Column-major layouts (rows, cols, ld = rows) of cuBLASLt's A = our B,
   // B = our A, C = D = our C^T.
@@ -175,10 +181,11 @@ Plan make_plan(Context& ctx, const Call& c) {
   }
   if (verbose())
     std::fprintf(stderr,
-                 "[mtc gemm] M=%lld N=%lld K=%lld ta=%d tb=%d epilogue=%s out=%s beta=%d: %s\n",
+                 "[mtc gemm] M=%lld N=%lld K=%lld ta=%d tb=%d epilogue=%s out=%s beta=%d "
+                 "sm_margin=%d: %s\n",
                  static_cast<long long>(c.m), static_cast<long long>(c.n),
                  static_cast<long long>(c.k), c.ta, c.tb, epilogue_name(c.epilogue),
-                 c.out_f32 ? "f32" : "bf16", c.accumulate ? 1 : 0,
+                 c.out_f32 ? "f32" : "bf16", c.accumulate ? 1 : 0, ctx.sm_margin,
                  p.supported ? "cuBLASLt plan" : "no cuBLASLt algorithm (fallback)");
   return p;
 }
@@ -207,7 +214,7 @@ namespace {
 // for it (the caller falls back), never false for the plain epilogues.
 bool run(Context& ctx, const Call& c) {
   if (!ctx.gemm_cache) ctx.gemm_cache = new GemmCache;
-  const Key key = key_of(c);
+  const Key key = key_of(ctx, c);
   auto it = ctx.gemm_cache->plans.find(key);
   if (it == ctx.gemm_cache->plans.end())
     it = ctx.gemm_cache->plans.emplace(key, make_plan(ctx, c)).first;

@@ -64,6 +64,11 @@ struct Context {
   size_t cublas_workspace_bytes = 0;
   GemmCache* gemm_cache = nullptr;
   CudnnState* cudnn = nullptr;     // created at the first cuDNN attention call
+  // SMs that the GEMMs enqueued from now on leave to work running beside
+  // them on other streams (NCCL kernels of an overlapped collective): their
+  // plans target sm_count - sm_margin SMs (cuBLASLt's SM count target), so
+  // that none of their blocks waits for an SM the collective holds. 0: all.
+  int sm_margin = 0;
 
   // Scratch memory of at least `bytes`, valid until the next op on this
   // context (ops use it for partial sums, attention's dq accumulators, ...).
