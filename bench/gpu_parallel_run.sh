@@ -25,6 +25,9 @@
 #   bash bench/gpu_parallel_run.sh tpsm    tp = 2 with GEMMs planned for fewer SMs
 #                                          beside the all-reduces (MTC_TP_SM_MARGIN,
 #                                          MTC_LANES_SM_MARGIN)
+#   bash bench/gpu_parallel_run.sh peer    tp = 2 with the all-reduces through the
+#                                          copy engines (MTC_TP_PEER=1): equivalence,
+#                                          then throughput against one GPU
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -59,10 +62,10 @@ run() {
   local extra=()
   [ "$data" != "$DATA" ] && extra=(--split 100,0)
   if [ "$ranks" = 1 ]; then
-    env "$@" timeout 240 "$D/prog-$prog/train" --data "$data" "${extra[@]}" --steps "$steps" \
+    env "$@" timeout "${RUN_TIMEOUT:-240}" "$D/prog-$prog/train" --data "$data" "${extra[@]}" --steps "$steps" \
       --log-interval 5 --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
   else
-    env "$@" timeout 240 "$LAUNCH" -n "$ranks" "$D/prog-$prog/train" --data "$data" "${extra[@]}" \
+    env "$@" timeout "${RUN_TIMEOUT:-240}" "$LAUNCH" -n "$ranks" "$D/prog-$prog/train" --data "$data" "${extra[@]}" \
       --steps "$steps" --log-interval 5 --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
   fi || say "FAILED $name: $(tail -4 "$OUT/$name.log" | tr '\n' ' ')"
 }
@@ -263,6 +266,51 @@ tpsm() {
   report "tp2:1 tp2-w16:1 tp2-w32:1 tp2-l16:1 tp2-w16l16:1 tp2-nodelay:1 tp2-nodelay-w16:1 tp2-nodelay-w16l16:1"
 }
 
+# The tp all-reduces through the copy engines (MTC_TP_PEER=1): the tiny
+# GPT at tp = 2 against one GPU first (and nothing more if it fails), then
+# the 1.3B GPT and GPT-2 124M against one GPU, with and without
+# --delay-wgrad-compute, and the profile of the 1.3B GPT's tp = 2.
+peer() {
+  local R
+  R=$(random_tokens)
+  run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-peer tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1
+  RUN_TIMEOUT=60 run tiny-tp2-peer-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1 MTC_TP_LANES=0
+  say "$(grep -h 'MTC_TP_PEER' "$OUT"/tiny-tp2-peer.log | head -1)"
+  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, sys
+out = sys.argv[1]
+def losses(n):
+    try:
+        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
+    except OSError:
+        return []
+a = losses("tiny-mb16")
+for p in ("tiny-tp2-peer", "tiny-tp2-peer-nolanes"):
+    b = losses(p)
+    if len(a) != 20 or len(b) != 20:
+        print(f"{p} vs tiny-mb16: MISSING ({len(a)} and {len(b)} steps)"); continue
+    d = max(abs(x - y) for x, y in zip(a, b))
+    print(f"{p} vs tiny-mb16: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
+          f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
+PY
+  if [ "$(wc -l < "$OUT/tiny-tp2-peer.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
+    say "tiny tp = 2 with MTC_TP_PEER=1 did not finish: no benchmark"
+    return
+  fi
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=1
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nodelay-peer gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_PEER=1
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=1 MTC_PROFILE="$OUT/profile-tp2-peer.txt"
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-peer gpt2-124m-tp2 2 20 "$R" MTC_TP_PEER=1
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-nodelay-peer gpt2-124m-tp2-nodelay 2 20 "$R" MTC_TP_PEER=1
+  report "tp2:1 tp2-nodelay:1 tp2-peer:1 tp2-nodelay-peer:1 tp2-peer-prof:1"
+  [ -f "$OUT/profile-tp2-peer.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-peer.txt.rank0" >> "$SUMMARY"
+}
+
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
 # one GPU, tp = 2 with the forward pass in half-batch lanes and without
 # (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
@@ -296,10 +344,11 @@ case "$WHAT" in
   profile) profile ;;
   tp) tp ;;
   tpsm) tpsm ;;
+  peer) peer ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

@@ -296,6 +296,8 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
       continue;
     reduceSlot[&op] = int(reduceSlot.size());
     earlyReduces[producer].push_back(&op);
+    if (ar.getGridAxes()[0] == 2 && !storedF32(ar.getResult()))
+      peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
   }
   numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
 }

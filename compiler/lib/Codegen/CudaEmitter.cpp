@@ -131,10 +131,14 @@ void CudaEmitter::emitReduceStarts(Operation *producer, bool lanes) {
     for (int h = 0; h < (lanes ? 2 : 1); ++h) {
       std::string stream = !lanes ? "" : h == 0 ? ", ctx.stream" : ", ctx1.stream";
       line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
-      line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
-                         "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
-                         axis, lanes ? half(ar.getResult(), h) : buf(ar.getResult()),
-                         numel(ar.getResult()) / (lanes ? 2 : 1), dtype));
+      std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
+      int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
+      if (axis == 2 && !storedF32(ar.getResult()))
+        line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
+      else
+        line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+                           "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
+                           axis, data, n, dtype));
       line(llvm::formatv("axis_mark(pc, {0}, {1}{2});", axis,
                          lanes ? 2 * slot + h : slot, stream));
     }

@@ -86,6 +86,9 @@ private:
   };
   llvm::DenseMap<mlir::Operation *, RankZeroBias> rankZeroBias;
   int64_t numReduceSlots = 0;
+  // The most elements of a bf16 tp all-reduce started early (the staging
+  // size of the copy-engine path, tp_all_reduce).
+  int64_t peerMaxElements = 0;
   int64_t arena = 0;                             // 2-byte units
 
   // Tensor parallelism: a parameter gradient that is a collective over tp of

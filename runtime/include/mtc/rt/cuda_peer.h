@@ -1,0 +1,61 @@
+// All-reduce of a tensor-parallel pair through the GPUs' copy engines.
+//
+// NCCL's all-reduce runs as kernels: while it overlaps a GEMM, the two
+// share the SMs, and on the 1.3B GPT at tp = 2 what overlap hides the
+// slower GEMMs give back (docs/performance.md). Between two GPUs of one
+// host that can reach each other's memory (NVLink or PCIe peer access),
+// the sum can instead be moved by the copy engines, which use no SMs:
+//   1. each rank copies the half of its partial sums that the peer reduces
+//      into the peer's staging buffer;
+//   2. each rank adds the received half into its own half (one small
+//      elementwise kernel, the only SM work);
+//   3. each rank copies its reduced half to the same place in the peer's
+//      buffer.
+// Ordering across the two processes is by flags in device memory: a rank
+// writes the peer's flag after each copy (a stream memory operation,
+// fenced behind the copy) and its stream waits on its own flags, so the
+// GPUs synchronize without the hosts. The buffers must lie in a region
+// (the program's activation arena) allocated with cudaMalloc, of the same
+// size and at the same offsets on both ranks, which is what one compiled
+// program running on both ranks gives.
+//
+// Not covered by the collective watchdog: a rank that dies mid-collective
+// leaves the other's stream waiting (the opt-in that creates it,
+// MTC_TP_PEER=1, says so in launching.md).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mtc/rt/comm.h"
+#include "mtc/rt/cuda_kernels.h"
+
+namespace mtc::rt::cuda {
+
+class PeerAllReduce {
+ public:
+  // Collective over `comm` (a group of 2 ranks on NCCL): maps the peer's
+  // `region` of `region_bytes` and a staging buffer for n <= max_elements.
+  // Returns nullptr on both ranks, with the reason in *why, when either
+  // rank cannot map the other's memory (then use the communicator).
+  static std::unique_ptr<PeerAllReduce> create(Communicator& comm, int device, void* region,
+                                               size_t region_bytes, int64_t max_elements,
+                                               cudaStream_t stream, std::string* why);
+  ~PeerAllReduce();
+  PeerAllReduce(const PeerAllReduce&) = delete;
+  PeerAllReduce& operator=(const PeerAllReduce&) = delete;
+
+  // Whether buf[0, n) lies in the region and fits the staging buffer.
+  bool covers(const void* buf, int64_t n) const;
+  // buf[i] = sum over both ranks, in place, enqueued on `stream` (every
+  // call on the same stream, in the same order on both ranks).
+  void all_reduce(bf16* buf, int64_t n, cudaStream_t stream);
+
+ private:
+  PeerAllReduce() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mtc::rt::cuda

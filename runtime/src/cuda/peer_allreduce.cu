@@ -1,0 +1,245 @@
+// PeerAllReduce (cuda_peer.h): a two-rank bf16 sum through the copy
+// engines, ordered by flags in device memory.
+#include <cuda.h>
+
+#include <cstring>
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "mtc/rt/cuda_check.h"
+#include "mtc/rt/cuda_peer.h"
+
+namespace mtc::rt::cuda {
+
+namespace {
+
+using WaitValueFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+using WriteValueFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+
+// What a rank tells its peer: where its memory is.
+struct PeerInfo {
+  int32_t device = -1;
+  int32_t ok = 0;  // this rank could set up its side
+  uint64_t region_bytes = 0;
+  uint64_t staging_elements = 0;
+  cudaIpcMemHandle_t region{}, staging{}, flags{};
+};
+constexpr size_t kInfoWords = (sizeof(PeerInfo) + 7) / 8;
+
+// Flag words in each rank's flags buffer, written by the peer.
+enum Flag : int { kDelivered = 0, kStagingFree = 1, kReduced = 2, kNumFlags = 4 };
+
+__global__ void add_into_kernel(bf16* __restrict__ dst, const bf16* __restrict__ src, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = __float2bfloat16(__bfloat162float(dst[i]) + __bfloat162float(src[i]));
+}
+
+// 8 elements (16 bytes) a thread when both pointers are 16-byte aligned.
+__global__ void add_into_kernel_vec(bf16* __restrict__ dst, const bf16* __restrict__ src,
+                                    int64_t n8) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n8;
+       i += stride) {
+    uint4 a = reinterpret_cast<uint4*>(dst)[i];
+    const uint4 b = reinterpret_cast<const uint4*>(src)[i];
+    bf16* pa = reinterpret_cast<bf16*>(&a);
+    const bf16* pb = reinterpret_cast<const bf16*>(&b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      pa[j] = __float2bfloat16(__bfloat162float(pa[j]) + __bfloat162float(pb[j]));
+    reinterpret_cast<uint4*>(dst)[i] = a;
+  }
+}
+
+template <typename Fn>
+Fn driver_entry(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult status{};
+  cudaError_t err = cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &status);
+  if (err != cudaSuccess || status != cudaDriverEntryPointSuccess) return nullptr;
+  return reinterpret_cast<Fn>(fn);
+}
+
+}  // namespace
+
+struct PeerAllReduce::Impl {
+  int rank = 0;
+  int device = 0;
+  char* region = nullptr;
+  size_t region_bytes = 0;
+  int64_t staging_elements = 0;
+  bf16* staging = nullptr;       // mine: the peer writes its contribution here
+  uint32_t* flags = nullptr;     // mine: the peer writes these
+  char* peer_region = nullptr;   // the peer's, mapped here
+  bf16* peer_staging = nullptr;
+  uint32_t* peer_flags = nullptr;
+  uint32_t seq = 0;
+  WaitValueFn wait_value = nullptr;
+  WriteValueFn write_value = nullptr;
+
+  ~Impl() {
+    if (peer_region) cudaIpcCloseMemHandle(peer_region);
+    if (peer_staging) cudaIpcCloseMemHandle(peer_staging);
+    if (peer_flags) cudaIpcCloseMemHandle(peer_flags);
+    if (staging) cudaFree(staging);
+    if (flags) cudaFree(flags);
+  }
+  void wait(cudaStream_t s, Flag f, uint32_t value) {
+    CUresult r = wait_value(reinterpret_cast<CUstream>(s),
+                            reinterpret_cast<CUdeviceptr>(flags + f), value,
+                            CU_STREAM_WAIT_VALUE_GEQ);
+    if (r != CUDA_SUCCESS)
+      throw CudaError("tp peer all-reduce: cuStreamWaitValue32 failed (CUresult " +
+                      std::to_string(static_cast<int>(r)) + ")");
+  }
+  void signal(cudaStream_t s, Flag f, uint32_t value) {
+    // Default flags: a memory fence orders the copies before the write.
+    CUresult r = write_value(reinterpret_cast<CUstream>(s),
+                             reinterpret_cast<CUdeviceptr>(peer_flags + f), value,
+                             CU_STREAM_WRITE_VALUE_DEFAULT);
+    if (r != CUDA_SUCCESS)
+      throw CudaError("tp peer all-reduce: cuStreamWriteValue32 failed (CUresult " +
+                      std::to_string(static_cast<int>(r)) + ")");
+  }
+};
+
+std::unique_ptr<PeerAllReduce> PeerAllReduce::create(Communicator& comm, int device, void* region,
+                                                     size_t region_bytes, int64_t max_elements,
+                                                     cudaStream_t stream, std::string* why) {
+  auto fail = [&](const std::string& reason) {
+    if (why) *why = reason;
+    return std::unique_ptr<PeerAllReduce>();
+  };
+  if (comm.size() != 2) return fail("the group has " + std::to_string(comm.size()) + " ranks, not 2");
+  auto impl = std::make_unique<Impl>();
+  impl->rank = static_cast<int>(comm.rank());
+  impl->device = device;
+  impl->region = static_cast<char*>(region);
+  impl->region_bytes = region_bytes;
+  impl->staging_elements = (max_elements + 1) / 2 + 8;
+  impl->wait_value = driver_entry<WaitValueFn>("cuStreamWaitValue32");
+  impl->write_value = driver_entry<WriteValueFn>("cuStreamWriteValue32");
+
+  PeerInfo mine;
+  mine.device = device;
+  mine.region_bytes = region_bytes;
+  mine.staging_elements = static_cast<uint64_t>(impl->staging_elements);
+  std::string local_problem;
+  if (!impl->wait_value || !impl->write_value) local_problem = "no stream memory operations";
+  if (local_problem.empty() &&
+      cudaIpcGetMemHandle(&mine.region, region) != cudaSuccess)
+    local_problem = "the region cannot be shared (cudaIpcGetMemHandle)";
+  if (local_problem.empty()) {
+    MTC_CUDA_CHECK(cudaMalloc(&impl->staging, impl->staging_elements * sizeof(bf16)));
+    MTC_CUDA_CHECK(cudaMalloc(&impl->flags, kNumFlags * sizeof(uint32_t)));
+    MTC_CUDA_CHECK(cudaMemset(impl->flags, 0, kNumFlags * sizeof(uint32_t)));
+    MTC_CUDA_CHECK(cudaDeviceSynchronize());
+    if (cudaIpcGetMemHandle(&mine.staging, impl->staging) != cudaSuccess ||
+        cudaIpcGetMemHandle(&mine.flags, impl->flags) != cudaSuccess)
+      local_problem = "staging memory cannot be shared (cudaIpcGetMemHandle)";
+  }
+  cudaGetLastError();
+  mine.ok = local_problem.empty() ? 1 : 0;
+
+  // Exchange (the flags are zero on both ranks before either can write).
+  double *send = nullptr, *recv = nullptr;
+  MTC_CUDA_CHECK(cudaMalloc(&send, kInfoWords * sizeof(double)));
+  MTC_CUDA_CHECK(cudaMalloc(&recv, 2 * kInfoWords * sizeof(double)));
+  std::vector<double> words(kInfoWords, 0.0), all(2 * kInfoWords, 0.0);
+  std::memcpy(words.data(), &mine, sizeof(PeerInfo));
+  MTC_CUDA_CHECK(cudaMemcpy(send, words.data(), kInfoWords * sizeof(double), cudaMemcpyHostToDevice));
+  comm.all_gather(send, recv, static_cast<int64_t>(kInfoWords), DType::f64, stream);
+  MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  MTC_CUDA_CHECK(cudaMemcpy(all.data(), recv, all.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  PeerInfo peer;
+  std::memcpy(&peer, all.data() + (1 - impl->rank) * kInfoWords, sizeof(PeerInfo));
+
+  // Map the peer's memory; then agree (both ranks must take the same path).
+  if (local_problem.empty() && !peer.ok) local_problem = "the peer could not share its memory";
+  if (local_problem.empty() && peer.region_bytes != region_bytes)
+    local_problem = "the ranks' regions differ in size";
+  if (local_problem.empty() && peer.device != device) {
+    int can = 0;
+    MTC_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peer.device));
+    if (!can)
+      local_problem = "GPU " + std::to_string(device) + " cannot access GPU " +
+                      std::to_string(peer.device);
+  }
+  if (local_problem.empty()) {
+    void* p = nullptr;
+    if (cudaIpcOpenMemHandle(&p, peer.region, cudaIpcMemLazyEnablePeerAccess) == cudaSuccess)
+      impl->peer_region = static_cast<char*>(p);
+    if (cudaIpcOpenMemHandle(&p, peer.staging, cudaIpcMemLazyEnablePeerAccess) == cudaSuccess)
+      impl->peer_staging = static_cast<bf16*>(p);
+    if (cudaIpcOpenMemHandle(&p, peer.flags, cudaIpcMemLazyEnablePeerAccess) == cudaSuccess)
+      impl->peer_flags = static_cast<uint32_t*>(p);
+    if (!impl->peer_region || !impl->peer_staging || !impl->peer_flags)
+      local_problem = "cannot map the peer's memory (cudaIpcOpenMemHandle)";
+    cudaGetLastError();
+  }
+  double ok = local_problem.empty() ? 1.0 : 0.0;
+  MTC_CUDA_CHECK(cudaMemcpy(send, &ok, sizeof(double), cudaMemcpyHostToDevice));
+  comm.all_reduce(send, 1, DType::f64, ReduceOp::sum, stream);
+  MTC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  MTC_CUDA_CHECK(cudaMemcpy(&ok, send, sizeof(double), cudaMemcpyDeviceToHost));
+  cudaFree(send);
+  cudaFree(recv);
+  if (ok != 2.0)
+    return fail(local_problem.empty() ? "the peer cannot map this rank's memory" : local_problem);
+  std::unique_ptr<PeerAllReduce> out(new PeerAllReduce());
+  out->impl_ = std::move(impl);
+  return out;
+}
+
+PeerAllReduce::~PeerAllReduce() = default;
+
+bool PeerAllReduce::covers(const void* buf, int64_t n) const {
+  const char* p = static_cast<const char*>(buf);
+  return n > 0 && p >= impl_->region &&
+         p + n * sizeof(bf16) <= impl_->region + impl_->region_bytes &&
+         (n + 1) / 2 <= impl_->staging_elements;
+}
+
+void PeerAllReduce::all_reduce(bf16* buf, int64_t n, cudaStream_t stream) {
+  require(covers(buf, n), "tp peer all-reduce: buffer outside the shared region");
+  Impl& m = *impl_;
+  const uint32_t seq = ++m.seq;
+  // Rank 0 reduces [0, h), rank 1 [h, n).
+  const int64_t h = n / 2;
+  const int64_t my_begin = m.rank == 0 ? 0 : h, my_n = m.rank == 0 ? h : n - h;
+  const int64_t peer_begin = m.rank == 0 ? h : 0, peer_n = n - my_n;
+  const size_t offset = reinterpret_cast<char*>(buf) - m.region;
+  // 1. The peer's half of my partial sums into its staging buffer, once
+  //    the peer has consumed what the previous call put there.
+  m.wait(stream, kStagingFree, seq - 1);
+  if (peer_n > 0)
+    MTC_CUDA_CHECK(cudaMemcpyAsync(m.peer_staging, buf + peer_begin, peer_n * sizeof(bf16),
+                                   cudaMemcpyDeviceToDevice, stream));
+  m.signal(stream, kDelivered, seq);
+  // 2. Its half of its partial sums, in my staging: add into mine.
+  m.wait(stream, kDelivered, seq);
+  if (my_n > 0) {
+    bf16* dst = buf + my_begin;
+    if (aligned16(dst) && aligned16(m.staging) && my_n % 8 == 0) {
+      const int64_t n8 = my_n / 8;
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n8, 256), 1024));
+      add_into_kernel_vec<<<blocks, 256, 0, stream>>>(dst, m.staging, n8);
+    } else {
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(my_n, 256), 1024));
+      add_into_kernel<<<blocks, 256, 0, stream>>>(dst, m.staging, my_n);
+    }
+    MTC_LAUNCH_CHECK("add_into_kernel");
+  }
+  m.signal(stream, kStagingFree, seq);
+  // 3. My reduced half to the same place in the peer's buffer (the peer
+  //    read its partial sums of it in step 1, before signalling).
+  if (my_n > 0)
+    MTC_CUDA_CHECK(cudaMemcpyAsync(m.peer_region + offset + my_begin * sizeof(bf16),
+                                   buf + my_begin, my_n * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                   stream));
+  m.signal(stream, kReduced, seq);
+  m.wait(stream, kReduced, seq);
+}
+
+}  // namespace mtc::rt::cuda
