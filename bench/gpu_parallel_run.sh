@@ -28,6 +28,9 @@
 #   bash bench/gpu_parallel_run.sh peer    tp = 2 with the all-reduces through the
 #                                          copy engines (MTC_TP_PEER=1): equivalence,
 #                                          then throughput against one GPU
+#   bash bench/gpu_parallel_run.sh final   the defaults: tiny GPT tp = 2 against one GPU,
+#                                          both models' tp = 2 (also with NCCL, without
+#                                          lanes) and dp = 2 against one GPU
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -311,6 +314,56 @@ PY
   [ -f "$OUT/profile-tp2-peer.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-peer.txt.rank0" >> "$SUMMARY"
 }
 
+# The default build and runtime (tp all-reduces through the copy engines,
+# --delay-wgrad-compute): the tiny GPT's tp = 2 (and with NCCL) against one
+# GPU, then both models' tp = 2 and dp = 2 against one GPU, tp = 2 twice, with
+# NCCL (MTC_TP_PEER=0) and without lanes.
+final() {
+  local R
+  R=$(random_tokens)
+  run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  run tiny-gb16 tiny-gb16 1 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
+  run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
+  run tiny-dp2 tiny-dp2 2 20 "$DATA"
+  say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
+  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, sys
+out = sys.argv[1]
+def losses(n):
+    try:
+        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
+    except OSError:
+        return []
+for ref, plans in (("tiny-mb16", ["tiny-tp2", "tiny-tp2-nccl", "tiny-tp2-sp"]),
+                   ("tiny-gb16", ["tiny-dp2"])):
+    a = losses(ref)
+    for p in plans:
+        b = losses(p)
+        if len(a) != 20 or len(b) != 20:
+            print(f"{p} vs {ref}: MISSING ({len(a)} and {len(b)} steps)"); continue
+        d = max(abs(x - y) for x, y in zip(a, b))
+        print(f"{p} vs {ref}: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
+              f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
+PY
+  if [ "$(wc -l < "$OUT/tiny-tp2.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
+    say "tiny tp = 2 did not finish: no benchmark"
+    return
+  fi
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-again gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  run gpt2-124m-tp2-nccl gpt2-124m-tp2 2 20 "$R" MTC_TP_PEER=0
+  run gpt2-124m-dp2 gpt2-124m-dp2 2 20 "$R"
+  report "tp2:1 tp2-again:1 tp2-nccl:1 tp2-nolanes:1 dp2:2"
+}
+
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
 # one GPU, tp = 2 with the forward pass in half-batch lanes and without
 # (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
@@ -345,10 +398,11 @@ case "$WHAT" in
   tp) tp ;;
   tpsm) tpsm ;;
   peer) peer ;;
+  final) final ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

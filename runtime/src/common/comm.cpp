@@ -53,6 +53,11 @@ void Communicator::run(const char* collective, Stream stream, Fn&& fn) {
   complete(id, stream);
 }
 
+void Communicator::watched(const char* collective, Stream stream,
+                           const std::function<void()>& enqueue) {
+  run(collective, stream, enqueue);
+}
+
 void Communicator::check_count(const char* collective, int64_t n, const void* a,
                                const void* b) const {
   if (n < 0)

@@ -64,6 +64,7 @@ Fn driver_entry(const char* name) {
 }  // namespace
 
 struct PeerAllReduce::Impl {
+  Communicator* comm = nullptr;  // the pair's: its watchdog watches each call
   int rank = 0;
   int device = 0;
   char* region = nullptr;
@@ -113,6 +114,7 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(Communicator& comm, int dev
   };
   if (comm.size() != 2) return fail("the group has " + std::to_string(comm.size()) + " ranks, not 2");
   auto impl = std::make_unique<Impl>();
+  impl->comm = &comm;
   impl->rank = static_cast<int>(comm.rank());
   impl->device = device;
   impl->region = static_cast<char*>(region);
@@ -203,6 +205,11 @@ bool PeerAllReduce::covers(const void* buf, int64_t n) const {
 
 void PeerAllReduce::all_reduce(bf16* buf, int64_t n, cudaStream_t stream) {
   require(covers(buf, n), "tp peer all-reduce: buffer outside the shared region");
+  impl_->comm->watched("all_reduce (copy engines)", stream,
+                       [&] { enqueue(buf, n, stream); });
+}
+
+void PeerAllReduce::enqueue(bf16* buf, int64_t n, cudaStream_t stream) {
   Impl& m = *impl_;
   const uint32_t seq = ++m.seq;
   // Rank 0 reduces [0, h), rank 1 [h, n).

@@ -93,6 +93,44 @@ TEST(CommWatchdog, AProbeErrorEndsTheProcess) {
       << res[0].err;
 }
 
+// A collective implemented outside the backend (Communicator::watched, as
+// cuda::PeerAllReduce uses it) is watched like the backend's own: done, it
+// leaves no entry; never done, it ends the rank with the usual report.
+TEST(CommWatchdog, WatchedWorkIsReportedLikeACollective) {
+  testing::RunOptions opt;
+  opt.rdzv_dir = testing::unique_dir("watchdog-watched");
+  opt.env = {{"MTC_COLLECTIVE_TIMEOUT", "1"}};
+  opt.deadline_s = 30;
+  auto res = testing::run_ranks(
+      1,
+      [](int) {
+        auto world = World::from_env(GridSpec{1, 1, 1}, gloo_comm_factory());
+        world->set_step(4);
+        Communicator& c = world->comm(GroupKind::world);
+        int calls = 0;
+        c.watched("all_reduce (copy engines)", nullptr, [&] { ++calls; });
+        if (calls != 1 || world->watchdog().open_entries() != 0) return 10;
+        bool threw = false;
+        try {
+          c.watched("all_reduce (copy engines)", nullptr, [] { throw CommError("x"); });
+        } catch (const CommError&) {
+          threw = true;
+        }
+        if (!threw || world->watchdog().open_entries() != 0) return 11;
+        c.watched("all_reduce (copy engines)", nullptr,
+                  [] { std::this_thread::sleep_for(std::chrono::seconds(25)); });
+        return 12;
+      },
+      opt);
+  EXPECT_FALSE(res[0].timed_out);
+  EXPECT_EQ(res[0].exit_code, kWatchdogExitCode) << res[0].err;
+  EXPECT_NE(res[0].err.find("mtc watchdog: rank 0: all_reduce (copy engines) on group world"),
+            std::string::npos)
+      << res[0].err;
+  EXPECT_NE(res[0].err.find("at step 4 has not completed after 1 s"), std::string::npos)
+      << res[0].err;
+}
+
 // Rank 1 builds the world and then never joins the all_reduce; rank 0 must
 // not hang: its watchdog ends it after MTC_COLLECTIVE_TIMEOUT=1.
 TEST(CommWatchdog, AHungAllReduceEndsTheRankWithAClearError) {

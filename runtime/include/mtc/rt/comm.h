@@ -238,6 +238,13 @@ class Communicator {
   // (the NCCL backend also waits for its own stream).
   void barrier();
 
+  // A collective implemented outside the backend on this group's memory
+  // (cuda::PeerAllReduce): runs `enqueue` under the watchdog like the
+  // backend's own collectives, so that one that never completes is
+  // reported as "<collective> on group ... at step N". A device backend
+  // keeps the entry open until the work enqueued on `stream` is done.
+  void watched(const char* collective, Stream stream, const std::function<void()>& enqueue);
+
  protected:
   // The backend's collectives, called after the checks with n > 0 (barrier
   // always). A host backend returns when the operation is complete; a device

@@ -19,9 +19,10 @@
 // size and at the same offsets on both ranks, which is what one compiled
 // program running on both ranks gives.
 //
-// Not covered by the collective watchdog: a rank that dies mid-collective
-// leaves the other's stream waiting (the opt-in that creates it,
-// MTC_TP_PEER=1, says so in launching.md).
+// Each call is watched like the pair's NCCL collectives (an entry in the
+// collective watchdog until the stream has passed it): one that never
+// completes ends the rank with "all_reduce (copy engines) on group tp[..]
+// ... at step N".
 #pragma once
 
 #include <cstdint>
@@ -54,6 +55,7 @@ class PeerAllReduce {
 
  private:
   PeerAllReduce() = default;
+  void enqueue(bf16* buf, int64_t n, cudaStream_t stream);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
