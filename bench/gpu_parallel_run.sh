@@ -73,6 +73,31 @@ run() {
   fi || say "FAILED $name: $(tail -4 "$OUT/$name.log" | tr '\n' ' ')"
 }
 
+# compare REF=PLAN,PLAN ...: each plan's 20-step loss curve against its
+# reference's, AGREE within 0.05 (bf16 tolerance).
+compare() {
+  python3 - "$OUT" "$@" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, sys
+out = sys.argv[1]
+def losses(n):
+    try:
+        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
+    except OSError:
+        return []
+for arg in sys.argv[2:]:
+    ref, plans = arg.split("=")
+    a = losses(ref)
+    for p in plans.split(","):
+        b = losses(p)
+        if len(a) != 20 or len(b) != 20:
+            print(f"{p} vs {ref}: MISSING ({len(a)} and {len(b)} steps)")
+            continue
+        d = max(abs(x - y) for x, y in zip(a, b))
+        print(f"{p} vs {ref}: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
+              f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
+PY
+}
+
 check() {
   say "== kernel tests: tensor parallelism, optimizer, embedding, elementwise (dropout on slices), norms, NCCL (2 GPUs)"
   "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:CudaElementwise*:CudaNorms*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
@@ -91,29 +116,9 @@ check() {
   run tiny-drop-gb16 tiny-drop-gb16 1 20 "$DATA"
   run tiny-drop-tp2-sp tiny-drop-tp2-sp 2 20 "$DATA"
   run tiny-drop-dp2 tiny-drop-dp2 2 20 "$DATA"
-  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
-import json, os, sys
-out = sys.argv[1]
-def losses(n):
-    try:
-        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
-    except OSError:
-        return []
-for ref, plans in (("tiny-host-mb16", ["tiny-mb16"]),
-                   ("tiny-gb16", ["tiny-dp2", "tiny-dp2-held", "tiny-dp2-zero"]),
-                   ("tiny-mb16", ["tiny-tp2", "tiny-tp2-nolanes", "tiny-tp2-sp"]),
-                   ("tiny-drop-mb16", ["tiny-drop-tp2-sp"]),
-                   ("tiny-drop-gb16", ["tiny-drop-dp2"])):
-    a = losses(ref)
-    for p in plans:
-        b = losses(p)
-        if len(a) != 20 or len(b) != 20:
-            print(f"{p} vs {ref}: MISSING ({len(a)} and {len(b)} steps)")
-            continue
-        d = max(abs(x - y) for x, y in zip(a, b))
-        print(f"{p} vs {ref}: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
-              f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
-PY
+  compare tiny-host-mb16=tiny-mb16 tiny-gb16=tiny-dp2,tiny-dp2-held,tiny-dp2-zero \
+    tiny-mb16=tiny-tp2,tiny-tp2-nolanes,tiny-tp2-sp tiny-drop-mb16=tiny-drop-tp2-sp \
+    tiny-drop-gb16=tiny-drop-dp2
 }
 
 # Random GPT-2 token ids (enough for 40 steps of 2 x 64 x 1024), the
@@ -280,23 +285,7 @@ peer() {
   RUN_TIMEOUT=60 run tiny-tp2-peer tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1
   RUN_TIMEOUT=60 run tiny-tp2-peer-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1 MTC_TP_LANES=0
   say "$(grep -h 'MTC_TP_PEER' "$OUT"/tiny-tp2-peer.log | head -1)"
-  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
-import json, os, sys
-out = sys.argv[1]
-def losses(n):
-    try:
-        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
-    except OSError:
-        return []
-a = losses("tiny-mb16")
-for p in ("tiny-tp2-peer", "tiny-tp2-peer-nolanes"):
-    b = losses(p)
-    if len(a) != 20 or len(b) != 20:
-        print(f"{p} vs tiny-mb16: MISSING ({len(a)} and {len(b)} steps)"); continue
-    d = max(abs(x - y) for x, y in zip(a, b))
-    print(f"{p} vs tiny-mb16: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
-          f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
-PY
+  compare tiny-mb16=tiny-tp2-peer,tiny-tp2-peer-nolanes
   if [ "$(wc -l < "$OUT/tiny-tp2-peer.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
     say "tiny tp = 2 with MTC_TP_PEER=1 did not finish: no benchmark"
     return
@@ -328,25 +317,7 @@ final() {
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
-  python3 - "$OUT" <<'PY' 2>&1 | tee -a "$SUMMARY"
-import json, os, sys
-out = sys.argv[1]
-def losses(n):
-    try:
-        return [json.loads(l)["loss"] for l in open(os.path.join(out, n + ".jsonl"))]
-    except OSError:
-        return []
-for ref, plans in (("tiny-mb16", ["tiny-tp2", "tiny-tp2-nccl", "tiny-tp2-sp"]),
-                   ("tiny-gb16", ["tiny-dp2"])):
-    a = losses(ref)
-    for p in plans:
-        b = losses(p)
-        if len(a) != 20 or len(b) != 20:
-            print(f"{p} vs {ref}: MISSING ({len(a)} and {len(b)} steps)"); continue
-        d = max(abs(x - y) for x, y in zip(a, b))
-        print(f"{p} vs {ref}: {a[0]:.4f}->{a[-1]:.4f} vs {b[0]:.4f}->{b[-1]:.4f}, "
-              f"max |diff| {d:.4f} {'AGREE' if d < 0.05 else 'DIFFER'}")
-PY
+  compare tiny-mb16=tiny-tp2,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
   if [ "$(wc -l < "$OUT/tiny-tp2.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
     say "tiny tp = 2 did not finish: no benchmark"
     return

@@ -86,21 +86,23 @@ struct PeerAllReduce::Impl {
     if (staging) cudaFree(staging);
     if (flags) cudaFree(flags);
   }
+  // My stream waits until my flag f reaches `value` (the peer writes it).
   void wait(cudaStream_t s, Flag f, uint32_t value) {
-    CUresult r = wait_value(reinterpret_cast<CUstream>(s),
-                            reinterpret_cast<CUdeviceptr>(flags + f), value,
-                            CU_STREAM_WAIT_VALUE_GEQ);
-    if (r != CUDA_SUCCESS)
-      throw CudaError("tp peer all-reduce: cuStreamWaitValue32 failed (CUresult " +
-                      std::to_string(static_cast<int>(r)) + ")");
+    check(wait_value(reinterpret_cast<CUstream>(s), reinterpret_cast<CUdeviceptr>(flags + f),
+                     value, CU_STREAM_WAIT_VALUE_GEQ),
+          "cuStreamWaitValue32");
   }
+  // The peer's flag f = value after my stream's work so far (the default
+  // flags fence the copies before the write).
   void signal(cudaStream_t s, Flag f, uint32_t value) {
-    // Default flags: a memory fence orders the copies before the write.
-    CUresult r = write_value(reinterpret_cast<CUstream>(s),
-                             reinterpret_cast<CUdeviceptr>(peer_flags + f), value,
-                             CU_STREAM_WRITE_VALUE_DEFAULT);
+    check(write_value(reinterpret_cast<CUstream>(s),
+                      reinterpret_cast<CUdeviceptr>(peer_flags + f), value,
+                      CU_STREAM_WRITE_VALUE_DEFAULT),
+          "cuStreamWriteValue32");
+  }
+  static void check(CUresult r, const char* what) {
     if (r != CUDA_SUCCESS)
-      throw CudaError("tp peer all-reduce: cuStreamWriteValue32 failed (CUresult " +
+      throw CudaError(std::string("tp peer all-reduce: ") + what + " failed (CUresult " +
                       std::to_string(static_cast<int>(r)) + ")");
   }
 };
