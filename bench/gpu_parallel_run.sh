@@ -31,8 +31,6 @@
 #   bash bench/gpu_parallel_run.sh final   the defaults: tiny GPT tp = 2 against one GPU,
 #                                          both models' tp = 2 (also with NCCL, without
 #                                          lanes) and dp = 2 against one GPU
-#   bash bench/gpu_parallel_run.sh lanestreams  lane 1's all-reduces on their own
-#                                          stream (MTC_TP_LANE_STREAMS=1), 1.3B
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -337,25 +335,6 @@ final() {
   report "tp2:1 tp2-again:1 tp2-nccl:1 tp2-nolanes:1 dp2:2"
 }
 
-# Lane 1's copy-engine all-reduces on their own stream
-# (MTC_TP_LANE_STREAMS=1): the tiny GPT's tp = 2 against one GPU, then the
-# 1.3B GPT's tp = 2 with and without it against one GPU.
-lanestreams() {
-  local R
-  R=$(random_tokens)
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=40 run tiny-tp2-ls tiny-tp2 2 20 "$DATA" MTC_TP_LANE_STREAMS=1
-  compare tiny-mb16=tiny-tp2-ls
-  if [ "$(wc -l < "$OUT/tiny-tp2-ls.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
-    say "tiny tp = 2 with MTC_TP_LANE_STREAMS=1 did not finish: no benchmark"
-    return
-  fi
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
-  RUN_TIMEOUT=60 run gpt-1.3b-tp2-ls gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANE_STREAMS=1
-  report "tp2:1 tp2-ls:1"
-}
-
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
 # one GPU, tp = 2 with the forward pass in half-batch lanes and without
 # (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
@@ -391,11 +370,10 @@ case "$WHAT" in
   tpsm) tpsm ;;
   peer) peer ;;
   final) final ;;
-  lanestreams) lanestreams ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|lanestreams" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

@@ -134,8 +134,7 @@ void CudaEmitter::emitReduceStarts(Operation *producer, bool lanes) {
       std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
       int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
       if (axis == 2 && !storedF32(ar.getResult()))
-        line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1}{2});", data, n,
-                           lanes && h == 1 ? ", 1" : ""));
+        line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
       else
         line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
                            "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",

@@ -192,11 +192,6 @@ std::string CudaEmitter::emitContext() const {
             "  k::Context ctx1;\n"
             "  bool lanes = true;\n"
             "  cudaEvent_t lane_fork_ev = nullptr, lane_join_ev = nullptr;\n"
-            "  // MTC_TP_LANE_STREAMS=1 with the copy-engine all-reduces: lane 1's\n"
-            "  // all-reduces on their own stream and staging (peer1), so that\n"
-            "  // neither lane's queue behind the other's.\n"
-            "  cudaStream_t lane1_tp_stream = nullptr;\n"
-            "  std::unique_ptr<k::PeerAllReduce> peer1;\n"
           : "";
   const char *lanesInit =
       usesLanes
@@ -206,11 +201,9 @@ std::string CudaEmitter::emitContext() const {
             "    MTC_CUDA_CHECK(cudaEventCreateWithFlags(&lane_join_ev, "
             "cudaEventDisableTiming));\n"
           : "";
-  const char *lanesFree =
-      usesLanes ? "    cudaEventDestroy(lane_fork_ev);\n"
-                  "    cudaEventDestroy(lane_join_ev);\n"
-                  "    if (lane1_tp_stream) cudaStreamDestroy(lane1_tp_stream);\n"
-                : "";
+  const char *lanesFree = usesLanes ? "    cudaEventDestroy(lane_fork_ev);\n"
+                                      "    cudaEventDestroy(lane_join_ev);\n"
+                                    : "";
   o << "struct ParamRow {\n"
     << "  int64_t offset, numel;\n"
     << "  bool decay, split;\n"
@@ -390,19 +383,11 @@ std::string CudaEmitter::emitContext() const {
     << "}\n\n"
     << "// Stream s's work so far (default: the compute stream's) happens\n"
     << "// before what is enqueued next on axis a's stream.\n"
-    << "// The stream axis a's collectives enqueued from stream s run on.\n"
-    << "cudaStream_t axis_stream_for(ProgramContext& pc, int a, cudaStream_t s) "
-       "{\n"
-    << (usesLanes ? "  if (a == 2 && s && s == pc.ctx1.stream && pc.lane1_tp_stream)\n"
-                    "    return pc.lane1_tp_stream;\n"
-                  : "  (void)s;\n")
-    << "  return pc.axis_stream[a];\n"
-    << "}\n\n"
     << "void axis_begin(ProgramContext& pc, int a, cudaStream_t s = nullptr) "
        "{\n"
     << "  MTC_CUDA_CHECK(cudaEventRecord(pc.fork[a], s ? s : pc.ctx.stream));\n"
-    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(axis_stream_for(pc, a, s), "
-       "pc.fork[a], 0));\n"
+    << "  MTC_CUDA_CHECK(cudaStreamWaitEvent(pc.axis_stream[a], pc.fork[a], "
+       "0));\n"
     << "}\n\n"
     << "// The compute stream waits for everything enqueued on axis a's "
        "stream.\n"
@@ -437,7 +422,7 @@ std::string CudaEmitter::emitContext() const {
     << "void axis_mark(ProgramContext& pc, int a, int slot, cudaStream_t s = "
        "nullptr) {\n"
     << "  MTC_CUDA_CHECK(cudaEventRecord(pc.slots[a][slot], "
-       "axis_stream_for(pc, a, s)));\n"
+       "pc.axis_stream[a]));\n"
     << "  if (a == 2 && !pc.tp_overlap) {\n"
     << "    axis_wait(pc, a, slot, s);\n"
     << "  } else if (a == 2 && (!s || s == pc.ctx.stream) && pc.tp_sm_margin > 0) {\n"
@@ -450,7 +435,7 @@ std::string CudaEmitter::emitContext() const {
     << "// other's memory (both ranks decide together at the first call), else,\n"
     << "// or with MTC_TP_PEER=0, NCCL.\n"
     << "void tp_all_reduce(ProgramContext& pc, HostState& st, bf16* data, "
-       "int64_t n, int lane = 0) {\n"
+       "int64_t n) {\n"
     << "  mtc::rt::Communicator& comm = axis_comm(st, 2);\n"
     << "  if (pc.peer_state == 0) {\n"
     << "    pc.peer_state = 2;\n"
@@ -461,22 +446,6 @@ std::string CudaEmitter::emitContext() const {
     << arena * 2 << ", " << peerMaxElements << ", pc.axis_stream[2], &why);\n"
     << "      if (pc.peer) {\n"
     << "        pc.peer_state = 1;\n"
-    << (usesLanes
-            ? "        const char* ls = std::getenv(\"MTC_TP_LANE_STREAMS\");\n"
-              "        if (ls && std::string(ls) == \"1\") {\n"
-              "          pc.peer1 = k::PeerAllReduce::create(comm, "
-              "pc.ctx.device, st.arena, " +
-                  std::to_string(arena * 2) + ", " +
-                  std::to_string(peerMaxElements) +
-                  ", pc.axis_stream[2], &why);\n"
-                  "          int least = 0, greatest = 0;\n"
-                  "          MTC_CUDA_CHECK(cudaDeviceGetStreamPriorityRange("
-                  "&least, &greatest));\n"
-                  "          if (pc.peer1)\n"
-                  "            MTC_CUDA_CHECK(cudaStreamCreateWithPriority("
-                  "&pc.lane1_tp_stream, cudaStreamNonBlocking, greatest));\n"
-                  "        }\n"
-            : std::string())
     << "        if (comm.rank() == 0)\n"
     << "          std::fprintf(stderr, \"note: tp all-reduces through the copy "
        "engines (MTC_TP_PEER=0: NCCL)\\n\");\n"
@@ -487,12 +456,6 @@ std::string CudaEmitter::emitContext() const {
     << "      }\n"
     << "    }\n"
     << "  }\n"
-    << (usesLanes
-            ? "  if (lane == 1 && pc.lanes && pc.peer1 && pc.peer1->covers(data, n)) {\n"
-              "    pc.peer1->all_reduce(data, n, pc.lane1_tp_stream);\n"
-              "    return;\n"
-              "  }\n"
-            : "  (void)lane;\n")
     << "  if (pc.peer_state == 1 && pc.peer->covers(data, n))\n"
     << "    pc.peer->all_reduce(data, n, pc.axis_stream[2]);\n"
     << "  else\n"
