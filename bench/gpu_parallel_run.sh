@@ -98,6 +98,9 @@ for arg in sys.argv[2:]:
 PY
 }
 
+# finished NAME: the run wrote 20 steps of metrics (the tiny GPT's checks).
+finished() { [ -f "$OUT/$1.jsonl" ] && [ "$(wc -l < "$OUT/$1.jsonl")" = 20 ]; }
+
 check() {
   say "== kernel tests: tensor parallelism, optimizer, embedding, elementwise (dropout on slices), norms, NCCL (2 GPUs)"
   "$D/mtc-cuda-tests" --gtest_filter='CudaTensorParallel*:CudaOptimizer*:CudaEmbedding*:CudaElementwise*:CudaNorms*:Nccl*' > "$OUT/kernel-tests.log" 2>&1
@@ -286,7 +289,7 @@ peer() {
   RUN_TIMEOUT=60 run tiny-tp2-peer-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1 MTC_TP_LANES=0
   say "$(grep -h 'MTC_TP_PEER' "$OUT"/tiny-tp2-peer.log | head -1)"
   compare tiny-mb16=tiny-tp2-peer,tiny-tp2-peer-nolanes
-  if [ "$(wc -l < "$OUT/tiny-tp2-peer.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
+  if ! finished tiny-tp2-peer; then
     say "tiny tp = 2 with MTC_TP_PEER=1 did not finish: no benchmark"
     return
   fi
@@ -318,7 +321,7 @@ final() {
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
   compare tiny-mb16=tiny-tp2,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
-  if [ "$(wc -l < "$OUT/tiny-tp2.jsonl" 2>/dev/null || echo 0)" != 20 ]; then
+  if ! finished tiny-tp2; then
     say "tiny tp = 2 did not finish: no benchmark"
     return
   fi

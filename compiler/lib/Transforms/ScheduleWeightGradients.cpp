@@ -59,18 +59,21 @@ void schedule(Block &block) {
     if (onlyGradients)
       weightGrad.insert(&op);
   }
-  // Activation collectives (those not of gradients, e.g. sequence
-  // parallelism's sums of norm-weight gradients): how many windows their
-  // inputs' producers open.
-  auto isActivationCollective = [&](Operation *op) {
-    return isCollective(op) && !weightGrad.count(op);
-  };
+  // Activation collectives (those not of gradients, e.g. not sequence
+  // parallelism's sums of norm-weight gradients) whose input is produced in
+  // the block: each opens a window at its producer and closes it where it
+  // stands.
   llvm::DenseMap<Operation *, int> opens;
-  for (Operation &op : block)
-    if (isActivationCollective(&op))
-      if (Operation *def = op.getOperand(0).getDefiningOp())
-        if (def->getBlock() == &block)
-          ++opens[def];
+  llvm::DenseSet<Operation *> closes;
+  for (Operation &op : block) {
+    if (!isCollective(&op) || weightGrad.count(&op))
+      continue;
+    Operation *def = op.getOperand(0).getDefiningOp();
+    if (def && def->getBlock() == &block) {
+      ++opens[def];
+      closes.insert(&op);
+    }
+  }
 
   SmallVector<Operation *> pending;
   int openWindows = 0;
@@ -88,9 +91,7 @@ void schedule(Block &block) {
       pending.clear();
       openWindows += n;
     }
-    if (isActivationCollective(&op) && openWindows > 0 &&
-        op.getOperand(0).getDefiningOp() &&
-        opens.count(op.getOperand(0).getDefiningOp()))
+    if (closes.count(&op))
       --openWindows;
   }
 }

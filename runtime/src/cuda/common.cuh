@@ -15,11 +15,14 @@ namespace mtc::rt::cuda {
 
 // Blocks for a grid-stride elementwise kernel over n items: enough to fill
 // the GPU several times, never more than the items need.
-inline unsigned grid_for(const Context& ctx, int64_t n, int threads) {
+inline unsigned grid_for(int sm_count, int64_t n, int threads) {
   int64_t need = ceil_div(n, threads);
-  int64_t cap = static_cast<int64_t>(ctx.sm_count) * 16;
+  int64_t cap = static_cast<int64_t>(sm_count) * 16;
   if (need > cap) need = cap;
   return static_cast<unsigned>(need < 1 ? 1 : need);
+}
+inline unsigned grid_for(const Context& ctx, int64_t n, int threads) {
+  return grid_for(ctx.sm_count, n, threads);
 }
 
 // Eight bf16 in one 16-byte access.

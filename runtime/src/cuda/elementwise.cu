@@ -214,14 +214,19 @@ void fill(Context& ctx, bf16* x, float value, int64_t n) {
 }
 
 void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n, int64_t nb) {
+  add_on(ctx.stream, ctx.sm_count, a, b, out, n, nb);
+}
+
+void add_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b, bf16* out, int64_t n,
+            int64_t nb) {
   if (n <= 0) return;
   require(nb > 0 && n % nb == 0, "add: nb must divide n");
   bool vec = n % 8 == 0 && nb % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(out);
-  unsigned grid = grid_for(ctx, vec ? n / 8 : n, kThreads);
+  unsigned grid = grid_for(sm_count, vec ? n / 8 : n, kThreads);
   if (vec)
-    add_kernel<true><<<grid, kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
+    add_kernel<true><<<grid, kThreads, 0, stream>>>(a, b, out, n, nb);
   else
-    add_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
+    add_kernel<false><<<grid, kThreads, 0, stream>>>(a, b, out, n, nb);
   MTC_LAUNCH_CHECK("add_kernel");
 }
 

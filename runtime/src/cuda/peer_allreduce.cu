@@ -29,29 +29,6 @@ constexpr size_t kInfoWords = (sizeof(PeerInfo) + 7) / 8;
 // Flag words in each rank's flags buffer, written by the peer.
 enum Flag : int { kDelivered = 0, kStagingFree = 1, kReduced = 2, kNumFlags = 4 };
 
-__global__ void add_into_kernel(bf16* __restrict__ dst, const bf16* __restrict__ src, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    dst[i] = __float2bfloat16(__bfloat162float(dst[i]) + __bfloat162float(src[i]));
-}
-
-// 8 elements (16 bytes) a thread when both pointers are 16-byte aligned.
-__global__ void add_into_kernel_vec(bf16* __restrict__ dst, const bf16* __restrict__ src,
-                                    int64_t n8) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n8;
-       i += stride) {
-    uint4 a = reinterpret_cast<uint4*>(dst)[i];
-    const uint4 b = reinterpret_cast<const uint4*>(src)[i];
-    bf16* pa = reinterpret_cast<bf16*>(&a);
-    const bf16* pb = reinterpret_cast<const bf16*>(&b);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      pa[j] = __float2bfloat16(__bfloat162float(pa[j]) + __bfloat162float(pb[j]));
-    reinterpret_cast<uint4*>(dst)[i] = a;
-  }
-}
-
 template <typename Fn>
 Fn driver_entry(const char* name) {
   void* fn = nullptr;
@@ -66,7 +43,7 @@ Fn driver_entry(const char* name) {
 struct PeerAllReduce::Impl {
   Communicator* comm = nullptr;  // the pair's: its watchdog watches each call
   int rank = 0;
-  int device = 0;
+  int sm_count = 0;              // for the add kernel's grid
   char* region = nullptr;
   size_t region_bytes = 0;
   int64_t staging_elements = 0;
@@ -118,7 +95,7 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(Communicator& comm, int dev
   auto impl = std::make_unique<Impl>();
   impl->comm = &comm;
   impl->rank = static_cast<int>(comm.rank());
-  impl->device = device;
+  MTC_CUDA_CHECK(cudaDeviceGetAttribute(&impl->sm_count, cudaDevAttrMultiProcessorCount, device));
   impl->region = static_cast<char*>(region);
   impl->region_bytes = region_bytes;
   impl->staging_elements = (max_elements + 1) / 2 + 8;
@@ -161,8 +138,9 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(Communicator& comm, int dev
 
   // Map the peer's memory; then agree (both ranks must take the same path).
   if (local_problem.empty() && !peer.ok) local_problem = "the peer could not share its memory";
-  if (local_problem.empty() && peer.region_bytes != region_bytes)
-    local_problem = "the ranks' regions differ in size";
+  if (local_problem.empty() && (peer.region_bytes != region_bytes ||
+                                peer.staging_elements != mine.staging_elements))
+    local_problem = "the ranks' regions or staging buffers differ in size";
   if (local_problem.empty() && peer.device != device) {
     int can = 0;
     MTC_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peer.device));
@@ -228,18 +206,7 @@ void PeerAllReduce::enqueue(bf16* buf, int64_t n, cudaStream_t stream) {
   m.signal(stream, kDelivered, seq);
   // 2. Its half of its partial sums, in my staging: add into mine.
   m.wait(stream, kDelivered, seq);
-  if (my_n > 0) {
-    bf16* dst = buf + my_begin;
-    if (aligned16(dst) && aligned16(m.staging) && my_n % 8 == 0) {
-      const int64_t n8 = my_n / 8;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n8, 256), 1024));
-      add_into_kernel_vec<<<blocks, 256, 0, stream>>>(dst, m.staging, n8);
-    } else {
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(my_n, 256), 1024));
-      add_into_kernel<<<blocks, 256, 0, stream>>>(dst, m.staging, my_n);
-    }
-    MTC_LAUNCH_CHECK("add_into_kernel");
-  }
+  add_on(stream, m.sm_count, buf + my_begin, m.staging, buf + my_begin, my_n, my_n);
   m.signal(stream, kStagingFree, seq);
   // 3. My reduced half to the same place in the peer's buffer (the peer
   //    read its partial sums of it in step 1, before signalling).
