@@ -116,19 +116,20 @@ std::string CudaEmitter::matmulBias(mtc::MatmulOp m) {
 
 // The all-reduces of `producer`'s result that start early (see
 // analyzeFusions), on axis stream order: the whole value after the compute
-// stream's work, or (lanes) each half after its lane's work, each half with
-// its own slot event.
-void CudaEmitter::emitReduceStarts(Operation *producer, bool lanes) {
+// stream's work (lane < 0), or lane `lane`'s half after that lane's work,
+// each half with its own slot event.
+void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
   auto early = earlyReduces.find(producer);
   if (early == earlyReduces.end())
     return;
+  const bool lanes = lane >= 0;
   for (Operation *r : early->second) {
     auto ar = cast<shard::AllReduceOp>(r);
     int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(r);
     const char *dtype = storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
                                                   : "mtc::rt::DType::bf16";
     line(opLabel(r, " (started)"));
-    for (int h = 0; h < (lanes ? 2 : 1); ++h) {
+    for (int h = lanes ? lane : 0; h <= (lanes ? lane : 0); ++h) {
       std::string stream = !lanes ? "" : h == 0 ? ", ctx.stream" : ", ctx1.stream";
       line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
       std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
@@ -197,18 +198,30 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
     runFirst.insert(first);
     runLast.insert(last);
   }
-  for (Operation &op : fn.getBody().front()) {
-    if (laneOps.count(&op)) {
-      if (runFirst.count(&op))
-        line("lane_fork(pc);");
-      emitLaneOp(&op);
-      if (runLast.count(&op))
-        line("lane_join(pc);");
+  Block &block = fn.getBody().front();
+  for (auto it = block.begin(); it != block.end(); ++it) {
+    if (runFirst.count(&*it)) {
+      // A run of lane ops: the ops in it that are not (parameters, index
+      // arithmetic, ops fused into others) come first, then the lanes.
+      SmallVector<Operation *> run;
+      for (;; ++it) {
+        Operation *op = &*it;
+        if (laneOps.count(op)) {
+          run.push_back(op);
+        } else {
+          if (failed(emitOp(op, eval)))
+            return failure();
+          emitAfterGradient(op, eval);
+        }
+        if (runLast.count(op))
+          break;
+      }
+      emitLaneRun(run);
       continue;
     }
-    if (failed(emitOp(&op, eval)))
+    if (failed(emitOp(&*it, eval)))
       return failure();
-    emitAfterGradient(&op, eval);
+    emitAfterGradient(&*it, eval);
   }
   os << "}\n\n";
   return success();
@@ -240,7 +253,7 @@ void CudaEmitter::axisCall(int axis, const std::string &call,
 // accumulate_grad on the step's last microbatch, its gradient collective
 // over tp and the dp buckets it completes.
 void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
-  emitReduceStarts(op, /*lanes=*/false);
+  emitReduceStarts(op, /*lane=*/-1);
   auto gc = gradCollectivesAfter.find(op);
   if (gc != gradCollectivesAfter.end())
     for (const GradCollective &g : gc->second) {

@@ -44,8 +44,8 @@ private:
   void analyzeLanes(mlir::func::FuncOp fn);
   std::string laneCall(mlir::Operation *op, int h);
   std::string half(mlir::Value v, int h);
-  void emitLaneOp(mlir::Operation *op);
-  void emitReduceStarts(mlir::Operation *producer, bool lanes);
+  void emitLaneRun(llvm::ArrayRef<mlir::Operation *> run);
+  void emitReduceStarts(mlir::Operation *producer, int lane);
   std::string opLabel(mlir::Operation *op, llvm::StringRef suffix = "");
   std::string matmulBias(mtc::MatmulOp m);
   std::string buf(mlir::Value v);

@@ -188,21 +188,37 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
       });
 }
 
-// One op of the lanes: its label, then each half on its lane (a started
-// all-reduce: each lane waits for its half), then the early all-reduces of
-// its halves.
-void CudaEmitter::emitLaneOp(Operation *op) {
-  line(opLabel(op));
-  if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
-    int axis = ar.getGridAxes()[0], slot = reduceSlot.lookup(op);
-    line(llvm::formatv("axis_wait(pc, {0}, {1}, ctx.stream);", axis, 2 * slot));
-    line(llvm::formatv("axis_wait(pc, {0}, {1}, ctx1.stream);", axis,
-                       2 * slot + 1));
-    return;
+// A run of lane ops, staggered: the run is cut before each all-reduce (a
+// lane's wait for its half), and the pieces go lane 0, lane 1, lane 0, ...
+// So each lane's all-reduce has the other lane's piece to run beside it
+// (in the GPT forward pass: lane 0's attention-output all-reduce beside
+// lane 1's attention, lane 1's beside lane 0's MLP) even when both lanes
+// share one stream (MTC_TP_LANES=0), where the ops of a piece run one
+// after the other without competing for SMs. On two streams the order only
+// sets when the host enqueues each piece; the tp stream gets the
+// all-reduces in the same order either way.
+void CudaEmitter::emitLaneRun(ArrayRef<Operation *> run) {
+  line("lane_fork(pc);");
+  size_t begin = 0;
+  for (size_t end = 1; end <= run.size(); ++end) {
+    if (end < run.size() && !isa<shard::AllReduceOp>(run[end]))
+      continue;
+    for (int h = 0; h < 2; ++h)
+      for (Operation *op : run.slice(begin, end - begin)) {
+        line(opLabel(op));
+        if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
+          line(llvm::formatv("axis_wait(pc, {0}, {1}, {2}.stream);",
+                             ar.getGridAxes()[0],
+                             2 * reduceSlot.lookup(op) + h,
+                             h == 0 ? "ctx" : "ctx1"));
+          continue;
+        }
+        line(laneCall(op, h));
+        emitReduceStarts(op, h);
+      }
+    begin = end;
   }
-  line(laneCall(op, 0));
-  line(laneCall(op, 1));
-  emitReduceStarts(op, /*lanes=*/true);
+  line("lane_join(pc);");
 }
 
 } // namespace mtc::codegen
