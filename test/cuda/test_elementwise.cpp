@@ -53,6 +53,32 @@ TEST_F(CudaElementwise, AddResidualAndBroadcast) {
   }
 }
 
+// add3_on: the tp all-reduce's sum with the residual, (a + b) + c with one
+// rounding, on another stream; without c it is a + b.
+TEST_F(CudaElementwise, Add3OnStream) {
+  for (int64_t n : {int64_t{64 * 768}, int64_t{1001}}) {
+    std::vector<float> a = round_bf16(randn(n, 23)), b = round_bf16(randn(n, 24)),
+                       c = round_bf16(randn(n, 25));
+    DevBuf<bf16> da(n), db(n), dc(n), out(n), out2(n);
+    upload(da, a);
+    upload(db, b);
+    upload(dc, c);
+    cudaStream_t s = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    add3_on(s, ctx().sm_count, da.get(), db.get(), dc.get(), out.get(), n);
+    add3_on(s, ctx().sm_count, da.get(), db.get(), nullptr, out2.get(), n);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    cudaStreamDestroy(s);
+    std::vector<float> ref(n), ref2(n);
+    for (int64_t i = 0; i < n; ++i) {
+      ref2[i] = a[i] + b[i];
+      ref[i] = ref2[i] + c[i];
+    }
+    expect_close("add3 n=" + std::to_string(n), download(out), ref, kOneRounding);
+    expect_close("add3 without c n=" + std::to_string(n), download(out2), ref2, kOneRounding);
+  }
+}
+
 TEST_F(CudaElementwise, Accumulate) {
   const int64_t n = 5003;
   std::vector<float> dst = randn(n, 31), src = round_bf16(randn(n, 32));

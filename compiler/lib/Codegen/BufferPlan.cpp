@@ -3,10 +3,12 @@
 // Steps:
 //  1. Number the ops of the (single-block) function; record each value's
 //     last use.
-//  2. Walk the ops: allocate each result first-fit among free intervals
-//     (growing the arena when none fits), then free the operands whose last
-//     use is this op and the results nobody uses. Results are allocated
-//     before operands are freed, so an op never writes over its inputs.
+//  2. Walk the ops: allocate each result (and each value whose storage is
+//     taken early at this op, ExecutionHints::liveFrom) first-fit among
+//     free intervals (growing the arena when none fits), then free the
+//     operands whose last use is this op and the results nobody uses.
+//     Results are allocated before operands are freed, so an op never
+//     writes over its inputs.
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Codegen/BufferPlan.h"
@@ -110,16 +112,25 @@ mtc::BufferPlan mtc::planBuffers(func::FuncOp fn,
   // Values are freed after the op at their last use, so ops are visited in
   // order and each frees what dies at its index.
   llvm::DenseMap<int64_t, SmallVector<Value>> dying;
+  // Values whose storage is taken before their definition (liveFrom).
+  llvm::DenseMap<Operation *, SmallVector<Value>> early;
+  for (auto &[v, op] : hints.liveFrom)
+    if (!hints.inPlaceOf.count(v))
+      early[op].push_back(v);
   for (Operation &op : body) {
-    for (Value r : op.getResults()) {
-      if (hints.inPlaceOf.count(r))
+    SmallVector<Value> taken(op.getResults());
+    taken.append(early.lookup(&op));
+    for (Value r : taken) {
+      if (hints.inPlaceOf.count(r) || plan.offset.count(r))
         continue;
       int64_t n = elements(r);
       if (n <= 0)
         continue;
       plan.offset[r] = arena.allocate(rounded(n));
+      Operation *def = r.getDefiningOp();
+      int64_t born = def ? index[def] : index[&op];
       auto lu = lastUse.find(r);
-      dying[lu == lastUse.end() ? index[&op] : lu->second].push_back(r);
+      dying[lu == lastUse.end() ? born : std::max(born, lu->second)].push_back(r);
     }
     for (Value v : dying.lookup(index[&op]))
       arena.release(plan.offset[v], rounded(elements(v)));

@@ -7,7 +7,8 @@
 //    which tensor-parallel collectives of gradients run once per step on
 //    that buffer instead;
 //  - fusions and in-place collectives, as ExecutionHints for the buffer
-//    plan, and which tensor-parallel all-reduces start early;
+//    plan, which tensor-parallel all-reduces start early, and which of
+//    those add the residual stream in their sum;
 //  - the data-parallel gradient buckets and where each is complete.
 //
 //===----------------------------------------------------------------------===//
@@ -187,6 +188,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   earlyReduces.clear();
   rankZeroBias.clear();
   reduceSlot.clear();
+  residualReduce.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
     if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
@@ -298,6 +300,32 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
     earlyReduces[producer].push_back(&op);
     if (ar.getGridAxes()[0] == 2 && !storedF32(ar.getResult()))
       peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
+    // The sum's one use (through the row-parallel bias add on rank 0, in
+    // place) is a residual add: the all-reduce adds the residual in its
+    // own sum pass and writes the add's result, which is then taken from
+    // the producer on; the add is gone.
+    if (ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()))
+      continue;
+    Value sum = ar.getResult();
+    if (sum.hasOneUse())
+      if (auto bias = dyn_cast<mtc::AddOp>(*sum.getUsers().begin()))
+        if (noOps.count(bias) && hints.inPlaceOf.lookup(bias.getResult()) == sum)
+          sum = bias.getResult();
+    if (!sum.hasOneUse())
+      continue;
+    auto add = dyn_cast<mtc::AddOp>(*sum.getUsers().begin());
+    if (!add || noOps.count(add) || fusedPartner.count(add) ||
+        sink.count(add.getResult()) || hints.inPlaceOf.count(add.getResult()) ||
+        add.getLhs() == add.getRhs() || add.getType() != sum.getType())
+      continue;
+    Value residual = add.getLhs() == sum ? add.getRhs() : add.getLhs();
+    if (residual.getType() != add.getType() || !residual.getDefiningOp() ||
+        residual.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(residual) ||
+        sink.count(residual))
+      continue;
+    residualReduce[&op] = {residual, add.getResult()};
+    noOps.insert(add);
+    hints.liveFrom[add.getResult()] = producer;
   }
   numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
 }

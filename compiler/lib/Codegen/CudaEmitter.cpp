@@ -23,7 +23,9 @@
 //       cross_entropy + cross_entropy_grad -> one fused kernel writing the
 //         logits' gradient in place over the logits;
 //     and a tensor-parallel all-reduce whose input dies with it runs in
-//     place, started right after its input's producer.
+//     place, started right after its input's producer; when its sum's
+//     one use is a residual add, the all-reduce adds the residual in its
+//     own sum pass (tp_all_reduce_add) and the add is gone.
 //  3. Buffer planning in 2-byte units (bf16 tensors; f32 tensors take two).
 //  4. One kernel call per remaining op, each preceded by set_current_op with
 //     the op's IR location, so a CUDA error names the op; `shard.*`
@@ -134,7 +136,12 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
       line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
       std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
       int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
-      if (axis == 2 && !storedF32(ar.getResult()))
+      if (auto rr = residualReduce.find(r); rr != residualReduce.end())
+        line(llvm::formatv(
+            "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
+            lanes ? half(rr->second.residual, h) : buf(rr->second.residual),
+            lanes ? half(rr->second.out, h) : buf(rr->second.out), n));
+      else if (axis == 2 && !storedF32(ar.getResult()))
         line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
       else
         line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "

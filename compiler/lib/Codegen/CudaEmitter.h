@@ -78,6 +78,12 @@ private:
   llvm::DenseMap<mlir::Operation *, llvm::SmallVector<mlir::Operation *>>
       earlyReduces;
   llvm::DenseMap<mlir::Operation *, int> reduceSlot;
+  // Early tp all-reduces that also add a replicated residual: out =
+  // sum + residual (the residual add they replace is a no-op).
+  struct ResidualReduce {
+    mlir::Value residual, out;
+  };
+  llvm::DenseMap<mlir::Operation *, ResidualReduce> residualReduce;
   // Row-parallel GEMMs that add the linear's bias on the tp axis's rank 0
   // (before the all-reduce of the partial products).
   struct RankZeroBias {

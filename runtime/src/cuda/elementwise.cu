@@ -75,6 +75,32 @@ __global__ void add_kernel(const bf16* a, const bf16* b, bf16* out, int64_t n, i
   }
 }
 
+// out (n) = (a (n) + b (n)) + c (n), c optional.
+template <bool kVec>
+__global__ void add3_kernel(const bf16* a, const bf16* b, const bf16* c, bf16* out, int64_t n) {
+  if (kVec) {
+    for (int64_t i = global_tid() * 8; i < n; i += grid_stride() * 8) {
+      float fa[8], fb[8], fc[8];
+      load8(a + i, fa);
+      load8(b + i, fb);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) fa[j] += fb[j];
+      if (c) {
+        load8(c + i, fc);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) fa[j] += fc[j];
+      }
+      store8(out + i, fa);
+    }
+  } else {
+    for (int64_t i = global_tid(); i < n; i += grid_stride()) {
+      float v = __bfloat162float(a[i]) + __bfloat162float(b[i]);
+      if (c) v += __bfloat162float(c[i]);
+      out[i] = __float2bfloat16(v);
+    }
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ float to_f32(T x) { return static_cast<float>(x); }
 template <>
@@ -214,20 +240,27 @@ void fill(Context& ctx, bf16* x, float value, int64_t n) {
 }
 
 void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n, int64_t nb) {
-  add_on(ctx.stream, ctx.sm_count, a, b, out, n, nb);
-}
-
-void add_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b, bf16* out, int64_t n,
-            int64_t nb) {
   if (n <= 0) return;
   require(nb > 0 && n % nb == 0, "add: nb must divide n");
   bool vec = n % 8 == 0 && nb % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(out);
+  unsigned grid = grid_for(ctx, vec ? n / 8 : n, kThreads);
+  if (vec)
+    add_kernel<true><<<grid, kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
+  else
+    add_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
+  MTC_LAUNCH_CHECK("add_kernel");
+}
+
+void add3_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b, const bf16* c,
+             bf16* out, int64_t n) {
+  if (n <= 0) return;
+  bool vec = n % 8 == 0 && aligned16(a) && aligned16(b) && (!c || aligned16(c)) && aligned16(out);
   unsigned grid = grid_for(sm_count, vec ? n / 8 : n, kThreads);
   if (vec)
-    add_kernel<true><<<grid, kThreads, 0, stream>>>(a, b, out, n, nb);
+    add3_kernel<true><<<grid, kThreads, 0, stream>>>(a, b, c, out, n);
   else
-    add_kernel<false><<<grid, kThreads, 0, stream>>>(a, b, out, n, nb);
-  MTC_LAUNCH_CHECK("add_kernel");
+    add3_kernel<false><<<grid, kThreads, 0, stream>>>(a, b, c, out, n);
+  MTC_LAUNCH_CHECK("add3_kernel");
 }
 
 void accumulate(Context& ctx, float* dst, const bf16* src, int64_t n) {

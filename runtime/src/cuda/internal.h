@@ -23,11 +23,6 @@ inline bool aligned16(const void* p) {
 void check_attention_args(const char* op, int64_t b, int64_t s, int64_t h, int64_t kv,
                           int64_t dh);
 
-// add(ctx, ...) on a stream that is not a context's (elementwise.cu; the
-// copy-engine all-reduce's sum on the tp stream, peer_allreduce.cu).
-void add_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b, bf16* out, int64_t n,
-            int64_t nb);
-
 // Frees the cuBLASLt plans of a context (gemm.cu).
 void destroy_gemm_cache(GemmCache* cache);
 

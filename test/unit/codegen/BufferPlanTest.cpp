@@ -1,5 +1,6 @@
 // planBuffers: exact lifetimes reuse storage; a concurrent run (the CUDA
-// emitter's half-batch lanes) keeps what its ops touch alive to its end.
+// emitter's half-batch lanes) keeps what its ops touch alive to its end; a
+// value written before its definition (liveFrom) takes its storage early.
 #include "mtc/Codegen/BufferPlan.h"
 
 #include <gtest/gtest.h>
@@ -86,6 +87,21 @@ TEST(BufferPlan, ConcurrentRunKeepsAnUnusedResultToItsEnd) {
   // A run of ops 1..2: %0 (used at op 1, inside) lives to op 2.
   mtc::BufferPlan plan = p.planWithRun(1, 2);
   EXPECT_NE(plan.offset.lookup(p.values[2]), plan.offset.lookup(p.values[0]));
+}
+
+TEST(BufferPlan, LiveFromTakesStorageEarly) {
+  Planned p;
+  ASSERT_TRUE(p.module);
+  // Without the hint %2 reuses %0's storage (freed after op 1); taken at
+  // op 0 it cannot, since %0 is live then.
+  mtc::ExecutionHints hints;
+  hints.liveFrom[p.values[2]] = p.ops[0];
+  mtc::BufferPlan plan = p.plan(hints);
+  int64_t o0 = plan.offset.lookup(p.values[0]), o1 = plan.offset.lookup(p.values[1]),
+          o2 = plan.offset.lookup(p.values[2]);
+  EXPECT_NE(o2, o0);
+  EXPECT_NE(o2, o1);
+  EXPECT_EQ(plan.size, 192);
 }
 
 }  // namespace

@@ -36,6 +36,9 @@ struct ExecutionHints {
   /// defines or uses stays live at least until `last`.
   llvm::SmallVector<std::pair<mlir::Operation *, mlir::Operation *>>
       concurrentRuns;
+  /// Values written before the op that defines them (e.g. by a collective
+  /// started earlier): their storage is taken when `op` runs.
+  llvm::DenseMap<mlir::Value, mlir::Operation *> liveFrom;
 };
 
 /// `elements(v)` returns how many arena elements value v needs, or 0 when it

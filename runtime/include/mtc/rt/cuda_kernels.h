@@ -114,6 +114,13 @@ void fill(Context& ctx, bf16* x, float value, int64_t n);
 void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n,
          int64_t nb);
 
+// out[i] = (a[i] + b[i]) + c[i]   (n; without c when it is null), in fp32
+// with one rounding, enqueued on `stream` (not a context's: a collective's,
+// e.g. the tp all-reduce's sums) with a grid for sm_count SMs. out may alias
+// a, b or c.
+void add3_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b,
+             const bf16* c, bf16* out, int64_t n);
+
 // dst[i] += src[i]   (n), fp32 accumulation of a bf16 or fp32 gradient.
 void accumulate(Context& ctx, float* dst, const bf16* src, int64_t n);
 void accumulate(Context& ctx, float* dst, const float* src, int64_t n);

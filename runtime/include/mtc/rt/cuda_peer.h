@@ -8,7 +8,8 @@
 //   1. each rank copies the half of its partial sums that the peer reduces
 //      into the peer's staging buffer;
 //   2. each rank adds the received half into its own half (one small
-//      elementwise kernel, the only SM work);
+//      elementwise kernel, the only SM work; all_reduce_add adds a
+//      replicated residual in the same pass);
 //   3. each rank copies its reduced half to the same place in the peer's
 //      buffer.
 // Ordering across the two processes is by flags in device memory: a rank
@@ -52,10 +53,16 @@ class PeerAllReduce {
   // buf[i] = sum over both ranks, in place, enqueued on `stream` (every
   // call on the same stream, in the same order on both ranks).
   void all_reduce(bf16* buf, int64_t n, cudaStream_t stream);
+  // out[i] = (sum over both ranks of buf[i]) + addend[i], where addend is
+  // the same on both ranks (a replicated residual stream): step 2's kernel
+  // adds it, step 3 copies out's reduced half, so the residual add costs
+  // each rank half a pass and no extra traffic. buf keeps partial sums
+  // (half of it reduced); out must lie in the region (covers).
+  void all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int64_t n, cudaStream_t stream);
 
  private:
   PeerAllReduce() = default;
-  void enqueue(bf16* buf, int64_t n, cudaStream_t stream);
+  void enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n, cudaStream_t stream);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
