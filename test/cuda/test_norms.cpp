@@ -109,6 +109,27 @@ TEST_F(CudaNorms, BackwardAccumulatesDx) {
   std::vector<float> ref = plus(resid, rdx);
   expect_close(tag("layer_norm_backward dx (+= residual grad)", s), download(gx), ref,
                Tol{1e-2 * rms(ref), 1e-2, 1e-2});
+  // Out of place (the tp all-reduce's half): the residual gradient stays.
+  DevBuf<bf16> base(n), out(n);
+  upload(base, resid);
+  layer_norm_backward_add(ctx(), dx_.get(), dgm.get(), dy_.get(), base.get(), out.get(),
+                          dgamma.get(), dbeta.get(), s.t, s.d, kEps);
+  expect_close(tag("layer_norm_backward_add dx = residual grad + dx", s), download(out), ref,
+               Tol{1e-2 * rms(ref), 1e-2, 1e-2});
+  expect_close(tag("layer_norm_backward_add leaves the base", s), download(base), resid,
+               Tol{0, 0, 0});
+  expect_close(tag("layer_norm_backward_add dgamma (+= twice)", s), download(dgamma),
+               plus(rdg, rdg), Tol{1e-4 * (rms(rdg) + 1), 1e-4, 0});
+  DevBuf<float> rg(s.d);
+  fill(ctx(), rg.get(), 0.f, s.d);
+  rms_norm_backward_add(ctx(), dx_.get(), dgm.get(), dy_.get(), base.get(), out.get(), rg.get(),
+                        s.t, s.d, kEps);
+  std::vector<float> rrdx(n), rrdg(s.d);
+  host::rms_norm_backward(x.data(), gamma.data(), dy.data(), rrdx.data(), rrdg.data(), s.t, s.d,
+                          kEps);
+  std::vector<float> rref = plus(resid, rrdx);
+  expect_close(tag("rms_norm_backward_add dx", s), download(out), rref,
+               Tol{1e-2 * rms(rref), 1e-2, 1e-2});
 }
 
 }  // namespace

@@ -178,6 +178,57 @@ void CudaEmitter::planBuckets(func::FuncOp fn) {
   }
 }
 
+// A tp all-reduce (tp = 2, no dp) whose sum is only the input gradient of
+// a norm's backward that adds its dx into the residual stream's gradient
+// (normIntoResidual): each rank runs the norm's backward on its half of
+// the rows inside the all-reduce, between its sum and its copy to the peer
+// (tp_all_reduce_then), which then carries the new residual gradient
+// instead of the sum. The norm is a no-op where it stands; its dx goes out
+// of place into the add's result (taken from the producer on: the tp
+// stream writes it while the compute stream may still read the old
+// residual gradient, e.g. fc2's weight-gradient GEMM); its dgamma/dbeta,
+// partial over half the rows, are accumulated in pc.tp_partial and summed
+// over tp once per step (the train function's end).
+bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
+  auto ar = cast<shard::AllReduceOp>(arOp);
+  if (grid.tp != 2 || grid.dp != 1 || grid.pp != 1 ||
+      ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()) ||
+      !ar.getResult().hasOneUse())
+    return false;
+  Operation *norm = *ar.getResult().getUsers().begin();
+  Value dout;
+  if (auto ln = dyn_cast<mtc::LayerNormGradOp>(norm))
+    dout = ln.getDout();
+  else if (auto rn = dyn_cast<mtc::RmsNormGradOp>(norm))
+    dout = rn.getDout();
+  if (dout != ar.getResult() || !normIntoResidual.count(norm))
+    return false;
+  Value dx = norm->getResult(0);
+  auto add = dyn_cast<mtc::AddOp>(*dx.getUsers().begin());
+  Value dgamma = norm->getResult(1);
+  Value dbeta = isa<mtc::LayerNormGradOp>(norm) ? norm->getResult(2) : Value();
+  if (!add || !sink.count(dgamma) || (dbeta && !dbeta.use_empty() && !sink.count(dbeta)) ||
+      rows(dx) % 2 != 0)
+    return false;
+  Value residual = add.getLhs() == dx ? add.getRhs() : add.getLhs();
+  int64_t d = shapeOf(dx).back();
+  NormReduce nr{norm, residual, add.getResult(), -1, -1};
+  nr.gammaSlot = tpPartialRows.size() * d;
+  tpPartialRows.push_back(sink.lookup(dgamma));
+  if (dbeta && !dbeta.use_empty()) {
+    nr.betaSlot = tpPartialRows.size() * d;
+    tpPartialRows.push_back(sink.lookup(dbeta));
+  }
+  tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
+  tpPartialWidth = d;
+  normReduce[arOp] = nr;
+  noOps.insert(norm);
+  hints.inPlaceOf[dx] = add.getResult();
+  hints.inPlaceOf.erase(add.getResult());
+  hints.liveFrom[add.getResult()] = producer;
+  return true;
+}
+
 void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   hints = mtc::ExecutionHints();
   noOps.clear();
@@ -189,6 +240,8 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   rankZeroBias.clear();
   reduceSlot.clear();
   residualReduce.clear();
+  normReduce.clear();
+  tpPartialRows.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
     if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
@@ -300,6 +353,8 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
     earlyReduces[producer].push_back(&op);
     if (ar.getGridAxes()[0] == 2 && !storedF32(ar.getResult()))
       peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
+    if (fuseNormReduce(&op, producer))
+      continue;
     // The sum's one use (through the row-parallel bias add on rank 0, in
     // place) is a residual add: the all-reduce adds the residual in its
     // own sum pass and writes the add's result, which is then taken from

@@ -136,7 +136,9 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
       line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
       std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
       int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
-      if (auto rr = residualReduce.find(r); rr != residualReduce.end())
+      if (auto nr = normReduce.find(r); nr != normReduce.end())
+        emitNormReduce(nr->second, data, n);
+      else if (auto rr = residualReduce.find(r); rr != residualReduce.end())
         line(llvm::formatv(
             "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
             lanes ? half(rr->second.residual, h) : buf(rr->second.residual),
@@ -151,6 +153,65 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
                          lanes ? 2 * slot + h : slot, stream));
     }
   }
+}
+
+// The all-reduce of a norm's input gradient that runs the norm's backward
+// on its half of the rows (fuseNormReduce), on the tp stream's context.
+void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
+                                 int64_t n) {
+  Operation *norm = nr.norm;
+  Value x = norm->getOperand(0), gamma = norm->getOperand(1);
+  int64_t d = shapeOf(x).back();
+  auto at = [&](StringRef base) { return ("(" + base + " + e0)").str(); };
+  std::string partial = [&](int64_t slot) {
+    return slot < 0 ? std::string("nullptr")
+                    : llvm::formatv("(pc.tp_partial + {0})", slot).str();
+  }(nr.gammaSlot);
+  std::string call;
+  if (auto ln = dyn_cast<mtc::LayerNormGradOp>(norm))
+    call = llvm::formatv(
+        "k::layer_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, "
+        "{5}, {6}, ne / {7}, {7}, {8}f);",
+        at(buf(x)), buf(gamma), at(data), at(buf(nr.residual)), at(buf(nr.out)),
+        partial,
+        nr.betaSlot < 0 ? std::string("nullptr")
+                        : llvm::formatv("(pc.tp_partial + {0})", nr.betaSlot).str(),
+        d, fmt(ln.getEps().convertToDouble()));
+  else
+    call = llvm::formatv(
+        "k::rms_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, {5}, "
+        "ne / {6}, {6}, {7}f);",
+        at(buf(x)), buf(gamma), at(data), at(buf(nr.residual)), at(buf(nr.out)),
+        partial, d,
+        fmt(cast<mtc::RmsNormGradOp>(norm).getEps().convertToDouble()));
+  line(opLabel(norm, " (half the rows, in the all-reduce)"));
+  line(llvm::formatv("tp_all_reduce_then(pc, st, {0}, {1}, {2}, [&](int64_t "
+                     "e0, int64_t ne) {{",
+                     data, buf(nr.out), n));
+  line("  " + call);
+  line("});");
+}
+
+// On the step's last microbatch: the norms' dgamma/dbeta partial sums over
+// half the rows (fuseNormReduce), summed over tp and added to their
+// gradients; then the partial buffer is cleared for the next step.
+void CudaEmitter::emitTpPartialFlush() {
+  line("k::set_current_op(\"shard.all_reduce of the norms' partial weight "
+       "gradients (tp)\");");
+  line("if (last_microbatch) {");
+  int64_t total = int64_t(tpPartialRows.size()) * tpPartialWidth;
+  line(llvm::formatv("  axis_begin(pc, 2);"));
+  line(llvm::formatv("  axis_comm(st, 2).all_reduce(pc.tp_partial, {0}, "
+                     "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
+                     "pc.axis_stream[2]);",
+                     total));
+  line("  axis_join(pc, 2);");
+  for (auto [i, param] : llvm::enumerate(tpPartialRows))
+    line(llvm::formatv("  k::accumulate(ctx, {0}, pc.tp_partial + {1}, {2});",
+                       grad(param), int64_t(i) * tpPartialWidth,
+                       tpPartialWidth));
+  line(llvm::formatv("  k::fill(ctx, pc.tp_partial, 0.f, {0});", total));
+  line("}");
 }
 
 LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
@@ -191,7 +252,7 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   line("auto F = [A](int64_t u) { return reinterpret_cast<float*>(A + 2 * u); "
        "};");
   line("(void)PB; (void)G; (void)B; (void)F;");
-  if (!eval && (bucketed || !gradCollectivesAfter.empty()))
+  if (!eval && (bucketed || !gradCollectivesAfter.empty() || !normReduce.empty()))
     line(llvm::formatv("const bool last_microbatch = st.microbatch == {0};  "
                        "(void)last_microbatch;",
                        numMicrobatches - 1));
@@ -226,6 +287,8 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
       emitLaneRun(run);
       continue;
     }
+    if (isa<func::ReturnOp>(*it) && !normReduce.empty())
+      emitTpPartialFlush();
     if (failed(emitOp(&*it, eval)))
       return failure();
     emitAfterGradient(&*it, eval);

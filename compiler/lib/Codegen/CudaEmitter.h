@@ -84,6 +84,24 @@ private:
     mlir::Value residual, out;
   };
   llvm::DenseMap<mlir::Operation *, ResidualReduce> residualReduce;
+  // Early tp all-reduces that run a norm's backward on their half of the
+  // rows (fuseNormReduce): the norm, the residual gradient it adds to, the
+  // add's result (its output), and where its dgamma/dbeta partial sums go
+  // in pc.tp_partial (elements; -1 none).
+  struct NormReduce {
+    mlir::Operation *norm;
+    mlir::Value residual, out;
+    int64_t gammaSlot, betaSlot;
+  };
+  llvm::DenseMap<mlir::Operation *, NormReduce> normReduce;
+  // pc.tp_partial's rows (tpPartialWidth fp32 each): the parameter each
+  // partial gradient belongs to, summed over tp and added to its gradient
+  // on the step's last microbatch.
+  llvm::SmallVector<std::string> tpPartialRows;
+  int64_t tpPartialWidth = 0, tpPartialElements = 0;
+  bool fuseNormReduce(mlir::Operation *ar, mlir::Operation *producer);
+  void emitNormReduce(const NormReduce &nr, llvm::StringRef data, int64_t n);
+  void emitTpPartialFlush();
   // Row-parallel GEMMs that add the linear's bias on the tp axis's rank 0
   // (before the all-reduce of the partial products).
   struct RankZeroBias {

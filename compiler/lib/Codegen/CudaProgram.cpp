@@ -288,6 +288,12 @@ std::string CudaEmitter::emitContext() const {
        "overlapping\n"
     << "  // Tensor parallelism.\n"
     << "  bf16* tp_scratch = nullptr;     // (" << tpScratch << ")\n"
+    << "  // Norm weight gradients summed over half the rows inside a tp\n"
+    << "  // all-reduce, (" << tpPartialElements << ") fp32, summed over tp at the "
+       "step's end;\n"
+    << "  // the tp stream's context (null without them).\n"
+    << "  float* tp_partial = nullptr;\n"
+    << "  std::unique_ptr<k::Context> ctx_tp;\n"
     << "  float* ce_stats = nullptr;      // (" << ceRows << ", 3)\n"
     << "  float* ce_all_stats = nullptr;  // (tp, " << ceRows << ", 3)\n"
     << "  ProgramContext() : ctx(local_device()"
@@ -309,8 +315,20 @@ std::string CudaEmitter::emitContext() const {
     << grid.tp << "};\n"
     << "    const size_t num_slots[3] = {0, " << buckets.size() << ", "
     << (usesLanes ? 2 : 1) * numReduceSlots << "};\n"
+    << (tpPartialElements > 0
+            ? "    // The tp axis's stream is ctx_tp's (kernels run inside its "
+              "collectives).\n"
+              "    ctx_tp = std::make_unique<k::Context>(local_device(), 1u << 20, "
+              "greatest);\n"
+            : "")
     << "    for (int a = 0; a < 3; ++a) {\n"
     << "      if (sizes[a] == 1) continue;\n"
+    << (tpPartialElements > 0
+            ? "      if (a == 2)\n"
+              "        axis_stream[a] = ctx_tp->stream;\n"
+              "      else\n"
+              "  "
+            : "")
     << "      MTC_CUDA_CHECK(cudaStreamCreateWithPriority(&axis_stream[a], "
        "cudaStreamNonBlocking, greatest));\n"
     << "      MTC_CUDA_CHECK(cudaEventCreateWithFlags(&fork[a], "
@@ -325,6 +343,11 @@ std::string CudaEmitter::emitContext() const {
   if (tpScratch > 0)
     o << "    MTC_CUDA_CHECK(cudaMalloc(&tp_scratch, " << tpScratch * 2
       << "));\n";
+  if (tpPartialElements > 0)
+    o << "    MTC_CUDA_CHECK(cudaMalloc(&tp_partial, " << tpPartialElements * 4
+      << "));\n"
+      << "    MTC_CUDA_CHECK(cudaMemset(tp_partial, 0, " << tpPartialElements * 4
+      << "));\n";
   if (ceRows > 0)
     o << "    MTC_CUDA_CHECK(cudaMalloc(&ce_stats, " << ceRows * 12 << "));\n"
       << "    MTC_CUDA_CHECK(cudaMalloc(&ce_all_stats, " << ceRows * 12 * grid.tp
@@ -334,6 +357,8 @@ std::string CudaEmitter::emitContext() const {
     << lanesFree
     << "    cudaFree(grad_sumsq);\n"
     << "    cudaFreeHost(loss_host);\n"
+    << (tpPartialElements > 0 ? "    axis_stream[2] = nullptr;  // ctx_tp's\n"
+                              : "")
     << "    for (int a = 0; a < 3; ++a) {\n"
     << "      for (cudaEvent_t e : slots[a]) cudaEventDestroy(e);\n"
     << "      if (fork[a]) cudaEventDestroy(fork[a]);\n"
@@ -341,6 +366,7 @@ std::string CudaEmitter::emitContext() const {
     << "      if (axis_stream[a]) cudaStreamDestroy(axis_stream[a]);\n"
     << "    }\n"
     << "    cudaFree(tp_scratch);\n"
+    << "    cudaFree(tp_partial);\n"
     << "    cudaFree(ce_stats);\n"
     << "    cudaFree(ce_all_stats);\n"
     << "  }\n};\n\n"
@@ -461,6 +487,25 @@ std::string CudaEmitter::emitContext() const {
     << "  else\n"
     << "    axis_comm(st, 2).all_reduce(data, n, mtc::rt::DType::bf16, "
        "mtc::rt::ReduceOp::sum, pc.axis_stream[2]);\n"
+    << "}\n\n"
+    << "// A tp all-reduce whose sum only feeds row-wise work: this rank's half\n"
+    << "// of the rows is summed, then(begin, count) reads it and writes that\n"
+    << "// part of out, and out's halves are exchanged (a reduce-scatter, the\n"
+    << "// work, an all-gather; on NCCL the same three).\n"
+    << "void tp_all_reduce_then(ProgramContext& pc, HostState& st, bf16* data, "
+       "bf16* out, int64_t n, const k::PeerAllReduce::HalfWork& then) {\n"
+    << "  k::PeerAllReduce* peer = tp_peer(pc, st);\n"
+    << "  if (peer && peer->covers(data, n) && peer->covers(out, n)) {\n"
+    << "    peer->all_reduce_then(data, out, n, pc.axis_stream[2], then);\n"
+    << "    return;\n"
+    << "  }\n"
+    << "  mtc::rt::Communicator& comm = axis_comm(st, 2);\n"
+    << "  const int64_t h = n / 2, begin = comm.rank() == 0 ? 0 : h;\n"
+    << "  comm.reduce_scatter(data, data + begin, h, mtc::rt::DType::bf16, "
+       "mtc::rt::ReduceOp::sum, pc.axis_stream[2]);\n"
+    << "  then(begin, h);\n"
+    << "  comm.all_gather(out + begin, out, h, mtc::rt::DType::bf16, "
+       "pc.axis_stream[2]);\n"
     << "}\n\n"
     << "// The same, adding the replicated residual: out = sum + residual (data\n"
     << "// keeps partial sums). The copy engines' sum pass adds it; on NCCL an\n"

@@ -105,11 +105,12 @@ __global__ void __launch_bounds__(256) norm_forward_kernel(const bf16* x, const 
   }
 }
 
-// dx (T, D) (= or +=), stats (T, 2) = (mean, rstd) of each row.
+// dx (T, D) = base + d/dx (base null: d/dx alone; base may be dx), stats
+// (T, 2) = (mean, rstd) of each row.
 template <bool kRms, int kVecs>
 __global__ void __launch_bounds__(256) norm_backward_rows_kernel(
-    const bf16* x, const bf16* gamma, const bf16* dy, bf16* dx, float2* stats, int64_t t,
-    int64_t d, float eps, bool accumulate_dx) {
+    const bf16* x, const bf16* gamma, const bf16* dy, const bf16* base, bf16* dx, float2* stats,
+    int64_t t, int64_t d, float eps) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (row >= t) return;
@@ -173,6 +174,7 @@ __global__ void __launch_bounds__(256) norm_backward_rows_kernel(
   const float mg = kRms ? 0.f : warp_sum(sg) * inv_d;
   const float mgx = warp_sum(sgx) * inv_d;
   bf16* dxr = dx + row * d;
+  const bf16* baser = base ? base + row * d : nullptr;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     if (tiles > 1) {
       load_tile(xr, d, tile, lane, bx);
@@ -186,7 +188,7 @@ __global__ void __launch_bounds__(256) norm_backward_rows_kernel(
       unpack(bx[v], f);
       unpack(bdy[v], gy);
       load8(gamma + c, ga);
-      if (accumulate_dx) load8(dxr + c, old);
+      if (baser) load8(baser + c, old);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float xhat = (f[j] - mean) * rstd;
@@ -281,13 +283,14 @@ void launch_forward(Context& ctx, const bf16* x, const bf16* gamma, const bf16* 
 }
 
 template <bool kRms>
-void launch_backward(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy, bf16* dx,
-                     float* dgamma, float* dbeta, int64_t t, int64_t d, float eps,
-                     bool accumulate_dx) {
+void launch_backward(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy,
+                     const bf16* base, bf16* dx, float* dgamma, float* dbeta, int64_t t,
+                     int64_t d, float eps) {
   if (t <= 0) return;
   const char* op = kRms ? "rms_norm_backward" : "layer_norm_backward";
   check_norm_args(op, x, dx, gamma, d);
-  require(aligned16(dy), std::string(op) + ": dy must be 16-byte aligned");
+  require(aligned16(dy) && (!base || aligned16(base)),
+          std::string(op) + ": dy (and the residual gradient) must be 16-byte aligned");
   const int64_t col_blocks = ceil_div(d, 256);
   int64_t chunks = ceil_div(2 * ctx.sm_count, col_blocks);
   chunks = std::max<int64_t>(1, std::min(chunks, ceil_div(t, 64)));
@@ -305,8 +308,8 @@ void launch_backward(Context& ctx, const bf16* x, const bf16* gamma, const bf16*
   auto rows_kernel = d <= 4 * 256   ? norm_backward_rows_kernel<kRms, 4>
                      : d <= 8 * 256 ? norm_backward_rows_kernel<kRms, 8>
                                     : norm_backward_rows_kernel<kRms, 16>;
-  rows_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(x, gamma, dy, dx, stats, t, d, eps,
-                                                           accumulate_dx);
+  rows_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(x, gamma, dy, base, dx, stats, t, d,
+                                                           eps);
   MTC_LAUNCH_CHECK("norm_backward_rows_kernel");
   dim3 pgrid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
   norm_param_grad_partial_kernel<kRms><<<pgrid, 256, 0, ctx.stream>>>(
@@ -327,7 +330,14 @@ void layer_norm_forward(Context& ctx, const bf16* x, const bf16* gamma, const bf
 void layer_norm_backward(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy, bf16* dx,
                          float* dgamma, float* dbeta, int64_t t, int64_t d, float eps,
                          bool accumulate_dx) {
-  launch_backward<false>(ctx, x, gamma, dy, dx, dgamma, dbeta, t, d, eps, accumulate_dx);
+  launch_backward<false>(ctx, x, gamma, dy, accumulate_dx ? dx : nullptr, dx, dgamma, dbeta, t,
+                         d, eps);
+}
+
+void layer_norm_backward_add(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy,
+                             const bf16* base, bf16* dx, float* dgamma, float* dbeta, int64_t t,
+                             int64_t d, float eps) {
+  launch_backward<false>(ctx, x, gamma, dy, base, dx, dgamma, dbeta, t, d, eps);
 }
 
 void rms_norm_forward(Context& ctx, const bf16* x, const bf16* gamma, bf16* y, int64_t t,
@@ -337,7 +347,14 @@ void rms_norm_forward(Context& ctx, const bf16* x, const bf16* gamma, bf16* y, i
 
 void rms_norm_backward(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy, bf16* dx,
                        float* dgamma, int64_t t, int64_t d, float eps, bool accumulate_dx) {
-  launch_backward<true>(ctx, x, gamma, dy, dx, dgamma, nullptr, t, d, eps, accumulate_dx);
+  launch_backward<true>(ctx, x, gamma, dy, accumulate_dx ? dx : nullptr, dx, dgamma, nullptr, t,
+                        d, eps);
+}
+
+void rms_norm_backward_add(Context& ctx, const bf16* x, const bf16* gamma, const bf16* dy,
+                           const bf16* base, bf16* dx, float* dgamma, int64_t t, int64_t d,
+                           float eps) {
+  launch_backward<true>(ctx, x, gamma, dy, base, dx, dgamma, nullptr, t, d, eps);
 }
 
 }  // namespace mtc::rt::cuda

@@ -186,7 +186,7 @@ bool PeerAllReduce::covers(const void* buf, int64_t n) const {
 void PeerAllReduce::all_reduce(bf16* buf, int64_t n, cudaStream_t stream) {
   require(covers(buf, n), "tp peer all-reduce: buffer outside the shared region");
   impl_->comm->watched("all_reduce (copy engines)", stream,
-                       [&] { enqueue(buf, nullptr, buf, n, stream); });
+                       [&] { enqueue(buf, nullptr, buf, n, stream, nullptr); });
 }
 
 void PeerAllReduce::all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int64_t n,
@@ -195,11 +195,19 @@ void PeerAllReduce::all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int
           "tp peer all-reduce: buffer outside the shared region");
   require(addend != nullptr, "tp peer all-reduce: null addend");
   impl_->comm->watched("all_reduce (copy engines)", stream,
-                       [&] { enqueue(buf, addend, out, n, stream); });
+                       [&] { enqueue(buf, addend, out, n, stream, nullptr); });
+}
+
+void PeerAllReduce::all_reduce_then(bf16* buf, bf16* out, int64_t n, cudaStream_t stream,
+                                    const HalfWork& then) {
+  require(covers(buf, n) && covers(out, n),
+          "tp peer all-reduce: buffer outside the shared region");
+  impl_->comm->watched("all_reduce (copy engines)", stream,
+                       [&] { enqueue(buf, nullptr, out, n, stream, &then); });
 }
 
 void PeerAllReduce::enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const HalfWork* then) {
   Impl& m = *impl_;
   const uint32_t seq = ++m.seq;
   // Rank 0 reduces [0, h), rank 1 [h, n).
@@ -215,11 +223,13 @@ void PeerAllReduce::enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n,
                                    cudaMemcpyDeviceToDevice, stream));
   m.signal(stream, kDelivered, seq);
   // 2. Its half of its partial sums, in my staging: add into mine (and
-  //    the addend), into out. (mine + its) is the same sum on both ranks.
+  //    the addend), into out (with `then`: into buf, and then's work
+  //    writes out). (mine + its) is the same sum on both ranks.
   m.wait(stream, kDelivered, seq);
   add3_on(stream, m.sm_count, buf + my_begin, m.staging, addend ? addend + my_begin : nullptr,
-          out + my_begin, my_n);
+          (then ? buf : out) + my_begin, my_n);
   m.signal(stream, kStagingFree, seq);
+  if (then && my_n > 0) (*then)(my_begin, my_n);
   // 3. My reduced half to the same place in the peer's out (the peer read
   //    its partial sums of it in step 1, before signalling; out's storage
   //    is the peer's from before its step 1, same program).

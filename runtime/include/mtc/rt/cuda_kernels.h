@@ -227,12 +227,22 @@ void layer_norm_backward(Context& ctx, const bf16* x, const bf16* gamma,
                          float* dbeta, int64_t t, int64_t d, float eps,
                          bool accumulate_dx = false);
 
+// The same with dx (T, D) = base + d/dx, base (T, D) another tensor (the
+// residual stream's gradient, left as it is; base may be dx).
+void layer_norm_backward_add(Context& ctx, const bf16* x, const bf16* gamma,
+                             const bf16* dy, const bf16* base, bf16* dx,
+                             float* dgamma, float* dbeta, int64_t t, int64_t d,
+                             float eps);
+
 // y = x / sqrt(mean(x^2) + eps) * gamma.   x, y (T, D); gamma (D).
 void rms_norm_forward(Context& ctx, const bf16* x, const bf16* gamma, bf16* y,
                       int64_t t, int64_t d, float eps);
 void rms_norm_backward(Context& ctx, const bf16* x, const bf16* gamma,
                        const bf16* dy, bf16* dx, float* dgamma, int64_t t,
                        int64_t d, float eps, bool accumulate_dx = false);
+void rms_norm_backward_add(Context& ctx, const bf16* x, const bf16* gamma,
+                           const bf16* dy, const bf16* base, bf16* dx,
+                           float* dgamma, int64_t t, int64_t d, float eps);
 
 // ---------------------------------------------------------------------------
 // Activations (math in host activations.cpp; here in fp32)

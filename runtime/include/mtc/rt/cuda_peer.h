@@ -11,7 +11,9 @@
 //      elementwise kernel, the only SM work; all_reduce_add adds a
 //      replicated residual in the same pass);
 //   3. each rank copies its reduced half to the same place in the peer's
-//      buffer.
+//      buffer (all_reduce_then: what it computed from that half, e.g. a
+//      norm's input gradient, making the pair a reduce-scatter, work on
+//      half the rows, an all-gather).
 // Ordering across the two processes is by flags in device memory: a rank
 // writes the peer's flag after each copy (a stream memory operation,
 // fenced behind the copy) and its stream waits on its own flags, so the
@@ -27,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -59,10 +62,20 @@ class PeerAllReduce {
   // each rank half a pass and no extra traffic. buf keeps partial sums
   // (half of it reduced); out must lie in the region (covers).
   void all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int64_t n, cudaStream_t stream);
+  // A reduce-scatter, work on this rank's half, an all-gather: after step
+  // 2, `then(begin, count)` enqueues on `stream` work that reads the
+  // reduced buf[begin, begin + count) (this rank's half: rank 0 [0, n/2),
+  // rank 1 the rest) and writes out[begin, begin + count); step 3 copies
+  // that part of out to the peer. Row-wise work on the reduced sum (a
+  // norm's backward) is done once per row instead of on both ranks.
+  using HalfWork = std::function<void(int64_t begin, int64_t count)>;
+  void all_reduce_then(bf16* buf, bf16* out, int64_t n, cudaStream_t stream,
+                       const HalfWork& then);
 
  private:
   PeerAllReduce() = default;
-  void enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n, cudaStream_t stream);
+  void enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n, cudaStream_t stream,
+               const HalfWork* then);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
