@@ -35,6 +35,9 @@
 #                                          one, the forward all-reduces adding the
 #                                          residual: equivalence, then tp = 2 against
 #                                          one GPU (1.3B, 124M) and a profile
+#   bash bench/gpu_parallel_run.sh halfnorm the norms' backward on half the rows in
+#                                          the tp all-reduces: equivalence, tp = 2 on
+#                                          one and two streams against one GPU, profile
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -342,6 +345,17 @@ final() {
   report "tp2:1 tp2-again:1 tp2-nccl:1 tp2-nolanes:1 dp2:2"
 }
 
+# The one-GPU 1.3B run repeated at the end of a call (gpt-1.3b-1-again):
+# how far the reference drifted over the call.
+one_again() {
+  python3 - "$OUT/gpt-1.3b-1-again.jsonl" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][5:]
+print(f"gpt-1.3b one GPU again (last 1.3B run): {statistics.median(r['tokens_per_s'] for r in rows):,.0f} tokens/s, "
+      f"step {statistics.median(r['step_time_s'] for r in rows)*1e3:.1f} ms")
+PY
+}
+
 # The staggered lanes and the residual added by the forward all-reduces:
 # kernel tests, the tiny GPT's tp = 2 against one GPU (two lane streams, one
 # stream, NCCL), then the 1.3B GPT's tp = 2 on two lane streams (the
@@ -377,13 +391,46 @@ stagger() {
   RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
   report "tp2:1 tp2-one:1 tp2-one-w8:1 tp2-one-w16:1 tp2-nccl:1 tp2-one-prof:1"
-  python3 - "$OUT/gpt-1.3b-1-again.jsonl" <<'PY' 2>&1 | tee -a "$SUMMARY"
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])][5:]
-print(f"gpt-1.3b one GPU again (last 1.3B run): {statistics.median(r['tokens_per_s'] for r in rows):,.0f} tokens/s, "
-      f"step {statistics.median(r['step_time_s'] for r in rows)*1e3:.1f} ms")
-PY
+  one_again
   [ -f "$OUT/profile-tp2-one.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-one.txt.rank0" >> "$SUMMARY"
+}
+
+# The norms' backward on half the rows inside the tp all-reduces: kernel
+# tests, the tiny GPT's tp = 2 (one and two lane streams, NCCL's
+# reduce-scatter / all-gather path), tp = 2 + sp and dp = 2 against one
+# GPU, then the 1.3B GPT's tp = 2 on one stream (twice) and on two, with
+# NCCL, the one-stream profile, one GPU again; GPT-2 124M both ways.
+halfnorm() {
+  local R
+  R=$(random_tokens)
+  "$D/mtc-cuda-tests" --gtest_filter='CudaElementwise*:CudaNorms*:CudaTensorParallel*' > "$OUT/kernel-tests.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed (CudaElementwise*, CudaNorms*, CudaTensorParallel*)"
+  run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  run tiny-gb16 tiny-gb16 1 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
+  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
+  run tiny-dp2 tiny-dp2 2 20 "$DATA"
+  say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
+  compare tiny-mb16=tiny-tp2,tiny-tp2-one,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
+  if ! finished tiny-tp2 || ! finished tiny-tp2-one; then
+    say "tiny tp = 2 did not finish: no benchmark"
+    return
+  fi
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-again gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0 MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_PROFILE="$OUT/profile-tp2-one.txt"
+  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
+  run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  report "tp2-one:1 tp2:1 tp2-one-again:1 tp2-nccl:1 tp2-one-prof:1"
+  one_again
+  [ -f "$OUT/profile-tp2-one.txt.rank0" ] && sed -n '1,/^NCCL/p' "$OUT/profile-tp2-one.txt.rank0" >> "$SUMMARY"
 }
 
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
@@ -422,10 +469,11 @@ case "$WHAT" in
   peer) peer ;;
   final) final ;;
   stagger) stagger ;;
+  halfnorm) halfnorm ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the
