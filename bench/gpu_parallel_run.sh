@@ -29,8 +29,9 @@
 #                                          copy engines (MTC_TP_PEER=1): equivalence,
 #                                          then throughput against one GPU
 #   bash bench/gpu_parallel_run.sh final   the defaults: tiny GPT tp = 2 against one GPU,
-#                                          both models' tp = 2 (also with NCCL, without
-#                                          lanes) and dp = 2 against one GPU
+#                                          both models' tp = 2 (three times; also on one
+#                                          lane stream, with NCCL) and dp = 2 against one
+#                                          GPU, one GPU again at the end
 #   bash bench/gpu_parallel_run.sh stagger the staggered lanes on two streams and on
 #                                          one, the forward all-reduces adding the
 #                                          residual: equivalence, then tp = 2 against
@@ -313,21 +314,25 @@ peer() {
   [ -f "$OUT/profile-tp2-peer.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-peer.txt.rank0" >> "$SUMMARY"
 }
 
-# The default build and runtime (tp all-reduces through the copy engines,
-# --delay-wgrad-compute): the tiny GPT's tp = 2 (and with NCCL) against one
-# GPU, then both models' tp = 2 and dp = 2 against one GPU, tp = 2 twice, with
-# NCCL (MTC_TP_PEER=0) and without lanes.
+# The default build and runtime: kernel tests, the tiny GPT's tp = 2 (also
+# on one stream and with NCCL), tp = 2 + sp and dp = 2 against one GPU;
+# then both models' tp = 2 and dp = 2 against one GPU: tp = 2 twice, on one
+# lane stream (MTC_TP_LANES=0) and with NCCL (MTC_TP_PEER=0), and one GPU
+# again at the end.
 final() {
   local R
   R=$(random_tokens)
+  "$D/mtc-cuda-tests" --gtest_filter='CudaElementwise*:CudaNorms*:CudaTensorParallel*:CudaGemm*' > "$OUT/kernel-tests.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed (CudaElementwise*, CudaNorms*, CudaTensorParallel*, CudaGemm*)"
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
+  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
-  compare tiny-mb16=tiny-tp2,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
+  compare tiny-mb16=tiny-tp2,tiny-tp2-one,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
   if ! finished tiny-tp2; then
     say "tiny tp = 2 did not finish: no benchmark"
     return
@@ -335,14 +340,18 @@ final() {
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-again gpt-1.3b-tp2 2 15 "$R"
-  run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0
   run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-third gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
   run gpt2-124m-tp2-nccl gpt2-124m-tp2 2 20 "$R" MTC_TP_PEER=0
   run gpt2-124m-dp2 gpt2-124m-dp2 2 20 "$R"
-  report "tp2:1 tp2-again:1 tp2-nccl:1 tp2-nolanes:1 dp2:2"
+  report "tp2:1 tp2-again:1 tp2-third:1 tp2-one:1 tp2-nccl:1 dp2:2"
+  one_again
 }
 
 # The one-GPU 1.3B run repeated at the end of a call (gpt-1.3b-1-again):

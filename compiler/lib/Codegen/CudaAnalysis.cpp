@@ -188,7 +188,8 @@ void CudaEmitter::planBuckets(func::FuncOp fn) {
 // stream writes it while the compute stream may still read the old
 // residual gradient, e.g. fc2's weight-gradient GEMM); its dgamma/dbeta,
 // partial over half the rows, are accumulated in pc.tp_partial and summed
-// over tp once per step (the train function's end).
+// over tp once per step (the train function's end), with the row-parallel
+// bias gradient that sums the new residual gradient's rows.
 bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   auto ar = cast<shard::AllReduceOp>(arOp);
   if (grid.tp != 2 || grid.dp != 1 || grid.pp != 1 ||
@@ -212,13 +213,25 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
     return false;
   Value residual = add.getLhs() == dx ? add.getRhs() : add.getLhs();
   int64_t d = shapeOf(dx).back();
-  NormReduce nr{norm, residual, add.getResult(), -1, -1};
+  NormReduce nr{norm, residual, add.getResult(), -1, -1, nullptr, -1};
   nr.gammaSlot = tpPartialRows.size() * d;
   tpPartialRows.push_back(sink.lookup(dgamma));
   if (dbeta && !dbeta.use_empty()) {
     nr.betaSlot = tpPartialRows.size() * d;
     tpPartialRows.push_back(sink.lookup(dbeta));
   }
+  // The bias gradient of the row-parallel linear whose output gradient is
+  // the new residual gradient (the column sums of out): summed over the
+  // half too, after the norm, instead of over all rows on every rank.
+  for (Operation *u : add.getResult().getUsers())
+    if (auto r = dyn_cast<mtc::ReduceLeadingOp>(u))
+      if (sink.count(r.getResult()) && numel(r.getResult()) == d &&
+          !noOps.count(r) && nr.biasSlot < 0) {
+        nr.bias = r;
+        nr.biasSlot = tpPartialRows.size() * d;
+        tpPartialRows.push_back(sink.lookup(r.getResult()));
+        noOps.insert(r);
+      }
   tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
   tpPartialWidth = d;
   normReduce[arOp] = nr;

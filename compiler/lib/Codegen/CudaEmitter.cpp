@@ -189,6 +189,10 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
                      "e0, int64_t ne) {{",
                      data, buf(nr.out), n));
   line("  " + call);
+  if (nr.bias)
+    line(llvm::formatv("  k::reduce_rows_accumulate(*pc.ctx_tp, {0}, "
+                       "(pc.tp_partial + {1}), ne / {2}, {2});",
+                       at(buf(nr.out)), nr.biasSlot, d));
   line("});");
 }
 

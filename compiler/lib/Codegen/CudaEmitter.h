@@ -86,12 +86,15 @@ private:
   llvm::DenseMap<mlir::Operation *, ResidualReduce> residualReduce;
   // Early tp all-reduces that run a norm's backward on their half of the
   // rows (fuseNormReduce): the norm, the residual gradient it adds to, the
-  // add's result (its output), and where its dgamma/dbeta partial sums go
-  // in pc.tp_partial (elements; -1 none).
+  // add's result (its output), where its dgamma/dbeta partial sums go in
+  // pc.tp_partial (elements; -1 none), and the bias gradient summed from
+  // the output's rows there too.
   struct NormReduce {
     mlir::Operation *norm;
     mlir::Value residual, out;
     int64_t gammaSlot, betaSlot;
+    mlir::Operation *bias; // a reduce_leading of out, or null
+    int64_t biasSlot;
   };
   llvm::DenseMap<mlir::Operation *, NormReduce> normReduce;
   // pc.tp_partial's rows (tpPartialWidth fp32 each): the parameter each
