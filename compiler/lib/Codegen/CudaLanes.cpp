@@ -6,9 +6,11 @@
 // on rows (tokens) or on whole sequences, so the microbatch splits into two
 // halves of its sequences that need nothing from each other until the
 // loss: lane 0 runs its half on the compute stream, lane 1 on a second
-// stream (a second k::Context), each op emitted for both halves in turn.
-// The all-reduces of both lanes go, in program order, to the tp axis's
-// stream; while one lane waits for its all-reduce the other computes.
+// stream (a second k::Context). The ops are emitted staggered at the
+// all-reduce waits (emitLaneRun): lane 0's ops up to its wait, lane 1's,
+// lane 0's next piece, ... The all-reduces of both lanes go, in that
+// order, to the tp axis's stream; while one lane waits for its all-reduce
+// the other computes.
 //
 // What splits (`splittable`): ops before the first cross-entropy whose
 // values lead with the batch dimension: matmuls over rows (the fused
@@ -23,8 +25,9 @@
 // since the lanes run out of step and a value freed by one lane may still
 // be read by the other.
 //
-// MTC_TP_LANES=0 runs both halves on the compute stream, one after the
-// other (what the overlap hides).
+// MTC_TP_LANES=0 runs both lanes on the compute stream in that staggered
+// order: each all-reduce still has the other lane's piece beside it, but
+// the lanes' kernels do not run concurrently.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
