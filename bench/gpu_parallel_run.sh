@@ -39,6 +39,9 @@
 #   bash bench/gpu_parallel_run.sh halfnorm the norms' backward on half the rows in
 #                                          the tp all-reduces: equivalence, tp = 2 on
 #                                          one and two streams against one GPU, profile
+#   bash bench/gpu_parallel_run.sh biasab  the row-parallel bias gradients over half the
+#                                          rows in the all-reduces or over all rows
+#                                          (MTC_TP_BIAS_HALF=0), 1.3B tp = 2, 3 x 2 runs
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -354,6 +357,28 @@ final() {
   one_again
 }
 
+# The row-parallel bias gradients summed over half the rows inside the
+# norms' all-reduces (default) against over all rows on the compute stream
+# (MTC_TP_BIAS_HALF=0): the tiny GPT both ways against one GPU, then the
+# 1.3B GPT's tp = 2 both ways, three times each, interleaved, between two
+# one-GPU runs.
+biasab() {
+  local R
+  R=$(random_tokens)
+  run tiny-mb16 tiny-mb16 1 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-biaswhole tiny-tp2 2 20 "$DATA" MTC_TP_BIAS_HALF=0
+  compare tiny-mb16=tiny-tp2,tiny-tp2-biaswhole
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  for i in a b c; do
+    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
+    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-biaswhole-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_BIAS_HALF=0
+  done
+  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
+  report "tp2-a:1 tp2-biaswhole-a:1 tp2-b:1 tp2-biaswhole-b:1 tp2-c:1 tp2-biaswhole-c:1"
+  one_again
+}
+
 # The one-GPU 1.3B run repeated at the end of a call (gpt-1.3b-1-again):
 # how far the reference drifted over the call.
 one_again() {
@@ -479,10 +504,11 @@ case "$WHAT" in
   final) final ;;
   stagger) stagger ;;
   halfnorm) halfnorm ;;
+  biasab) biasab ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

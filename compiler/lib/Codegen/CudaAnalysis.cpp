@@ -231,6 +231,7 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
         nr.biasSlot = tpPartialRows.size() * d;
         tpPartialRows.push_back(sink.lookup(r.getResult()));
         noOps.insert(r);
+        halfBias.insert(r);
       }
   tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
   tpPartialWidth = d;
@@ -254,6 +255,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   reduceSlot.clear();
   residualReduce.clear();
   normReduce.clear();
+  halfBias.clear();
   tpPartialRows.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.

@@ -190,8 +190,8 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
                      data, buf(nr.out), n));
   line("  " + call);
   if (nr.bias)
-    line(llvm::formatv("  k::reduce_rows_accumulate(*pc.ctx_tp, {0}, "
-                       "(pc.tp_partial + {1}), ne / {2}, {2});",
+    line(llvm::formatv("  if (pc.tp_bias_half) k::reduce_rows_accumulate("
+                       "*pc.ctx_tp, {0}, (pc.tp_partial + {1}), ne / {2}, {2});",
                        at(buf(nr.out)), nr.biasSlot, d));
   line("});");
 }
@@ -363,6 +363,16 @@ void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
 }
 
 LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
+  if (auto r = dyn_cast<mtc::ReduceLeadingOp>(op); r && halfBias.count(op)) {
+    // Summed over half the rows inside the norm's all-reduce, unless
+    // MTC_TP_BIAS_HALF=0 (then here, over all rows, into the gradient).
+    line(opLabel(op));
+    line(llvm::formatv("if (!pc.tp_bias_half) k::reduce_rows_accumulate(ctx, "
+                       "{0}, {1}, {2}, {3});",
+                       buf(r.getInput()), grad(sink.lookup(r.getResult())),
+                       numel(r.getInput()) / numel(r), numel(r)));
+    return success();
+  }
   if (noOps.count(op) || isa<mtc::ParamOp>(op))
     return success();
   if (isIndexOp(op))

@@ -101,6 +101,7 @@ private:
   // partial gradient belongs to, summed over tp and added to its gradient
   // on the step's last microbatch.
   llvm::SmallVector<std::string> tpPartialRows;
+  llvm::DenseSet<mlir::Operation *> halfBias; // the NormReduce::bias ops
   int64_t tpPartialWidth = 0, tpPartialElements = 0;
   bool fuseNormReduce(mlir::Operation *ar, mlir::Operation *producer);
   void emitNormReduce(const NormReduce &nr, llvm::StringRef data, int64_t n);

@@ -293,6 +293,8 @@ std::string CudaEmitter::emitContext() const {
        "step's end;\n"
     << "  // the tp stream's context (null without them).\n"
     << "  float* tp_partial = nullptr;\n"
+    << "  // MTC_TP_BIAS_HALF=0: those bias gradients over all rows instead.\n"
+    << "  bool tp_bias_half = true;\n"
     << "  std::unique_ptr<k::Context> ctx_tp;\n"
     << "  float* ce_stats = nullptr;      // (" << ceRows << ", 3)\n"
     << "  float* ce_all_stats = nullptr;  // (tp, " << ceRows << ", 3)\n"
@@ -306,6 +308,7 @@ std::string CudaEmitter::emitContext() const {
     << "    overlap = !env_off(\"MTC_GRAD_OVERLAP\");\n"
     << "    tp_overlap = !env_off(\"MTC_TP_OVERLAP\");\n"
     << "    tp_sm_margin = env_count(\"MTC_TP_SM_MARGIN\");\n"
+    << "    tp_bias_half = !env_off(\"MTC_TP_BIAS_HALF\");\n"
     << "    lanes_sm_margin = env_count(\"MTC_LANES_SM_MARGIN\");\n"
     << lanesInit
     << "    int least = 0, greatest = 0;\n"
