@@ -317,16 +317,16 @@ peer() {
   [ -f "$OUT/profile-tp2-peer.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-peer.txt.rank0" >> "$SUMMARY"
 }
 
-# The default build and runtime: kernel tests, the tiny GPT's tp = 2 (also
-# on one stream and with NCCL), tp = 2 + sp and dp = 2 against one GPU;
-# then both models' tp = 2 and dp = 2 against one GPU: tp = 2 twice, on one
-# lane stream (MTC_TP_LANES=0) and with NCCL (MTC_TP_PEER=0), and one GPU
-# again at the end.
-final() {
-  local R
-  R=$(random_tokens)
-  "$D/mtc-cuda-tests" --gtest_filter='CudaElementwise*:CudaNorms*:CudaTensorParallel*:CudaGemm*' > "$OUT/kernel-tests.log" 2>&1
-  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed (CudaElementwise*, CudaNorms*, CudaTensorParallel*, CudaGemm*)"
+# kernel_tests FILTER: the CUDA kernel tests matching FILTER, summarized.
+kernel_tests() {
+  "$D/mtc-cuda-tests" --gtest_filter="$1" > "$OUT/kernel-tests.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed ($1)"
+}
+
+# tiny_tp: the tiny GPT's tp = 2 (two lane streams, one, NCCL), tp = 2 + sp
+# and dp = 2 against one GPU; fails (no benchmark after it) when tp = 2 on
+# either lane setting did not finish.
+tiny_tp() {
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
@@ -336,10 +336,22 @@ final() {
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
   compare tiny-mb16=tiny-tp2,tiny-tp2-one,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
-  if ! finished tiny-tp2; then
+  if ! finished tiny-tp2 || ! finished tiny-tp2-one; then
     say "tiny tp = 2 did not finish: no benchmark"
-    return
+    return 1
   fi
+}
+
+# The default build and runtime: kernel tests, the tiny GPT's tp = 2 (also
+# on one stream and with NCCL), tp = 2 + sp and dp = 2 against one GPU;
+# then both models' tp = 2 and dp = 2 against one GPU: tp = 2 twice, on one
+# lane stream (MTC_TP_LANES=0) and with NCCL (MTC_TP_PEER=0), and one GPU
+# again at the end.
+final() {
+  local R
+  R=$(random_tokens)
+  kernel_tests 'CudaElementwise*:CudaNorms*:CudaTensorParallel*:CudaGemm*'
+  tiny_tp || return
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-again gpt-1.3b-tp2 2 15 "$R"
@@ -400,19 +412,8 @@ PY
 stagger() {
   local R
   R=$(random_tokens)
-  "$D/mtc-cuda-tests" --gtest_filter='CudaElementwise*:CudaTensorParallel*' > "$OUT/kernel-tests.log" 2>&1
-  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed (CudaElementwise*, CudaTensorParallel*)"
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
-  run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
-  run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
-  say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
-  compare tiny-mb16=tiny-tp2,tiny-tp2-one,tiny-tp2-nccl,tiny-tp2-sp
-  if ! finished tiny-tp2 || ! finished tiny-tp2-one; then
-    say "tiny tp = 2 did not finish: no benchmark"
-    return
-  fi
+  kernel_tests 'CudaElementwise*:CudaTensorParallel*'
+  tiny_tp || return
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
@@ -437,21 +438,8 @@ stagger() {
 halfnorm() {
   local R
   R=$(random_tokens)
-  "$D/mtc-cuda-tests" --gtest_filter='CudaElementwise*:CudaNorms*:CudaTensorParallel*' > "$OUT/kernel-tests.log" 2>&1
-  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed (CudaElementwise*, CudaNorms*, CudaTensorParallel*)"
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  run tiny-gb16 tiny-gb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
-  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
-  run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
-  run tiny-dp2 tiny-dp2 2 20 "$DATA"
-  say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
-  compare tiny-mb16=tiny-tp2,tiny-tp2-one,tiny-tp2-nccl,tiny-tp2-sp tiny-gb16=tiny-dp2
-  if ! finished tiny-tp2 || ! finished tiny-tp2-one; then
-    say "tiny tp = 2 did not finish: no benchmark"
-    return
-  fi
+  kernel_tests 'CudaElementwise*:CudaNorms*:CudaTensorParallel*'
+  tiny_tp || return
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
