@@ -213,6 +213,8 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
     return false;
   Value residual = add.getLhs() == dx ? add.getRhs() : add.getLhs();
   int64_t d = shapeOf(dx).back();
+  if (tpPartialWidth != 0 && tpPartialWidth != d)
+    return false; // pc.tp_partial's rows have one width
   NormReduce nr{norm, residual, add.getResult(), -1, -1, nullptr, -1};
   nr.gammaSlot = tpPartialRows.size() * d;
   tpPartialRows.push_back(sink.lookup(dgamma));
