@@ -138,11 +138,27 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
       int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
       if (auto nr = normReduce.find(r); nr != normReduce.end())
         emitNormReduce(nr->second, data, n);
-      else if (auto rr = residualReduce.find(r); rr != residualReduce.end())
-        line(llvm::formatv(
+      else if (auto rr = residualReduce.find(r); rr != residualReduce.end()) {
+        auto part = [&](Value v) { return lanes ? half(v, h) : buf(v); };
+        std::string plain = llvm::formatv(
             "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
-            lanes ? half(rr->second.residual, h) : buf(rr->second.residual),
-            lanes ? half(rr->second.out, h) : buf(rr->second.out), n));
+            part(rr->second.residual), part(rr->second.out), n);
+        if (Operation *norm = rr->second.norm) {
+          line("if (pc.tp_norm_half) {");
+          line(llvm::formatv("  tp_all_reduce_add_then(pc, st, {0}, {1}, {2}, "
+                             "{3}, {4}, [&](int64_t e0, int64_t ne) {{",
+                             data, part(rr->second.residual),
+                             part(rr->second.out), part(norm->getResult(0)), n));
+          line("    " + normHalfCall(norm, part(rr->second.out),
+                                     part(norm->getResult(0))));
+          line("  });");
+          line("} else {");
+          line("  " + plain);
+          line("}");
+        } else {
+          line(plain);
+        }
+      }
       else if (axis == 2 && !storedF32(ar.getResult()))
         line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
       else
@@ -153,6 +169,22 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
                          lanes ? 2 * slot + h : slot, stream));
     }
   }
+}
+
+// A forward norm's call on rows [e0 / D, (e0 + ne) / D) of `in` into
+// `out`, on the tp stream's context (inside a tp all-reduce).
+std::string CudaEmitter::normHalfCall(Operation *norm, StringRef in,
+                                      StringRef out) {
+  auto call = sharedKernelCall(norm, [&](Value v) { return buf(v); });
+  int64_t d = shapeOf(norm->getResult(0)).back();
+  auto at = [&](StringRef base) { return ("(" + base + " + e0)").str(); };
+  // layer norm (x, gamma, beta, y, rows, dim, eps); RMS (x, gamma, y, rows,
+  // dim, eps).
+  bool ln = isa<mtc::LayerNormOp>(norm);
+  call->args[0] = at(in);
+  call->args[ln ? 3 : 2] = at(out);
+  call->args[ln ? 4 : 3] = llvm::formatv("ne / {0}", d).str();
+  return formatCall(*call, "*pc.ctx_tp");
 }
 
 // The all-reduce of a norm's input gradient that runs the norm's backward
@@ -479,8 +511,16 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         }
         return shared();
       })
-      .Case<mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp,
-            mtc::LayerNormOp, mtc::RmsNormOp, mtc::RopeOp,
+      .Case<mtc::LayerNormOp, mtc::RmsNormOp>([&](Operation *) {
+        if (!fwdNormHalf.count(op))
+          return shared();
+        // Done inside the all-reduce with MTC_TP_NORM_HALF=1.
+        line("if (!pc.tp_norm_half) " +
+             formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
+                        "ctx"));
+        return success();
+      })
+      .Case<mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp, mtc::RopeOp,
             mtc::AttentionGradOp>([&](Operation *) { return shared(); })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();

@@ -216,7 +216,8 @@ void CudaEmitter::emitLaneRun(ArrayRef<Operation *> run) {
                              h == 0 ? "ctx" : "ctx1"));
           continue;
         }
-        line(laneCall(op, h));
+        line((fwdNormHalf.count(op) ? "if (!pc.tp_norm_half) " : "") +
+             laneCall(op, h));
         emitReduceStarts(op, h);
       }
     begin = end;

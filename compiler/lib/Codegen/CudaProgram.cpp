@@ -217,11 +217,15 @@ std::string CudaEmitter::emitContext() const {
     << "  MTC_CUDA_CHECK(cudaGetDeviceCount(&count));\n"
     << "  const char* local = std::getenv(\"LOCAL_RANK\");\n"
     << "  return local && count > 0 ? std::atoi(local) % count : 0;\n}\n\n"
-    << "// The measurement knobs: a fast path turned off (NAME=0), a count of\n"
-    << "// SMs (0 when unset).\n"
+    << "// The measurement knobs: a fast path turned off (NAME=0) or on\n"
+    << "// (NAME=1), a count of SMs (0 when unset).\n"
     << "bool env_off(const char* name) {\n"
     << "  const char* v = std::getenv(name);\n"
     << "  return v && std::string(v) == \"0\";\n"
+    << "}\n\n"
+    << "bool env_on(const char* name) {\n"
+    << "  const char* v = std::getenv(name);\n"
+    << "  return v && std::string(v) == \"1\";\n"
     << "}\n\n"
     << "int env_count(const char* name) {\n"
     << "  const char* v = std::getenv(name);\n"
@@ -295,6 +299,9 @@ std::string CudaEmitter::emitContext() const {
     << "  float* tp_partial = nullptr;\n"
     << "  // MTC_TP_BIAS_HALF=0: those bias gradients over all rows instead.\n"
     << "  bool tp_bias_half = true;\n"
+    << "  // MTC_TP_NORM_HALF=1: the forward norms after a tp all-reduce run\n"
+    << "  // inside it, on each rank's half of the rows (not measured yet).\n"
+    << "  bool tp_norm_half = false;\n"
     << "  std::unique_ptr<k::Context> ctx_tp;\n"
     << "  float* ce_stats = nullptr;      // (" << ceRows << ", 3)\n"
     << "  float* ce_all_stats = nullptr;  // (tp, " << ceRows << ", 3)\n"
@@ -309,6 +316,7 @@ std::string CudaEmitter::emitContext() const {
     << "    tp_overlap = !env_off(\"MTC_TP_OVERLAP\");\n"
     << "    tp_sm_margin = env_count(\"MTC_TP_SM_MARGIN\");\n"
     << "    tp_bias_half = !env_off(\"MTC_TP_BIAS_HALF\");\n"
+    << "    tp_norm_half = env_on(\"MTC_TP_NORM_HALF\");\n"
     << "    lanes_sm_margin = env_count(\"MTC_LANES_SM_MARGIN\");\n"
     << lanesInit
     << "    int least = 0, greatest = 0;\n"
@@ -318,7 +326,7 @@ std::string CudaEmitter::emitContext() const {
     << grid.tp << "};\n"
     << "    const size_t num_slots[3] = {0, " << buckets.size() << ", "
     << (usesLanes ? 2 : 1) * numReduceSlots << "};\n"
-    << (tpPartialElements > 0
+    << (usesTpContext
             ? "    // The tp axis's stream is ctx_tp's (kernels run inside its "
               "collectives).\n"
               "    ctx_tp = std::make_unique<k::Context>(local_device(), 1u << 20, "
@@ -326,7 +334,7 @@ std::string CudaEmitter::emitContext() const {
             : "")
     << "    for (int a = 0; a < 3; ++a) {\n"
     << "      if (sizes[a] == 1) continue;\n"
-    << (tpPartialElements > 0
+    << (usesTpContext
             ? "      if (a == 2)\n"
               "        axis_stream[a] = ctx_tp->stream;\n"
               "      else\n"
@@ -360,7 +368,7 @@ std::string CudaEmitter::emitContext() const {
     << lanesFree
     << "    cudaFree(grad_sumsq);\n"
     << "    cudaFreeHost(loss_host);\n"
-    << (tpPartialElements > 0 ? "    axis_stream[2] = nullptr;  // ctx_tp's\n"
+    << (usesTpContext ? "    axis_stream[2] = nullptr;  // ctx_tp's\n"
                               : "")
     << "    for (int a = 0; a < 3; ++a) {\n"
     << "      for (cudaEvent_t e : slots[a]) cudaEventDestroy(e);\n"
@@ -524,6 +532,22 @@ std::string CudaEmitter::emitContext() const {
        "mtc::rt::ReduceOp::sum, pc.axis_stream[2]);\n"
     << "  k::add3_on(pc.axis_stream[2], pc.ctx.sm_count, data, residual, "
        "nullptr, out, n);\n"
+    << "}\n\n"
+    << "// tp_all_reduce_add, then then(begin, count) normalizes this rank's\n"
+    << "// half of out into out2 and both halves are exchanged; on NCCL the\n"
+    << "// whole sum, then the whole norm.\n"
+    << "void tp_all_reduce_add_then(ProgramContext& pc, HostState& st, bf16* "
+       "data, const bf16* residual, bf16* out, bf16* out2, int64_t n, const "
+       "k::PeerAllReduce::HalfWork& then) {\n"
+    << "  k::PeerAllReduce* peer = tp_peer(pc, st);\n"
+    << "  if (peer && peer->covers(data, n) && peer->covers(out, n) && "
+       "peer->covers(out2, n)) {\n"
+    << "    peer->all_reduce_add_then(data, residual, out, out2, n, "
+       "pc.axis_stream[2], then);\n"
+    << "    return;\n"
+    << "  }\n"
+    << "  tp_all_reduce_add(pc, st, data, residual, out, n);\n"
+    << "  then(0, n);\n"
     << "}\n\n";
   if (usesLanes)
     o << "// The half-batch lanes: lane 1 starts after the compute stream's "

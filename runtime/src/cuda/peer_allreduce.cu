@@ -184,59 +184,64 @@ bool PeerAllReduce::covers(const void* buf, int64_t n) const {
 }
 
 void PeerAllReduce::all_reduce(bf16* buf, int64_t n, cudaStream_t stream) {
-  require(covers(buf, n), "tp peer all-reduce: buffer outside the shared region");
-  impl_->comm->watched("all_reduce (copy engines)", stream,
-                       [&] { enqueue(buf, nullptr, buf, n, stream, nullptr); });
+  run({buf, nullptr, buf, nullptr, {buf, nullptr}}, n, stream);
 }
 
 void PeerAllReduce::all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int64_t n,
                                    cudaStream_t stream) {
-  require(covers(buf, n) && covers(out, n),
-          "tp peer all-reduce: buffer outside the shared region");
   require(addend != nullptr, "tp peer all-reduce: null addend");
-  impl_->comm->watched("all_reduce (copy engines)", stream,
-                       [&] { enqueue(buf, addend, out, n, stream, nullptr); });
+  run({buf, addend, out, nullptr, {out, nullptr}}, n, stream);
 }
 
 void PeerAllReduce::all_reduce_then(bf16* buf, bf16* out, int64_t n, cudaStream_t stream,
                                     const HalfWork& then) {
-  require(covers(buf, n) && covers(out, n),
-          "tp peer all-reduce: buffer outside the shared region");
-  impl_->comm->watched("all_reduce (copy engines)", stream,
-                       [&] { enqueue(buf, nullptr, out, n, stream, &then); });
+  run({buf, nullptr, buf, &then, {out, nullptr}}, n, stream);
 }
 
-void PeerAllReduce::enqueue(bf16* buf, const bf16* addend, bf16* out, int64_t n,
-                            cudaStream_t stream, const HalfWork* then) {
+void PeerAllReduce::all_reduce_add_then(bf16* buf, const bf16* addend, bf16* out, bf16* out2,
+                                        int64_t n, cudaStream_t stream, const HalfWork& then) {
+  require(addend != nullptr, "tp peer all-reduce: null addend");
+  run({buf, addend, out, &then, {out, out2}}, n, stream);
+}
+
+void PeerAllReduce::run(const Pass& p, int64_t n, cudaStream_t stream) {
+  bool inside = covers(p.buf, n) && covers(p.sum, n);
+  for (bf16* c : p.copies) inside = inside && (!c || covers(c, n));
+  require(inside, "tp peer all-reduce: buffer outside the shared region");
+  impl_->comm->watched("all_reduce (copy engines)", stream, [&] { enqueue(p, n, stream); });
+}
+
+void PeerAllReduce::enqueue(const Pass& p, int64_t n, cudaStream_t stream) {
   Impl& m = *impl_;
   const uint32_t seq = ++m.seq;
   // Rank 0 reduces [0, h), rank 1 [h, n).
   const int64_t h = n / 2;
   const int64_t my_begin = m.rank == 0 ? 0 : h, my_n = m.rank == 0 ? h : n - h;
   const int64_t peer_begin = m.rank == 0 ? h : 0, peer_n = n - my_n;
-  const size_t out_offset = reinterpret_cast<char*>(out) - m.region;
   // 1. The peer's half of my partial sums into its staging buffer, once
   //    the peer has consumed what the previous call put there.
   m.wait(stream, kStagingFree, seq - 1);
   if (peer_n > 0)
-    MTC_CUDA_CHECK(cudaMemcpyAsync(m.peer_staging, buf + peer_begin, peer_n * sizeof(bf16),
+    MTC_CUDA_CHECK(cudaMemcpyAsync(m.peer_staging, p.buf + peer_begin, peer_n * sizeof(bf16),
                                    cudaMemcpyDeviceToDevice, stream));
   m.signal(stream, kDelivered, seq);
   // 2. Its half of its partial sums, in my staging: add into mine (and
-  //    the addend), into out (with `then`: into buf, and then's work
-  //    writes out). (mine + its) is the same sum on both ranks.
+  //    the addend), into p.sum; then the work on that half. (mine + its)
+  //    is the same sum on both ranks.
   m.wait(stream, kDelivered, seq);
-  add3_on(stream, m.sm_count, buf + my_begin, m.staging, addend ? addend + my_begin : nullptr,
-          (then ? buf : out) + my_begin, my_n);
+  add3_on(stream, m.sm_count, p.buf + my_begin, m.staging,
+          p.addend ? p.addend + my_begin : nullptr, p.sum + my_begin, my_n);
   m.signal(stream, kStagingFree, seq);
-  if (then && my_n > 0) (*then)(my_begin, my_n);
-  // 3. My reduced half to the same place in the peer's out (the peer read
-  //    its partial sums of it in step 1, before signalling; out's storage
-  //    is the peer's from before its step 1, same program).
-  if (my_n > 0)
-    MTC_CUDA_CHECK(cudaMemcpyAsync(m.peer_region + out_offset + my_begin * sizeof(bf16),
-                                   out + my_begin, my_n * sizeof(bf16), cudaMemcpyDeviceToDevice,
-                                   stream));
+  if (p.then && my_n > 0) (*p.then)(my_begin, my_n);
+  // 3. My half of each result to the same place in the peer's (the peer
+  //    read its partial sums of it in step 1, before signalling; the
+  //    results' storage is the peer's from before its step 1, same
+  //    program).
+  for (bf16* c : p.copies)
+    if (c && my_n > 0)
+      MTC_CUDA_CHECK(cudaMemcpyAsync(
+          m.peer_region + (reinterpret_cast<char*>(c) - m.region) + my_begin * sizeof(bf16),
+          c + my_begin, my_n * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
   m.signal(stream, kReduced, seq);
   m.wait(stream, kReduced, seq);
 }
