@@ -112,11 +112,14 @@ mtc::BufferPlan mtc::planBuffers(func::FuncOp fn,
   // Values are freed after the op at their last use, so ops are visited in
   // order and each frees what dies at its index.
   llvm::DenseMap<int64_t, SmallVector<Value>> dying;
-  // Values whose storage is taken before their definition (liveFrom).
+  // Values whose storage is taken before their definition (liveFrom), in
+  // program order of their definitions (the plan must not depend on the
+  // hints' hash order).
   llvm::DenseMap<Operation *, SmallVector<Value>> early;
-  for (auto &[v, op] : hints.liveFrom)
-    if (!hints.inPlaceOf.count(v))
-      early[op].push_back(v);
+  for (Operation &op : body)
+    for (Value v : op.getResults())
+      if (Operation *at = hints.liveFrom.lookup(v); at && !hints.inPlaceOf.count(v))
+        early[at].push_back(v);
   for (Operation &op : body) {
     SmallVector<Value> taken(op.getResults());
     taken.append(early.lookup(&op));

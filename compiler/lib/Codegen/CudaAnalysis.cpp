@@ -22,6 +22,11 @@ using namespace mlir;
 namespace mtc::codegen {
 
 namespace {
+/// The operand of `add` that is not `v`.
+Value otherOperand(mtc::AddOp add, Value v) {
+  return add.getLhs() == v ? add.getRhs() : add.getLhs();
+}
+
 /// A single-axis sum over tp whose input feeds nothing else: a gradient
 /// collective that can run on the accumulated buffer instead.
 bool isGradCollective(Operation *op) {
@@ -191,9 +196,8 @@ void CudaEmitter::planBuckets(func::FuncOp fn) {
 // over tp once per step (the train function's end), with the row-parallel
 // bias gradient that sums the new residual gradient's rows.
 bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
-  auto ar = cast<shard::AllReduceOp>(arOp);
+  auto ar = cast<shard::AllReduceOp>(arOp); // bf16, over tp
   if (grid.tp != 2 || grid.dp != 1 || grid.pp != 1 ||
-      ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()) ||
       !ar.getResult().hasOneUse())
     return false;
   Operation *norm = *ar.getResult().getUsers().begin();
@@ -211,7 +215,7 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   if (!add || !sink.count(dgamma) || (dbeta && !dbeta.use_empty() && !sink.count(dbeta)) ||
       rows(dx) % 2 != 0)
     return false;
-  Value residual = add.getLhs() == dx ? add.getRhs() : add.getLhs();
+  Value residual = otherOperand(add, dx);
   int64_t d = shapeOf(dx).back();
   if (tpPartialWidth != 0 && tpPartialWidth != d)
     return false; // pc.tp_partial's rows have one width
@@ -228,11 +232,10 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   for (Operation *u : add.getResult().getUsers())
     if (auto r = dyn_cast<mtc::ReduceLeadingOp>(u))
       if (sink.count(r.getResult()) && numel(r.getResult()) == d &&
-          !noOps.count(r) && nr.biasSlot < 0) {
+          !halfBias.count(r) && nr.biasSlot < 0) {
         nr.bias = r;
         nr.biasSlot = tpPartialRows.size() * d;
         tpPartialRows.push_back(sink.lookup(r.getResult()));
-        noOps.insert(r);
         halfBias.insert(r);
       }
   tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
@@ -370,16 +373,16 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
       continue;
     reduceSlot[&op] = int(reduceSlot.size());
     earlyReduces[producer].push_back(&op);
-    if (ar.getGridAxes()[0] == 2 && !storedF32(ar.getResult()))
-      peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
+    // A bf16 tp all-reduce: the copy engines' (tp_all_reduce*).
+    if (ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()))
+      continue;
+    peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
     if (fuseNormReduce(&op, producer))
       continue;
     // The sum's one use (through the row-parallel bias add on rank 0, in
     // place) is a residual add: the all-reduce adds the residual in its
     // own sum pass and writes the add's result, which is then taken from
     // the producer on; the add is gone.
-    if (ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()))
-      continue;
     Value sum = ar.getResult();
     if (sum.hasOneUse())
       if (auto bias = dyn_cast<mtc::AddOp>(*sum.getUsers().begin()))
@@ -392,7 +395,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
         sink.count(add.getResult()) || hints.inPlaceOf.count(add.getResult()) ||
         add.getLhs() == add.getRhs() || add.getType() != sum.getType())
       continue;
-    Value residual = add.getLhs() == sum ? add.getRhs() : add.getLhs();
+    Value residual = otherOperand(add, sum);
     if (residual.getType() != add.getType() || !residual.getDefiningOp() ||
         residual.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(residual) ||
         sink.count(residual))

@@ -131,45 +131,49 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
     const char *dtype = storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
                                                   : "mtc::rt::DType::bf16";
     line(opLabel(r, " (started)"));
-    for (int h = lanes ? lane : 0; h <= (lanes ? lane : 0); ++h) {
-      std::string stream = !lanes ? "" : h == 0 ? ", ctx.stream" : ", ctx1.stream";
-      line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
-      std::string data = lanes ? half(ar.getResult(), h) : buf(ar.getResult());
-      int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
-      if (auto nr = normReduce.find(r); nr != normReduce.end())
-        emitNormReduce(nr->second, data, n);
-      else if (auto rr = residualReduce.find(r); rr != residualReduce.end()) {
-        auto part = [&](Value v) { return lanes ? half(v, h) : buf(v); };
-        std::string plain = llvm::formatv(
-            "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
-            part(rr->second.residual), part(rr->second.out), n);
-        if (Operation *norm = rr->second.norm) {
-          line("if (pc.tp_norm_half) {");
-          line(llvm::formatv("  tp_all_reduce_add_then(pc, st, {0}, {1}, {2}, "
-                             "{3}, {4}, [&](int64_t e0, int64_t ne) {{",
-                             data, part(rr->second.residual),
-                             part(rr->second.out), part(norm->getResult(0)), n));
-          line("    " + normHalfCall(norm, part(rr->second.out),
-                                     part(norm->getResult(0))));
-          line("  });");
-          line("} else {");
-          line("  " + plain);
-          line("}");
-        } else {
-          line(plain);
-        }
+    std::string stream = !lanes ? "" : lane == 0 ? ", ctx.stream" : ", ctx1.stream";
+    line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
+    // The value's part this call reduces: the whole, or the lane's half.
+    auto part = [&](Value v) { return lanes ? half(v, lane) : buf(v); };
+    std::string data = part(ar.getResult());
+    int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
+    if (auto nr = normReduce.find(r); nr != normReduce.end()) {
+      emitNormReduce(nr->second, data, n);
+    } else if (auto rr = residualReduce.find(r); rr != residualReduce.end()) {
+      std::string plain = llvm::formatv(
+          "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
+          part(rr->second.residual), part(rr->second.out), n);
+      if (Operation *norm = rr->second.norm) {
+        line("if (pc.tp_norm_half) {");
+        line(llvm::formatv("  tp_all_reduce_add_then(pc, st, {0}, {1}, {2}, "
+                           "{3}, {4}, [&](int64_t e0, int64_t ne) {{",
+                           data, part(rr->second.residual),
+                           part(rr->second.out), part(norm->getResult(0)), n));
+        line("    " + normHalfCall(norm, part(rr->second.out),
+                                   part(norm->getResult(0))));
+        line("  });");
+        line("} else {");
+        line("  " + plain);
+        line("}");
+      } else {
+        line(plain);
       }
-      else if (axis == 2 && !storedF32(ar.getResult()))
-        line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
-      else
-        line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
-                           "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
-                           axis, data, n, dtype));
-      line(llvm::formatv("axis_mark(pc, {0}, {1}{2});", axis,
-                         lanes ? 2 * slot + h : slot, stream));
+    } else if (axis == 2 && !storedF32(ar.getResult())) {
+      line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
+    } else {
+      line(llvm::formatv("axis_comm(st, {0}).all_reduce({1}, {2}, {3}, "
+                         "mtc::rt::ReduceOp::sum, pc.axis_stream[{0}]);",
+                         axis, data, n, dtype));
     }
+    line(llvm::formatv("axis_mark(pc, {0}, {1}{2});", axis,
+                       lanes ? 2 * slot + lane : slot, stream));
   }
 }
+
+namespace {
+/// `base` offset by the element e0 of a half-rows lambda (tp_all_reduce_*).
+std::string atE0(StringRef base) { return ("(" + base + " + e0)").str(); }
+} // namespace
 
 // A forward norm's call on rows [e0 / D, (e0 + ne) / D) of `in` into
 // `out`, on the tp stream's context (inside a tp all-reduce).
@@ -177,12 +181,11 @@ std::string CudaEmitter::normHalfCall(Operation *norm, StringRef in,
                                       StringRef out) {
   auto call = sharedKernelCall(norm, [&](Value v) { return buf(v); });
   int64_t d = shapeOf(norm->getResult(0)).back();
-  auto at = [&](StringRef base) { return ("(" + base + " + e0)").str(); };
   // layer norm (x, gamma, beta, y, rows, dim, eps); RMS (x, gamma, y, rows,
   // dim, eps).
   bool ln = isa<mtc::LayerNormOp>(norm);
-  call->args[0] = at(in);
-  call->args[ln ? 3 : 2] = at(out);
+  call->args[0] = atE0(in);
+  call->args[ln ? 3 : 2] = atE0(out);
   call->args[ln ? 4 : 3] = llvm::formatv("ne / {0}", d).str();
   return formatCall(*call, "*pc.ctx_tp");
 }
@@ -194,27 +197,24 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
   Operation *norm = nr.norm;
   Value x = norm->getOperand(0), gamma = norm->getOperand(1);
   int64_t d = shapeOf(x).back();
-  auto at = [&](StringRef base) { return ("(" + base + " + e0)").str(); };
-  std::string partial = [&](int64_t slot) {
+  auto partial = [](int64_t slot) {
     return slot < 0 ? std::string("nullptr")
                     : llvm::formatv("(pc.tp_partial + {0})", slot).str();
-  }(nr.gammaSlot);
+  };
   std::string call;
   if (auto ln = dyn_cast<mtc::LayerNormGradOp>(norm))
     call = llvm::formatv(
         "k::layer_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, "
         "{5}, {6}, ne / {7}, {7}, {8}f);",
-        at(buf(x)), buf(gamma), at(data), at(buf(nr.residual)), at(buf(nr.out)),
-        partial,
-        nr.betaSlot < 0 ? std::string("nullptr")
-                        : llvm::formatv("(pc.tp_partial + {0})", nr.betaSlot).str(),
-        d, fmt(ln.getEps().convertToDouble()));
+        atE0(buf(x)), buf(gamma), atE0(data), atE0(buf(nr.residual)),
+        atE0(buf(nr.out)), partial(nr.gammaSlot), partial(nr.betaSlot), d,
+        fmt(ln.getEps().convertToDouble()));
   else
     call = llvm::formatv(
         "k::rms_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, {5}, "
         "ne / {6}, {6}, {7}f);",
-        at(buf(x)), buf(gamma), at(data), at(buf(nr.residual)), at(buf(nr.out)),
-        partial, d,
+        atE0(buf(x)), buf(gamma), atE0(data), atE0(buf(nr.residual)),
+        atE0(buf(nr.out)), partial(nr.gammaSlot), d,
         fmt(cast<mtc::RmsNormGradOp>(norm).getEps().convertToDouble()));
   line(opLabel(norm, " (half the rows, in the all-reduce)"));
   line(llvm::formatv("tp_all_reduce_then(pc, st, {0}, {1}, {2}, [&](int64_t "
@@ -224,7 +224,7 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
   if (nr.bias)
     line(llvm::formatv("  if (pc.tp_bias_half) k::reduce_rows_accumulate("
                        "*pc.ctx_tp, {0}, (pc.tp_partial + {1}), ne / {2}, {2});",
-                       at(buf(nr.out)), nr.biasSlot, d));
+                       atE0(buf(nr.out)), nr.biasSlot, d));
   line("});");
 }
 
@@ -234,14 +234,14 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
 void CudaEmitter::emitTpPartialFlush() {
   line("k::set_current_op(\"shard.all_reduce of the norms' partial weight "
        "gradients (tp)\");");
-  line("if (last_microbatch) {");
   int64_t total = int64_t(tpPartialRows.size()) * tpPartialWidth;
-  line(llvm::formatv("  axis_begin(pc, 2);"));
-  line(llvm::formatv("  axis_comm(st, 2).all_reduce(pc.tp_partial, {0}, "
-                     "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
-                     "pc.axis_stream[2]);",
-                     total));
-  line("  axis_join(pc, 2);");
+  axisCall(2,
+           llvm::formatv("axis_comm(st, 2).all_reduce(pc.tp_partial, {0}, "
+                         "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
+                         "AXIS_STREAM);",
+                         total),
+           "last_microbatch");
+  line("if (last_microbatch) {");
   for (auto [i, param] : llvm::enumerate(tpPartialRows))
     line(llvm::formatv("  k::accumulate(ctx, {0}, pc.tp_partial + {1}, {2});",
                        grad(param), int64_t(i) * tpPartialWidth,
@@ -395,16 +395,6 @@ void CudaEmitter::emitAfterGradient(Operation *op, bool eval) {
 }
 
 LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
-  if (auto r = dyn_cast<mtc::ReduceLeadingOp>(op); r && halfBias.count(op)) {
-    // Summed over half the rows inside the norm's all-reduce, unless
-    // MTC_TP_BIAS_HALF=0 (then here, over all rows, into the gradient).
-    line(opLabel(op));
-    line(llvm::formatv("if (!pc.tp_bias_half) k::reduce_rows_accumulate(ctx, "
-                       "{0}, {1}, {2}, {3});",
-                       buf(r.getInput()), grad(sink.lookup(r.getResult())),
-                       numel(r.getInput()) / numel(r), numel(r)));
-    return success();
-  }
   if (noOps.count(op) || isa<mtc::ParamOp>(op))
     return success();
   if (isIndexOp(op))
@@ -493,9 +483,12 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         if (g.empty())
           return op->emitOpError("CUDA target: a reduction must be a "
                                  "parameter gradient (bias, position table)");
-        line(llvm::formatv("k::reduce_rows_accumulate(ctx, {0}, {1}, {2}, {3});",
-                           buf(r.getInput()), g, numel(r.getInput()) / numel(r),
-                           numel(r)));
+        // A bias gradient summed over half the rows inside a norm's
+        // all-reduce (fuseNormReduce) runs here only with MTC_TP_BIAS_HALF=0.
+        line(llvm::formatv(
+            "{0}k::reduce_rows_accumulate(ctx, {1}, {2}, {3}, {4});",
+            halfBias.count(op) ? "if (!pc.tp_bias_half) " : "",
+            buf(r.getInput()), g, numel(r.getInput()) / numel(r), numel(r)));
         return success();
       })
       .Case([&](mtc::GeluOp g) -> LogicalResult {

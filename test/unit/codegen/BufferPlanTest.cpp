@@ -104,4 +104,19 @@ TEST(BufferPlan, LiveFromTakesStorageEarly) {
   EXPECT_EQ(plan.size, 192);
 }
 
+TEST(BufferPlan, LiveFromTakesValuesInProgramOrder) {
+  Planned p;
+  ASSERT_TRUE(p.module);
+  // %3 and %2 both taken at op 0 (hinted in reverse order): the earlier
+  // definition gets the first storage, whatever the hints' hash order, so
+  // the generated program is the same on every compile.
+  mtc::ExecutionHints hints;
+  hints.liveFrom[p.values[3]] = p.ops[0];
+  hints.liveFrom[p.values[2]] = p.ops[0];
+  mtc::BufferPlan plan = p.plan(hints);
+  EXPECT_LT(plan.offset.lookup(p.values[2]), plan.offset.lookup(p.values[3]));
+  // %0, %2, %3 taken at op 0 and %1 at op 1 (%0 is freed after it).
+  EXPECT_EQ(plan.size, 256);
+}
+
 }  // namespace
