@@ -45,10 +45,6 @@
 #   bash bench/gpu_parallel_run.sh fwdnorm the forward norms inside the tp all-reduces
 #                                          (MTC_TP_NORM_HALF=1) against the defaults:
 #                                          equivalence, then 1.3B and 124M tp = 2
-#   bash bench/gpu_parallel_run.sh wsplit  weight-gradient GEMMs beside a tp all-reduce
-#                                          in 2 or 4 row blocks (MTC_TP_WGRAD_SPLIT),
-#                                          and small SM margins (MTC_TP_SM_MARGIN),
-#                                          interleaved with the defaults, twice
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -429,33 +425,6 @@ fwdnorm() {
   one_again
 }
 
-# The weight-gradient GEMMs enqueued while a tp all-reduce is in flight
-# split into row blocks (MTC_TP_WGRAD_SPLIT=2, 4) so that the all-reduce's
-# sum and norm kernels find SMs between them, and small SM margins for
-# those GEMMs (MTC_TP_SM_MARGIN=4, 8), against the defaults, two rounds.
-wsplit() {
-  local R v
-  R=$(random_tokens)
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-w2 tiny-tp2 2 20 "$DATA" MTC_TP_WGRAD_SPLIT=2
-  RUN_TIMEOUT=60 run tiny-tp2-w4m4 tiny-tp2 2 20 "$DATA" MTC_TP_WGRAD_SPLIT=4 MTC_TP_SM_MARGIN=4
-  compare tiny-mb16=tiny-tp2-w2,tiny-tp2-w4m4
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  for i in a b; do
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-w2-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_WGRAD_SPLIT=2
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-w4-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_WGRAD_SPLIT=4
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-m4-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=4
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-m8-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=8
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-w2m4-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_WGRAD_SPLIT=2 MTC_TP_SM_MARGIN=4
-  done
-  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
-  local plans=""
-  for v in "" -w2 -w4 -m4 -m8 -w2m4; do plans="$plans tp2$v-a:1 tp2$v-b:1"; done
-  report "$plans"
-  one_again
-}
-
 # The one-GPU 1.3B run repeated at the end of a call (gpt-1.3b-1-again):
 # how far the reference drifted over the call.
 one_again() {
@@ -559,11 +528,10 @@ case "$WHAT" in
   halfnorm) halfnorm ;;
   biasab) biasab ;;
   fwdnorm) fwdnorm ;;
-  wsplit) wsplit ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|fwdnorm|wsplit" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|fwdnorm" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

@@ -537,12 +537,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::MatmulOp m) -> LogicalResult {
-        if (std::string g = sinkOf(m); !g.empty() && grid.tp > 1) {
-          line(llvm::formatv("tp_wgrad(pc, {0}, {1}, {2}, {3}, {4}, {5}, {6});",
-                             buf(m.getLhs()), buf(m.getRhs()), g, m.getM(),
-                             m.getN(), m.getK(), m.getTransposeB()));
-          return success();
-        } else if (!g.empty()) {
+        if (std::string g = sinkOf(m); !g.empty()) {
           line(llvm::formatv("k::matmul_f32(ctx, {0}, {1}, {2}, nullptr, {3}, "
                              "{4}, {5}, true, {6}, true);",
                              buf(m.getLhs()), buf(m.getRhs()), g, m.getM(),
