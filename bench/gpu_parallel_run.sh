@@ -45,6 +45,9 @@
 #   bash bench/gpu_parallel_run.sh fwdnorm the forward norms inside the tp all-reduces
 #                                          (MTC_TP_NORM_HALF=1) against the defaults:
 #                                          equivalence, then 1.3B and 124M tp = 2
+#   bash bench/gpu_parallel_run.sh headline the issue's comparison on the 1.3B GPT in one
+#                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
+#                                          one GPU and DDP, one GPU again
 #   bash bench/gpu_parallel_run.sh profile  MTC_PROFILE reports of the 1.3B GPT
 #                                          (one GPU, tp = 2, tp = 2 + sp, dp = 2)
 #                                          and NCCL's all-reduce bandwidth
@@ -425,6 +428,30 @@ fwdnorm() {
   one_again
 }
 
+# The comparison the tensor/data-parallel issue asks for, 1.3B GPT only
+# (one call): mtc one GPU, dp = 2, tp = 2 twice, then PyTorch (torch.compile)
+# on one GPU and under DDP on two, then mtc's one GPU again.
+headline() {
+  local R
+  python3 "$D/bench/env_gemm.py" > "$OUT/gemm.log" 2>&1
+  PEAK=$(python3 -c "import json
+for l in open('$OUT/gemm.log'):
+    if l.startswith('GEMM_RESULT'): print(round(json.loads(l.split(' ',1)[1])['median_tflops'],1))")
+  PEAK=${PEAK:-780}
+  say "peak bf16 GEMM (GPU 0): $PEAK TFLOP/s"
+  export MTC_PEAK_TFLOPS=$PEAK
+  R=$(random_tokens)
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-b gpt-1.3b-tp2 2 15 "$R"
+  timeout 150 torchrun --nproc_per_node 1 "$D/bench/gpt_ddp.py" --size 1.3b --batch 8 --peak "$PEAK" > "$OUT/torch-1.3b-1.log" 2>&1
+  timeout 180 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size 1.3b --batch 8 --peak "$PEAK" > "$OUT/torch-1.3b-2.log" 2>&1
+  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
+  report "dp2:2 tp2:1 tp2-b:1"
+  one_again
+}
+
 # The one-GPU 1.3B run repeated at the end of a call (gpt-1.3b-1-again):
 # how far the reference drifted over the call.
 one_again() {
@@ -528,10 +555,11 @@ case "$WHAT" in
   halfnorm) halfnorm ;;
   biasab) biasab ;;
   fwdnorm) fwdnorm ;;
+  headline) headline ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|fwdnorm" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|fwdnorm|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the
