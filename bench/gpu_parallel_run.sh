@@ -42,9 +42,8 @@
 #   bash bench/gpu_parallel_run.sh biasab  the row-parallel bias gradients over half the
 #                                          rows in the all-reduces or over all rows
 #                                          (MTC_TP_BIAS_HALF=0), 1.3B tp = 2, 3 x 2 runs
-#   bash bench/gpu_parallel_run.sh fwdnorm the forward norms inside the tp all-reduces
-#                                          (MTC_TP_NORM_HALF=1) against the defaults:
-#                                          equivalence, then 1.3B and 124M tp = 2
+#   bash bench/gpu_parallel_run.sh tpcheck kernel tests and the tiny GPT's tp = 2, sp and
+#                                          dp plans against one GPU (no benchmark)
 #   bash bench/gpu_parallel_run.sh headline the issue's comparison on the 1.3B GPT in one
 #                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
 #                                          one GPU and DDP, one GPU again
@@ -397,35 +396,11 @@ biasab() {
   one_again
 }
 
-# The forward norms on half the rows inside the tp all-reduces
-# (MTC_TP_NORM_HALF=1) against the defaults: the tiny GPT both ways (and
-# with NCCL) against one GPU, then the 1.3B GPT's and GPT-2 124M's tp = 2
-# both ways, interleaved, between one-GPU runs.
-fwdnorm() {
-  local R
-  R=$(random_tokens)
-  kernel_tests 'CudaNorms*:CudaElementwise*'
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-normhalf tiny-tp2 2 20 "$DATA" MTC_TP_NORM_HALF=1
-  RUN_TIMEOUT=60 run tiny-tp2-normhalf-one tiny-tp2 2 20 "$DATA" MTC_TP_NORM_HALF=1 MTC_TP_LANES=0
-  RUN_TIMEOUT=60 run tiny-tp2-normhalf-nccl tiny-tp2 2 20 "$DATA" MTC_TP_NORM_HALF=1 MTC_TP_PEER=0
-  compare tiny-mb16=tiny-tp2,tiny-tp2-normhalf,tiny-tp2-normhalf-one,tiny-tp2-normhalf-nccl
-  if ! finished tiny-tp2-normhalf; then
-    say "tiny tp = 2 with MTC_TP_NORM_HALF=1 did not finish: no benchmark"
-    return
-  fi
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  for i in a b c; do
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-normhalf-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_NORM_HALF=1
-  done
-  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
-  run gpt2-124m-1 gpt2-124m 1 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-normhalf-a gpt2-124m-tp2 2 20 "$R" MTC_TP_NORM_HALF=1
-  report "tp2:1 tp2-a:1 tp2-normhalf-a:1 tp2-b:1 tp2-normhalf-b:1 tp2-c:1 tp2-normhalf-c:1"
-  one_again
+# A short check of the tp = 2 code paths, no benchmark: the kernel tests of
+# the kernels they call and the tiny GPT's plans against one GPU.
+tpcheck() {
+  kernel_tests 'CudaNorms*:CudaElementwise*:CudaTensorParallel*'
+  tiny_tp
 }
 
 # The comparison the tensor/data-parallel issue asks for, 1.3B GPT only
@@ -554,12 +529,12 @@ case "$WHAT" in
   stagger) stagger ;;
   halfnorm) halfnorm ;;
   biasab) biasab ;;
-  fwdnorm) fwdnorm ;;
+  tpcheck) tpcheck ;;
   headline) headline ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|fwdnorm|headline" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

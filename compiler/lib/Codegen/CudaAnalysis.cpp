@@ -262,7 +262,6 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   residualReduce.clear();
   normReduce.clear();
   halfBias.clear();
-  fwdNormHalf.clear();
   tpPartialRows.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
@@ -400,24 +399,7 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
         residual.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(residual) ||
         sink.count(residual))
       continue;
-    ResidualReduce rr{residual, add.getResult(), nullptr};
-    // The norm of the new residual stream: with MTC_TP_NORM_HALF=1 each
-    // rank runs it on its half of the rows inside the all-reduce too and
-    // the copy carries both halves (its output is then taken from the
-    // producer on); the norm where it stands runs only without the knob.
-    // Rows in multiples of 4: halves of the lanes' halves.
-    for (Operation *u : add.getResult().getUsers())
-      if (isa<mtc::LayerNormOp, mtc::RmsNormOp>(u) && !rr.norm &&
-          u->getOperand(0) == add.getResult() && !noOps.count(u) &&
-          !fusedPartner.count(u) && !unmaterialized.count(u->getResult(0)) &&
-          rows(add.getResult()) % 4 == 0)
-        rr.norm = u;
-    if (rr.norm) {
-      fwdNormHalf.insert(rr.norm);
-      hints.liveFrom[rr.norm->getResult(0)] = producer;
-      usesTpContext = true;
-    }
-    residualReduce[&op] = rr;
+    residualReduce[&op] = ResidualReduce{residual, add.getResult()};
     noOps.insert(add);
     hints.liveFrom[add.getResult()] = producer;
   }

@@ -140,24 +140,9 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
     if (auto nr = normReduce.find(r); nr != normReduce.end()) {
       emitNormReduce(nr->second, data, n);
     } else if (auto rr = residualReduce.find(r); rr != residualReduce.end()) {
-      std::string plain = llvm::formatv(
-          "tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});", data,
-          part(rr->second.residual), part(rr->second.out), n);
-      if (Operation *norm = rr->second.norm) {
-        line("if (pc.tp_norm_half) {");
-        line(llvm::formatv("  tp_all_reduce_add_then(pc, st, {0}, {1}, {2}, "
-                           "{3}, {4}, [&](int64_t e0, int64_t ne) {{",
-                           data, part(rr->second.residual),
-                           part(rr->second.out), part(norm->getResult(0)), n));
-        line("    " + normHalfCall(norm, part(rr->second.out),
-                                   part(norm->getResult(0))));
-        line("  });");
-        line("} else {");
-        line("  " + plain);
-        line("}");
-      } else {
-        line(plain);
-      }
+      line(llvm::formatv("tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});",
+                         data, part(rr->second.residual),
+                         part(rr->second.out), n));
     } else if (axis == 2 && !storedF32(ar.getResult())) {
       line(llvm::formatv("tp_all_reduce(pc, st, {0}, {1});", data, n));
     } else {
@@ -174,21 +159,6 @@ namespace {
 /// `base` offset by the element e0 of a half-rows lambda (tp_all_reduce_*).
 std::string atE0(StringRef base) { return ("(" + base + " + e0)").str(); }
 } // namespace
-
-// A forward norm's call on rows [e0 / D, (e0 + ne) / D) of `in` into
-// `out`, on the tp stream's context (inside a tp all-reduce).
-std::string CudaEmitter::normHalfCall(Operation *norm, StringRef in,
-                                      StringRef out) {
-  auto call = sharedKernelCall(norm, [&](Value v) { return buf(v); });
-  int64_t d = shapeOf(norm->getResult(0)).back();
-  // layer norm (x, gamma, beta, y, rows, dim, eps); RMS (x, gamma, y, rows,
-  // dim, eps).
-  bool ln = isa<mtc::LayerNormOp>(norm);
-  call->args[0] = atE0(in);
-  call->args[ln ? 3 : 2] = atE0(out);
-  call->args[ln ? 4 : 3] = llvm::formatv("ne / {0}", d).str();
-  return formatCall(*call, "*pc.ctx_tp");
-}
 
 // The all-reduce of a norm's input gradient that runs the norm's backward
 // on its half of the rows (fuseNormReduce), on the tp stream's context.
@@ -504,16 +474,8 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         }
         return shared();
       })
-      .Case<mtc::LayerNormOp, mtc::RmsNormOp>([&](Operation *) {
-        if (!fwdNormHalf.count(op))
-          return shared();
-        // Done inside the all-reduce with MTC_TP_NORM_HALF=1.
-        line("if (!pc.tp_norm_half) " +
-             formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
-                        "ctx"));
-        return success();
-      })
-      .Case<mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp, mtc::RopeOp,
+      .Case<mtc::LayerNormOp, mtc::RmsNormOp, mtc::GeluGradOp, mtc::SwigluOp,
+            mtc::SwigluGradOp, mtc::RopeOp,
             mtc::AttentionGradOp>([&](Operation *) { return shared(); })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();

@@ -82,13 +82,9 @@ private:
   // sum + residual (the residual add they replace is a no-op).
   struct ResidualReduce {
     mlir::Value residual, out;
-    mlir::Operation *norm; // the norm of out run inside (MTC_TP_NORM_HALF=1)
   };
   llvm::DenseMap<mlir::Operation *, ResidualReduce> residualReduce;
-  llvm::DenseSet<mlir::Operation *> fwdNormHalf; // those norms
   bool usesTpContext = false; // pc.ctx_tp: kernels inside tp collectives
-  std::string normHalfCall(mlir::Operation *norm, llvm::StringRef in,
-                           llvm::StringRef out);
   // Early tp all-reduces that run a norm's backward on their half of the
   // rows (fuseNormReduce): the norm, the residual gradient it adds to, the
   // add's result (its output), where its dgamma/dbeta partial sums go in

@@ -216,8 +216,7 @@ void CudaEmitter::emitLaneRun(ArrayRef<Operation *> run) {
                              h == 0 ? "ctx" : "ctx1"));
           continue;
         }
-        line((fwdNormHalf.count(op) ? "if (!pc.tp_norm_half) " : "") +
-             laneCall(op, h));
+        line(laneCall(op, h));
         emitReduceStarts(op, h);
       }
     begin = end;

@@ -184,30 +184,22 @@ bool PeerAllReduce::covers(const void* buf, int64_t n) const {
 }
 
 void PeerAllReduce::all_reduce(bf16* buf, int64_t n, cudaStream_t stream) {
-  run({buf, nullptr, buf, nullptr, {buf, nullptr}}, n, stream);
+  run({buf, nullptr, buf, nullptr, buf}, n, stream);
 }
 
 void PeerAllReduce::all_reduce_add(bf16* buf, const bf16* addend, bf16* out, int64_t n,
                                    cudaStream_t stream) {
   require(addend != nullptr, "tp peer all-reduce: null addend");
-  run({buf, addend, out, nullptr, {out, nullptr}}, n, stream);
+  run({buf, addend, out, nullptr, out}, n, stream);
 }
 
 void PeerAllReduce::all_reduce_then(bf16* buf, bf16* out, int64_t n, cudaStream_t stream,
                                     const HalfWork& then) {
-  run({buf, nullptr, buf, &then, {out, nullptr}}, n, stream);
-}
-
-void PeerAllReduce::all_reduce_add_then(bf16* buf, const bf16* addend, bf16* out, bf16* out2,
-                                        int64_t n, cudaStream_t stream, const HalfWork& then) {
-  require(addend != nullptr, "tp peer all-reduce: null addend");
-  run({buf, addend, out, &then, {out, out2}}, n, stream);
+  run({buf, nullptr, buf, &then, out}, n, stream);
 }
 
 void PeerAllReduce::run(const Pass& p, int64_t n, cudaStream_t stream) {
-  bool inside = covers(p.buf, n) && covers(p.sum, n);
-  for (bf16* c : p.copies) inside = inside && (!c || covers(c, n));
-  require(inside, "tp peer all-reduce: buffer outside the shared region");
+  require(covers(p.buf, n) && covers(p.sum, n) && covers(p.copy, n), "tp peer all-reduce: buffer outside the shared region");
   impl_->comm->watched("all_reduce (copy engines)", stream, [&] { enqueue(p, n, stream); });
 }
 
@@ -233,15 +225,14 @@ void PeerAllReduce::enqueue(const Pass& p, int64_t n, cudaStream_t stream) {
           p.addend ? p.addend + my_begin : nullptr, p.sum + my_begin, my_n);
   m.signal(stream, kStagingFree, seq);
   if (p.then && my_n > 0) (*p.then)(my_begin, my_n);
-  // 3. My half of each result to the same place in the peer's (the peer
+  // 3. My half of the result to the same place in the peer's (the peer
   //    read its partial sums of it in step 1, before signalling; the
-  //    results' storage is the peer's from before its step 1, same
+  //    result's storage is the peer's from before its step 1, same
   //    program).
-  for (bf16* c : p.copies)
-    if (c && my_n > 0)
-      MTC_CUDA_CHECK(cudaMemcpyAsync(
-          m.peer_region + (reinterpret_cast<char*>(c) - m.region) + my_begin * sizeof(bf16),
-          c + my_begin, my_n * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
+  if (my_n > 0)
+    MTC_CUDA_CHECK(cudaMemcpyAsync(
+        m.peer_region + (reinterpret_cast<char*>(p.copy) - m.region) + my_begin * sizeof(bf16),
+        p.copy + my_begin, my_n * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
   m.signal(stream, kReduced, seq);
   m.wait(stream, kReduced, seq);
 }

@@ -71,22 +71,17 @@ class PeerAllReduce {
   using HalfWork = std::function<void(int64_t begin, int64_t count)>;
   void all_reduce_then(bf16* buf, bf16* out, int64_t n, cudaStream_t stream,
                        const HalfWork& then);
-  // all_reduce_add, then `then(begin, count)` reads this rank's half of
-  // out and writes that part of out2 (a norm of the new residual stream);
-  // step 3 copies both halves to the peer.
-  void all_reduce_add_then(bf16* buf, const bf16* addend, bf16* out, bf16* out2, int64_t n,
-                           cudaStream_t stream, const HalfWork& then);
 
  private:
   PeerAllReduce() = default;
   // One call: partial sums in buf; step 2 writes buf + peer's (+ addend)
-  // into sum; `then` runs on the half; step 3 copies each of `copies`.
+  // into sum; `then` runs on the half; step 3 copies that half of `copy`.
   struct Pass {
     bf16* buf;
     const bf16* addend;
     bf16* sum;
     const HalfWork* then;
-    bf16* copies[2];
+    bf16* copy;
   };
   void run(const Pass& p, int64_t n, cudaStream_t stream);
   void enqueue(const Pass& p, int64_t n, cudaStream_t stream);
