@@ -44,6 +44,7 @@
 #                                          (MTC_TP_BIAS_HALF=0), 1.3B tp = 2, 3 x 2 runs
 #   bash bench/gpu_parallel_run.sh tpcheck kernel tests and the tiny GPT's tp = 2, sp and
 #                                          dp plans against one GPU (no benchmark)
+#   bash bench/gpu_parallel_run.sh quick13 1.3B one GPU, tp = 2 twice, one GPU again
 #   bash bench/gpu_parallel_run.sh headline the issue's comparison on the 1.3B GPT in one
 #                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
 #                                          one GPU and DDP, one GPU again
@@ -403,6 +404,19 @@ tpcheck() {
   tiny_tp
 }
 
+# The 1.3B GPT's tp = 2 against one GPU, briefly: one GPU, tp = 2 twice,
+# one GPU again.
+quick13() {
+  local R
+  R=$(random_tokens)
+  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-b gpt-1.3b-tp2 2 15 "$R"
+  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
+  report "tp2:1 tp2-b:1"
+  one_again
+}
+
 # The comparison the tensor/data-parallel issue asks for, 1.3B GPT only
 # (one call): mtc one GPU, dp = 2, tp = 2 twice, then PyTorch (torch.compile)
 # on one GPU and under DDP on two, then mtc's one GPU again.
@@ -530,11 +544,12 @@ case "$WHAT" in
   halfnorm) halfnorm ;;
   biasab) biasab ;;
   tpcheck) tpcheck ;;
+  quick13) quick13 ;;
   headline) headline ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|headline" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the
