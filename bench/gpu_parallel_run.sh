@@ -199,7 +199,8 @@ for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
 PY
 }
 
-bench() {
+# gemm_peak: the bf16 GEMM ceiling of GPU 0 in $PEAK (MFU's denominator).
+gemm_peak() {
   python3 "$D/bench/env_gemm.py" > "$OUT/gemm.log" 2>&1
   PEAK=$(python3 -c "import json
 for l in open('$OUT/gemm.log'):
@@ -207,6 +208,10 @@ for l in open('$OUT/gemm.log'):
   PEAK=${PEAK:-780}
   say "peak bf16 GEMM (GPU 0): $PEAK TFLOP/s"
   export MTC_PEAK_TFLOPS=$PEAK
+}
+
+bench() {
+  gemm_peak
   local R
   R=$(random_tokens)
   for m in gpt2-124m:20:124m:64 gpt-1.3b:15:1.3b:8; do
@@ -422,13 +427,7 @@ quick13() {
 # on one GPU and under DDP on two, then mtc's one GPU again.
 headline() {
   local R
-  python3 "$D/bench/env_gemm.py" > "$OUT/gemm.log" 2>&1
-  PEAK=$(python3 -c "import json
-for l in open('$OUT/gemm.log'):
-    if l.startswith('GEMM_RESULT'): print(round(json.loads(l.split(' ',1)[1])['median_tflops'],1))")
-  PEAK=${PEAK:-780}
-  say "peak bf16 GEMM (GPU 0): $PEAK TFLOP/s"
-  export MTC_PEAK_TFLOPS=$PEAK
+  gemm_peak
   R=$(random_tokens)
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
