@@ -111,6 +111,14 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "loss scaling and an fp32 mode are not implemented); set it "
                 "to \"bf16\"");
 
+  if (opts.backwardLanes &&
+      (opts.target != "cuda" || parsed->parallel.tp < 2 || parsed->parallel.sp))
+    return fail("--tp-backward-lanes needs --target cuda and tensor "
+                "parallelism without sp (tp = " +
+                std::to_string(parsed->parallel.tp) +
+                (parsed->parallel.sp ? ", sp on" : "") + ", target " +
+                opts.target + ")");
+
   // 2. Import.
   DialectRegistry registry;
   registerMtcDialects(registry);
@@ -152,6 +160,8 @@ int mtc::runCompile(const CompileOptions &opts) {
   }
 
   // 4. Source.
+  if (opts.backwardLanes)
+    (*module)->setAttr("mtc.tp_backward_lanes", UnitAttr::get(&context));
   EmitResult emitted;
   if (failed(opts.target == "cuda" ? emitCudaProgram(*module, emitted)
                                    : emitHostProgram(*module, emitted)))

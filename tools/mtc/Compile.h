@@ -25,6 +25,7 @@ struct CompileOptions {
   spec::Overrides overrides;
   bool printIRAfterAll = false;
   bool scheduleWeightGradients = true; // --delay-wgrad-compute
+  bool backwardLanes = false;           // --tp-backward-lanes
 };
 
 /// Runs the whole compilation; prints errors to stderr. Returns the process

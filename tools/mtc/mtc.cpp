@@ -98,6 +98,13 @@ static cl::opt<bool> delayWgrad(
              "(mtc-schedule-weight-gradients; default true, =false keeps "
              "autodiff's order)"),
     cl::init(true), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> backwardLanes(
+    "tp-backward-lanes",
+    cl::desc("CUDA target, tp > 1: run the backward pass in two half-batch "
+             "lanes too, staggered on the compute stream, so that each "
+             "lane's tensor-parallel all-reduces run beside the other "
+             "lane's work (experimental, off by default)"),
+    cl::init(false), cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
@@ -143,6 +150,7 @@ int main(int argc, char **argv) {
   opts.passPlugins.assign(passPlugins.begin(), passPlugins.end());
   opts.shardingPipeline = shardingPasses;
   opts.scheduleWeightGradients = delayWgrad;
+  opts.backwardLanes = backwardLanes;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
   auto &o = opts.overrides;

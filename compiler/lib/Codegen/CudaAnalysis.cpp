@@ -213,7 +213,7 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   Value dgamma = norm->getResult(1);
   Value dbeta = isa<mtc::LayerNormGradOp>(norm) ? norm->getResult(2) : Value();
   if (!add || !sink.count(dgamma) || (dbeta && !dbeta.use_empty() && !sink.count(dbeta)) ||
-      rows(dx) % 2 != 0)
+      rows(dx) % (backwardLanes ? 4 : 2) != 0) // halves (of each lane's)
     return false;
   Value residual = otherOperand(add, dx);
   int64_t d = shapeOf(dx).back();

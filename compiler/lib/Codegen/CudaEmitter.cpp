@@ -75,6 +75,7 @@ CudaEmitter::CudaEmitter(ModuleOp module)
   if (auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training"))
     if (auto n = cfg.getAs<IntegerAttr>("num_microbatches"))
       numMicrobatches = n.getInt();
+  backwardLanes = module->hasAttr("mtc.tp_backward_lanes");
 }
 
 std::string CudaEmitter::grad(StringRef param) const {
@@ -131,14 +132,17 @@ void CudaEmitter::emitReduceStarts(Operation *producer, int lane) {
     const char *dtype = storedF32(ar.getResult()) ? "mtc::rt::DType::f32"
                                                   : "mtc::rt::DType::bf16";
     line(opLabel(r, " (started)"));
-    std::string stream = !lanes ? "" : lane == 0 ? ", ctx.stream" : ", ctx1.stream";
+    std::string stream =
+        !lanes ? ""
+               : llvm::formatv(", {0}.stream", lane == 0 ? "ctx" : lane1Ctx)
+                     .str();
     line(llvm::formatv("axis_begin(pc, {0}{1});", axis, stream));
     // The value's part this call reduces: the whole, or the lane's half.
     auto part = [&](Value v) { return lanes ? half(v, lane) : buf(v); };
     std::string data = part(ar.getResult());
     int64_t n = numel(ar.getResult()) / (lanes ? 2 : 1);
     if (auto nr = normReduce.find(r); nr != normReduce.end()) {
-      emitNormReduce(nr->second, data, n);
+      emitNormReduce(nr->second, part, data, n);
     } else if (auto rr = residualReduce.find(r); rr != residualReduce.end()) {
       line(llvm::formatv("tp_all_reduce_add(pc, st, {0}, {1}, {2}, {3});",
                          data, part(rr->second.residual),
@@ -162,8 +166,9 @@ std::string atE0(StringRef base) { return ("(" + base + " + e0)").str(); }
 
 // The all-reduce of a norm's input gradient that runs the norm's backward
 // on its half of the rows (fuseNormReduce), on the tp stream's context.
-void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
-                                 int64_t n) {
+void CudaEmitter::emitNormReduce(
+    const NormReduce &nr, llvm::function_ref<std::string(Value)> part,
+    StringRef data, int64_t n) {
   Operation *norm = nr.norm;
   Value x = norm->getOperand(0), gamma = norm->getOperand(1);
   int64_t d = shapeOf(x).back();
@@ -176,25 +181,25 @@ void CudaEmitter::emitNormReduce(const NormReduce &nr, StringRef data,
     call = llvm::formatv(
         "k::layer_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, "
         "{5}, {6}, ne / {7}, {7}, {8}f);",
-        atE0(buf(x)), buf(gamma), atE0(data), atE0(buf(nr.residual)),
-        atE0(buf(nr.out)), partial(nr.gammaSlot), partial(nr.betaSlot), d,
+        atE0(part(x)), buf(gamma), atE0(data), atE0(part(nr.residual)),
+        atE0(part(nr.out)), partial(nr.gammaSlot), partial(nr.betaSlot), d,
         fmt(ln.getEps().convertToDouble()));
   else
     call = llvm::formatv(
         "k::rms_norm_backward_add(*pc.ctx_tp, {0}, {1}, {2}, {3}, {4}, {5}, "
         "ne / {6}, {6}, {7}f);",
-        atE0(buf(x)), buf(gamma), atE0(data), atE0(buf(nr.residual)),
-        atE0(buf(nr.out)), partial(nr.gammaSlot), d,
+        atE0(part(x)), buf(gamma), atE0(data), atE0(part(nr.residual)),
+        atE0(part(nr.out)), partial(nr.gammaSlot), d,
         fmt(cast<mtc::RmsNormGradOp>(norm).getEps().convertToDouble()));
   line(opLabel(norm, " (half the rows, in the all-reduce)"));
   line(llvm::formatv("tp_all_reduce_then(pc, st, {0}, {1}, {2}, [&](int64_t "
                      "e0, int64_t ne) {{",
-                     data, buf(nr.out), n));
+                     data, part(nr.out), n));
   line("  " + call);
   if (nr.bias)
     line(llvm::formatv("  if (pc.tp_bias_half) k::reduce_rows_accumulate("
                        "*pc.ctx_tp, {0}, (pc.tp_partial + {1}), ne / {2}, {2});",
-                       atE0(buf(nr.out)), nr.biasSlot, d));
+                       atE0(part(nr.out)), nr.biasSlot, d));
   line("});");
 }
 
@@ -267,20 +272,23 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
          "the batch)");
   // Runs of ops in two half-batch lanes (CudaLanes.cpp): forked from the
   // compute stream at their first op, joined after their last.
-  llvm::DenseSet<Operation *> runFirst, runLast;
-  for (auto [first, last] : hints.concurrentRuns) {
-    runFirst.insert(first);
-    runLast.insert(last);
+  llvm::DenseMap<Operation *, bool> runFirst; // -> one stream
+  llvm::DenseSet<Operation *> runLast;
+  for (const LaneRun &r : laneRuns) {
+    runFirst[r.first] = r.oneStream;
+    runLast.insert(r.last);
   }
   Block &block = fn.getBody().front();
   for (auto it = block.begin(); it != block.end(); ++it) {
-    if (runFirst.count(&*it)) {
-      // A run of lane ops: the ops in it that are not (parameters, index
-      // arithmetic, ops fused into others) come first, then the lanes.
+    if (auto first = runFirst.find(&*it); first != runFirst.end()) {
+      // A run of lane ops: the ops in it that are neither lane ops nor
+      // work done whole between them (parameters, index arithmetic, ops
+      // fused into others) come first, then the lanes.
+      const bool oneStream = first->second;
       SmallVector<Operation *> run;
       for (;; ++it) {
         Operation *op = &*it;
-        if (laneOps.count(op)) {
+        if (laneOps.count(op) || laneWholeOps.count(op)) {
           run.push_back(op);
         } else {
           if (failed(emitOp(op, eval)))
@@ -290,7 +298,8 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
         if (runLast.count(op))
           break;
       }
-      emitLaneRun(run);
+      if (failed(emitLaneRun(run, oneStream, eval)))
+        return failure();
       continue;
     }
     if (isa<func::ReturnOp>(*it) && !normReduce.empty())

@@ -44,7 +44,8 @@ private:
   void analyzeLanes(mlir::func::FuncOp fn);
   std::string laneCall(mlir::Operation *op, int h);
   std::string half(mlir::Value v, int h);
-  void emitLaneRun(llvm::ArrayRef<mlir::Operation *> run);
+  mlir::LogicalResult emitLaneRun(llvm::ArrayRef<mlir::Operation *> run,
+                                  bool oneStream, bool eval);
   void emitReduceStarts(mlir::Operation *producer, int lane);
   std::string opLabel(mlir::Operation *op, llvm::StringRef suffix = "");
   std::string matmulBias(mtc::MatmulOp m);
@@ -105,7 +106,11 @@ private:
   llvm::DenseSet<mlir::Operation *> halfBias; // the NormReduce::bias ops
   int64_t tpPartialWidth = 0, tpPartialElements = 0;
   bool fuseNormReduce(mlir::Operation *ar, mlir::Operation *producer);
-  void emitNormReduce(const NormReduce &nr, llvm::StringRef data, int64_t n);
+  // `part`: the storage of the part of a value the all-reduce covers (the
+  // whole, or a lane's half).
+  void emitNormReduce(const NormReduce &nr,
+                      llvm::function_ref<std::string(mlir::Value)> part,
+                      llvm::StringRef data, int64_t n);
   void emitTpPartialFlush();
   // Row-parallel GEMMs that add the linear's bias on the tp axis's rank 0
   // (before the all-reduce of the partial products).
@@ -154,6 +159,20 @@ private:
   // the function emitted that way; `usesLanes`: some function has any.
   llvm::DenseSet<mlir::Operation *> laneOps;
   bool usesLanes = false;
+  // --tp-backward-lanes (module attribute mtc.tp_backward_lanes): the
+  // backward pass in lanes too, both on the compute stream, staggered at
+  // the all-reduce waits. Its weight-gradient work (`laneWholeOps`) runs
+  // whole, once both lanes have passed it.
+  bool backwardLanes = false;
+  llvm::DenseSet<mlir::Operation *> laneWholeOps;
+  struct LaneRun {
+    mlir::Operation *first, *last;
+    bool oneStream; // both lanes on the compute stream (the backward's)
+  };
+  llvm::SmallVector<LaneRun> laneRuns;
+  // While a run is emitted: lane 1's context ("ctx1", or "ctx" on one
+  // stream).
+  const char *lane1Ctx = "ctx1";
 
   // Device buffers of the ProgramContext sized by the ops (elements).
   int64_t tpScratch = 0; // bf16: reorderings around gathers/scatters

@@ -50,6 +50,8 @@ bool batchLeading(Value v, int64_t batch) {
 
 void CudaEmitter::analyzeLanes(func::FuncOp fn) {
   laneOps.clear();
+  laneWholeOps.clear();
+  laneRuns.clear();
   hints.concurrentRuns.clear();
   if (grid.tp <= 1 || fn.getNumArguments() < 1)
     return;
@@ -93,31 +95,80 @@ void CudaEmitter::analyzeLanes(func::FuncOp fn) {
           return nb == n || (nb < n && (n / 2) % nb == 0 &&
                              a.getRhs().getDefiningOp<mtc::ParamOp>());
         })
+        // The backward pass's (with --tp-backward-lanes).
+        .Case([&](mtc::GeluGradOp g) {
+          return batchLeading(g.getInput(), batch) &&
+                 batchLeading(g.getDout(), batch) &&
+                 batchLeading(g.getResult(), batch);
+        })
+        .Case([&](mtc::AttentionGradOp a) {
+          auto s = shapeOf(a.getQkv());
+          int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
+          return !a.getMask() && batchLeading(a.getQkv(), batch) &&
+                 (dh == 64 || dh == 128);
+        })
         .Default([](Operation *) { return false; });
+  };
+  // In the backward pass: weight-gradient work, run whole (on the compute
+  // stream, after both lanes' piece) inside a run of lane ops. Its results
+  // are gradient sinks only, so no lane op of the run reads them.
+  auto wholeInRun = [&](Operation *op) -> bool {
+    if (auto m = dyn_cast<mtc::MatmulOp>(op))
+      return sink.count(m.getResult());
+    if (auto r = dyn_cast<mtc::ReduceLeadingOp>(op))
+      return sink.count(r.getResult());
+    return isa<mtc::AccumulateGradOp>(op);
   };
 
   // A run without an all-reduce has nothing to overlap: its ops stay on
-  // the compute stream, whole.
+  // the compute stream, whole. A forward run's values stay live until its
+  // end (the lanes run out of step on two streams); a backward run is on
+  // one stream, where a value need only outlive the piece (see
+  // emitLaneRun) it is last used in: lane 1 runs that piece after lane 0.
+  bool backward = false;
   SmallVector<Operation *> run;
   bool runReduces = false;
   auto closeRun = [&] {
-    if (runReduces)
-      hints.concurrentRuns.push_back({run.front(), run.back()});
-    else
-      for (Operation *o : run)
+    if (runReduces) {
+      laneRuns.push_back({run.front(), run.back(), backward});
+      if (!backward) {
+        hints.concurrentRuns.push_back({run.front(), run.back()});
+      } else {
+        size_t begin = 0;
+        for (size_t end = 1; end <= run.size(); ++end)
+          if (end == run.size() || isa<shard::AllReduceOp>(run[end])) {
+            hints.concurrentRuns.push_back({run[begin], run[end - 1]});
+            begin = end;
+          }
+      }
+    } else {
+      for (Operation *o : run) {
         laneOps.erase(o);
+        laneWholeOps.erase(o);
+      }
+    }
     run.clear();
     runReduces = false;
   };
   for (Operation &op : body) {
-    if (isa<mtc::CrossEntropyOp>(op))
-      break;
+    if (isa<mtc::CrossEntropyOp>(op)) {
+      if (!backwardLanes)
+        break;
+      closeRun();
+      backward = true;
+      continue;
+    }
     bool lane = false;
     if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
       Operation *producer = ar.getInput().getDefiningOp();
       lane = reduceSlot.count(&op) && producer && laneOps.count(producer);
     } else if (!noOps.count(&op)) {
       lane = splittable(&op);
+      if (!lane && backward && !run.empty() && wholeInRun(&op)) {
+        laneWholeOps.insert(&op);
+        run.push_back(&op);
+        continue;
+      }
     }
     if (lane) {
       laneOps.insert(&op);
@@ -144,7 +195,7 @@ std::string CudaEmitter::half(Value v, int h) {
 
 // The call of lane h (0 or 1, on context ctx or ctx1) of a lane op.
 std::string CudaEmitter::laneCall(Operation *op, int h) {
-  const char *c = h == 0 ? "ctx" : "ctx1";
+  const char *c = h == 0 ? "ctx" : lane1Ctx;
   return llvm::TypeSwitch<Operation *, std::string>(op)
       .Case([&](mtc::MatmulOp m) -> std::string {
         return llvm::formatv(
@@ -179,6 +230,26 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
         call->args[4] = std::to_string(shapeOf(a.getQkv())[0] / 2);
         return formatCall(*call, c);
       })
+      .Case([&](mtc::GeluGradOp g) -> std::string {
+        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+        // (pre, dout, out, n, tanh)
+        call->args[0] = half(g.getInput(), h);
+        call->args[1] = half(g.getDout(), h);
+        call->args[2] = half(g.getResult(), h);
+        call->args[3] = std::to_string(numel(g.getResult()) / 2);
+        return formatCall(*call, c);
+      })
+      .Case([&](mtc::AttentionGradOp a) -> std::string {
+        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+        // (qkv, mask, out, lse, dout, dqkv, batch, seq, ...)
+        call->args[0] = half(a.getQkv(), h);
+        call->args[2] = half(a.getOut(), h);
+        call->args[3] = half(a.getLse(), h);
+        call->args[4] = half(a.getDout(), h);
+        call->args[5] = half(a.getResult(), h);
+        call->args[6] = std::to_string(shapeOf(a.getQkv())[0] / 2);
+        return formatCall(*call, c);
+      })
       .Case([&](mtc::AddOp a) -> std::string {
         int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
         std::string rhs = nb == n ? half(a.getRhs(), h) : buf(a.getRhs());
@@ -200,20 +271,35 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
 // after the other without competing for SMs. On two streams the order only
 // sets when the host enqueues each piece; the tp stream gets the
 // all-reduces in the same order either way.
-void CudaEmitter::emitLaneRun(ArrayRef<Operation *> run) {
-  line("lane_fork(pc);");
+//
+// A backward run (oneStream) puts both lanes on the compute stream, and its
+// weight-gradient work (laneWholeOps) runs whole where lane 1 passes it,
+// once both lanes have computed what it reads.
+LogicalResult CudaEmitter::emitLaneRun(ArrayRef<Operation *> run,
+                                       bool oneStream, bool eval) {
+  lane1Ctx = oneStream ? "ctx" : "ctx1";
+  if (!oneStream)
+    line("lane_fork(pc);");
   size_t begin = 0;
   for (size_t end = 1; end <= run.size(); ++end) {
     if (end < run.size() && !isa<shard::AllReduceOp>(run[end]))
       continue;
     for (int h = 0; h < 2; ++h)
       for (Operation *op : run.slice(begin, end - begin)) {
+        if (laneWholeOps.count(op)) {
+          if (h == 1) {
+            if (failed(emitOp(op, eval)))
+              return failure();
+            emitAfterGradient(op, eval);
+          }
+          continue;
+        }
         line(opLabel(op));
         if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
           line(llvm::formatv("axis_wait(pc, {0}, {1}, {2}.stream);",
                              ar.getGridAxes()[0],
                              2 * reduceSlot.lookup(op) + h,
-                             h == 0 ? "ctx" : "ctx1"));
+                             h == 0 ? "ctx" : lane1Ctx));
           continue;
         }
         line(laneCall(op, h));
@@ -221,7 +307,10 @@ void CudaEmitter::emitLaneRun(ArrayRef<Operation *> run) {
       }
     begin = end;
   }
-  line("lane_join(pc);");
+  if (!oneStream)
+    line("lane_join(pc);");
+  lane1Ctx = "ctx1";
+  return success();
 }
 
 } // namespace mtc::codegen
