@@ -193,7 +193,19 @@ std::string CudaEmitter::half(Value v, int h) {
   return llvm::formatv("({0} + {1})", buf(v), numel(v) / 2).str();
 }
 
-// The call of lane h (0 or 1, on context ctx or ctx1) of a lane op.
+// A shared kernel's call (sharedKernelCall) for lane h: the arguments
+// `halves` (index, value) at value's half h, argument `countArg` = count.
+std::string CudaEmitter::halfCall(
+    Operation *op, int h, ArrayRef<std::pair<int, Value>> halves,
+    int countArg, int64_t count) {
+  auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+  for (auto [i, v] : halves)
+    call->args[i] = half(v, h);
+  call->args[countArg] = std::to_string(count);
+  return formatCall(*call, h == 0 ? "ctx" : lane1Ctx);
+}
+
+// The call of lane h (0 or 1, on context ctx or lane1Ctx) of a lane op.
 std::string CudaEmitter::laneCall(Operation *op, int h) {
   const char *c = h == 0 ? "ctx" : lane1Ctx;
   return llvm::TypeSwitch<Operation *, std::string>(op)
@@ -213,42 +225,35 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
             half(g.getResult(), h), half(m.getResult(), h), m.getM() / 2,
             m.getN(), m.getK(), m.getTransposeB());
       })
-      .Case([&](mtc::LayerNormOp n) -> std::string {
-        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+      // The shared kernels' calls, with the batch-leading arguments at
+      // their half and the row, batch or element count halved.
+      .Case([&](mtc::LayerNormOp n) {
         // (input, gamma, beta, out, rows, dim, eps)
-        call->args[0] = half(n.getInput(), h);
-        call->args[3] = half(n.getResult(), h);
-        call->args[4] = std::to_string(rows(n.getResult()) / 2);
-        return formatCall(*call, c);
+        return halfCall(op, h, {{0, n.getInput()}, {3, n.getResult()}}, 4,
+                        rows(n.getResult()) / 2);
       })
-      .Case([&](mtc::AttentionOp a) -> std::string {
-        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+      .Case([&](mtc::AttentionOp a) {
         // (qkv, mask, out, lse, batch, seq, heads, kv_heads, head_dim, ...)
-        call->args[0] = half(a.getQkv(), h);
-        call->args[2] = half(a.getResult(), h);
-        call->args[3] = half(a.getLse(), h);
-        call->args[4] = std::to_string(shapeOf(a.getQkv())[0] / 2);
-        return formatCall(*call, c);
+        return halfCall(op, h,
+                        {{0, a.getQkv()}, {2, a.getResult()}, {3, a.getLse()}},
+                        4, shapeOf(a.getQkv())[0] / 2);
       })
-      .Case([&](mtc::GeluGradOp g) -> std::string {
-        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+      .Case([&](mtc::GeluGradOp g) {
         // (pre, dout, out, n, tanh)
-        call->args[0] = half(g.getInput(), h);
-        call->args[1] = half(g.getDout(), h);
-        call->args[2] = half(g.getResult(), h);
-        call->args[3] = std::to_string(numel(g.getResult()) / 2);
-        return formatCall(*call, c);
+        return halfCall(
+            op, h,
+            {{0, g.getInput()}, {1, g.getDout()}, {2, g.getResult()}}, 3,
+            numel(g.getResult()) / 2);
       })
-      .Case([&](mtc::AttentionGradOp a) -> std::string {
-        auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
+      .Case([&](mtc::AttentionGradOp a) {
         // (qkv, mask, out, lse, dout, dqkv, batch, seq, ...)
-        call->args[0] = half(a.getQkv(), h);
-        call->args[2] = half(a.getOut(), h);
-        call->args[3] = half(a.getLse(), h);
-        call->args[4] = half(a.getDout(), h);
-        call->args[5] = half(a.getResult(), h);
-        call->args[6] = std::to_string(shapeOf(a.getQkv())[0] / 2);
-        return formatCall(*call, c);
+        return halfCall(op, h,
+                        {{0, a.getQkv()},
+                         {2, a.getOut()},
+                         {3, a.getLse()},
+                         {4, a.getDout()},
+                         {5, a.getResult()}},
+                        6, shapeOf(a.getQkv())[0] / 2);
       })
       .Case([&](mtc::AddOp a) -> std::string {
         int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
