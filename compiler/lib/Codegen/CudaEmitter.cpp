@@ -270,8 +270,9 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   if (!laneOps.empty())
     line("k::Context& ctx1 = pc.lanes ? pc.ctx1 : pc.ctx;  // lane 1 (half "
          "the batch)");
-  // Runs of ops in two half-batch lanes (CudaLanes.cpp): forked from the
-  // compute stream at their first op, joined after their last.
+  // Runs of ops in two half-batch lanes (CudaLanes.cpp, emitLaneRun): a
+  // forward run forks lane 1's stream before its first op and joins it
+  // after its last; a backward run stays on the compute stream.
   llvm::DenseMap<Operation *, bool> runFirst; // -> one stream
   llvm::DenseSet<Operation *> runLast;
   for (const LaneRun &r : laneRuns) {
