@@ -45,9 +45,9 @@
 #   bash bench/gpu_parallel_run.sh tpcheck kernel tests and the tiny GPT's tp = 2, sp and
 #                                          dp plans against one GPU (no benchmark)
 #   bash bench/gpu_parallel_run.sh quick13 1.3B one GPU, tp = 2 twice, one GPU again
-#   bash bench/gpu_parallel_run.sh bwdlanes the backward pass in half-batch lanes
-#                                          (--tp-backward-lanes): equivalence, then
-#                                          1.3B and 124M tp = 2 against the defaults
+#   bash bench/gpu_parallel_run.sh bwdlanes the backward pass in half-batch lanes (the
+#                                          default) against one backward lane:
+#                                          equivalence, then 1.3B and 124M tp = 2
 #   bash bench/gpu_parallel_run.sh headline the comparison on the 1.3B GPT in one
 #                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
 #                                          one GPU and DDP, one GPU again
@@ -412,32 +412,33 @@ tpcheck() {
   tiny_tp
 }
 
-# The backward pass in half-batch lanes (mtc compile --tp-backward-lanes)
-# against the defaults: the tiny GPT against one GPU (copy engines, NCCL),
-# then 1.3B tp = 2 both ways, interleaved, three times, and GPT-2 124M.
+# The backward pass in half-batch lanes (the default since 2026-11-22)
+# against one backward lane (--tp-backward-lanes=false): the tiny GPT
+# against one GPU (copy engines, NCCL), then 1.3B tp = 2 both ways,
+# interleaved, three times, and GPT-2 124M.
 bwdlanes() {
   local R i
   R=$(random_tokens)
   kernel_tests 'CudaNorms*:CudaElementwise*:CudaTensorParallel*'
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-bl tiny-tp2-bl 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-bl-nccl tiny-tp2-bl 2 20 "$DATA" MTC_TP_PEER=0
-  compare tiny-mb16=tiny-tp2,tiny-tp2-bl,tiny-tp2-bl-nccl
-  if ! finished tiny-tp2-bl; then
+  RUN_TIMEOUT=60 run tiny-tp2-onebl tiny-tp2-onebl 2 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  compare tiny-mb16=tiny-tp2,tiny-tp2-onebl,tiny-tp2-nccl
+  if ! finished tiny-tp2; then
     say "tiny tp = 2 with backward lanes did not finish: no benchmark"
     return
   fi
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   for i in a b c; do
+    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-onebl-$i" gpt-1.3b-tp2-onebl 2 15 "$R"
     RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-bl-$i" gpt-1.3b-tp2-bl 2 15 "$R"
   done
   run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-onebl-a gpt2-124m-tp2-onebl 2 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2-a gpt2-124m-tp2 2 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-bl-a gpt2-124m-tp2-bl 2 20 "$R"
-  report "tp2-a:1 tp2-bl-a:1 tp2-b:1 tp2-bl-b:1 tp2-c:1 tp2-bl-c:1"
+  report "tp2-onebl-a:1 tp2-a:1 tp2-onebl-b:1 tp2-b:1 tp2-onebl-c:1 tp2-c:1"
   one_again
 }
 

@@ -53,7 +53,7 @@ elif [ "$MODE" = parallel ]; then
   compile tiny-dp2-zero examples/tiny-gpt.json cuda --dp 2 --micro-batch-size 8 --global-batch-size 16 --use-distributed-optimizer
   compile tiny-tp2 examples/tiny-gpt.json cuda --tp 2 --micro-batch-size 16 --global-batch-size 16
   compile tiny-tp2-sp examples/tiny-gpt.json cuda --tp 2 --sp --micro-batch-size 16 --global-batch-size 16
-  compile tiny-tp2-bl examples/tiny-gpt.json cuda --tp 2 --tp-backward-lanes --micro-batch-size 16 --global-batch-size 16
+  compile tiny-tp2-onebl examples/tiny-gpt.json cuda --tp 2 --tp-backward-lanes=false --micro-batch-size 16 --global-batch-size 16
   # Dropout 0.1 (hidden and attention): one GPU, tp = 2 with sp (dropout on
   # sequence shards and head slices) and dp = 2 draw the same masks.
   python3 -c "
@@ -74,8 +74,9 @@ json.dump(spec, open('$OUTD/tiny-gpt-dropout.json', 'w'), indent=2)"
     # tp = 2 with autodiff's order of the backward pass (the comparison for
     # mtc-schedule-weight-gradients).
     compile "$name-tp2-nodelay" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --delay-wgrad-compute=false
-    # tp = 2 with the backward pass in half-batch lanes too.
-    compile "$name-tp2-bl" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --tp-backward-lanes
+    # tp = 2 with the backward pass in one lane (the default splits it into
+    # half-batch lanes as well as the forward pass).
+    compile "$name-tp2-onebl" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --tp-backward-lanes=false
   done
 fi
 strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true

@@ -111,8 +111,11 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "loss scaling and an fp32 mode are not implemented); set it "
                 "to \"bf16\"");
 
-  if (opts.backwardLanes &&
-      (opts.target != "cuda" || parsed->parallel.tp < 2 || parsed->parallel.sp))
+  // Backward lanes are the default where they apply (CUDA, tp > 1, no sp);
+  // asked for by name on another plan, they are an error.
+  const bool lanesApply = opts.target == "cuda" && parsed->parallel.tp > 1 &&
+                          !parsed->parallel.sp;
+  if (opts.backwardLanesAsked && !lanesApply)
     return fail("--tp-backward-lanes needs --target cuda and tensor "
                 "parallelism without sp (tp = " +
                 std::to_string(parsed->parallel.tp) +
@@ -160,7 +163,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   }
 
   // 4. Source.
-  if (opts.backwardLanes)
+  if (opts.backwardLanes && lanesApply)
     (*module)->setAttr("mtc.tp_backward_lanes", UnitAttr::get(&context));
   EmitResult emitted;
   if (failed(opts.target == "cuda" ? emitCudaProgram(*module, emitted)

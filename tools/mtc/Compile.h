@@ -25,7 +25,9 @@ struct CompileOptions {
   spec::Overrides overrides;
   bool printIRAfterAll = false;
   bool scheduleWeightGradients = true; // --delay-wgrad-compute
-  bool backwardLanes = false;           // --tp-backward-lanes
+  bool backwardLanes = true;            // --tp-backward-lanes (where it applies)
+  bool backwardLanesAsked = false;      // given on the command line: refuse
+                                        // a plan it cannot apply to
 };
 
 /// Runs the whole compilation; prints errors to stderr. Returns the process

@@ -100,11 +100,12 @@ static cl::opt<bool> delayWgrad(
     cl::init(true), cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<bool> backwardLanes(
     "tp-backward-lanes",
-    cl::desc("CUDA target, tp > 1: run the backward pass in two half-batch "
-             "lanes too, staggered on the compute stream, so that each "
-             "lane's tensor-parallel all-reduces run beside the other "
-             "lane's work (experimental, off by default)"),
-    cl::init(false), cl::sub(compileCmd), cl::cat(planCat));
+    cl::desc("CUDA target, tp > 1 without sp: run the backward pass in two "
+             "half-batch lanes too, staggered on the compute stream, so "
+             "that each lane's tensor-parallel all-reduces run beside the "
+             "other lane's work (default true where the plan has forward "
+             "lanes; =false keeps one backward lane)"),
+    cl::init(true), cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
@@ -151,6 +152,8 @@ int main(int argc, char **argv) {
   opts.shardingPipeline = shardingPasses;
   opts.scheduleWeightGradients = delayWgrad;
   opts.backwardLanes = backwardLanes;
+  opts.backwardLanesAsked =
+      backwardLanes.getNumOccurrences() > 0 && backwardLanes;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
   auto &o = opts.overrides;
