@@ -173,6 +173,7 @@ inline std::vector<float> download(const DevBuf<bf16>& d) {
 inline void upload(DevBuf<float>& d, const std::vector<float>& v) { d.upload_raw(v.data()); }
 inline std::vector<float> download(const DevBuf<float>& d) { return d.download_raw(); }
 inline void upload(DevBuf<int32_t>& d, const std::vector<int32_t>& v) { d.upload_raw(v.data()); }
+inline void upload(DevBuf<int64_t>& d, const std::vector<int64_t>& v) { d.upload_raw(v.data()); }
 
 // --- comparison -------------------------------------------------------------
 

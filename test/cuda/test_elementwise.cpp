@@ -95,6 +95,30 @@ TEST_F(CudaElementwise, Accumulate) {
   expect_close("accumulate bf16+f32", download(d), ref, Tol{1e-6, 1e-6, 0});
 }
 
+TEST_F(CudaElementwise, AccumulateRows) {
+  // 143 rows of 2048 (the 1.3B GPT's tp rows) and a ragged width, into
+  // scattered, unaligned destinations of one buffer; the rows end zeroed.
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{143, 2048}, {5, 1001}}) {
+    const int64_t total = m * n * 3 + 7;
+    std::vector<float> base = randn(total, 41), rows = randn(m * n, 42);
+    std::vector<int64_t> dst(m);
+    for (int64_t i = 0; i < m; ++i) dst[i] = ((m - 1 - i) * 3 * n) + (i % 3);
+    DevBuf<float> d(total), r(m * n);
+    DevBuf<int64_t> dd(m);
+    upload(d, base);
+    upload(r, rows);
+    upload(dd, dst);
+    accumulate_rows(ctx(), d.get(), dd.get(), r.get(), m, n);
+    std::vector<float> ref = base;
+    for (int64_t i = 0; i < m; ++i)
+      host::accumulate(ref.data() + dst[i], rows.data() + i * n, n);
+    const std::string what = "accumulate_rows m=" + std::to_string(m) + " n=" + std::to_string(n);
+    expect_close(what, download(d), ref, Tol{1e-6, 1e-6, 0});
+    expect_close(what + " (rows zeroed)", download(r), std::vector<float>(m * n, 0.f),
+                 Tol{0, 0, 0});
+  }
+}
+
 TEST_F(CudaElementwise, ReduceRowsAccumulate) {
   struct Case { int64_t m, n; };
   for (Case c : {Case{4096, 768}, Case{16384, 2048}, Case{37, 13}, Case{1000, 2304}}) {

@@ -54,6 +54,8 @@ private:
   std::string matmulBias(mtc::MatmulOp m);
   std::string buf(mlir::Value v);
   std::string grad(llvm::StringRef param) const;
+  // Its offset in st.grads (an expression when it depends on the rank).
+  std::string gradOffset(llvm::StringRef param) const;
   // CudaProgram.cpp
   mlir::LogicalResult emitOptimizer(mlir::func::FuncOp fn);
   std::string emitContext() const;

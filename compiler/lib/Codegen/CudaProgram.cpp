@@ -298,6 +298,7 @@ std::string CudaEmitter::emitContext() const {
     << "  // rows inside a tp all-reduce, (" << tpPartialElements
     << ") fp32, summed over tp at the step's end.\n"
     << "  float* tp_partial = nullptr;\n"
+    << "  int64_t* tp_partial_dst = nullptr;  // each row's offset in grads\n"
     << "  // MTC_TP_BIAS_HALF=0: those bias gradients over all rows instead.\n"
     << "  bool tp_bias_half = true;\n"
     << "  // The tp axis's stream's context, for kernels run inside its\n"
@@ -371,6 +372,7 @@ std::string CudaEmitter::emitContext() const {
     << "    }\n"
     << "    cudaFree(tp_scratch);\n"
     << "    cudaFree(tp_partial);\n"
+    << "    cudaFree(tp_partial_dst);\n"
     << "    cudaFree(ce_stats);\n"
     << "    cudaFree(ce_all_stats);\n"
     << "  }\n};\n\n"

@@ -112,6 +112,21 @@ __global__ void accumulate_kernel(float* dst, const T* src, int64_t n) {
   for (int64_t i = global_tid(); i < n; i += grid_stride()) dst[i] += to_f32(src[i]);
 }
 
+// base[dst[i] + j] += rows[i, j]; rows[i, j] = 0   rows (m, n), dst (m)
+// distinct row destinations; blockIdx.y strides over the rows.
+__global__ void accumulate_rows_kernel(float* base, const int64_t* dst, float* rows, int64_t m,
+                                       int64_t n) {
+  for (int64_t i = blockIdx.y; i < m; i += gridDim.y) {
+    float* d = base + dst[i];
+    float* r = rows + i * n;
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      d[j] += r[j];
+      r[j] = 0.f;
+    }
+  }
+}
+
 // Column sums, stage 1. Block (32 column groups of 8 columns) x (8 row
 // lanes); blockIdx.y is a chunk of rows. partial (chunks, N) = the chunk's
 // column sums, each summed sequentially per row lane then over the 8 lanes
@@ -273,6 +288,15 @@ void accumulate(Context& ctx, float* dst, const float* src, int64_t n) {
   if (n <= 0) return;
   accumulate_kernel<float><<<grid_for(ctx, n, kThreads), kThreads, 0, ctx.stream>>>(dst, src, n);
   MTC_LAUNCH_CHECK("accumulate_kernel<float>");
+}
+
+void accumulate_rows(Context& ctx, float* base, const int64_t* dst, float* rows, int64_t m,
+                     int64_t n) {
+  if (m <= 0 || n <= 0) return;
+  const unsigned x = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, kThreads), 8));
+  const unsigned y = static_cast<unsigned>(std::min<int64_t>(m, 65535));
+  accumulate_rows_kernel<<<dim3(x, y), kThreads, 0, ctx.stream>>>(base, dst, rows, m, n);
+  MTC_LAUNCH_CHECK("accumulate_rows_kernel");
 }
 
 void reduce_rows_accumulate(Context& ctx, const bf16* x, float* y, int64_t m, int64_t n) {

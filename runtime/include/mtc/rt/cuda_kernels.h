@@ -125,6 +125,13 @@ void add3_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b,
 void accumulate(Context& ctx, float* dst, const bf16* src, int64_t n);
 void accumulate(Context& ctx, float* dst, const float* src, int64_t n);
 
+// base[dst[i] + j] += rows[i, j], then rows[i, j] = 0   rows (M, N) fp32,
+// dst (M) in device memory, each row's destination distinct and not
+// overlapping another's. One launch for many small gradients summed
+// elsewhere (the norms' partial weight gradients of tp).
+void accumulate_rows(Context& ctx, float* base, const int64_t* dst, float* rows, int64_t m,
+                     int64_t n);
+
 // y[j] += sum_i x[i, j]   x (M, N) bf16, y (N) fp32; summed in fp32 in a
 // fixed order (deterministic). The gradient of a bias, and of the broadcast
 // operand of `add` (x viewed as (n / nb, nb)).
