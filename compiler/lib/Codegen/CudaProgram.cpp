@@ -11,10 +11,7 @@
 //    rank updates (groups are a per-tensor weight-decay flag; the
 //    distributed optimizer keeps moments for its shard only), and for the
 //    distributed optimizer the all-gather of the updated parameters.
-//    Nothing synchronizes the host but the final copy of the norm; before
-//    it, the trainer's host work for the step (HostState::
-//    while_optimizer_runs: the loss agreement over the ranks) runs beside
-//    the GPU's.
+//    Nothing synchronizes the host but the final copy of the norm.
 //  - The ProgramContext the generated functions share: the kernel Context,
 //    the optimizer's plans (built at the first step, when the rank's shard
 //    is known), one stream per grid axis with the events that order its
@@ -147,9 +144,6 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
                        "static_cast<bf16*>(st.compute_params), {0});",
                        layout.totalElements));
   }
-  // The trainer's host work for the step (its loss agreement over the
-  // ranks) runs while the GPU works through the optimizer.
-  line("if (st.while_optimizer_runs) st.while_optimizer_runs();");
   line("double sumsq = 0;");
   line("MTC_CUDA_CHECK(cudaMemcpyAsync(&sumsq, pc.grad_sumsq, sizeof(double), "
        "cudaMemcpyDeviceToHost, ctx.stream));");

@@ -23,10 +23,8 @@
 //          host; check its ids (backends other than the host's); upload;
 //          state.step = s, state.microbatch = i;
 //          loss_i = forward_backward(state, tokens_i, targets_i)
+//        loss = mean_i loss_i (and the mean over the data-parallel ranks)
 //        lr = lr_at(schedule, s); grad_norm = optimizer_step(state, lr, s)
-//        loss = mean_i loss_i (and the mean over the data-parallel ranks),
-//          agreed on over the ranks while the optimizer's device work runs
-//          (state.while_optimizer_runs) or after it
 //        consumed_samples += global_batch
 //        log / validate / write metrics / checkpoint as the flags ask.
 //   A NaN/Inf loss or grad norm, a bad id, or state.error set by the
@@ -152,9 +150,6 @@ class Trainer {
   const ProgramDesc global_;   // the checkpoint layout (global_layout)
   TrainOptions o_;
   double peak_flops_ = 0;      // MTC_PEAK_TFLOPS * 1e12 (0: no MFU)
-  // The step's loss agreement beside the optimizer's GPU work (settle_step
-  // in run); MTC_OVERLAP_SETTLE=0 runs it after the step (for comparison).
-  bool overlap_settle_ = true;
   BatchLayout layout_;
   LrSchedule schedule_;
   bool resuming_ = false;
@@ -188,8 +183,6 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
       global_(global_layout(program)),
       o_(opts) {
   peak_flops_ = peak_flops_from_env();
-  if (const char* e = std::getenv("MTC_OVERLAP_SETTLE"); e != nullptr && std::strcmp(e, "0") == 0)
-    overlap_settle_ = false;
   layout_.micro_batch = t_.micro_batch;
   layout_.num_microbatches = t_.num_microbatches;
   layout_.seq_length = t_.seq_length;
@@ -690,47 +683,17 @@ int Trainer::run() {
       mb_losses[i] = l;
       loss_sum += l;
     }
-    // The mean microbatch loss over the global batch (all dp ranks), agreed
-    // on by every rank (settle: a host collective over the world). The
-    // CUDA program calls it through state.while_optimizer_runs once the
-    // optimizer step is enqueued, so the agreement runs beside the GPU's
-    // work instead of between the two; the host program does not, and it
-    // runs after the step. Every rank runs the optimizer step even after a
-    // failure, so that their collectives stay matched; the failure then
-    // stops the run before anything is logged or saved.
-    const std::string where = "training step " + std::to_string(step);
-    const double mean_over = static_cast<double>(t_.num_microbatches * dp_);
+    // The mean microbatch loss over the global batch (all dp ranks).
+    loss_sum = settle(failure, loss_sum, "training step " + std::to_string(step));
+    const double loss = loss_sum / static_cast<double>(t_.num_microbatches * dp_);
     if (!o_.dump_grads.empty()) {
-      dump_grads(settle(failure, loss_sum, where) / mean_over, mb_losses);
+      dump_grads(loss, mb_losses);
       finish();
       return 0;
     }
-    bool settled = false;
-    std::exception_ptr settle_error;
-    auto settle_step = [&] {
-      if (settled) return;
-      settled = true;
-      try {
-        loss_sum = settle(failure, loss_sum, where);
-      } catch (...) {
-        settle_error = std::current_exception();
-      }
-    };
     const double lr = lr_at(schedule_, step);
-    double grad_norm = 0;
-    {
-      struct Unhook {
-        HostState& s;
-        ~Unhook() { s.while_optimizer_runs = nullptr; }
-      } unhook{state_};
-      if (overlap_settle_) state_.while_optimizer_runs = settle_step;
-      grad_norm = at_step(step, -1, [&] {
-        return p_.optimizer_step(state_, static_cast<float>(lr), step);
-      });
-    }
-    settle_step();  // nothing when the program ran it
-    if (settle_error) std::rethrow_exception(settle_error);
-    const double loss = loss_sum / mean_over;
+    const double grad_norm =
+        at_step(step, -1, [&] { return p_.optimizer_step(state_, static_cast<float>(lr), step); });
     if (!state_.error.empty())
       throw Error("training step " + std::to_string(step) + ", optimizer: " + state_.error);
     if (!std::isfinite(grad_norm))

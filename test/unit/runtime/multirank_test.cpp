@@ -269,46 +269,6 @@ TEST_F(MultiRank, DataErrorOnOneRankStopsEveryRank) {
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
 }
 
-// A program that runs the trainer's loss agreement inside its optimizer
-// step (as the CUDA target's do, beside the GPU's work) trains like the
-// one-process run, and a data error on one rank still stops every rank with
-// the same messages and nothing saved.
-TEST_F(MultiRank, AgreementInsideTheOptimizerStep) {
-  const auto a = args({"--steps", "6"});
-  run_one(sharded::program<4>(1, 1), [&] {
-    auto x = a;
-    x.insert(x.end(), {"--metrics", dir_ + "/one.jsonl"});
-    return x;
-  }());
-  auto x = a;
-  x.insert(x.end(), {"--metrics", dir_ + "/dp.jsonl"});
-  Job job = run_job(2, sharded::program<2>(2, 1, /*runs_hook=*/true), x);
-  expect_ok(job);
-  auto one = read_jsonl(dir_ + "/one.jsonl"), dp = read_jsonl(dir_ + "/dp.jsonl");
-  ASSERT_EQ(dp.size(), 6u);
-  expect_close(column(one, "loss"), column(dp, "loss"), 1e-6, "loss");
-  expect_close(column(one, "grad_norm"), column(dp, "grad_norm"), 1e-5, "grad_norm");
-
-  tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
-  job = run_job(2, sharded::program<2>(2, 1, /*runs_hook=*/true),
-                {"--data", corpus_ + "_bad", "--steps", "300", "--save", dir_ + "/ck"}, 60);
-  int reported = 0;
-  for (size_t r = 0; r < job.ranks.size(); ++r) {
-    const auto& res = job.ranks[r];
-    EXPECT_FALSE(res.timed_out) << "rank " << r << " hung:\n" << res.err;
-    EXPECT_EQ(res.exit_code, 1) << res.err;
-    if (res.err.find("token 99 at position") != std::string::npos)
-      ++reported;
-    else
-      EXPECT_NE(res.err.find("stopping because rank " + std::to_string(1 - r) +
-                             " failed (see its error)"),
-                std::string::npos)
-          << res.err;
-  }
-  EXPECT_GE(reported, 1);
-  EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
-}
-
 TEST_F(MultiRank, RanksMustResumeFromTheSameCheckpoint) {
   const ProgramDesc dp = sharded::program<2>(2, 1);
   expect_ok(run_job(2, dp, args({"--steps", "4", "--save", dir_ + "/a", "--save-interval", "2"})));

@@ -155,10 +155,7 @@ inline float forward_backward(HostState& s, const int32_t* tok, const int32_t* t
   return forward(s, tok, tgt, true);
 }
 
-// RunsHook: like the CUDA programs, run the trainer's host work
-// (HostState::while_optimizer_runs) inside the step, after its collectives
-// and before the update; the trainer must have set it.
-template <int M, bool RunsHook = false>
+template <int M>
 double optimizer_step(HostState& s, float lr, int64_t step) {
   const Layout l = layout_of(s);
   const int64_t n = l.total();
@@ -178,10 +175,6 @@ double optimizer_step(HostState& s, float lr, int64_t step) {
     s.comm->all_reduce_sum(2, &x, 1);
     split_sq = x;
   }
-  if (RunsHook) {
-    if (!s.while_optimizer_runs) throw Error("optimizer_step: while_optimizer_runs is not set");
-    s.while_optimizer_runs();
-  }
   const double norm = std::sqrt(split_sq + whole_sq);
   const double scale = (norm > clip ? clip / (norm + 1e-6) : 1.0) / M;
   for (int64_t i = 0; i < n; ++i) {
@@ -200,10 +193,9 @@ double optimizer_step(HostState& s, float lr, int64_t step) {
 }
 
 // The program compiled for grid {1, dp, tp} with M microbatches of kB rows
-// per rank (global batch kB * M * dp), training config as tiny::program();
-// runs_hook: its optimizer_step runs the trainer's while_optimizer_runs.
+// per rank (global batch kB * M * dp), training config as tiny::program().
 template <int M>
-ProgramDesc program(int64_t dp, int64_t tp, bool runs_hook = false) {
+ProgramDesc program(int64_t dp, int64_t tp) {
   ProgramDesc p = tiny::program();
   p.model_name = "tiny-linear-softmax";
   Layout l;
@@ -220,7 +212,7 @@ ProgramDesc program(int64_t dp, int64_t tp, bool runs_hook = false) {
   p.train.global_batch = kB * M * dp;
   p.forward_loss = &forward_loss;
   p.forward_backward = &forward_backward;
-  p.optimizer_step = runs_hook ? &optimizer_step<M, true> : &optimizer_step<M>;
+  p.optimizer_step = &optimizer_step<M>;
   return p;
 }
 

@@ -13,7 +13,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -136,13 +135,6 @@ struct HostState {
   // parallel plan draws the one-process program's masks.
   int64_t global_microbatch = 0;
   std::string error;           // set by generated code on a data error
-  // Set by the trainer during optimizer_step: host work (the step's loss
-  // agreement over the ranks) that may run while the step's device work is
-  // in flight. A program whose device runs asynchronously (the CUDA
-  // target) calls it, when set, once after enqueueing the step's work and
-  // before waiting for it; otherwise the trainer runs it after the step.
-  // It does not throw (the trainer keeps what it raises for later).
-  std::function<void()> while_optimizer_runs;
 };
 
 struct ProgramDesc {
