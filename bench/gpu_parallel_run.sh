@@ -48,9 +48,6 @@
 #   bash bench/gpu_parallel_run.sh bwdlanes the backward pass in half-batch lanes (the
 #                                          default) against one backward lane:
 #                                          equivalence, then 1.3B and 124M tp = 2
-#   bash bench/gpu_parallel_run.sh settle  the loss agreement beside the optimizer's GPU
-#                                          work against after it (MTC_OVERLAP_SETTLE=0),
-#                                          1.3B tp = 2, 3 x 2 runs; a tp = 2 profile
 #   bash bench/gpu_parallel_run.sh headline the issue's comparison on the 1.3B GPT in one
 #                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
 #                                          one GPU and DDP, one GPU again
@@ -445,34 +442,6 @@ bwdlanes() {
   one_again
 }
 
-# The step's loss agreement beside the optimizer's GPU work (the default)
-# against after it (MTC_OVERLAP_SETTLE=0), with the one-launch flush of the
-# norms' partial gradients: kernel tests, the tiny GPT's plans against one
-# GPU (dp = 2 with the distributed optimizer too), 1.3B tp = 2 both ways,
-# interleaved, three times, then a profile of tp = 2 on one lane stream.
-settle() {
-  local R
-  R=$(random_tokens)
-  kernel_tests 'CudaNorms*:CudaElementwise*:CudaTensorParallel*'
-  tiny_tp || return
-  run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
-  compare tiny-gb16=tiny-dp2-zero
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  for i in a b c; do
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-after-$i" gpt-1.3b-tp2 2 15 "$R" MTC_OVERLAP_SETTLE=0
-  done
-  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 \
-    MTC_PROFILE="$OUT/profile-tp2.txt"
-  report "tp2-a:1 tp2-after-a:1 tp2-b:1 tp2-after-b:1 tp2-c:1 tp2-after-c:1 tp2-prof:1"
-  one_again
-  for p in "$OUT"/profile-*.rank0; do
-    say "== $(basename "$p")"
-    sed -n '1,/^by op/p' "$p" | tee -a "$SUMMARY" > /dev/null
-  done
-}
-
 # The 1.3B GPT's tp = 2 against one GPU, briefly: one GPU, tp = 2 twice,
 # one GPU again.
 quick13() {
@@ -609,12 +578,11 @@ case "$WHAT" in
   tpcheck) tpcheck ;;
   quick13) quick13 ;;
   bwdlanes) bwdlanes ;;
-  settle) settle ;;
   headline) headline ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|bwdlanes|settle|headline" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|bwdlanes|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the
