@@ -48,9 +48,6 @@
 #   bash bench/gpu_parallel_run.sh bwdlanes the backward pass in half-batch lanes (the
 #                                          default) against one backward lane:
 #                                          equivalence, then 1.3B and 124M tp = 2
-#   bash bench/gpu_parallel_run.sh bgrad   bias gradients in the weight-gradient GEMMs'
-#                                          epilogue against after them; 1.3B one GPU
-#                                          and tp = 2, 124M
 #   bash bench/gpu_parallel_run.sh headline the issue's comparison on the 1.3B GPT in one
 #                                          call: one GPU, dp = 2, tp = 2 (twice), PyTorch
 #                                          one GPU and DDP, one GPU again
@@ -445,38 +442,6 @@ bwdlanes() {
   one_again
 }
 
-# Bias gradients in the weight-gradient GEMMs' BGRADB epilogue (the
-# default) against the column-sum kernel after them (MTC_CUDA_GEMM_BGRAD=0),
-# and tp's row-parallel ones over all rows in the epilogue
-# (MTC_TP_BIAS_HALF=0) against over half the rows in the norms' all-reduces:
-# kernel tests, the tiny GPT's plans against one GPU, which plan cuBLASLt
-# gave the epilogue, then the 1.3B GPT one GPU both ways and tp = 2 three
-# ways, interleaved, twice; GPT-2 124M one GPU and tp = 2.
-bgrad() {
-  local R i
-  R=$(random_tokens)
-  kernel_tests 'CudaGemm*:CudaNorms*:CudaElementwise*:CudaTensorParallel*'
-  tiny_tp || return
-  RUN_TIMEOUT=60 run tiny-tp2-nobg tiny-tp2 2 20 "$DATA" MTC_CUDA_GEMM_BGRAD=0
-  RUN_TIMEOUT=60 run tiny-tp2-biasall tiny-tp2 2 20 "$DATA" MTC_TP_BIAS_HALF=0
-  compare tiny-mb16=tiny-tp2-nobg,tiny-tp2-biasall
-  run tiny-verbose tiny-mb16 1 2 "$DATA" MTC_CUDA_GEMM_VERBOSE=1
-  say "cuBLASLt plans with a bias-gradient epilogue (tiny GPT, one GPU):"
-  grep -h 'BGRAD' "$OUT/tiny-verbose.log" | sort | uniq -c | head -8 | tee -a "$SUMMARY"
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  run gpt-1.3b-1-nobg gpt-1.3b 1 15 "$R" MTC_CUDA_GEMM_BGRAD=0
-  for i in a b; do
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-nobg-$i" gpt-1.3b-tp2 2 15 "$R" MTC_CUDA_GEMM_BGRAD=0
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-biasall-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_BIAS_HALF=0
-  done
-  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
-  run gpt2-124m-1 gpt2-124m 1 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-a gpt2-124m-tp2 2 20 "$R"
-  report "1-nobg:1 tp2-a:1 tp2-nobg-a:1 tp2-biasall-a:1 tp2-b:1 tp2-nobg-b:1 tp2-biasall-b:1"
-  one_again
-}
-
 # The 1.3B GPT's tp = 2 against one GPU, briefly: one GPU, tp = 2 twice,
 # one GPU again.
 quick13() {
@@ -613,12 +578,11 @@ case "$WHAT" in
   tpcheck) tpcheck ;;
   quick13) quick13 ;;
   bwdlanes) bwdlanes ;;
-  bgrad) bgrad ;;
   headline) headline ;;
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|bwdlanes|bgrad|headline" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|bwdlanes|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

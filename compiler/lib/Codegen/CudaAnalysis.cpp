@@ -262,7 +262,6 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   residualReduce.clear();
   normReduce.clear();
   halfBias.clear();
-  wgradBias.clear();
   tpPartialRows.clear();
   for (Operation &op : fn.getBody().front()) {
     // A tensor-parallel all-reduce whose input dies with it: in place.
@@ -405,32 +404,6 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
     hints.liveFrom[add.getResult()] = producer;
   }
   numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
-
-  // A bias gradient (the column sums of dY) whose dY is also the A operand,
-  // stored (K, M), of its weight-gradient GEMM earlier in the block:
-  // cuBLASLt's BGRADB epilogue sums the columns as the GEMM reads them
-  // (k::matmul_f32's dbias), and the reduction, a second pass over dY, is
-  // gone. Only when the GEMM comes first, so that what follows the
-  // reduction (a dp bucket's all-reduce) still finds the gradient done. A
-  // bias gradient summed inside a norm's all-reduce (halfBias) is the
-  // epilogue's only with MTC_TP_BIAS_HALF=0.
-  for (Operation &op : fn.getBody().front()) {
-    auto r = dyn_cast<mtc::ReduceLeadingOp>(op);
-    if (!r || !sink.count(r.getResult()) || noOps.count(r))
-      continue;
-    for (Operation *u : r.getInput().getUsers()) {
-      auto m = dyn_cast<mtc::MatmulOp>(u);
-      if (!m || m->getBlock() != r->getBlock() || !m->isBeforeInBlock(r) ||
-          !m.getTransposeA() || m.getLhs() != r.getInput() ||
-          !sink.count(m.getResult()) || wgradBias.count(m) ||
-          m.getM() != numel(r.getResult()) ||
-          m.getM() * m.getK() != numel(r.getInput()))
-        continue;
-      wgradBias[m] = r;
-      noOps.insert(r);
-      break;
-    }
-  }
 }
 
 } // namespace mtc::codegen

@@ -542,19 +542,10 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](mtc::MatmulOp m) -> LogicalResult {
         if (std::string g = sinkOf(m); !g.empty()) {
-          // With the bias gradient of its A operand (wgradBias) in the
-          // GEMM's epilogue (a halfBias one only with MTC_TP_BIAS_HALF=0).
-          std::string dbias = "nullptr";
-          if (Operation *bias = wgradBias.lookup(op)) {
-            dbias = sinkOf(bias->getResult(0));
-            if (halfBias.count(bias))
-              dbias = "(pc.tp_bias_half ? nullptr : " + dbias + ")";
-          }
-          line(llvm::formatv("k::matmul_f32(ctx, {0}, {1}, {2}, {3}, {4}, "
-                             "{5}, {6}, true, {7}, true);",
-                             buf(m.getLhs()), buf(m.getRhs()), g, dbias,
-                             m.getM(), m.getN(), m.getK(),
-                             m.getTransposeB()));
+          line(llvm::formatv("k::matmul_f32(ctx, {0}, {1}, {2}, nullptr, {3}, "
+                             "{4}, {5}, true, {6}, true);",
+                             buf(m.getLhs()), buf(m.getRhs()), g, m.getM(),
+                             m.getN(), m.getK(), m.getTransposeB()));
           return success();
         }
         line(llvm::formatv(

@@ -109,9 +109,6 @@ private:
   // on the step's last microbatch.
   llvm::SmallVector<std::string> tpPartialRows;
   llvm::DenseSet<mlir::Operation *> halfBias; // the NormReduce::bias ops
-  // A weight-gradient GEMM -> the bias gradient (a reduce_leading of its
-  // A operand) its BGRADB epilogue computes; the reduction is a no-op.
-  llvm::DenseMap<mlir::Operation *, mlir::Operation *> wgradBias;
   int64_t tpPartialWidth = 0, tpPartialElements = 0;
   bool fuseNormReduce(mlir::Operation *ar, mlir::Operation *producer);
   // `part`: the storage of the part of a value the all-reduce covers (the

@@ -18,8 +18,7 @@
 // cuBLASLt has no algorithm for (the heuristic returns none) fall back to a
 // plain GEMM followed by this library's own kernels, same math; a process
 // remembers the fallback per shape. MTC_CUDA_GEMM_VERBOSE=1 prints every new
-// plan (and fallback) to stderr; MTC_CUDA_GEMM_BGRAD=0 turns the bias
-// gradient epilogue of weight-gradient GEMMs off.
+// plan (and fallback) to stderr.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,17 +40,6 @@ bool verbose() {
 }
 
 bool g_fused_epilogues = true;
-
-// MTC_CUDA_GEMM_BGRAD=0: a weight-gradient GEMM's bias gradient is summed
-// by the column-sum kernel after the GEMM instead of in its BGRADB
-// epilogue (for comparison, and for a cuBLASLt that misbehaves).
-bool bgrad_epilogue() {
-  static const bool on = [] {
-    const char* e = std::getenv("MTC_CUDA_GEMM_BGRAD");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
 
 int alignment(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -357,7 +345,7 @@ void matmul_f32(Context& ctx, const bf16* a, const bf16* b, float* c, float* dbi
   Call call = make_call(a, b, c, m, n, k, trans_a, trans_b);
   call.out_f32 = true;
   call.accumulate = accumulate_c;
-  if (dbias && g_fused_epilogues && bgrad_epilogue()) {
+  if (dbias && g_fused_epilogues) {
     float* tmp = static_cast<float*>(ctx.scratch(sizeof(float) * m));  // (M)
     Call bg = call;
     bg.epilogue = CUBLASLT_EPILOGUE_BGRADB;
