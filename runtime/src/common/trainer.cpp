@@ -48,7 +48,9 @@
 // print errors only. Errors that one rank may see alone (bad data, a
 // NaN loss, a failed checkpoint write) are agreed on through one small
 // all_gather over the world at the end of the step or save, so every rank
-// stops with an error instead of waiting in a collective. The loss logged
+// stops with an error instead of waiting in a collective (a rank that
+// failed still runs the step's microbatches, whose collectives the others
+// wait for). The loss logged
 // is the mean over the data-parallel ranks; tokens/s counts the global
 // batch, TFLOP/s and MFU are per rank (flops_per_step is one rank's
 // program). Ranks meet at a barrier before a successful exit.
@@ -59,6 +61,7 @@
 // they are one object. Pipeline parallelism (pp > 1) and multi-rank
 // programs of a backend without communicators (Backend::comm_factory) are
 // refused at start.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdarg>
@@ -669,17 +672,29 @@ int Trainer::run() {
     state_.step = step;
     double loss_sum = 0;
     std::string failure;  // this rank's first data error or bad loss
+    // Every rank runs every microbatch of the step even after a failure, so
+    // that the collectives inside (tensor-parallel ones, the data-parallel
+    // gradient buckets of the last microbatch) stay matched across ranks
+    // whose data differ; a microbatch with bad ids computes on token 0
+    // instead, and the failure stops every rank at the end of the step.
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
       fill_microbatch(*train_, layout_, consumed, i, tokens_.data() + i * rows,
                       targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      failure = upload_microbatch(i, step, "training", &tok, &tgt);
-      if (!failure.empty()) break;
+      std::string bad = upload_microbatch(i, step, "training", &tok, &tgt);
+      if (!bad.empty()) {
+        if (failure.empty()) failure = bad;
+        std::fill_n(tokens_.data() + i * rows, rows, 0);
+        std::fill_n(targets_.data() + i * rows, rows, 0);
+        bad = upload_microbatch(i, step, "training", &tok, &tgt);
+        if (!bad.empty()) throw Error("training step " + std::to_string(step) + ": " + bad);
+      }
       state_.microbatch = i;
       state_.global_microbatch = i * dp_ + at_[1];
       float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
+      if (!failure.empty()) continue;
       failure = loss_problem(l, step, i, "training");
-      if (!failure.empty()) break;
+      if (!failure.empty()) continue;
       mb_losses[i] = l;
       loss_sum += l;
     }

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,49 @@ TEST_F(BackendMultiRank, DataParallelThroughTheBackendTrainsLikeOneProcess) {
     EXPECT_EQ(testing::read_bytes(dir_ + "/dp/step_000006/" + file),
               testing::read_bytes(dir_ + "/re/step_000006/" + file))
         << file;
+}
+
+// A program that sums the gradients over dp inside the last microbatch's
+// backward pass (as the CUDA target's buckets do) trains like one process;
+// and when one rank's data has a bad id (found by the trainer's host check,
+// as on CUDA) that rank still runs every microbatch, so the other's
+// all-reduce finds it: both stop with an error naming the step, nothing
+// hangs, nothing is saved.
+TEST_F(BackendMultiRank, DataErrorOnOneRankKeepsTheCollectivesMatched) {
+  const auto a = args({"--steps", "4"});
+  run_one(sharded::program<4>(1, 1), [&] {
+    auto x = a;
+    x.insert(x.end(), {"--metrics", dir_ + "/one.jsonl"});
+    return x;
+  }());
+  const ProgramDesc dp = pool::wrap(sharded::program<2>(2, 1, /*summed_in_backward=*/true));
+  auto x = a;
+  x.insert(x.end(), {"--metrics", dir_ + "/dp.jsonl"});
+  expect_ok(pool_job(dp, x));
+  auto one = read_jsonl(dir_ + "/one.jsonl"), got = read_jsonl(dir_ + "/dp.jsonl");
+  ASSERT_EQ(got.size(), 4u);
+  expect_close(column(one, "loss"), column(got, "loss"), 1e-6, "loss");
+  expect_close(column(one, "grad_norm"), column(got, "grad_norm"), 1e-5, "grad_norm");
+
+  tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
+  Job job = pool_job(dp, {"--data", corpus_ + "_bad", "--steps", "300", "--save", dir_ + "/ck"});
+  int reported = 0;
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    const auto& res = job.ranks[r];
+    EXPECT_FALSE(res.timed_out) << "rank " << r << " hung:\n" << res.err;
+    EXPECT_EQ(res.exit_code, 1) << res.err;
+    if (res.err.find("token 99 at position") != std::string::npos) {
+      ++reported;
+      EXPECT_NE(res.err.find("training step "), std::string::npos) << res.err;
+    } else {
+      EXPECT_NE(res.err.find("stopping because rank " + std::to_string(1 - r) +
+                             " failed (see its error)"),
+                std::string::npos)
+          << res.err;
+    }
+  }
+  EXPECT_GE(reported, 1);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
 }
 
 TEST_F(BackendMultiRank, DumpThroughTheBackendIsTheOneProcessDump) {

@@ -155,15 +155,29 @@ inline float forward_backward(HostState& s, const int32_t* tok, const int32_t* t
   return forward(s, tok, tgt, true);
 }
 
+// The mean of the gradients over the data-parallel ranks.
+inline void mean_over_dp(HostState& s) {
+  if (s.comm == nullptr || s.comm->size(1) <= 1) return;
+  const int64_t n = layout_of(s).total();
+  s.comm->all_reduce_sum(1, s.grads, n);
+  const float inv = 1.0f / static_cast<float>(s.comm->size(1));
+  for (int64_t i = 0; i < n; ++i) s.grads[i] *= inv;
+}
+
+// Like the CUDA programs' gradient buckets: the dp mean inside the last
+// microbatch's backward pass (ProgramDesc::grads_summed_in_backward).
 template <int M>
+float forward_backward_summed(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  const float loss = forward(s, tok, tgt, true);
+  if (s.microbatch == M - 1) mean_over_dp(s);
+  return loss;
+}
+
+template <int M, bool SummedInBackward = false>
 double optimizer_step(HostState& s, float lr, int64_t step) {
   const Layout l = layout_of(s);
   const int64_t n = l.total();
-  if (s.comm != nullptr && s.comm->size(1) > 1) {  // mean over the data-parallel ranks
-    s.comm->all_reduce_sum(1, s.grads, n);
-    const float inv = 1.0f / static_cast<float>(s.comm->size(1));
-    for (int64_t i = 0; i < n; ++i) s.grads[i] *= inv;
-  }
+  if (!SummedInBackward) mean_over_dp(s);
   const double b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, clip = 1.0;
   double split_sq = 0, whole_sq = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -193,9 +207,10 @@ double optimizer_step(HostState& s, float lr, int64_t step) {
 }
 
 // The program compiled for grid {1, dp, tp} with M microbatches of kB rows
-// per rank (global batch kB * M * dp), training config as tiny::program().
+// per rank (global batch kB * M * dp), training config as tiny::program();
+// summed_in_backward: the dp mean in the last microbatch's backward pass.
 template <int M>
-ProgramDesc program(int64_t dp, int64_t tp) {
+ProgramDesc program(int64_t dp, int64_t tp, bool summed_in_backward = false) {
   ProgramDesc p = tiny::program();
   p.model_name = "tiny-linear-softmax";
   Layout l;
@@ -213,6 +228,11 @@ ProgramDesc program(int64_t dp, int64_t tp) {
   p.forward_loss = &forward_loss;
   p.forward_backward = &forward_backward;
   p.optimizer_step = &optimizer_step<M>;
+  if (summed_in_backward) {
+    p.forward_backward = &forward_backward_summed<M>;
+    p.optimizer_step = &optimizer_step<M, true>;
+    p.grads_summed_in_backward = true;
+  }
   return p;
 }
 
