@@ -219,6 +219,11 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   int64_t d = shapeOf(dx).back();
   if (tpPartialWidth != 0 && tpPartialWidth != d)
     return false; // pc.tp_partial's rows have one width
+  // Each row goes to its own gradient (k::accumulate_rows adds them all in
+  // one launch): a norm whose weights already have a row stays whole.
+  auto hasRow = [&](Value g) { return llvm::is_contained(tpPartialRows, sink.lookup(g)); };
+  if (hasRow(dgamma) || (dbeta && !dbeta.use_empty() && hasRow(dbeta)))
+    return false;
   NormReduce nr{norm, residual, add.getResult(), -1, -1, nullptr, -1};
   nr.gammaSlot = tpPartialRows.size() * d;
   tpPartialRows.push_back(sink.lookup(dgamma));
@@ -232,7 +237,7 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
   for (Operation *u : add.getResult().getUsers())
     if (auto r = dyn_cast<mtc::ReduceLeadingOp>(u))
       if (sink.count(r.getResult()) && numel(r.getResult()) == d &&
-          !halfBias.count(r) && nr.biasSlot < 0) {
+          !halfBias.count(r) && nr.biasSlot < 0 && !hasRow(r.getResult())) {
         nr.bias = r;
         nr.biasSlot = tpPartialRows.size() * d;
         tpPartialRows.push_back(sink.lookup(r.getResult()));

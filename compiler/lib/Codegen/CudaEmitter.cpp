@@ -41,7 +41,6 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
-#include "llvm/ADT/StringSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 using namespace mlir;
@@ -222,38 +221,26 @@ void CudaEmitter::emitTpPartialFlush() {
                          total),
            "last_microbatch");
   line("if (last_microbatch) {");
-  // One launch adds every row to its gradient and zeroes the rows (its
-  // table of destinations goes to the GPU at the first step). Rows are
-  // distinct parameters; were one repeated, one launch per row.
-  llvm::StringSet<> seen;
-  bool distinct = true;
-  for (const std::string &param : tpPartialRows)
-    distinct &= seen.insert(param).second;
-  if (distinct) {
-    line("  if (!pc.tp_partial_dst) {");
-    line("    const int64_t dst[] = {");
-    for (size_t i = 0; i < tpPartialRows.size(); i += 8) {
-      std::string row = "       ";
-      for (size_t j = i; j < std::min(i + 8, tpPartialRows.size()); ++j)
-        row += " " + gradOffset(tpPartialRows[j]) + ",";
-      line(row);
-    }
-    line("    };");
-    line("    MTC_CUDA_CHECK(cudaMalloc(&pc.tp_partial_dst, sizeof(dst)));");
-    line("    MTC_CUDA_CHECK(cudaMemcpyAsync(pc.tp_partial_dst, dst, "
-         "sizeof(dst), cudaMemcpyHostToDevice, ctx.stream));");
-    line("    MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
-    line("  }");
-    line(llvm::formatv("  k::accumulate_rows(ctx, G, pc.tp_partial_dst, "
-                       "pc.tp_partial, {0}, {1});",
-                       tpPartialRows.size(), tpPartialWidth));
-  } else {
-    for (auto [i, param] : llvm::enumerate(tpPartialRows))
-      line(llvm::formatv(
-          "  k::accumulate(ctx, {0}, pc.tp_partial + {1}, {2});", grad(param),
-          int64_t(i) * tpPartialWidth, tpPartialWidth));
-    line(llvm::formatv("  k::fill(ctx, pc.tp_partial, 0.f, {0});", total));
+  // One launch adds every row to its own gradient (fuseNormReduce keeps
+  // them distinct) and zeroes the rows; its table of destinations goes to
+  // the GPU at the first step.
+  line("  if (!pc.tp_partial_dst) {");
+  line("    const int64_t dst[] = {");
+  for (size_t i = 0; i < tpPartialRows.size(); i += 8) {
+    std::string row = "       ";
+    for (size_t j = i; j < std::min(i + 8, tpPartialRows.size()); ++j)
+      row += " " + gradOffset(tpPartialRows[j]) + ",";
+    line(row);
   }
+  line("    };");
+  line("    MTC_CUDA_CHECK(cudaMalloc(&pc.tp_partial_dst, sizeof(dst)));");
+  line("    MTC_CUDA_CHECK(cudaMemcpyAsync(pc.tp_partial_dst, dst, "
+       "sizeof(dst), cudaMemcpyHostToDevice, ctx.stream));");
+  line("    MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
+  line("  }");
+  line(llvm::formatv("  k::accumulate_rows(ctx, G, pc.tp_partial_dst, "
+                     "pc.tp_partial, {0}, {1});",
+                     tpPartialRows.size(), tpPartialWidth));
   line("}");
 }
 

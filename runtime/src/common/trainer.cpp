@@ -128,7 +128,8 @@ class Trainer {
   int64_t initialize_or_load(int64_t* consumed);
   std::vector<float> download_floats(const float* src) const;
   std::string upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                                const int32_t** tokens, const int32_t** targets);
+                                const int32_t** tokens, const int32_t** targets,
+                                bool zero_bad = false);
   std::string loss_problem(float loss, int64_t step, int64_t mb, const char* phase);
   double settle(const std::string& failure, double value, const std::string& where);
   double evaluate(int64_t step);
@@ -604,19 +605,27 @@ std::vector<float> Trainer::download_floats(const float* src) const {
 // Microbatch `mb` of the host staging (tokens_, targets_), checked on the
 // host when the backend's kernels only record bad ids, copied to the batch
 // buffers of program memory; *tokens/*targets point at it there. Returns ""
-// or the bad id's message (nothing uploaded).
+// or the bad id's message; then nothing is uploaded, or with zero_bad the
+// microbatch is uploaded as token and target 0 everywhere (so that the
+// program can still run it, and its collectives).
 std::string Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                                       const int32_t** tokens, const int32_t** targets) {
+                                       const int32_t** tokens, const int32_t** targets,
+                                       bool zero_bad) {
   const int64_t rows = t_.micro_batch * t_.seq_length;
-  const int32_t* tok = tokens_.data() + mb * rows;
-  const int32_t* tgt = targets_.data() + mb * rows;
+  int32_t* tok = tokens_.data() + mb * rows;
+  int32_t* tgt = targets_.data() + mb * rows;
+  std::string bad;
   if (check_ids_) {
     std::string why = check_ids(tok, t_.micro_batch, t_.seq_length, t_.vocab_size, "token");
     if (why.empty())
       why = check_ids(tgt, t_.micro_batch, t_.seq_length, t_.vocab_size, "target");
-    if (!why.empty())
-      return std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
-             std::to_string(mb) + ": " + why;
+    if (!why.empty()) {
+      bad = std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
+            std::to_string(mb) + ": " + why;
+      if (!zero_bad) return bad;
+      std::fill_n(tok, rows, 0);
+      std::fill_n(tgt, rows, 0);
+    }
   }
   int32_t* dtok = static_cast<int32_t*>(tokens_dev_.get()) + mb * rows;
   int32_t* dtgt = static_cast<int32_t*>(targets_dev_.get()) + mb * rows;
@@ -624,7 +633,7 @@ std::string Trainer::upload_microbatch(int64_t mb, int64_t step, const char* pha
   backend_.upload(dtgt, tgt, static_cast<size_t>(rows) * sizeof(int32_t));
   *tokens = dtok;
   *targets = dtgt;
-  return "";
+  return bad;
 }
 
 // A successful exit: every rank has finished its collectives (one rank:
@@ -681,14 +690,8 @@ int Trainer::run() {
       fill_microbatch(*train_, layout_, consumed, i, tokens_.data() + i * rows,
                       targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      std::string bad = upload_microbatch(i, step, "training", &tok, &tgt);
-      if (!bad.empty()) {
-        if (failure.empty()) failure = bad;
-        std::fill_n(tokens_.data() + i * rows, rows, 0);
-        std::fill_n(targets_.data() + i * rows, rows, 0);
-        bad = upload_microbatch(i, step, "training", &tok, &tgt);
-        if (!bad.empty()) throw Error("training step " + std::to_string(step) + ": " + bad);
-      }
+      std::string bad = upload_microbatch(i, step, "training", &tok, &tgt, /*zero_bad=*/true);
+      if (failure.empty()) failure = bad;
       state_.microbatch = i;
       state_.global_microbatch = i * dp_ + at_[1];
       float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });

@@ -250,23 +250,7 @@ TEST_F(MultiRank, DataErrorOnOneRankStopsEveryRank) {
   tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
   Job job = run_job(2, sharded::program<2>(2, 1),
                     {"--data", corpus_ + "_bad", "--steps", "300", "--save", dir_ + "/ck"}, 60);
-  int reported = 0;
-  for (size_t r = 0; r < job.ranks.size(); ++r) {
-    const auto& res = job.ranks[r];
-    EXPECT_FALSE(res.timed_out) << "rank " << r << " hung:\n" << res.err;
-    EXPECT_EQ(res.exit_code, 1) << res.err;
-    if (res.err.find("token 99 at position") != std::string::npos) {
-      ++reported;
-      EXPECT_NE(res.err.find("training step "), std::string::npos) << res.err;
-    } else {
-      EXPECT_NE(res.err.find("stopping because rank " + std::to_string(1 - r) +
-                             " failed (see its error)"),
-                std::string::npos)
-          << res.err;
-    }
-  }
-  EXPECT_GE(reported, 1);
-  EXPECT_FALSE(std::filesystem::exists(dir_ + "/ck/latest"));
+  sharded::expect_data_error_stops_every_rank(job, dir_ + "/ck");
 }
 
 TEST_F(MultiRank, RanksMustResumeFromTheSameCheckpoint) {

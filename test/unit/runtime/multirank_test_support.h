@@ -30,6 +30,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <algorithm>
 #include <functional>
 #include <limits>
@@ -289,6 +290,29 @@ inline void expect_ok(const Job& job) {
   expect_all_ok(job.ranks);
   for (size_t r = 1; r < job.out.size(); ++r)
     EXPECT_EQ(job.out[r], "") << "rank " << r << " printed";
+}
+
+// A run on data with token 99 (outside the vocabulary) on one rank: every
+// rank exited 1 without hanging, one named the bad token and the step,
+// the others stopped because of it, and `ckpt_dir` holds no checkpoint.
+inline void expect_data_error_stops_every_rank(const Job& job, const std::string& ckpt_dir) {
+  int reported = 0;
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    const auto& res = job.ranks[r];
+    EXPECT_FALSE(res.timed_out) << "rank " << r << " hung:\n" << res.err;
+    EXPECT_EQ(res.exit_code, 1) << res.err;
+    if (res.err.find("token 99 at position") != std::string::npos) {
+      ++reported;
+      EXPECT_NE(res.err.find("training step "), std::string::npos) << res.err;
+    } else {
+      EXPECT_NE(res.err.find("stopping because rank " + std::to_string(1 - r) +
+                             " failed (see its error)"),
+                std::string::npos)
+          << res.err;
+    }
+  }
+  EXPECT_GE(reported, 1);
+  EXPECT_FALSE(std::filesystem::exists(ckpt_dir + "/latest"));
 }
 
 // |a - b| <= rel * |a| element by element, same length, not empty.
