@@ -38,6 +38,7 @@ const char* toString(Activation v) {
     case Activation::gelu: return "gelu";
     case Activation::gelu_tanh: return "gelu_tanh";
     case Activation::swiglu: return "swiglu";
+    case Activation::squared_relu: return "squared_relu";
   }
   return "?";
 }

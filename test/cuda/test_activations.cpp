@@ -1,5 +1,5 @@
-// Tests that GELU (tanh and erf), SwiGLU and rotary embedding on the GPU match
-// the host kernels on the same bf16 inputs (vector and scalar paths; rope on
+// Tests that GELU (tanh and erf), SwiGLU, squared ReLU and rotary embedding
+// on the GPU match the host kernels on the same bf16 inputs (vector and scalar paths; rope on
 // the grouped fused-QKV layout with GQA, in place and inverse).
 #include "cuda_test_util.h"
 #include "mtc/rt/host_kernels.h"
@@ -48,6 +48,23 @@ TEST_F(CudaActivations, SwigluForwardBackward) {
     expect_close("swiglu_forward" + t, download(y), ry, kAct);
     expect_close("swiglu_backward dgate" + t, download(gg), rdg, kAct);
     expect_close("swiglu_backward dup" + t, download(gu), rdu, kAct);
+  }
+}
+
+TEST_F(CudaActivations, SquaredReluForwardBackward) {
+  for (int64_t n : {int64_t{1} << 16, int64_t{1003}}) {
+    std::vector<float> x = round_bf16(randn(n, 421, 2.f)), dy = round_bf16(randn(n, 422));
+    DevBuf<bf16> dx_(n), ddy(n), y(n), gx(n);
+    upload(dx_, x);
+    upload(ddy, dy);
+    squared_relu_forward(ctx(), dx_.get(), y.get(), n);
+    squared_relu_backward(ctx(), dx_.get(), ddy.get(), gx.get(), n);
+    std::vector<float> ry(n), rdx(n);
+    host::squared_relu_forward(x.data(), ry.data(), n);
+    host::squared_relu_backward(x.data(), dy.data(), rdx.data(), n);
+    const std::string t = " n=" + std::to_string(n);
+    expect_close("squared_relu_forward" + t, download(y), ry, kAct);
+    expect_close("squared_relu_backward" + t, download(gx), rdx, kAct);
   }
 }
 

@@ -25,7 +25,7 @@ compiler's code):
         [R = H/KV query heads, k, v], Dh each), rotate-half RoPE on q and k
         (theta_c = pos * base^(-2c/Dh)), softmax(q k^T / sqrt(Dh)) v with a
         causal mask, heads concatenated, output projection
-  mlp:  fc1 -> gelu (erf) | gelu_tanh -> fc2,  or  down(silu(gate(x)) * up(x))
+  mlp:  fc1 -> gelu (erf) | gelu_tanh | squared_relu -> fc2,  or  down(silu(gate(x)) * up(x))
   logits = x @ W^T, W = wte when tied else lm_head; columns past vocab_size
   (vocabulary padding) are excluded from the softmax; loss = mean
   cross-entropy over targets != -1, averaged over the microbatches.
@@ -276,7 +276,10 @@ class ReferenceGPT:
             y = F.silu(self.linear(prefix + ".gate", x)) * self.linear(prefix + ".up", x)
             return self.linear(prefix + ".down", y)
         y = self.linear(prefix + ".fc1", x)
-        y = F.gelu(y, approximate="tanh") if act == "gelu_tanh" else F.gelu(y)
+        if act == "squared_relu":
+            y = torch.relu(y) ** 2
+        else:
+            y = F.gelu(y, approximate="tanh") if act == "gelu_tanh" else F.gelu(y)
         return self.linear(prefix + ".fc2", y)
 
     def loss(self, tokens, targets):

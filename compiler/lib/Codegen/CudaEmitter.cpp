@@ -400,10 +400,9 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
     return nameIndexOp(op, names, [&](Value v) { return buf(v); });
   if (!isa<func::ReturnOp>(op))
     line(opLabel(op));
-  // Ops whose CUDA kernel takes the host kernel's arguments after a Context.
+  // The op's kernel-table row (KernelOpInterface), after the Context.
   auto shared = [&]() -> LogicalResult {
-    line(formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
-                    "ctx"));
+    line(formatCall(*kernelCall(op, [&](Value v) { return buf(v); }), "ctx"));
     return success();
   };
   auto sinkOf = [&](Value v) -> std::string {
@@ -503,9 +502,6 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         }
         return shared();
       })
-      .Case<mtc::LayerNormOp, mtc::RmsNormOp, mtc::GeluGradOp, mtc::SwigluOp,
-            mtc::SwigluGradOp, mtc::RopeOp,
-            mtc::AttentionGradOp>([&](Operation *) { return shared(); })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         double p = eval ? 0.0 : d.getP().convertToDouble();
         if (auto slice = d->getAttrOfType<DictionaryAttr>("mtc.slice_of")) {
@@ -648,6 +644,8 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
             shard::ReduceScatterOp>(
           [&](Operation *) { return emitCollective(op); })
       .Default([&](Operation *other) -> LogicalResult {
+        if (isa<mtc::KernelOpInterface>(other))
+          return shared();
         return other->emitOpError("has no lowering to the CUDA target");
       });
 }

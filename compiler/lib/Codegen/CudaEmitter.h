@@ -43,9 +43,7 @@ private:
   // Half-batch lanes (CudaLanes.cpp).
   void analyzeLanes(mlir::func::FuncOp fn);
   std::string laneCall(mlir::Operation *op, int h);
-  std::string halfCall(mlir::Operation *op, int h,
-                       llvm::ArrayRef<std::pair<int, mlir::Value>> halves,
-                       int countArg, int64_t count);
+  std::string halfCall(mlir::Operation *op, int h);
   std::string half(mlir::Value v, int h);
   mlir::LogicalResult emitLaneRun(llvm::ArrayRef<mlir::Operation *> run,
                                   bool oneStream, bool eval);

@@ -193,15 +193,14 @@ std::string CudaEmitter::half(Value v, int h) {
   return llvm::formatv("({0} + {1})", buf(v), numel(v) / 2).str();
 }
 
-// A shared kernel's call (sharedKernelCall) for lane h: the arguments
-// `halves` (index, value) at value's half h, argument `countArg` = count.
-std::string CudaEmitter::halfCall(
-    Operation *op, int h, ArrayRef<std::pair<int, Value>> halves,
-    int countArg, int64_t count) {
-  auto call = sharedKernelCall(op, [&](Value v) { return buf(v); });
-  for (auto [i, v] : halves)
-    call->args[i] = half(v, h);
-  call->args[countArg] = std::to_string(count);
+// A kernel-table op's call (KernelOpInterface) for lane h: every value
+// but the parameters at its half h, and the batch-proportional count
+// halved.
+std::string CudaEmitter::halfCall(Operation *op, int h) {
+  auto call = kernelCall(op, [&](Value v) {
+    return v.getDefiningOp<mtc::ParamOp>() ? buf(v) : half(v, h);
+  });
+  call->args[call->countArg] = std::to_string(call->count / 2);
   return formatCall(*call, h == 0 ? "ctx" : lane1Ctx);
 }
 
@@ -225,36 +224,6 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
             half(g.getResult(), h), half(m.getResult(), h), m.getM() / 2,
             m.getN(), m.getK(), m.getTransposeB());
       })
-      // The shared kernels' calls, with the batch-leading arguments at
-      // their half and the row, batch or element count halved.
-      .Case([&](mtc::LayerNormOp n) {
-        // (input, gamma, beta, out, rows, dim, eps)
-        return halfCall(op, h, {{0, n.getInput()}, {3, n.getResult()}}, 4,
-                        rows(n.getResult()) / 2);
-      })
-      .Case([&](mtc::AttentionOp a) {
-        // (qkv, mask, out, lse, batch, seq, heads, kv_heads, head_dim, ...)
-        return halfCall(op, h,
-                        {{0, a.getQkv()}, {2, a.getResult()}, {3, a.getLse()}},
-                        4, shapeOf(a.getQkv())[0] / 2);
-      })
-      .Case([&](mtc::GeluGradOp g) {
-        // (pre, dout, out, n, tanh)
-        return halfCall(
-            op, h,
-            {{0, g.getInput()}, {1, g.getDout()}, {2, g.getResult()}}, 3,
-            numel(g.getResult()) / 2);
-      })
-      .Case([&](mtc::AttentionGradOp a) {
-        // (qkv, mask, out, lse, dout, dqkv, batch, seq, ...)
-        return halfCall(op, h,
-                        {{0, a.getQkv()},
-                         {2, a.getOut()},
-                         {3, a.getLse()},
-                         {4, a.getDout()},
-                         {5, a.getResult()}},
-                        6, shapeOf(a.getQkv())[0] / 2);
-      })
       .Case([&](mtc::AddOp a) -> std::string {
         int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
         std::string rhs = nb == n ? half(a.getRhs(), h) : buf(a.getRhs());
@@ -262,9 +231,9 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
                              half(a.getLhs(), h), rhs, half(a.getResult(), h),
                              n / 2, nb == n ? n / 2 : nb);
       })
-      .Default([](Operation *) -> std::string {
-        llvm_unreachable("analyzeLanes admits only the ops above");
-      });
+      // The kernel table's ops (norms, attention, GELU backward): each
+      // value at its half and the batch-proportional count halved.
+      .Default([&](Operation *) { return halfCall(op, h); });
 }
 
 // A run of lane ops, staggered: the run is cut before each all-reduce (a

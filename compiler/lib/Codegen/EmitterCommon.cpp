@@ -88,73 +88,10 @@ FailureOr<std::string> indexExpr(Operation *op, BufferName buf) {
   return llvm::formatv("st.comm->index({0})", p.getAxes()[0]).str();
 }
 
-std::optional<KernelCall> sharedKernelCall(Operation *op, BufferName buf) {
-  auto str = [](auto v) { return llvm::formatv("{0}", v).str(); };
-  auto f32 = [](FloatAttr a) { return fmt(a.getValueAsDouble()) + "f"; };
-  auto b = [](bool v) { return std::string(v ? "true" : "false"); };
-  auto opt = [&](Value v) { return v ? buf(v) : std::string("nullptr"); };
-  return llvm::TypeSwitch<Operation *, std::optional<KernelCall>>(op)
-      .Case([&](GeluOp g) -> std::optional<KernelCall> {
-        return KernelCall{"gelu_forward",
-                          {buf(g.getInput()), buf(g), str(numel(g)),
-                           b(g.getApproximate() == GeluApprox::tanh)}};
-      })
-      .Case([&](GeluGradOp g) -> std::optional<KernelCall> {
-        return KernelCall{"gelu_backward",
-                          {buf(g.getInput()), buf(g.getDout()), buf(g),
-                           str(numel(g)),
-                           b(g.getApproximate() == GeluApprox::tanh)}};
-      })
-      .Case([&](SwigluOp s) -> std::optional<KernelCall> {
-        return KernelCall{"swiglu_forward", {buf(s.getGate()), buf(s.getUp()),
-                                             buf(s), str(numel(s))}};
-      })
-      .Case([&](SwigluGradOp s) -> std::optional<KernelCall> {
-        return KernelCall{"swiglu_backward",
-                          {buf(s.getGate()), buf(s.getUp()), buf(s.getDout()),
-                           buf(s.getDgate()), buf(s.getDup()),
-                           str(numel(s.getDout()))}};
-      })
-      .Case([&](LayerNormOp n) -> std::optional<KernelCall> {
-        return KernelCall{"layer_norm_forward",
-                          {buf(n.getInput()), buf(n.getGamma()),
-                           opt(n.getBeta()), buf(n), str(rows(n)),
-                           str(shapeOf(n).back()), f32(n.getEpsAttr())}};
-      })
-      .Case([&](RmsNormOp n) -> std::optional<KernelCall> {
-        return KernelCall{"rms_norm_forward",
-                          {buf(n.getInput()), buf(n.getGamma()), buf(n),
-                           str(rows(n)), str(shapeOf(n).back()),
-                           f32(n.getEpsAttr())}};
-      })
-      .Case([&](RopeOp r) -> std::optional<KernelCall> {
-        auto s = shapeOf(r);
-        int64_t dh = s[2] / (r.getHeads() + 2 * r.getKvHeads());
-        return KernelCall{"rope",
-                          {buf(r.getInput()), buf(r), str(s[0]), str(s[1]),
-                           str(r.getHeads()), str(r.getKvHeads()), str(dh),
-                           f32(r.getThetaAttr()), b(r.getInverse())}};
-      })
-      .Case([&](AttentionOp a) -> std::optional<KernelCall> {
-        auto s = shapeOf(a.getQkv());
-        return KernelCall{"attention_forward",
-                          {buf(a.getQkv()), opt(a.getMask()),
-                           buf(a.getResult()), buf(a.getLse()), str(s[0]),
-                           str(s[1]), str(a.getHeads()), str(a.getKvHeads()),
-                           str(a.getHeadDim()), b(a.getCausal()),
-                           f32(a.getScaleAttr())}};
-      })
-      .Case([&](AttentionGradOp a) -> std::optional<KernelCall> {
-        auto s = shapeOf(a.getQkv());
-        int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
-        return KernelCall{"attention_backward",
-                          {buf(a.getQkv()), opt(a.getMask()), buf(a.getOut()),
-                           buf(a.getLse()), buf(a.getDout()), buf(a),
-                           str(s[0]), str(s[1]), str(a.getHeads()),
-                           str(a.getKvHeads()), str(dh), b(a.getCausal()),
-                           f32(a.getScaleAttr())}};
-      })
-      .Default([](Operation *) { return std::nullopt; });
+std::optional<KernelCall> kernelCall(Operation *op, BufferName buf) {
+  if (auto k = dyn_cast<KernelOpInterface>(op))
+    return k.getKernelCall(buf);
+  return std::nullopt;
 }
 
 std::string formatCall(const KernelCall &call, StringRef context) {

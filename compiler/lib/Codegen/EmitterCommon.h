@@ -48,21 +48,6 @@ std::string fmt(double d);
 std::string escape(llvm::StringRef s);
 std::string locString(mlir::Location loc);
 
-/// How an emitter names a value in the code it generates.
-using BufferName = llvm::function_ref<std::string(mlir::Value)>;
-
-/// A runtime kernel call: the function and its arguments.
-struct KernelCall {
-  std::string name;
-  llvm::SmallVector<std::string> args;
-};
-
-/// The kernel call of ops whose host (host_kernels.h) and CUDA
-/// (cuda_kernels.h) kernels take the same arguments — the CUDA ones after a
-/// Context: activations, norms, rope, attention. nullopt for other ops.
-std::optional<KernelCall> sharedKernelCall(mlir::Operation *op,
-                                           BufferName buf);
-
 /// Integer index arithmetic (a rank's vocabulary offset under tensor
 /// parallelism) is not a statement but a C++ expression both targets name
 /// alike: an integer arith.constant, arith.muli, shard.process_multi_index
@@ -75,6 +60,10 @@ mlir::FailureOr<std::string> indexExpr(mlir::Operation *op, BufferName buf);
 mlir::LogicalResult
 nameIndexOp(mlir::Operation *op,
             llvm::DenseMap<mlir::Value, std::string> &names, BufferName buf);
+
+/// The kernel-table row of `op` (KernelOpInterface), or nullopt for ops the
+/// code generators lower by their own rules.
+std::optional<KernelCall> kernelCall(mlir::Operation *op, BufferName buf);
 
 /// `k::name(args...);`, with `context` (e.g. "ctx") as first argument when
 /// not empty.

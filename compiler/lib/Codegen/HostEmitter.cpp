@@ -12,8 +12,9 @@
 //  3. Emit the ProgramDesc (parameters, training configuration, FLOPs) and
 //     main(), which hands control to mtc::rt::train_main.
 //
-// The emitter is the only place that knows how an op maps onto a host
-// kernel; ops without a mapping are reported at their location.
+// Ops in the kernel table (KernelOpInterface) print their row; the rest
+// (parameters, collectives, gradient plumbing, the optimizer) have a rule
+// here. Ops without either are reported at their location.
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Codegen/Emitter.h"
@@ -267,13 +268,6 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(r)));
         return success();
       })
-      .Case<mtc::GeluOp, mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp,
-            mtc::LayerNormOp, mtc::RmsNormOp, mtc::RopeOp, mtc::AttentionOp,
-            mtc::AttentionGradOp>([&](Operation *) -> LogicalResult {
-        line(formatCall(*sharedKernelCall(op, [&](Value v) { return buf(v); }),
-                        ""));
-        return success();
-      })
       .Case([&](mtc::DropoutOp d) -> LogicalResult {
         // Evaluation (@forward) runs without dropout.
         double p = eval ? 0.0 : d.getP().convertToDouble();
@@ -483,6 +477,11 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Default([&](Operation *other) -> LogicalResult {
+        // The kernel table (KernelOpInterface) for every other op.
+        if (auto call = kernelCall(other, [&](Value v) { return buf(v); })) {
+          line(formatCall(*call, ""));
+          return success();
+        }
         return other->emitOpError("has no lowering to the host target");
       });
 }

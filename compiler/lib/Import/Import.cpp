@@ -134,11 +134,17 @@ Value Importer::mlp(const Twine &prefix, Value x) {
     y = linear(prefix + ".down", act, m.hidden_size, outStd);
   } else {
     Value h = linear(prefix + ".fc1", x, m.ffn_hidden_size, std);
-    auto approx = m.activation == mtc::spec::Activation::gelu_tanh
-                      ? mtc::GeluApprox::tanh
-                      : mtc::GeluApprox::none;
-    Value act = mtc::GeluOp::create(b, loc(prefix + ".gelu"), h.getType(), h,
-                                    mtc::GeluApproxAttr::get(&ctx, approx));
+    Value act;
+    if (m.activation == mtc::spec::Activation::squared_relu) {
+      act = mtc::SquaredReluOp::create(b, loc(prefix + ".squared_relu"),
+                                      h.getType(), h);
+    } else {
+      auto approx = m.activation == mtc::spec::Activation::gelu_tanh
+                        ? mtc::GeluApprox::tanh
+                        : mtc::GeluApprox::none;
+      act = mtc::GeluOp::create(b, loc(prefix + ".gelu"), h.getType(), h,
+                                mtc::GeluApproxAttr::get(&ctx, approx));
+    }
     y = linear(prefix + ".fc2", act, m.hidden_size, outStd);
   }
   return dropout(prefix + ".dropout", y, m.hidden_dropout);

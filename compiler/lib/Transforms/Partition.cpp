@@ -41,7 +41,8 @@
 //             vocabulary-parallel, the softmax completed over the group
 //   attention, rope (and gradients) -> R, or S(last) split by heads
 //   embedding -> a vocabulary-split table gives P (rows of other ranks are 0)
-//   elementwise -> any one distribution shared by all operands
+//   elementwise (ops with the Elementwise trait) -> any one distribution
+//             shared by all operands, not P
 //
 // Why not upstream `shard-partition`: the training program needs partial
 // sums that flow through backward ops, a rank-dependent vocabulary offset,
@@ -476,16 +477,6 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
           return rebuild({d}, {Dist::s(d.dim - dropped)});
         return rebuild({d}, {d});
       })
-      .Case<mtc::GeluOp, mtc::GeluGradOp, mtc::SwigluOp, mtc::SwigluGradOp>(
-          [&](Operation *) -> LogicalResult {
-            Dist d = distOf(op->getOperand(0));
-            bool same = llvm::all_of(op->getOperands(), [&](Value v) {
-              return distOf(v) == d;
-            });
-            if (!same || d.kind == Dist::P)
-              d = Dist::r();
-            return rebuild(all(d), allResults(d));
-          })
       .Case([&](mtc::DropoutOp dr) -> LogicalResult {
         // The mask is keyed by the global element index, so a slice draws
         // the one-process program's mask for its elements as long as the
@@ -608,8 +599,18 @@ LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
         return rebuild(all(Dist::r()), {});
       })
       .Default([&](Operation *) -> LogicalResult {
-        // Norms, cross-entropy and their gradients, constants, optimizer:
-        // everything whole.
+        // Elementwise ops (the trait: activations and their gradients) run
+        // on any one distribution all their operands share, except partial
+        // sums (they are not linear).
+        if (op->hasTrait<OpTrait::Elementwise>() && op->getNumOperands() > 0) {
+          Dist d = distOf(op->getOperand(0));
+          bool same = llvm::all_of(op->getOperands(),
+                                   [&](Value v) { return distOf(v) == d; });
+          if (!same || d.kind == Dist::P)
+            d = Dist::r();
+          return rebuild(all(d), allResults(d));
+        }
+        // Constants, the optimizer: everything whole.
         return rebuild(all(Dist::r()), allResults(Dist::r()));
       });
 }

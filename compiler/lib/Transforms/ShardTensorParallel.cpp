@@ -95,13 +95,11 @@ struct ShardTensorParallelPass
       if (auto att = dyn_cast<mtc::AttentionOp>(op)) {
         column(producingLinear(att.getQkv()));
         row(att.getResult());
-      } else if (auto gelu = dyn_cast<mtc::GeluOp>(op)) {
-        column(producingLinear(gelu.getInput()));
-        row(gelu.getResult());
-      } else if (auto sw = dyn_cast<mtc::SwigluOp>(op)) {
-        column(producingLinear(sw.getGate()));
-        column(producingLinear(sw.getUp()));
-        row(sw.getResult());
+      } else if (op->hasTrait<mtc::OpTrait::MlpActivation>()) {
+        // gelu, swiglu (gate and up), squared_relu.
+        for (Value in : op->getOperands())
+          column(producingLinear(in));
+        row(op->getResult(0));
       } else if (auto emb = dyn_cast<mtc::EmbeddingOp>(op)) {
         if (mtc::ParamOp table = paramOf(emb.getTable()))
           split(table, 0);

@@ -5,8 +5,9 @@
 // upstream `sharding-propagation` and `shard-partition` work on mtc programs.
 //
 // Implemented here:
-//   - elementwise ops (gelu, gelu_grad, swiglu, swiglu_grad, add of equal
-//     shapes): every dimension parallel, identity maps;
+//   - elementwise ops (the activations and their gradients, one row in
+//     attachElementwise below; add of equal shapes): every dimension
+//     parallel, identity maps;
 //   - matmul without transpose_a and with a 2-D rhs: loops (rows..., n, k),
 //     k a sum reduction, so splitting k (row parallel) yields partial sums
 //     that the partitioner completes with an all_reduce.
@@ -152,17 +153,19 @@ struct AddShardingModel
   }
 };
 
+/// Upstream's elementwise sharding rule on each of `Ops`.
+template <typename... Ops> void attachElementwise(MLIRContext *ctx) {
+  (Ops::template attachInterface<ElementwiseShardingInterface<Ops>>(*ctx), ...);
+}
+
 } // namespace
 
 void mtc::registerShardingInterfaceExternalModels(DialectRegistry &registry) {
   registry.addExtension(+[](MLIRContext *ctx, mtc::MtcDialect *) {
     mtc::MatmulOp::attachInterface<MatmulShardingModel>(*ctx);
     mtc::AddOp::attachInterface<AddShardingModel>(*ctx);
-    mtc::GeluOp::attachInterface<ElementwiseShardingInterface<mtc::GeluOp>>(
-        *ctx);
-    mtc::GeluGradOp::attachInterface<
-        ElementwiseShardingInterface<mtc::GeluGradOp>>(*ctx);
-    mtc::SwigluOp::attachInterface<
-        ElementwiseShardingInterface<mtc::SwigluOp>>(*ctx);
+    attachElementwise<mtc::GeluOp, mtc::GeluGradOp, mtc::SwigluOp,
+                      mtc::SwigluGradOp, mtc::SquaredReluOp,
+                      mtc::SquaredReluGradOp>(ctx);
   });
 }

@@ -1,9 +1,10 @@
-// Activation kernels: GELU (tanh approximation or exact erf) and SwiGLU,
-// forward and backward, bf16 in/out, fp32 math (formulas of host
+// Activation kernels: GELU (tanh approximation or exact erf), SwiGLU and
+// squared ReLU, forward and backward, bf16 in/out, fp32 math (formulas of host
 // activations.cpp):
 //   gelu_tanh(x) = x/2 (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   gelu_erf(x)  = x Phi(x)
 //   swiglu(g, u) = silu(g) u,  dgate = dy u s (1 + g (1 - s)),  dup = dy silu(g)
+//   squared_relu(x) = max(x, 0)^2,  dx = dy 2 max(x, 0)
 //
 // Design: grid-stride loops, 8 values per 16-byte access when pointers are
 // aligned and n % 8 == 0 (else one value per iteration).
@@ -34,12 +35,12 @@ __device__ __forceinline__ float gelu_grad(float x, bool tanh_approx) {
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-// One kernel for all four ops: kOp selects the math on (a, b, c) inputs.
-enum Op { kGeluFwd, kGeluBwd, kSwigluFwd, kSwigluBwd };
+// One kernel for all the ops: kOp selects the math on (a, b, c) inputs.
+enum Op { kGeluFwd, kGeluBwd, kSwigluFwd, kSwigluBwd, kSquaredReluFwd, kSquaredReluBwd };
 
 struct Args {
   const bf16* in0;  // x or gate
-  const bf16* in1;  // dy (gelu bwd) or up (swiglu)
+  const bf16* in1;  // dy (gelu, squared_relu bwd) or up (swiglu)
   const bf16* in2;  // dy (swiglu bwd)
   bf16* out0;       // y, dx or dgate
   bf16* out1;       // dup
@@ -56,6 +57,11 @@ __device__ __forceinline__ void apply(const Args& a, float x0, float x1, float x
     y0 = x1 * gelu_grad(x0, a.tanh_approx);
   } else if (kOp == kSwigluFwd) {
     y0 = x0 * sigmoid(x0) * x1;
+  } else if (kOp == kSquaredReluFwd) {
+    float r = fmaxf(x0, 0.f);
+    y0 = r * r;
+  } else if (kOp == kSquaredReluBwd) {
+    y0 = x1 * 2.f * fmaxf(x0, 0.f);
   } else {
     float s = sigmoid(x0);
     y0 = x2 * x1 * s * (1.f + x0 * (1.f - s));
@@ -65,7 +71,7 @@ __device__ __forceinline__ void apply(const Args& a, float x0, float x1, float x
 
 template <Op kOp, bool kVec>
 __global__ void activation_kernel(Args a) {
-  constexpr bool kTwoIn = kOp != kGeluFwd;
+  constexpr bool kTwoIn = kOp != kGeluFwd && kOp != kSquaredReluFwd;
   constexpr bool kThreeIn = kOp == kSwigluBwd;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -125,6 +131,16 @@ void swiglu_forward(Context& ctx, const bf16* gate, const bf16* up, bf16* y, int
 void swiglu_backward(Context& ctx, const bf16* gate, const bf16* up, const bf16* dy, bf16* dgate,
                      bf16* dup, int64_t n) {
   launch<kSwigluBwd>(ctx, Args{gate, up, dy, dgate, dup, n, false}, "swiglu_backward");
+}
+
+void squared_relu_forward(Context& ctx, const bf16* x, bf16* y, int64_t n) {
+  launch<kSquaredReluFwd>(ctx, Args{x, nullptr, nullptr, y, nullptr, n, false},
+                          "squared_relu_forward");
+}
+
+void squared_relu_backward(Context& ctx, const bf16* x, const bf16* dy, bf16* dx, int64_t n) {
+  launch<kSquaredReluBwd>(ctx, Args{x, dy, nullptr, dx, nullptr, n, false},
+                          "squared_relu_backward");
 }
 
 }  // namespace mtc::rt::cuda

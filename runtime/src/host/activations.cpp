@@ -1,5 +1,5 @@
 // Host elementwise activations: GELU (tanh approximation or exact erf),
-// SwiGLU and counter-based dropout, each with its gradient.
+// SwiGLU, squared ReLU and counter-based dropout, each with its gradient.
 //
 // Math (computed in double, stored fp32):
 //   gelu_erf(x)  = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt(2))) / 2
@@ -10,6 +10,7 @@
 //   swiglu(g, u) = silu(g) * u,  silu(g) = g * sigmoid(g)
 //                  dgate = dy * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)))
 //                  dup   = dy * silu(g)
+//   squared_relu(x) = max(x, 0)^2,  d/dx = 2 max(x, 0)
 //   dropout: y[i] = x[i] / (1 - p) if keep(i) else 0, with keep(i) the
 //            counter-based hash of mtc/rt/dropout_hash.h at global index
 //            offset + i. It is linear with a fixed mask, so its gradient is
@@ -91,6 +92,26 @@ void swiglu_backward(const float* gate, const float* up, const float* dy,
       dgate[i] = static_cast<float>(d * up[i] * s * (1.0 + g * (1.0 - s)));
       dup[i] = static_cast<float>(d * g * s);
     }
+  });
+}
+
+// y (n) = max(x, 0)^2.
+void squared_relu_forward(const float* x, float* y, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double r = std::max(double(x[i]), 0.0);
+      y[i] = static_cast<float>(r * r);
+    }
+  });
+}
+
+// dx (n) = dy * 2 max(x, 0).
+void squared_relu_backward(const float* x, const float* dy, float* dx,
+                           int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      dx[i] = static_cast<float>(double(dy[i]) * 2.0 *
+                                 std::max(double(x[i]), 0.0));
   });
 }
 

@@ -698,3 +698,13 @@ func.func @gather_without_sharded_reduce() {
   mtc.all_gather_params on @mtc_grid grid_axes = [1]
   return
 }
+
+// -----
+
+// Tests that an activation's gradient (squared_relu_grad, defined by the
+// Mtc_UnaryActivationGradOp class) needs one type for x, dy and dx.
+func.func @squared_relu_grad_types(%x: tensor<2x4xf32>, %dy: tensor<2x8xf32>) -> tensor<2x4xf32> {
+  // expected-error @+1 {{'mtc.squared_relu_grad' op failed to verify that all of {input, dout, result} have same type}}
+  %d = "mtc.squared_relu_grad"(%x, %dy) : (tensor<2x4xf32>, tensor<2x8xf32>) -> tensor<2x4xf32>
+  return %d : tensor<2x4xf32>
+}

@@ -93,6 +93,20 @@ func.func @gelu(%x: tensor<2x4x8xf32>) -> tensor<2x4x8xf32> {
 
 // -----
 
+// Tests that mtc.squared_relu and mtc.squared_relu_grad round-trip.
+// CHECK-LABEL: func.func @squared_relu
+// CHECK-SAME:    (%[[X:[^:]+]]: tensor<2x4x8xbf16>
+// CHECK:         %[[Y:.*]] = mtc.squared_relu %[[X]] : tensor<2x4x8xbf16>
+// CHECK:         %[[D:.*]] = mtc.squared_relu_grad %[[X]], %[[Y]] : tensor<2x4x8xbf16>
+// CHECK:         return %[[D]]
+func.func @squared_relu(%x: tensor<2x4x8xbf16>) -> tensor<2x4x8xbf16> {
+  %y = mtc.squared_relu %x : tensor<2x4x8xbf16>
+  %d = mtc.squared_relu_grad %x, %y : tensor<2x4x8xbf16>
+  return %d : tensor<2x4x8xbf16>
+}
+
+// -----
+
 // Tests that mtc.swiglu and mtc.swiglu_grad (two results) round-trip.
 // CHECK-LABEL: func.func @swiglu
 // CHECK-SAME:    (%[[G:[^:]+]]: tensor<2x4x8xbf16>, %[[U:[^:]+]]: tensor<2x4x8xbf16>

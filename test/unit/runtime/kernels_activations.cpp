@@ -1,5 +1,5 @@
-// Tests of the host elementwise kernels: GELU (tanh and erf) and SwiGLU
-// against double formulas and finite differences, and dropout: the
+// Tests of the host elementwise kernels: GELU (tanh and erf), SwiGLU and
+// squared ReLU against double formulas and finite differences, and dropout: the
 // documented counter-based hash (mtc/rt/dropout_hash.h), mask statistics,
 // independence from how the tensor is split, and its gradient.
 #include <cstring>
@@ -82,6 +82,32 @@ TEST(KernelSwiglu, BackwardMatchesFiniteDifferences) {
   };
   expect_gradient(dg, finite_difference(gd, objective_d, 1e-6), 1e-5, "dgate (double)");
   expect_gradient(du, finite_difference(ud, objective_d, 1e-6), 1e-5, "dup (double)");
+}
+
+TEST(KernelSquaredRelu, ForwardMatchesReference) {
+  Rng rng(34);
+  auto x = rng.uniform(517, -4.0f, 4.0f);
+  std::vector<float> y(x.size());
+  squared_relu_forward(x.data(), y.data(), x.size());
+  std::vector<double> ref(x.size());
+  for (size_t i = 0; i < x.size(); ++i) ref[i] = x[i] > 0 ? double(x[i]) * x[i] : 0.0;
+  expect_near_all(y, ref, 1e-6, 1e-7, "squared_relu");
+}
+
+TEST(KernelSquaredRelu, BackwardMatchesFiniteDifferences) {
+  Rng rng(35);
+  const size_t n = 263;
+  auto x = rng.uniform(n, -3.0f, 3.0f), w = rng.uniform(n);
+  std::vector<float> dx(n);
+  squared_relu_backward(x.data(), w.data(), dx.data(), n);
+  // In double with a small step: the kink at 0 is never within it.
+  auto xd = to_double(x);
+  auto objective = [&] {
+    double acc = 0;
+    for (size_t i = 0; i < n; ++i) acc += w[i] * (xd[i] > 0 ? xd[i] * xd[i] : 0.0);
+    return acc;
+  };
+  expect_gradient(dx, finite_difference(xd, objective, 1e-6), 1e-5, "squared_relu");
 }
 
 // The documented hash, written independently: SplitMix64's output function

@@ -42,7 +42,7 @@ Spec parseOk(const std::string& text) {
 TEST(SpecExamples, EveryJsonFileInExamplesParsesAndValidates) {
   const std::vector<std::string> expected = {"tiny-gpt.json",  "tiny-llama.json", "tiny-bert.json",
                                              "gpt2-124m.json", "gpt-1.3b.json",   "llama-1b.json",
-                                             "bert-base.json"};
+                                             "bert-base.json", "tiny-nemotron.json"};
   std::vector<std::string> found;
   for (const auto& entry : std::filesystem::directory_iterator(MTC_EXAMPLES_DIR))
     if (entry.is_regular_file() && entry.path().extension() == ".json")
@@ -139,6 +139,13 @@ TEST(SpecExamples, BertBaseIsPostLnBidirectional) {
   EXPECT_EQ(s.model.activation, Activation::gelu);
   EXPECT_FALSE(s.model.causal);
   EXPECT_EQ(s.training.optimizer.decay, LrDecay::linear);
+}
+
+TEST(SpecExamples, TinyNemotronUsesSquaredRelu) {
+  Spec n = loadExample("tiny-nemotron.json");
+  EXPECT_EQ(n.model.activation, Activation::squared_relu);
+  EXPECT_EQ(n.model.ffn_hidden_size, 4 * n.model.hidden_size);
+  EXPECT_EQ(n.model.position_embedding, PositionKind::rope);
 }
 
 TEST(SpecExamples, TinyLlamaAndTinyBertTakeTheirArchPresets) {

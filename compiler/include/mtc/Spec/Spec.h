@@ -16,7 +16,7 @@ namespace mtc::spec {
 enum class Arch { gpt, llama, bert };
 enum class NormKind { layernorm, rmsnorm };
 enum class NormPlacement { pre, post };
-enum class Activation { gelu, gelu_tanh, swiglu };
+enum class Activation { gelu, gelu_tanh, swiglu, squared_relu };
 enum class PositionKind { learned, rope };
 enum class Schedule { gpipe, one_f_one_b, interleaved };   // "gpipe" | "1f1b" | "interleaved"
 enum class Recompute { none, selective, full };

@@ -266,6 +266,11 @@ void swiglu_forward(Context& ctx, const bf16* gate, const bf16* up, bf16* y,
 void swiglu_backward(Context& ctx, const bf16* gate, const bf16* up,
                      const bf16* dy, bf16* dgate, bf16* dup, int64_t n);
 
+// y = max(x, 0)^2, dx = dy * 2 max(x, 0)   x, y, dy, dx (n).
+void squared_relu_forward(Context& ctx, const bf16* x, bf16* y, int64_t n);
+void squared_relu_backward(Context& ctx, const bf16* x, const bf16* dy,
+                           bf16* dx, int64_t n);
+
 // Rotary embedding on the q and k heads of a fused qkv (B, S, (H+2KV)*Dh),
 // rotate-half convention, theta_c = pos * base^(-2c/Dh) (cos/sin in double,
 // as the host kernel); v copied; inverse rotates by -theta (the

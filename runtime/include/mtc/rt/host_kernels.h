@@ -106,6 +106,11 @@ void swiglu_forward(const float* gate, const float* up, float* y, int64_t n);
 void swiglu_backward(const float* gate, const float* up, const float* dy,
                      float* dgate, float* dup, int64_t n);
 
+// Squared ReLU: y = max(x, 0)^2, dx = dy * 2 max(x, 0).   x, y, dy, dx (n).
+void squared_relu_forward(const float* x, float* y, int64_t n);
+void squared_relu_backward(const float* x, const float* dy, float* dx,
+                           int64_t n);
+
 // Dropout with a counter-based RNG: element i of the *global* tensor is kept
 // iff hash(seed, key, offset + i) >= p, and kept elements are scaled by
 // 1/(1-p). The same (seed, key, offset) gives the same mask on every rank and

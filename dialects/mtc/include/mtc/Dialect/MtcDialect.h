@@ -14,11 +14,49 @@
 #include "mlir/IR/OpDefinition.h"
 #include "mlir/IR/OpImplementation.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "llvm/ADT/STLFunctionalExtras.h"
+#include "llvm/ADT/SmallVector.h"
+#include <string>
 
 namespace mtc {
 /// Bytes of every operand and result at their element sizes: the default
 /// answer of CostOpInterface::getBytesMoved.
 double defaultBytesMoved(mlir::Operation *op);
+
+/// How a code generator names a value in the code it prints (an arena
+/// offset, a parameter's place, a function argument).
+using BufferName = llvm::function_ref<std::string(mlir::Value)>;
+
+/// One call of a runtime kernel: KernelOpInterface's answer. The host
+/// kernel (runtime/include/mtc/rt/host_kernels.h) and the CUDA kernel
+/// (cuda_kernels.h, after a Context) of an op take these same arguments.
+struct KernelCall {
+  std::string name;
+  llvm::SmallVector<std::string> args;
+  /// The argument that counts the op's batch-proportional work (elements,
+  /// rows or sequences) and its value: a code generator that runs the op
+  /// on part of the batch (a half-batch lane) replaces it. -1: none.
+  int countArg = -1;
+  int64_t count = 0;
+};
+
+/// Argument spellings shared by the kernel table (MtcKernels.cpp) and the
+/// ops whose rows ODS generates.
+namespace kernel_arg {
+std::string integer(int64_t v);
+std::string f32(mlir::FloatAttr a);
+std::string flag(bool v);
+} // namespace kernel_arg
+
+namespace OpTrait {
+/// The activation between an MLP's two linears (gelu, swiglu,
+/// squared_relu): Megatron's tensor-parallel plan makes the linears that
+/// produce its operands column-parallel and those that consume its result
+/// row-parallel (mtc-shard-tensor-parallel).
+template <typename ConcreteType>
+class MlpActivation
+    : public mlir::OpTrait::TraitBase<ConcreteType, MlpActivation> {};
+} // namespace OpTrait
 } // namespace mtc
 
 #include "mtc/Dialect/MtcDialect.h.inc"

@@ -4,6 +4,7 @@
 // in the passes):
 //   GradientOpInterface  how to differentiate it        (mtc-autodiff)
 //   CostOpInterface      how much work it does          (plan report, MFU)
+//   KernelOpInterface    which runtime kernel runs it   (both code generators)
 // How an op may be split across a device grid is upstream MLIR's
 // ShardingInterface (mlir/Dialect/Shard/Interfaces), implemented in
 // MtcSharding.cpp.
@@ -53,6 +54,27 @@ def Mtc_CostOpInterface : OpInterface<"CostOpInterface"> {
       "double", "getBytesMoved", (ins), [{}], [{
         return ::mtc::defaultBytesMoved($_op);
       }]>
+  ];
+}
+
+def Mtc_KernelOpInterface : OpInterface<"KernelOpInterface"> {
+  let description = [{
+    The runtime kernel that executes the op, and its arguments: the one
+    table both code generators print from. The host kernel
+    (`runtime/include/mtc/rt/host_kernels.h`, fp32) and the CUDA kernel
+    (`cuda_kernels.h`, bf16, after a `Context`) of such an op have the same
+    name and take the same arguments, so one row serves both targets. An op
+    without this interface is lowered by a code generator's own rule (a
+    fused GEMM, a collective, a gradient sink); an op with it needs nothing
+    in the code generators.
+  }];
+  let cppNamespace = "::mtc";
+  let methods = [
+    InterfaceMethod<
+      /*desc=*/"The kernel call, naming values with `buf`.",
+      /*retTy=*/"::mtc::KernelCall",
+      /*methodName=*/"getKernelCall",
+      /*args=*/(ins "::mtc::BufferName":$buf)>
   ];
 }
 

@@ -28,6 +28,11 @@ def Mtc_ScalarF32 : 0DTensorOf<[F32]> {
 
 def Mtc_GradientOp : DeclareOpInterfaceMethods<Mtc_GradientOpInterface>;
 def Mtc_CostOp : DeclareOpInterfaceMethods<Mtc_CostOpInterface>;
+// Its row of the kernel table (MtcKernels.cpp, or generated below).
+def Mtc_KernelOp : DeclareOpInterfaceMethods<Mtc_KernelOpInterface>;
+def Mtc_MlpActivation : NativeOpTrait<"MlpActivation"> {
+  let cppNamespace = "::mtc::OpTrait";
+}
 
 //===----------------------------------------------------------------------===//
 // Parameters
@@ -150,7 +155,7 @@ def Mtc_ReduceLeadingOp : Mtc_Op<"reduce_leading", [Pure, Mtc_CostOp]> {
   let hasVerifier = 1;
 }
 
-def Mtc_GeluOp : Mtc_Op<"gelu", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_GeluOp : Mtc_Op<"gelu", [Pure, Elementwise, Mtc_MlpActivation, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                 AllTypesMatch<["input", "result"]>]> {
   let summary = "GELU activation (exact or tanh approximation).";
   let description = [{
@@ -163,7 +168,7 @@ def Mtc_GeluOp : Mtc_Op<"gelu", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let assemblyFormat = "$input `approximate` `=` $approximate attr-dict `:` type($input)";
 }
 
-def Mtc_GeluGradOp : Mtc_Op<"gelu_grad", [Pure, Mtc_CostOp,
+def Mtc_GeluGradOp : Mtc_Op<"gelu_grad", [Pure, Elementwise, Mtc_KernelOp, Mtc_CostOp,
                                          AllTypesMatch<["input", "dout", "result"]>]> {
   let summary = "Gradient of GELU: dout * gelu'(input).";
   let description = [{
@@ -177,7 +182,7 @@ def Mtc_GeluGradOp : Mtc_Op<"gelu_grad", [Pure, Mtc_CostOp,
   let assemblyFormat = "$input `,` $dout `approximate` `=` $approximate attr-dict `:` type($input)";
 }
 
-def Mtc_SwigluOp : Mtc_Op<"swiglu", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_SwigluOp : Mtc_Op<"swiglu", [Pure, Elementwise, Mtc_MlpActivation, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                     AllTypesMatch<["gate", "up", "result"]>]> {
   let summary = "SwiGLU: silu(gate) * up.";
   let description = [{
@@ -190,7 +195,7 @@ def Mtc_SwigluOp : Mtc_Op<"swiglu", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let assemblyFormat = "$gate `,` $up attr-dict `:` type($gate)";
 }
 
-def Mtc_SwigluGradOp : Mtc_Op<"swiglu_grad", [Pure, Mtc_CostOp,
+def Mtc_SwigluGradOp : Mtc_Op<"swiglu_grad", [Pure, Elementwise, Mtc_KernelOp, Mtc_CostOp,
     AllTypesMatch<["gate", "up", "dout", "dgate", "dup"]>]> {
   let summary = "Gradient of SwiGLU with respect to gate and up.";
   let description = [{
@@ -202,6 +207,82 @@ def Mtc_SwigluGradOp : Mtc_Op<"swiglu_grad", [Pure, Mtc_CostOp,
                    Mtc_FloatTensor:$dout);
   let results = (outs Mtc_FloatTensor:$dgate, Mtc_FloatTensor:$dup);
   let assemblyFormat = "$gate `,` $up `,` $dout attr-dict `:` type($gate)";
+}
+
+// A unary elementwise activation y = f(x) whose gradient op computes
+// dx = dy * f'(x). The class is the op's whole definition besides its
+// summary: gradient rule, FLOP count and kernel-table row (the host and CUDA
+// kernels `<kernel>` in runtime/include/mtc/rt/{host,cuda}_kernels.h);
+// Elementwise gives its sharding rule, MlpActivation its place in
+// Megatron's tensor-parallel plan.
+class Mtc_UnaryActivationOp<string mnemonic, string kernel, string gradOp,
+                            int flopsPerElement>
+    : Mtc_Op<mnemonic, [Pure, Elementwise, Mtc_MlpActivation, Mtc_GradientOp,
+                        Mtc_CostOp, Mtc_KernelOp,
+                        AllTypesMatch<["input", "result"]>]> {
+  let arguments = (ins Mtc_FloatTensor:$input);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::buildGradient(
+        ::mlir::OpBuilder &b, ::llvm::ArrayRef<::mlir::Value> dy,
+        ::llvm::SmallVectorImpl<::mlir::Value> &grads) {
+      grads.assign({::mlir::Value(}] # gradOp # [{::create(
+          b, getLoc(), getType(), getInput(), dy[0]))});
+      return ::mlir::success();
+    }
+    double $cppClass::getFlops() {
+      return }] # flopsPerElement # [{ * double(getType().getNumElements());
+    }
+    ::mtc::KernelCall $cppClass::getKernelCall(::mtc::BufferName buf) {
+      const int64_t n = getType().getNumElements();
+      return {"}] # kernel # [{",
+              {buf(getInput()), buf(getResult()), ::mtc::kernel_arg::integer(n)},
+              /*countArg=*/2, n};
+    }
+  }];
+}
+
+// The gradient op of a Mtc_UnaryActivationOp: dx = dy * f'(x).
+class Mtc_UnaryActivationGradOp<string mnemonic, string kernel,
+                                int flopsPerElement>
+    : Mtc_Op<mnemonic, [Pure, Elementwise, Mtc_CostOp, Mtc_KernelOp,
+                        AllTypesMatch<["input", "dout", "result"]>]> {
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_FloatTensor:$dout);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $dout attr-dict `:` type($input)";
+  let extraClassDefinition = [{
+    double $cppClass::getFlops() {
+      return }] # flopsPerElement # [{ * double(getType().getNumElements());
+    }
+    ::mtc::KernelCall $cppClass::getKernelCall(::mtc::BufferName buf) {
+      const int64_t n = getType().getNumElements();
+      return {"}] # kernel # [{",
+              {buf(getInput()), buf(getDout()), buf(getResult()),
+               ::mtc::kernel_arg::integer(n)},
+              /*countArg=*/3, n};
+    }
+  }];
+}
+
+def Mtc_SquaredReluOp : Mtc_UnaryActivationOp<"squared_relu",
+    "squared_relu_forward", "SquaredReluGradOp", 2> {
+  let summary = "Squared ReLU: max(x, 0)^2 (Primer; Nemotron-4's MLP).";
+  let description = [{
+    ```mlir
+    %y = mtc.squared_relu %x : tensor<8x64x512xf32>
+    ```
+  }];
+}
+
+def Mtc_SquaredReluGradOp : Mtc_UnaryActivationGradOp<"squared_relu_grad",
+    "squared_relu_backward", 3> {
+  let summary = "Gradient of squared ReLU: dout * 2 * max(input, 0).";
+  let description = [{
+    ```mlir
+    %dx = mtc.squared_relu_grad %x, %dy : tensor<8x64x512xf32>
+    ```
+  }];
 }
 
 def Mtc_DropoutOp : Mtc_Op<"dropout", [Pure, Mtc_GradientOp, Mtc_CostOp,
@@ -274,7 +355,7 @@ def Mtc_MatmulOp : Mtc_Op<"matmul", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
 // Normalization
 //===----------------------------------------------------------------------===//
 
-def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                            AllTypesMatch<["input", "result"]>]> {
   let summary = "Layer normalization over the last dimension.";
   let description = [{
@@ -319,7 +400,7 @@ def Mtc_LayerNormGradOp : Mtc_Op<"layer_norm_grad", [Pure, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                        AllTypesMatch<["input", "result"]>]> {
   let summary = "RMS normalization over the last dimension.";
   let description = [{
@@ -360,7 +441,7 @@ def Mtc_RmsNormGradOp : Mtc_Op<"rms_norm_grad", [Pure, Mtc_CostOp,
 // Attention
 //===----------------------------------------------------------------------===//
 
-def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                 AllTypesMatch<["input", "result"]>]> {
   let summary = "Rotary position embedding on the q and k parts of fused QKV.";
   let description = [{
@@ -383,7 +464,7 @@ def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp]> {
   let summary = "Scaled dot-product attention core on fused QKV.";
   let description = [{
     `softmax(q k^T * scale + masks) v` for every query head, with grouped
@@ -413,7 +494,7 @@ def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
   }];
 }
 
-def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Pure, Mtc_CostOp,
+def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Pure, Mtc_KernelOp, Mtc_CostOp,
     AllTypesMatch<["qkv", "result"]>, AllTypesMatch<["out", "dout"]>]> {
   let summary = "Gradient of the attention core with respect to fused QKV.";
   let description = [{
