@@ -115,12 +115,25 @@ int mtc::runCompile(const CompileOptions &opts) {
   // asked for by name on another plan, they are an error.
   const bool lanesApply = opts.target == "cuda" && parsed->parallel.tp > 1 &&
                           !parsed->parallel.sp;
+  const std::string plan = "tp = " + std::to_string(parsed->parallel.tp) +
+                           (parsed->parallel.sp ? ", sp on" : "") +
+                           ", target " + opts.target;
   if (opts.backwardLanesAsked && !lanesApply)
     return fail("--tp-backward-lanes needs --target cuda and tensor "
-                "parallelism without sp (tp = " +
-                std::to_string(parsed->parallel.tp) +
-                (parsed->parallel.sp ? ", sp on" : "") + ", target " +
-                opts.target + ")");
+                "parallelism without sp (" + plan + ")");
+  if (opts.tpLanes != "two-streams" && opts.tpLanes != "one-stream")
+    return fail("unknown --tp-lanes '" + opts.tpLanes +
+                "' (valid: two-streams, one-stream)");
+  if (opts.tpLanesAsked && !lanesApply)
+    return fail("--tp-lanes needs --target cuda and tensor parallelism "
+                "without sp (" + plan + ")");
+  if (opts.tpAllReduce != "auto" && opts.tpAllReduce != "nccl")
+    return fail("unknown --tp-allreduce '" + opts.tpAllReduce +
+                "' (valid: auto, nccl)");
+  if (opts.tpAllReduceAsked &&
+      (opts.target != "cuda" || parsed->parallel.tp != 2))
+    return fail("--tp-allreduce needs --target cuda and tp = 2 (" + plan +
+                ")");
 
   // 2. Import.
   DialectRegistry registry;
@@ -163,8 +176,14 @@ int mtc::runCompile(const CompileOptions &opts) {
   }
 
   // 4. Source.
+  // Code-generation options, as module attributes (mtc/Codegen/Emitter.h).
   if (opts.backwardLanes && lanesApply)
-    (*module)->setAttr("mtc.tp_backward_lanes", UnitAttr::get(&context));
+    (*module)->setAttr(kTpBackwardLanesAttr, UnitAttr::get(&context));
+  if (opts.tpLanes != "two-streams")
+    (*module)->setAttr(kTpLanesAttr, StringAttr::get(&context, opts.tpLanes));
+  if (opts.tpAllReduce != "auto")
+    (*module)->setAttr(kTpAllReduceAttr,
+                       StringAttr::get(&context, opts.tpAllReduce));
   EmitResult emitted;
   if (failed(opts.target == "cuda" ? emitCudaProgram(*module, emitted)
                                    : emitHostProgram(*module, emitted)))

@@ -28,6 +28,10 @@ struct CompileOptions {
   bool backwardLanes = true;            // --tp-backward-lanes (where it applies)
   bool backwardLanesAsked = false;      // given on the command line: refuse
                                         // a plan it cannot apply to
+  std::string tpLanes = "two-streams";  // --tp-lanes
+  bool tpLanesAsked = false;
+  std::string tpAllReduce = "auto";     // --tp-allreduce
+  bool tpAllReduceAsked = false;
 };
 
 /// Runs the whole compilation; prints errors to stderr. Returns the process

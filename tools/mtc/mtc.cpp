@@ -106,6 +106,20 @@ static cl::opt<bool> backwardLanes(
              "other lane's work (default true where the plan has forward "
              "lanes; =false keeps one backward lane)"),
     cl::init(true), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> tpLanes(
+    "tp-lanes",
+    cl::desc("CUDA target, tp > 1 without sp: where the forward pass's two "
+             "half-batch lanes run: 'two-streams' (default: lane 1 on a "
+             "second, lower-priority stream) or 'one-stream' (both on the "
+             "compute stream, staggered at the all-reduce waits)"),
+    cl::init("two-streams"), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> tpAllReduce(
+    "tp-allreduce",
+    cl::desc("CUDA target, tp = 2: 'auto' (default: the tensor-parallel "
+             "all-reduces started early move through the GPUs' copy engines "
+             "when the two GPUs can map each other's memory, else NCCL) or "
+             "'nccl' (always NCCL)"),
+    cl::init("auto"), cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
@@ -152,6 +166,10 @@ int main(int argc, char **argv) {
   opts.shardingPipeline = shardingPasses;
   opts.scheduleWeightGradients = delayWgrad;
   opts.backwardLanes = backwardLanes;
+  opts.tpLanes = tpLanes;
+  opts.tpLanesAsked = tpLanes.getNumOccurrences() > 0;
+  opts.tpAllReduce = tpAllReduce;
+  opts.tpAllReduceAsked = tpAllReduce.getNumOccurrences() > 0;
   opts.backwardLanesAsked =
       backwardLanes.getNumOccurrences() > 0 && backwardLanes;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;

@@ -242,6 +242,7 @@ bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
         nr.biasSlot = tpPartialRows.size() * d;
         tpPartialRows.push_back(sink.lookup(r.getResult()));
         halfBias.insert(r);
+        noOps.insert(r); // summed inside the all-reduce
       }
   tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
   tpPartialWidth = d;

@@ -75,7 +75,7 @@ CudaEmitter::CudaEmitter(ModuleOp module)
   if (auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training"))
     if (auto n = cfg.getAs<IntegerAttr>("num_microbatches"))
       numMicrobatches = n.getInt();
-  backwardLanes = module->hasAttr("mtc.tp_backward_lanes");
+  backwardLanes = module->hasAttr(kTpBackwardLanesAttr);
 }
 
 std::string CudaEmitter::gradOffset(StringRef param) const {
@@ -201,7 +201,7 @@ void CudaEmitter::emitNormReduce(
                      data, part(nr.out), n));
   line("  " + call);
   if (nr.bias)
-    line(llvm::formatv("  if (pc.tp_bias_half) k::reduce_rows_accumulate("
+    line(llvm::formatv("  k::reduce_rows_accumulate("
                        "*pc.ctx_tp, {0}, (pc.tp_partial + {1}), ne / {2}, {2});",
                        atE0(part(nr.out)), nr.biasSlot, d));
   line("});");
@@ -211,35 +211,19 @@ void CudaEmitter::emitNormReduce(
 // half the rows (fuseNormReduce), summed over tp and added to their
 // gradients; then the partial buffer is cleared for the next step.
 void CudaEmitter::emitTpPartialFlush() {
-  line("k::set_current_op(\"shard.all_reduce of the norms' partial weight "
-       "gradients (tp)\");");
-  int64_t total = int64_t(tpPartialRows.size()) * tpPartialWidth;
-  axisCall(2,
-           llvm::formatv("axis_comm(st, 2).all_reduce(pc.tp_partial, {0}, "
-                         "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
-                         "AXIS_STREAM);",
-                         total),
-           "last_microbatch");
-  line("if (last_microbatch) {");
   // One launch adds every row to its own gradient (fuseNormReduce keeps
-  // them distinct) and zeroes the rows; its table of destinations goes to
-  // the GPU at the first step.
-  line("  if (!pc.tp_partial_dst) {");
-  line("    const int64_t dst[] = {");
+  // them distinct); the table of destinations goes to the GPU at the first
+  // step (tp_partial_flush).
+  line("if (last_microbatch) {");
+  line("  const int64_t dst[] = {");
   for (size_t i = 0; i < tpPartialRows.size(); i += 8) {
-    std::string row = "       ";
+    std::string row = "     ";
     for (size_t j = i; j < std::min(i + 8, tpPartialRows.size()); ++j)
       row += " " + gradOffset(tpPartialRows[j]) + ",";
     line(row);
   }
-  line("    };");
-  line("    MTC_CUDA_CHECK(cudaMalloc(&pc.tp_partial_dst, sizeof(dst)));");
-  line("    MTC_CUDA_CHECK(cudaMemcpyAsync(pc.tp_partial_dst, dst, "
-       "sizeof(dst), cudaMemcpyHostToDevice, ctx.stream));");
-  line("    MTC_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));");
-  line("  }");
-  line(llvm::formatv("  k::accumulate_rows(ctx, G, pc.tp_partial_dst, "
-                     "pc.tp_partial, {0}, {1});",
+  line("  };");
+  line(llvm::formatv("  tp_partial_flush(pc, st, dst, {0}, {1});",
                      tpPartialRows.size(), tpPartialWidth));
   line("}");
 }
@@ -287,7 +271,7 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
                        "(void)last_microbatch;",
                        numMicrobatches - 1));
   if (!laneOps.empty())
-    line("k::Context& ctx1 = pc.lanes ? pc.ctx1 : pc.ctx;  // lane 1 (half "
+    line("k::Context& ctx1 = pc.ctx1;  // lane 1 (half "
          "the batch)");
   // Runs of ops in two half-batch lanes (CudaLanes.cpp, emitLaneRun): a
   // forward run forks lane 1's stream before its first op and joins it
@@ -481,12 +465,9 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         if (g.empty())
           return op->emitOpError("CUDA target: a reduction must be a "
                                  "parameter gradient (bias, position table)");
-        // A bias gradient summed over half the rows inside a norm's
-        // all-reduce (fuseNormReduce) runs here only with MTC_TP_BIAS_HALF=0.
-        line(llvm::formatv(
-            "{0}k::reduce_rows_accumulate(ctx, {1}, {2}, {3}, {4});",
-            halfBias.count(op) ? "if (!pc.tp_bias_half) " : "",
-            buf(r.getInput()), g, numel(r.getInput()) / numel(r), numel(r)));
+        line(llvm::formatv("k::reduce_rows_accumulate(ctx, {0}, {1}, {2}, {3});",
+                           buf(r.getInput()), g,
+                           numel(r.getInput()) / numel(r), numel(r)));
         return success();
       })
       .Case([&](mtc::GeluOp g) -> LogicalResult {
@@ -635,7 +616,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](func::ReturnOp r) -> LogicalResult {
         if (bucketed && !eval)
-          line("if (last_microbatch) finish_grad_buckets(pc, st);");
+          line("if (last_microbatch) finish_grad_buckets(pc);");
         line(llvm::formatv("return finish_loss(st, {0});",
                            buf(r.getOperand(0))));
         return success();

@@ -56,7 +56,7 @@ private:
   std::string gradOffset(llvm::StringRef param) const;
   // CudaProgram.cpp
   mlir::LogicalResult emitOptimizer(mlir::func::FuncOp fn);
-  std::string emitContext() const;
+  std::string emitConfig() const;
 
   void line(const llvm::Twine &t) { os << "  " << t << "\n"; }
 
