@@ -6,6 +6,11 @@
 # the GPU image lacks, the fortunes dataset and the PyTorch baselines.
 #   MTC_BUILD_DIR  a build of mtc with the compiler and the CUDA backend
 #                  (default: build; scripts/setup.sh makes one where nvcc is)
+#   MTC_OLD_MTC    (single) another `mtc` binary, e.g. a build of the last
+#                  landed commit: the benchmark models are also built from
+#                  its generated source (prog-NAME-old, against this
+#                  runtime), for `gpu_run.sh compare` (new/old tokens/s in
+#                  one call)
 #   MTC_PREPARE    single (default: for gpu_run.sh) or parallel (for
 #                  gpu_parallel_run.sh on two GPUs: tensor, sequence and data
 #                  parallelism, the distributed optimizer); the carried folder
@@ -39,6 +44,25 @@ compile gpt-1.3b examples/gpt-1.3b.json cuda --micro-batch-size 8 --global-batch
 if [ "$MODE" = single ]; then
   compile tiny-host examples/tiny-gpt.json host
   compile tiny-cuda examples/tiny-gpt.json cuda
+  compile tiny-nemotron-host examples/tiny-nemotron.json host
+  compile tiny-nemotron-cuda examples/tiny-nemotron.json cuda
+  if [ -n "${MTC_OLD_MTC:-}" ]; then
+    # The same models from the other compiler's source, built by this
+    # runtime's CMake project.
+    for m in gpt2-124m:64 gpt-1.3b:8; do
+      IFS=: read -r name mb <<< "$m"
+      d="$OUTD/prog-$name-old"
+      "$BIN/mtc" compile "examples/$name.json" --target cuda --micro-batch-size "$mb" \
+        --global-batch-size "$mb" -o "$d" --no-build > "$OUTD/compile-$name-old.log"
+      "$MTC_OLD_MTC" compile "examples/$name.json" --target cuda --micro-batch-size "$mb" \
+        --global-batch-size "$mb" --emit=source > "$d/program.cpp"
+      cmake -S "$d" -B "$d/build" -G Ninja "-Dmtc_DIR=$PWD/$BUILD" -DCMAKE_BUILD_TYPE=Release \
+        >> "$OUTD/compile-$name-old.log"
+      cmake --build "$d/build" >> "$OUTD/compile-$name-old.log"
+      cp "$d/build/train" "$d/train"
+      rm -rf "$d/build"
+    done
+  fi
 elif [ "$MODE" = parallel ]; then
   # Tiny GPT, global batch 16 everywhere: one GPU (2 microbatches), dp = 2
   # (buckets overlapped with backward), dp = 2 with the distributed

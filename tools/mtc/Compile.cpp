@@ -4,8 +4,11 @@
 //  1. Read and validate the spec (every error with its JSON path).
 //  2. Import it into the mtc dialect (@forward); --emit=mlir stops here.
 //  3. Load pass plugins, run the training pipeline; --emit=train stops here.
-//  4. Emit the program source; --emit=source stops here.
-//  5. Write the output directory: program source, CMakeLists.txt, the IR
+//  4. The target's lowering passes (CUDA: mtc-cuda-lowering); the
+//     code-generation options become module attributes; --emit=lowered
+//     stops here.
+//  5. Emit the program source; --emit=source stops here.
+//  6. Write the output directory: program source, CMakeLists.txt, the IR
 //     (train.mlir), the plan report (plan.txt, plan.json), the resolved
 //     spec (spec.json: every default filled in); then build the
 //     binary `train` with CMake. Files are written to a temporary directory
@@ -175,7 +178,7 @@ int mtc::runCompile(const CompileOptions &opts) {
     return 0;
   }
 
-  // 4. Source.
+  // 4. Lowering: the target's decisions, as passes over the IR.
   // Code-generation options, as module attributes (mtc/Codegen/Emitter.h).
   if (opts.backwardLanes && lanesApply)
     (*module)->setAttr(kTpBackwardLanesAttr, UnitAttr::get(&context));
@@ -184,6 +187,20 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (opts.tpAllReduce != "auto")
     (*module)->setAttr(kTpAllReduceAttr,
                        StringAttr::get(&context, opts.tpAllReduce));
+  if (opts.target == "cuda") {
+    PassManager lowering(&context);
+    if (opts.printIRAfterAll)
+      lowering.enableIRPrinting();
+    buildCudaLoweringPipeline(lowering);
+    if (failed(lowering.run(*module)))
+      return 1;
+  }
+  if (opts.emit == EmitStage::lowered) {
+    llvm::outs() << printModule(*module);
+    return 0;
+  }
+
+  // 5. Source.
   EmitResult emitted;
   if (failed(opts.target == "cuda" ? emitCudaProgram(*module, emitted)
                                    : emitHostProgram(*module, emitted)))
@@ -193,7 +210,7 @@ int mtc::runCompile(const CompileOptions &opts) {
     return 0;
   }
 
-  // 5. Output directory, written atomically.
+  // 6. Output directory, written atomically.
   if (opts.outputDir.empty())
     return fail("-o DIR is required to write and build the program (or use "
                 "--emit=mlir|train|source to print a stage)");

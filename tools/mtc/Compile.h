@@ -11,7 +11,7 @@ namespace mtc {
 /// Where `mtc compile` stops. `mlir`: the imported forward program; `train`:
 /// after the training pipeline; `source`: the generated C++; `all`: write
 /// the output directory and build the binary.
-enum class EmitStage { mlir, train, source, all };
+enum class EmitStage { mlir, train, lowered, source, all };
 
 struct CompileOptions {
   std::string specPath;

@@ -44,6 +44,9 @@ static cl::opt<mtc::EmitStage> emit(
         clEnumValN(mtc::EmitStage::mlir, "mlir", "the imported forward program"),
         clEnumValN(mtc::EmitStage::train, "train",
                    "after the training pipeline (autodiff, optimizer)"),
+        clEnumValN(mtc::EmitStage::lowered, "lowered",
+                   "after the target's lowering passes: the program the "
+                   "code generator prints, every decision on its ops"),
         clEnumValN(mtc::EmitStage::source, "source",
                    "the generated program source"),
         clEnumValN(mtc::EmitStage::all, "all",

@@ -1,19 +1,20 @@
-//===- CudaAnalysis.cpp - what the CUDA emitter decides before emitting ---===//
+//===- CudaAnalysis.cpp - what the CUDA emitter derives before emitting ---===//
 //
-// The analyses of one function that the CUDA emitter (CudaEmitter.cpp) runs
-// before it emits a line (see CudaEmitter.h):
-//  - gradient sinks: which parameter gradients are never materialized
-//    because their producer accumulates them into the fp32 buffer, and
-//    which tensor-parallel collectives of gradients run once per step on
-//    that buffer instead;
-//  - fusions and in-place collectives, as ExecutionHints for the buffer
-//    plan, which tensor-parallel all-reduces start early, and which of
-//    those add the residual stream in their sum;
-//  - the data-parallel gradient buckets and where each is complete.
+// Per function, before the CUDA emitter (CudaEmitter.cpp) prints a line
+// (see CudaEmitter.h):
+//  - it reads the lowering passes' decisions (mtc/Transforms/Lowering.h):
+//    the gradient sinks (mtc-sink-gradients) and where each sinking
+//    collective then runs, the fused groups and in-place values
+//    (mtc-fuse-kernels), as ExecutionHints for the buffer plan;
+//  - it still decides, here (not yet passes): which tensor-parallel
+//    all-reduces start early and which of those add the residual stream
+//    or run a norm's backward in their sum (collective placement), and the
+//    data-parallel gradient buckets and where each is complete.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
 
+#include "mtc/Transforms/Lowering.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 
@@ -26,122 +27,38 @@ namespace {
 Value otherOperand(mtc::AddOp add, Value v) {
   return add.getLhs() == v ? add.getRhs() : add.getLhs();
 }
-
-/// A single-axis sum over tp whose input feeds nothing else: a gradient
-/// collective that can run on the accumulated buffer instead.
-bool isGradCollective(Operation *op) {
-  if (auto ar = dyn_cast_or_null<shard::AllReduceOp>(op))
-    return ar.getGridAxes().size() == 1 &&
-           ar.getReduction() == shard::ReductionKind::Sum &&
-           ar.getInput().hasOneUse();
-  if (auto ag = dyn_cast_or_null<shard::AllGatherOp>(op))
-    return ag.getGridAxes().size() == 1 &&
-           ag.getGatherAxis().getSExtValue() == 0 &&
-           ag.getInput().hasOneUse();
-  return false;
-}
 } // namespace
 
+// The gradient sinks mtc-sink-gradients chose (mtc.sink), and where each
+// sinking collective runs: on its parameter's accumulated buffer, on the
+// step's last microbatch, after the parameter's last accumulate_grad.
 void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
   sink.clear();
   gradCollectivesAfter.clear();
   gatheredChunk.clear();
   Block &block = fn.getBody().front();
-  // Tentative: follow single-use chains of adds (and one gradient
-  // collective) back from accumulate_grad.
-  llvm::DenseMap<Value, std::string> tentative;
-  for (Operation &op : llvm::reverse(block)) {
-    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op)) {
-      Value g = acc.getGrad();
-      if (!g.hasOneUse())
-        continue;
-      tentative[g] = acc.getParam().str();
-      if (isGradCollective(g.getDefiningOp()))
-        tentative[g.getDefiningOp()->getOperand(0)] = acc.getParam().str();
-    } else if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      auto it = tentative.find(add.getResult());
-      if (it == tentative.end() || add.getLhs() == add.getRhs())
-        continue;
-      for (Value v : {add.getLhs(), add.getRhs()})
-        if (v.hasOneUse() && v.getType() == add.getType())
-          tentative[v] = it->second;
-    }
-  }
-  auto capable = [](Value v) {
-    Operation *def = v.getDefiningOp();
-    if (!def)
-      return false;
-    if (auto mm = dyn_cast<mtc::MatmulOp>(def))
-      return mm.getTransposeA() && !mm.getBias();
-    if (auto ln = dyn_cast<mtc::LayerNormGradOp>(def))
-      return v != ln.getDinput();
-    if (auto rn = dyn_cast<mtc::RmsNormGradOp>(def))
-      return v != rn.getDinput();
-    return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp>(def);
-  };
-  // Forward: a value sinks if its producer can accumulate, it is an add of
-  // two sinking values, or a gradient collective of a sinking value.
-  for (Operation &op : block)
-    for (Value r : op.getResults()) {
-      auto it = tentative.find(r);
-      if (it == tentative.end())
-        continue;
-      auto add = dyn_cast<mtc::AddOp>(op);
-      if (capable(r) ||
-          (add && sink.count(add.getLhs()) && sink.count(add.getRhs())) ||
-          (isGradCollective(&op) && sink.count(op.getOperand(0))))
-        sink[r] = it->second;
-    }
-  // Backward: an add that does not sink needs its operands materialized.
-  for (Operation &op : llvm::reverse(block))
-    if (auto add = dyn_cast<mtc::AddOp>(op))
-      if (!sink.count(add.getResult()))
-        for (Value v : {add.getLhs(), add.getRhs()})
-          if (v.getDefiningOp<mtc::AddOp>() || !capable(v))
-            sink.erase(v);
-
-  // A parameter's gradient collective runs on its accumulated buffer, so
-  // it must be the parameter's only contribution; otherwise it is
-  // materialized.
-  struct ParamUse {
-    bool plain = false; // some contribution is not a collective
-    Operation *lastAcc = nullptr;
-    SmallVector<Operation *> collectives;
-  };
-  llvm::StringMap<ParamUse> uses;
+  llvm::StringMap<Operation *> lastAcc;
   for (Operation &op : block) {
-    auto acc = dyn_cast<mtc::AccumulateGradOp>(op);
-    if (!acc)
-      continue;
-    ParamUse &u = uses[acc.getParam()];
-    u.lastAcc = &op;
-    Operation *def = acc.getGrad().getDefiningOp();
-    if (sink.count(acc.getGrad()) && isGradCollective(def))
-      u.collectives.push_back(def);
-    else
-      u.plain = true;
+    for (Value r : op.getResults())
+      if (StringRef p = lowering::sinkOf(r); !p.empty())
+        sink[r] = p.str();
+    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op))
+      lastAcc[acc.getParam()] = &op;
   }
-  for (auto &it : uses) {
-    ParamUse &u = it.second;
-    if (u.collectives.empty())
+  for (auto acc : block.getOps<mtc::AccumulateGradOp>()) {
+    Operation *c = acc.getGrad().getDefiningOp();
+    if (!c || !sink.count(acc.getGrad()) ||
+        !isa<shard::AllReduceOp, shard::AllGatherOp>(c))
       continue;
-    if (u.plain || u.collectives.size() != 1) {
-      for (Operation *c : u.collectives) {
-        sink.erase(c->getResult(0));
-        sink.erase(c->getOperand(0));
-      }
-      continue;
-    }
-    Operation *c = u.collectives.front();
     GradCollective g;
-    g.param = it.first().str();
+    g.param = acc.getParam().str();
     g.gather = isa<shard::AllGatherOp>(c);
     g.axis = g.gather ? cast<shard::AllGatherOp>(c).getGridAxes()[0]
                       : cast<shard::AllReduceOp>(c).getGridAxes()[0];
     g.chunk = numel(c->getOperand(0));
     if (g.gather)
       gatheredChunk[g.param] = g.chunk;
-    gradCollectivesAfter[u.lastAcc].push_back(g);
+    gradCollectivesAfter[lastAcc.lookup(g.param)].push_back(g);
   }
 }
 
@@ -269,99 +186,41 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   normReduce.clear();
   halfBias.clear();
   tpPartialRows.clear();
+  // The groups and in-place values mtc-fuse-kernels chose.
   for (Operation &op : fn.getBody().front()) {
-    // A tensor-parallel all-reduce whose input dies with it: in place.
-    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
-      Value in = ar.getInput();
-      if (!sink.count(ar.getResult()) && in.hasOneUse() && in.getDefiningOp() &&
-          !in.getDefiningOp<mtc::ParamOp>() && in.getType() == ar.getType() &&
-          !unmaterialized.count(in) && !sink.count(in)) {
-        hints.inPlaceOf[ar.getResult()] = in;
-        inPlaceReduce.insert(&op);
+    if (!lowering::fusedOf(&op).empty())
+      noOps.insert(&op);
+    for (Value r : op.getResults())
+      if (std::optional<unsigned> i = lowering::inPlaceOperand(r)) {
+        hints.inPlaceOf[r] = op.getOperand(*i);
+        if (isa<shard::AllReduceOp>(op))
+          inPlaceReduce.insert(&op);
       }
-    }
-    // A row-parallel linear's bias, added after the sum over tp of the
-    // partial products: the GEMM of the axis's rank 0 adds it in its
-    // epilogue instead, and the add becomes the all-reduce's storage.
-    if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      auto ar = add.getLhs().getDefiningOp<shard::AllReduceOp>();
-      auto bias = add.getRhs().getDefiningOp<mtc::ParamOp>();
-      auto mm = ar ? ar.getInput().getDefiningOp<mtc::MatmulOp>() : nullptr;
-      if (ar && bias && mm && inPlaceReduce.count(ar) &&
-          ar.getGridAxes().size() == 1 &&
-          ar.getReduction() == shard::ReductionKind::Sum &&
-          ar.getResult().hasOneUse() && !mm.getBias() && !mm.getTransposeA() &&
-          !sink.count(mm.getResult()) && !storedF32(ar.getResult()) &&
-          bias.getType().getRank() == 1 &&
-          bias.getType().getNumElements() == mm.getN() &&
-          add.getType() == ar.getType()) {
-        rankZeroBias[mm] = {bias.getResult(), int(ar.getGridAxes()[0])};
-        hints.inPlaceOf[add.getResult()] = ar.getResult();
-        noOps.insert(add);
-      }
-    }
-    // embedding + position table.
-    if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      auto emb = add.getLhs().getDefiningOp<mtc::EmbeddingOp>();
-      auto pos = add.getRhs().getDefiningOp<mtc::ParamOp>();
-      if (emb && !emb.getVocabStart() && pos && emb.getResult().hasOneUse() &&
-          pos.getType().getRank() == 2 &&
-          pos.getType().getDimSize(0) == shapeOf(emb)[1]) {
-        hints.fusedInto[emb] = add;
-        fusedPartner[add] = emb;
-        noOps.insert(emb);
-        unmaterialized.insert(emb.getResult());
-      }
-    }
-    // matmul + tanh GELU (the pre-activation stays for gelu_grad).
-    if (auto gelu = dyn_cast<mtc::GeluOp>(op)) {
-      auto mm = gelu.getInput().getDefiningOp<mtc::MatmulOp>();
-      if (mm && !mm.getTransposeA() &&
-          gelu.getApproximate() == mtc::GeluApprox::tanh &&
-          mm->getBlock() == gelu->getBlock()) {
-        hints.fusedInto[mm] = gelu;
-        fusedPartner[gelu] = mm;
-        noOps.insert(mm);
-      }
-    }
-    // A norm's input gradient added to the residual stream's gradient (the
-    // other operand, at its last use): the norm's backward kernel adds
-    // its dx into that operand's storage, and the add is gone.
-    if (auto add = dyn_cast<mtc::AddOp>(op)) {
-      for (auto [mine, other] : {std::pair(add.getRhs(), add.getLhs()),
-                                 std::pair(add.getLhs(), add.getRhs())}) {
-        Operation *norm = mine.getDefiningOp();
-        if (!norm || !isa<mtc::LayerNormGradOp, mtc::RmsNormGradOp>(norm) ||
-            mine != norm->getResult(0) || !mine.hasOneUse() ||
-            mine == other || mine.getType() != add.getType() ||
-            other.getType() != add.getType() || !other.getDefiningOp() ||
-            other.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(other) ||
-            sink.count(other) || sink.count(add.getResult()) ||
-            !llvm::all_of(other.getUsers(), [&](Operation *u) {
-              return u == add || u->isBeforeInBlock(norm);
-            }))
-          continue;
-        hints.inPlaceOf[mine] = other;
-        hints.inPlaceOf[add.getResult()] = other;
-        normIntoResidual.insert(norm);
-        noOps.insert(add);
-        break;
-      }
-    }
-    // cross_entropy + its gradient, in place over the logits.
-    if (auto ceg = dyn_cast<mtc::CrossEntropyGradOp>(op)) {
-      auto cst = ceg.getDloss().getDefiningOp<arith::ConstantOp>();
-      mtc::CrossEntropyOp ce;
-      for (Operation *u : ceg.getLogits().getUsers())
-        if (auto c = dyn_cast<mtc::CrossEntropyOp>(u))
-          if (c.getTargets() == ceg.getTargets())
-            ce = c;
-      if (ce && cst && cst->hasOneUse() && ce->isBeforeInBlock(ceg)) {
-        hints.inPlaceOf[ceg.getResult()] = ceg.getLogits();
-        fusedPartner[ce] = ceg;
-        noOps.insert(ceg);
-        noOps.insert(cst);
-      }
+    StringRef kind = lowering::fusionOf(&op);
+    if (kind == lowering::kMatmulGelu) {
+      Operation *mm = op.getOperand(0).getDefiningOp();
+      hints.fusedInto[mm] = &op;
+      fusedPartner[&op] = mm;
+    } else if (kind == lowering::kEmbeddingPosition) {
+      Operation *emb = op.getOperand(0).getDefiningOp();
+      hints.fusedInto[emb] = &op;
+      fusedPartner[&op] = emb;
+      unmaterialized.insert(emb->getResult(0));
+    } else if (kind == lowering::kCrossEntropyGrad) {
+      for (Operation *u : op.getOperand(0).getUsers())
+        if (lowering::fusedOf(u) == lowering::kCrossEntropyGrad)
+          fusedPartner[&op] = u;
+    } else if (kind == lowering::kNormIntoResidual) {
+      // dx is added into the add's in-place operand (the residual
+      // stream's gradient).
+      auto add = cast<mtc::AddOp>(*op.getResult(0).getUsers().begin());
+      hints.inPlaceOf[op.getResult(0)] =
+          add->getOperand(*lowering::inPlaceOperand(add.getResult()));
+      normIntoResidual.insert(&op);
+    } else if (kind == lowering::kRankZeroBias) {
+      auto ar = cast<shard::AllReduceOp>(*op.getResult(0).getUsers().begin());
+      auto add = cast<mtc::AddOp>(*ar.getResult().getUsers().begin());
+      rankZeroBias[&op] = {add.getRhs(), int(ar.getGridAxes()[0])};
     }
   }
   // In-place tensor-parallel all-reduces start right after their input is

@@ -39,6 +39,7 @@
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
 
+#include "mtc/Transforms/Lowering.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -47,17 +48,7 @@ using namespace mlir;
 
 namespace mtc::codegen {
 
-/// (Parameter gradients never reach the arena: they are accumulated in
-/// fp32, see gradient sinks.)
-bool storedF32(Value v) {
-  if (auto a = v.getDefiningOp<mtc::AttentionOp>())
-    return v == a.getLse();
-  Operation *def = v.getDefiningOp();
-  if (def && isa<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
-                 shard::ReduceScatterOp>(def))
-    return storedF32(def->getOperand(0));
-  return v.getDefiningOp<mtc::CrossEntropyOp>() != nullptr;
-}
+bool storedF32(Value v) { return lowering::storedF32(v); }
 
 namespace {
 /// Product of the leading `d` dimensions.

@@ -20,9 +20,8 @@
 
 namespace mtc::codegen {
 
-/// Mixed precision is applied at emission: every float activation and
-/// activation gradient is stored in bf16, except the values kept in fp32 by
-/// design: attention's log-sum-exp and the loss (and collectives of them).
+/// mtc-assign-precision's decision (mtc.storage): the value is stored in
+/// fp32 (else bf16).
 bool storedF32(mlir::Value v);
 
 class CudaEmitter {

@@ -21,6 +21,7 @@
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
 
+#include "mtc/Transforms/Lowering.h"
 #include "llvm/ADT/StringSet.h"
 
 using namespace mlir;
@@ -214,6 +215,21 @@ std::string CudaEmitter::emitConfig() const {
 LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
   FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
   if (failed(fns))
+    return failure();
+  // The lowering passes' decisions are the emitter's input.
+  WalkResult lowered = fns->train.walk([](Operation *op) {
+    if (isa<mtc::ParamOp>(op) || !op->hasAttr(lowering::kStorage))
+      for (Type t : op->getResultTypes())
+        if (auto r = dyn_cast<RankedTensorType>(t);
+            r && isa<FloatType>(r.getElementType()) && !isa<mtc::ParamOp>(op))
+          return op->emitOpError("has no mtc.storage: the CUDA code "
+                                 "generator reads the decisions of the "
+                                 "lowering passes (run mtc-cuda-lowering "
+                                 "first)"),
+                 WalkResult::interrupt();
+    return WalkResult::advance();
+  });
+  if (lowered.wasInterrupted())
     return failure();
   // Buckets when dp reduces the whole gradient (not a sharded optimizer).
   bucketed = false;

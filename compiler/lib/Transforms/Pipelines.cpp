@@ -34,9 +34,22 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   return success();
 }
 
+void mtc::buildCudaLoweringPipeline(OpPassManager &pm) {
+  // Each pass decides one thing and writes it on the ops
+  // (mtc/Transforms/Lowering.h); the CUDA code generator only reads.
+  pm.addPass(createMtcAssignPrecision());
+  pm.addPass(createMtcSinkGradients());
+  pm.addPass(createMtcFuseKernels());
+}
+
 void mtc::registerMtcPipelines() {
   PassPipelineRegistration<>(
       "mtc-train-pipeline",
       "Forward program -> training program ready for code generation",
       [](OpPassManager &pm) { (void)buildTrainingPipeline(pm); });
+  PassPipelineRegistration<>(
+      "mtc-cuda-lowering",
+      "Training program -> the CUDA code generator's decisions on the ops "
+      "(precision, gradient sinks, fusions)",
+      buildCudaLoweringPipeline);
 }

@@ -40,6 +40,11 @@ mlir::LogicalResult buildTrainingPipeline(mlir::OpPassManager &pm,
                                           llvm::StringRef shardingPipeline = "",
                                           bool scheduleWeightGradients = true);
 
+/// The CUDA target's lowering passes (mtc-cuda-lowering): precision,
+/// gradient sinks, fusions, each written on the ops (Lowering.h). Runs on
+/// the training pipeline's output, before the CUDA code generator.
+void buildCudaLoweringPipeline(mlir::OpPassManager &pm);
+
 /// Registers every dialect mtc programs and tools use (mtc, func, arith,
 /// shard, tensor) plus mtc's ShardingInterface models.
 void registerMtcDialects(mlir::DialectRegistry &registry);

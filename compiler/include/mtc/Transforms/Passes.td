@@ -102,4 +102,70 @@ def MtcScheduleWeightGradients
   }];
 }
 
+//===----------------------------------------------------------------------===//
+// CUDA lowering: each pass decides one thing about how the training step
+// runs on the GPU and writes it on the ops (mtc/Transforms/Lowering.h); the
+// CUDA code generator only reads. Pipeline: mtc-cuda-lowering.
+//===----------------------------------------------------------------------===//
+
+def MtcAssignPrecision : Pass<"mtc-assign-precision", "::mlir::ModuleOp"> {
+  let summary = "Mixed precision: which values are stored in bf16, which in fp32";
+  let description = [{
+    Megatron's bf16 mixed precision for the CUDA target, as `mtc.storage`
+    on every op with floating-point tensor results: activations, their
+    gradients and the parameters' compute copies are stored in bf16; the
+    values kept in fp32 by design are attention's log-sum-exp, the loss,
+    and collectives of fp32 values. The IR's types stay fp32 (the math);
+    parameter gradients never reach storage (mtc-sink-gradients) and go to
+    the fp32 gradient buffer, as master weights and AdamW state do.
+  }];
+}
+
+def MtcSinkGradients : Pass<"mtc-sink-gradients", "::mlir::ModuleOp"> {
+  let summary = "Parameter gradients accumulated by their producers, never stored";
+  let description = [{
+    A parameter gradient that only flows into `mtc.accumulate_grad`
+    (directly, through `mtc.add`s of other such gradients such as a tied
+    embedding's two, or through one tensor-parallel collective) is never
+    stored: its producer (a transposed matmul, `embedding_grad`,
+    `reduce_leading`, a norm's gamma/beta gradient) accumulates it straight
+    into the parameter's fp32 gradient buffer. Writes `mtc.sink` (the
+    parameter) on those results, and `mtc.storage` "none" where
+    mtc-assign-precision ran before. A collective of such a gradient then runs
+    once per step on the accumulated buffer, after the parameter's last
+    accumulation, so it must be the parameter's only contribution; other
+    parameters' collectives stay stored.
+
+    Steps: (1) from each accumulate_grad backwards, the single-use chains
+    of adds and at most one collective are candidates; (2) forward, a
+    candidate sinks if its producer can accumulate, or it is an add of two
+    sinking values, or a collective of one; (3) backward, an add that does
+    not sink needs its operands stored; (4) per parameter, a sinking
+    collective must be its only contribution.
+  }];
+}
+
+def MtcFuseKernels : Pass<"mtc-fuse-kernels", "::mlir::ModuleOp"> {
+  let summary = "Groups of ops the CUDA kernels execute as one";
+  let description = [{
+    Marks the groups one kernel executes (`mtc.fusion` on the op that runs
+    the group, `mtc.fused` on the others) and the values computed in place
+    over an operand (`mtc.in_place`), after mtc-assign-precision and
+    mtc-sink-gradients:
+    - a tensor-parallel all-reduce whose input dies with it runs in place;
+    - `rank_zero_bias`: a row-parallel linear's bias, added after the
+      all-reduce of the partial products, is added by the GEMM of the tp
+      axis's rank 0 instead, and the add takes the all-reduce's storage;
+    - `embedding_position`: embedding + the (S, D) position table in one
+      kernel;
+    - `matmul_gelu`: a matmul followed by tanh GELU, the GELU in the
+      GEMM's cuBLASLt epilogue (the pre-activation is kept for gelu_grad);
+    - `norm_into_residual`: a norm's input gradient added to the residual
+      stream's gradient at its last use: the norm's backward adds into
+      that gradient's storage;
+    - `cross_entropy_grad`: the loss and the logits' gradient (from a
+      constant seed) in one kernel, in place over the logits.
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD

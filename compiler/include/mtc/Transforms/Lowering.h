@@ -1,0 +1,80 @@
+//===- Lowering.h - the decisions the CUDA lowering passes write -*- C++ -*-===//
+//
+// The CUDA target's lowering passes (mtc-assign-precision,
+// mtc-sink-gradients, mtc-fuse-kernels; pipeline mtc-cuda-lowering) decide
+// how each op of the training step runs and write the decision on the op as
+// a discardable attribute; the CUDA code generator reads them and decides
+// nothing of its own. `mtc compile --emit=lowered` prints them.
+//
+//   mtc.storage = ["bf16", "f32", "none", ...]   per result: how the value
+//       is stored (mixed precision; the IR's types stay the math's fp32);
+//       "none": never stored (a gradient sink)
+//   mtc.sink = ["layers.0.mlp.fc1.weight", "", ...]   per result: the
+//       parameter whose fp32 gradient buffer the producer accumulates the
+//       value into; such a value is never stored ("" for a stored result)
+//   mtc.fusion = "KIND"   on the op that executes a fused group
+//   mtc.fused = "KIND"    on an op executed by another op of its group
+//   mtc.in_place = array<i64: ...>   per result: the operand whose storage
+//       the result takes over (-1: its own)
+//
+// Fusion kinds (FuseKernels.cpp says when each applies):
+//   matmul_gelu         gelu(tanh) in its matmul's cuBLASLt epilogue (the
+//                       gelu runs the group; the matmul is fused)
+//   embedding_position  the position table added by the embedding kernel
+//                       (the add runs it; the embedding is fused)
+//   cross_entropy_grad  the loss and the logits' gradient in one kernel,
+//                       in place over the logits (the cross_entropy runs
+//                       it; the gradient op and its seed constant are fused)
+//   norm_into_residual  a norm's backward adds its input gradient into the
+//                       residual stream's gradient (the norm runs it; the
+//                       add is fused, in place over that gradient)
+//   rank_zero_bias      a row-parallel linear's bias added by the GEMM of
+//                       the tp axis's rank 0, before the all-reduce (the
+//                       matmul runs it; the add is fused, in place)
+//
+//===----------------------------------------------------------------------===//
+#ifndef MTC_TRANSFORMS_LOWERING_H
+#define MTC_TRANSFORMS_LOWERING_H
+
+#include "mlir/IR/Operation.h"
+#include "llvm/ADT/StringRef.h"
+#include <optional>
+
+namespace mtc::lowering {
+
+inline constexpr llvm::StringLiteral kStorage = "mtc.storage";
+inline constexpr llvm::StringLiteral kSink = "mtc.sink";
+inline constexpr llvm::StringLiteral kFusion = "mtc.fusion";
+inline constexpr llvm::StringLiteral kFused = "mtc.fused";
+inline constexpr llvm::StringLiteral kInPlace = "mtc.in_place";
+
+inline constexpr llvm::StringLiteral kMatmulGelu = "matmul_gelu";
+inline constexpr llvm::StringLiteral kEmbeddingPosition = "embedding_position";
+inline constexpr llvm::StringLiteral kCrossEntropyGrad = "cross_entropy_grad";
+inline constexpr llvm::StringLiteral kNormIntoResidual = "norm_into_residual";
+inline constexpr llvm::StringLiteral kRankZeroBias = "rank_zero_bias";
+
+/// The per-result string of `attr` for `v` ("" when absent).
+llvm::StringRef resultString(mlir::Value v, llvm::StringRef attr);
+/// Sets the per-result string of `attr` for `v` (other results: "").
+void setResultString(mlir::Value v, llvm::StringRef attr,
+                     llvm::StringRef value);
+
+/// mtc.storage of `v` is "f32".
+inline bool storedF32(mlir::Value v) {
+  return resultString(v, kStorage) == "f32";
+}
+/// The parameter `v` sinks into (mtc.sink), or "".
+inline llvm::StringRef sinkOf(mlir::Value v) {
+  return resultString(v, kSink);
+}
+/// mtc.fusion / mtc.fused of `op`, or "".
+llvm::StringRef fusionOf(mlir::Operation *op);
+llvm::StringRef fusedOf(mlir::Operation *op);
+/// The operand whose storage result `v` takes over (mtc.in_place).
+std::optional<unsigned> inPlaceOperand(mlir::Value v);
+void setInPlace(mlir::Value v, unsigned operand);
+
+} // namespace mtc::lowering
+
+#endif // MTC_TRANSFORMS_LOWERING_H
