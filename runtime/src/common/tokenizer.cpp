@@ -304,6 +304,7 @@ class BpeTokenizer final : public Tokenizer {
 
 json parse_json_file(const std::string& path) {
   std::string text = read_file(path);
+  check_json_depth(text, path);
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {

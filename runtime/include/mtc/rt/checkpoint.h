@@ -13,9 +13,13 @@
 //                                          format version
 //   DIR/latest                             "step_000100\n": the last
 //                                          complete checkpoint
-// A step directory is written as DIR/.step_000100.tmp.<pid> and renamed into
-// place once every file is complete and fsync'd; `latest` is then replaced
-// atomically. A crash leaves the previous checkpoint and `latest` intact.
+// A step directory is written as a new DIR/.step_000100.tmp.<pid>[.<n>] and
+// renamed into place once every file is complete and fsync'd; `latest` is
+// then replaced atomically. A crash leaves the previous checkpoint and
+// `latest` intact; a failed save removes its temporary directory. A save
+// writes only into a new or empty DIR or one holding mtc checkpoints, and
+// replaces an existing step directory only if it holds nothing but
+// checkpoint files (else Error: it never removes what it did not write).
 //
 // Loading validates every name, dtype and shape against the ProgramDesc
 // before anything is read, and reports the first mismatch by tensor name
@@ -30,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "mtc/rt/lr_schedule.h"
 #include "mtc/rt/program.h"
 
 namespace mtc::rt {
@@ -51,6 +56,10 @@ struct CheckpointState {
   int64_t train_steps = 0;        // --steps of the run
   int64_t decay_steps = 0;        // lr decay horizon used
   bool has_optimizer = true;      // optimizer.safetensors present
+  // The run's learning-rate schedule ("schedule" in state.json); absent
+  // from checkpoints written before it was stored.
+  bool has_schedule = false;
+  LrSchedule schedule;
 };
 
 // "step_000100".
