@@ -306,7 +306,10 @@ TEST_F(Trainer, BadProgramsAreReported) {
   expect_fail(sched, "must exceed the warm-up");
 }
 
-TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
+// A token outside the vocabulary is found by the loader and named by its
+// value, data file and position there (it used to be named by the
+// program's batch position only).
+TEST_F(Trainer, BadIdInTheDataStopsTheRunNamingFileAndPosition) {
   tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
   ProgramDesc p = tiny::program();
   ::testing::internal::CaptureStderr();
@@ -316,11 +319,42 @@ TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
   std::string err = ::testing::internal::GetCapturedStderr();
   ::testing::internal::GetCapturedStdout();
   EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("token 99 at position"), std::string::npos) << err;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(err, m, std::regex(R"(training step (\d+), microbatch \d)"))) << err;
+  ASSERT_TRUE(std::regex_search(
+      err, m,
+      std::regex(R"(training step (\d+), microbatch \d: (.*)_bad\.bin at byte (\d+) \(sequence )"
+                 R"((\d+), token (\d+)\): token id 99 is outside the vocabulary \[0, 16\))")))
+      << err;
+  EXPECT_EQ(m[2].str(), corpus_);
+  IndexedDataset ds(corpus_ + "_bad");
+  const int64_t seq = std::stoll(m[4]), tok = std::stoll(m[5]);
+  int32_t id = 0;
+  ds.read(seq, tok, 1, &id);
+  EXPECT_EQ(id, 99);
+  EXPECT_EQ(std::stoll(m[3]), ds.sequence_pointer(seq) + tok * token_dtype_size(ds.dtype()));
   // The failing step is not recorded.
   EXPECT_EQ(read_jsonl(dir_ + "/m.jsonl").size(), std::stoul(m[1]) - 1);
+}
+
+float data_error_at_step_3(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  float l = tiny::forward_backward(s, tok, tgt);
+  if (s.step == 3 && s.microbatch == 1) s.error = "a data error the program found";
+  return l;
+}
+
+TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
+  ProgramDesc p = tiny::program();
+  p.forward_backward = data_error_at_step_3;
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_, "--steps", "30", "--metrics", dir_ + "/m.jsonl"});
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("training step 3, microbatch 1: a data error the program found"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(read_jsonl(dir_ + "/m.jsonl").size(), 2u);
 }
 
 float nan_at_step_3(HostState& s, const int32_t* tok, const int32_t* tgt) {
