@@ -245,30 +245,6 @@ json state_json(const ProgramDesc& program, const CheckpointState& s, bool has_o
   return j;
 }
 
-// --save DIR: a new or empty directory, or one that already holds mtc
-// checkpoints (`latest` or a step_NNNNNN). Anything else is someone else's
-// directory, which a save would write into and whose `latest` it would
-// replace.
-void check_checkpoint_root(const fs::path& root) {
-  std::error_code ec;
-  const fs::file_status st = fs::status(root, ec);
-  if (st.type() == fs::file_type::not_found) return;
-  if (st.type() != fs::file_type::directory)
-    throw Error(root.string() + ": exists and is not a directory; give a directory for "
-                "checkpoints");
-  std::string foreign;
-  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name == "latest" || (name.rfind("step_", 0) == 0 && e.is_directory(ec))) return;
-    if (foreign.empty()) foreign = name;
-  }
-  if (ec) throw Error(root.string() + ": cannot list (" + ec.message() + ")");
-  if (!foreign.empty())
-    throw Error(root.string() + ": not empty and not an mtc checkpoint directory (it holds \"" +
-                foreign + "\" but no latest or step_NNNNNN): refusing to write checkpoints "
-                "into it; give a new or empty directory");
-}
-
 // An existing DIR/step_NNNNNN that a save replaces must be one a save
 // wrote: a directory (not a link) holding only checkpoint files.
 void check_replaceable_step(const fs::path& step) {
@@ -312,7 +288,7 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                   "trainer.h) with the gathered tensors");
   const std::string name = checkpoint_step_name(state.step);
   const fs::path root(dir), final_dir = root / name;
-  check_checkpoint_root(root);
+  check_checkpoint_dir(dir);
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) throw Error(dir + ": cannot create the checkpoint directory (" + ec.message() + ")");
@@ -371,6 +347,27 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
   fsync_path(root.string());
   fs::remove_all(old, ec);
   return final_dir.string();
+}
+
+void check_checkpoint_dir(const std::string& dir) {
+  const fs::path root(dir);
+  std::error_code ec;
+  const fs::file_status st = fs::status(root, ec);
+  if (st.type() == fs::file_type::not_found) return;
+  if (st.type() != fs::file_type::directory)
+    throw Error(root.string() + ": exists and is not a directory; give a directory for "
+                "checkpoints");
+  std::string foreign;
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name == "latest" || (name.rfind("step_", 0) == 0 && e.is_directory(ec))) return;
+    if (foreign.empty()) foreign = name;
+  }
+  if (ec) throw Error(root.string() + ": cannot list (" + ec.message() + ")");
+  if (!foreign.empty())
+    throw Error(root.string() + ": not empty and not an mtc checkpoint directory (it holds \"" +
+                foreign + "\" but no latest or step_NNNNNN): refusing to write checkpoints "
+                "into it; give a new or empty directory");
 }
 
 bool checkpoint_exists(const std::string& path) {

@@ -199,13 +199,17 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
     resuming_ = false;
   }
   std::string failure;
-  if (resuming_) {
-    try {
+  try {
+    if (resuming_) {
       resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
       resume_state_ = inspect_checkpoint(resume_dir_, p_);
-    } catch (const Error& e) {
-      failure = e.what();
     }
+    // Rank 0 writes the checkpoints: a directory it may not write into is
+    // refused now, not after training.
+    if (root_ && !o_.save.empty()) check_checkpoint_dir(o_.save);
+    if (root_ && !o_.init_only.empty()) check_checkpoint_dir(o_.init_only);
+  } catch (const Error& e) {
+    failure = e.what();
   }
   agree_on_resume(failure);
   if (resuming_) {
@@ -319,8 +323,8 @@ void Trainer::print_plan() const {
   std::fflush(stdout);
 }
 
-// `failure`: this rank's error finding or checking the checkpoint ("" if
-// none). Several ranks must resume from the same checkpoint step (or all
+// `failure`: this rank's error finding or checking the checkpoint, or
+// checking the --save directory ("" if none). Several ranks must resume from the same checkpoint step (or all
 // start fresh): a rank that sees another directory (no shared filesystem)
 // would train a different model in lockstep with the others.
 void Trainer::agree_on_resume(const std::string& failure) {
@@ -332,7 +336,7 @@ void Trainer::agree_on_resume(const std::string& failure) {
   const Agreement a = agree(*world_, !failure.empty(), mine);
   if (!failure.empty()) throw Error(failure);
   if (!a.failed_ranks.empty())
-    throw Error("the checkpoint to resume from: stopping because " + a.describe_failed());
+    throw Error("the checkpoint directories: stopping because " + a.describe_failed());
   const std::vector<double>& all = a.values;
   bool same = true;
   for (double v : all) same &= v == all[0];

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <set>
 
 #include "mtc/rt/data.h"
 #include "train_test_support.h"
@@ -40,6 +41,13 @@ std::string megatron_index(uint8_t dtype_code, int64_t itemsize,
   }
   for (size_t d = 0; d <= sizes.size(); ++d) append<int64_t>(s, static_cast<int64_t>(d));
   return s;
+}
+
+std::set<std::string> listing(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    names.insert(e.path().filename().string());
+  return names;
 }
 
 std::vector<std::vector<int32_t>> random_docs(uint32_t seed, int n, int32_t vocab) {
@@ -78,7 +86,7 @@ TEST(IndexedDataset, WriterProducesMegatronBytes) {
   }
   EXPECT_EQ(read_bytes(dir + "/c.idx"), megatron_index(8, 2, sizes));
   EXPECT_EQ(read_bytes(dir + "/c.bin"), bin);
-  EXPECT_FALSE(std::filesystem::exists(dir + "/c.bin.tmp"));
+  EXPECT_EQ(listing(dir), (std::set<std::string>{"c.bin", "c.idx"}));  // no temporaries
 
   IndexedDataset ds(dir + "/c");
   EXPECT_EQ(ds.dtype(), TokenDtype::uint16);
@@ -143,15 +151,21 @@ TEST(IndexedDataset, PlainTokenFile) {
 
 TEST(IndexedDataset, WriterRejectsIdsOutsideTheDtype) {
   std::string dir = scratch_dir("idx_range");
-  IndexedDatasetWriter w(dir + "/c", TokenDtype::uint16);
-  w.add_document({1, 2});
-  try {
-    w.add_document({3, 70000});
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("document 1, token 1: id 70000"), std::string::npos)
-        << e.what();
+  write_bytes(dir + "/c.bin", "an earlier dataset");
+  {
+    IndexedDatasetWriter w(dir + "/c", TokenDtype::uint16);
+    w.add_document({1, 2});
+    try {
+      w.add_document({3, 70000});
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("document 1, token 1: id 70000"), std::string::npos)
+          << e.what();
+    }
   }
+  // The failed writer removed its temporaries and nothing else.
+  EXPECT_EQ(listing(dir), (std::set<std::string>{"c.bin"}));
+  EXPECT_EQ(read_bytes(dir + "/c.bin"), "an earlier dataset");
 }
 
 // ---------------------------------------------------------------------------

@@ -74,6 +74,12 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                             const CheckpointState& state, const float* params,
                             const float* exp_avg, const float* exp_avg_sq);
 
+// A directory save_checkpoint may write into: new, empty, or already
+// holding mtc checkpoints (`latest` or a step_NNNNNN directory). Anything
+// else is someone else's directory, which a save would write into and
+// whose `latest` it would replace: Error naming one of its entries.
+void check_checkpoint_dir(const std::string& dir);
+
 // True if `path` holds `latest` or state.json (resolve_checkpoint may still
 // find it broken).
 bool checkpoint_exists(const std::string& path);
