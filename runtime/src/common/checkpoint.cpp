@@ -383,7 +383,7 @@ std::string resolve_checkpoint(const std::string& path) {
     std::string name = read_file((p / "latest").string());
     while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' '))
       name.pop_back();
-    if (name.empty() || name.find('/') != std::string::npos)
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
       throw Error((p / "latest").string() + ": expected a step directory name like "
                   "step_000100, got \"" + name + "\"");
     fs::path step = p / name;

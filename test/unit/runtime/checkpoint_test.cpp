@@ -262,6 +262,20 @@ TEST(Checkpoint, StateJsonErrorsNameFileAndField) {
                {path + " at byte 72", "JSON nested deeper than 64 levels"});
 }
 
+// `latest` names a directory inside the root, never outside it.
+TEST(Checkpoint, LatestStaysInsideTheRoot) {
+  std::string dir = scratch_dir("ckpt_latest");
+  ProgramDesc p = testing::tiny::program();
+  auto params = random_floats(p.num_param_elems, 1);
+  save_checkpoint(dir, p, some_state(2), params.data(), nullptr, nullptr);  // a parent with state
+  save_checkpoint(dir + "/ck", p, some_state(1), params.data(), nullptr, nullptr);
+  for (const char* name : {"..", ".", "../ck/step_000001", ""}) {
+    write_bytes(dir + "/ck/latest", std::string(name) + "\n");
+    expect_error([&] { resolve_checkpoint(dir + "/ck"); },
+                 {"ck/latest: expected a step directory name like step_000100"});
+  }
+}
+
 // A save writes only where it may: never into someone else's non-empty
 // directory, never over a step directory it did not write, and a failed
 // save leaves no temporary directory behind.
