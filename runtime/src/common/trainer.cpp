@@ -8,9 +8,11 @@
 //      program's GridComm (state.comm): the same one for the host backend,
 //      else one over the backend's own communicators (NCCL on CUDA), built
 //      alongside the World (grid_comm.h: ProgramComms);
-//   2. open and validate the data, build the split, find and validate the
-//      checkpoint to resume from (names, shapes, dtypes), check the lr
-//      schedule; print the plan summary;
+//   2. find and validate the checkpoint to resume from (names, shapes,
+//      dtypes) and the --save directory (checkpoint.h); take the lr
+//      schedule from the checkpoint (refusing a conflicting one) or the
+//      flags, check it and the sample count's range; open and validate the
+//      data, build the split; print the plan summary;
 //   3. create the program's context (ProgramDesc::create_context, CUDA);
 //      check that the plan fits in the backend's free memory (when the
 //      backend knows it); allocate params, grads, AdamW moments, the compute
@@ -20,7 +22,7 @@
 //   4. per step s = start+1 .. steps:
 //        grads = 0
 //        for microbatch i: fetch batch (Megatron order, loader.h) on the
-//          host; check its ids (backends other than the host's); upload;
+//          host, every id checked against the vocabulary; upload;
 //          state.step = s, state.microbatch = i;
 //          loss_i = forward_backward(state, tokens_i, targets_i)
 //        loss = mean_i loss_i (and the mean over the data-parallel ranks)
