@@ -236,7 +236,10 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
   schedule_.warmup_steps = t_.warmup_steps;
   schedule_.decay_steps = t_.decay_steps > 0 ? t_.decay_steps : o_.steps;
   schedule_.decay = t_.decay;
-  if (resuming_ && resume_state_.has_schedule && !o_.override_lr_schedule) resume_schedule();
+  // (A --dump-grads run takes no optimizer step: its schedule is unused.)
+  if (resuming_ && resume_state_.has_schedule && !o_.override_lr_schedule &&
+      o_.dump_grads.empty())
+    resume_schedule();
   if (std::string why = check_lr_schedule(schedule_); !why.empty())
     throw Error("learning-rate schedule: " + why +
                 (t_.decay_steps > 0 ? " (the program's decay_steps)"
@@ -326,9 +329,10 @@ void Trainer::print_plan() const {
 }
 
 // `failure`: this rank's error finding or checking the checkpoint, or
-// checking the --save directory ("" if none). Several ranks must resume from the same checkpoint step (or all
-// start fresh): a rank that sees another directory (no shared filesystem)
-// would train a different model in lockstep with the others.
+// checking the --save directory ("" if none). Several ranks must resume
+// from the same checkpoint step (or all start fresh): a rank that sees
+// another directory (no shared filesystem) would train a different model
+// in lockstep with the others.
 void Trainer::agree_on_resume(const std::string& failure) {
   if (world_ == nullptr) {
     if (!failure.empty()) throw Error(failure);
