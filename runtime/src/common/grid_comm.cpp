@@ -363,15 +363,15 @@ RunComms start_run_comms(const ProgramDesc& p) {
   const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
   if (grid.world_size() == 1) {
     // The launch environment is checked as for several ranks (a malformed
-    // RANK or WORLD_SIZE is refused, naming the variable), then must say 1.
+    // value is refused, naming the variable); an explicit WORLD_SIZE must
+    // then say 1. Slurm's task count alone is not refused: a batch script
+    // may run one process in an allocation of several tasks.
     const LaunchEnv env = read_launch_env();
-    if (env.world_size > 1) {
-      const std::string size_var = env.source.substr(env.source.find('/') + 1);
-      throw Error("the program was compiled for 1 rank but " + size_var + " is " +
+    if (env.world_size > 1 && env.source == "RANK/WORLD_SIZE")
+      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " +
                   std::to_string(env.world_size) +
                   ": run it as one process, or compile it for a grid of " +
                   std::to_string(env.world_size) + " ranks");
-    }
     return c;
   }
   const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";

@@ -544,7 +544,19 @@ TEST_F(Trainer, MalformedRankOrWorldSizeIsRefused) {
     EXPECT_EQ(rc, 1);
     EXPECT_NE(err.find("RANK is not set but WORLD_SIZE is"), std::string::npos) << err;
   }
-  ScopedEnv rank("RANK", "0"), size("WORLD_SIZE", "1");
+  {
+    ScopedEnv rank("RANK", "0"), size("WORLD_SIZE", "1");
+    EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "4"}).first, 0);
+  }
+  // Slurm's variables are read (and checked) when RANK is unset; its task
+  // count alone does not make a one-rank program refuse to run.
+  {
+    ScopedEnv id("SLURM_PROCID", "0"), tasks("SLURM_NTASKS", "four");
+    auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "4"});
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("SLURM_NTASKS='four' is not an integer"), std::string::npos) << err;
+  }
+  ScopedEnv id("SLURM_PROCID", "0"), tasks("SLURM_NTASKS", "4");
   EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "4"}).first, 0);
 }
 
