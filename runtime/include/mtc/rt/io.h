@@ -9,11 +9,11 @@
 // - `MappedFile` is a read-only mmap of a whole file (empty files map to an
 //   empty span).
 // - `OutputFile` is how every runtime writer (checkpoints, --dump-grads,
-//   metrics, datasets) puts a file at a path the user named, and
-//   `write_file_atomic` its one-call form. A writer never removes or
-//   replaces what it did not write:
-//     a new path or a regular file: written to a temporary "<path>.tmp.XXXXXX"
-//       next to it, created exclusively (never a file someone else made),
+//   the metrics rewrite, datasets, MTC_PROFILE) puts a file at a path the
+//   user named, and `write_file_atomic` its one-call form. A writer never
+//   removes or replaces what it did not write:
+//     a new path or a regular file: written to a temporary
+//       "<path>.tmp.<pid>.<n>" next to it, created exclusively (never a file someone else made),
 //       fsync'd and renamed over the path by commit(), so readers see the
 //       old file or the complete new one; an uncommitted temporary is
 //       removed, and nothing else is;
@@ -22,7 +22,6 @@
 //     a FIFO, character device or socket (/dev/null, /dev/stdout, a pipe):
 //       written through in place, nothing renamed over it;
 //     a directory or any other kind: refused with an Error naming the path.
-//
 // - `check_json_depth` bounds the nesting of JSON before it is parsed.
 //
 // Assumes a POSIX system and a little-endian host (checked at compile time
