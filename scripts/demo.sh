@@ -27,8 +27,11 @@ fi
 echo "== compiling examples/tiny-gpt.json for the $TARGET target"
 "$BIN/mtc" compile examples/tiny-gpt.json --target "$TARGET" -o out/tiny-gpt
 
+# Checkpoints and metrics live beside the program, not in it: a compile
+# replaces only a directory that holds nothing but its own outputs.
 echo "== training"
 STEPS=()
 [ -n "${MTC_DEMO_STEPS:-}" ] && STEPS=(--steps "$MTC_DEMO_STEPS")
+mkdir -p out/tiny-gpt-run
 out/tiny-gpt/train --data data/fortunes "${STEPS[@]}" --log-interval 10 \
-  --eval-interval 100 --save out/tiny-gpt/checkpoints --metrics out/tiny-gpt/metrics.jsonl
+  --eval-interval 100 --save out/tiny-gpt-run/checkpoints --metrics out/tiny-gpt-run/metrics.jsonl

@@ -159,6 +159,7 @@ void split_documents(const std::string& path, const std::string& text,
     } else if (o.split == "jsonl") {
       if (line.find_first_not_of(" \t") != std::string_view::npos) {
         nlohmann::json j;
+        mtc::rt::check_json_depth(line, path + ":" + std::to_string(lineno));
         try {
           j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::parse_error& e) {

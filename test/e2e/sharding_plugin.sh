@@ -16,9 +16,9 @@ PLUGIN="$W/build/ShardMlpOnly.so"
 "$MTC" compile "$MTC_SRC/examples/tiny-gpt.json" --tp 2 --pass-plugin "$PLUGIN" \
   --sharding-passes=example-shard-mlp-only --emit=train > "$W/train.mlir"
 split=$(grep 'mtc.shard = ' "$W/train.mlir" | grep -o 'mtc.param "[^"]*"' | sort -u)
-echo "$split" | grep -q '"layers.0.mlp.fc1.weight"' || { echo "FAIL: fc1 not split"; exit 1; }
-echo "$split" | grep -q '"layers.3.mlp.fc2.weight"' || { echo "FAIL: fc2 not split"; exit 1; }
-if echo "$split" | grep -qE 'attn|embedding'; then echo "FAIL: attention or embedding split: $split"; exit 1; fi
+grep -q '"layers.0.mlp.fc1.weight"' <<< "$split" || { echo "FAIL: fc1 not split"; exit 1; }
+grep -q '"layers.3.mlp.fc2.weight"' <<< "$split" || { echo "FAIL: fc2 not split"; exit 1; }
+if grep -qE 'attn|embedding' <<< "$split"; then echo "FAIL: attention or embedding split: $split"; exit 1; fi
 n=$(sed -n '/func.func @forward/,/^  }/p' "$W/train.mlir" | grep -c "shard.all_reduce")
 [ "$n" = 4 ] || { echo "FAIL: $n all_reduces in @forward, expected 4 (one per layer)"; exit 1; }
 

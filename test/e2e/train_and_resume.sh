@@ -22,7 +22,7 @@ T="$W/prog/train"
 losses() { grep -o '"loss":[^,}]*' "$1" | cut -d: -f2; }
 
 "$T" --data "$W/data" --steps 60 --metrics "$W/m60.jsonl" --log-interval 20 > "$W/t60.log"
-first=$(losses "$W/m60.jsonl" | head -5 | awk '{s+=$1} END {print s/NR}')
+first=$(losses "$W/m60.jsonl" | awk 'NR <= 5 {s += $1; n++} END {print s/n}')
 last=$(losses "$W/m60.jsonl" | tail -5 | awk '{s+=$1} END {print s/NR}')
 echo "loss: first 5 steps $first, last 5 steps $last"
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 0.5)}' || { echo "FAIL: loss did not fall"; exit 1; }

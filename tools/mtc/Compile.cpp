@@ -13,7 +13,9 @@
 //     spec (spec.json: every default filled in); then build the
 //     binary `train` with CMake. Files are written to a temporary directory
 //     that is renamed into place only when everything was emitted, so a
-//     failed compile never leaves a half-written output.
+//     failed compile never leaves a half-written output. An existing DIR is
+//     replaced only if it is a previous output (it holds nothing but the
+//     files above); anything else is refused, never emptied.
 //
 //===----------------------------------------------------------------------===//
 #include "Compile.h"
@@ -31,6 +33,10 @@
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <iterator>
 
 using namespace mlir;
 
@@ -51,6 +57,35 @@ bool writeFile(llvm::StringRef path, llvm::StringRef contents) {
   }
   os << contents;
   return true;
+}
+
+/// What `mtc compile -o DIR` writes into DIR (and DIR.partial): a previous
+/// output holds only these, so replacing it loses nothing of anyone else's.
+const char *const kOutputNames[] = {"program.cpp", "CMakeLists.txt", "train.mlir",
+                                    "plan.txt",    "plan.json",      "spec.json",
+                                    "build",       "build.log",      "train"};
+
+/// "" if `dir` does not exist or is a directory (not a link) holding only
+/// kOutputNames; else why it is someone else's and must not be replaced.
+std::string foreignOutput(const std::string &dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dir, ec);
+  if (st.type() == fs::file_type::not_found)
+    return "";
+  if (st.type() == fs::file_type::symlink)
+    return "is a symbolic link";
+  if (st.type() != fs::file_type::directory)
+    return "exists and is not a directory";
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (std::find(std::begin(kOutputNames), std::end(kOutputNames), name) ==
+        std::end(kOutputNames))
+      return "holds '" + name + "', which mtc compile does not write";
+  }
+  if (ec)
+    return "cannot be listed (" + ec.message() + ")";
+  return "";
 }
 
 std::string printModule(ModuleOp module) {
@@ -227,6 +262,13 @@ int mtc::runCompile(const CompileOptions &opts) {
   llvm::SmallString<256> outDir(opts.outputDir);
   llvm::sys::fs::make_absolute(outDir);
   std::string tmpDir = (outDir + ".partial").str();
+  // Only a previous output (or a leftover .partial) is replaced, never a
+  // directory of other files, a link, or `-o .` in a source tree.
+  for (const std::string &dir : {std::string(outDir), tmpDir})
+    if (std::string why = foreignOutput(dir); !why.empty())
+      return fail("-o " + opts.outputDir + ": '" + dir + "' " + why +
+                  "; refusing to replace it (give a new or empty directory, or "
+                  "a previous mtc compile output)");
   llvm::sys::fs::remove_directories(tmpDir);
   if (std::error_code ec = llvm::sys::fs::create_directories(tmpDir))
     return fail("cannot create '" + tmpDir + "': " + ec.message());

@@ -103,52 +103,162 @@ void check_tensors(const SafetensorsReader& file, const Expected& expected) {
   throw Error(msg);
 }
 
-template <typename T>
-T get_field(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key)) throw Error(path + ": missing field \"" + key + "\"");
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    throw Error(path + ": field \"" + key + "\" has the wrong type: " +
-                j.at(key).dump());
+// state.json's fields, each read with its type and range checked; errors
+// name the file and the field ("data.seq_length").
+class StateReader {
+ public:
+  StateReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {}
+
+  const json* find(const std::string& field) const {
+    const json* at = &j_;
+    size_t begin = 0;
+    while (true) {
+      size_t dot = field.find('.', begin);
+      std::string key = field.substr(begin, dot - begin);
+      if (!at->is_object())
+        throw Error(path_ + ": field \"" + field.substr(0, begin - 1) + "\" must be an object, got " +
+                    at->dump());
+      auto it = at->find(key);
+      if (it == at->end()) return nullptr;
+      at = &*it;
+      if (dot == std::string::npos) return at;
+      begin = dot + 1;
+    }
   }
-}
+  const json& need(const std::string& field) const {
+    const json* v = find(field);
+    if (v == nullptr) throw Error(path_ + ": missing field \"" + field + "\"");
+    return *v;
+  }
+  [[noreturn]] void bad(const std::string& field, const json& v, const std::string& want) const {
+    throw Error(path_ + ": field \"" + field + "\" must be " + want + ", got " + v.dump());
+  }
+  int64_t integer(const std::string& field, int64_t min, int64_t fallback, bool required) const {
+    const json* v = required ? &need(field) : find(field);
+    if (v == nullptr) return fallback;
+    if (!v->is_number_integer() || (v->is_number_unsigned() && v->get<uint64_t>() > INT64_MAX) ||
+        v->get<int64_t>() < min)
+      bad(field, *v, "an integer >= " + std::to_string(min));
+    return v->get<int64_t>();
+  }
+  uint64_t unsigned_integer(const std::string& field) const {
+    const json& v = need(field);
+    if (!v.is_number_unsigned()) bad(field, v, "a non-negative integer");
+    return v.get<uint64_t>();
+  }
+  double number(const std::string& field) const {
+    const json& v = need(field);
+    if (!v.is_number()) bad(field, v, "a number");
+    return v.get<double>();
+  }
+  bool boolean(const std::string& field) const {
+    const json& v = need(field);
+    if (!v.is_boolean()) bad(field, v, "true or false");
+    return v.get<bool>();
+  }
+  std::string string(const std::string& field, bool required) const {
+    const json* v = required ? &need(field) : find(field);
+    if (v == nullptr) return "";
+    if (!v->is_string()) bad(field, *v, "a string");
+    return v->get<std::string>();
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  const json& j_;
+  std::string path_;
+};
 
 CheckpointState read_state(const std::string& step_dir) {
   std::string path = step_dir + "/state.json";
+  const std::string text = read_file(path);
+  check_json_depth(text, path);
   json j;
   try {
-    j = json::parse(read_file(path));
+    j = json::parse(text);
   } catch (const json::parse_error& e) {
     throw Error(path + ": invalid JSON at byte " + std::to_string(e.byte));
   }
-  if (!j.is_object() || j.value("format", std::string()) != "mtc-checkpoint")
+  if (!j.is_object()) throw Error(path + ": not an mtc checkpoint state (a JSON object)");
+  const StateReader r(j, path);
+  if (r.string("format", false) != "mtc-checkpoint")
     throw Error(path + ": not an mtc checkpoint state (\"format\" must be "
                 "\"mtc-checkpoint\")");
-  auto version = get_field<int64_t>(j, "format_version", path);
+  auto version = r.integer("format_version", INT64_MIN, 0, true);
   if (version != kCheckpointFormatVersion)
     throw Error(path + ": format_version " + std::to_string(version) +
                 " is not supported (this runtime reads version " +
                 std::to_string(kCheckpointFormatVersion) + ")");
   CheckpointState s;
-  s.step = get_field<int64_t>(j, "step", path);
-  s.consumed_samples = get_field<int64_t>(j, "consumed_samples", path);
-  s.seed = get_field<uint64_t>(j, "seed", path);
-  s.has_optimizer = get_field<bool>(j, "has_optimizer", path);
-  if (s.step < 0 || s.consumed_samples < 0)
-    throw Error(path + ": step and consumed_samples must be >= 0");
-  if (j.contains("data") && j["data"].is_object()) {
-    const json& d = j["data"];
-    s.data = d.value("path", std::string());
-    s.split = d.value("split", std::string());
-    s.epoch = d.value("epoch", int64_t{0});
-    s.epoch_index = d.value("index", int64_t{0});
-    s.seq_length = d.value("seq_length", int64_t{0});
-    s.global_batch = d.value("global_batch", int64_t{0});
+  s.step = r.integer("step", 0, 0, true);
+  s.consumed_samples = r.integer("consumed_samples", 0, 0, true);
+  s.seed = r.unsigned_integer("seed");
+  s.has_optimizer = r.boolean("has_optimizer");
+  s.data = r.string("data.path", false);
+  s.split = r.string("data.split", false);
+  s.epoch = r.integer("data.epoch", 0, 0, false);
+  s.epoch_index = r.integer("data.index", 0, 0, false);
+  s.seq_length = r.integer("data.seq_length", 0, 0, false);
+  s.global_batch = r.integer("data.global_batch", 0, 0, false);
+  s.train_steps = r.integer("train_steps", 0, 0, false);
+  s.decay_steps = r.integer("decay_steps", 0, 0, false);
+  // Checkpoints written before the schedule was stored have none.
+  if (r.find("schedule") != nullptr) {
+    LrSchedule& l = s.schedule;
+    l.lr = r.number("schedule.lr");
+    l.min_lr = r.number("schedule.min_lr");
+    l.warmup_steps = r.integer("schedule.warmup_steps", 0, 0, true);
+    l.decay_steps = r.integer("schedule.decay_steps", 0, 0, true);
+    const std::string decay = r.string("schedule.decay", true);
+    if (!parse_lr_decay(decay, &l.decay))
+      r.bad("schedule.decay", r.need("schedule.decay"), "\"constant\", \"linear\" or \"cosine\"");
+    if (std::string why = check_lr_schedule(l); !why.empty())
+      throw Error(path + ": field \"schedule\": " + why);
+    s.has_schedule = true;
   }
-  s.train_steps = j.value("train_steps", int64_t{0});
-  s.decay_steps = j.value("decay_steps", int64_t{0});
   return s;
+}
+
+json state_json(const ProgramDesc& program, const CheckpointState& s, bool has_opt) {
+  const LrSchedule& l = s.schedule;
+  json j = {{"format", "mtc-checkpoint"},
+            {"format_version", kCheckpointFormatVersion},
+            {"step", s.step},
+            {"consumed_samples", s.consumed_samples},
+            {"seed", s.seed},
+            {"has_optimizer", has_opt},
+            {"train_steps", s.train_steps},
+            {"decay_steps", s.decay_steps},
+            {"data", {{"path", s.data},
+                      {"split", s.split},
+                      {"epoch", s.epoch},
+                      {"index", s.epoch_index},
+                      {"seq_length", s.seq_length},
+                      {"global_batch", s.global_batch}}},
+            {"config", config_summary(program)}};
+  if (s.has_schedule)
+    j["schedule"] = {{"lr", l.lr},
+                     {"min_lr", l.min_lr},
+                     {"warmup_steps", l.warmup_steps},
+                     {"decay_steps", l.decay_steps},
+                     {"decay", lr_decay_name(l.decay)}};
+  return j;
+}
+
+// An existing DIR/step_NNNNNN that a save replaces must be one a save
+// wrote: a directory (not a link) holding only checkpoint files.
+void check_replaceable_step(const fs::path& step) {
+  std::error_code ec;
+  if (!fs::is_directory(fs::symlink_status(step, ec)))
+    throw Error(step.string() + ": exists and is not a checkpoint step directory (a link or a "
+                "file): refusing to replace it");
+  for (const fs::directory_entry& e : fs::directory_iterator(step, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name != "model.safetensors" && name != "optimizer.safetensors" && name != "state.json")
+      throw Error(step.string() + ": holds \"" + name + "\", which a checkpoint does not: "
+                  "refusing to replace it");
+  }
+  if (ec) throw Error(step.string() + ": cannot list (" + ec.message() + ")");
 }
 
 std::vector<TensorRef> refs(const ProgramDesc& p, const float* base,
@@ -177,61 +287,87 @@ std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                   shape_string(d.shape) + ": pass the global layout (global_layout, "
                   "trainer.h) with the gathered tensors");
   const std::string name = checkpoint_step_name(state.step);
-  const std::string pid = std::to_string(::getpid());
-  const fs::path root(dir), final_dir = root / name,
-      tmp = root / ("." + name + ".tmp." + pid),
-      old = root / ("." + name + ".old." + pid);
+  const fs::path root(dir), final_dir = root / name;
+  check_checkpoint_dir(dir);
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) throw Error(dir + ": cannot create the checkpoint directory (" + ec.message() + ")");
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec) || ec)
-    throw Error(tmp.string() + ": cannot create (" + ec.message() + ")");
-
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"},
-      {"mtc.model", program.model_name},
-      {"mtc.step", std::to_string(state.step)}};
-  write_safetensors((tmp / "model.safetensors").string(),
-                    refs(program, params, ""), meta);
-  bool has_opt = exp_avg != nullptr && exp_avg_sq != nullptr;
-  if (has_opt) {
-    std::vector<TensorRef> t;
-    for (const ParamDesc& d : program.params) {
-      t.push_back({d.name + ".exp_avg", d.shape, exp_avg + d.offset, "F32"});
-      t.push_back({d.name + ".exp_avg_sq", d.shape, exp_avg_sq + d.offset, "F32"});
+  // A fresh temporary step directory: never one that already exists.
+  fs::path tmp;
+  for (int i = 0; tmp.empty(); ++i) {
+    fs::path p = root / ("." + name + ".tmp." + std::to_string(::getpid()) +
+                         (i > 0 ? "." + std::to_string(i) : ""));
+    if (fs::create_directory(p, ec)) tmp = p;
+    else if (ec || i == 100)
+      throw Error(p.string() + ": cannot create (" +
+                  (ec ? ec.message() : std::string("exists")) + ")");
+  }
+  const fs::path old = tmp.string() + ".old";
+  // Everything up to the rename into place writes only inside `tmp`, which
+  // is removed again on any failure.
+  try {
+    std::map<std::string, std::string> meta = {
+        {"format", "pt"},
+        {"mtc.model", program.model_name},
+        {"mtc.step", std::to_string(state.step)}};
+    write_safetensors((tmp / "model.safetensors").string(),
+                      refs(program, params, ""), meta);
+    bool has_opt = exp_avg != nullptr && exp_avg_sq != nullptr;
+    if (has_opt) {
+      std::vector<TensorRef> t;
+      for (const ParamDesc& d : program.params) {
+        t.push_back({d.name + ".exp_avg", d.shape, exp_avg + d.offset, "F32"});
+        t.push_back({d.name + ".exp_avg_sq", d.shape, exp_avg_sq + d.offset, "F32"});
+      }
+      write_safetensors((tmp / "optimizer.safetensors").string(), t, meta);
     }
-    write_safetensors((tmp / "optimizer.safetensors").string(), t, meta);
-  }
-  json j = {{"format", "mtc-checkpoint"},
-            {"format_version", kCheckpointFormatVersion},
-            {"step", state.step},
-            {"consumed_samples", state.consumed_samples},
-            {"seed", state.seed},
-            {"has_optimizer", has_opt},
-            {"train_steps", state.train_steps},
-            {"decay_steps", state.decay_steps},
-            {"data", {{"path", state.data},
-                      {"split", state.split},
-                      {"epoch", state.epoch},
-                      {"index", state.epoch_index},
-                      {"seq_length", state.seq_length},
-                      {"global_batch", state.global_batch}}},
-            {"config", config_summary(program)}};
-  write_file_atomic((tmp / "state.json").string(), j.dump(2) + "\n");
-  fsync_path(tmp.string());
+    write_file_atomic((tmp / "state.json").string(),
+                      state_json(program, state, has_opt).dump(2) + "\n");
+    fsync_path(tmp.string());
 
-  if (fs::exists(final_dir)) {
-    fs::rename(final_dir, old, ec);
-    if (ec) throw Error(final_dir.string() + ": cannot move the previous checkpoint aside (" + ec.message() + ")");
+    bool moved_aside = false;
+    if (fs::exists(fs::symlink_status(final_dir, ec))) {
+      check_replaceable_step(final_dir);
+      fs::rename(final_dir, old, ec);
+      if (ec) throw Error(final_dir.string() + ": cannot move the previous checkpoint aside (" + ec.message() + ")");
+      moved_aside = true;
+    }
+    fs::rename(tmp, final_dir, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      if (moved_aside) fs::rename(old, final_dir, ec);
+      throw Error(final_dir.string() + ": cannot rename " + tmp.string() + " into place (" + why + ")");
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
   }
-  fs::rename(tmp, final_dir, ec);
-  if (ec) throw Error(final_dir.string() + ": cannot rename " + tmp.string() + " into place (" + ec.message() + ")");
   fsync_path(root.string());
   write_file_atomic((root / "latest").string(), name + "\n");
   fsync_path(root.string());
   fs::remove_all(old, ec);
   return final_dir.string();
+}
+
+void check_checkpoint_dir(const std::string& dir) {
+  const fs::path root(dir);
+  std::error_code ec;
+  const fs::file_status st = fs::status(root, ec);
+  if (st.type() == fs::file_type::not_found) return;
+  if (st.type() != fs::file_type::directory)
+    throw Error(root.string() + ": exists and is not a directory; give a directory for "
+                "checkpoints");
+  std::string foreign;
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name == "latest" || (name.rfind("step_", 0) == 0 && e.is_directory(ec))) return;
+    if (foreign.empty()) foreign = name;
+  }
+  if (ec) throw Error(root.string() + ": cannot list (" + ec.message() + ")");
+  if (!foreign.empty())
+    throw Error(root.string() + ": not empty and not an mtc checkpoint directory (it holds \"" +
+                foreign + "\" but no latest or step_NNNNNN): refusing to write checkpoints "
+                "into it; give a new or empty directory");
 }
 
 bool checkpoint_exists(const std::string& path) {
@@ -247,7 +383,7 @@ std::string resolve_checkpoint(const std::string& path) {
     std::string name = read_file((p / "latest").string());
     while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' '))
       name.pop_back();
-    if (name.empty() || name.find('/') != std::string::npos)
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
       throw Error((p / "latest").string() + ": expected a step directory name like "
                   "step_000100, got \"" + name + "\"");
     fs::path step = p / name;

@@ -12,6 +12,7 @@
 
 #include "mtc/rt/comm.h"
 #include "mtc/rt/io.h"
+#include "mtc/rt/launch.h"
 #include "mtc/rt/trainer.h"
 
 namespace mtc::rt {
@@ -361,12 +362,16 @@ RunComms start_run_comms(const ProgramDesc& p) {
   RunComms c;
   const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
   if (grid.world_size() == 1) {
-    const char* ws = std::getenv("WORLD_SIZE");
-    char* end = nullptr;
-    const long long n = ws != nullptr ? std::strtoll(ws, &end, 10) : 1;
-    if (ws != nullptr && *ws != '\0' && *end == '\0' && n > 1)
-      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " + std::string(ws) +
-                  ": run it as one process, or compile it for a grid of " + ws + " ranks");
+    // The launch environment is checked as for several ranks (a malformed
+    // value is refused, naming the variable); an explicit WORLD_SIZE must
+    // then say 1. Slurm's task count alone is not refused: a batch script
+    // may run one process in an allocation of several tasks.
+    const LaunchEnv env = read_launch_env();
+    if (env.world_size > 1 && env.source == "RANK/WORLD_SIZE")
+      throw Error("the program was compiled for 1 rank but WORLD_SIZE is " +
+                  std::to_string(env.world_size) +
+                  ": run it as one process, or compile it for a grid of " +
+                  std::to_string(env.world_size) + " ranks");
     return c;
   }
   const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";

@@ -2,11 +2,9 @@
 // and validation rules: mtc/rt/data.h.
 #include "mtc/rt/data.h"
 
+#include <algorithm>
 #include <cassert>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <unistd.h>
 
 namespace mtc::rt {
 
@@ -26,13 +24,18 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// out[i] = the i-th T at src; returns the index of the first value that
+// does not fit int32 (then stops), or -1.
 template <typename T>
-void convert(const uint8_t* src, int64_t count, int32_t* out) {
+int64_t convert(const uint8_t* src, int64_t count, int32_t* out) {
   for (int64_t i = 0; i < count; ++i) {
     T v;
     std::memcpy(&v, src + i * sizeof(T), sizeof(T));
+    if constexpr (sizeof(T) > sizeof(int32_t))
+      if (v < INT32_MIN || v > INT32_MAX) return i;
     out[i] = static_cast<int32_t>(v);
   }
+  return -1;
 }
 
 }  // namespace
@@ -133,7 +136,21 @@ IndexedDataset::IndexedDataset(const std::string& prefix)
   pointers_ = sizes_ + 4 * n;
   doc_idx_ = pointers_ + 8 * n;
 
+  // The sequences tile .bin: each starts where the previous one ended and
+  // the last ends at its end. Sizes are < 2^31 and n < 2^61, so `end`
+  // cannot overflow before it passes bsize (checked at every step).
   const uint64_t bsize = bin_.size();
+  uint64_t tokens = 0;
+  for (int64_t i = 0; i < num_sequences_; ++i)
+    tokens += static_cast<uint64_t>(std::max(load_i32_le(sizes_ + 4 * i), 0));
+  // What the sizes imply, for the messages below.
+  const std::string hint =
+      (tokens > 0 && bsize % tokens == 0 && bsize / tokens != static_cast<uint64_t>(itemsize)
+           ? "; " + std::to_string(bsize) + " bytes for the index's " + std::to_string(tokens) +
+                 " tokens would be " + std::to_string(bsize / tokens) + " bytes per token"
+           : std::string()) +
+      " (the dtype byte at 17 changed, a truncated .bin, or an index of another .bin?)";
+  uint64_t end = 0;
   for (int64_t i = 0; i < num_sequences_; ++i) {
     int32_t len = load_i32_le(sizes_ + 4 * i);
     uint64_t len_at = kIndexHeaderBytes + 4 * i;
@@ -142,19 +159,21 @@ IndexedDataset::IndexedDataset(const std::string& prefix)
                   " has negative size " + std::to_string(len));
     int64_t ptr = load_i64_le(pointers_ + 8 * i);
     uint64_t ptr_at = kIndexHeaderBytes + 4 * n + 8 * i;
-    if (ptr < 0 || ptr % itemsize != 0)
-      throw Error(at(ipath, ptr_at) + ": sequence " + std::to_string(i) +
-                  " has pointer " + std::to_string(ptr) +
-                  ", not a non-negative multiple of the " +
-                  token_dtype_name(dtype_) + " size");
-    uint64_t end = static_cast<uint64_t>(ptr) + static_cast<uint64_t>(len) * itemsize;
+    if (ptr < 0 || static_cast<uint64_t>(ptr) != end)
+      throw Error(at(ipath, ptr_at) + ": sequence " + std::to_string(i) + " has pointer " +
+                  std::to_string(ptr) + ", expected " + std::to_string(end) +
+                  " (where the previous sequence ends, at " + std::to_string(itemsize) +
+                  " bytes per " + token_dtype_name(dtype_) + " token)" + hint);
+    end += static_cast<uint64_t>(len) * itemsize;
     if (end > bsize)
-      throw Error(at(ipath, ptr_at) + ": sequence " + std::to_string(i) +
-                  " spans bytes [" + std::to_string(ptr) + ", " +
-                  std::to_string(end) + ") but " + bin_.path() + " has " +
-                  std::to_string(bsize) + " bytes (sizes past the end of the"
-                  " data, or a truncated .bin)");
+      throw Error(at(ipath, len_at) + ": sequence " + std::to_string(i) + " (" +
+                  std::to_string(len) + " " + token_dtype_name(dtype_) + " tokens) ends at byte " +
+                  std::to_string(end) + " but " + bin_.path() + " has " + std::to_string(bsize) +
+                  " bytes" + hint);
   }
+  if (end != bsize)
+    throw Error(ipath + ": the sequences end at byte " + std::to_string(end) + " of " +
+                bin_.path() + ", which has " + std::to_string(bsize) + " bytes" + hint);
   int64_t prev = 0;
   for (int64_t d = 0; d < doc_idx_count_; ++d) {
     int64_t v = load_i64_le(doc_idx_ + 8 * d);
@@ -192,16 +211,27 @@ void IndexedDataset::read(int64_t doc, int64_t offset, int64_t count,
   assert(offset >= 0 && count >= 0 && offset + count <= doc_length(doc));
   const int64_t itemsize = token_dtype_size(dtype_);
   const uint8_t* src = bin_.data() + sequence_pointer(doc) + offset * itemsize;
+  int64_t bad = -1;
   switch (dtype_) {
-    case TokenDtype::uint8: convert<uint8_t>(src, count, out); break;
-    case TokenDtype::int8: convert<int8_t>(src, count, out); break;
-    case TokenDtype::int16: convert<int16_t>(src, count, out); break;
-    case TokenDtype::uint16: convert<uint16_t>(src, count, out); break;
-    case TokenDtype::int32: convert<int32_t>(src, count, out); break;
-    case TokenDtype::int64: convert<int64_t>(src, count, out); break;
+    case TokenDtype::uint8: bad = convert<uint8_t>(src, count, out); break;
+    case TokenDtype::int8: bad = convert<int8_t>(src, count, out); break;
+    case TokenDtype::int16: bad = convert<int16_t>(src, count, out); break;
+    case TokenDtype::uint16: bad = convert<uint16_t>(src, count, out); break;
+    case TokenDtype::int32: bad = convert<int32_t>(src, count, out); break;
+    case TokenDtype::int64: bad = convert<int64_t>(src, count, out); break;
     case TokenDtype::float32:
     case TokenDtype::float64: break;  // rejected when opened
   }
+  if (bad >= 0)
+    throw Error(position(doc, offset + bad) + ": token id " +
+                std::to_string(load_i64_le(src + bad * itemsize)) +
+                " does not fit int32 (mtc trains on int32 ids; no vocabulary is that large)");
+}
+
+std::string IndexedDataset::position(int64_t doc, int64_t offset) const {
+  return at(bin_.path(), static_cast<uint64_t>(sequence_pointer(doc)) +
+                             static_cast<uint64_t>(offset * token_dtype_size(dtype_))) +
+         " (sequence " + std::to_string(doc) + ", token " + std::to_string(offset) + ")";
 }
 
 // ---------------------------------------------------------------------------
@@ -222,6 +252,11 @@ void PlainTokenFile::read(int64_t doc, int64_t offset, int64_t count,
   convert<uint16_t>(file_.data() + 2 * offset, count, out);
 }
 
+std::string PlainTokenFile::position(int64_t, int64_t offset) const {
+  return at(file_.path(), static_cast<uint64_t>(2 * offset)) + " (token " +
+         std::to_string(offset) + ")";
+}
+
 std::unique_ptr<TokenSource> open_token_source(const std::string& spec) {
   if (ends_with(spec, ".tokens")) return std::make_unique<PlainTokenFile>(spec);
   if (ends_with(spec, ".bin") || ends_with(spec, ".idx"))
@@ -239,19 +274,10 @@ IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix,
     : prefix_(prefix), dtype_(dtype) {
   if (!is_token_dtype_code(static_cast<uint8_t>(dtype)))
     throw Error(prefix + ": cannot write tokens as " + token_dtype_name(dtype));
-  std::string tmp = prefix + ".bin.tmp";
-  bin_ = std::fopen(tmp.c_str(), "wb");
-  if (bin_ == nullptr)
-    throw Error(tmp + ": cannot create (" + std::strerror(errno) + ")");
+  bin_ = std::make_unique<OutputFile>(prefix + ".bin");
 }
 
-IndexedDatasetWriter::~IndexedDatasetWriter() {
-  if (bin_ != nullptr) std::fclose(bin_);
-  if (!finalized_) {
-    std::remove((prefix_ + ".bin.tmp").c_str());
-    std::remove((prefix_ + ".idx.tmp").c_str());
-  }
-}
+IndexedDatasetWriter::~IndexedDatasetWriter() = default;
 
 void IndexedDatasetWriter::add_document(const int32_t* tokens, int64_t count) {
   if (finalized_) throw Error(prefix_ + ": dataset already finalized");
@@ -279,22 +305,13 @@ void IndexedDatasetWriter::add_document(const int32_t* tokens, int64_t count) {
     for (int64_t b = 0; b < itemsize; ++b)
       buffer_[i * itemsize + b] = static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * b));
   }
-  if (count > 0 && std::fwrite(buffer_.data(), 1, buffer_.size(), bin_) != buffer_.size())
-    throw Error(prefix_ + ".bin.tmp: write failed (" + std::strerror(errno) + ")");
+  bin_->write(buffer_.data(), buffer_.size());
   sizes_.push_back(static_cast<int32_t>(count));
   num_tokens_ += count;
 }
 
 void IndexedDatasetWriter::finalize() {
   if (finalized_) return;
-  std::string bin_tmp = prefix_ + ".bin.tmp", idx_tmp = prefix_ + ".idx.tmp";
-  if (std::fflush(bin_) != 0 || ::fsync(fileno(bin_)) != 0 ||
-      std::fclose(bin_) != 0) {
-    bin_ = nullptr;
-    throw Error(bin_tmp + ": flush failed (" + std::strerror(errno) + ")");
-  }
-  bin_ = nullptr;
-
   const uint64_t n = sizes_.size();
   std::string idx;
   idx.reserve(kIndexHeaderBytes + n * 20 + 8);
@@ -318,13 +335,10 @@ void IndexedDatasetWriter::finalize() {
   }
   for (int64_t d = 0; d <= static_cast<int64_t>(n); ++d) put(&d, 8);
 
-  write_file_atomic(idx_tmp, idx);
-  if (std::rename(bin_tmp.c_str(), (prefix_ + ".bin").c_str()) != 0)
-    throw Error(prefix_ + ".bin: cannot rename into place (" +
-                std::strerror(errno) + ")");
-  if (std::rename(idx_tmp.c_str(), (prefix_ + ".idx").c_str()) != 0)
-    throw Error(prefix_ + ".idx: cannot rename into place (" +
-                std::strerror(errno) + ")");
+  OutputFile idx_file(prefix_ + ".idx");
+  idx_file.write(idx);
+  bin_->commit();
+  idx_file.commit();
   finalized_ = true;
 }
 

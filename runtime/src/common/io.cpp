@@ -1,4 +1,5 @@
-// File helpers: mmap, whole-file reads, atomic writes. See mtc/rt/io.h.
+// File helpers: mmap, whole-file reads, output files that replace only
+// what they write. See mtc/rt/io.h.
 #include "mtc/rt/io.h"
 
 #include <cerrno>
@@ -8,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -90,33 +93,132 @@ void fsync_path(const std::string& path) {
   if (rc != 0) throw Error(path + ": fsync failed (" + why + ")");
 }
 
-void write_file_atomic(const std::string& path, std::string_view bytes) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(tmp + ": cannot create (" + errno_text() + ")");
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
+namespace {
+
+// Writes all of [p, p + n) to fd; false with errno set on failure.
+bool write_all(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
       if (errno == EINTR) continue;
-      std::string why = errno_text();
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(tmp + ": write failed (" + why + ")");
+      return false;
     }
-    p += n;
-    left -= static_cast<size_t>(n);
+    p += w;
+    n -= static_cast<size_t>(w);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    throw Error(tmp + ": fsync/close failed (" + why + ")");
+  return true;
+}
+
+constexpr size_t kOutputBuffer = size_t(1) << 20;
+
+}  // namespace
+
+OutputFile::OutputFile(const std::string& path) : path_(path), target_(path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (path.empty()) throw Error("cannot write a file with an empty path");
+  // A symbolic link (or a chain of them) is replaced by nothing: its final
+  // target, which need not exist yet, is what gets written.
+  fs::path at = path;
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(at, ec)); ++hops) {
+    fs::path next = fs::read_symlink(at, ec);
+    if (ec || hops == 40)
+      throw Error(path + ": cannot resolve the symbolic link (" +
+                  (ec ? ec.message() : std::string("too many levels")) + ")");
+    at = next.is_absolute() ? next : at.parent_path() / next;
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    throw Error(path + ": cannot rename " + tmp + " into place (" + why + ")");
+  target_ = at.string();
+  const fs::file_status st = fs::status(target_, ec);
+  const std::string what = target_ == path ? path : path + " (-> " + target_ + ")";
+  switch (st.type()) {
+    case fs::file_type::not_found:
+    case fs::file_type::regular:
+      break;
+    case fs::file_type::fifo:
+    case fs::file_type::character:
+    case fs::file_type::socket:
+      fd_ = ::open(target_.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd_ < 0) throw Error(what + ": cannot open for writing (" + errno_text() + ")");
+      return;
+    case fs::file_type::directory:
+      throw Error(what + ": is a directory; give a file path to write");
+    default:
+      throw Error(what + ": exists and is neither a regular file nor a FIFO or device "
+                  "to write through; refusing to replace it");
+  }
+  static std::atomic<uint64_t> counter{0};
+  const std::string stem = target_ + ".tmp." + std::to_string(::getpid()) + ".";
+  for (int tries = 0; fd_ < 0; ++tries) {
+    tmp_ = stem + std::to_string(counter++);
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0 && (errno != EEXIST || tries == 100))
+      throw Error(tmp_ + ": cannot create (" + errno_text() + ")");
+  }
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+void OutputFile::flush() {
+  if (!write_all(fd_, buffer_.data(), buffer_.size()))
+    throw Error((tmp_.empty() ? path_ : tmp_) + ": write failed (" + errno_text() + ")");
+  buffer_.clear();
+}
+
+void OutputFile::write(const void* data, size_t bytes) {
+  if (fd_ < 0) throw Error(path_ + ": write after commit");
+  if (bytes == 0) return;
+  if (buffer_.size() + bytes > kOutputBuffer) flush();
+  if (bytes >= kOutputBuffer) {
+    if (!write_all(fd_, static_cast<const char*>(data), bytes))
+      throw Error((tmp_.empty() ? path_ : tmp_) + ": write failed (" + errno_text() + ")");
+    return;
+  }
+  buffer_.append(static_cast<const char*>(data), bytes);
+}
+
+void OutputFile::commit() {
+  if (fd_ < 0) throw Error(path_ + ": committed twice");
+  flush();
+  const int fd = fd_;
+  fd_ = -1;
+  if (tmp_.empty()) {  // written through: nothing to sync or rename
+    if (::close(fd) != 0) throw Error(path_ + ": close failed (" + errno_text() + ")");
+    committed_ = true;
+    return;
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    throw Error(tmp_ + ": fsync/close failed (" + errno_text() + ")");
+  if (::rename(tmp_.c_str(), target_.c_str()) != 0)
+    throw Error(path_ + ": cannot rename " + tmp_ + " into place (" + errno_text() + ")");
+  committed_ = true;
+}
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  OutputFile out(path);
+  out.write(bytes);
+  out.commit();
+}
+
+void check_json_depth(std::string_view text, const std::string& where, uint64_t byte_base) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;  // the escaped character cannot end the string
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        throw Error(where + " at byte " + std::to_string(byte_base + i) +
+                    ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
   }
 }
 

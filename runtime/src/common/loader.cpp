@@ -74,9 +74,9 @@ std::vector<DocRange> split_source(const TokenSource& source,
 
 GptSamples::GptSamples(const TokenSource& source, const DocRange& range,
                        int64_t seq_length, uint64_t seed, uint64_t split_id,
-                       const std::string& what)
+                       const std::string& what, int64_t vocab_size)
     : source_(source), range_(range), seq_length_(seq_length), seed_(seed),
-      split_id_(split_id) {
+      split_id_(split_id), vocab_size_(vocab_size) {
   assert(seq_length >= 1);
   for (int64_t i = 0; i < num_docs(); ++i) num_tokens_ += doc_len(i);
   if (num_tokens_ < seq_length + 1)
@@ -130,6 +130,11 @@ void GptSamples::sample(int64_t k, int32_t* out) {
     int64_t within = pos - stream_start_[slot];
     int64_t take = std::min(left, doc_len(doc) - within);
     source_.read(range_.doc_begin + doc, doc_start(doc) + within, take, out);
+    for (int64_t i = 0; i < take && vocab_size_ > 0; ++i)
+      if (out[i] < 0 || out[i] >= vocab_size_)
+        throw Error(source_.position(range_.doc_begin + doc, doc_start(doc) + within + i) +
+                    ": token id " + std::to_string(out[i]) + " is outside the vocabulary [0, " +
+                    std::to_string(vocab_size_) + ") of the program");
     out += take;
     left -= take;
     pos += take;
@@ -144,8 +149,15 @@ void fill_rows(GptSamples& samples, const BatchLayout& layout, int64_t base,
   const int64_t s = layout.seq_length;
   assert(s == samples.seq_length());
   std::vector<int32_t> row(static_cast<size_t>(s + 1));
-  const int64_t first = base + mb * layout.micro_batch * layout.dp_size +
-                        layout.dp_rank * layout.micro_batch;
+  // first = base + (mb * dp_size + dp_rank) * micro_batch; the last row's
+  // index first + micro_batch - 1 must fit int64.
+  int64_t first = 0, last = 0;
+  if (base < 0 ||
+      __builtin_mul_overflow(mb * layout.dp_size + layout.dp_rank, layout.micro_batch, &first) ||
+      __builtin_add_overflow(base, first, &first) ||
+      __builtin_add_overflow(first, layout.micro_batch - 1, &last))
+    throw Error("sample position " + std::to_string(base) + " (consumed samples) + microbatch " +
+                std::to_string(mb) + " does not fit a 64-bit sample index");
   for (int64_t j = 0; j < layout.micro_batch; ++j) {
     int64_t k = first + j;
     if (wrap) k %= samples.samples_per_epoch();

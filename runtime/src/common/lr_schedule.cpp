@@ -42,4 +42,13 @@ const char* lr_decay_name(LrDecay decay) {
   return "?";
 }
 
+bool parse_lr_decay(const std::string& name, LrDecay* decay) {
+  for (LrDecay d : {LrDecay::constant, LrDecay::linear, LrDecay::cosine})
+    if (name == lr_decay_name(d)) {
+      *decay = d;
+      return true;
+    }
+  return false;
+}
+
 }  // namespace mtc::rt

@@ -53,11 +53,17 @@ std::string format_validation_line(int64_t step, double loss) {
 
 MetricsWriter::MetricsWriter(const std::string& path, int64_t keep_through_step)
     : path_(path) {
+  // Only a regular file (not a FIFO or device) holds earlier lines to keep.
   std::error_code ec;
-  if (keep_through_step >= 0 && std::filesystem::exists(path, ec)) {
+  if (keep_through_step >= 0 && std::filesystem::is_regular_file(path, ec)) {
     std::string kept, line;
     std::istringstream in(read_file(path));
     while (std::getline(in, line)) {
+      try {
+        check_json_depth(line, path);
+      } catch (const Error&) {
+        continue;  // not a line this writer wrote
+      }
       auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
           j["step"].get<int64_t>() <= keep_through_step)

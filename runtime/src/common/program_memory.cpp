@@ -105,19 +105,6 @@ void check_plan_fits(const ProgramDesc& p, const char* backend_name, size_t free
               "with more microbatches to keep the global batch, or use a smaller model)");
 }
 
-std::string check_ids(const int32_t* ids, int64_t rows, int64_t seq_length,
-                      int64_t vocab_size, const char* kind) {
-  const int64_t n = rows * seq_length;
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] >= 0 && ids[i] < vocab_size) continue;
-    return std::string(kind) + " " + std::to_string(ids[i]) + " at position " +
-           std::to_string(i) + " (sequence " + std::to_string(i / seq_length) +
-           ", offset " + std::to_string(i % seq_length) +
-           ") is outside the vocabulary [0, " + std::to_string(vocab_size) + ")";
-  }
-  return "";
-}
-
 double peak_flops_from_env() {
   const char* text = std::getenv("MTC_PEAK_TFLOPS");
   if (text == nullptr || text[0] == '\0') return 0;

@@ -5,11 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <set>
-#include <unistd.h>
 
 namespace mtc::rt {
 
@@ -79,28 +76,12 @@ void write_safetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   uint64_t n = text.size();
 
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr)
-    throw Error(tmp + ": cannot create (" + std::strerror(errno) + ")");
-  bool ok = std::fwrite(&n, 8, 1, f) == 1 &&
-            std::fwrite(text.data(), 1, n, f) == n;
-  for (const TensorRef& t : tensors) {
-    size_t bytes = static_cast<size_t>(shape_numel(t.shape) * dtype_size(t.dtype));
-    if (ok && bytes > 0) ok = std::fwrite(t.data, 1, bytes, f) == bytes;
-  }
-  ok = ok && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-  std::string why = std::strerror(errno);
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw Error(tmp + ": write failed (" + why + ")");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename into place (" + why + ")");
-  }
+  OutputFile out(path);
+  out.write(&n, 8);
+  out.write(text);
+  for (const TensorRef& t : tensors)
+    out.write(t.data, static_cast<size_t>(shape_numel(t.shape) * dtype_size(t.dtype)));
+  out.commit();
 }
 
 // ---------------------------------------------------------------------------
@@ -131,6 +112,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
           duplicate = parsed.get<std::string>();
         return true;
       };
+  check_json_depth(std::string_view(text, n), path, 8);
   json header;
   try {
     header = json::parse(text, text + n, check_duplicates);

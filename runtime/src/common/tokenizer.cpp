@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <climits>
 #include <sstream>
@@ -182,11 +183,11 @@ class BpeTokenizer final : public Tokenizer {
 
   std::string name() const override { return "gpt2-bpe"; }
   int64_t vocab_size() const override {
-    return static_cast<int64_t>(id_to_token_.size());
+    return vocab_size_;
   }
   std::optional<int32_t> eod_id() const override { return eod_; }
   void set_eod(int32_t id) {
-    if (id < 0 || id >= vocab_size() || !has_id_[id])
+    if (id_to_token_.count(id) == 0)
       throw Error(source_ + ": end-of-document id " + std::to_string(id) +
                   " is not in the vocabulary");
     eod_ = id;
@@ -205,10 +206,11 @@ class BpeTokenizer final : public Tokenizer {
     std::string s;
     for (size_t i = 0; i < ids.size(); ++i) {
       int32_t id = ids[i];
-      if (id < 0 || id >= vocab_size() || !has_id_[id])
+      auto it = id_to_token_.find(id);
+      if (it == id_to_token_.end())
         throw Error(source_ + ": id " + std::to_string(id) + " at position " +
                     std::to_string(i) + " is not in the vocabulary");
-      s += id_to_token_[id];
+      s += it->second;
     }
     return s;
   }
@@ -218,17 +220,15 @@ class BpeTokenizer final : public Tokenizer {
     if (id < 0)
       throw Error(source_ + ": token " + json_quote(token) + " has negative id " +
                   std::to_string(id));
-    if (static_cast<size_t>(id) >= id_to_token_.size()) {
-      id_to_token_.resize(static_cast<size_t>(id) + 1);
-      has_id_.resize(static_cast<size_t>(id) + 1, false);
-    }
-    if (has_id_[id]) {
-      if (id_to_token_[id] == token) return;  // an added token repeating the vocab
+    // A map, not a table indexed by id: a file's ids (up to 2^31 - 1) never
+    // size an allocation.
+    auto [it, added] = id_to_token_.try_emplace(id, token);
+    if (!added) {
+      if (it->second == token) return;  // an added token repeating the vocab
       throw Error(source_ + ": id " + std::to_string(id) + " is used by " +
-                  json_quote(id_to_token_[id]) + " and " + json_quote(token));
+                  json_quote(it->second) + " and " + json_quote(token));
     }
-    has_id_[id] = true;
-    id_to_token_[id] = token;
+    vocab_size_ = std::max<int64_t>(vocab_size_, int64_t{id} + 1);
     if (in_bpe) {
       bpe_ids_[token] = id;
       if (token.size() == 1) byte_id_[static_cast<unsigned char>(token[0])] = id;
@@ -293,8 +293,8 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   std::string source_;
-  std::vector<std::string> id_to_token_;  // raw bytes; holes where !has_id_
-  std::vector<bool> has_id_;
+  std::unordered_map<int32_t, std::string> id_to_token_;  // raw bytes; ids may have holes
+  int64_t vocab_size_ = 0;                                // largest id + 1
   std::unordered_map<std::string, int32_t> bpe_ids_;
   std::array<int32_t, 256> byte_id_;
   std::unordered_map<uint64_t, Merge> merges_;
@@ -304,6 +304,7 @@ class BpeTokenizer final : public Tokenizer {
 
 json parse_json_file(const std::string& path) {
   std::string text = read_file(path);
+  check_json_depth(text, path);
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {
@@ -418,6 +419,9 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
       if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
           !t.contains("content") || !t["content"].is_string())
         throw Error(where + ": expected {\"id\": int, \"content\": string, ...}");
+      if (t["id"].get<int64_t>() < 0 || t["id"].get<int64_t>() > INT32_MAX ||
+          (t["id"].is_number_unsigned() && t["id"].get<uint64_t>() > INT32_MAX))
+        throw Error(where + ": id " + t["id"].dump() + " is not in [0, 2^31)");
       extra.emplace_back(t["id"].get<int32_t>(), t["content"].get<std::string>());
     }
   }

@@ -69,9 +69,15 @@ std::vector<Flag> flag_table(TrainOptions& o) {
       {"--steps", "N", "total optimizer steps of the run (default: the compiled train_steps)",
        int_at_least(o.steps, 1)},
       {"--lr", "LR", "peak learning rate (default: compiled)",
-       [&o](const std::string& f, const std::string& v) { o.lr = parse_double(f, v); }},
+       [&o](const std::string& f, const std::string& v) {
+         o.lr = parse_double(f, v);
+         o.lr_given = true;
+       }},
       {"--min-lr", "LR", "learning rate at the end of the decay (default: compiled)",
-       [&o](const std::string& f, const std::string& v) { o.min_lr = parse_double(f, v); }},
+       [&o](const std::string& f, const std::string& v) {
+         o.min_lr = parse_double(f, v);
+         o.min_lr_given = true;
+       }},
       {"--seed", "N", "run seed: initialization, data order, dropout (default: compiled)",
        [&o](const std::string& f, const std::string& v) {
          o.seed = parse_uint(f, v);
@@ -91,6 +97,10 @@ std::vector<Flag> flag_table(TrainOptions& o) {
        str(o.load)},
       {"--resume", nullptr, "resume from --load, or from the latest checkpoint in --save",
        [&o](const std::string&, const std::string&) { o.resume = true; }},
+      {"--override-lr-schedule", nullptr, "on --resume, use this run's --lr/--min-lr and "
+       "compiled schedule instead of the checkpoint's (default: continue the checkpoint's and "
+       "refuse a different one)",
+       [&o](const std::string&, const std::string&) { o.override_lr_schedule = true; }},
       {"--exit-interval", "N", "stop (after checkpointing) when the step is a multiple of N",
        int_at_least(o.exit_interval, 1)},
       {"--metrics", "FILE", "append one JSON object per step to FILE (JSONL)", str(o.metrics)},
@@ -169,6 +179,8 @@ TrainOptions parse_train_options(int argc, char** argv, const TrainConfig& defau
   if (!(o.lr > 0)) throw Error("--lr: must be > 0");
   if (o.min_lr < 0 || o.min_lr > o.lr)
     throw Error("--min-lr: must lie in [0, lr = " + std::to_string(o.lr) + "]");
+  if (o.override_lr_schedule && !o.resume)
+    throw Error("--override-lr-schedule: only applies to --resume");
   if (!o.init_only.empty() && o.resume)
     throw Error("--init-only: writes a fresh initialization; drop --resume");
   return o;

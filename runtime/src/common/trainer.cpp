@@ -8,9 +8,11 @@
 //      program's GridComm (state.comm): the same one for the host backend,
 //      else one over the backend's own communicators (NCCL on CUDA), built
 //      alongside the World (grid_comm.h: ProgramComms);
-//   2. open and validate the data, build the split, find and validate the
-//      checkpoint to resume from (names, shapes, dtypes), check the lr
-//      schedule; print the plan summary;
+//   2. find and validate the checkpoint to resume from (names, shapes,
+//      dtypes) and the --save directory (checkpoint.h); take the lr
+//      schedule from the checkpoint (refusing a conflicting one) or the
+//      flags, check it and the sample count's range; open and validate the
+//      data, build the split; print the plan summary;
 //   3. create the program's context (ProgramDesc::create_context, CUDA);
 //      check that the plan fits in the backend's free memory (when the
 //      backend knows it); allocate params, grads, AdamW moments, the compute
@@ -20,7 +22,7 @@
 //   4. per step s = start+1 .. steps:
 //        grads = 0
 //        for microbatch i: fetch batch (Megatron order, loader.h) on the
-//          host; check its ids (backends other than the host's); upload;
+//          host, every id checked against the vocabulary; upload;
 //          state.step = s, state.microbatch = i;
 //          loss_i = forward_backward(state, tokens_i, targets_i)
 //        loss = mean_i loss_i (and the mean over the data-parallel ranks)
@@ -124,12 +126,13 @@ class Trainer {
   void say(const char* format, ...) const __attribute__((format(printf, 2, 3)));
   void print_plan() const;
   void agree_on_resume(const std::string& failure);
+  void resume_schedule();
+  void check_sample_range() const;
   void allocate();
   int64_t initialize_or_load(int64_t* consumed);
   std::vector<float> download_floats(const float* src) const;
-  std::string upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                                const int32_t** tokens, const int32_t** targets,
-                                bool zero_bad = false);
+  std::string fetch_microbatch(GptSamples& samples, bool validation, int64_t base, int64_t mb,
+                               int64_t step, const int32_t** tokens, const int32_t** targets);
   std::string loss_problem(float loss, int64_t step, int64_t mb, const char* phase);
   double settle(const std::string& failure, double value, const std::string& where);
   double evaluate(int64_t step);
@@ -143,7 +146,6 @@ class Trainer {
   const ProgramDesc& p_;
   const TrainConfig& t_;
   const Backend& backend_;
-  const bool check_ids_;       // backend kernels only record bad ids
   World* const world_;         // nullptr: one rank
   GridComm* const host_comm_;  // the trainer's, on host buffers (nullptr: one rank)
   GridComm* const comm_;       // state.comm, on program memory (nullptr: one rank)
@@ -176,7 +178,6 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
     : p_(program),
       t_(program.train),
       backend_(program_backend(program)),
-      check_ids_(&backend_ != &host_backend()),
       world_(comms.world.get()),
       host_comm_(comms.host.get()),
       comm_(comms.program()),
@@ -200,13 +201,17 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
     resuming_ = false;
   }
   std::string failure;
-  if (resuming_) {
-    try {
+  try {
+    if (resuming_) {
       resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
       resume_state_ = inspect_checkpoint(resume_dir_, p_);
-    } catch (const Error& e) {
-      failure = e.what();
     }
+    // Rank 0 writes the checkpoints: a directory it may not write into is
+    // refused now, not after training.
+    if (root_ && !o_.save.empty()) check_checkpoint_dir(o_.save);
+    if (root_ && !o_.init_only.empty()) check_checkpoint_dir(o_.init_only);
+  } catch (const Error& e) {
+    failure = e.what();
   }
   agree_on_resume(failure);
   if (resuming_) {
@@ -231,23 +236,28 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
   schedule_.warmup_steps = t_.warmup_steps;
   schedule_.decay_steps = t_.decay_steps > 0 ? t_.decay_steps : o_.steps;
   schedule_.decay = t_.decay;
+  // (A --dump-grads run takes no optimizer step: its schedule is unused.)
+  if (resuming_ && resume_state_.has_schedule && !o_.override_lr_schedule &&
+      o_.dump_grads.empty())
+    resume_schedule();
   if (std::string why = check_lr_schedule(schedule_); !why.empty())
     throw Error("learning-rate schedule: " + why +
                 (t_.decay_steps > 0 ? " (the program's decay_steps)"
                                     : " (the program's decay_steps is 0, so decay ends at "
                                       "--steps: give more --steps than warm-up steps)"));
+  if (resuming_) check_sample_range();
 
   if (o_.init_only.empty()) {
     source_ = open_token_source(o_.data);
     ranges_ = split_source(*source_, parse_split(o_.split));
     train_.emplace(*source_, ranges_[0], t_.seq_length, o_.seed, 0,
-                   "train split (--split " + o_.split + ")");
+                   "train split (--split " + o_.split + ")", t_.vocab_size);
     if (o_.eval_interval > 0) {
       if (ranges_.size() < 2 || ranges_[1].doc_end == ranges_[1].doc_begin)
         throw Error("--eval-interval: the validation split of --split " + o_.split +
                     " is empty (give it a weight, e.g. --split 98,2)");
       valid_.emplace(*source_, ranges_[1], t_.seq_length, o_.seed, 1,
-                     "validation split (--split " + o_.split + ")");
+                     "validation split (--split " + o_.split + ")", t_.vocab_size);
     }
   }
   print_plan();
@@ -318,10 +328,11 @@ void Trainer::print_plan() const {
   std::fflush(stdout);
 }
 
-// `failure`: this rank's error finding or checking the checkpoint ("" if
-// none). Several ranks must resume from the same checkpoint step (or all
-// start fresh): a rank that sees another directory (no shared filesystem)
-// would train a different model in lockstep with the others.
+// `failure`: this rank's error finding or checking the checkpoint, or
+// checking the --save directory ("" if none). Several ranks must resume
+// from the same checkpoint step (or all start fresh): a rank that sees
+// another directory (no shared filesystem) would train a different model
+// in lockstep with the others.
 void Trainer::agree_on_resume(const std::string& failure) {
   if (world_ == nullptr) {
     if (!failure.empty()) throw Error(failure);
@@ -331,7 +342,7 @@ void Trainer::agree_on_resume(const std::string& failure) {
   const Agreement a = agree(*world_, !failure.empty(), mine);
   if (!failure.empty()) throw Error(failure);
   if (!a.failed_ranks.empty())
-    throw Error("the checkpoint to resume from: stopping because " + a.describe_failed());
+    throw Error("the checkpoint directories: stopping because " + a.describe_failed());
   const std::vector<double>& all = a.values;
   bool same = true;
   for (double v : all) same &= v == all[0];
@@ -343,6 +354,61 @@ void Trainer::agree_on_resume(const std::string& failure) {
                         : "step " + std::to_string(static_cast<int64_t>(all[r])));
   throw Error("the ranks do not see the same checkpoint to resume from (" + seen +
               "): --save/--load must name a directory every rank shares");
+}
+
+// A resumed run continues the checkpoint's learning-rate schedule, as
+// Megatron's OptimizerParamScheduler does by default: values not given as
+// flags come from the checkpoint, and a flag or compiled value that differs
+// from it is refused (the decay horizon of a program whose decay follows
+// --steps is the checkpoint's; a different --steps only moves the end).
+// --override-lr-schedule (Megatron's --override-opt_param-scheduler) skips
+// this: the run's own schedule applies.
+void Trainer::resume_schedule() {
+  const LrSchedule& saved = resume_state_.schedule;
+  std::string conflicts;
+  auto conflict = [&](const std::string& what, const std::string& mine,
+                      const std::string& theirs) {
+    conflicts += "\n  " + what + " " + mine + ", the checkpoint's " + theirs;
+  };
+  auto num = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  if (o_.lr_given && o_.lr != saved.lr) conflict("--lr", num(o_.lr), num(saved.lr));
+  if (o_.min_lr_given && o_.min_lr != saved.min_lr)
+    conflict("--min-lr", num(o_.min_lr), num(saved.min_lr));
+  if (t_.warmup_steps != saved.warmup_steps)
+    conflict("the program's warmup_steps", std::to_string(t_.warmup_steps),
+             std::to_string(saved.warmup_steps));
+  if (t_.decay != saved.decay)
+    conflict("the program's lr decay", lr_decay_name(t_.decay), lr_decay_name(saved.decay));
+  if (t_.decay_steps > 0 && t_.decay_steps != saved.decay_steps)
+    conflict("the program's decay_steps", std::to_string(t_.decay_steps),
+             std::to_string(saved.decay_steps));
+  if (!conflicts.empty())
+    throw Error(resume_dir_ + "/state.json: the run's learning-rate schedule differs from the "
+                "checkpoint's:" + conflicts + "\nA resumed run continues the checkpoint's "
+                "schedule: drop those flags, or add --override-lr-schedule to train on with "
+                "this run's schedule");
+  if (t_.decay_steps == 0 && saved.decay_steps != o_.steps)
+    say("note: the learning-rate decay ends at step %lld, as in the checkpoint's run "
+        "(--steps %lld only moves the end of this run)\n",
+        static_cast<long long>(saved.decay_steps), static_cast<long long>(o_.steps));
+  schedule_ = saved;
+}
+
+// The sample count after the last step of this run must stay an int64
+// (a checkpoint's consumed_samples is only checked to be >= 0 when read).
+void Trainer::check_sample_range() const {
+  const int64_t left = std::max<int64_t>(o_.steps - resume_state_.step, 1);
+  int64_t need = 0, last = 0;
+  if (__builtin_mul_overflow(left, t_.global_batch, &need) ||
+      __builtin_add_overflow(resume_state_.consumed_samples, need, &last))
+    throw Error(resume_dir_ + "/state.json: consumed_samples " +
+                std::to_string(resume_state_.consumed_samples) + " plus " +
+                std::to_string(left) + " steps of " + std::to_string(t_.global_batch) +
+                " samples does not fit a 64-bit sample count (corrupt checkpoint?)");
 }
 
 // "" or why `loss` of microbatch `mb` stops the run (a data error the
@@ -380,13 +446,10 @@ double Trainer::evaluate(int64_t step) {
   double sum = 0;
   int64_t count = 0;
   std::string failure;
-  const int64_t rows = t_.micro_batch * t_.seq_length;
   for (int64_t it = 0; it < o_.eval_iters && failure.empty(); ++it) {
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
-      fill_validation_microbatch(*valid_, layout_, it * layout_.global_batch(), i,
-                                 tokens_.data() + i * rows, targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      failure = upload_microbatch(i, step, "validation at", &tok, &tgt);
+      failure = fetch_microbatch(*valid_, true, it * layout_.global_batch(), i, step, &tok, &tgt);
       if (!failure.empty()) break;
       state_.microbatch = i;
       state_.global_microbatch = i * dp_ + at_[1];
@@ -416,6 +479,8 @@ void Trainer::save(int64_t step, int64_t consumed) {
   s.global_batch = t_.global_batch;
   s.train_steps = o_.steps;
   s.decay_steps = schedule_.decay_steps;
+  s.has_schedule = true;
+  s.schedule = schedule_;
   const std::string& dir = o_.init_only.empty() ? o_.save : o_.init_only;
   // One rank: the program's own buffers. Several: the global tensors,
   // gathered from host copies to rank 0 (empty elsewhere).
@@ -602,30 +667,27 @@ std::vector<float> Trainer::download_floats(const float* src) const {
   return out;
 }
 
-// Microbatch `mb` of the host staging (tokens_, targets_), checked on the
-// host when the backend's kernels only record bad ids, copied to the batch
-// buffers of program memory; *tokens/*targets point at it there. Returns ""
-// or the bad id's message; then nothing is uploaded, or with zero_bad the
-// microbatch is uploaded as token and target 0 everywhere (so that the
-// program can still run it, and its collectives).
-std::string Trainer::upload_microbatch(int64_t mb, int64_t step, const char* phase,
-                                       const int32_t** tokens, const int32_t** targets,
-                                       bool zero_bad) {
+// Microbatch `mb` of the step starting at sample `base` (or of validation
+// batch `base`) into the host staging (tokens_, targets_), then into the
+// batch buffers of program memory; *tokens/*targets point at it there. The
+// loader checks every id (GptSamples::sample). Returns "" or the data error,
+// named with the step; then the microbatch is uploaded as token and target
+// 0 everywhere, so that the program can still run it, and its collectives.
+std::string Trainer::fetch_microbatch(GptSamples& samples, bool validation, int64_t base,
+                                      int64_t mb, int64_t step, const int32_t** tokens,
+                                      const int32_t** targets) {
   const int64_t rows = t_.micro_batch * t_.seq_length;
   int32_t* tok = tokens_.data() + mb * rows;
   int32_t* tgt = targets_.data() + mb * rows;
   std::string bad;
-  if (check_ids_) {
-    std::string why = check_ids(tok, t_.micro_batch, t_.seq_length, t_.vocab_size, "token");
-    if (why.empty())
-      why = check_ids(tgt, t_.micro_batch, t_.seq_length, t_.vocab_size, "target");
-    if (!why.empty()) {
-      bad = std::string(phase) + " step " + std::to_string(step) + ", microbatch " +
-            std::to_string(mb) + ": " + why;
-      if (!zero_bad) return bad;
-      std::fill_n(tok, rows, 0);
-      std::fill_n(tgt, rows, 0);
-    }
+  try {
+    if (validation) fill_validation_microbatch(samples, layout_, base, mb, tok, tgt);
+    else fill_microbatch(samples, layout_, base, mb, tok, tgt);
+  } catch (const Error& e) {
+    bad = std::string(validation ? "validation at" : "training") + " step " +
+          std::to_string(step) + ", microbatch " + std::to_string(mb) + ": " + e.what();
+    std::fill_n(tok, rows, 0);
+    std::fill_n(tgt, rows, 0);
   }
   int32_t* dtok = static_cast<int32_t*>(tokens_dev_.get()) + mb * rows;
   int32_t* dtgt = static_cast<int32_t*>(targets_dev_.get()) + mb * rows;
@@ -687,10 +749,8 @@ int Trainer::run() {
     // whose data differ; a microbatch with bad ids computes on token 0
     // instead, and the failure stops every rank at the end of the step.
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
-      fill_microbatch(*train_, layout_, consumed, i, tokens_.data() + i * rows,
-                      targets_.data() + i * rows);
       const int32_t *tok = nullptr, *tgt = nullptr;
-      std::string bad = upload_microbatch(i, step, "training", &tok, &tgt, /*zero_bad=*/true);
+      std::string bad = fetch_microbatch(*train_, false, consumed, i, step, &tok, &tgt);
       if (failure.empty()) failure = bad;
       state_.microbatch = i;
       state_.global_microbatch = i * dp_ + at_[1];

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mtc/rt/cuda_check.h"
+#include "mtc/rt/io.h"
 
 namespace mtc::rt::cuda::profile {
 namespace {
@@ -146,14 +147,18 @@ struct Profiler {
     const int counted = steps - skip;
     if (!path || counted <= 0) return;
     std::string file = path;
+    // A file is formatted in memory, then written through OutputFile (io.h):
+    // it never replaces what is not a regular file.
     FILE* out = stderr;
+    char* text = nullptr;
+    size_t size = 0;
     if (file != "-") {
       const char* rank = std::getenv("RANK");
       const char* world = std::getenv("WORLD_SIZE");
       if (rank && world && std::atoi(world) > 1) file += ".rank" + std::string(rank);
-      out = std::fopen(file.c_str(), "w");
+      out = ::open_memstream(&text, &size);
       if (!out) {
-        std::fprintf(stderr, "MTC_PROFILE: cannot write %s\n", file.c_str());
+        std::fprintf(stderr, "MTC_PROFILE: out of memory formatting %s\n", file.c_str());
         return;
       }
     }
@@ -203,7 +208,13 @@ struct Profiler {
     }
     if (out != stderr) {
       std::fclose(out);
-      std::fprintf(stderr, "MTC_PROFILE: wrote %s\n", file.c_str());
+      try {
+        write_file_atomic(file, std::string_view(text, size));
+        std::fprintf(stderr, "MTC_PROFILE: wrote %s\n", file.c_str());
+      } catch (const Error& e) {  // at exit: report, never throw
+        std::fprintf(stderr, "MTC_PROFILE: %s\n", e.what());
+      }
+      std::free(text);
     }
   }
 

@@ -155,8 +155,8 @@ TEST_F(BackendMultiRank, DataParallelThroughTheBackendTrainsLikeOneProcess) {
 
 // A program that sums the gradients over dp inside the last microbatch's
 // backward pass (as the CUDA target's buckets do) trains like one process;
-// and when one rank's data has a bad id (found by the trainer's host check,
-// as on CUDA) that rank still runs every microbatch, so the other's
+// and when one rank's data has a bad id (found by the loader) that rank
+// still runs every microbatch, so the other's
 // all-reduce finds it: both stop with an error naming the step, nothing
 // hangs, nothing is saved.
 TEST_F(BackendMultiRank, DataErrorOnOneRankKeepsTheCollectivesMatched) {

@@ -4,7 +4,9 @@
 // tensor and list missing and unexpected names.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
+#include <set>
 
 #include "mtc/rt/checkpoint.h"
 #include "mtc/rt/safetensors.h"
@@ -202,6 +204,136 @@ TEST(Checkpoint, StateJsonIsChecked) {
   expect_error([&] { inspect_checkpoint(step, p); }, {"state.json", "missing field \"step\""});
   write_bytes(step + "/state.json", "{oops");
   expect_error([&] { inspect_checkpoint(step, p); }, {"state.json", "invalid JSON"});
+}
+
+// Every field is read with its type and range checked; the error names the
+// file and the field (it used to be nlohmann's "[json.exception.type_error.302]
+// type must be string, but is number").
+TEST(Checkpoint, StateJsonErrorsNameFileAndField) {
+  std::string dir = scratch_dir("ckpt_state_fields");
+  ProgramDesc p = testing::tiny::program();
+  auto params = random_floats(p.num_param_elems, 1);
+  CheckpointState saved = some_state(5);
+  saved.has_schedule = true;
+  saved.schedule = {1e-3, 1e-4, 2, 20, LrDecay::linear};
+  std::string step = save_checkpoint(dir, p, saved, params.data(), nullptr, nullptr);
+  const std::string path = step + "/state.json";
+  const auto good = nlohmann::json::parse(read_bytes(path));
+  CheckpointState back = inspect_checkpoint(step, p);
+  EXPECT_TRUE(back.has_schedule);
+  EXPECT_EQ(back.schedule.lr, 1e-3);
+  EXPECT_EQ(back.schedule.min_lr, 1e-4);
+  EXPECT_EQ(back.schedule.warmup_steps, 2);
+  EXPECT_EQ(back.schedule.decay_steps, 20);
+  EXPECT_EQ(back.schedule.decay, LrDecay::linear);
+
+  struct Case {
+    nlohmann::json::json_pointer at;
+    nlohmann::json value;
+    std::string message;
+  };
+  using ptr = nlohmann::json::json_pointer;
+  const std::vector<Case> cases = {
+      {ptr("/data/path"), 5, "field \"data.path\" must be a string, got 5"},
+      {ptr("/format"), 1, "field \"format\" must be a string, got 1"},
+      {ptr("/step"), "5", "field \"step\" must be an integer >= 0, got \"5\""},
+      {ptr("/step"), -1, "field \"step\" must be an integer >= 0, got -1"},
+      {ptr("/step"), 1.5, "field \"step\" must be an integer >= 0, got 1.5"},
+      {ptr("/consumed_samples"), 18446744073709551615ull,
+       "field \"consumed_samples\" must be an integer >= 0, got 18446744073709551615"},
+      {ptr("/seed"), -3, "field \"seed\" must be a non-negative integer, got -3"},
+      {ptr("/has_optimizer"), "no", "field \"has_optimizer\" must be true or false"},
+      {ptr("/data"), 7, "field \"data\" must be an object, got 7"},
+      {ptr("/data/seq_length"), nullptr, "field \"data.seq_length\" must be an integer"},
+      {ptr("/schedule/lr"), "big", "field \"schedule.lr\" must be a number"},
+      {ptr("/schedule/decay"), "sideways", "field \"schedule.decay\" must be \"constant\""},
+      {ptr("/schedule/lr"), -1.0, "field \"schedule\": lr must be a positive number"},
+      {ptr("/format_version"), "1", "field \"format_version\" must be an integer"},
+  };
+  for (const Case& c : cases) {
+    auto j = good;
+    j[c.at] = c.value;
+    write_bytes(path, j.dump());
+    expect_error([&] { inspect_checkpoint(step, p); }, {path + ": ", c.message});
+  }
+  // Nesting deep enough to overflow the parser's stack is refused first.
+  write_bytes(path, "{\"data\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  expect_error([&] { inspect_checkpoint(step, p); },
+               {path + " at byte 72", "JSON nested deeper than 64 levels"});
+}
+
+// `latest` names a directory inside the root, never outside it.
+TEST(Checkpoint, LatestStaysInsideTheRoot) {
+  std::string dir = scratch_dir("ckpt_latest");
+  ProgramDesc p = testing::tiny::program();
+  auto params = random_floats(p.num_param_elems, 1);
+  save_checkpoint(dir, p, some_state(2), params.data(), nullptr, nullptr);  // a parent with state
+  save_checkpoint(dir + "/ck", p, some_state(1), params.data(), nullptr, nullptr);
+  for (const char* name : {"..", ".", "../ck/step_000001", ""}) {
+    write_bytes(dir + "/ck/latest", std::string(name) + "\n");
+    expect_error([&] { resolve_checkpoint(dir + "/ck"); },
+                 {"ck/latest: expected a step directory name like step_000100"});
+  }
+}
+
+// A save writes only where it may: never into someone else's non-empty
+// directory, never over a step directory it did not write, and a failed
+// save leaves no temporary directory behind.
+TEST(Checkpoint, SaveRefusesWhatItDidNotWrite) {
+  namespace fs = std::filesystem;
+  std::string dir = scratch_dir("ckpt_foreign");
+  ProgramDesc p = testing::tiny::program();
+  auto params = random_floats(p.num_param_elems, 1);
+  auto listing = [](const std::string& d) {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(d)) names.insert(e.path().filename().string());
+    return names;
+  };
+
+  // A directory of other files (a home directory, `--save .`).
+  fs::create_directories(dir + "/home");
+  write_bytes(dir + "/home/notes.txt", "mine");
+  expect_error([&] { save_checkpoint(dir + "/home", p, some_state(1), params.data(), nullptr,
+                                     nullptr); },
+               {dir + "/home: not empty and not an mtc checkpoint directory",
+                "\"notes.txt\""});
+  EXPECT_EQ(listing(dir + "/home"), (std::set<std::string>{"notes.txt"}));
+  // A file where the directory should be.
+  expect_error([&] { save_checkpoint(dir + "/home/notes.txt", p, some_state(1), params.data(),
+                                     nullptr, nullptr); },
+               {"notes.txt: exists and is not a directory"});
+  EXPECT_EQ(read_bytes(dir + "/home/notes.txt"), "mine");
+
+  // A checkpoint directory may hold other things beside its checkpoints.
+  const std::string ck = dir + "/ck";
+  save_checkpoint(ck, p, some_state(1), params.data(), nullptr, nullptr);
+  write_bytes(ck + "/train.log", "log");
+  save_checkpoint(ck, p, some_state(2), params.data(), nullptr, nullptr);
+  // Re-saving a step replaces the step directory a save wrote...
+  save_checkpoint(ck, p, some_state(2), params.data(), params.data(), params.data());
+  EXPECT_TRUE(fs::exists(ck + "/step_000002/optimizer.safetensors"));
+  // ...but not one holding something else, nor a link.
+  write_bytes(ck + "/step_000002/README", "keep");
+  expect_error([&] { save_checkpoint(ck, p, some_state(2), params.data(), nullptr, nullptr); },
+               {"step_000002: holds \"README\"", "refusing to replace it"});
+  EXPECT_EQ(read_bytes(ck + "/step_000002/README"), "keep");
+  fs::create_directories(dir + "/elsewhere");
+  fs::create_directory_symlink(dir + "/elsewhere", ck + "/step_000003");
+  expect_error([&] { save_checkpoint(ck, p, some_state(3), params.data(), nullptr, nullptr); },
+               {"step_000003: exists and is not a checkpoint step directory"});
+  EXPECT_TRUE(fs::is_symlink(ck + "/step_000003"));
+  EXPECT_EQ(listing(ck), (std::set<std::string>{"latest", "step_000001", "step_000002",
+                                                "step_000003", "train.log"}));
+
+  // A save that fails half-way (a parameter named like safetensors'
+  // metadata entry) removes its temporary directory.
+  ProgramDesc bad = p;
+  bad.params[1].name = "__metadata__";
+  expect_error([&] { save_checkpoint(ck, bad, some_state(4), params.data(), nullptr, nullptr); },
+               {"reserved"});
+  EXPECT_EQ(listing(ck), (std::set<std::string>{"latest", "step_000001", "step_000002",
+                                                "step_000003", "train.log"}));
+  EXPECT_EQ(read_bytes(ck + "/latest"), "step_000002\n");
 }
 
 }  // namespace

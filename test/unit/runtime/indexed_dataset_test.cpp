@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <set>
 
 #include "mtc/rt/data.h"
 #include "train_test_support.h"
@@ -40,6 +41,13 @@ std::string megatron_index(uint8_t dtype_code, int64_t itemsize,
   }
   for (size_t d = 0; d <= sizes.size(); ++d) append<int64_t>(s, static_cast<int64_t>(d));
   return s;
+}
+
+std::set<std::string> listing(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    names.insert(e.path().filename().string());
+  return names;
 }
 
 std::vector<std::vector<int32_t>> random_docs(uint32_t seed, int n, int32_t vocab) {
@@ -78,7 +86,7 @@ TEST(IndexedDataset, WriterProducesMegatronBytes) {
   }
   EXPECT_EQ(read_bytes(dir + "/c.idx"), megatron_index(8, 2, sizes));
   EXPECT_EQ(read_bytes(dir + "/c.bin"), bin);
-  EXPECT_FALSE(std::filesystem::exists(dir + "/c.bin.tmp"));
+  EXPECT_EQ(listing(dir), (std::set<std::string>{"c.bin", "c.idx"}));  // no temporaries
 
   IndexedDataset ds(dir + "/c");
   EXPECT_EQ(ds.dtype(), TokenDtype::uint16);
@@ -143,15 +151,21 @@ TEST(IndexedDataset, PlainTokenFile) {
 
 TEST(IndexedDataset, WriterRejectsIdsOutsideTheDtype) {
   std::string dir = scratch_dir("idx_range");
-  IndexedDatasetWriter w(dir + "/c", TokenDtype::uint16);
-  w.add_document({1, 2});
-  try {
-    w.add_document({3, 70000});
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("document 1, token 1: id 70000"), std::string::npos)
-        << e.what();
+  write_bytes(dir + "/c.bin", "an earlier dataset");
+  {
+    IndexedDatasetWriter w(dir + "/c", TokenDtype::uint16);
+    w.add_document({1, 2});
+    try {
+      w.add_document({3, 70000});
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("document 1, token 1: id 70000"), std::string::npos)
+          << e.what();
+    }
   }
+  // The failed writer removed its temporaries and nothing else.
+  EXPECT_EQ(listing(dir), (std::set<std::string>{"c.bin"}));
+  EXPECT_EQ(read_bytes(dir + "/c.bin"), "an earlier dataset");
 }
 
 // ---------------------------------------------------------------------------
@@ -232,8 +246,8 @@ TEST_F(IndexedDatasetCorruption, SequenceCountPastEnd) {
 
 TEST_F(IndexedDatasetCorruption, SizesPastEndOfData) {
   poke<int32_t>(34 + 4 * 2, 6);  // third sequence claims 6 tokens, .bin has 5
-  expect_open_error({"c.idx at byte " + std::to_string(34 + 12 + 8 * 2), "sequence 2",
-                     "c.bin has 18 bytes"});
+  expect_open_error({"c.idx at byte " + std::to_string(34 + 4 * 2), "sequence 2",
+                     "ends at byte 20", "c.bin has 18 bytes"});
 }
 
 TEST_F(IndexedDatasetCorruption, NegativeSize) {
@@ -243,7 +257,41 @@ TEST_F(IndexedDatasetCorruption, NegativeSize) {
 
 TEST_F(IndexedDatasetCorruption, MisalignedPointer) {
   poke<int64_t>(34 + 12 + 8, 3);
-  expect_open_error({"c.idx at byte 54", "pointer 3"});
+  expect_open_error({"c.idx at byte 54", "pointer 3", "expected 8"});
+}
+
+// A dtype byte changed to another integer type of another size used to
+// open (the pointers were merely aligned and inside .bin) and train on
+// garbage; the sequences must tile .bin at the dtype's size.
+TEST_F(IndexedDatasetCorruption, ChangedDtypeByte) {
+  poke<uint8_t>(17, 1);  // uint8: sequence 1 would start at byte 4, not 8
+  expect_open_error({"c.idx at byte 54", "sequence 1 has pointer 8, expected 4",
+                     "18 bytes for the index's 9 tokens would be 2 bytes per token"});
+  poke<uint8_t>(17, 4);  // int32: sequence 0 would end at byte 16
+  expect_open_error({"c.idx at byte 54", "pointer 8, expected 16"});
+  poke<uint8_t>(17, 5);  // int64
+  expect_open_error({"c.idx at byte 34: sequence 0 (4 int64 tokens) ends at byte 32"});
+}
+
+TEST_F(IndexedDatasetCorruption, ChangedDtypeByteOfOneSequence) {
+  IndexedDatasetWriter w(prefix_, TokenDtype::uint16);
+  w.add_document({1, 2, 3, 4, 5, 6});
+  w.finalize();
+  idx_ = read_bytes(prefix_ + ".idx");
+  bin_ = read_bytes(prefix_ + ".bin");
+  poke<uint8_t>(17, 2);  // int8: 6 tokens end at byte 6 of 12
+  expect_open_error({"c.idx: the sequences end at byte 6", "c.bin", "has 12 bytes",
+                     "would be 2 bytes per token"});
+  poke<uint8_t>(17, 4);  // int32: the sequence passes the end of .bin
+  expect_open_error({"c.idx at byte 34", "ends at byte 24", "has 12 bytes"});
+}
+
+TEST_F(IndexedDatasetCorruption, GapBetweenSequences) {
+  // .bin 2 bytes longer, sequence 2 moved up by them: aligned and inside
+  // .bin, but not where sequence 1 ends.
+  bin_.insert(8, 2, '\0');
+  poke<int64_t>(34 + 12 + 16, 10);
+  expect_open_error({"c.idx at byte 62", "sequence 2 has pointer 10, expected 8"});
 }
 
 TEST_F(IndexedDatasetCorruption, TruncatedBin) {
@@ -264,6 +312,44 @@ TEST_F(IndexedDatasetCorruption, MissingBin) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("c.bin: cannot open"), std::string::npos) << e.what();
+  }
+}
+
+// int64 datasets: ids that do not fit int32 used to be narrowed silently.
+TEST(IndexedDataset, Int64IdsBeyondInt32AreRefusedByPosition) {
+  const std::string dir = scratch_dir("idx_int64");
+  std::string bin;
+  for (int64_t v : {int64_t{7}, int64_t{8}, int64_t{9}}) append<int64_t>(bin, v);
+  for (int64_t v : {int64_t{10}, (int64_t{1} << 31) + 5, int64_t{11}}) append<int64_t>(bin, v);
+  write_bytes(dir + "/w.bin", bin);
+  write_bytes(dir + "/w.idx", megatron_index(5, 8, {3, 3}));
+  IndexedDataset ds(dir + "/w");
+  int32_t out[3];
+  ds.read(0, 0, 3, out);
+  EXPECT_EQ(std::vector<int32_t>(out, out + 3), (std::vector<int32_t>{7, 8, 9}));
+  ds.read(1, 0, 1, out);
+  EXPECT_EQ(out[0], 10);
+  try {
+    ds.read(1, 0, 3, out);
+    FAIL() << "narrowed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("w.bin at byte 32 (sequence 1, token 1): token id "
+                                         "2147483653 does not fit int32"),
+              std::string::npos)
+        << e.what();
+  }
+  append<int64_t>(bin, -(int64_t{1} << 40));
+  write_bytes(dir + "/n.bin", bin);
+  write_bytes(dir + "/n.idx", megatron_index(5, 8, {3, 3, 1}));
+  IndexedDataset neg(dir + "/n");
+  try {
+    neg.read(2, 0, 1, out);
+    FAIL() << "narrowed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("n.bin at byte 48 (sequence 2, token 0): token id "
+                                         "-1099511627776"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -234,5 +234,63 @@ TEST(LoaderBatches, ValidationWrapsWithinEpochZero) {
   EXPECT_EQ(a, b);
 }
 
+// A resume position near 2^63 (a corrupt consumed_samples) used to
+// overflow into a negative sample index and read out of bounds.
+TEST(LoaderBatches, SamplePositionsPastInt64AreErrors) {
+  std::string prefix = write_coded("loader_huge", 40);
+  IndexedDataset ds(prefix);
+  GptSamples gs(ds, split_source(ds, {1})[0], 8, 2, 0, "train split");
+  BatchLayout layout{2, 3, 8, 1, 2};
+  std::vector<int32_t> tok(16), tgt(16);
+  for (int64_t base : {INT64_MAX, INT64_MAX - 5, INT64_MAX - 10, int64_t{-1}, INT64_MIN}) {
+    try {
+      fill_microbatch(gs, layout, base, 2, tok.data(), tgt.data());
+      ADD_FAILURE() << base << ": no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("sample position " + std::to_string(base)),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  // The largest position whose last row still fits is fine: epoch 2^63 / spe.
+  fill_microbatch(gs, layout, INT64_MAX - 11, 2, tok.data(), tgt.data());
+  fill_validation_microbatch(gs, layout, INT64_MAX - 11, 2, tok.data(), tgt.data());
+}
+
+// Ids outside the program's vocabulary are named by value, data file and
+// position in it (document and token, and the byte offset in .bin).
+TEST(LoaderSamples, IdsOutsideTheVocabularyNameTheirPosition) {
+  std::string prefix = write_coded("loader_vocab", 40);
+  IndexedDataset ds(prefix);
+  const DocRange all = split_source(ds, {1})[0];
+  GptSamples ok(ds, all, 8, 2, 0, "train split", 39 * kPosBase + 30);
+  GptSamples small(ds, all, 8, 2, 0, "train split", 5 * kPosBase);
+  std::vector<int32_t> row(9);
+  for (int64_t k = 0; k < ok.samples_per_epoch(); ++k) ok.sample(k, row.data());
+  int64_t errors = 0;
+  for (int64_t k = 0; k < small.samples_per_epoch(); ++k) {
+    try {
+      small.sample(k, row.data());
+      for (int32_t t : row) EXPECT_LT(t, 5 * kPosBase);
+    } catch (const Error& e) {
+      ++errors;
+      // The first bad id of the sample: token (d, i) = d * 1000 + i.
+      const std::string msg = e.what();
+      const size_t at = msg.find(": token id ");
+      ASSERT_NE(at, std::string::npos) << msg;
+      const int64_t id = std::stoll(msg.substr(at + 11));
+      const int64_t d = id / kPosBase, i = id % kPosBase;
+      EXPECT_GE(d, 5);
+      const int64_t byte = ds.sequence_pointer(d) + 4 * i;
+      EXPECT_NE(msg.find(prefix + ".bin at byte " + std::to_string(byte) + " (sequence " +
+                         std::to_string(d) + ", token " + std::to_string(i) + "): token id " +
+                         std::to_string(id) + " is outside the vocabulary [0, 5000)"),
+                std::string::npos)
+          << msg;
+    }
+  }
+  EXPECT_GT(errors, 0);
+}
+
 }  // namespace
 }  // namespace mtc::rt

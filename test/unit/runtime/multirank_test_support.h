@@ -301,7 +301,7 @@ inline void expect_data_error_stops_every_rank(const Job& job, const std::string
     const auto& res = job.ranks[r];
     EXPECT_FALSE(res.timed_out) << "rank " << r << " hung:\n" << res.err;
     EXPECT_EQ(res.exit_code, 1) << res.err;
-    if (res.err.find("token 99 at position") != std::string::npos) {
+    if (res.err.find("token id 99 is outside the vocabulary") != std::string::npos) {
       ++reported;
       EXPECT_NE(res.err.find("training step "), std::string::npos) << res.err;
     } else {

@@ -159,6 +159,20 @@ TEST(Safetensors, Corruptions) {
       {"metadata values must be strings"});
 }
 
+// nlohmann's parser recurses per nesting level: a header of 100000 '['
+// overflowed the stack (SIGSEGV). The nesting is bounded before parsing.
+TEST(Safetensors, DeeplyNestedHeaderIsAnError) {
+  std::string dir = scratch_dir("st_deep");
+  std::string f = dir + "/c.safetensors";
+  const std::string deep =
+      R"({"w":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  expect_reader_error(f, with_header(deep, ""),
+                      {"c.safetensors at byte " + std::to_string(8 + 5 + 63),
+                       "JSON nested deeper than 64 levels"});
+  expect_reader_error(f, with_header("{" + std::string(100000, '['), ""),
+                      {"c.safetensors at byte 72", "nested deeper"});
+}
+
 TEST(Safetensors, WriterRejectsBadInput) {
   std::string dir = scratch_dir("st_writer");
   float x = 0;

@@ -252,6 +252,22 @@ TEST(TokenizerBpe, ErrorsNameThePlace) {
   expect_error([&] { load_hf_tokenizer(dir + "/metaspace.json"); },
                {"metaspace.json", "pre_tokenizer", "Metaspace"});
   expect_error([&] { load_hf_tokenizer(dir + "/missing.json"); }, {"missing.json", "cannot open"});
+
+  // Ids from the file never size an allocation, and never wrap.
+  write_bytes(dir + "/sparse.json",
+              R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 2147483646}, "merges": []},)"
+              R"( "added_tokens": [{"id": 2147483647, "content": "<|endoftext|>"}]})");
+  auto sparse = load_hf_tokenizer(dir + "/sparse.json");
+  EXPECT_EQ(sparse->vocab_size(), int64_t{1} << 31);
+  EXPECT_EQ(sparse->decode({0, 2147483646, 2147483647}), "ab<|endoftext|>");
+  write_bytes(dir + "/wrap.json",
+              R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},)"
+              R"( "added_tokens": [{"id": 4294967301, "content": "x"}]})");
+  expect_error([&] { load_hf_tokenizer(dir + "/wrap.json"); },
+               {"wrap.json: added_tokens[0]: id 4294967301 is not in [0, 2^31)"});
+  write_bytes(dir + "/deep.json", std::string(100000, '[') + std::string(100000, ']'));
+  expect_error([&] { load_gpt2_tokenizer(dir + "/deep.json", f.merges); },
+               {"deep.json at byte 64: JSON nested deeper than 64 levels"});
 }
 
 }  // namespace

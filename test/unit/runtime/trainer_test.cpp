@@ -6,13 +6,18 @@
 // NaN losses stop with errors naming the flag or step.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cmath>
 #include <cstdlib>
+#include <future>
 #include <random>
 #include <regex>
+#include <set>
 
 #include "mtc/rt/checkpoint.h"
 #include "mtc/rt/loader.h"
+#include "mtc/rt/lr_schedule.h"
 #include "mtc/rt/metrics.h"
 #include "mtc/rt/safetensors.h"
 #include "train_test_support.h"
@@ -306,7 +311,10 @@ TEST_F(Trainer, BadProgramsAreReported) {
   expect_fail(sched, "must exceed the warm-up");
 }
 
-TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
+// A token outside the vocabulary is found by the loader and named by its
+// value, data file and position there (it used to be named by the
+// program's batch position only).
+TEST_F(Trainer, BadIdInTheDataStopsTheRunNamingFileAndPosition) {
   tiny::write_corpus(corpus_ + "_bad", 60, /*bad_token=*/99);
   ProgramDesc p = tiny::program();
   ::testing::internal::CaptureStderr();
@@ -316,11 +324,42 @@ TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
   std::string err = ::testing::internal::GetCapturedStderr();
   ::testing::internal::GetCapturedStdout();
   EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("token 99 at position"), std::string::npos) << err;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(err, m, std::regex(R"(training step (\d+), microbatch \d)"))) << err;
+  ASSERT_TRUE(std::regex_search(
+      err, m,
+      std::regex(R"(training step (\d+), microbatch \d: (.*)_bad\.bin at byte (\d+) \(sequence )"
+                 R"((\d+), token (\d+)\): token id 99 is outside the vocabulary \[0, 16\))")))
+      << err;
+  EXPECT_EQ(m[2].str(), corpus_);
+  IndexedDataset ds(corpus_ + "_bad");
+  const int64_t seq = std::stoll(m[4]), tok = std::stoll(m[5]);
+  int32_t id = 0;
+  ds.read(seq, tok, 1, &id);
+  EXPECT_EQ(id, 99);
+  EXPECT_EQ(std::stoll(m[3]), ds.sequence_pointer(seq) + tok * token_dtype_size(ds.dtype()));
   // The failing step is not recorded.
   EXPECT_EQ(read_jsonl(dir_ + "/m.jsonl").size(), std::stoul(m[1]) - 1);
+}
+
+float data_error_at_step_3(HostState& s, const int32_t* tok, const int32_t* tgt) {
+  float l = tiny::forward_backward(s, tok, tgt);
+  if (s.step == 3 && s.microbatch == 1) s.error = "a data error the program found";
+  return l;
+}
+
+TEST_F(Trainer, DataErrorFromTheProgramStopsTheRun) {
+  ProgramDesc p = tiny::program();
+  p.forward_backward = data_error_at_step_3;
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, {"--data", corpus_, "--steps", "30", "--metrics", dir_ + "/m.jsonl"});
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("training step 3, microbatch 1: a data error the program found"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(read_jsonl(dir_ + "/m.jsonl").size(), 2u);
 }
 
 float nan_at_step_3(HostState& s, const int32_t* tok, const int32_t* tgt) {
@@ -399,6 +438,158 @@ TEST_F(Trainer, MfuFromThePeakInTheEnvironment) {
               std::string::npos) << err;
     EXPECT_NE(err.find(std::string("got \"") + bad + "\""), std::string::npos) << err;
   }
+}
+
+// Runs with stdout and stderr captured; returns (rc, stderr).
+std::pair<int, std::string> run_quiet(const ProgramDesc& p, const std::vector<std::string>& a) {
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  int rc = run_train(p, a);
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  return {rc, err};
+}
+
+// --lr used to be stored nowhere: a resume without it silently trained on
+// with the compiled lr. The schedule is in state.json; a resume continues
+// it, refuses a different one, and --override-lr-schedule replaces it.
+TEST_F(Trainer, ResumeContinuesTheCheckpointsLrSchedule) {
+  ProgramDesc p = tiny::program();
+  const std::vector<std::string> lr = {"--lr", "5e-3", "--min-lr", "1e-4"};
+  auto args = [&](std::vector<std::string> a, bool with_lr) {
+    a.insert(a.begin(), {"--data", corpus_, "--steps", "20"});
+    if (with_lr) a.insert(a.end(), lr.begin(), lr.end());
+    return a;
+  };
+  ASSERT_EQ(run_train(p, args({"--metrics", dir_ + "/a.jsonl"}, true)), 0);
+  ASSERT_EQ(run_train(p, args({"--metrics", dir_ + "/b.jsonl", "--save", dir_ + "/b",
+                               "--exit-interval", "10"}, true)), 0);
+  auto saved = nlohmann::json::parse(testing::read_bytes(dir_ + "/b/step_000010/state.json"));
+  EXPECT_EQ(saved["schedule"]["lr"], 5e-3);
+  EXPECT_EQ(saved["schedule"]["min_lr"], 1e-4);
+  EXPECT_EQ(saved["schedule"]["decay_steps"], 20);
+  ASSERT_EQ(run_train(p, args({"--metrics", dir_ + "/b.jsonl", "--save", dir_ + "/b",
+                               "--resume"}, false)), 0);
+  auto a = read_jsonl(dir_ + "/a.jsonl"), b = read_jsonl(dir_ + "/b.jsonl");
+  EXPECT_EQ(column(a, "lr"), column(b, "lr"));
+  EXPECT_EQ(column(a, "loss"), column(b, "loss"));
+
+  // A different --lr on resume is refused, naming both values and the way out.
+  auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "30", "--save", dir_ + "/b",
+                                 "--resume", "--lr", "1e-2"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("step_000020/state.json: the run's learning-rate schedule differs from "
+                     "the checkpoint's:\n  --lr 0.01, the checkpoint's 0.005\n"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("--override-lr-schedule"), std::string::npos) << err;
+  // The same value is no conflict; a longer run keeps the decay horizon.
+  EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "22", "--save", dir_ + "/b",
+                          "--resume", "--lr", "5e-3", "--metrics", dir_ + "/b.jsonl"}).first,
+            0);
+  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").back()["lr"].get<double>(), 1e-4);
+  // --override-lr-schedule: this run's schedule (compiled min_lr, decay to --steps).
+  EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "30", "--save", dir_ + "/b",
+                          "--resume", "--lr", "1e-2", "--override-lr-schedule",
+                          "--metrics", dir_ + "/b.jsonl"}).first,
+            0);
+  LrSchedule mine{1e-2, p.train.min_lr, p.train.warmup_steps, 30, p.train.decay};
+  EXPECT_EQ(read_jsonl(dir_ + "/b.jsonl").back()["lr"].get<double>(), lr_at(mine, 30));
+  auto last = nlohmann::json::parse(testing::read_bytes(dir_ + "/b/step_000030/state.json"));
+  EXPECT_EQ(last["schedule"]["lr"], 1e-2);
+}
+
+// A consumed_samples near 2^63 used to overflow the loader's sample index
+// (SIGSEGV); it is refused when the run's steps cannot fit after it, and a
+// huge value that fits trains.
+TEST_F(Trainer, HugeConsumedSamplesOnResume) {
+  ProgramDesc p = tiny::program();
+  ASSERT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "4", "--save", dir_ + "/ck"}).first, 0);
+  const std::string state = dir_ + "/ck/step_000004/state.json";
+  auto j = nlohmann::json::parse(testing::read_bytes(state));
+  j["consumed_samples"] = INT64_MAX - 3;
+  testing::write_bytes(state, j.dump());
+  auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "8", "--save", dir_ + "/ck",
+                                 "--resume"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("state.json: consumed_samples 9223372036854775804 plus 4 steps of 4 "
+                     "samples does not fit a 64-bit sample count"),
+            std::string::npos)
+      << err;
+  j["consumed_samples"] = INT64_MAX - 100;
+  testing::write_bytes(state, j.dump());
+  EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "8", "--save", dir_ + "/ck",
+                          "--resume"}).first,
+            0);
+}
+
+// A one-rank program used to ignore a malformed launch environment.
+TEST_F(Trainer, MalformedRankOrWorldSizeIsRefused) {
+  ProgramDesc p = tiny::program();
+  {
+    ScopedEnv rank("RANK", "0"), size("WORLD_SIZE", "2x");
+    auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "4"});
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("WORLD_SIZE='2x' is not an integer"), std::string::npos) << err;
+  }
+  {
+    ScopedEnv rank("RANK", "zero"), size("WORLD_SIZE", "1");
+    auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "4"});
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("RANK='zero' is not an integer"), std::string::npos) << err;
+  }
+  {
+    ScopedEnv size("WORLD_SIZE", "1");
+    auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "4"});
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("RANK is not set but WORLD_SIZE is"), std::string::npos) << err;
+  }
+  {
+    ScopedEnv rank("RANK", "0"), size("WORLD_SIZE", "1");
+    EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "4"}).first, 0);
+  }
+  // Slurm's variables are read (and checked) when RANK is unset; its task
+  // count alone does not make a one-rank program refuse to run.
+  {
+    ScopedEnv id("SLURM_PROCID", "0"), tasks("SLURM_NTASKS", "four");
+    auto [rc, err] = run_quiet(p, {"--data", corpus_, "--steps", "4"});
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("SLURM_NTASKS='four' is not an integer"), std::string::npos) << err;
+  }
+  ScopedEnv id("SLURM_PROCID", "0"), tasks("SLURM_NTASKS", "4");
+  EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--steps", "4"}).first, 0);
+}
+
+// The trainer's outputs go through OutputFile and the checkpoint checks:
+// --dump-grads into a FIFO streams, into a directory is refused; --save
+// into someone else's directory is refused before training.
+TEST_F(Trainer, OutputsNeverReplaceWhatTheyDidNotWrite) {
+  namespace fs = std::filesystem;
+  ProgramDesc p = tiny::program();
+  fs::create_directories(dir_ + "/out");
+  testing::write_bytes(dir_ + "/out/keep", "keep");
+  auto [rc, err] = run_quiet(p, {"--data", corpus_, "--dump-grads", dir_ + "/out"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("/out: is a directory"), std::string::npos) << err;
+  EXPECT_EQ(testing::read_bytes(dir_ + "/out/keep"), "keep");
+
+  const std::string fifo = dir_ + "/grads.pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto reader = std::async(std::launch::async, [&] { return testing::read_bytes(fifo); });
+  EXPECT_EQ(run_quiet(p, {"--data", corpus_, "--dump-grads", fifo}).first, 0);
+  const std::string dump = reader.get();
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  testing::write_bytes(dir_ + "/grads.safetensors", dump);
+  EXPECT_TRUE(SafetensorsReader(dir_ + "/grads.safetensors").has("batch.tokens"));
+
+  std::tie(rc, err) = run_quiet(p, {"--data", corpus_, "--steps", "4", "--save", dir_ + "/out"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("/out: not empty and not an mtc checkpoint directory"), std::string::npos)
+      << err;
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_ + "/out"))
+    names.insert(e.path().filename().string());
+  EXPECT_EQ(names, std::set<std::string>{"keep"});
 }
 
 TEST(LogLine, MfuFollowsTflops) {

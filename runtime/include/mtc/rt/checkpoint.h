@@ -13,9 +13,13 @@
 //                                          format version
 //   DIR/latest                             "step_000100\n": the last
 //                                          complete checkpoint
-// A step directory is written as DIR/.step_000100.tmp.<pid> and renamed into
-// place once every file is complete and fsync'd; `latest` is then replaced
-// atomically. A crash leaves the previous checkpoint and `latest` intact.
+// A step directory is written as a new DIR/.step_000100.tmp.<pid>[.<n>] and
+// renamed into place once every file is complete and fsync'd; `latest` is
+// then replaced atomically. A crash leaves the previous checkpoint and
+// `latest` intact; a failed save removes its temporary directory. A save
+// writes only into a new or empty DIR or one holding mtc checkpoints, and
+// replaces an existing step directory only if it holds nothing but
+// checkpoint files (else Error: it never removes what it did not write).
 //
 // Loading validates every name, dtype and shape against the ProgramDesc
 // before anything is read, and reports the first mismatch by tensor name
@@ -30,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "mtc/rt/lr_schedule.h"
 #include "mtc/rt/program.h"
 
 namespace mtc::rt {
@@ -51,6 +56,10 @@ struct CheckpointState {
   int64_t train_steps = 0;        // --steps of the run
   int64_t decay_steps = 0;        // lr decay horizon used
   bool has_optimizer = true;      // optimizer.safetensors present
+  // The run's learning-rate schedule ("schedule" in state.json); absent
+  // from checkpoints written before it was stored.
+  bool has_schedule = false;
+  LrSchedule schedule;
 };
 
 // "step_000100".
@@ -64,6 +73,12 @@ std::string checkpoint_step_name(int64_t step);
 std::string save_checkpoint(const std::string& dir, const ProgramDesc& program,
                             const CheckpointState& state, const float* params,
                             const float* exp_avg, const float* exp_avg_sq);
+
+// A directory save_checkpoint may write into: new, empty, or already
+// holding mtc checkpoints (`latest` or a step_NNNNNN directory). Anything
+// else is someone else's directory, which a save would write into and
+// whose `latest` it would replace: Error naming one of its entries.
+void check_checkpoint_dir(const std::string& dir);
 
 // True if `path` holds `latest` or state.json (resolve_checkpoint may still
 // find it broken).

@@ -30,7 +30,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,16 +67,25 @@ class TokenSource {
   virtual int64_t num_docs() const = 0;
   virtual int64_t doc_length(int64_t doc) const = 0;
   // out[i] = token `offset + i` of document `doc`, i < count. The range must
-  // lie inside the document (the caller's invariant, asserted).
+  // lie inside the document (the caller's invariant, asserted). An id that
+  // does not fit int32 (an int64 dataset) throws Error naming it by
+  // position(): ids are never narrowed.
   virtual void read(int64_t doc, int64_t offset, int64_t count,
                     int32_t* out) const = 0;
+  // Where token `offset` of document `doc` lies, for messages:
+  // "PREFIX.bin at byte 1234 (sequence 5, token 17)".
+  virtual std::string position(int64_t doc, int64_t offset) const = 0;
   int64_t num_tokens() const;
 };
 
 // Megatron indexed dataset; opening validates the whole index: magic,
 // version, dtype, counts against the .idx length, doc_idx monotone from 0 to
-// N, sizes >= 0, every pointer aligned to the dtype and every sequence inside
-// .bin. Errors name the file and the byte offset of the bad field.
+// N, sizes >= 0, and the sequences tiling .bin exactly as Megatron's writer
+// lays them out: pointer[0] = 0, pointer[i+1] = pointer[i] + size[i] x the
+// dtype's size, the last sequence ending at the end of .bin. So a dtype
+// byte changed to another size, sizes that do not match the pointers, or a
+// .bin of another length are refused (the message says which dtype the
+// sizes imply). Errors name the file and the byte offset of the bad field.
 class IndexedDataset final : public TokenSource {
  public:
   explicit IndexedDataset(const std::string& prefix);
@@ -86,6 +94,7 @@ class IndexedDataset final : public TokenSource {
   int64_t doc_length(int64_t doc) const override;
   void read(int64_t doc, int64_t offset, int64_t count,
             int32_t* out) const override;
+  std::string position(int64_t doc, int64_t offset) const override;
 
   TokenDtype dtype() const { return dtype_; }
   int64_t num_sequences() const { return num_sequences_; }
@@ -116,6 +125,7 @@ class PlainTokenFile final : public TokenSource {
   }
   void read(int64_t doc, int64_t offset, int64_t count,
             int32_t* out) const override;
+  std::string position(int64_t doc, int64_t offset) const override;
 
  private:
   MappedFile file_;
@@ -125,10 +135,10 @@ class PlainTokenFile final : public TokenSource {
 // else an indexed dataset prefix (PREFIX.bin + PREFIX.idx).
 std::unique_ptr<TokenSource> open_token_source(const std::string& spec);
 
-// Writes an indexed dataset: one sequence per document. The files are
-// written as PREFIX.bin.tmp / PREFIX.idx.tmp and renamed into place by
-// finalize(), so a failed run leaves no half-written dataset. Token ids are
-// checked against the dtype's range.
+// Writes an indexed dataset: one sequence per document. Both files are
+// OutputFiles (io.h): temporaries renamed into place by finalize(), so a
+// failed run leaves no half-written dataset and removes only its own
+// temporaries. Token ids are checked against the dtype's range.
 class IndexedDatasetWriter {
  public:
   IndexedDatasetWriter(const std::string& prefix, TokenDtype dtype);
@@ -148,7 +158,7 @@ class IndexedDatasetWriter {
  private:
   std::string prefix_;
   TokenDtype dtype_;
-  std::FILE* bin_ = nullptr;
+  std::unique_ptr<OutputFile> bin_;
   std::vector<int32_t> sizes_;
   int64_t num_tokens_ = 0;
   bool finalized_ = false;

@@ -65,10 +65,11 @@ class GptSamples {
  public:
   // `split_id` tells the splits' shuffles apart (0 train, 1 validation).
   // Throws Error if the range has fewer than seq_length + 1 tokens; `what`
-  // ("train split", ...) names it.
+  // ("train split", ...) names it. With vocab_size > 0, sample() checks
+  // every id it reads against [0, vocab_size).
   GptSamples(const TokenSource& source, const DocRange& range,
              int64_t seq_length, uint64_t seed, uint64_t split_id,
-             const std::string& what);
+             const std::string& what, int64_t vocab_size = 0);
 
   int64_t seq_length() const { return seq_length_; }
   int64_t num_docs() const { return range_.doc_end - range_.doc_begin; }
@@ -76,6 +77,8 @@ class GptSamples {
   int64_t samples_per_epoch() const { return samples_per_epoch_; }
 
   // The S + 1 tokens of global sample k >= 0 (epoch k / samples_per_epoch).
+  // An id outside the vocabulary (or beyond int32, TokenSource::read) throws
+  // Error naming the id, the data file and its position there.
   void sample(int64_t k, int32_t* out);
 
  private:
@@ -87,6 +90,7 @@ class GptSamples {
   DocRange range_;
   int64_t seq_length_;
   uint64_t seed_, split_id_;
+  int64_t vocab_size_;
   int64_t num_tokens_ = 0;
   int64_t samples_per_epoch_ = 0;
   int64_t epoch_ = -1;                 // the epoch the arrays below describe
@@ -107,6 +111,8 @@ struct BatchLayout {
 
 // tokens, targets (micro_batch, S): microbatch `mb` of this rank for the
 // step whose first global sample is `base` (Megatron's order, above).
+// Throws Error when a sample index would not fit int64 (a corrupt resume
+// position) or a sample's ids are bad (GptSamples::sample).
 void fill_microbatch(GptSamples& samples, const BatchLayout& layout,
                      int64_t base, int64_t mb, int32_t* tokens,
                      int32_t* targets);

@@ -35,5 +35,7 @@ double lr_at(const LrSchedule& schedule, int64_t step);
 std::string check_lr_schedule(const LrSchedule& schedule);
 
 const char* lr_decay_name(LrDecay decay);
+// The inverse of lr_decay_name; false if `name` is none of them.
+bool parse_lr_decay(const std::string& name, LrDecay* decay);
 
 }  // namespace mtc::rt

@@ -40,8 +40,9 @@ struct TensorRef {
 int64_t shape_numel(const std::vector<int64_t>& shape);
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 3]"
 
-// Writes the file atomically (temporary + rename). Throws Error on a
-// duplicate or reserved name or an I/O failure.
+// Writes the file through OutputFile (io.h: temporary + rename, or through
+// to a FIFO or device). Throws Error on a duplicate or reserved name or an
+// I/O failure.
 void write_safetensors(const std::string& path,
                        const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

@@ -19,7 +19,9 @@ struct TrainOptions {
   std::string data;            // --data: indexed dataset prefix or .tokens file
   int64_t steps = 0;           // --steps: total optimizer steps of the run
   double lr = 0;               // --lr: peak learning rate
+  bool lr_given = false;
   double min_lr = 0;           // --min-lr
+  bool min_lr_given = false;
   uint64_t seed = 0;           // --seed
   bool seed_given = false;
   int64_t log_interval = 1;    // --log-interval
@@ -28,6 +30,7 @@ struct TrainOptions {
   std::string save;            // --save DIR
   int64_t save_interval = 0;   // --save-interval (0: only at the end)
   bool resume = false;         // --resume: from --load DIR, else from --save DIR
+  bool override_lr_schedule = false;  // --override-lr-schedule
   std::string load;            // --load DIR (root with `latest`, or a step dir)
   std::string metrics;         // --metrics FILE.jsonl
   std::string split = "98,2";  // --split train,valid[,test]
@@ -152,14 +155,6 @@ std::string human_bytes(double bytes);
 // Throws Error listing the plan's bytes by kind and the free memory.
 void check_plan_fits(const ProgramDesc& program, const char* backend_name,
                      size_t free_bytes, size_t total_bytes);
-
-// Host-side check of a microbatch's ids before they are uploaded to a
-// backend whose kernels only record bad ids: `ids` (rows, seq_length), each
-// must lie in [0, vocab_size). Returns "" or a message naming the first bad
-// id by position: "<kind> 99 at position 13 (sequence 1, offset 5) is
-// outside the vocabulary [0, 16)".
-std::string check_ids(const int32_t* ids, int64_t rows, int64_t seq_length,
-                      int64_t vocab_size, const char* kind);
 
 // Peak FLOP/s of the accelerator from the environment variable
 // MTC_PEAK_TFLOPS (TFLOP/s, e.g. 989 for an H100 SXM in dense bf16), for
