@@ -178,9 +178,16 @@ class Parser {
       bool is_array;
       std::set<std::string> keys;
       std::string last_key;
+      bool capped = false;  // more than kMaxKeys keys seen
     };
+    // nlohmann::ordered_json finds a key by a linear scan of its object, so
+    // reading n keys into one object costs n^2 / 2 comparisons (50,000 keys:
+    // seconds). No spec object has more than kMaxKeys keys that mean
+    // something, so the keys after the first kMaxKeys of an object are not
+    // kept (the callback drops them) and reported once.
+    constexpr size_t kMaxKeys = 64;
     std::vector<Frame> stack;
-    std::vector<Diagnostic> duplicates;
+    std::vector<Diagnostic> noted;  // duplicate keys, objects with too many keys
     Json::parser_callback_t callback = [&](int, Json::parse_event_t event, Json& parsed) {
       auto child_path = [&]() -> std::string {
         if (stack.empty()) return "";
@@ -199,8 +206,19 @@ class Parser {
           if (!stack.empty() && parsed.is_string()) {
             Frame& top = stack.back();
             top.last_key = parsed.get<std::string>();
-            if (!top.keys.insert(top.last_key).second && duplicates.size() < 100)
-              duplicates.push_back({join(top.path, top.last_key),
+            if (top.keys.size() >= kMaxKeys && !top.keys.count(top.last_key)) {
+              if (!top.capped) {
+                top.capped = true;
+                noted.push_back({top.path, "more than " + std::to_string(kMaxKeys) +
+                                                     " keys in one object (a spec object has at most " +
+                                                     std::to_string(maxFields()) +
+                                                     "); the keys after the " + std::to_string(kMaxKeys) +
+                                                     "th are not read"});
+              }
+              return false;
+            }
+            if (!top.keys.insert(top.last_key).second && noted.size() < 100)
+              noted.push_back({join(top.path, top.last_key),
                                     "duplicate key " + quoteKey(top.last_key) +
                                         " (JSON would silently keep the last value); remove one"});
           }
@@ -215,7 +233,7 @@ class Parser {
     }
     try {
       Json root = Json::parse(text, callback, /*allow_exceptions=*/true, /*ignore_comments=*/true);
-      for (Diagnostic& d : duplicates) error(d.path, d.message);
+      for (Diagnostic& d : noted) error(d.path, d.message);
       return root;
     } catch (const Json::parse_error& e) {
       // what(): "[json.exception.parse_error.101] parse error at line 3,
@@ -246,6 +264,13 @@ class Parser {
       error("", std::string("not valid JSON: ") + e.what());
     }
     return std::nullopt;
+  }
+
+  // The most keys any section has (model's).
+  size_t maxFields() const {
+    size_t n = 0;
+    for (const auto& section : fields_) n = std::max(n, section.second.size());
+    return n;
   }
 
   // ---- sections -----------------------------------------------------------
