@@ -170,7 +170,7 @@ int main(int argc, char **argv) {
     os << "mtc " << MTC_VERSION << " (MLIR " << LLVM_VERSION_STRING << ")\n";
   });
   // --help lists mtc's options only, not the hundreds LLVM's libraries
-  // register (they stay usable, as --help-hidden shows).
+  // register (still accepted, no longer listed).
   cl::HideUnrelatedOptions({&flagsCat, &planCat});
   cl::HideUnrelatedOptions({&flagsCat, &planCat}, compileCmd);
   if (!cl::ParseCommandLineOptions(
