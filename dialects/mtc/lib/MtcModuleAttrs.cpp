@@ -26,7 +26,7 @@
 //    program refuses (runtime/src/common/program_setup.cpp,
 //    lr_schedule.cpp): global_batch_size = micro_batch_size *
 //    num_microbatches * dp, and a decaying schedule's horizon (decay_steps,
-//    or train_steps when 0) beyond warmup_steps.
+//    or train_steps when 0) beyond warmup_steps (no decay key: cosine).
 //  - mtc.recompute: "none" ("selective" and "full" are not implemented yet).
 //  - mtc.model: a non-empty string. mtc.tp_backward_lanes: a unit attribute.
 //  - No other mtc.* attribute on a module (a misspelled one would be
@@ -304,13 +304,15 @@ LogicalResult verifyTraining(ModuleOp module, NamedAttribute attr) {
                 << *micro << " * " << *microbatches << " * " << dp;
   }
   // The training program's rule (check_lr_schedule): lr_at divides by the
-  // decay's length after the warm-up.
-  if (warmup && decay && *decay != "constant" &&
+  // decay's length after the warm-up. An absent decay is cosine, as the code
+  // generators write it.
+  StringRef decayName = decay.value_or("cosine");
+  if (warmup && decayName != "constant" &&
       (decaySteps.value_or(0) > 0 || steps)) {
     bool fromSteps = decaySteps.value_or(0) == 0;
     int64_t horizon = fromSteps ? *steps : *decaySteps;
     if (horizon <= *warmup)
-      c.error() << "the '" << *decay << "' decay ends at "
+      c.error() << "the '" << decayName << "' decay ends at "
                 << (fromSteps ? "train_steps" : "decay_steps") << " ("
                 << horizon << "), which must be after warmup_steps ("
                 << *warmup << "); the training program refuses this schedule";

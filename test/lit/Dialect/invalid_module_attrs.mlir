@@ -158,6 +158,14 @@ module attributes {mtc.training = {warmup_steps = 5 : i64, train_steps = 5 : i64
 
 // -----
 
+// Tests that without a decay key the decay is cosine (the code generators'
+// default), so the rule applies.
+// expected-error @+1 {{the 'cosine' decay ends at decay_steps (3), which must be after warmup_steps (4)}}
+module attributes {mtc.training = {warmup_steps = 4 : i64, decay_steps = 3 : i64}} {
+}
+
+// -----
+
 // Tests that a constant learning rate has no such rule.
 module attributes {mtc.training = {warmup_steps = 5 : i64, train_steps = 5 : i64, decay = "constant"}} {
 }
