@@ -380,7 +380,8 @@ class Checker {
   }
 
   // Sizes a machine can hold: every tensor of the program (weights, and the
-  // activations of one microbatch) at most kMaxElements elements, the whole
+  // activations of one microbatch) and the tokens of one step at most
+  // kMaxElements elements, the whole
   // model at most kMaxParams parameters, at most kMaxLayers layers (each adds
   // tens of ops to the compiled program). Counts are exact (the importer's
   // tensors) and taken in 128 bits; fields are each <= 2^40 here, so no
@@ -431,6 +432,17 @@ class Checker {
                 "the qkv activation of a microbatch, " + bs + "(num_heads + 2 * num_kv_heads) * head size = " +
                     str(b) + " * " + str(s) + " * " + str(qkv), b * s * qkv))
       return;
+    // The training program counts a step's tokens in an int64.
+    if (ok({"training.global_batch_size", "parallel.dp", "parallel.microbatches"})) {
+      const Wide global = resolvedGlobalBatch(s_), tokens = global * s;
+      if (tokens > kMaxElements) {
+        fail({"training.global_batch_size", "model.seq_length", "parallel.dp"},
+             "a step reads global_batch_size * seq_length = " + str(global) + " * " + str(s) + " = " +
+                 str(tokens) + " tokens, more than any machine holds (at most 2^40 = " + str(kMaxElements) +
+                 " tokens a step)");
+        return;
+      }
+    }
     // The importer's parameters (docs/checkpoints.md lists them).
     const bool layernorm_bias = m.norm == NormKind::layernorm && m.bias;
     const Wide norm = d * (layernorm_bias ? 2 : 1);

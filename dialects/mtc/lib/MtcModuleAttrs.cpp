@@ -19,7 +19,8 @@
 //  - mtc.training: a dictionary; micro_batch_size, global_batch_size,
 //    num_microbatches, seq_length, vocab_size, train_steps integers >= 1;
 //    warmup_steps, decay_steps integers >= 0; seed an integer; every integer
-//    at most 2^40 (the seed excepted); lr > 0, min_lr in [0, lr],
+//    at most 2^40 (the seed excepted), and so are the tokens of a step,
+//    global_batch_size * seq_length; lr > 0, min_lr in [0, lr],
 //    beta1 and beta2 in [0, 1), eps > 0, weight_decay >= 0, grad_clip >= 0,
 //    all finite floats; precision one of "fp32", "bf16", "fp16"; decay one
 //    of "constant", "linear", "cosine"; no other key. What the training
@@ -269,7 +270,7 @@ LogicalResult verifyTraining(ModuleOp module, NamedAttribute attr) {
   std::optional<int64_t> micro = c.integer("micro_batch_size", 1),
                          global = c.integer("global_batch_size", 1),
                          microbatches = c.integer("num_microbatches", 1);
-  c.integer("seq_length", 1);
+  std::optional<int64_t> seq = c.integer("seq_length", 1);
   c.integer("vocab_size", 1);
   std::optional<int64_t> steps = c.integer("train_steps", 1),
                          warmup = c.integer("warmup_steps", 0),
@@ -303,6 +304,11 @@ LogicalResult verifyTraining(ModuleOp module, NamedAttribute attr) {
                 << ") must equal micro_batch_size * num_microbatches * dp = "
                 << *micro << " * " << *microbatches << " * " << dp;
   }
+  std::optional<int64_t> tokens =
+      global && seq ? llvm::checkedMul(*global, *seq) : std::optional<int64_t>(0);
+  if (!tokens || *tokens > kMaxInt)
+    c.error() << "a step reads global_batch_size * seq_length = " << *global
+              << " * " << *seq << " tokens, more than 2^40";
   // The training program's rule (check_lr_schedule): lr_at divides by the
   // decay's length after the warm-up. An absent decay is cosine, as the code
   // generators write it.

@@ -143,6 +143,14 @@ module attributes {mtc.parallel = {dp = 4 : i64},
 
 // -----
 
+// Tests that the tokens of a step are bounded (the training program counts
+// them in an int64).
+// expected-error @+1 {{attribute 'mtc.training': a step reads global_batch_size * seq_length = 1073741824 * 2048 tokens, more than 2^40}}
+module attributes {mtc.training = {global_batch_size = 1073741824 : i64, seq_length = 2048 : i64}} {
+}
+
+// -----
+
 // Tests the schedule the training program refuses: a decay that ends where
 // the warm-up does.
 // expected-error @+1 {{attribute 'mtc.training': the 'cosine' decay ends at decay_steps (10), which must be after warmup_steps (10); the training program refuses this schedule}}

@@ -306,6 +306,16 @@ TEST(SpecErrors, SizesAreBoundedByWhatAMachineHolds) {
   ASSERT_EQ(diags.size(), 1u) << dump(diags);
   expectDiag(diags, "training.micro_batch_size", {"logits", "1048576 * 4096 * 1024 = 4398046511104"});
 
+  // Each microbatch fits, the step does not: 2^30 sequences of 2^11 tokens.
+  Json s = base();
+  s["model"]["seq_length"] = 2048;
+  s["training"]["micro_batch_size"] = 1;
+  s["training"]["global_batch_size"] = int64_t(1) << 30;
+  diags = errorsOf(s);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "training.global_batch_size",
+             {"global_batch_size * seq_length = 1073741824 * 2048 = 2199023255552 tokens", "at most 2^40"});
+
   // Every tensor fits, the whole model does not: 16384 layers of width 8192.
   Json p = base();
   p["model"]["num_layers"] = 16384;

@@ -84,6 +84,7 @@ std::vector<std::string> violations(const Spec& s) {
   Wide per_step = (Wide)t.micro_batch_size * p.dp;
   Wide global = t.global_batch_size ? t.global_batch_size : per_step * p.microbatches.value_or(1);
   rule(global >= 1 && global <= kMax, "global batch size");
+  rule(global * m.seq_length <= kMax, "tokens a step");
   if (global >= 1 && global <= kMax) {
     rule(global % per_step == 0, "global % (micro * dp)");
     Wide mb = global / per_step;
