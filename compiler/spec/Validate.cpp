@@ -13,6 +13,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 #include <numeric>
@@ -30,13 +31,14 @@ std::string str(Wide v) {
   return neg ? "-" + s : s;
 }
 
-// The divisors of n (those in [lo, hi]) closest to v from below and above, as a
-// hint: " (nearby valid values: 8 or 16)". O(sqrt(n)), n <= 2^40.
-std::string divisorHint(int64_t n, int64_t v, int64_t lo = 1, int64_t hi = kMaxInt) {
+// The divisors of n that pass `valid` (every other rule on the value) closest
+// to v from below and above, as a hint: " (nearby valid values: 8 or 16)".
+// O(sqrt(n)), n <= 2^40.
+std::string divisorHint(int64_t n, int64_t v, const std::function<bool(int64_t)>& valid) {
   if (n < 1 || n > kMaxInt) return "";
   int64_t below = 0, above = 0;
   auto consider = [&](int64_t d) {
-    if (d < lo || d > hi) return;
+    if (!valid(d)) return;
     if (d < v && d > below) below = d;
     if (d > v && (above == 0 || d < above)) above = d;
   };
@@ -210,7 +212,14 @@ class Checker {
     int64_t hi = g;
     if (ok({"parallel.pp", "parallel.dp"}) && p.pp >= 1 && p.dp >= 1 && p.pp <= kMaxInt && p.dp <= kMaxInt)
       hi = std::min<Wide>(g, kMaxInt / ((Wide)p.pp * p.dp));
-    return divisorHint(g, p.tp, sp ? 2 : 1, hi);
+    return divisorHint(g, p.tp, [&](int64_t d) { return d >= (sp ? 2 : 1) && d <= hi; });
+  }
+
+  // Head counts must also split over tp (when tp is valid); query heads must
+  // also leave an even head size under rope.
+  bool splitsOverTp(int64_t heads) const {
+    const ParallelSpec& p = s_.parallel;
+    return !ok({"parallel.tp"}) || p.tp < 1 || p.tp > kMaxInt || heads % p.tp == 0;
   }
 
   void checkModel() {
@@ -220,7 +229,10 @@ class Checker {
         fail({"model.num_heads", "model.hidden_size"},
              ref("model.hidden_size", m.hidden_size) + " is not divisible by " +
                  ref("model.num_heads", m.num_heads) + "; the head size is hidden_size / num_heads" +
-                 divisorHint(m.hidden_size, m.num_heads));
+                 divisorHint(m.hidden_size, m.num_heads, [&](int64_t d) {
+                   bool rope = ok({"model.position_embedding"}) && m.position_embedding == PositionKind::rope;
+                   return splitsOverTp(d) && (!rope || (m.hidden_size / d) % 2 == 0);
+                 }));
       } else if (m.position_embedding == PositionKind::rope &&
                  ok({"model.position_embedding"}) && (m.hidden_size / m.num_heads) % 2 != 0) {
         fail({"model.position_embedding", "model.hidden_size", "model.num_heads"},
@@ -234,7 +246,7 @@ class Checker {
            ref("model.num_heads", m.num_heads) + " is not divisible by " +
                ref("model.num_kv_heads", m.num_kv_heads) +
                ": each key/value head serves an equal group of query heads" +
-               divisorHint(m.num_heads, m.num_kv_heads));
+               divisorHint(m.num_heads, m.num_kv_heads, [&](int64_t d) { return splitsOverTp(d); }));
   }
 
   void checkParallel() {

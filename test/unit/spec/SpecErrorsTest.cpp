@@ -392,6 +392,29 @@ TEST(SpecErrors, TpSuggestionsPassEveryRule) {
   diags = errorsOf(s);
   ASSERT_EQ(diags.size(), 1u) << dump(diags);
   expectDiag(diags, "model.seq_length", {"(32)", "parallel.tp (3)", "(nearby valid values: 2 or 4)"});
+
+  // The head counts suggested split over tp too, and leave an even head
+  // size under rope.
+  Json h = base();  // 6 divides 96 but not over tp = 4
+  h["model"]["hidden_size"] = 96;
+  h["model"]["num_heads"] = 5;
+  h["parallel"]["tp"] = 4;
+  diags = errorsOf(h);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_heads", {"model.num_heads (5)", "(nearby valid values: 4 or 8)"});
+  Json r = base();  // 36 / 4 = 9 is odd
+  r["model"]["arch"] = "llama";
+  r["model"]["hidden_size"] = 36;
+  r["model"]["num_heads"] = 5;
+  diags = errorsOf(r);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_heads", {"(nearby valid values: 3 or 6)"});
+  Json k = base();  // kv heads: 2 divides 8 but not over tp = 4
+  k["model"]["num_heads"] = 8;
+  k["model"]["num_kv_heads"] = 3;
+  k["parallel"]["tp"] = 4;
+  diags = errorsOf(k);
+  expectDiag(diags, "model.num_kv_heads", {"(3)", "(nearby valid value: 4)"});
 }
 
 TEST(SpecErrors, EnumValuesListTheValidOnes) {
