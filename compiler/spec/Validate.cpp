@@ -111,10 +111,12 @@ class Checker {
 
   // ---- one field at a time ------------------------------------------------
 
-  void integer(const char* path, int64_t v, int64_t lo) {
+  // At most 2^40, or `hi` with its reason.
+  void integer(const char* path, int64_t v, int64_t lo, int64_t hi = kMaxInt, const char* why = nullptr) {
     if (!ok({path})) return;
-    if (v > kMaxInt)
-      fail({path}, str(v) + " is too large (at most 2^40 = " + str(kMaxInt) + ")");
+    if (v > hi)
+      fail({path}, str(v) + " is too large (at most " +
+                       (why ? str(hi) + ": " + why : "2^40 = " + str(kMaxInt)) + ")");
     else if (v < lo)
       fail({path}, std::string(lo == 1 ? "must be a positive integer" : "must be a non-negative integer") +
                        ", got " + str(v));
@@ -145,7 +147,8 @@ class Checker {
         fail({"model.name"}, "must be 1 to 64 characters from A-Z a-z 0-9 _ - . (it names "
                              "output files), got " + printable(m.name));
     }
-    integer("model.num_layers", m.num_layers, 1);
+    integer("model.num_layers", m.num_layers, 1, kMaxLayers,
+            "each layer adds tens of ops to the compiled program");
     integer("model.hidden_size", m.hidden_size, 1);
     integer("model.num_heads", m.num_heads, 1);
     integer("model.num_kv_heads", m.num_kv_heads, 1);
@@ -393,20 +396,14 @@ class Checker {
 
   // Sizes a machine can hold: every tensor of the program (weights, and the
   // activations of one microbatch) and the tokens of one step at most
-  // kMaxElements elements, the whole
-  // model at most kMaxParams parameters, at most kMaxLayers layers (each adds
-  // tens of ops to the compiled program). Counts are exact (the importer's
+  // kMaxElements, the whole model at most kMaxParams parameters (num_layers
+  // has its own bound, kMaxLayers, in checkFields). Counts are exact (the importer's
   // tensors) and taken in 128 bits; fields are each <= 2^40 here, so no
   // product of three overflows. One diagnostic: the first bound exceeded.
   void checkSizes() {
     const ModelSpec& m = s_.model;
     const ParallelSpec& p = s_.parallel;
     const TrainingSpec& t = s_.training;
-    if (ok({"model.num_layers"}) && m.num_layers > kMaxLayers) {
-      fail({"model.num_layers"}, str(m.num_layers) + " layers is too many (at most " + str(kMaxLayers) +
-                                     ": each layer adds tens of ops to the compiled program)");
-      return;
-    }
     if (!ok({"model.num_layers", "model.hidden_size", "model.num_heads", "model.num_kv_heads",
              "model.ffn_hidden_size", "model.vocab_size", "model.seq_length", "parallel.tp",
              "training.micro_batch_size"}))
