@@ -1,7 +1,8 @@
 // Spec parsing: the text of a spec file -> Spec (docs/spec.md).
 //
-// Steps: (1) parse the JSON (comments allowed), noting duplicate keys; a
-// syntax error ends here with its line and column. (2) Walk each section in
+// Steps: (1) parse the JSON (comments allowed) in linear time, noting
+// duplicate keys and cutting objects after 64 keys; a syntax error ends here
+// with its line and column. (2) Walk each section in
 // file order: unknown keys get a "did you mean" suggestion, values of the
 // wrong type are reported and their paths marked bad. The model's arch
 // preset is applied before its keys, so explicit keys win whatever their
@@ -121,6 +122,130 @@ std::optional<std::string> closest(const std::string& word, const std::vector<st
   return part;
 }
 
+// Builds the document from nlohmann's SAX events, in time linear in the
+// text. nlohmann's own builders are quadratic on some inputs: with a parser
+// callback, the end of every object scans its parent for discarded values
+// (an array of n objects: n^2 / 2 steps), and ordered_json finds a key by a
+// linear scan of its object. Here each object keeps a set of its keys
+// (duplicates found in O(log n)) and takes at most kMaxKeys keys: no spec
+// object has more that mean something, so the rest are dropped with one
+// diagnostic, and each insertion scans at most kMaxKeys keys. Parse errors
+// are recorded (nlohmann's error id, byte offset and message) for parseJson
+// to report.
+class DocumentBuilder : public nlohmann::json_sax<Json> {
+ public:
+  static constexpr size_t kMaxKeys = 64;
+  struct Failure {
+    int id = 0;       // nlohmann's: 101 syntax error, 406 number overflow, ...
+    size_t byte = 0;  // offset just past the offending token
+    std::string what;
+  };
+
+  // `max_fields`: the most keys a spec object has, for the message.
+  explicit DocumentBuilder(size_t max_fields) : max_fields_(max_fields) {}
+
+  Json take() { return std::move(root_); }
+  const std::vector<Diagnostic>& noted() const { return noted_; }
+  const Failure& failure() const { return failure_; }
+
+  bool null() override { return scalar(Json(nullptr)); }
+  bool boolean(bool v) override { return scalar(Json(v)); }
+  bool number_integer(number_integer_t v) override { return scalar(Json(v)); }
+  bool number_unsigned(number_unsigned_t v) override { return scalar(Json(v)); }
+  bool number_float(number_float_t v, const string_t&) override { return scalar(Json(v)); }
+  bool string(string_t& v) override { return scalar(Json(std::move(v))); }
+  bool binary(binary_t& v) override { return scalar(Json::binary(std::move(v))); }
+  bool start_object(std::size_t) override { return open(Json::object()); }
+  bool start_array(std::size_t) override { return open(Json::array()); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+
+  bool key(string_t& k) override {
+    Frame& top = stack_.back();
+    top.key = std::move(k);
+    top.keep_next = top.value != nullptr;
+    if (!top.keep_next) return true;
+    if (top.keys.size() >= kMaxKeys && !top.keys.count(top.key)) {
+      top.keep_next = false;
+      if (!top.capped) {
+        top.capped = true;
+        noted_.push_back({top.path, "more than " + std::to_string(kMaxKeys) +
+                                        " keys in one object (a spec object has at most " +
+                                        std::to_string(max_fields_) + "); the keys after the " +
+                                        std::to_string(kMaxKeys) + "th are not read"});
+      }
+    } else if (!top.keys.insert(top.key).second && noted_.size() < 100) {
+      noted_.push_back({join(top.path, top.key), "duplicate key " + quoteKey(top.key) +
+                                                     " (JSON would silently keep the last value); remove one"});
+    }
+    return true;
+  }
+
+  bool parse_error(std::size_t byte, const std::string&, const nlohmann::detail::exception& e) override {
+    failure_ = {e.id, byte, e.what()};
+    return false;
+  }
+
+ private:
+  struct Frame {
+    Json* value;  // the object or array being filled; null inside a dropped value
+    std::string path;
+    std::set<std::string> keys;  // an object's keys so far
+    std::string key;             // the key whose value comes next
+    bool keep_next = true;       // false: that value is dropped
+    bool capped = false;         // more than kMaxKeys keys seen
+  };
+
+  // Puts `v` where the document stands; returns where it went (null when
+  // dropped). Values of a container on the stack do not move: only the
+  // innermost container grows.
+  Json* place(Json v) {
+    if (stack_.empty()) {
+      root_ = std::move(v);
+      return &root_;
+    }
+    Frame& top = stack_.back();
+    if (!top.value) return nullptr;
+    if (top.value->is_array()) {
+      top.value->push_back(std::move(v));
+      return &top.value->back();
+    }
+    if (!top.keep_next) return nullptr;
+    Json& slot = (*top.value)[top.key];
+    slot = std::move(v);
+    return &slot;
+  }
+
+  bool scalar(Json v) {
+    place(std::move(v));
+    return true;
+  }
+
+  bool open(Json empty) {
+    std::string path;
+    if (!stack_.empty()) {
+      const Frame& top = stack_.back();
+      // No spec is this deep; keep paths short.
+      path = stack_.size() > 32 ? top.path : top.value && top.value->is_array() ? top.path + "[]"
+                                                                                 : join(top.path, top.key);
+    }
+    Json* value = place(std::move(empty));
+    stack_.push_back({value, std::move(path), {}, {}});
+    return true;
+  }
+
+  bool close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  size_t max_fields_;
+  Json root_;
+  std::vector<Frame> stack_;
+  std::vector<Diagnostic> noted_;  // duplicate keys, objects with too many keys
+  Failure failure_;
+};
+
 class Parser {
  public:
   explicit Parser(std::vector<Diagnostic>& diags) : diags_(diags) { defineFields(); }
@@ -171,60 +296,36 @@ class Parser {
   }
 
   std::optional<Json> parseJson(const std::string& text) {
-    // The parser callback sees each key; a key seen twice in one object is
-    // an error (JSON would silently keep the last value).
-    struct Frame {
-      std::string path;
-      bool is_array;
-      std::set<std::string> keys;
-      std::string last_key;
-    };
-    std::vector<Frame> stack;
-    std::vector<Diagnostic> duplicates;
-    Json::parser_callback_t callback = [&](int, Json::parse_event_t event, Json& parsed) {
-      auto child_path = [&]() -> std::string {
-        if (stack.empty()) return "";
-        const Frame& top = stack.back();
-        if (stack.size() > 32) return top.path;  // no spec is this deep; keep paths short
-        return top.is_array ? top.path + "[]" : join(top.path, top.last_key);
-      };
-      switch (event) {
-        case Json::parse_event_t::object_start: stack.push_back({child_path(), false, {}, {}}); break;
-        case Json::parse_event_t::array_start: stack.push_back({child_path(), true, {}, {}}); break;
-        case Json::parse_event_t::object_end:
-        case Json::parse_event_t::array_end:
-          if (!stack.empty()) stack.pop_back();
-          break;
-        case Json::parse_event_t::key:
-          if (!stack.empty() && parsed.is_string()) {
-            Frame& top = stack.back();
-            top.last_key = parsed.get<std::string>();
-            if (!top.keys.insert(top.last_key).second && duplicates.size() < 100)
-              duplicates.push_back({join(top.path, top.last_key),
-                                    "duplicate key " + quoteKey(top.last_key) +
-                                        " (JSON would silently keep the last value); remove one"});
-          }
-          break;
-        case Json::parse_event_t::value: break;
-      }
-      return true;
-    };
     if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
       error("", "the file is empty; a spec is a JSON object like {\"model\": {...}}");
       return std::nullopt;
     }
+    DocumentBuilder builder(maxFields());
+    bool parsed = false;
     try {
-      Json root = Json::parse(text, callback, /*allow_exceptions=*/true, /*ignore_comments=*/true);
-      for (Diagnostic& d : duplicates) error(d.path, d.message);
-      return root;
-    } catch (const Json::parse_error& e) {
-      // what(): "[json.exception.parse_error.101] parse error at line 3,
+      parsed = Json::sax_parse(text, &builder, Json::input_format_t::json, /*strict=*/true,
+                               /*ignore_comments=*/true);
+    } catch (const Json::exception& e) {
+      error("", std::string("not valid JSON: ") + e.what());
+      return std::nullopt;
+    }
+    for (const Diagnostic& d : builder.noted()) error(d.path, d.message);
+    if (parsed) return builder.take();
+    const DocumentBuilder::Failure& f = builder.failure();
+    if (f.id == 406) {
+      // "number overflow parsing '1e400'"; the token ends at f.byte.
+      size_t open = f.what.find('\''), close = f.what.rfind('\'');
+      std::string literal = open < close ? f.what.substr(open + 1, close - open - 1) : "";
+      size_t at = !literal.empty() && f.byte >= literal.size() ? f.byte - literal.size() : std::string::npos;
+      error("", (at == std::string::npos ? std::string() : position(text, at) + ": ") + "the number " +
+                    (literal.empty() ? std::string("here") : literal) + " is out of range of a double");
+    } else {
+      // what: "[json.exception.parse_error.101] parse error at line 3,
       // column 5: syntax error while parsing ..."; keep the part after the
       // position, which we compute ourselves from the byte offset.
-      std::string what = e.what();
-      size_t column = what.find("column ");
-      size_t colon = column == std::string::npos ? std::string::npos : what.find(": ", column);
-      std::string reason = colon == std::string::npos ? what : what.substr(colon + 2);
+      size_t column = f.what.find("column ");
+      size_t colon = column == std::string::npos ? std::string::npos : f.what.find(": ", column);
+      std::string reason = colon == std::string::npos ? f.what : f.what.substr(colon + 2);
       // The two commonest slips, which nlohmann's wording hides.
       if (reason.find("unexpected string literal; expected '}'") != std::string::npos ||
           (reason.find("; expected ']'") != std::string::npos &&
@@ -233,19 +334,16 @@ class Parser {
       else if (reason.find("unexpected '}'; expected string literal") != std::string::npos ||
                reason.find("unexpected ']'; expected '[', '{', or a literal") != std::string::npos)
         reason += " (a trailing comma?)";
-      error("", position(text, e.byte > 0 ? e.byte - 1 : 0) + ": not valid JSON: " + reason);
-    } catch (const Json::out_of_range& e) {
-      // "number overflow parsing '1e400'": no offset; find the literal.
-      std::string what = e.what();
-      size_t open = what.find('\''), close = what.rfind('\'');
-      std::string literal = open < close ? what.substr(open + 1, close - open - 1) : "";
-      size_t at = literal.empty() ? std::string::npos : text.find(literal);
-      error("", (at == std::string::npos ? std::string() : position(text, at) + ": ") + "the number " +
-                    (literal.empty() ? std::string("here") : literal) + " is out of range of a double");
-    } catch (const Json::exception& e) {
-      error("", std::string("not valid JSON: ") + e.what());
+      error("", position(text, f.byte > 0 ? f.byte - 1 : 0) + ": not valid JSON: " + reason);
     }
     return std::nullopt;
+  }
+
+  // The most keys any section has (model's).
+  size_t maxFields() const {
+    size_t n = 0;
+    for (const auto& section : fields_) n = std::max(n, section.second.size());
+    return n;
   }
 
   // ---- sections -----------------------------------------------------------

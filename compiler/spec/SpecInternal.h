@@ -17,6 +17,15 @@ namespace mtc::spec::detail {
 // enough that products of two of them fit in int64 in later computations.
 constexpr int64_t kMaxInt = int64_t(1) << 40;
 
+// What any machine could hold (the 2^40 bound again, on products of fields):
+// elements of one tensor of the program (4 TiB in fp32) and parameters of
+// the whole model. So byte counts of tensors and of the training state (16
+// bytes a parameter) fit in int64. Layers: each adds tens of ops to the
+// compiled program, and the deepest models have hundreds.
+constexpr int64_t kMaxElements = int64_t(1) << 40;
+constexpr int64_t kMaxParams = int64_t(1) << 40;
+constexpr int64_t kMaxLayers = int64_t(1) << 14;
+
 // For products of fields that may not have passed their own checks yet
 // (__extension__: no -pedantic warning; GCC and Clang both have it).
 __extension__ typedef __int128 Wide;

@@ -13,8 +13,10 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <limits>
+#include <numeric>
 
 namespace mtc::spec {
 namespace detail {
@@ -29,12 +31,14 @@ std::string str(Wide v) {
   return neg ? "-" + s : s;
 }
 
-// The divisors of n closest to v from below and above, as a hint:
-// " (nearby valid values: 8 or 16)". O(sqrt(n)), n <= 2^40.
-std::string divisorHint(int64_t n, int64_t v) {
+// The divisors of n that pass `valid` (every other rule on the value) closest
+// to v from below and above, as a hint: " (nearby valid values: 8 or 16)".
+// O(sqrt(n)), n <= 2^40.
+std::string divisorHint(int64_t n, int64_t v, const std::function<bool(int64_t)>& valid) {
   if (n < 1 || n > kMaxInt) return "";
   int64_t below = 0, above = 0;
   auto consider = [&](int64_t d) {
+    if (!valid(d)) return;
     if (d < v && d > below) below = d;
     if (d > v && (above == 0 || d < above)) above = d;
   };
@@ -73,6 +77,7 @@ class Checker {
     checkParallel();
     checkBatch();
     checkOptimizer();
+    checkSizes();
     return diags_.size() == before;
   }
 
@@ -106,10 +111,12 @@ class Checker {
 
   // ---- one field at a time ------------------------------------------------
 
-  void integer(const char* path, int64_t v, int64_t lo) {
+  // At most 2^40, or `hi` with its reason.
+  void integer(const char* path, int64_t v, int64_t lo, int64_t hi = kMaxInt, const char* why = nullptr) {
     if (!ok({path})) return;
-    if (v > kMaxInt)
-      fail({path}, str(v) + " is too large (at most 2^40 = " + str(kMaxInt) + ")");
+    if (v > hi)
+      fail({path}, str(v) + " is too large (at most " +
+                       (why ? str(hi) + ": " + why : "2^40 = " + str(kMaxInt)) + ")");
     else if (v < lo)
       fail({path}, std::string(lo == 1 ? "must be a positive integer" : "must be a non-negative integer") +
                        ", got " + str(v));
@@ -140,7 +147,8 @@ class Checker {
         fail({"model.name"}, "must be 1 to 64 characters from A-Z a-z 0-9 _ - . (it names "
                              "output files), got " + printable(m.name));
     }
-    integer("model.num_layers", m.num_layers, 1);
+    integer("model.num_layers", m.num_layers, 1, kMaxLayers,
+            "each layer adds tens of ops to the compiled program");
     integer("model.hidden_size", m.hidden_size, 1);
     integer("model.num_heads", m.num_heads, 1);
     integer("model.num_kv_heads", m.num_kv_heads, 1);
@@ -159,6 +167,13 @@ class Checker {
     integer("parallel.dp", p.dp, 1);
     integer("parallel.virtual_stages", p.virtual_stages, 1);
     if (p.microbatches) integer("parallel.microbatches", *p.microbatches, 1);
+
+    // Accepted by the format, refused until implemented: a spec asking for
+    // recomputation must not silently train without it.
+    if (ok({"recompute"}) && s_.recompute != Recompute::none)
+      fail({"recompute"}, std::string("activation recomputation ('") + toString(s_.recompute) +
+                              "') is not implemented yet; only 'none' (keep every activation) is, so "
+                              "leave it out or set it to 'none'");
 
     const TrainingSpec& t = s_.training;
     integer("training.micro_batch_size", t.micro_batch_size, 1);
@@ -181,6 +196,35 @@ class Checker {
 
   // ---- across fields ------------------------------------------------------
 
+  // The tp values nearest the given one that pass every rule on tp: common
+  // divisors of num_heads, num_kv_heads, ffn_hidden_size (and seq_length
+  // under sp), above 1 under sp, within the GPU bound. Fields already
+  // reported are left out. "" when there is none to offer.
+  std::string tpHint() const {
+    const ModelSpec& m = s_.model;
+    const ParallelSpec& p = s_.parallel;
+    int64_t g = 0;
+    auto add = [&](const char* path, int64_t n) {
+      if (ok({path}) && n >= 1 && n <= kMaxInt) g = std::gcd(g, n);
+    };
+    add("model.num_heads", m.num_heads);
+    add("model.num_kv_heads", m.num_kv_heads);
+    add("model.ffn_hidden_size", m.ffn_hidden_size);
+    bool sp = ok({"parallel.sp"}) && p.sp;
+    if (sp) add("model.seq_length", m.seq_length);
+    int64_t hi = g;
+    if (ok({"parallel.pp", "parallel.dp"}) && p.pp >= 1 && p.dp >= 1 && p.pp <= kMaxInt && p.dp <= kMaxInt)
+      hi = std::min<Wide>(g, kMaxInt / ((Wide)p.pp * p.dp));
+    return divisorHint(g, p.tp, [&](int64_t d) { return d >= (sp ? 2 : 1) && d <= hi; });
+  }
+
+  // Head counts must also split over tp (when tp is valid); query heads must
+  // also leave an even head size under rope.
+  bool splitsOverTp(int64_t heads) const {
+    const ParallelSpec& p = s_.parallel;
+    return !ok({"parallel.tp"}) || p.tp < 1 || p.tp > kMaxInt || heads % p.tp == 0;
+  }
+
   void checkModel() {
     const ModelSpec& m = s_.model;
     if (ok({"model.hidden_size", "model.num_heads"})) {
@@ -188,7 +232,10 @@ class Checker {
         fail({"model.num_heads", "model.hidden_size"},
              ref("model.hidden_size", m.hidden_size) + " is not divisible by " +
                  ref("model.num_heads", m.num_heads) + "; the head size is hidden_size / num_heads" +
-                 divisorHint(m.hidden_size, m.num_heads));
+                 divisorHint(m.hidden_size, m.num_heads, [&](int64_t d) {
+                   bool rope = ok({"model.position_embedding"}) && m.position_embedding == PositionKind::rope;
+                   return splitsOverTp(d) && (!rope || (m.hidden_size / d) % 2 == 0);
+                 }));
       } else if (m.position_embedding == PositionKind::rope &&
                  ok({"model.position_embedding"}) && (m.hidden_size / m.num_heads) % 2 != 0) {
         fail({"model.position_embedding", "model.hidden_size", "model.num_heads"},
@@ -202,17 +249,18 @@ class Checker {
            ref("model.num_heads", m.num_heads) + " is not divisible by " +
                ref("model.num_kv_heads", m.num_kv_heads) +
                ": each key/value head serves an equal group of query heads" +
-               divisorHint(m.num_heads, m.num_kv_heads));
+               divisorHint(m.num_heads, m.num_kv_heads, [&](int64_t d) { return splitsOverTp(d); }));
   }
 
   void checkParallel() {
     const ModelSpec& m = s_.model;
     const ParallelSpec& p = s_.parallel;
     if (ok({"parallel.tp"})) {
+      const std::string hint = tpHint();
       auto divides = [&](const char* path, int64_t n, const char* why) {
         if (ok({path}) && n % p.tp != 0)
           fail({"parallel.tp", path}, ref(path, n) + " is not divisible by " + ref("parallel.tp", p.tp) +
-                                          ": " + why + divisorHint(n, p.tp));
+                                          ": " + why + hint);
       };
       divides("model.num_heads", m.num_heads, "tensor parallelism gives each rank num_heads / tp heads");
       // With num_kv_heads == num_heads the rule above already covers it.
@@ -229,7 +277,8 @@ class Checker {
         else if (ok({"model.seq_length"}) && m.seq_length % p.tp != 0)
           fail({"model.seq_length", "parallel.tp", "parallel.sp"},
                ref("model.seq_length", m.seq_length) + " is not divisible by " +
-                   ref("parallel.tp", p.tp) + ": sequence parallelism splits the sequence across the tp ranks");
+                   ref("parallel.tp", p.tp) + ": sequence parallelism splits the sequence across the tp ranks" +
+                   hint);
       }
     }
     if (ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages"})) {
@@ -309,15 +358,114 @@ class Checker {
       fail({"training.optimizer.min_lr", "training.optimizer.lr"},
            ref("training.optimizer.min_lr", o.min_lr) + " is greater than " +
                ref("training.optimizer.lr", o.lr) + "; the learning rate decays from lr down to min_lr");
-    if (ok({"training.optimizer.warmup_steps", "training.train_steps"}) && o.warmup_steps > t.train_steps)
-      fail({"training.optimizer.warmup_steps", "training.train_steps"},
-           ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
-               ref("training.train_steps", t.train_steps));
-    if (ok({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"}) && o.decay_steps > 0 &&
-        o.warmup_steps > o.decay_steps)
-      fail({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"},
-           ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
-               ref("training.optimizer.decay_steps", o.decay_steps) + " (decay_steps counts warmup)");
+    // The training binary refuses a decaying schedule whose horizon D
+    // (decay_steps, or train_steps when it is 0) does not exceed the warm-up W
+    // (check_lr_schedule in runtime/src/common/lr_schedule.cpp: lr_at divides
+    // by D - W); the same rule here, so what compiles also runs.
+    // LrRuleAgreementTest checks the two agree.
+    const bool decays = o.decay != LrDecay::constant;
+    const std::string decay_name = std::string("the '") + toString(o.decay) + "' decay";
+    if (ok({"training.optimizer.warmup_steps", "training.train_steps"})) {
+      if (o.warmup_steps > t.train_steps)
+        fail({"training.optimizer.warmup_steps", "training.train_steps"},
+             ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
+                 ref("training.train_steps", t.train_steps));
+      else if (decays && o.decay_steps == 0 && ok({"training.optimizer.decay_steps", "training.optimizer.decay"}) &&
+               o.warmup_steps == t.train_steps)
+        fail({"training.optimizer.warmup_steps", "training.train_steps", "training.optimizer.decay"},
+             ref("training.optimizer.warmup_steps", o.warmup_steps) + " equals " +
+                 ref("training.train_steps", t.train_steps) + ", where " + decay_name +
+                 " ends (decay_steps is 0): the decay needs at least one step after the warm-up, and the "
+                 "training program refuses this schedule; lower warmup_steps, set decay_steps above it, "
+                 "or use the 'constant' decay");
+    }
+    if (ok({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"}) && o.decay_steps > 0) {
+      if (o.warmup_steps > o.decay_steps)
+        fail({"training.optimizer.warmup_steps", "training.optimizer.decay_steps"},
+             ref("training.optimizer.warmup_steps", o.warmup_steps) + " is more than " +
+                 ref("training.optimizer.decay_steps", o.decay_steps) + " (decay_steps counts warmup)");
+      else if (decays && ok({"training.optimizer.decay"}) && o.warmup_steps == o.decay_steps)
+        fail({"training.optimizer.warmup_steps", "training.optimizer.decay_steps", "training.optimizer.decay"},
+             ref("training.optimizer.warmup_steps", o.warmup_steps) + " equals " +
+                 ref("training.optimizer.decay_steps", o.decay_steps) + ": " + decay_name +
+                 " needs at least one step after the warm-up (decay_steps counts warmup), and the "
+                 "training program refuses this schedule; lower warmup_steps, raise decay_steps, or "
+                 "use the 'constant' decay");
+    }
+  }
+
+  // Sizes a machine can hold: every tensor of the program (weights, and the
+  // activations of one microbatch) and the tokens of one step at most
+  // kMaxElements, the whole model at most kMaxParams parameters (num_layers
+  // has its own bound, kMaxLayers, in checkFields). Counts are exact (the importer's
+  // tensors) and taken in 128 bits; fields are each <= 2^40 here, so no
+  // product of three overflows. One diagnostic: the first bound exceeded.
+  void checkSizes() {
+    const ModelSpec& m = s_.model;
+    const ParallelSpec& p = s_.parallel;
+    const TrainingSpec& t = s_.training;
+    if (!ok({"model.num_layers", "model.hidden_size", "model.num_heads", "model.num_kv_heads",
+             "model.ffn_hidden_size", "model.vocab_size", "model.seq_length", "parallel.tp",
+             "training.micro_batch_size"}))
+      return;
+    const Wide d = m.hidden_size, heads = m.num_heads, kv = m.num_kv_heads, f = m.ffn_hidden_size;
+    const Wide s = m.seq_length, b = t.micro_batch_size, layers = m.num_layers;
+    const Wide dh = d / heads, qkv = (heads + 2 * kv) * dh;
+    const Wide multiple = 128 * (Wide)p.tp;
+    const Wide v = ((Wide)m.vocab_size + multiple - 1) / multiple * multiple;
+    const std::string bound = " elements, more than any machine holds (at most 2^40 = " + str(kMaxElements) +
+                              " elements per tensor)";
+    auto tensor = [&](Paths paths, const std::string& what, Wide n) {
+      if (n <= kMaxElements) return true;
+      fail(paths, what + " = " + str(n) + bound);
+      return false;
+    };
+    const std::string bs = "micro_batch_size * seq_length * ";
+    if (!tensor({"model.vocab_size", "model.hidden_size", "parallel.tp"},
+                "the embedding table, padded vocab_size * hidden_size = " + str(v) + " * " + str(d), v * d) ||
+        !tensor({"model.ffn_hidden_size", "model.hidden_size"},
+                "an MLP weight, ffn_hidden_size * hidden_size = " + str(f) + " * " + str(d), f * d) ||
+        !tensor({"model.hidden_size", "model.num_heads", "model.num_kv_heads"},
+                "the qkv weight, (num_heads + 2 * num_kv_heads) * head size * hidden_size = " + str(qkv) +
+                    " * " + str(d), qkv * d) ||
+        (m.position_embedding == PositionKind::learned &&
+         !tensor({"model.seq_length", "model.hidden_size"},
+                 "the position table, seq_length * hidden_size = " + str(s) + " * " + str(d), s * d)) ||
+        !tensor({"training.micro_batch_size", "model.seq_length", "model.vocab_size"},
+                "the logits of a microbatch, " + bs + "padded vocab_size = " + str(b) + " * " + str(s) +
+                    " * " + str(v), b * s * v) ||
+        !tensor({"training.micro_batch_size", "model.seq_length", "model.ffn_hidden_size"},
+                "the MLP activation of a microbatch, " + bs + "ffn_hidden_size = " + str(b) + " * " + str(s) +
+                    " * " + str(f), b * s * f) ||
+        !tensor({"training.micro_batch_size", "model.seq_length", "model.hidden_size"},
+                "the qkv activation of a microbatch, " + bs + "(num_heads + 2 * num_kv_heads) * head size = " +
+                    str(b) + " * " + str(s) + " * " + str(qkv), b * s * qkv))
+      return;
+    // The training program counts a step's tokens in an int64.
+    if (ok({"training.global_batch_size", "parallel.dp", "parallel.microbatches"})) {
+      const Wide global = resolvedGlobalBatch(s_), tokens = global * s;
+      if (tokens > kMaxElements) {
+        fail({"training.global_batch_size", "model.seq_length", "parallel.dp"},
+             "a step reads global_batch_size * seq_length = " + str(global) + " * " + str(s) + " = " +
+                 str(tokens) + " tokens, more than any machine holds (at most 2^40 = " + str(kMaxElements) +
+                 " tokens a step)");
+        return;
+      }
+    }
+    // The importer's parameters (docs/checkpoints.md lists them).
+    const bool layernorm_bias = m.norm == NormKind::layernorm && m.bias;
+    const Wide norm = d * (layernorm_bias ? 2 : 1);
+    const Wide attn = qkv * d + heads * dh * d + (m.bias ? qkv + d : 0);
+    const Wide mlp = m.activation == Activation::swiglu ? 3 * f * d + (m.bias ? 2 * f + d : 0)
+                                                        : 2 * f * d + (m.bias ? f + d : 0);
+    Wide params = v * d + (m.tied_embeddings ? 0 : v * d) +
+                  (m.position_embedding == PositionKind::learned ? s * d : 0) + norm +
+                  layers * (attn + mlp + 2 * norm);
+    if (params > kMaxParams)
+      fail({"model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.vocab_size"},
+           "the model has " + str(params) + " parameters (num_layers = " + str(layers) + ", hidden_size = " +
+               str(d) + ", ffn_hidden_size = " + str(f) + ", padded vocab_size = " + str(v) +
+               "), more than any machine holds (at most 2^40 = " + str(kMaxParams) + " parameters)");
   }
 
   const Spec& s_;

@@ -3,14 +3,16 @@
 //   mtc compile SPEC [--target host|cuda] [--emit=mlir|train|source] -o DIR
 //               [--tp N --pp N --dp N --sp --use-distributed-optimizer
 //                --micro-batch-size N
-//                --global-batch-size N --recompute none|selective|full
+//                --global-batch-size N --recompute none
 //                --train-iters N] [--pass-plugin LIB.so]
 //               [--sharding-passes PIPELINE] [--no-build]
 //   mtc --version | --help
 //
 // Flags use Megatron-LM's names and override the spec's values; the
 // overridden spec is validated as a whole, so a flag that breaks the plan is
-// reported with the flag's name.
+// reported with the flag's name (--recompute selective|full among them: not
+// implemented yet). A flag for a stage that --emit stops before is refused,
+// not ignored.
 //
 //===----------------------------------------------------------------------===//
 #include "Compile.h"
@@ -91,8 +93,10 @@ static cl::opt<int64_t> microBatch("micro-batch-size",
 static cl::opt<int64_t> globalBatch("global-batch-size",
                                     cl::desc("Sequences per optimizer step"),
                                     cl::sub(compileCmd), cl::cat(planCat));
-static cl::opt<std::string> recompute("recompute",
-                                      cl::desc("none | selective | full"),
+static cl::opt<std::string> recompute(
+    "recompute",
+    cl::desc("Activation recomputation: none (selective and full are not "
+             "implemented yet)"),
                                       cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<bool> delayWgrad(
     "delay-wgrad-compute",
@@ -142,11 +146,50 @@ static std::string defaultPackageDir(const char *argv0) {
   return MTC_BUILD_PACKAGE_DIR;
 }
 
+/// Refuses a flag given with an --emit stage that stops before the flag acts
+/// (it would be silently ignored): -o at --emit=mlir, say.
+static bool checkStageFlags() {
+  struct StageFlag {
+    const cl::Option &flag;
+    mtc::EmitStage actsAt; // the first stage that uses it
+    const char *what;
+  };
+  const StageFlag flags[] = {
+      {outputDir, mtc::EmitStage::all, "the output directory"},
+      {noBuild, mtc::EmitStage::all, "the build of the output directory"},
+      {mtcDir, mtc::EmitStage::all, "the build of the output directory"},
+      {passPlugins, mtc::EmitStage::train, "the training pipeline"},
+      {shardingPasses, mtc::EmitStage::train, "the training pipeline"},
+      {printIR, mtc::EmitStage::train, "the training pipeline"},
+      {delayWgrad, mtc::EmitStage::train, "the training pipeline"},
+      {backwardLanes, mtc::EmitStage::source, "code generation"},
+  };
+  static const char *const stageNames[] = {"mlir", "train", "source", "all"};
+  for (const StageFlag &f : flags) {
+    if (!f.flag.getNumOccurrences() || emit >= f.actsAt)
+      continue;
+    llvm::errs() << "mtc: error: " << (f.flag.ArgStr.size() == 1 ? "-" : "--")
+                 << f.flag.ArgStr << " has no effect with --emit="
+                 << stageNames[int(emit.getValue())]
+                 << ", which stops before " << f.what
+                 << "; drop it or use --emit=" << stageNames[int(f.actsAt)]
+                 << (f.actsAt == mtc::EmitStage::all ? " (the default)"
+                                                     : " or later")
+                 << "\n";
+    return false;
+  }
+  return true;
+}
+
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
   cl::SetVersionPrinter([](llvm::raw_ostream &os) {
     os << "mtc " << MTC_VERSION << " (MLIR " << LLVM_VERSION_STRING << ")\n";
   });
+  // --help lists mtc's options only, not the hundreds LLVM's libraries
+  // register (still accepted, no longer listed).
+  cl::HideUnrelatedOptions({&flagsCat, &planCat});
+  cl::HideUnrelatedOptions({&flagsCat, &planCat}, compileCmd);
   if (!cl::ParseCommandLineOptions(
           argc, argv,
           "mtc: compile transformer training programs\n\n"
@@ -158,6 +201,9 @@ int main(int argc, char **argv) {
     llvm::errs() << "mtc: error: no command given; try 'mtc compile --help'\n";
     return 1;
   }
+
+  if (!checkStageFlags())
+    return 1;
 
   mtc::CompileOptions opts;
   opts.specPath = specPath;

@@ -34,12 +34,12 @@ using namespace mlir;
 
 namespace {
 
+// A key of `mtc.training` (the module verifier checked its type), or the
+// default when absent.
 double getF64(DictionaryAttr dict, StringRef key, double dflt) {
-  if (!dict)
-    return dflt;
-  if (auto f = dict.getAs<FloatAttr>(key))
+  if (auto f = dict ? dict.getAs<FloatAttr>(key) : FloatAttr())
     return f.getValueAsDouble();
-  if (auto i = dict.getAs<IntegerAttr>(key))
+  if (auto i = dict ? dict.getAs<IntegerAttr>(key) : IntegerAttr())
     return double(i.getInt());
   return dflt;
 }
@@ -124,7 +124,9 @@ void AutodiffPass::buildOptimizerStep(ModuleOp module, func::FuncOp train,
         .push_back(p.getNameAttr());
 
   OpBuilder b = OpBuilder::atBlockEnd(module.getBody());
-  Location loc = NameLoc::get(StringAttr::get(ctx, "optimizer"));
+  // Named, inside the module's location (the spec file), so diagnostics
+  // about the optimizer point at a file.
+  Location loc = NameLoc::get(StringAttr::get(ctx, "optimizer"), module.getLoc());
   Type f32 = Float32Type::get(ctx), i64 = IntegerType::get(ctx, 64);
   auto fn = func::FuncOp::create(b, loc, "optimizer_step",
                                  b.getFunctionType({f32, i64}, {f32}));

@@ -26,7 +26,7 @@ shard::GridOp mtc::getOrCreateGrid(ModuleOp module) {
   GridShape g = getGridShape(module);
   OpBuilder b = OpBuilder::atBlockBegin(module.getBody());
   return shard::GridOp::create(
-      b, NameLoc::get(b.getStringAttr("grid")), kGridName,
+      b, NameLoc::get(b.getStringAttr("grid"), module.getLoc()), kGridName,
       b.getDenseI64ArrayAttr({g.pp, g.dp, g.tp}));
 }
 

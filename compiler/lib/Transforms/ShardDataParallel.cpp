@@ -52,14 +52,16 @@ struct ShardDataParallelPass
     auto gridRef = FlatSymbolRefAttr::get(b.getContext(), grid.getSymName());
     auto axes = b.getDenseI16ArrayAttr({mtc::kAxisDP});
     auto reduce = mtc::ReduceGradientsOp::create(
-        b, NameLoc::get(b.getStringAttr("data_parallel")), gridRef, axes);
+        b, NameLoc::get(b.getStringAttr("data_parallel"), module.getLoc()),
+        gridRef, axes);
     if (!shardState)
       return;
     reduce.setShardOptimizerState(true);
     b.setInsertionPoint(body.getTerminator());
     mtc::AllGatherParamsOp::create(
-        b, NameLoc::get(b.getStringAttr("distributed_optimizer")), gridRef,
-        axes);
+        b,
+        NameLoc::get(b.getStringAttr("distributed_optimizer"), module.getLoc()),
+        gridRef, axes);
   }
 };
 } // namespace

@@ -5,6 +5,8 @@
 #include "mtc/Spec/Spec.h"
 
 #include <gtest/gtest.h>
+
+#include <chrono>
 #include <nlohmann/json.hpp>
 
 namespace mtc::spec {
@@ -213,6 +215,206 @@ TEST(SpecErrors, LearningRateSchedule) {
   Json d = base();
   d["training"]["optimizer"]["decay_steps"] = 5;
   expectDiag(errorsOf(d), "training.optimizer.warmup_steps", {"decay_steps (5)", "(10)"});
+}
+
+// Tests that the schedule the training program refuses (check_lr_schedule:
+// a decay needs at least one step after the warm-up) is refused here too.
+TEST(SpecErrors, DecayNeedsAStepAfterWarmup) {
+  Json j = base();
+  j["training"]["optimizer"]["decay_steps"] = 10;  // = warmup_steps
+  auto diags = errorsOf(j);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "training.optimizer.warmup_steps",
+             {"(10) equals training.optimizer.decay_steps (10)", "'cosine' decay", "refuses"});
+
+  Json t = base();  // decay_steps 0: decay ends at train_steps
+  t["training"]["optimizer"]["warmup_steps"] = 100;
+  t["training"]["optimizer"]["decay"] = "linear";
+  expectDiag(errorsOf(t), "training.optimizer.warmup_steps",
+             {"(100) equals training.train_steps (100)", "'linear' decay", "decay_steps is 0"});
+
+  // A constant learning rate has no decay to run: both are fine.
+  for (Json c : {j, t}) {
+    c["training"]["optimizer"]["decay"] = "constant";
+    std::vector<Diagnostic> ok;
+    EXPECT_TRUE(parseSpec(c.dump(), ok).has_value()) << dump(ok);
+  }
+
+  // Set by --train-iters, the flag is named.
+  std::vector<Diagnostic> none;
+  std::optional<Spec> s = parseSpec(base().dump(), none);
+  ASSERT_TRUE(s.has_value());
+  Overrides o;
+  o.train_steps = 10;
+  std::vector<Diagnostic> flagged;
+  EXPECT_FALSE(applyOverridesAndValidate(*s, o, flagged));
+  expectDiag(flagged, "--train-iters", {"equals --train-iters (10)"});
+}
+
+// Tests that recomputation, which the compiler does not implement yet, is
+// refused (not silently ignored) in the file and as a flag, and that "none"
+// is accepted.
+TEST(SpecErrors, RecomputeIsNotImplementedYet) {
+  for (const char* policy : {"selective", "full"}) {
+    Json j = base();
+    j["recompute"] = policy;
+    auto diags = errorsOf(j);
+    ASSERT_EQ(diags.size(), 1u) << dump(diags);
+    expectDiag(diags, "recompute",
+               {std::string("recomputation ('") + policy + "')", "not implemented yet", "'none'"});
+  }
+  Json n = base();
+  n["recompute"] = "none";
+  std::vector<Diagnostic> diags;
+  std::optional<Spec> s = parseSpec(n.dump(), diags);
+  ASSERT_TRUE(s.has_value()) << dump(diags);
+
+  Overrides o;
+  o.recompute = Recompute::full;
+  Spec flagged = *s;
+  EXPECT_FALSE(applyOverridesAndValidate(flagged, o, diags));
+  expectDiag(diags, "--recompute", {"recomputation ('full')", "not implemented yet"});
+  o.recompute = Recompute::none;
+  diags.clear();
+  EXPECT_TRUE(applyOverridesAndValidate(*s, o, diags)) << dump(diags);
+}
+
+// Tests that sizes are bounded by what a machine could hold, with exact
+// 128-bit products (no overflow into negative numbers), and that each case
+// gives one diagnostic naming the bound.
+TEST(SpecErrors, SizesAreBoundedByWhatAMachineHolds) {
+  Json l = base();
+  l["model"]["num_layers"] = int64_t(1) << 40;
+  auto diags = errorsOf(l);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_layers", {"1099511627776 is too large (at most 16384: each layer adds"});
+
+  Json e = base();  // padded vocab 2^30 * hidden 2^11 = 2^41
+  e["model"]["vocab_size"] = int64_t(1) << 30;
+  e["model"]["hidden_size"] = 2048;
+  diags = errorsOf(e);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.vocab_size",
+             {"embedding table", "1073741824 * 2048 = 2199023255552 elements", "at most 2^40 = 1099511627776"});
+
+  Json a = base();  // logits: 2^20 * 2^12 * 2^10 elements
+  a["training"]["micro_batch_size"] = int64_t(1) << 20;
+  a["training"]["global_batch_size"] = int64_t(1) << 20;
+  a["model"]["seq_length"] = int64_t(1) << 12;
+  a["model"]["vocab_size"] = int64_t(1) << 10;
+  diags = errorsOf(a);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "training.micro_batch_size", {"logits", "1048576 * 4096 * 1024 = 4398046511104"});
+
+  // Each microbatch fits, the step does not: 2^30 sequences of 2^11 tokens.
+  Json s = base();
+  s["model"]["seq_length"] = 2048;
+  s["training"]["micro_batch_size"] = 1;
+  s["training"]["global_batch_size"] = int64_t(1) << 30;
+  diags = errorsOf(s);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "training.global_batch_size",
+             {"global_batch_size * seq_length = 1073741824 * 2048 = 2199023255552 tokens", "at most 2^40"});
+
+  // Every tensor fits, the whole model does not: 16384 layers of width 8192.
+  Json p = base();
+  p["model"]["num_layers"] = 16384;
+  p["model"]["hidden_size"] = 8192;
+  p["model"]["num_heads"] = 64;
+  diags = errorsOf(p);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_layers", {"the model has 13195886739456 parameters", "num_layers = 16384", "at most 2^40"});
+
+  // GPT-3 175B is well inside.
+  Json g = base();
+  g["model"]["num_layers"] = 96;
+  g["model"]["hidden_size"] = 12288;
+  g["model"]["num_heads"] = 96;
+  g["model"]["vocab_size"] = 50257;
+  g["model"]["seq_length"] = 2048;
+  std::vector<Diagnostic> ok;
+  EXPECT_TRUE(parseSpec(g.dump(), ok).has_value()) << dump(ok);
+}
+
+// Tests that an object with tens of thousands of keys is read in linear time
+// and reported briefly: the keys past the 64th are dropped with one
+// diagnostic (nlohmann's ordered map would make reading them quadratic).
+TEST(SpecErrors, ObjectsWithTooManyKeysAreCut) {
+  std::string text = R"({"model": {"num_layers": 4, "hidden_size": 64, "num_heads": 4,
+      "vocab_size": 256, "seq_length": 32)";
+  for (int i = 0; i < 50000; ++i) text += ", \"k" + std::to_string(i) + "\": " + std::to_string(i);
+  text += "}}";
+  auto diags = errorsOf(text);
+  // 64 keys read: 5 known, 59 unknown; one for the rest.
+  EXPECT_EQ(diags.size(), 60u) << dump(diags).substr(0, 2000);
+  expectDiag(diags, "model", {"more than 64 keys in one object", "at most 21", "not read"});
+  expectDiag(diags, "model.k0", {"unknown key 'k0'"});
+}
+
+// Tests that large documents are read in linear time: 200,000 objects in an
+// array (nlohmann's callback parser scanned the array at the end of each
+// one: 20 s) and 100,000 copies of one key. The bound is 10 times what the
+// linear reader takes on a loaded machine.
+TEST(SpecErrors, LargeDocumentsAreReadInLinearTime) {
+  std::string objects = R"({"model": {"num_layers": 4, "hidden_size": 64, "num_heads": 4,
+      "vocab_size": 256, "seq_length": 32, "x": [)";
+  for (int i = 0; i < 200000; ++i) objects += std::string(i ? "," : "") + R"({"a": 1, "b": 2})";
+  objects += "]}}";
+  std::string duplicates = R"({"model": {"num_layers": 4)";
+  for (int i = 0; i < 100000; ++i) duplicates += R"(, "hidden_size": 64)";
+  duplicates += "}}";
+  auto start = std::chrono::steady_clock::now();
+  auto diags = errorsOf(objects);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.x", {"unknown key 'x'"});
+  diags = errorsOf(duplicates);
+  EXPECT_EQ(diags.size(), 100u + 3u);  // 100 duplicates reported; 3 missing keys
+  expectDiag(diags, "model.hidden_size", {"duplicate key 'hidden_size'"});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// Tests that tp suggestions only offer values that pass every rule on tp,
+// not only the rule that failed.
+TEST(SpecErrors, TpSuggestionsPassEveryRule) {
+  Json f = base();  // 250 is divisible by 5, but num_heads (4) is not
+  f["model"]["ffn_hidden_size"] = 250;
+  f["parallel"]["tp"] = 4;
+  auto diags = errorsOf(f);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "parallel.tp", {"model.ffn_hidden_size (250)", "(nearby valid value: 2)"});
+
+  Json s = base();  // sp: 6 divides heads and ffn but not seq_length 32; 1 is not allowed
+  s["model"]["hidden_size"] = 96;
+  s["model"]["num_heads"] = 12;
+  s["model"]["seq_length"] = 32;
+  s["parallel"]["tp"] = 3;
+  s["parallel"]["sp"] = true;
+  diags = errorsOf(s);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.seq_length", {"(32)", "parallel.tp (3)", "(nearby valid values: 2 or 4)"});
+
+  // The head counts suggested split over tp too, and leave an even head
+  // size under rope.
+  Json h = base();  // 6 divides 96 but not over tp = 4
+  h["model"]["hidden_size"] = 96;
+  h["model"]["num_heads"] = 5;
+  h["parallel"]["tp"] = 4;
+  diags = errorsOf(h);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_heads", {"model.num_heads (5)", "(nearby valid values: 4 or 8)"});
+  Json r = base();  // 36 / 4 = 9 is odd
+  r["model"]["arch"] = "llama";
+  r["model"]["hidden_size"] = 36;
+  r["model"]["num_heads"] = 5;
+  diags = errorsOf(r);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "model.num_heads", {"(nearby valid values: 3 or 6)"});
+  Json k = base();  // kv heads: 2 divides 8 but not over tp = 4
+  k["model"]["num_heads"] = 8;
+  k["model"]["num_kv_heads"] = 3;
+  k["parallel"]["tp"] = 4;
+  diags = errorsOf(k);
+  expectDiag(diags, "model.num_kv_heads", {"(3)", "(nearby valid value: 4)"});
 }
 
 TEST(SpecErrors, EnumValuesListTheValidOnes) {

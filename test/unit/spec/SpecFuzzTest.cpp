@@ -76,10 +76,15 @@ std::vector<std::string> violations(const Spec& s) {
   rule((p.virtual_stages > 1) == interleaved, "virtual_stages <=> interleaved");
   rule(!interleaved || p.pp > 1, "interleaved pp");
   rule((Wide)p.tp * p.pp * p.dp <= kMax, "world size");
+  rule(m.num_layers <= 16384, "num_layers bound");
+  Wide padded = ((Wide)m.vocab_size + 128 * p.tp - 1) / (128 * p.tp) * (128 * p.tp);
+  rule(padded * m.hidden_size <= kMax, "embedding table elements");
+  rule((Wide)t.micro_batch_size * m.seq_length * padded <= kMax, "logits elements");
 
   Wide per_step = (Wide)t.micro_batch_size * p.dp;
   Wide global = t.global_batch_size ? t.global_batch_size : per_step * p.microbatches.value_or(1);
   rule(global >= 1 && global <= kMax, "global batch size");
+  rule(global * m.seq_length <= kMax, "tokens a step");
   if (global >= 1 && global <= kMax) {
     rule(global % per_step == 0, "global % (micro * dp)");
     Wide mb = global / per_step;
@@ -99,6 +104,10 @@ std::vector<std::string> violations(const Spec& s) {
   rule(o.eps > 0 && std::isfinite(o.eps), "eps");
   rule(o.weight_decay >= 0 && std::isfinite(o.weight_decay), "weight_decay");
   rule(o.warmup_steps >= 0 && o.warmup_steps <= t.train_steps, "warmup_steps");
+  // The training program's rule: a decay needs a step after the warm-up.
+  rule(o.decay == LrDecay::constant || o.warmup_steps < (o.decay_steps ? o.decay_steps : t.train_steps),
+       "decay horizon > warmup_steps");
+  rule(s.recompute == Recompute::none, "recompute (not implemented)");
   rule(o.decay_steps >= 0 && o.decay_steps <= kMax && (o.decay_steps == 0 || o.warmup_steps <= o.decay_steps),
        "decay_steps");
   rule(t.grad_clip >= 0 && std::isfinite(t.grad_clip), "grad_clip");

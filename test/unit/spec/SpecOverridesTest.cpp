@@ -56,7 +56,7 @@ TEST(SpecOverrides, ValidOverridesAreApplied) {
   o.dp = 2;
   o.micro_batch_size = 2;
   o.global_batch_size = 16;
-  o.recompute = Recompute::selective;
+  o.recompute = Recompute::none;
   o.train_steps = 50;
   Spec s;
   EXPECT_TRUE(apply(o, &s).empty());
@@ -66,7 +66,7 @@ TEST(SpecOverrides, ValidOverridesAreApplied) {
   EXPECT_EQ(s.parallel.dp, 2);
   EXPECT_EQ(s.training.micro_batch_size, 2);
   EXPECT_EQ(s.training.global_batch_size, 16);
-  EXPECT_EQ(s.recompute, Recompute::selective);
+  EXPECT_EQ(s.recompute, Recompute::none);
   EXPECT_EQ(s.training.train_steps, 50);
   EXPECT_EQ(s.numMicrobatches(), 4);  // 16 / (2 * 2)
 }

@@ -24,7 +24,7 @@
 
 namespace mtc {
 
-constexpr llvm::StringLiteral kGridName = "mtc_grid";
+// kGridName, the grid's symbol, is in MtcDialect.h (the verifier uses it).
 enum GridAxis : int16_t { kAxisPP = 0, kAxisDP = 1, kAxisTP = 2 };
 
 /// Sizes of the grid's axes, from the module's `mtc.parallel` attribute

@@ -21,6 +21,8 @@ def Mtc_Dialect : Dialect {
     shapes with explicit collectives.
   }];
   let useDefaultAttributePrinterParser = 1;
+  // The module's mtc.* attributes (MtcModuleAttrs.cpp).
+  let hasOperationAttrVerify = 1;
   let dependentDialects = ["::mlir::func::FuncDialect"];
 }
 

@@ -19,6 +19,11 @@
 #include <string>
 
 namespace mtc {
+/// The symbol of the module's device grid, `shard.grid @mtc_grid` (axes
+/// pp x dp x tp; mtc/Transforms/Grid.h). The module verifier checks it
+/// against the module's `mtc.parallel`.
+constexpr llvm::StringLiteral kGridName = "mtc_grid";
+
 /// Bytes of every operand and result at their element sizes: the default
 /// answer of CostOpInterface::getBytesMoved.
 double defaultBytesMoved(mlir::Operation *op);
