@@ -5,10 +5,10 @@
 # against PyTorch (torch.compile) and the GEMM ceiling in the same run.
 # Writes logs and a summary under $OUT (or ./gpu-out).
 #   gpu_run.sh [all|check|bench|compare]
-# compare (needs MTC_OLD_MTC at prepare time): the kernel tests, the tiny
-# GPT and tiny Nemotron (squared ReLU) host-vs-CUDA curves, then each
-# benchmark model's old and new programs interleaved (old, new, old, new)
-# with torch.compile once: new/old tokens/s per pair.
+# compare (needs MTC_OLD_MTC at prepare time): each benchmark model's old
+# and new programs interleaved (old, new, old, new), then the kernel tests,
+# the tiny GPT and tiny Nemotron (squared ReLU) host-vs-CUDA curves, and
+# torch.compile once per model: new/old tokens/s per pair.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.devrun
@@ -39,38 +39,9 @@ print(f"{label}: steps {len(d)}: host {h[0]:.4f}->{h[-1]:.4f}, cuda {c[0]:.4f}->
 PY
 }
 
-if [ "$WHAT" = compare ]; then
-  say "== kernel tests"
-  "$D/mtc-cuda-tests" > "$OUT/cuda-tests.log" 2>&1
-  say "$(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda-tests.log")"
-  grep -E '^\[  FAILED' "$OUT/cuda-tests.log" | tee -a "$SUMMARY"
-  say "== host (fp32) vs CUDA (bf16), 50 steps, same seed and data"
-  for m in tiny tiny-nemotron; do
-    for t in host cuda; do
-      "$D/prog-$m-$t/train" --data "$D/data/fortunes" --steps 50 --log-interval 10 \
-        --metrics "$OUT/$m-$t.jsonl" > "$OUT/$m-$t.log" 2>&1 || say "$m-$t FAILED: $(tail -3 "$OUT/$m-$t.log")"
-    done
-    compare_curves "$m" "$OUT/$m-host.jsonl" "$OUT/$m-cuda.jsonl"
-  done
-  python3 -c "
-import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
-  for m in gpt2-124m:30 gpt-1.3b:20; do
-    IFS=: read -r name steps <<< "$m"
-    for run in old:1 new:1 old:2 new:2; do
-      IFS=: read -r which k <<< "$run"
-      p="$D/prog-$name"; [ "$which" = old ] && p="$D/prog-$name-old"
-      "$p/train" --data /tmp/mtc-random.tokens --split 100,0 --steps "$steps" --log-interval 5 \
-        --metrics "$OUT/$which$k-$name.jsonl" > "$OUT/$which$k-$name.log" 2>&1 \
-        || say "$which $name FAILED: $(tail -5 "$OUT/$which$k-$name.log")"
-    done
-  done
-  for m in 124m:64 1.3b:8; do
-    IFS=: read -r size batch <<< "$m"
-    timeout 300 python3 "$D/bench/gpt_bench.py" --size "$size" --compile 1 --batch "$batch" \
-      > "$OUT/torch-$size.log" 2>&1
-    grep BENCH_RESULT "$OUT/torch-$size.log" | tee -a "$SUMMARY" || say "torch $size: $(tail -3 "$OUT/torch-$size.log")"
-  done
+# compare: new/old tokens/s of each interleaved pair (and against
+# torch.compile once its log exists).
+ratios() {
   python3 - "$OUT" <<'PY' | tee -a "$SUMMARY"
 import json, statistics, sys, os
 out = sys.argv[1]
@@ -84,7 +55,8 @@ for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
     except Exception as e:
         print(f"{name}: missing result ({e})"); continue
     torch = None
-    for l in open(os.path.join(out, f"torch-{size}.log")):
+    path = os.path.join(out, f"torch-{size}.log")
+    for l in open(path) if os.path.exists(path) else []:
         if l.startswith("BENCH_RESULT"):
             torch = json.loads(l.split(" ", 1)[1])["tokens_per_s"]
     pairs = ", ".join(f"{b/a:.4f}" for a, b in zip(o, n))
@@ -94,6 +66,42 @@ for name, size in (("gpt2-124m", "124m"), ("gpt-1.3b", "1.3b")):
         line += f" | torch.compile {torch:,.0f} tok/s, new/torch {statistics.median(n)/torch:.3f}"
     print(line)
 PY
+}
+
+if [ "$WHAT" = compare ]; then
+  python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+  for m in gpt2-124m:30 gpt-1.3b:20; do
+    IFS=: read -r name steps <<< "$m"
+    for run in old:1 new:1 old:2 new:2; do
+      IFS=: read -r which k <<< "$run"
+      p="$D/prog-$name"; [ "$which" = old ] && p="$D/prog-$name-old"
+      "$p/train" --data /tmp/mtc-random.tokens --split 100,0 --steps "$steps" --log-interval 5 \
+        --metrics "$OUT/$which$k-$name.jsonl" > "$OUT/$which$k-$name.log" 2>&1 \
+        || say "$which $name FAILED: $(tail -5 "$OUT/$which$k-$name.log")"
+    done
+  done
+  ratios
+  say "== kernel tests"
+  "$D/mtc-cuda-tests" > "$OUT/cuda-tests.log" 2>&1
+  say "$(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda-tests.log")"
+  grep -E '^\[  FAILED' "$OUT/cuda-tests.log" | tee -a "$SUMMARY"
+  say "== host (fp32) vs CUDA (bf16), 50 steps, same seed and data"
+  for m in tiny tiny-nemotron; do
+    for t in host cuda; do
+      "$D/prog-$m-$t/train" --data "$D/data/fortunes" --steps 50 --log-interval 10 \
+        --metrics "$OUT/$m-$t.jsonl" > "$OUT/$m-$t.log" 2>&1 || say "$m-$t FAILED: $(tail -3 "$OUT/$m-$t.log")"
+    done
+    compare_curves "$m" "$OUT/$m-host.jsonl" "$OUT/$m-cuda.jsonl"
+  done
+  for m in 124m:64 1.3b:8; do
+    IFS=: read -r size batch <<< "$m"
+    timeout 200 python3 "$D/bench/gpt_bench.py" --size "$size" --compile 1 --batch "$batch" \
+      > "$OUT/torch-$size.log" 2>&1
+    grep BENCH_RESULT "$OUT/torch-$size.log" | tee -a "$SUMMARY" || say "torch $size: $(tail -3 "$OUT/torch-$size.log")"
+  done
+  ratios
 fi
 
 if [ "$WHAT" = all ] || [ "$WHAT" = check ]; then

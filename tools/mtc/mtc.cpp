@@ -162,9 +162,12 @@ static bool checkStageFlags() {
       {shardingPasses, mtc::EmitStage::train, "the training pipeline"},
       {printIR, mtc::EmitStage::train, "the training pipeline"},
       {delayWgrad, mtc::EmitStage::train, "the training pipeline"},
-      {backwardLanes, mtc::EmitStage::source, "code generation"},
+      {backwardLanes, mtc::EmitStage::lowered, "code generation"},
+      {tpLanes, mtc::EmitStage::lowered, "code generation"},
+      {tpAllReduce, mtc::EmitStage::lowered, "code generation"},
   };
-  static const char *const stageNames[] = {"mlir", "train", "source", "all"};
+  static const char *const stageNames[] = {"mlir", "train", "lowered", "source",
+                                           "all"};
   for (const StageFlag &f : flags) {
     if (!f.flag.getNumOccurrences() || emit >= f.actsAt)
       continue;

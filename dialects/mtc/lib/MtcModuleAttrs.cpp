@@ -30,6 +30,8 @@
 //    or train_steps when 0) beyond warmup_steps (no decay key: cosine).
 //  - mtc.recompute: "none" ("selective" and "full" are not implemented yet).
 //  - mtc.model: a non-empty string. mtc.tp_backward_lanes: a unit attribute.
+//    mtc.tp_lanes: "two-streams" or "one-stream"; mtc.tp_allreduce: "auto"
+//    or "nccl" (code-generation options).
 //  - No other mtc.* attribute on a module (a misspelled one would be
 //    silently ignored), and the module's attributes only on a module.
 //
@@ -46,6 +48,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <tuple>
 #include <string>
 
 using namespace mlir;
@@ -72,6 +75,8 @@ constexpr llvm::StringLiteral kTraining = "mtc.training";
 constexpr llvm::StringLiteral kRecompute = "mtc.recompute";
 constexpr llvm::StringLiteral kModel = "mtc.model";
 constexpr llvm::StringLiteral kBackwardLanes = "mtc.tp_backward_lanes";
+constexpr llvm::StringLiteral kTpLanes = "mtc.tp_lanes";
+constexpr llvm::StringLiteral kTpAllReduce = "mtc.tp_allreduce";
 
 /// Reads and checks the keys of one dictionary attribute, reporting at `op`.
 class DictChecker {
@@ -380,8 +385,21 @@ LogicalResult MtcDialect::verifyOperationAttribute(Operation *op,
                                << attr.getValue();
     return success();
   }
+  // The code-generation options (mtc compile --tp-lanes, --tp-allreduce).
+  for (auto [option, a, b] : {std::tuple(kTpLanes, "two-streams", "one-stream"),
+                              std::tuple(kTpAllReduce, "auto", "nccl")}) {
+    if (name != option)
+      continue;
+    auto s = dyn_cast<StringAttr>(attr.getValue());
+    if (!s || (s.getValue() != a && s.getValue() != b))
+      return op->emitOpError() << "attribute '" << option << "' must be \""
+                               << a << "\" or \"" << b << "\", got "
+                               << attr.getValue();
+    return success();
+  }
   return op->emitOpError() << "unknown module attribute '" << name
                            << "' (known: " << kModel << ", " << kParallel
                            << ", " << kRecompute << ", " << kTraining << ", "
-                           << kBackwardLanes << ")";
+                           << kBackwardLanes << ", " << kTpLanes << ", "
+                           << kTpAllReduce << ")";
 }

@@ -208,8 +208,21 @@ module attributes {mtc.tp_backward_lanes = true} {
 
 // -----
 
+// Tests that the code-generation options take their known values only.
+// expected-error @+1 {{attribute 'mtc.tp_lanes' must be "two-streams" or "one-stream", got "three"}}
+module attributes {mtc.tp_lanes = "three"} {
+}
+
+// -----
+
+// expected-error @+1 {{attribute 'mtc.tp_allreduce' must be "auto" or "nccl", got 2 : i64}}
+module attributes {mtc.tp_allreduce = 2} {
+}
+
+// -----
+
 // Tests that a misspelled module attribute is an error.
-// expected-error @+1 {{unknown module attribute 'mtc.paralel' (known: mtc.model, mtc.parallel, mtc.recompute, mtc.training, mtc.tp_backward_lanes)}}
+// expected-error @+1 {{unknown module attribute 'mtc.paralel' (known: mtc.model, mtc.parallel, mtc.recompute, mtc.training, mtc.tp_backward_lanes, mtc.tp_lanes, mtc.tp_allreduce)}}
 module attributes {mtc.paralel = {tp = 2 : i64}} {
 }
 
