@@ -30,19 +30,11 @@
 // become slices with one shard.reduce_scatter, and an op that needs its
 // input whole gathers it with shard.all_gather, Megatron-SP's pairs.
 //
-// Rules (tp axis):
-//   matmul    contraction split on both sides -> P; on one side -> the other
-//             is sliced; an output dimension split -> S of that dimension; a
-//             bias of a P result is added after the all_reduce, once.
-//   norms (and gradients) -> R, or rows split (the weights' gradients are
-//             then partial sums); dropout -> any but P (a slice is marked
-//             `mtc.slice_of` so its mask is the global tensor's)
-//   cross-entropy (and gradient) -> R, or logits split on the vocabulary:
-//             vocabulary-parallel, the softmax completed over the group
-//   attention, rope (and gradients) -> R, or S(last) split by heads
-//   embedding -> a vocabulary-split table gives P (rows of other ranks are 0)
-//   elementwise (ops with the Elementwise trait) -> any one distribution
-//             shared by all operands, not P
+// The rules are the ops' own (PartitionOpInterface, dialects/mtc/lib/
+// MtcPartition.cpp, which lists them); this file is the mechanism every
+// rule uses (mtc::Partitioner, MtcPartition.h): distributions, conversions,
+// local types. Ops without a rule: the Elementwise trait's (any one
+// distribution all operands share, not P), else everything whole.
 //
 // Why not upstream `shard-partition`: the training program needs partial
 // sums that flow through backward ops, a rank-dependent vocabulary offset,
@@ -56,7 +48,6 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
-#include "llvm/ADT/TypeSwitch.h"
 
 namespace mtc {
 #define GEN_PASS_DEF_MTCPARTITION
@@ -67,20 +58,7 @@ using namespace mlir;
 
 namespace {
 
-struct Dist;
-int64_t distKey(const Dist &d);
-
-struct Dist {
-  enum Kind { R, S, P } kind = R;
-  int64_t dim = -1;
-  static Dist r() { return {}; }
-  static Dist s(int64_t d) { return {S, d}; }
-  static Dist p() { return {P, -1}; }
-  bool operator==(const Dist &o) const {
-    return kind == o.kind && (kind != S || dim == o.dim);
-  }
-  bool operator!=(const Dist &o) const { return !(*this == o); }
-};
+using mtc::Dist;
 
 int64_t distKey(const Dist &d) { return int64_t(d.kind) * 64 + d.dim + 1; }
 
@@ -93,42 +71,52 @@ RankedTensorType localType(Type global, Dist d, int64_t tp) {
   return t.clone(shape);
 }
 
-class FunctionPartitioner {
+class FunctionPartitioner final : public mtc::Partitioner {
 public:
   FunctionPartitioner(func::FuncOp fn, shard::GridOp grid, int64_t tp,
                       const llvm::StringMap<Dist> &paramDists)
-      : fn(fn), grid(grid), tp(tp), paramDists(paramDists),
+      : fn(fn), grid(grid), tpSize(tp), paramDists(paramDists),
         sequenceParallel(fn->hasAttr("mtc.sequence_parallel")),
         b(fn.getContext()) {}
   LogicalResult run();
 
-private:
-  LogicalResult partitionOp(Operation *op);
-  /// The new value of `old` in distribution `want`.
-  Value get(Value old, Dist want);
-  Value convert(Value v, Dist from, Dist to, Location loc);
-  void set(Value old, Value local, Dist d) {
+  // mtc::Partitioner (MtcPartition.h).
+  int64_t tp() const override { return tpSize; }
+  int16_t tpAxis() const override { return mtc::kAxisTP; }
+  OpBuilder &builder() override { return b; }
+  Dist distOf(Value old) override { return dists.lookup(old); }
+  Value get(Value old, Dist want) override;
+  bool gathered(Value old) override {
+    return converted.count({old, distKey(Dist::r())}) > 0;
+  }
+  Value convert(Value v, Dist from, Dist to, Location loc) override;
+  void set(Value old, Value local, Dist d) override {
     mapping.map(old, local);
     dists[old] = d;
   }
-  Dist distOf(Value old) { return dists.lookup(old); }
-  Type local(Value old, Dist d) { return localType(old.getType(), d, tp); }
-  Value vocabStart(Location loc, int64_t localRows);
-  /// How a value outside the tensor-parallel regions is held: whole, or
-  /// with sequence parallelism, a (B, S, D) activation split on S.
-  Dist whole(Value v) {
+  Type localType(Value old, Dist d) override {
+    return ::localType(old.getType(), d, tpSize);
+  }
+  Dist whole(Value v) override {
     auto t = cast<RankedTensorType>(v.getType());
-    if (sequenceParallel && t.getRank() == 3 && t.getDimSize(1) % tp == 0)
+    if (sequenceParallel && t.getRank() == 3 && t.getDimSize(1) % tpSize == 0)
       return Dist::s(1);
     return Dist::r();
   }
-  /// The distribution of the parameter a gradient value accumulates into.
-  std::optional<Dist> gradientTarget(Value v);
-  LogicalResult partitionMatmul(mtc::MatmulOp mm);
+  Value vocabStart(Location loc, int64_t localRows) override;
+  std::optional<Dist> gradientTarget(Value v) override;
+  Dist paramDist(StringRef name) override { return paramDists.lookup(name); }
+  SmallVector<StringRef> splitParams() override;
+  LogicalResult rebuild(Operation *op, ArrayRef<Dist> want,
+                        ArrayRef<Dist> out,
+                        function_ref<void(Operation *)> adjust = nullptr) override;
+
+private:
+  LogicalResult partitionOp(Operation *op);
 
   func::FuncOp fn;
   shard::GridOp grid;
-  int64_t tp;
+  int64_t tpSize;
   const llvm::StringMap<Dist> &paramDists;
   bool sequenceParallel;
   OpBuilder b;
@@ -149,7 +137,7 @@ Value FunctionPartitioner::convert(Value v, Dist from, Dist to,
     // replacement of the all_reduce).
     auto t = cast<RankedTensorType>(v.getType());
     SmallVector<int64_t> shape(t.getShape());
-    shape[to.dim] /= tp;
+    shape[to.dim] /= tpSize;
     return shard::ReduceScatterOp::create(
         b, loc, t.clone(shape), gridSym, b.getDenseI16ArrayAttr(axes), v,
         shard::ReductionKindAttr::get(b.getContext(),
@@ -164,7 +152,7 @@ Value FunctionPartitioner::convert(Value v, Dist from, Dist to,
   } else if (from.kind == Dist::S) {
     auto t = cast<RankedTensorType>(v.getType());
     SmallVector<int64_t> shape(t.getShape());
-    shape[from.dim] *= tp;
+    shape[from.dim] *= tpSize;
     v = shard::AllGatherOp::create(b, loc, t.clone(shape), gridSym,
                                    b.getDenseI16ArrayAttr(axes), v,
                                    b.getIndexAttr(from.dim));
@@ -173,7 +161,7 @@ Value FunctionPartitioner::convert(Value v, Dist from, Dist to,
   if (to.kind == Dist::S) {
     auto t = cast<RankedTensorType>(v.getType());
     SmallVector<int64_t> shape(t.getShape());
-    shape[to.dim] /= tp;
+    shape[to.dim] /= tpSize;
     v = shard::AllSliceOp::create(b, loc, t.clone(shape), gridSym,
                                   b.getDenseI16ArrayAttr(axes), v,
                                   b.getIndexAttr(to.dim));
@@ -218,401 +206,61 @@ std::optional<Dist> FunctionPartitioner::gradientTarget(Value v) {
   return std::nullopt;
 }
 
-/// How a split operand divides a matmul's contraction (K) or its free
-/// dimension (M for the lhs, N for the rhs). Operands are matrices made by
-/// merging all but the last dimension ("rows"); `transpose` swaps rows and
-/// columns.
-struct MatSplit {
-  enum Kind { none, contraction, free } kind = none;
-  bool byRows = false;     // the split dimension is one of the merged rows
-  int64_t dim = -1;        // the split tensor dimension
-};
-
-MatSplit matSplit(Value v, Dist d, bool transpose, bool isLhs) {
-  if (d.kind != Dist::S)
-    return {};
-  int64_t last = cast<RankedTensorType>(v.getType()).getRank() - 1;
-  bool byRows = d.dim != last;
-  // Stored columns are K for an untransposed lhs and a transposed rhs.
-  bool colsAreK = isLhs ? !transpose : transpose;
-  bool isK = byRows ? !colsAreK : colsAreK;
-  return {isK ? MatSplit::contraction : MatSplit::free, byRows, d.dim};
+SmallVector<StringRef> FunctionPartitioner::splitParams() {
+  SmallVector<StringRef> split;
+  for (auto &it : paramDists)
+    if (it.second.kind == Dist::S)
+      split.push_back(it.first());
+  llvm::sort(split);
+  return split;
 }
 
-/// The split of `other` that divides the contraction exactly as `split`
-/// divides it on `v`, if there is one.
-std::optional<Dist> matchingContraction(Value v, MatSplit split, Value other,
-                                        bool otherTranspose, bool otherIsLhs) {
-  auto tv = cast<RankedTensorType>(v.getType());
-  auto to = cast<RankedTensorType>(other.getType());
-  bool colsAreK = otherIsLhs ? !otherTranspose : otherTranspose;
-  int64_t otherLast = to.getRank() - 1;
-  if (!split.byRows) {
-    // K is v's last dimension, split in contiguous blocks.
-    if (colsAreK)
-      return Dist::s(otherLast);
-    if (to.getRank() == 2)
-      return Dist::s(0);
-    return std::nullopt;
-  }
-  // K is v's merged rows, split on one of them: the other's K must be the
-  // same rows (same leading shape), split on the same dimension.
-  if (!colsAreK && tv.getShape().drop_back() == to.getShape().drop_back())
-    return Dist::s(split.dim);
-  if (colsAreK && tv.getRank() == 2)
-    return Dist::s(otherLast);
-  return std::nullopt;
-}
-
-LogicalResult FunctionPartitioner::partitionMatmul(mtc::MatmulOp mm) {
-  bool ta = mm.getTransposeA(), tb = mm.getTransposeB();
-  Value lhs = mm.getLhs(), rhs = mm.getRhs();
-  int64_t resultRank = mm.getType().getRank();
-
-  // The result's distribution for operand distributions (dl, dr), or none
-  // if the pair is not consistent.
-  auto evaluate = [&](Dist dl, Dist dr) -> std::optional<Dist> {
-    bool partialL = dl.kind == Dist::P, partialR = dr.kind == Dist::P;
-    if (partialL || partialR) // linear in one partial operand
-      return (partialL && dr.kind == Dist::R) || (partialR && dl.kind == Dist::R)
-                 ? std::optional<Dist>(Dist::p())
-                 : std::nullopt;
-    MatSplit sl = matSplit(lhs, dl, ta, true), sr = matSplit(rhs, dr, tb, false);
-    if (sl.kind == MatSplit::contraction || sr.kind == MatSplit::contraction) {
-      if (sl.kind != MatSplit::contraction || sr.kind != MatSplit::contraction)
-        return std::nullopt;
-      std::optional<Dist> match = matchingContraction(lhs, sl, rhs, tb, false);
-      return match && *match == dr ? std::optional<Dist>(Dist::p())
-                                   : std::nullopt;
-    }
-    if (sl.kind == MatSplit::free && sr.kind == MatSplit::free)
-      return std::nullopt; // no 2-D splits
-    if (sl.kind == MatSplit::free)
-      return Dist::s(ta ? 0 : dl.dim);
-    if (sr.kind == MatSplit::free)
-      return Dist::s(resultRank - 1);
-    return Dist::r();
-  };
-
-  // Candidates, cheapest first: as they are; slice a whole operand to match
-  // the other's contraction split (free); gather an operand that was
-  // already gathered (free: the conversion is reused); gather an
-  // activation rather than a parameter; gather both.
-  Dist dl = distOf(lhs), dr = distOf(rhs);
-  SmallVector<std::pair<Dist, Dist>> candidates = {{dl, dr}};
-  MatSplit sl = matSplit(lhs, dl, ta, true), sr = matSplit(rhs, dr, tb, false);
-  if (sl.kind == MatSplit::contraction && dr.kind == Dist::R)
-    if (auto m = matchingContraction(lhs, sl, rhs, tb, false))
-      candidates.push_back({dl, *m});
-  if (sr.kind == MatSplit::contraction && dl.kind == Dist::R)
-    if (auto m = matchingContraction(rhs, sr, lhs, ta, true))
-      candidates.push_back({*m, dr});
-  auto gathered = [&](Value v) {
-    return converted.count({v, distKey(Dist::r())}) > 0;
-  };
-  auto isParam = [](Value v) {
-    if (auto s = v.getDefiningOp<shard::ShardOp>())
-      v = s.getSrc();
-    return v.getDefiningOp<mtc::ParamOp>() != nullptr;
-  };
-  if (gathered(rhs))
-    candidates.push_back({dl, Dist::r()});
-  if (gathered(lhs))
-    candidates.push_back({Dist::r(), dr});
-  if (!isParam(lhs)) {
-    candidates.push_back({Dist::r(), dr});
-    if (sr.kind == MatSplit::contraction)
-      if (auto m = matchingContraction(rhs, sr, lhs, ta, true))
-        candidates.push_back({*m, dr});
-  }
-  if (!isParam(rhs))
-    candidates.push_back({dl.kind == Dist::P ? Dist::r() : dl, Dist::r()});
-  candidates.push_back({Dist::r(), dr});
-  candidates.push_back({dl.kind == Dist::P ? Dist::r() : dl, Dist::r()});
-  candidates.push_back({Dist::r(), Dist::r()});
-  Dist out;
-  for (auto [cl, cr] : candidates)
-    if (std::optional<Dist> o = evaluate(cl, cr)) {
-      dl = cl;
-      dr = cr;
-      out = *o;
-      break;
-    }
-
-  Value newLhs = get(lhs, dl), newRhs = get(rhs, dr);
-  bool partial = out.kind == Dist::P;
-  Value bias;
-  if (Value oldBias = mm.getBias())
-    bias = get(oldBias, out.kind == Dist::S && out.dim == resultRank - 1
-                            ? Dist::s(0)
-                            : Dist::r());
-  Location loc = mm.getLoc();
-  auto newMm = mtc::MatmulOp::create(b, loc, local(mm, out), newLhs, newRhs,
-                                     partial ? Value() : bias, ta, tb);
-  if (partial && bias) {
-    // Row-parallel with a bias: reduce, then add the bias once.
-    Dist reduced = whole(mm);
-    Value r = convert(newMm, Dist::p(), reduced, loc);
-    Value withBias = mtc::AddOp::create(b, loc, r.getType(), r, bias);
-    set(mm, withBias, reduced);
-    return success();
-  }
-  set(mm, newMm, out);
+LogicalResult FunctionPartitioner::rebuild(
+    Operation *op, ArrayRef<Dist> want, ArrayRef<Dist> out,
+    function_ref<void(Operation *)> adjust) {
+  SmallVector<Value> operands;
+  for (auto [v, d] : llvm::zip(op->getOperands(), want))
+    operands.push_back(get(v, d));
+  Operation *clone = b.clone(*op);
+  clone->setOperands(operands);
+  for (auto [r, d] : llvm::zip(clone->getResults(), out))
+    r.setType(localType(r, d));
+  if (adjust)
+    adjust(clone);
+  for (auto [r, nr, d] : llvm::zip(op->getResults(), clone->getResults(), out))
+    set(r, nr, d);
   return success();
 }
 
 LogicalResult FunctionPartitioner::partitionOp(Operation *op) {
-  Location loc = op->getLoc();
-  // Clone `op` with operands in `want` and results in `out`.
-  auto rebuild = [&](ArrayRef<Dist> want, ArrayRef<Dist> out,
-                     function_ref<void(Operation *)> adjust = nullptr) {
-    SmallVector<Value> operands;
-    for (auto [v, d] : llvm::zip(op->getOperands(), want))
-      operands.push_back(get(v, d));
-    Operation *clone = b.clone(*op);
-    clone->setOperands(operands);
-    for (auto [r, d] : llvm::zip(clone->getResults(), out))
-      r.setType(local(r, d));
-    if (adjust)
-      adjust(clone);
-    for (auto [r, nr, d] : llvm::zip(op->getResults(), clone->getResults(), out))
-      set(r, nr, d);
+  // The annotations: a sharding op is dropped, an annotated value is its
+  // source in its parameter's distribution.
+  if (isa<shard::ShardingOp>(op))
     return success();
-  };
-  auto all = [&](Dist d) {
-    return SmallVector<Dist>(op->getNumOperands(), d);
-  };
-  auto allResults = [&](Dist d) {
-    return SmallVector<Dist>(op->getNumResults(), d);
-  };
-  auto divideHeads = [&](Operation *clone) {
-    for (StringRef name : {"heads", "kv_heads"})
-      if (auto a = clone->getAttrOfType<IntegerAttr>(name))
-        clone->setAttr(name, b.getI64IntegerAttr(a.getInt() / tp));
-  };
-  auto last = [](Value v) {
-    return cast<RankedTensorType>(v.getType()).getRank() - 1;
-  };
-
-  return llvm::TypeSwitch<Operation *, LogicalResult>(op)
-      .Case([&](shard::ShardingOp) -> LogicalResult { return success(); })
-      .Case([&](shard::ShardOp s) -> LogicalResult {
-        mapping.map(s.getResult(), mapping.lookup(s.getSrc()));
-        dists[s.getResult()] = distOf(s.getSrc());
-        return success();
-      })
-      .Case([&](mtc::ParamOp p) -> LogicalResult {
-        Dist d = paramDists.lookup(p.getName());
-        return rebuild({}, {d}, [&](Operation *clone) {
-          if (d.kind != Dist::S)
-            return;
-          clone->setAttr(
-              "mtc.shard",
-              b.getDictionaryAttr(
-                  {b.getNamedAttr("dim", b.getI64IntegerAttr(d.dim)),
-                   b.getNamedAttr("axis", b.getI64IntegerAttr(mtc::kAxisTP)),
-                   b.getNamedAttr("global_shape",
-                                  b.getDenseI64ArrayAttr(p.getType().getShape()))}));
-        });
-      })
-      .Case([&](mtc::MatmulOp mm) { return partitionMatmul(mm); })
-      .Case([&](mtc::EmbeddingOp e) -> LogicalResult {
-        Dist dt = distOf(e.getTable());
-        if (dt.kind == Dist::S && dt.dim == 0) {
-          Value table = get(e.getTable(), dt);
-          int64_t rows =
-              cast<RankedTensorType>(table.getType()).getDimSize(0);
-          auto n = mtc::EmbeddingOp::create(
-              b, loc, e.getType(), get(e.getTokens(), Dist::r()), table,
-              vocabStart(loc, rows));
-          set(e, n, Dist::p());
-          return success();
-        }
-        return rebuild(all(Dist::r()), {Dist::r()});
-      })
-      .Case([&](mtc::EmbeddingGradOp e) -> LogicalResult {
-        std::optional<Dist> target = gradientTarget(e);
-        if (target && target->kind == Dist::S && target->dim == 0) {
-          auto type = cast<RankedTensorType>(local(e, *target));
-          auto n = mtc::EmbeddingGradOp::create(
-              b, loc, type, get(e.getTokens(), Dist::r()),
-              get(e.getDout(), Dist::r()), vocabStart(loc, type.getDimSize(0)));
-          set(e, n, *target);
-          return success();
-        }
-        return rebuild(all(Dist::r()), {Dist::r()});
-      })
-      .Case([&](mtc::AddOp a) -> LogicalResult {
-        Dist dl = distOf(a.getLhs()), dr = distOf(a.getRhs());
-        auto tl = cast<RankedTensorType>(a.getLhs().getType());
-        auto tr = cast<RankedTensorType>(a.getRhs().getType());
-        int64_t lead = tl.getRank() - tr.getRank(); // broadcast dimensions
-        // The rhs distribution that matches an lhs distribution.
-        auto rhsFor = [&](Dist l) {
-          if (l.kind == Dist::S && l.dim >= lead)
-            return Dist::s(l.dim - lead);
-          return l.kind == Dist::P && lead > 0 ? Dist::r() : l;
-        };
-        if (dl.kind == Dist::P && dr.kind == Dist::P && lead == 0)
-          return rebuild({dl, dr}, {dl});
-        if (dl.kind != Dist::P && dr.kind != Dist::P) {
-          // Prefer the slice: slicing the other operand is free.
-          if (dl.kind == Dist::S)
-            return rebuild({dl, rhsFor(dl)}, {dl});
-          if (dr.kind == Dist::S && lead == 0)
-            return rebuild({dr, dr}, {dr});
-          return rebuild(all(Dist::r()), {Dist::r()});
-        }
-        // A partial operand with a whole or sliced one: finish the sum into
-        // the distribution values outside the parallel regions have.
-        Dist d = dl.kind == Dist::S ? dl : whole(a);
-        return rebuild({d, rhsFor(d)}, {d});
-      })
-      .Case([&](mtc::ReduceLeadingOp r) -> LogicalResult {
-        Dist d = distOf(r.getInput());
-        int64_t dropped = last(r.getInput()) - last(r);
-        if (d.kind == Dist::S && d.dim < dropped)
-          return rebuild({d}, {Dist::p()}); // summing over the split rows
-        if (d.kind == Dist::S)
-          return rebuild({d}, {Dist::s(d.dim - dropped)});
-        return rebuild({d}, {d});
-      })
-      .Case([&](mtc::DropoutOp dr) -> LogicalResult {
-        // The mask is keyed by the global element index, so a slice draws
-        // the one-process program's mask for its elements as long as the
-        // emitter knows where the slice lies: `mtc.slice_of` (dim, grid
-        // axis, parts) on the rank's op. A partial sum is made whole first
-        // (sequence shards under sp).
-        Dist d = distOf(dr.getInput());
-        if (d.kind == Dist::P)
-          d = whole(dr.getInput());
-        if (d.kind != Dist::S || dr.getP().convertToDouble() <= 0)
-          return rebuild({d}, {d});
-        return rebuild({d}, {d}, [&](Operation *clone) {
-          clone->setAttr("mtc.slice_of",
-                         b.getDictionaryAttr({
-                             b.getNamedAttr("dim", b.getI64IntegerAttr(d.dim)),
-                             b.getNamedAttr("axis",
-                                            b.getI64IntegerAttr(mtc::kAxisTP)),
-                             b.getNamedAttr("parts", b.getI64IntegerAttr(tp)),
-                         }));
-        });
-      })
-      .Case<mtc::RopeOp, mtc::AttentionOp>([&](Operation *) -> LogicalResult {
-        Value qkv = op->getOperand(0);
-        Dist d = distOf(qkv);
-        if (d.kind == Dist::S && d.dim == last(qkv)) {
-          SmallVector<Dist> want = {d};
-          if (op->getNumOperands() > 1)
-            want.push_back(Dist::r()); // padding mask
-          SmallVector<Dist> out = {d};
-          if (op->getNumResults() > 1)
-            out.push_back(Dist::s(1)); // lse (B, H, S)
-          return rebuild(want, out, divideHeads);
-        }
-        return rebuild(all(Dist::r()), allResults(Dist::r()));
-      })
-      .Case([&](mtc::AttentionGradOp a) -> LogicalResult {
-        Dist d = distOf(a.getQkv());
-        if (d.kind == Dist::S && d.dim == last(a.getQkv())) {
-          Dist o = Dist::s(last(a.getOut()));
-          SmallVector<Dist> want = {d, o, Dist::s(1), o};
-          if (a.getMask())
-            want.push_back(Dist::r());
-          return rebuild(want, {d}, divideHeads);
-        }
-        return rebuild(all(Dist::r()), {Dist::r()});
-      })
-      .Case<mtc::LayerNormOp, mtc::RmsNormOp>([&](Operation *) -> LogicalResult {
-        // Rows are independent: a split on a leading dimension (sequence
-        // parallelism) stays; weights are whole.
-        Value x = op->getOperand(0);
-        Dist d = distOf(x);
-        if (!(d.kind == Dist::S && d.dim != last(x)))
-          d = whole(x);
-        SmallVector<Dist> want(op->getNumOperands(), Dist::r());
-        want[0] = d;
-        return rebuild(want, {d});
-      })
-      .Case<mtc::LayerNormGradOp, mtc::RmsNormGradOp>(
-          [&](Operation *) -> LogicalResult {
-            // (x, gamma, dout) -> (dx, dgamma[, dbeta]): with rows split,
-            // each rank sums its rows' share of the weight gradients.
-            Value x = op->getOperand(0);
-            Dist d = distOf(x);
-            if (!(d.kind == Dist::S && d.dim != last(x)))
-              d = whole(x);
-            bool rowsSplit = d.kind == Dist::S;
-            SmallVector<Dist> out(op->getNumResults(),
-                                  rowsSplit ? Dist::p() : Dist::r());
-            out[0] = d;
-            return rebuild({d, Dist::r(), d}, out);
-          })
-      .Case([&](mtc::CrossEntropyOp c) -> LogicalResult {
-        // Vocabulary-parallel: the logits stay split; the op completes the
-        // softmax over the tp group (no rank holds the whole logits).
-        Dist d = distOf(c.getLogits());
-        if (d.kind != Dist::S || d.dim != last(c.getLogits()))
-          return rebuild(all(Dist::r()), {Dist::r()});
-        Value logits = get(c.getLogits(), d);
-        int64_t v = cast<RankedTensorType>(logits.getType()).getShape().back();
-        auto n = mtc::CrossEntropyOp::create(
-            b, loc, c.getType(), logits, get(c.getTargets(), Dist::r()),
-            vocabStart(loc, v), c.getIgnoreIndexAttr(),
-            b.getI64IntegerAttr(c.getNumValidClasses()),
-            b.getI64IntegerAttr(mtc::kAxisTP));
-        set(c, n, Dist::r());
-        return success();
-      })
-      .Case([&](mtc::CrossEntropyGradOp c) -> LogicalResult {
-        Dist d = distOf(c.getLogits());
-        if (d.kind != Dist::S || d.dim != last(c.getLogits()))
-          return rebuild(all(Dist::r()), {Dist::r()});
-        Value logits = get(c.getLogits(), d);
-        int64_t v = cast<RankedTensorType>(logits.getType()).getShape().back();
-        auto n = mtc::CrossEntropyGradOp::create(
-            b, loc, logits.getType(), logits, get(c.getTargets(), Dist::r()),
-            get(c.getDloss(), Dist::r()), vocabStart(loc, v),
-            c.getIgnoreIndexAttr(), b.getI64IntegerAttr(c.getNumValidClasses()),
-            b.getI64IntegerAttr(mtc::kAxisTP));
-        set(c, n, d);
-        return success();
-      })
-      .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
-        Dist d = paramDists.lookup(a.getParam());
-        return rebuild({d}, {});
-      })
-      .Case([&](mtc::GradNormOp g) -> LogicalResult {
-        SmallVector<Attribute> split;
-        for (auto &it : paramDists)
-          if (it.second.kind == Dist::S)
-            split.push_back(b.getStringAttr(it.first()));
-        llvm::sort(split, [](Attribute x, Attribute y) {
-          return cast<StringAttr>(x).getValue() < cast<StringAttr>(y).getValue();
-        });
-        return rebuild({}, {Dist::r()}, [&](Operation *clone) {
-          if (!split.empty())
-            clone->setAttr("tp_split_params", b.getArrayAttr(split));
-        });
-      })
-      .Case([&](func::ReturnOp) -> LogicalResult {
-        return rebuild(all(Dist::r()), {});
-      })
-      .Default([&](Operation *) -> LogicalResult {
-        // Elementwise ops (the trait: activations and their gradients) run
-        // on any one distribution all their operands share, except partial
-        // sums (they are not linear).
-        if (op->hasTrait<OpTrait::Elementwise>() && op->getNumOperands() > 0) {
-          Dist d = distOf(op->getOperand(0));
-          bool same = llvm::all_of(op->getOperands(),
-                                   [&](Value v) { return distOf(v) == d; });
-          if (!same || d.kind == Dist::P)
-            d = Dist::r();
-          return rebuild(all(d), allResults(d));
-        }
-        // Constants, the optimizer: everything whole.
-        return rebuild(all(Dist::r()), allResults(Dist::r()));
-      });
+  if (auto s = dyn_cast<shard::ShardOp>(op)) {
+    mapping.map(s.getResult(), mapping.lookup(s.getSrc()));
+    dists[s.getResult()] = distOf(s.getSrc());
+    return success();
+  }
+  // The op's own rule.
+  if (auto rule = dyn_cast<mtc::PartitionOpInterface>(op))
+    return rule.partition(*this);
+  // Elementwise ops (the trait: activations and their gradients) run on any
+  // one distribution all their operands share, except partial sums (they
+  // are not linear).
+  if (op->hasTrait<OpTrait::Elementwise>() && op->getNumOperands() > 0) {
+    Dist d = distOf(op->getOperand(0));
+    bool same = llvm::all_of(op->getOperands(),
+                             [&](Value v) { return distOf(v) == d; });
+    if (!same || d.kind == Dist::P)
+      d = Dist::r();
+    return rebuild(op, SmallVector<Dist>(op->getNumOperands(), d),
+                   SmallVector<Dist>(op->getNumResults(), d));
+  }
+  // Constants, the optimizer, the return (the loss is returned whole):
+  // everything whole.
+  return rebuild(op, SmallVector<Dist>(op->getNumOperands(), Dist::r()),
+                 SmallVector<Dist>(op->getNumResults(), Dist::r()));
 }
 
 LogicalResult FunctionPartitioner::run() {

@@ -5,6 +5,7 @@
 //   GradientOpInterface  how to differentiate it        (mtc-autodiff)
 //   CostOpInterface      how much work it does          (plan report, MFU)
 //   KernelOpInterface    which runtime kernel runs it   (both code generators)
+//   PartitionOpInterface how it runs on tp-split operands (mtc-partition)
 // How an op may be split across a device grid is upstream MLIR's
 // ShardingInterface (mlir/Dialect/Shard/Interfaces), implemented in
 // MtcSharding.cpp.
@@ -75,6 +76,26 @@ def Mtc_KernelOpInterface : OpInterface<"KernelOpInterface"> {
       /*retTy=*/"::mtc::KernelCall",
       /*methodName=*/"getKernelCall",
       /*args=*/(ins "::mtc::BufferName":$buf)>
+  ];
+}
+
+def Mtc_PartitionOpInterface : OpInterface<"PartitionOpInterface"> {
+  let description = [{
+    The op's tensor-parallel rule, used by `mtc-partition`: given the
+    distributions of its operands (whole, a slice of one dimension, or a
+    partial sum; `mtc::Partitioner`, MtcPartition.h), which distributions it
+    runs on and what its results then are. The rule asks the partitioner
+    for its operands in the distributions it wants (the partitioner inserts
+    the collectives) and builds the rank's op. Ops without it follow the
+    Elementwise trait's rule, or run on whole values.
+  }];
+  let cppNamespace = "::mtc";
+  let methods = [
+    InterfaceMethod<
+      /*desc=*/"Builds the rank's op(s) for this op and records its results.",
+      /*retTy=*/"::llvm::LogicalResult",
+      /*methodName=*/"partition",
+      /*args=*/(ins "::mtc::Partitioner &":$partitioner)>
   ];
 }
 

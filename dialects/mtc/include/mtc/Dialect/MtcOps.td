@@ -30,6 +30,8 @@ def Mtc_GradientOp : DeclareOpInterfaceMethods<Mtc_GradientOpInterface>;
 def Mtc_CostOp : DeclareOpInterfaceMethods<Mtc_CostOpInterface>;
 // Its row of the kernel table (MtcKernels.cpp, or generated below).
 def Mtc_KernelOp : DeclareOpInterfaceMethods<Mtc_KernelOpInterface>;
+// Its tensor-parallel rule (MtcPartition.cpp).
+def Mtc_PartitionOp : DeclareOpInterfaceMethods<Mtc_PartitionOpInterface>;
 def Mtc_MlpActivation : NativeOpTrait<"MlpActivation"> {
   let cppNamespace = "::mtc::OpTrait";
 }
@@ -38,7 +40,7 @@ def Mtc_MlpActivation : NativeOpTrait<"MlpActivation"> {
 // Parameters
 //===----------------------------------------------------------------------===//
 
-def Mtc_ParamOp : Mtc_Op<"param", [Pure, Mtc_CostOp]> {
+def Mtc_ParamOp : Mtc_Op<"param", [Mtc_PartitionOp, Pure, Mtc_CostOp]> {
   let summary = "A trainable parameter, named by its checkpoint key.";
   let description = [{
     Produces the value of the parameter `name` (the key it has in
@@ -65,7 +67,7 @@ def Mtc_ParamOp : Mtc_Op<"param", [Pure, Mtc_CostOp]> {
 // Embedding
 //===----------------------------------------------------------------------===//
 
-def Mtc_EmbeddingOp : Mtc_Op<"embedding", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+def Mtc_EmbeddingOp : Mtc_Op<"embedding", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp]> {
   let summary = "Looks up rows of a table by token id.";
   let description = [{
     `result[b, s, :] = table[tokens[b, s], :]`. tokens (B, S) i32, table
@@ -94,7 +96,7 @@ def Mtc_EmbeddingOp : Mtc_Op<"embedding", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
   let hasVerifier = 1;
 }
 
-def Mtc_EmbeddingGradOp : Mtc_Op<"embedding_grad", [Pure, Mtc_CostOp]> {
+def Mtc_EmbeddingGradOp : Mtc_Op<"embedding_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp]> {
   let summary = "Gradient of an embedding table: scatter-add of rows.";
   let description = [{
     `result = 0; result[tokens[b, s], :] += dout[b, s, :]`. tokens (B, S),
@@ -120,7 +122,7 @@ def Mtc_EmbeddingGradOp : Mtc_Op<"embedding_grad", [Pure, Mtc_CostOp]> {
 // Elementwise and reductions
 //===----------------------------------------------------------------------===//
 
-def Mtc_AddOp : Mtc_Op<"add", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_AddOp : Mtc_Op<"add", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                               AllTypesMatch<["lhs", "result"]>]> {
   let summary = "Residual add, with rhs broadcast over leading dimensions.";
   let description = [{
@@ -138,7 +140,7 @@ def Mtc_AddOp : Mtc_Op<"add", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_ReduceLeadingOp : Mtc_Op<"reduce_leading", [Pure, Mtc_CostOp]> {
+def Mtc_ReduceLeadingOp : Mtc_Op<"reduce_leading", [Mtc_PartitionOp, Pure, Mtc_CostOp]> {
   let summary = "Sums over the leading dimensions down to the result's shape.";
   let description = [{
     The result's shape is a suffix of the input's; the leading dimensions
@@ -285,7 +287,7 @@ def Mtc_SquaredReluGradOp : Mtc_UnaryActivationGradOp<"squared_relu_grad",
   }];
 }
 
-def Mtc_DropoutOp : Mtc_Op<"dropout", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_DropoutOp : Mtc_Op<"dropout", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                                       AllTypesMatch<["input", "result"]>]> {
   let summary = "Dropout with a counter-based mask.";
   let description = [{
@@ -309,7 +311,7 @@ def Mtc_DropoutOp : Mtc_Op<"dropout", [Pure, Mtc_GradientOp, Mtc_CostOp,
 // Matmul
 //===----------------------------------------------------------------------===//
 
-def Mtc_MatmulOp : Mtc_Op<"matmul", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+def Mtc_MatmulOp : Mtc_Op<"matmul", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp]> {
   let summary = "Matrix product with optional bias and transposes.";
   let description = [{
     Both operands are viewed as matrices by merging all but their last
@@ -355,7 +357,7 @@ def Mtc_MatmulOp : Mtc_Op<"matmul", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
 // Normalization
 //===----------------------------------------------------------------------===//
 
-def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Mtc_PartitionOp, Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                            AllTypesMatch<["input", "result"]>]> {
   let summary = "Layer normalization over the last dimension.";
   let description = [{
@@ -377,7 +379,7 @@ def Mtc_LayerNormOp : Mtc_Op<"layer_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, 
   let hasVerifier = 1;
 }
 
-def Mtc_LayerNormGradOp : Mtc_Op<"layer_norm_grad", [Pure, Mtc_CostOp,
+def Mtc_LayerNormGradOp : Mtc_Op<"layer_norm_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp,
     AllTypesMatch<["input", "dout", "dinput"]>,
     AllTypesMatch<["gamma", "dgamma", "dbeta"]>]> {
   let summary = "Gradients of layer normalization (statistics recomputed).";
@@ -400,7 +402,7 @@ def Mtc_LayerNormGradOp : Mtc_Op<"layer_norm_grad", [Pure, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Mtc_PartitionOp, Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                        AllTypesMatch<["input", "result"]>]> {
   let summary = "RMS normalization over the last dimension.";
   let description = [{
@@ -418,7 +420,7 @@ def Mtc_RmsNormOp : Mtc_Op<"rms_norm", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_
   let hasVerifier = 1;
 }
 
-def Mtc_RmsNormGradOp : Mtc_Op<"rms_norm_grad", [Pure, Mtc_CostOp,
+def Mtc_RmsNormGradOp : Mtc_Op<"rms_norm_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp,
     AllTypesMatch<["input", "dout", "dinput"]>,
     AllTypesMatch<["gamma", "dgamma"]>]> {
   let summary = "Gradients of RMS normalization (statistics recomputed).";
@@ -441,7 +443,7 @@ def Mtc_RmsNormGradOp : Mtc_Op<"rms_norm_grad", [Pure, Mtc_CostOp,
 // Attention
 //===----------------------------------------------------------------------===//
 
-def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_RopeOp : Mtc_Op<"rope", [Mtc_PartitionOp, Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
                                 AllTypesMatch<["input", "result"]>]> {
   let summary = "Rotary position embedding on the q and k parts of fused QKV.";
   let description = [{
@@ -464,7 +466,7 @@ def Mtc_RopeOp : Mtc_Op<"rope", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp]> {
+def Mtc_AttentionOp : Mtc_Op<"attention", [Mtc_PartitionOp, Pure, Mtc_KernelOp, Mtc_GradientOp, Mtc_CostOp]> {
   let summary = "Scaled dot-product attention core on fused QKV.";
   let description = [{
     `softmax(q k^T * scale + masks) v` for every query head, with grouped
@@ -494,7 +496,7 @@ def Mtc_AttentionOp : Mtc_Op<"attention", [Pure, Mtc_KernelOp, Mtc_GradientOp, M
   }];
 }
 
-def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Pure, Mtc_KernelOp, Mtc_CostOp,
+def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Mtc_PartitionOp, Pure, Mtc_KernelOp, Mtc_CostOp,
     AllTypesMatch<["qkv", "result"]>, AllTypesMatch<["out", "dout"]>]> {
   let summary = "Gradient of the attention core with respect to fused QKV.";
   let description = [{
@@ -524,7 +526,7 @@ def Mtc_AttentionGradOp : Mtc_Op<"attention_grad", [Pure, Mtc_KernelOp, Mtc_Cost
 // Loss
 //===----------------------------------------------------------------------===//
 
-def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Pure, Mtc_GradientOp, Mtc_CostOp]> {
+def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp]> {
   let summary = "Mean softmax cross-entropy over the non-ignored targets.";
   let description = [{
     logits (B, S, V), targets (B, S) i32; targets equal to `ignore_index`
@@ -564,7 +566,7 @@ def Mtc_CrossEntropyOp : Mtc_Op<"cross_entropy", [Pure, Mtc_GradientOp, Mtc_Cost
   let hasVerifier = 1;
 }
 
-def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
+def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp,
     AllTypesMatch<["logits", "result"]>]> {
   let summary = "Gradient of the mean cross-entropy with respect to logits.";
   let description = [{
@@ -599,7 +601,7 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Pure, Mtc_CostOp,
 // Training step
 //===----------------------------------------------------------------------===//
 
-def Mtc_AccumulateGradOp : Mtc_Op<"accumulate_grad", [
+def Mtc_AccumulateGradOp : Mtc_Op<"accumulate_grad", [Mtc_PartitionOp, 
     MemoryEffects<[MemWrite]>, Mtc_CostOp]> {
   let summary = "Adds a gradient into the named parameter's gradient buffer.";
   let description = [{
@@ -614,7 +616,7 @@ def Mtc_AccumulateGradOp : Mtc_Op<"accumulate_grad", [
   let assemblyFormat = "$grad `into` $param attr-dict `:` type($grad)";
 }
 
-def Mtc_GradNormOp : Mtc_Op<"grad_norm", [MemoryEffects<[MemRead]>]> {
+def Mtc_GradNormOp : Mtc_Op<"grad_norm", [Mtc_PartitionOp, MemoryEffects<[MemRead]>]> {
   let summary = "Global L2 norm of the accumulated gradients.";
   let description = [{
     `sqrt(sum over params of |grad * grad_scale|^2)`; `grad_scale` is
