@@ -6,12 +6,9 @@
 #   bash bench/gpu_parallel_run.sh check   kernel and NCCL tests; the tiny GPT
 #                                          under every plan against one GPU
 #   bash bench/gpu_parallel_run.sh bench   throughput of GPT-2 124M and the
-#                                          1.3B GPT: one GPU, dp = 2 (buckets
-#                                          overlapped, and held to the end of
-#                                          backward), dp = 2 with the
-#                                          distributed optimizer, tp = 2 with
-#                                          and without sp (and with every tp
-#                                          all-reduce waited for at once);
+#                                          1.3B GPT: one GPU, dp = 2, dp = 2
+#                                          with the distributed optimizer,
+#                                          tp = 2 with and without sp;
 #                                          PyTorch (one GPU and DDP) in the
 #                                          same run
 #   bash bench/gpu_parallel_run.sh all     both
@@ -19,18 +16,16 @@
 #                                          CUDA_DEVICE_MAX_CONNECTIONS=1
 #   bash bench/gpu_parallel_run.sh tp      tp = 2 against one GPU (1.3B, 124M):
 #                                          default, --delay-wgrad-compute=false,
-#                                          no lanes, NCCL channel limits; the
-#                                          tp = 2 profile
+#                                          --tp-lanes=one-stream, NCCL channel
+#                                          limits; the tp = 2 profile
 #   bash bench/gpu_parallel_run.sh check+tp  both
-#   bash bench/gpu_parallel_run.sh tpsm    tp = 2 with GEMMs planned for fewer SMs
-#                                          beside the all-reduces (MTC_TP_SM_MARGIN,
-#                                          MTC_LANES_SM_MARGIN)
 #   bash bench/gpu_parallel_run.sh peer    tp = 2 with the all-reduces through the
-#                                          copy engines (MTC_TP_PEER=1): equivalence,
-#                                          then throughput against one GPU
+#                                          copy engines (the default program):
+#                                          equivalence, then throughput against one GPU
 #   bash bench/gpu_parallel_run.sh final   the defaults: tiny GPT tp = 2 against one GPU,
-#                                          both models' tp = 2 (three times; also on one
-#                                          lane stream, with NCCL) and dp = 2 against one
+#                                          both models' tp = 2 (three times; also
+#                                          --tp-lanes=one-stream, --tp-allreduce=nccl)
+#                                          and dp = 2 against one
 #                                          GPU, one GPU again at the end
 #   bash bench/gpu_parallel_run.sh stagger the staggered lanes on two streams and on
 #                                          one, the forward all-reduces adding the
@@ -39,9 +34,6 @@
 #   bash bench/gpu_parallel_run.sh halfnorm the norms' backward on half the rows in
 #                                          the tp all-reduces: equivalence, tp = 2 on
 #                                          one and two streams against one GPU, profile
-#   bash bench/gpu_parallel_run.sh biasab  the row-parallel bias gradients over half the
-#                                          rows in the all-reduces or over all rows
-#                                          (MTC_TP_BIAS_HALF=0), 1.3B tp = 2, 3 x 2 runs
 #   bash bench/gpu_parallel_run.sh tpcheck kernel tests and the tiny GPT's tp = 2, sp and
 #                                          dp plans against one GPU (no benchmark)
 #   bash bench/gpu_parallel_run.sh quick13 1.3B one GPU, tp = 2 twice, one GPU again
@@ -130,16 +122,15 @@ check() {
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   run tiny-host-mb16 tiny-host-mb16 1 20 "$DATA"
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
-  run tiny-dp2-held tiny-dp2 2 20 "$DATA" MTC_GRAD_OVERLAP=0
   run tiny-dp2-zero tiny-dp2-zero 2 20 "$DATA"
   run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  run tiny-tp2-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
+  run tiny-tp2-nolanes tiny-tp2-onestream 2 20 "$DATA"
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
   run tiny-drop-mb16 tiny-drop-mb16 1 20 "$DATA"
   run tiny-drop-gb16 tiny-drop-gb16 1 20 "$DATA"
   run tiny-drop-tp2-sp tiny-drop-tp2-sp 2 20 "$DATA"
   run tiny-drop-dp2 tiny-drop-dp2 2 20 "$DATA"
-  compare tiny-host-mb16=tiny-mb16 tiny-gb16=tiny-dp2,tiny-dp2-held,tiny-dp2-zero \
+  compare tiny-host-mb16=tiny-mb16 tiny-gb16=tiny-dp2,tiny-dp2-zero \
     tiny-mb16=tiny-tp2,tiny-tp2-nolanes,tiny-tp2-sp tiny-drop-mb16=tiny-drop-tp2-sp \
     tiny-drop-gb16=tiny-drop-dp2
 }
@@ -222,17 +213,15 @@ bench() {
     [[ " ${MTC_BENCH_MODELS:-gpt2-124m gpt-1.3b} " == *" $name "* ]] || continue
     run "$name-1" "$name" 1 "$steps" "$R"
     run "$name-dp2" "$name-dp2" 2 "$steps" "$R"
-    run "$name-dp2-held" "$name-dp2" 2 "$steps" "$R" MTC_GRAD_OVERLAP=0
     run "$name-dp2-zero" "$name-dp2-zero" 2 "$steps" "$R"
     run "$name-tp2" "$name-tp2" 2 "$steps" "$R"
-    run "$name-tp2-sync" "$name-tp2" 2 "$steps" "$R" MTC_TP_OVERLAP=0
     run "$name-tp2-sp" "$name-tp2-sp" 2 "$steps" "$R"
     if [ "${MTC_BENCH_TORCH:-1}" = 1 ]; then
       timeout 200 torchrun --nproc_per_node 1 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-1.log" 2>&1
       timeout 240 torchrun --nproc_per_node 2 "$D/bench/gpt_ddp.py" --size "$size" --batch "$batch" --peak "$PEAK" > "$OUT/torch-$size-2.log" 2>&1
     fi
   done
-  report "dp2:2 dp2-held:2 dp2-zero:2 tp2:1 tp2-sync:1 tp2-sp:1"
+  report "dp2:2 dp2-zero:2 tp2:1 tp2-sp:1"
 }
 
 # One hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, as Megatron-LM runs
@@ -244,14 +233,14 @@ connsweep() {
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-tp2-c1 gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
-  run gpt-1.3b-tp2-c1-sync gpt-1.3b-tp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1 MTC_TP_OVERLAP=0
   run gpt-1.3b-dp2-c1 gpt-1.3b-dp2 2 15 "$R" CUDA_DEVICE_MAX_CONNECTIONS=1
-  report "tp2:1 tp2-c1:1 tp2-c1-sync:1 dp2-c1:2"
+  report "tp2:1 tp2-c1:1 dp2-c1:2"
 }
 
 # Tensor parallelism against one GPU, the 1.3B GPT and GPT-2 124M: tp = 2
 # as compiled by default; with autodiff's backward order
-# (--delay-wgrad-compute=false); without the forward lanes; with NCCL held
+# (--delay-wgrad-compute=false); with both forward lanes on the compute
+# stream (--tp-lanes=one-stream); with NCCL held
 # to 8 channels or given at least 32; dp = 2 beside them; then the MTC_PROFILE
 # report of the default tp = 2 (and one GPU) on the 1.3B GPT.
 tp() {
@@ -260,7 +249,7 @@ tp() {
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
-  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2-onestream 2 15 "$R"
   run gpt-1.3b-tp2-ch8 gpt-1.3b-tp2 2 15 "$R" NCCL_MAX_NCHANNELS=8
   run gpt-1.3b-tp2-ch32 gpt-1.3b-tp2 2 15 "$R" NCCL_MIN_NCHANNELS=32
   run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
@@ -277,56 +266,33 @@ tp() {
   done
 }
 
-# GEMMs planned for fewer SMs while tp all-reduces run beside them
-# (MTC_TP_SM_MARGIN: the compute stream's GEMMs between an early
-# all-reduce's start and its wait; MTC_LANES_SM_MARGIN: both lanes' GEMMs),
-# with and without --delay-wgrad-compute, against one GPU.
-tpsm() {
-  local R
-  R=$(random_tokens)
-  "$D/mtc-cuda-tests" --gtest_filter='CudaGemm.SmMargin*' > "$OUT/kernel-tests-sm.log" 2>&1
-  say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests-sm.log") (CudaGemm.SmMargin*)"
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
-  run gpt-1.3b-tp2-w16 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=16
-  run gpt-1.3b-tp2-w32 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=32
-  run gpt-1.3b-tp2-l16 gpt-1.3b-tp2 2 15 "$R" MTC_LANES_SM_MARGIN=16
-  run gpt-1.3b-tp2-w16l16 gpt-1.3b-tp2 2 15 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
-  run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
-  run gpt-1.3b-tp2-nodelay-w16 gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_SM_MARGIN=16
-  run gpt-1.3b-tp2-nodelay-w16l16 gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
-  run gpt2-124m-1 gpt2-124m 1 20 "$R"
-  run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  run gpt2-124m-tp2-w16 gpt2-124m-tp2 2 20 "$R" MTC_TP_SM_MARGIN=16
-  run gpt2-124m-tp2-w16l16 gpt2-124m-tp2 2 20 "$R" MTC_TP_SM_MARGIN=16 MTC_LANES_SM_MARGIN=16
-  report "tp2:1 tp2-w16:1 tp2-w32:1 tp2-l16:1 tp2-w16l16:1 tp2-nodelay:1 tp2-nodelay-w16:1 tp2-nodelay-w16l16:1"
-}
-
-# The tp all-reduces through the copy engines (MTC_TP_PEER=1): the tiny
-# GPT at tp = 2 against one GPU first (and nothing more if it fails), then
-# the 1.3B GPT and GPT-2 124M against one GPU, with and without
-# --delay-wgrad-compute, and the profile of the 1.3B GPT's tp = 2.
+# The tp all-reduces through the copy engines (the default program,
+# --tp-allreduce=auto): the tiny GPT at tp = 2 (and
+# --tp-lanes=one-stream) against one GPU first (and nothing more if it
+# fails), then the 1.3B GPT and GPT-2 124M against one GPU, with and without
+# --delay-wgrad-compute, and the profile of the 1.3B GPT's tp = 2. The
+# "-peer" runs are the same programs as the runs without the suffix (repeats).
 peer() {
   local R
   R=$(random_tokens)
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-peer tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1
-  RUN_TIMEOUT=60 run tiny-tp2-peer-nolanes tiny-tp2 2 20 "$DATA" MTC_TP_PEER=1 MTC_TP_LANES=0
-  say "$(grep -h 'MTC_TP_PEER' "$OUT"/tiny-tp2-peer.log | head -1)"
+  RUN_TIMEOUT=60 run tiny-tp2-peer tiny-tp2 2 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-peer-nolanes tiny-tp2-onestream 2 20 "$DATA"
+  say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2-peer.log | head -1)"
   compare tiny-mb16=tiny-tp2-peer,tiny-tp2-peer-nolanes
   if ! finished tiny-tp2-peer; then
-    say "tiny tp = 2 with MTC_TP_PEER=1 did not finish: no benchmark"
+    say "tiny tp = 2 through the copy engines did not finish: no benchmark"
     return
   fi
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   run gpt-1.3b-tp2-nodelay gpt-1.3b-tp2-nodelay 2 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=1
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nodelay-peer gpt-1.3b-tp2-nodelay 2 15 "$R" MTC_TP_PEER=1
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=1 MTC_PROFILE="$OUT/profile-tp2-peer.txt"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer gpt-1.3b-tp2 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nodelay-peer gpt-1.3b-tp2-nodelay 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-peer-prof gpt-1.3b-tp2 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-peer.txt"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
   run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-peer gpt2-124m-tp2 2 20 "$R" MTC_TP_PEER=1
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-nodelay-peer gpt2-124m-tp2-nodelay 2 20 "$R" MTC_TP_PEER=1
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-peer gpt2-124m-tp2 2 20 "$R"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-nodelay-peer gpt2-124m-tp2-nodelay 2 20 "$R"
   report "tp2:1 tp2-nodelay:1 tp2-peer:1 tp2-nodelay-peer:1 tp2-peer-prof:1"
   [ -f "$OUT/profile-tp2-peer.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-peer.txt.rank0" >> "$SUMMARY"
 }
@@ -337,15 +303,16 @@ kernel_tests() {
   say "$(grep -E '^\[  (PASSED|FAILED) ' "$OUT/kernel-tests.log") $(grep -c '^\[  FAILED' "$OUT/kernel-tests.log") failed ($1)"
 }
 
-# tiny_tp: the tiny GPT's tp = 2 (two lane streams, one, NCCL), tp = 2 + sp
+# tiny_tp: the tiny GPT's tp = 2 (two lane streams; tiny-tp2-onestream and
+# tiny-tp2-nccl: --tp-lanes=one-stream, --tp-allreduce=nccl), tp = 2 + sp
 # and dp = 2 against one GPU; fails (no benchmark after it) when tp = 2 on
 # either lane setting did not finish.
 tiny_tp() {
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   run tiny-gb16 tiny-gb16 1 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2 2 20 "$DATA" MTC_TP_LANES=0
-  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  RUN_TIMEOUT=60 run tiny-tp2-one tiny-tp2-onestream 2 20 "$DATA"
+  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2-nccl 2 20 "$DATA"
   run tiny-tp2-sp tiny-tp2-sp 2 20 "$DATA"
   run tiny-dp2 tiny-dp2 2 20 "$DATA"
   say "$(grep -h 'tp all-reduces' "$OUT"/tiny-tp2.log | head -1)"
@@ -359,8 +326,8 @@ tiny_tp() {
 # The default build and runtime: kernel tests, the tiny GPT's tp = 2 (also
 # on one stream and with NCCL), tp = 2 + sp and dp = 2 against one GPU;
 # then both models' tp = 2 and dp = 2 against one GPU: tp = 2 twice, on one
-# lane stream (MTC_TP_LANES=0) and with NCCL (MTC_TP_PEER=0), and one GPU
-# again at the end.
+# lane stream (--tp-lanes=one-stream) and with NCCL (--tp-allreduce=nccl),
+# and one GPU again at the end.
 final() {
   local R
   R=$(random_tokens)
@@ -369,39 +336,17 @@ final() {
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-again gpt-1.3b-tp2 2 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2-onestream 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2-nccl 2 15 "$R"
   run gpt-1.3b-dp2 gpt-1.3b-dp2 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2-third gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
-  run gpt2-124m-tp2-nccl gpt2-124m-tp2 2 20 "$R" MTC_TP_PEER=0
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2-onestream 2 20 "$R"
+  run gpt2-124m-tp2-nccl gpt2-124m-tp2-nccl 2 20 "$R"
   run gpt2-124m-dp2 gpt2-124m-dp2 2 20 "$R"
   report "tp2:1 tp2-again:1 tp2-third:1 tp2-one:1 tp2-nccl:1 dp2:2"
-  one_again
-}
-
-# The row-parallel bias gradients summed over half the rows inside the
-# norms' all-reduces (default) against over all rows on the compute stream
-# (MTC_TP_BIAS_HALF=0): the tiny GPT both ways against one GPU, then the
-# 1.3B GPT's tp = 2 both ways, three times each, interleaved, between two
-# one-GPU runs.
-biasab() {
-  local R
-  R=$(random_tokens)
-  run tiny-mb16 tiny-mb16 1 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-biaswhole tiny-tp2 2 20 "$DATA" MTC_TP_BIAS_HALF=0
-  compare tiny-mb16=tiny-tp2,tiny-tp2-biaswhole
-  run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  for i in a b c; do
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-$i" gpt-1.3b-tp2 2 15 "$R"
-    RUN_TIMEOUT=90 run "gpt-1.3b-tp2-biaswhole-$i" gpt-1.3b-tp2 2 15 "$R" MTC_TP_BIAS_HALF=0
-  done
-  run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
-  report "tp2-a:1 tp2-biaswhole-a:1 tp2-b:1 tp2-biaswhole-b:1 tp2-c:1 tp2-biaswhole-c:1"
   one_again
 }
 
@@ -423,7 +368,7 @@ bwdlanes() {
   run tiny-mb16 tiny-mb16 1 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2 tiny-tp2 2 20 "$DATA"
   RUN_TIMEOUT=60 run tiny-tp2-onebl tiny-tp2-onebl 2 20 "$DATA"
-  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2 2 20 "$DATA" MTC_TP_PEER=0
+  RUN_TIMEOUT=60 run tiny-tp2-nccl tiny-tp2-nccl 2 20 "$DATA"
   compare tiny-mb16=tiny-tp2,tiny-tp2-onebl,tiny-tp2-nccl
   if ! finished tiny-tp2; then
     say "tiny tp = 2 with backward lanes did not finish: no benchmark"
@@ -487,10 +432,9 @@ PY
 # The staggered lanes and the residual added by the forward all-reduces:
 # kernel tests, the tiny GPT's tp = 2 against one GPU (two lane streams, one
 # stream, NCCL), then the 1.3B GPT's tp = 2 on two lane streams (the
-# default) and on one stream (MTC_TP_LANES=0; also with GEMMs leaving 8 or
-# 16 SMs while an all-reduce is in flight), with NCCL, the profile of the
-# one-stream run, one GPU again at the end (the reference's drift), and
-# GPT-2 124M's tp = 2 both ways.
+# default) and on one stream (--tp-lanes=one-stream), with NCCL
+# (--tp-allreduce=nccl), the profile of the one-stream run, one GPU again
+# at the end (the reference's drift), and GPT-2 124M's tp = 2 both ways.
 stagger() {
   local R
   R=$(random_tokens)
@@ -498,16 +442,14 @@ stagger() {
   tiny_tp || return
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-w8 gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_TP_SM_MARGIN=8
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-w16 gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_TP_SM_MARGIN=16
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_PROFILE="$OUT/profile-tp2-one.txt"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2-onestream 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2-nccl 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-prof gpt-1.3b-tp2-onestream 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-one.txt"
   run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
-  report "tp2:1 tp2-one:1 tp2-one-w8:1 tp2-one-w16:1 tp2-nccl:1 tp2-one-prof:1"
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2-onestream 2 20 "$R"
+  report "tp2:1 tp2-one:1 tp2-nccl:1 tp2-one-prof:1"
   one_again
   [ -f "$OUT/profile-tp2-one.txt.rank0" ] && sed -n '1,/^by op/p' "$OUT/profile-tp2-one.txt.rank0" >> "$SUMMARY"
 }
@@ -515,22 +457,23 @@ stagger() {
 # The norms' backward on half the rows inside the tp all-reduces: kernel
 # tests, the tiny GPT's tp = 2 (one and two lane streams, NCCL's
 # reduce-scatter / all-gather path), tp = 2 + sp and dp = 2 against one
-# GPU, then the 1.3B GPT's tp = 2 on one stream (twice) and on two, with
-# NCCL, the one-stream profile, one GPU again; GPT-2 124M both ways.
+# GPU, then the 1.3B GPT's tp = 2 on one stream (--tp-lanes=one-stream,
+# twice) and on two, on one stream with NCCL (--tp-allreduce=nccl), the
+# one-stream profile, one GPU again; GPT-2 124M both ways.
 halfnorm() {
   local R
   R=$(random_tokens)
   kernel_tests 'CudaElementwise*:CudaNorms*:CudaTensorParallel*'
   tiny_tp || return
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one gpt-1.3b-tp2-onestream 2 15 "$R"
   RUN_TIMEOUT=90 run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R"
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-again gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2 2 15 "$R" MTC_TP_PEER=0 MTC_TP_LANES=0
-  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-prof gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_PROFILE="$OUT/profile-tp2-one.txt"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-again gpt-1.3b-tp2-onestream 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-nccl gpt-1.3b-tp2-onestream-nccl 2 15 "$R"
+  RUN_TIMEOUT=90 run gpt-1.3b-tp2-one-prof gpt-1.3b-tp2-onestream 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-one.txt"
   run gpt-1.3b-1-again gpt-1.3b 1 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
-  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
+  RUN_TIMEOUT=90 run gpt2-124m-tp2-one gpt2-124m-tp2-onestream 2 20 "$R"
   RUN_TIMEOUT=90 run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
   report "tp2-one:1 tp2:1 tp2-one-again:1 tp2-nccl:1 tp2-one-prof:1"
   one_again
@@ -538,9 +481,9 @@ halfnorm() {
 }
 
 # Where the time goes on the 1.3B GPT (MTC_PROFILE reports, steps 3-15):
-# one GPU, tp = 2 with the forward pass in half-batch lanes and without
-# (MTC_TP_LANES=0); tp = 2 unprofiled, with sp; GPT-2 124M at tp = 2 with
-# and without lanes. The ranks' reports go to logs.tar.gz, rank 0's tables
+# one GPU, tp = 2 with the forward pass in half-batch lanes on two streams
+# and on one (--tp-lanes=one-stream); tp = 2 unprofiled, with sp; GPT-2
+# 124M at tp = 2 both ways. The ranks' reports go to logs.tar.gz, rank 0's tables
 # to the summary. Then NCCL's all-reduce
 # bandwidth through PyTorch (the ceiling of the tp all-reduces).
 profile() {
@@ -548,12 +491,12 @@ profile() {
   R=$(random_tokens)
   run gpt-1.3b-1 gpt-1.3b 1 15 "$R" MTC_PROFILE="$OUT/profile-1gpu.txt"
   run gpt-1.3b-tp2 gpt-1.3b-tp2 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2.txt"
-  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2 2 15 "$R" MTC_TP_LANES=0 MTC_PROFILE="$OUT/profile-tp2-nolanes.txt"
+  run gpt-1.3b-tp2-nolanes gpt-1.3b-tp2-onestream 2 15 "$R" MTC_PROFILE="$OUT/profile-tp2-nolanes.txt"
   run gpt-1.3b-tp2-noprof gpt-1.3b-tp2 2 15 "$R"
   run gpt-1.3b-tp2-sp gpt-1.3b-tp2-sp 2 15 "$R"
   run gpt2-124m-1 gpt2-124m 1 20 "$R"
   run gpt2-124m-tp2 gpt2-124m-tp2 2 20 "$R"
-  run gpt2-124m-tp2-nolanes gpt2-124m-tp2 2 20 "$R" MTC_TP_LANES=0
+  run gpt2-124m-tp2-nolanes gpt2-124m-tp2-onestream 2 20 "$R"
   report "tp2:1 tp2-nolanes:1 tp2-noprof:1 tp2-sp:1"
   for p in "$OUT"/profile-1gpu.txt "$OUT"/profile-*.rank0; do
     say "== $(basename "$p")"
@@ -569,12 +512,10 @@ case "$WHAT" in
   connsweep) connsweep ;;
   profile) profile ;;
   tp) tp ;;
-  tpsm) tpsm ;;
   peer) peer ;;
   final) final ;;
   stagger) stagger ;;
   halfnorm) halfnorm ;;
-  biasab) biasab ;;
   tpcheck) tpcheck ;;
   quick13) quick13 ;;
   bwdlanes) bwdlanes ;;
@@ -582,7 +523,7 @@ case "$WHAT" in
   bench) bench ;;
   all) check; bench ;;
   check+tp) check; tp ;;
-  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|tpsm|peer|final|stagger|halfnorm|biasab|tpcheck|quick13|bwdlanes|headline" >&2; exit 2 ;;
+  *) echo "usage: $0 check|bench|all|connsweep|profile|tp|check+tp|peer|final|stagger|halfnorm|tpcheck|quick13|bwdlanes|headline" >&2; exit 2 ;;
 esac
 tar -czf "/tmp/mtc-logs.tar.gz" -C "$OUT" . && mv /tmp/mtc-logs.tar.gz "$OUT/logs.tar.gz"
 # Only a few files come back from the device tool: keep the summary and the

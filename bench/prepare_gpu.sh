@@ -78,6 +78,11 @@ elif [ "$MODE" = parallel ]; then
   compile tiny-tp2 examples/tiny-gpt.json cuda --tp 2 --micro-batch-size 16 --global-batch-size 16
   compile tiny-tp2-sp examples/tiny-gpt.json cuda --tp 2 --sp --micro-batch-size 16 --global-batch-size 16
   compile tiny-tp2-onebl examples/tiny-gpt.json cuda --tp 2 --tp-backward-lanes=false --micro-batch-size 16 --global-batch-size 16
+  # tp = 2 with both half-batch lanes on the compute stream, and with the tp
+  # all-reduces on NCCL instead of the copy engines (compile options: the
+  # generated programs read no switches from the environment).
+  compile tiny-tp2-onestream examples/tiny-gpt.json cuda --tp 2 --tp-lanes=one-stream --micro-batch-size 16 --global-batch-size 16
+  compile tiny-tp2-nccl examples/tiny-gpt.json cuda --tp 2 --tp-allreduce=nccl --micro-batch-size 16 --global-batch-size 16
   # Dropout 0.1 (hidden and attention): one GPU, tp = 2 with sp (dropout on
   # sequence shards and head slices) and dp = 2 draw the same masks.
   python3 -c "
@@ -101,7 +106,13 @@ json.dump(spec, open('$OUTD/tiny-gpt-dropout.json', 'w'), indent=2)"
     # tp = 2 with the backward pass in one lane (the default splits it into
     # half-batch lanes as well as the forward pass).
     compile "$name-tp2-onebl" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --tp-backward-lanes=false
+    # tp = 2 with both forward lanes on the compute stream and with the tp
+    # all-reduces on NCCL instead of the copy engines.
+    compile "$name-tp2-onestream" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --tp-lanes=one-stream
+    compile "$name-tp2-nccl" "examples/$name.json" cuda --tp 2 --micro-batch-size "$mb" --global-batch-size "$mb" --tp-allreduce=nccl
   done
+  # Both at once, for gpu_parallel_run.sh halfnorm's NCCL run on the 1.3B GPT.
+  compile gpt-1.3b-tp2-onestream-nccl examples/gpt-1.3b.json cuda --tp 2 --micro-batch-size 8 --global-batch-size 8 --tp-lanes=one-stream --tp-allreduce=nccl
 fi
 strip "$OUTD"/prog-*/train "$OUTD/bin/"* 2>/dev/null || true
 
