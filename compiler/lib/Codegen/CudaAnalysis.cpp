@@ -6,10 +6,10 @@
 //    the gradient sinks (mtc-sink-gradients) and where each sinking
 //    collective then runs, the fused groups and in-place values
 //    (mtc-fuse-kernels), as ExecutionHints for the buffer plan;
-//  - it still decides, here (not yet passes): which tensor-parallel
-//    all-reduces start early and which of those add the residual stream
-//    or run a norm's backward in their sum (collective placement), and the
-//    data-parallel gradient buckets and where each is complete.
+//    and the collectives mtc-place-collectives starts early with the work
+//    it put inside them (the residual add, a norm's backward);
+//  - it still decides, here (not yet a pass): the data-parallel gradient
+//    buckets and where each is complete.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
@@ -100,76 +100,47 @@ void CudaEmitter::planBuckets(func::FuncOp fn) {
   }
 }
 
-// A tp all-reduce (tp = 2, no dp) whose sum is only the input gradient of
-// a norm's backward that adds its dx into the residual stream's gradient
-// (normIntoResidual): each rank runs the norm's backward on its half of
-// the rows inside the all-reduce, between its sum and its copy to the peer
-// (tp_all_reduce_then), which then carries the new residual gradient
-// instead of the sum. The norm is a no-op where it stands; its dx goes out
-// of place into the add's result (taken from the producer on: the tp
-// stream writes it while the compute stream may still read the old
-// residual gradient, e.g. fc2's weight-gradient GEMM); its dgamma/dbeta,
-// partial over half the rows, are accumulated in pc.tp_partial and summed
-// over tp once per step (the train function's end), with the row-parallel
-// bias gradient that sums the new residual gradient's rows.
-bool CudaEmitter::fuseNormReduce(Operation *arOp, Operation *producer) {
-  auto ar = cast<shard::AllReduceOp>(arOp); // bf16, over tp
-  if (grid.tp != 2 || grid.dp != 1 || grid.pp != 1 ||
-      !ar.getResult().hasOneUse())
-    return false;
-  Operation *norm = *ar.getResult().getUsers().begin();
-  Value dout;
-  if (auto ln = dyn_cast<mtc::LayerNormGradOp>(norm))
-    dout = ln.getDout();
-  else if (auto rn = dyn_cast<mtc::RmsNormGradOp>(norm))
-    dout = rn.getDout();
-  if (dout != ar.getResult() || !normIntoResidual.count(norm))
-    return false;
+// An all-reduce that runs a norm's backward on its half of the rows
+// (reduce_norm_backward, between its sum and its copy to the peer:
+// tp_all_reduce_then), which then carries the new residual gradient. The
+// norm's dx goes out of place into the residual add's result (taken from
+// the producer on: the tp stream writes it while the compute stream may
+// still read the old residual gradient); its dgamma/dbeta and the bias
+// gradient go to pc.tp_partial's rows (mtc.partial_rows), summed over tp
+// once per step.
+void CudaEmitter::readNormReduce(Operation *ar, Operation *producer) {
+  Operation *norm = *ar->getResult(0).getUsers().begin();
   Value dx = norm->getResult(0);
-  auto add = dyn_cast<mtc::AddOp>(*dx.getUsers().begin());
-  Value dgamma = norm->getResult(1);
-  Value dbeta = isa<mtc::LayerNormGradOp>(norm) ? norm->getResult(2) : Value();
-  if (!add || !sink.count(dgamma) || (dbeta && !dbeta.use_empty() && !sink.count(dbeta)) ||
-      rows(dx) % (backwardLanes ? 4 : 2) != 0) // halves (of each lane's)
-    return false;
-  Value residual = otherOperand(add, dx);
+  auto add = cast<mtc::AddOp>(*dx.getUsers().begin());
   int64_t d = shapeOf(dx).back();
-  if (tpPartialWidth != 0 && tpPartialWidth != d)
-    return false; // pc.tp_partial's rows have one width
-  // Each row goes to its own gradient (k::accumulate_rows adds them all in
-  // one launch): a norm whose weights already have a row stays whole.
-  auto hasRow = [&](Value g) { return llvm::is_contained(tpPartialRows, sink.lookup(g)); };
-  if (hasRow(dgamma) || (dbeta && !dbeta.use_empty() && hasRow(dbeta)))
-    return false;
-  NormReduce nr{norm, residual, add.getResult(), -1, -1, nullptr, -1};
-  nr.gammaSlot = tpPartialRows.size() * d;
-  tpPartialRows.push_back(sink.lookup(dgamma));
-  if (dbeta && !dbeta.use_empty()) {
-    nr.betaSlot = tpPartialRows.size() * d;
-    tpPartialRows.push_back(sink.lookup(dbeta));
-  }
-  // The bias gradient of the row-parallel linear whose output gradient is
-  // the new residual gradient (the column sums of out): summed over the
-  // half too, after the norm, instead of over all rows on every rank.
+  ArrayRef<int64_t> rowsOf =
+      ar->getAttrOfType<DenseI64ArrayAttr>(lowering::kPartialRows).asArrayRef();
+  NormReduce nr{norm, otherOperand(add, dx), add.getResult(), -1, -1, nullptr, -1};
+  // Row r holds the gradient of the parameter its value sinks into.
+  auto row = [&](int64_t r, Value g, int64_t &slot) {
+    if (r < 0)
+      return;
+    slot = r * d;
+    if (int64_t(tpPartialRows.size()) <= r)
+      tpPartialRows.resize(r + 1);
+    tpPartialRows[r] = lowering::sinkOf(g).str();
+  };
+  row(rowsOf[0], norm->getResult(1), nr.gammaSlot);
+  if (isa<mtc::LayerNormGradOp>(norm))
+    row(rowsOf[1], norm->getResult(2), nr.betaSlot);
   for (Operation *u : add.getResult().getUsers())
-    if (auto r = dyn_cast<mtc::ReduceLeadingOp>(u))
-      if (sink.count(r.getResult()) && numel(r.getResult()) == d &&
-          !halfBias.count(r) && nr.biasSlot < 0 && !hasRow(r.getResult())) {
-        nr.bias = r;
-        nr.biasSlot = tpPartialRows.size() * d;
-        tpPartialRows.push_back(sink.lookup(r.getResult()));
-        halfBias.insert(r);
-        noOps.insert(r); // summed inside the all-reduce
-      }
-  tpPartialElements = std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
+    if (lowering::fusedOf(u) == lowering::kReduceNormBackward) {
+      nr.bias = u;
+      row(rowsOf[2], u->getResult(0), nr.biasSlot);
+    }
+  tpPartialElements =
+      std::max<int64_t>(tpPartialElements, tpPartialRows.size() * d);
   tpPartialWidth = d;
-  normReduce[arOp] = nr;
+  normReduce[ar] = nr;
   usesTpContext = true;
-  noOps.insert(norm);
   hints.inPlaceOf[dx] = add.getResult();
   hints.inPlaceOf.erase(add.getResult());
   hints.liveFrom[add.getResult()] = producer;
-  return true;
 }
 
 void CudaEmitter::analyzeFusions(func::FuncOp fn) {
@@ -184,7 +155,6 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
   reduceSlot.clear();
   residualReduce.clear();
   normReduce.clear();
-  halfBias.clear();
   tpPartialRows.clear();
   // The groups and in-place values mtc-fuse-kernels chose.
   for (Operation &op : fn.getBody().front()) {
@@ -223,50 +193,36 @@ void CudaEmitter::analyzeFusions(func::FuncOp fn) {
       rankZeroBias[&op] = {add.getRhs(), int(ar.getGridAxes()[0])};
     }
   }
-  // In-place tensor-parallel all-reduces start right after their input is
-  // computed, on the tp stream, and are waited for where the all_reduce
-  // stands (the backward pass puts the weight-gradient GEMMs in between).
-  // The storage is live from the input's definition to the result's last
-  // use, so nothing in between touches it.
+  // The collectives mtc-place-collectives starts early (on the axis's
+  // stream right after their input's producer, waited for where they
+  // stand; their storage is live from the producer on), and the work it
+  // put inside them.
   for (Operation &op : fn.getBody().front()) {
     auto ar = dyn_cast<shard::AllReduceOp>(op);
-    if (!ar || !inPlaceReduce.count(&op) || ar.getGridAxes().size() != 1)
+    if (!ar || !op.hasAttr(lowering::kEarlyStart))
       continue;
     Operation *producer = ar.getInput().getDefiningOp();
-    if (!producer || noOps.count(producer) || fusedPartner.count(producer))
-      continue;
     reduceSlot[&op] = int(reduceSlot.size());
     earlyReduces[producer].push_back(&op);
     // A bf16 tp all-reduce: the copy engines' (tp_all_reduce*).
-    if (ar.getGridAxes()[0] != 2 || storedF32(ar.getResult()))
-      continue;
-    peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
-    if (fuseNormReduce(&op, producer))
-      continue;
-    // The sum's one use (through the row-parallel bias add on rank 0, in
-    // place) is a residual add: the all-reduce adds the residual in its
-    // own sum pass and writes the add's result, which is then taken from
-    // the producer on; the add is gone.
-    Value sum = ar.getResult();
-    if (sum.hasOneUse())
-      if (auto bias = dyn_cast<mtc::AddOp>(*sum.getUsers().begin()))
-        if (noOps.count(bias) && hints.inPlaceOf.lookup(bias.getResult()) == sum)
-          sum = bias.getResult();
-    if (!sum.hasOneUse())
-      continue;
-    auto add = dyn_cast<mtc::AddOp>(*sum.getUsers().begin());
-    if (!add || noOps.count(add) || fusedPartner.count(add) ||
-        sink.count(add.getResult()) || hints.inPlaceOf.count(add.getResult()) ||
-        add.getLhs() == add.getRhs() || add.getType() != sum.getType())
-      continue;
-    Value residual = otherOperand(add, sum);
-    if (residual.getType() != add.getType() || !residual.getDefiningOp() ||
-        residual.getDefiningOp<mtc::ParamOp>() || unmaterialized.count(residual) ||
-        sink.count(residual))
-      continue;
-    residualReduce[&op] = ResidualReduce{residual, add.getResult()};
-    noOps.insert(add);
-    hints.liveFrom[add.getResult()] = producer;
+    if (ar.getGridAxes()[0] == mtc::kAxisTP && !storedF32(ar.getResult()))
+      peerMaxElements = std::max(peerMaxElements, numel(ar.getResult()));
+    auto then = op.getAttrOfType<StringAttr>(lowering::kReduceThen);
+    if (then && then.getValue() == lowering::kReduceNormBackward)
+      readNormReduce(&op, producer);
+    if (then && then.getValue() == lowering::kReduceResidualAdd) {
+      // The sum's one use (through the rank-zero bias add, in place) is
+      // the residual add: the all-reduce writes its result, taken from the
+      // producer on.
+      Value sum = ar.getResult();
+      auto add = cast<mtc::AddOp>(*sum.getUsers().begin());
+      if (lowering::fusedOf(add) == lowering::kRankZeroBias) {
+        sum = add.getResult();
+        add = cast<mtc::AddOp>(*sum.getUsers().begin());
+      }
+      residualReduce[&op] = ResidualReduce{otherOperand(add, sum), add.getResult()};
+      hints.liveFrom[add.getResult()] = producer;
+    }
   }
   numReduceSlots = std::max<int64_t>(numReduceSlots, reduceSlot.size());
 }

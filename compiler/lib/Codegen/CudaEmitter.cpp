@@ -160,7 +160,7 @@ std::string atE0(StringRef base) { return ("(" + base + " + e0)").str(); }
 } // namespace
 
 // The all-reduce of a norm's input gradient that runs the norm's backward
-// on its half of the rows (fuseNormReduce), on the tp stream's context.
+// on its half of the rows (reduce_norm_backward), on the tp stream's context.
 void CudaEmitter::emitNormReduce(
     const NormReduce &nr, llvm::function_ref<std::string(Value)> part,
     StringRef data, int64_t n) {
@@ -199,10 +199,10 @@ void CudaEmitter::emitNormReduce(
 }
 
 // On the step's last microbatch: the norms' dgamma/dbeta partial sums over
-// half the rows (fuseNormReduce), summed over tp and added to their
+// half the rows (reduce_norm_backward), summed over tp and added to their
 // gradients; then the partial buffer is cleared for the next step.
 void CudaEmitter::emitTpPartialFlush() {
-  // One launch adds every row to its own gradient (fuseNormReduce keeps
+  // One launch adds every row to its own gradient (mtc-place-collectives keeps
   // them distinct); the table of destinations goes to the GPU at the first
   // step (tp_partial_flush).
   line("if (last_microbatch) {");

@@ -89,7 +89,7 @@ private:
   llvm::DenseMap<mlir::Operation *, ResidualReduce> residualReduce;
   bool usesTpContext = false; // pc.ctx_tp: kernels inside tp collectives
   // Early tp all-reduces that run a norm's backward on their half of the
-  // rows (fuseNormReduce): the norm, the residual gradient it adds to, the
+  // rows (reduce_norm_backward, mtc-place-collectives): the norm, the residual gradient it adds to, the
   // add's result (its output), where its dgamma/dbeta partial sums go in
   // pc.tp_partial (elements; -1 none), and the bias gradient summed from
   // the output's rows there too.
@@ -105,9 +105,8 @@ private:
   // partial gradient belongs to, summed over tp and added to its gradient
   // on the step's last microbatch.
   llvm::SmallVector<std::string> tpPartialRows;
-  llvm::DenseSet<mlir::Operation *> halfBias; // the NormReduce::bias ops
   int64_t tpPartialWidth = 0, tpPartialElements = 0;
-  bool fuseNormReduce(mlir::Operation *ar, mlir::Operation *producer);
+  void readNormReduce(mlir::Operation *ar, mlir::Operation *producer);
   // `part`: the storage of the part of a value the all-reduce covers (the
   // whole, or a lane's half).
   void emitNormReduce(const NormReduce &nr,

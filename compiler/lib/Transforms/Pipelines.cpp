@@ -40,6 +40,7 @@ void mtc::buildCudaLoweringPipeline(OpPassManager &pm) {
   pm.addPass(createMtcAssignPrecision());
   pm.addPass(createMtcSinkGradients());
   pm.addPass(createMtcFuseKernels());
+  pm.addPass(createMtcPlaceCollectives());
 }
 
 void mtc::registerMtcPipelines() {
@@ -50,6 +51,6 @@ void mtc::registerMtcPipelines() {
   PassPipelineRegistration<>(
       "mtc-cuda-lowering",
       "Training program -> the CUDA code generator's decisions on the ops "
-      "(precision, gradient sinks, fusions)",
+      "(precision, gradient sinks, fusions, collective placement)",
       buildCudaLoweringPipeline);
 }

@@ -1,7 +1,8 @@
 //===- Lowering.h - the decisions the CUDA lowering passes write -*- C++ -*-===//
 //
 // The CUDA target's lowering passes (mtc-assign-precision,
-// mtc-sink-gradients, mtc-fuse-kernels; pipeline mtc-cuda-lowering) decide
+// mtc-sink-gradients, mtc-fuse-kernels, mtc-place-collectives; pipeline
+// mtc-cuda-lowering) decide
 // how each op of the training step runs and write the decision on the op as
 // a discardable attribute; the CUDA code generator reads them and decides
 // nothing of its own. `mtc compile --emit=lowered` prints them.
@@ -16,6 +17,16 @@
 //   mtc.fused = "KIND"    on an op executed by another op of its group
 //   mtc.in_place = array<i64: ...>   per result: the operand whose storage
 //       the result takes over (-1: its own)
+//   mtc.early_start (unit, on a collective)   started right after its
+//       input's producer, on its axis's stream, and waited for where it
+//       stands (mtc-place-collectives)
+//   mtc.reduce_then = "KIND"   on an early tp all-reduce: row-wise work run
+//       inside it on each rank's half of the rows (the op doing it is
+//       mtc.fused = "KIND")
+//   mtc.partial_rows = array<i64: gamma, beta, bias>   with
+//       reduce_norm_backward: the rows of the fp32 partial-gradient buffer
+//       (summed over tp once per step) of the norm's dgamma, dbeta and the
+//       row-parallel bias gradient (-1: none)
 //
 // Fusion kinds (FuseKernels.cpp says when each applies):
 //   matmul_gelu         gelu(tanh) in its matmul's cuBLASLt epilogue (the
@@ -31,6 +42,12 @@
 //   rank_zero_bias      a row-parallel linear's bias added by the GEMM of
 //                       the tp axis's rank 0, before the all-reduce (the
 //                       matmul runs it; the add is fused, in place)
+// Work inside an all-reduce (mtc.reduce_then):
+//   reduce_residual_add  the residual added in the all-reduce's sum pass
+//                        (the add is fused)
+//   reduce_norm_backward the norm's backward on each rank's half of the
+//                        rows between the sum and the exchange (the norm
+//                        and the bias gradient's reduce_leading are fused)
 //
 //===----------------------------------------------------------------------===//
 #ifndef MTC_TRANSFORMS_LOWERING_H
@@ -47,12 +64,17 @@ inline constexpr llvm::StringLiteral kSink = "mtc.sink";
 inline constexpr llvm::StringLiteral kFusion = "mtc.fusion";
 inline constexpr llvm::StringLiteral kFused = "mtc.fused";
 inline constexpr llvm::StringLiteral kInPlace = "mtc.in_place";
+inline constexpr llvm::StringLiteral kEarlyStart = "mtc.early_start";
+inline constexpr llvm::StringLiteral kReduceThen = "mtc.reduce_then";
+inline constexpr llvm::StringLiteral kPartialRows = "mtc.partial_rows";
 
 inline constexpr llvm::StringLiteral kMatmulGelu = "matmul_gelu";
 inline constexpr llvm::StringLiteral kEmbeddingPosition = "embedding_position";
 inline constexpr llvm::StringLiteral kCrossEntropyGrad = "cross_entropy_grad";
 inline constexpr llvm::StringLiteral kNormIntoResidual = "norm_into_residual";
 inline constexpr llvm::StringLiteral kRankZeroBias = "rank_zero_bias";
+inline constexpr llvm::StringLiteral kReduceResidualAdd = "reduce_residual_add";
+inline constexpr llvm::StringLiteral kReduceNormBackward = "reduce_norm_backward";
 
 /// The per-result string of `attr` for `v` ("" when absent).
 llvm::StringRef resultString(mlir::Value v, llvm::StringRef attr);

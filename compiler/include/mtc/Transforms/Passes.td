@@ -168,4 +168,22 @@ def MtcFuseKernels : Pass<"mtc-fuse-kernels", "::mlir::ModuleOp"> {
   }];
 }
 
+def MtcPlaceCollectives : Pass<"mtc-place-collectives", "::mlir::ModuleOp"> {
+  let summary = "Where tensor-parallel all-reduces run, and the work inside them";
+  let description = [{
+    Collective placement for overlap, after mtc-fuse-kernels: an in-place
+    all-reduce over one grid axis whose input's producer runs by itself
+    starts right after that producer on its axis's stream and is waited for
+    where it stands (`mtc.early_start`), so the work between them (the
+    backward pass's weight-gradient GEMMs, the other half-batch lane)
+    overlaps it. At tp = 2 a bf16 sum over tp also takes in the row-wise
+    work that follows it, each rank on its half of the rows
+    (`mtc.reduce_then`): the residual add of the forward pass
+    (`reduce_residual_add`), or, without dp and pp, the backward of a norm
+    that adds into the residual stream's gradient (`reduce_norm_backward`,
+    its partial weight and bias gradients in `mtc.partial_rows` of an fp32
+    buffer summed over tp once per step).
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD
