@@ -12,26 +12,21 @@
 // order, to the tp axis's stream; while one lane waits for its all-reduce
 // the other computes.
 //
-// What splits (`splittable`): ops before the first cross-entropy whose
-// values lead with the batch dimension: matmuls over rows (the fused
-// matmul + GELU too), layer norms, attention without a mask, adds (of two
-// activations, or of a broadcast parameter whose size divides a half), and
-// the early all-reduces of split producers. Anything else ends the lanes
-// (`lane_join`: the compute stream waits for lane 1) and runs on the
-// compute stream; parameters, index arithmetic and ops fused into others
-// are transparent. A run of lane ops without an all-reduce is not worth a
-// second stream and stays whole. The buffer plan keeps every value a run of lane ops
-// touches alive until the run's last op (ExecutionHints::concurrentRuns),
-// since the lanes run out of step and a value freed by one lane may still
-// be read by the other.
+// Which ops run in lanes, and the runs, are mtc-assign-lanes's decisions
+// (compiler/lib/Transforms/AssignLanes.cpp: what splits, what runs whole,
+// which runs are kept); this file reads them and prints the lanes. The
+// buffer plan keeps every value a forward run touches alive until the
+// run's last op (ExecutionHints::concurrentRuns), since the lanes run out
+// of step and a value freed by one lane may still be read by the other.
 //
-// MTC_TP_LANES=0 runs both lanes on the compute stream in that staggered
-// order: each all-reduce still has the other lane's piece beside it, but
-// the lanes' kernels do not run concurrently.
+// `mtc compile --tp-lanes=one-stream` runs both lanes on the compute
+// stream in that staggered order: each all-reduce still has the other
+// lane's piece beside it, but the lanes' kernels do not run concurrently.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
 
+#include "mtc/Transforms/Lowering.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/TypeSwitch.h"
 
@@ -39,149 +34,43 @@ using namespace mlir;
 
 namespace mtc::codegen {
 
-namespace {
-
-bool batchLeading(Value v, int64_t batch) {
-  auto t = dyn_cast<RankedTensorType>(v.getType());
-  return t && t.getRank() >= 2 && t.getDimSize(0) == batch;
-}
-
-} // namespace
-
+// The lanes mtc-assign-lanes chose: the ops of each run, split in halves
+// or whole, and the runs. A forward run's values stay live until its end
+// (the lanes run out of step on two streams); a backward run is on one
+// stream, where a value need only outlive the piece (see emitLaneRun) it
+// is last used in: lane 1 runs that piece after lane 0.
 void CudaEmitter::analyzeLanes(func::FuncOp fn) {
   laneOps.clear();
   laneWholeOps.clear();
   laneRuns.clear();
   hints.concurrentRuns.clear();
-  if (grid.tp <= 1 || fn.getNumArguments() < 1)
-    return;
-  Value tokens = fn.getArgument(0);
-  auto tt = dyn_cast<RankedTensorType>(tokens.getType());
-  if (!tt || tt.getRank() != 2 || tt.getDimSize(0) % 2 != 0)
-    return;
-  const int64_t batch = tt.getDimSize(0);
-  Block &body = fn.getBody().front();
-  for (Operation &op : body)
-    if (isa<shard::ReduceScatterOp>(op))
-      return; // sequence parallelism: its collectives are not per half
-
-  auto splittable = [&](Operation *op) -> bool {
-    if (gradCollectivesAfter.count(op) || bucketsAfter.count(op))
-      return false;
-    return llvm::TypeSwitch<Operation *, bool>(op)
-        .Case([&](mtc::MatmulOp m) {
-          return !m.getTransposeA() && !sink.count(m.getResult()) &&
-                 batchLeading(m.getLhs(), batch) &&
-                 batchLeading(m.getResult(), batch);
-        })
-        .Case([&](mtc::GeluOp g) {
-          auto m = dyn_cast_or_null<mtc::MatmulOp>(fusedPartner.lookup(op));
-          return m && !m.getTransposeA() && batchLeading(m.getLhs(), batch) &&
-                 batchLeading(g.getResult(), batch);
-        })
-        .Case([&](mtc::LayerNormOp n) {
-          return batchLeading(n.getInput(), batch);
-        })
-        .Case([&](mtc::AttentionOp a) {
-          return !a.getMask() && batchLeading(a.getQkv(), batch) &&
-                 (a.getHeadDim() == 64 || a.getHeadDim() == 128);
-        })
-        .Case([&](mtc::AddOp a) {
-          if (sink.count(a.getResult()) || fusedPartner.count(op) ||
-              !batchLeading(a.getResult(), batch) ||
-              numel(a.getLhs()) != numel(a.getResult()))
-            return false;
-          int64_t n = numel(a.getResult()), nb = numel(a.getRhs());
-          return nb == n || (nb < n && (n / 2) % nb == 0 &&
-                             a.getRhs().getDefiningOp<mtc::ParamOp>());
-        })
-        // The backward pass's (with --tp-backward-lanes).
-        .Case([&](mtc::GeluGradOp g) {
-          return batchLeading(g.getInput(), batch) &&
-                 batchLeading(g.getDout(), batch) &&
-                 batchLeading(g.getResult(), batch);
-        })
-        .Case([&](mtc::AttentionGradOp a) {
-          auto s = shapeOf(a.getQkv());
-          int64_t dh = s[2] / (a.getHeads() + 2 * a.getKvHeads());
-          return !a.getMask() && batchLeading(a.getQkv(), batch) &&
-                 (dh == 64 || dh == 128);
-        })
-        .Default([](Operation *) { return false; });
-  };
-  // In the backward pass: weight-gradient work, run whole (on the compute
-  // stream, after both lanes' piece) inside a run of lane ops. Its results
-  // are gradient sinks only, so no lane op of the run reads them.
-  auto wholeInRun = [&](Operation *op) -> bool {
-    if (auto m = dyn_cast<mtc::MatmulOp>(op))
-      return sink.count(m.getResult());
-    if (auto r = dyn_cast<mtc::ReduceLeadingOp>(op))
-      return sink.count(r.getResult());
-    return isa<mtc::AccumulateGradOp>(op);
-  };
-
-  // A run without an all-reduce has nothing to overlap: its ops stay on
-  // the compute stream, whole. A forward run's values stay live until its
-  // end (the lanes run out of step on two streams); a backward run is on
-  // one stream, where a value need only outlive the piece (see
-  // emitLaneRun) it is last used in: lane 1 runs that piece after lane 0.
-  bool backward = false;
   SmallVector<Operation *> run;
-  bool runReduces = false;
-  auto closeRun = [&] {
-    if (runReduces) {
-      laneRuns.push_back({run.front(), run.back(), backward});
-      if (!backward) {
-        hints.concurrentRuns.push_back({run.front(), run.back()});
-      } else {
-        size_t begin = 0;
-        for (size_t end = 1; end <= run.size(); ++end)
-          if (end == run.size() || isa<shard::AllReduceOp>(run[end])) {
-            hints.concurrentRuns.push_back({run[begin], run[end - 1]});
-            begin = end;
-          }
-      }
+  bool backward = false;
+  for (Operation &op : fn.getBody().front()) {
+    if (auto kind = op.getAttrOfType<StringAttr>(lowering::kLaneRun)) {
+      run.clear();
+      backward = kind.getValue() == lowering::kLaneRunBackward;
+    }
+    auto lane = op.getAttrOfType<StringAttr>(lowering::kLane);
+    if (!lane)
+      continue;
+    (lane.getValue() == lowering::kLaneWhole ? laneWholeOps : laneOps)
+        .insert(&op);
+    run.push_back(&op);
+    if (!op.hasAttr(lowering::kLaneRunEnd))
+      continue;
+    laneRuns.push_back({run.front(), run.back(), backward});
+    if (!backward) {
+      hints.concurrentRuns.push_back({run.front(), run.back()});
     } else {
-      for (Operation *o : run) {
-        laneOps.erase(o);
-        laneWholeOps.erase(o);
-      }
+      size_t begin = 0;
+      for (size_t end = 1; end <= run.size(); ++end)
+        if (end == run.size() || isa<shard::AllReduceOp>(run[end])) {
+          hints.concurrentRuns.push_back({run[begin], run[end - 1]});
+          begin = end;
+        }
     }
-    run.clear();
-    runReduces = false;
-  };
-  for (Operation &op : body) {
-    if (isa<mtc::CrossEntropyOp>(op)) {
-      if (!backwardLanes)
-        break;
-      closeRun();
-      backward = true;
-      continue;
-    }
-    bool lane = false;
-    if (auto ar = dyn_cast<shard::AllReduceOp>(op)) {
-      Operation *producer = ar.getInput().getDefiningOp();
-      lane = reduceSlot.count(&op) && producer && laneOps.count(producer);
-    } else if (!noOps.count(&op)) {
-      lane = splittable(&op);
-      if (!lane && backward && !run.empty() && wholeInRun(&op)) {
-        laneWholeOps.insert(&op);
-        run.push_back(&op);
-        continue;
-      }
-    }
-    if (lane) {
-      laneOps.insert(&op);
-      run.push_back(&op);
-      runReduces |= isa<shard::AllReduceOp>(op);
-      continue;
-    }
-    bool transparent = noOps.count(&op) || isa<mtc::ParamOp>(op) ||
-                       isIndexOp(&op);
-    if (!transparent)
-      closeRun();
   }
-  closeRun();
   usesLanes |= !laneOps.empty();
 }
 

@@ -41,6 +41,7 @@ void mtc::buildCudaLoweringPipeline(OpPassManager &pm) {
   pm.addPass(createMtcSinkGradients());
   pm.addPass(createMtcFuseKernels());
   pm.addPass(createMtcPlaceCollectives());
+  pm.addPass(createMtcAssignLanes());
 }
 
 void mtc::registerMtcPipelines() {
@@ -51,6 +52,6 @@ void mtc::registerMtcPipelines() {
   PassPipelineRegistration<>(
       "mtc-cuda-lowering",
       "Training program -> the CUDA code generator's decisions on the ops "
-      "(precision, gradient sinks, fusions, collective placement)",
+      "(precision, gradient sinks, fusions, collective placement, lanes)",
       buildCudaLoweringPipeline);
 }

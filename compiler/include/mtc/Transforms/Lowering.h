@@ -1,8 +1,8 @@
 //===- Lowering.h - the decisions the CUDA lowering passes write -*- C++ -*-===//
 //
 // The CUDA target's lowering passes (mtc-assign-precision,
-// mtc-sink-gradients, mtc-fuse-kernels, mtc-place-collectives; pipeline
-// mtc-cuda-lowering) decide
+// mtc-sink-gradients, mtc-fuse-kernels, mtc-place-collectives,
+// mtc-assign-lanes; pipeline mtc-cuda-lowering) decide
 // how each op of the training step runs and write the decision on the op as
 // a discardable attribute; the CUDA code generator reads them and decides
 // nothing of its own. `mtc compile --emit=lowered` prints them.
@@ -27,6 +27,12 @@
 //       reduce_norm_backward: the rows of the fp32 partial-gradient buffer
 //       (summed over tp once per step) of the norm's dgamma, dbeta and the
 //       row-parallel bias gradient (-1: none)
+//   mtc.lane = "split" | "whole"   an op of a half-batch lane run: run as
+//       two halves (lane 0, lane 1), or whole once both lanes passed it
+//       (mtc-assign-lanes)
+//   mtc.lane_run = "forward" | "backward"   on a run's first op: lane 1 on
+//       its own stream (forward) or both lanes on the compute stream,
+//       staggered (backward); mtc.lane_run_end (unit) on its last op
 //
 // Fusion kinds (FuseKernels.cpp says when each applies):
 //   matmul_gelu         gelu(tanh) in its matmul's cuBLASLt epilogue (the
@@ -67,6 +73,13 @@ inline constexpr llvm::StringLiteral kInPlace = "mtc.in_place";
 inline constexpr llvm::StringLiteral kEarlyStart = "mtc.early_start";
 inline constexpr llvm::StringLiteral kReduceThen = "mtc.reduce_then";
 inline constexpr llvm::StringLiteral kPartialRows = "mtc.partial_rows";
+inline constexpr llvm::StringLiteral kLane = "mtc.lane";
+inline constexpr llvm::StringLiteral kLaneRun = "mtc.lane_run";
+inline constexpr llvm::StringLiteral kLaneRunEnd = "mtc.lane_run_end";
+inline constexpr llvm::StringLiteral kLaneSplit = "split";
+inline constexpr llvm::StringLiteral kLaneWhole = "whole";
+inline constexpr llvm::StringLiteral kLaneRunForward = "forward";
+inline constexpr llvm::StringLiteral kLaneRunBackward = "backward";
 
 inline constexpr llvm::StringLiteral kMatmulGelu = "matmul_gelu";
 inline constexpr llvm::StringLiteral kEmbeddingPosition = "embedding_position";

@@ -186,4 +186,21 @@ def MtcPlaceCollectives : Pass<"mtc-place-collectives", "::mlir::ModuleOp"> {
   }];
 }
 
+def MtcAssignLanes : Pass<"mtc-assign-lanes", "::mlir::ModuleOp"> {
+  let summary = "Half-batch lanes: which ops run as two halves of the batch";
+  let description = [{
+    Tensor parallelism without sp, an even batch: the forward pass (and,
+    with the module's `mtc.tp_backward_lanes`, the backward pass) runs as
+    two lanes of half the batch's sequences, so that one lane computes
+    while the other's all-reduce flies (the idea of Domino). Marks the ops
+    of each run (`mtc.lane` = "split" or, for weight-gradient work inside a
+    backward run, "whole") and the runs (`mtc.lane_run` on the first op,
+    "forward": lane 1 on a second stream, "backward": both on the compute
+    stream, staggered; `mtc.lane_run_end` on the last). A run without an
+    all-reduce has nothing to overlap and is not kept. After
+    mtc-place-collectives (an early all-reduce of a split producer is in
+    its lane).
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD
