@@ -2,12 +2,12 @@
 //
 // Per function, before the CUDA emitter (CudaEmitter.cpp) prints a line
 // (see CudaEmitter.h):
-//  - it reads the lowering passes' decisions (mtc/Transforms/Lowering.h):
-//    the gradient sinks (mtc-sink-gradients) and where each sinking
-//    collective then runs, the fused groups and in-place values
-//    (mtc-fuse-kernels), as ExecutionHints for the buffer plan;
-//    and the collectives mtc-place-collectives starts early with the work
-//    it put inside them (the residual add, a norm's backward);
+//  - it reads the lowering passes' decisions (mtc/Transforms/Lowering.h)
+//    into ExecutionHints for the buffer plan and the printer's tables: the
+//    gradient sinks (mtc-sink-gradients) and where each sinking collective
+//    then runs; the fused groups and in-place values (mtc-fuse-kernels);
+//    the collectives started early and the work inside them
+//    (mtc-place-collectives); the lanes are read in CudaLanes.cpp;
 //  - it still decides, here (not yet a pass): the data-parallel gradient
 //    buckets and where each is complete.
 //

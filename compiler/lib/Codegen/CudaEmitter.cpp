@@ -5,36 +5,26 @@
 // bf16 activations and compute copies of the weights, fp32 master weights,
 // gradients and AdamW state, fp32 statistics and loss.
 //
-// Steps (the analyses in CudaAnalysis.cpp, the optimizer and the program's
-// frame in CudaProgram.cpp):
-//  1. Gradient sinks. A parameter gradient that only flows into
-//     `mtc.accumulate_grad` (possibly through `mtc.add`s of other such
-//     gradients, e.g. a tied embedding, or through one tensor-parallel
-//     collective, which then runs once per step on the fp32 buffer) is
-//     never materialized: its producer (a transposed matmul,
-//     embedding_grad, reduce_leading, a norm's gamma/beta gradient)
-//     accumulates it straight into the fp32 gradient buffer, and the adds
-//     and accumulate_grad ops become no-ops.
-//  2. Fusions, each executed at the last op of its group (ExecutionHints
-//     keep the group's inputs alive until then):
-//       embedding + add of the (S, D) position table -> one embedding kernel;
-//       matmul + tanh GELU -> cuBLASLt GELU epilogue keeping the
-//         pre-activation for gelu_grad;
-//       cross_entropy + cross_entropy_grad -> one fused kernel writing the
-//         logits' gradient in place over the logits;
-//     and a tensor-parallel all-reduce whose input dies with it runs in
-//     place, started right after its input's producer; when its sum's
-//     one use is a residual add, the all-reduce adds the residual in its
-//     own sum pass (tp_all_reduce_add) and the add is gone.
-//  3. Buffer planning in 2-byte units (bf16 tensors; f32 tensors take two).
-//  4. One kernel call per remaining op, each preceded by set_current_op with
-//     the op's IR location, so a CUDA error names the op; `shard.*`
-//     collectives become NCCL calls on their grid axis's stream, fenced by
-//     events; data-parallel gradient buckets are launched where the
-//     backward pass completes them.
-//  5. @optimizer_step: the dp reduction left to do, the squared gradient
-//     norm on the device, one multi-tensor AdamW launch (groups are a
-//     per-tensor weight-decay flag), the distributed optimizer's gather.
+// Its input is the lowered module: every decision is already on the ops
+// (mtc-cuda-lowering: precision, gradient sinks, fusions, collective
+// placement, lanes; compiler/include/mtc/Transforms/Lowering.h), read by
+// CudaAnalysis.cpp. Steps:
+//  1. Read the decisions into ExecutionHints for the buffer plan and the
+//     tables the printer uses; plan the dp gradient buckets (the one
+//     decision still made here).
+//  2. Buffer planning in 2-byte units (bf16 tensors; f32 tensors take two;
+//     gradient sinks and fused-away values take none).
+//  3. One kernel call per op that is not fused into another, each preceded
+//     by set_current_op with the op's IR location, so a CUDA error names
+//     the op: the kernel table (KernelOpInterface) for plain ops, the rules
+//     below for fused groups, gradient sinks and `shard.*` collectives (on
+//     their grid axis's stream, fenced by events; the early ones started
+//     after their producer, CudaLanes.cpp for the lanes); dp buckets are
+//     launched where the backward pass completes them.
+//  4. @optimizer_step (CudaProgram.cpp): the dp reduction left to do, the
+//     squared gradient norm on the device, one multi-tensor AdamW launch
+//     (groups are a per-tensor weight-decay flag), the distributed
+//     optimizer's gather.
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"

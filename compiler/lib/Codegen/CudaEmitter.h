@@ -1,10 +1,12 @@
 //===- CudaEmitter.h - the CUDA emitter's state, shared by its parts -*- C++ -*-===//
 //
-// The CUDA emitter is split in two files: CudaEmitter.cpp analyzes and
-// emits the forward and training functions op by op (gradient sinks,
-// fusions, tensor-parallel collectives, data-parallel gradient buckets);
-// CudaProgram.cpp emits the optimizer step and puts the program together
-// (the ProgramContext the generated functions share, the ProgramDesc).
+// The CUDA emitter prints a module that went through mtc-cuda-lowering
+// (mtc/Transforms/Lowering.h): CudaAnalysis.cpp reads the lowering
+// passes' decisions into the tables below (and plans the dp buckets),
+// CudaEmitter.cpp prints the forward and training functions op by op,
+// CudaLanes.cpp the half-batch lanes, CudaProgram.cpp the optimizer step,
+// the program_config() of the runtime's ProgramContext and the
+// ProgramDesc.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MTC_CODEGEN_CUDAEMITTER_H
