@@ -161,8 +161,8 @@ TEST(CommStore, FileStoreGetWaitsForALaterSet) {
 TEST(CommStore, TcpStoreServesBlockingGets) {
   int port = testing::free_tcp_port();
   ASSERT_GT(port, 0);
-  auto server = make_tcp_store("127.0.0.1", port, /*serve=*/true, 5.0);
-  auto client = make_tcp_store("127.0.0.1", port, /*serve=*/false, 5.0);
+  auto server = make_tcp_store("127.0.0.1", port, /*serve=*/true, 5.0, "");
+  auto client = make_tcp_store("127.0.0.1", port, /*serve=*/false, 5.0, "");
   std::string big(100000, 'x');
   big[777] = '\0';
   std::thread writer([&] {
@@ -173,11 +173,11 @@ TEST(CommStore, TcpStoreServesBlockingGets) {
   writer.join();
   client->set("c", "from client");
   EXPECT_EQ(server->get("c"), "from client");
-  auto quick = make_tcp_store("127.0.0.1", port, false, 0.2);
+  auto quick = make_tcp_store("127.0.0.1", port, false, 0.2, "");
   EXPECT_NE(error_of([&] { quick->get("never"); }).find("rendezvous timed out"), std::string::npos);
   // A client with no server gives up after its timeout, naming the address.
   int closed_port = testing::free_tcp_port();
-  std::string msg = error_of([&] { make_tcp_store("127.0.0.1", closed_port, false, 0.2); });
+  std::string msg = error_of([&] { make_tcp_store("127.0.0.1", closed_port, false, 0.2, ""); });
   EXPECT_NE(msg.find("cannot connect to TCP store 127.0.0.1:" + std::to_string(closed_port)),
             std::string::npos)
       << msg;
