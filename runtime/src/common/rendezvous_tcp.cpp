@@ -336,7 +336,12 @@ class TcpStore final : public Store {
     check_token(token);
     if (serve) server_ = std::make_unique<TcpStoreServer>(addr_, port_, token, timeout());
     connect_with_retry();
-    present(token);
+    try {
+      present(token);
+    } catch (...) {
+      ::close(fd_);  // no destructor runs for a constructor that throws
+      throw;
+    }
   }
   ~TcpStore() override {
     if (fd_ >= 0) ::close(fd_);
