@@ -38,13 +38,15 @@ TEST(CommEnv, ReadsTorchrunVariables) {
                           {"LOCAL_RANK", "1"},
                           {"LOCAL_WORLD_SIZE", "4"},
                           {"MASTER_ADDR", "node0"},
-                          {"MASTER_PORT", "29501"}});
+                          {"MASTER_PORT", "29501"},
+                          {"MTC_RDZV_TOKEN", "0123456789abcdef"}});
   EXPECT_EQ(e.rank, 5);
   EXPECT_EQ(e.world_size, 8);
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.local_world_size, 4);
   EXPECT_EQ(e.master_addr, "node0");
   EXPECT_EQ(e.master_port, 29501);
+  EXPECT_EQ(e.rdzv_token, "0123456789abcdef");
   EXPECT_EQ(e.source, "RANK/WORLD_SIZE");
 
   LaunchEnv d = env_from({{"RANK", "6"}, {"WORLD_SIZE", "8"}, {"LOCAL_WORLD_SIZE", "4"}});
