@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(cmake ninja-build g++ git
   llvm-22-dev libmlir-22-dev mlir-22-tools llvm-22-tools
   nlohmann-json3-dev libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
-  fortunes python3-torch python3-numpy libgloo-dev)
+  fortunes python3-torch python3-numpy libgloo-dev
+  clang-14 libclang-rt-14-dev)  # scripts/sanitize.sh: ASan/UBSan and libFuzzer
 
 missing=()
 for p in "${PACKAGES[@]}"; do

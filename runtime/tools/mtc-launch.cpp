@@ -8,8 +8,8 @@
 // Each of the N children gets RANK = K*N + i, WORLD_SIZE = M*N, LOCAL_RANK =
 // i, LOCAL_WORLD_SIZE = N, MASTER_ADDR, MASTER_PORT, and on one node
 // MTC_RDZV_DIR, a fresh directory the ranks meet through (removed at the
-// end); everything else in the environment (NCCL_NVLS_ENABLE=0, say) is
-// passed on unchanged. Each line a child writes is printed as "[rank R] line"
+// end); everything else in the environment (NCCL_NVLS_ENABLE=0, say, or the
+// MTC_RDZV_TOKEN that several nodes need) is passed on unchanged. Each line a child writes is printed as "[rank R] line"
 // on the launcher's stdout or stderr. Only local rank 0 reads stdin.
 //
 // Supervision: each child leads its own process group. SIGINT, SIGTERM and
@@ -160,6 +160,11 @@ Options parse_args(int argc, char** argv) {
   std::fprintf(stderr, "mtc-launch: cannot run '%s': %s\n", args[0], std::strerror(errno));
   std::fflush(stderr);
   ::_exit(127);
+}
+
+// As the runtime's TCP store decides whether it listens on loopback only.
+bool is_loopback(const std::string& addr) {
+  return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
 
 // A TCP port nothing listens on right now (the kernel's choice).
@@ -352,6 +357,17 @@ int main(int argc, char** argv) {
         "--nnodes > 1");
   if (o.master_addr.empty()) o.master_addr = "127.0.0.1";
   if (o.master_port == 0) o.master_port = multi_node ? 29500 : free_port();
+  // Several nodes meet through rank 0's TCP store, which off loopback admits
+  // only ranks presenting MTC_RDZV_TOKEN; one launcher cannot make up a
+  // secret for the others, so the job script must share one (the ranks
+  // would refuse to start without it: say so before starting them).
+  const char* token = std::getenv("MTC_RDZV_TOKEN");
+  if (multi_node && o.rdzv_dir.empty() && !is_loopback(o.master_addr) && !(token && *token))
+    usage_error("on several nodes the ranks meet through rank 0's TCP store on " +
+                o.master_addr +
+                ", which admits only ranks presenting MTC_RDZV_TOKEN: export the same secret on "
+                "every node first (e.g. export MTC_RDZV_TOKEN=$(openssl rand -hex 16) in the job "
+                "script; docs/security.md), or meet through --rdzv-dir on a shared filesystem");
 
   std::string rdzv_dir;  // what the ranks get; "" for the TCP store
   bool remove_rdzv = false;

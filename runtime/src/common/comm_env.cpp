@@ -1,8 +1,9 @@
 // Reads the launch environment (see mtc/rt/launch.h): RANK / WORLD_SIZE /
-// LOCAL_RANK / LOCAL_WORLD_SIZE / MASTER_ADDR / MASTER_PORT / MTC_RDZV_DIR,
-// or Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID /
-// SLURM_NTASKS_PER_NODE when RANK is unset. Every value is checked; a bad
-// one is a CommError naming the variable.
+// LOCAL_RANK / LOCAL_WORLD_SIZE / MASTER_ADDR / MASTER_PORT / MTC_RDZV_DIR /
+// MTC_RDZV_TOKEN, or Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID /
+// SLURM_NTASKS_PER_NODE when RANK is unset. Every value is checked (the
+// token by the TCP store that uses it); a bad one is a CommError naming the
+// variable.
 #include <cerrno>
 #include <cstdlib>
 
@@ -95,6 +96,7 @@ LaunchEnv read_launch_env(const EnvLookup& lookup) {
     env.master_port = static_cast<int>(port);
   }
   if (const char* v = get("MTC_RDZV_DIR")) env.rdzv_dir = v;
+  if (const char* v = get("MTC_RDZV_TOKEN")) env.rdzv_token = v;  // checked by the TCP store
   return env;
 }
 

@@ -3,7 +3,7 @@
 //
 //   WORLD_SIZE == 1     memory store (nothing to meet)
 //   MTC_RDZV_DIR set    file store in that directory
-//   MASTER_ADDR + PORT  TCP store, served by global rank 0
+//   MASTER_ADDR + PORT  TCP store, served by global rank 0 (MTC_RDZV_TOKEN)
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -55,7 +55,8 @@ std::unique_ptr<Store> make_store(const LaunchEnv& env, double timeout_s) {
   if (env.world_size == 1) return make_memory_store();
   if (!env.rdzv_dir.empty()) return make_file_store(env.rdzv_dir, timeout_s);
   if (!env.master_addr.empty() && env.master_port != 0)
-    return make_tcp_store(env.master_addr, env.master_port, env.rank == 0, timeout_s);
+    return make_tcp_store(env.master_addr, env.master_port, env.rank == 0, timeout_s,
+                          env.rdzv_token);
   throw CommError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
                   " (" + env.source +
                   ") has no way to meet the other ranks: set MASTER_ADDR and MASTER_PORT (rank "

@@ -2,7 +2,8 @@
 // gets and the [rank N] prefixes; a failing rank's exit code propagated
 // with its last stderr lines while the other (sleeping) ranks are killed; a
 // rank killed by a signal; SIGTERM to the launcher forwarded to every rank;
-// pass-through when RANK/WORLD_SIZE are already set; command-line errors.
+// pass-through when RANK/WORLD_SIZE are already set; command-line errors,
+// among them several nodes without a shared MTC_RDZV_TOKEN.
 // The ranks are small sh scripts; every case ends within a few seconds.
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -54,7 +55,7 @@ Launch run_launcher(const std::vector<std::string>& args,
     ::dup2(out, 1);
     ::dup2(err, 2);
     for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                          "MTC_RDZV_DIR", "NCCL_NVLS_ENABLE"})
+                          "MTC_RDZV_DIR", "MTC_RDZV_TOKEN", "NCCL_NVLS_ENABLE"})
       ::unsetenv(v);
     for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
     std::vector<char*> argv{const_cast<char*>(bin.c_str())};
@@ -176,6 +177,17 @@ TEST(CommLaunch, RefusesABadCommandLine) {
   Launch multi = run_launcher({"-n", "2", "--nnodes", "2", "true"});
   EXPECT_EQ(multi.rc, 2);
   EXPECT_TRUE(contains(multi.err, "--master-addr")) << multi.err;
+  // Off loopback, several nodes need a shared MTC_RDZV_TOKEN (no rank
+  // starts without one); with it, each rank gets it.
+  Launch no_token =
+      run_launcher({"-n", "1", "--nnodes", "2", "--master-addr", "node0.invalid", "true"});
+  EXPECT_EQ(no_token.rc, 2);
+  EXPECT_TRUE(contains(no_token.err, "export the same secret on every node")) << no_token.err;
+  Launch token = run_launcher({"-n", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr",
+                               "node0.invalid", "sh", "-c", "echo $MTC_RDZV_TOKEN"},
+                              {{"MTC_RDZV_TOKEN", "0123456789abcdef"}});
+  EXPECT_EQ(token.rc, 0) << token.err;
+  EXPECT_EQ(token.out, "[rank 1] 0123456789abcdef\n");
   Launch missing = run_launcher({"-n", "1", "/nonexistent/program"});
   EXPECT_EQ(missing.rc, 127);
   EXPECT_TRUE(contains(missing.err, "cannot run '/nonexistent/program'")) << missing.err;

@@ -38,13 +38,15 @@ TEST(CommEnv, ReadsTorchrunVariables) {
                           {"LOCAL_RANK", "1"},
                           {"LOCAL_WORLD_SIZE", "4"},
                           {"MASTER_ADDR", "node0"},
-                          {"MASTER_PORT", "29501"}});
+                          {"MASTER_PORT", "29501"},
+                          {"MTC_RDZV_TOKEN", "0123456789abcdef"}});
   EXPECT_EQ(e.rank, 5);
   EXPECT_EQ(e.world_size, 8);
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.local_world_size, 4);
   EXPECT_EQ(e.master_addr, "node0");
   EXPECT_EQ(e.master_port, 29501);
+  EXPECT_EQ(e.rdzv_token, "0123456789abcdef");
   EXPECT_EQ(e.source, "RANK/WORLD_SIZE");
 
   LaunchEnv d = env_from({{"RANK", "6"}, {"WORLD_SIZE", "8"}, {"LOCAL_WORLD_SIZE", "4"}});
@@ -161,8 +163,8 @@ TEST(CommStore, FileStoreGetWaitsForALaterSet) {
 TEST(CommStore, TcpStoreServesBlockingGets) {
   int port = testing::free_tcp_port();
   ASSERT_GT(port, 0);
-  auto server = make_tcp_store("127.0.0.1", port, /*serve=*/true, 5.0);
-  auto client = make_tcp_store("127.0.0.1", port, /*serve=*/false, 5.0);
+  auto server = make_tcp_store("127.0.0.1", port, /*serve=*/true, 5.0, "");
+  auto client = make_tcp_store("127.0.0.1", port, /*serve=*/false, 5.0, "");
   std::string big(100000, 'x');
   big[777] = '\0';
   std::thread writer([&] {
@@ -173,11 +175,11 @@ TEST(CommStore, TcpStoreServesBlockingGets) {
   writer.join();
   client->set("c", "from client");
   EXPECT_EQ(server->get("c"), "from client");
-  auto quick = make_tcp_store("127.0.0.1", port, false, 0.2);
+  auto quick = make_tcp_store("127.0.0.1", port, false, 0.2, "");
   EXPECT_NE(error_of([&] { quick->get("never"); }).find("rendezvous timed out"), std::string::npos);
   // A client with no server gives up after its timeout, naming the address.
   int closed_port = testing::free_tcp_port();
-  std::string msg = error_of([&] { make_tcp_store("127.0.0.1", closed_port, false, 0.2); });
+  std::string msg = error_of([&] { make_tcp_store("127.0.0.1", closed_port, false, 0.2, ""); });
   EXPECT_NE(msg.find("cannot connect to TCP store 127.0.0.1:" + std::to_string(closed_port)),
             std::string::npos)
       << msg;

@@ -53,8 +53,11 @@ TEST(KernelLayerNorm, ForwardMatchesReference) {
 
 TEST(KernelLayerNorm, BackwardMatchesFiniteDifferences) {
   Rng rng(21);
-  for (auto [t, d] : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {2, 33}})
+  // Plain variables, not a structured binding: the lambdas below capture
+  // them, which C++17 does not allow for bindings (clang-14 refuses).
+  for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {2, 33}})
     for (bool with_beta : {true, false}) {
+      const int64_t t = shape.first, d = shape.second;
       const std::string tag = " d=" + std::to_string(d) + (with_beta ? " beta" : " no beta");
       auto x = rng.uniform(t * d, -2.0f, 2.0f), g = rng.uniform(d), b = rng.uniform(d);
       auto w = rng.uniform(t * d);
@@ -97,7 +100,8 @@ TEST(KernelRmsNorm, ForwardMatchesReference) {
 
 TEST(KernelRmsNorm, BackwardMatchesFiniteDifferences) {
   Rng rng(23);
-  for (auto [t, d] : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {2, 33}}) {
+  for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {2, 33}}) {
+    const int64_t t = shape.first, d = shape.second;  // captured below: not a binding
     auto x = rng.uniform(t * d, -2.0f, 2.0f), g = rng.uniform(d), w = rng.uniform(t * d);
     std::vector<float> y(t * d), dx(t * d), dg(d);
     auto objective = [&] {

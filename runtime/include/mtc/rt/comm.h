@@ -160,14 +160,21 @@ class Store {
 std::unique_ptr<Store> make_file_store(const std::string& dir, double timeout_s);
 // A TCP store at addr:port served by the process that passes serve=true
 // (global rank 0) from a background thread, for as long as the returned
-// object lives. Clients retry connecting until the timeout.
+// object lives. Clients retry connecting until the timeout. Every client
+// presents `token` (MTC_RDZV_TOKEN) and the server admits only those whose
+// token equals its own. "" is allowed only when addr is a loopback address
+// (the server then listens on 127.0.0.1 alone); a token has
+// kRdzvTokenMinBytes to kRdzvTokenMaxBytes bytes. The server drops a client
+// silent for timeout_s; docs/security.md lists its other limits.
+constexpr size_t kRdzvTokenMinBytes = 16;
+constexpr size_t kRdzvTokenMaxBytes = 256;
 std::unique_ptr<Store> make_tcp_store(const std::string& addr, int port, bool serve,
-                                      double timeout_s);
+                                      double timeout_s, const std::string& token);
 // A map in this process (a world of one rank).
 std::unique_ptr<Store> make_memory_store();
 // The store the launch environment asks for: one rank -> memory; MTC_RDZV_DIR
 // set -> file store; else MASTER_ADDR:MASTER_PORT -> TCP store served by
-// rank 0; else CommError saying what to set.
+// rank 0, with MTC_RDZV_TOKEN as its token; else CommError saying what to set.
 std::unique_ptr<Store> make_store(const LaunchEnv& env, double timeout_s);
 
 // MTC_RDZV_TIMEOUT in seconds (default 300); throws CommError if malformed.

@@ -7,6 +7,9 @@
 //   MASTER_ADDR, MASTER_PORT    where rank 0 serves the rendezvous store
 //   MTC_RDZV_DIR                a directory to meet through instead (file
 //                               store; mtc-launch sets it on one node)
+//   MTC_RDZV_TOKEN              the secret every rank presents to rank 0's
+//                               TCP store (required off loopback;
+//                               docs/security.md)
 //
 // When RANK is not set, Slurm's SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and
 // SLURM_NTASKS_PER_NODE are read instead (`srun --ntasks-per-node=8 train`).
@@ -29,6 +32,7 @@ struct LaunchEnv {
   std::string master_addr;  // "" when unset
   int master_port = 0;      // 0 when unset
   std::string rdzv_dir;     // "" when unset
+  std::string rdzv_token;   // "" when unset
   // Where rank and size came from, for messages: "RANK/WORLD_SIZE",
   // "SLURM_PROCID/SLURM_NTASKS" or "no RANK/WORLD_SIZE set".
   std::string source;
