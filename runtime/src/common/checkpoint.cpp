@@ -178,6 +178,9 @@ CheckpointState read_state(const std::string& step_dir) {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
     throw Error(path + ": invalid JSON at byte " + std::to_string(e.byte));
+  } catch (const json::exception& e) {
+    // A number out of range (1e400) and the like.
+    throw Error(path + ": invalid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw Error(path + ": not an mtc checkpoint state (a JSON object)");
   const StateReader r(j, path);

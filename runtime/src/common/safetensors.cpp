@@ -119,6 +119,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
   } catch (const json::parse_error& e) {
     throw Error(path + " at byte " + std::to_string(8 + e.byte) +
                 ": invalid JSON header (" + e.what() + ")");
+  } catch (const json::exception& e) {
+    // A number out of range (1e400), a key that is not a string, ...
+    throw Error(path + ": invalid JSON header (" + e.what() + ")");
   }
   if (!duplicate.empty())
     throw Error(path + ": tensor " + q(duplicate) + " appears twice in the header");
@@ -219,7 +222,8 @@ void SafetensorsReader::read_raw(const std::string& name, const char* dtype,
     throw Error(path() + ": tensor " + q(name) + " has " +
                 std::to_string(shape_numel(t.shape)) + " elements " +
                 shape_string(t.shape) + ", expected " + std::to_string(numel));
-  std::memcpy(out, file_.data() + data_start_ + t.begin, t.end - t.begin);
+  if (t.end > t.begin)  // memcpy with a null `out` is undefined even for 0 bytes
+    std::memcpy(out, file_.data() + data_start_ + t.begin, t.end - t.begin);
 }
 
 void SafetensorsReader::read_f32(const std::string& name, float* out,
