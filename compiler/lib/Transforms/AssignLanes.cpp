@@ -42,10 +42,10 @@ namespace mtc {
 
 using namespace mlir;
 namespace lw = mtc::lowering;
+using lw::sinks;
 
 namespace {
 
-bool sinks(Value v) { return !lw::sinkOf(v).empty(); }
 int64_t numel(Value v) {
   return cast<RankedTensorType>(v.getType()).getNumElements();
 }

@@ -33,14 +33,10 @@ namespace mtc {
 
 using namespace mlir;
 namespace lw = mtc::lowering;
+using lw::fusedAway;
+using lw::sinks;
 
 namespace {
-
-bool sinks(Value v) { return !lw::sinkOf(v).empty(); }
-bool fusedAway(Value v) {
-  Operation *def = v.getDefiningOp();
-  return def && lw::fusedOf(def) == lw::kEmbeddingPosition;
-}
 
 void mark(Operation *runs, Operation *fused, StringRef kind) {
   Builder b(runs->getContext());

@@ -42,6 +42,11 @@ StringRef fusedOf(Operation *op) {
   return a ? a.getValue() : "";
 }
 
+bool fusedAway(Value v) {
+  Operation *def = v.getDefiningOp();
+  return def && fusedOf(def) == kEmbeddingPosition;
+}
+
 std::optional<unsigned> inPlaceOperand(Value v) {
   auto r = dyn_cast<OpResult>(v);
   if (!r)

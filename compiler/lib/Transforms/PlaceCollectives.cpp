@@ -35,14 +35,11 @@ namespace mtc {
 
 using namespace mlir;
 namespace lw = mtc::lowering;
+using lw::fusedAway;
+using lw::sinks;
 
 namespace {
 
-bool sinks(Value v) { return !lw::sinkOf(v).empty(); }
-bool fusedAway(Value v) {
-  Operation *def = v.getDefiningOp();
-  return def && lw::fusedOf(def) == lw::kEmbeddingPosition;
-}
 int64_t numel(Value v) {
   return cast<RankedTensorType>(v.getType()).getNumElements();
 }

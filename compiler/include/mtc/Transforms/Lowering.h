@@ -103,9 +103,13 @@ inline bool storedF32(mlir::Value v) {
 inline llvm::StringRef sinkOf(mlir::Value v) {
   return resultString(v, kSink);
 }
+inline bool sinks(mlir::Value v) { return !sinkOf(v).empty(); }
 /// mtc.fusion / mtc.fused of `op`, or "".
 llvm::StringRef fusionOf(mlir::Operation *op);
 llvm::StringRef fusedOf(mlir::Operation *op);
+/// `v` is never stored: the op that uses it computes it (its producer is
+/// fused away: embedding_position).
+bool fusedAway(mlir::Value v);
 /// The operand whose storage result `v` takes over (mtc.in_place).
 std::optional<unsigned> inPlaceOperand(mlir::Value v);
 void setInPlace(mlir::Value v, unsigned operand);
