@@ -35,9 +35,15 @@ fi
 # size. MLIR is built without RTTI, so UBSan's vptr check cannot tell the
 # dynamic type of the objects it creates and reports every member call our
 # code makes on one (mtc-opt destroying its DialectRegistry's extensions,
-# OperationName::Impl, ...): that check is off. The leak check, overflows,
-# use-after-free and the rest of UBSan stay on.
-export ASAN_OPTIONS="detect_container_overflow=0:detect_odr_violation=1:detect_leaks=1"
+# OperationName::Impl, ...): that check is off. LLVM's BumpPtrAllocator
+# poisons the free part of a new slab when the code that inlines it is
+# instrumented and unpoisons each allocation: when our instrumented
+# template code (an attribute's storage) opens a slab and the
+# uninstrumented MLIR library then allocates from it, that memory is still
+# poisoned (use-after-poison in FileLineColRange::get): user poisoning is
+# off (allow_user_poisoning=0; ASan's own redzones stay). The leak check,
+# overflows, use-after-free and the rest of UBSan stay on.
+export ASAN_OPTIONS="detect_container_overflow=0:detect_odr_violation=1:detect_leaks=1:allow_user_poisoning=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 SAN="-fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recover=undefined"
 SAN+=" -fno-omit-frame-pointer"
