@@ -8,8 +8,7 @@
 //    then runs; the fused groups and in-place values (mtc-fuse-kernels);
 //    the collectives started early and the work inside them
 //    (mtc-place-collectives); the lanes are read in CudaLanes.cpp;
-//  - it still decides, here (not yet a pass): the data-parallel gradient
-//    buckets and where each is complete.
+//    and the data-parallel gradient buckets (mtc-plan-buckets).
 //
 //===----------------------------------------------------------------------===//
 #include "CudaEmitter.h"
@@ -62,41 +61,21 @@ void CudaEmitter::analyzeGradientSinks(func::FuncOp fn) {
   }
 }
 
-// Data parallelism: the gradient buffer cut into contiguous buckets of at
-// least kBucketElements (40 MB of fp32, as Megatron's default), walking the
-// parameters backwards through the layout (the order the backward pass
-// finishes them). A bucket is launched after the last accumulate_grad of
-// any of its parameters (and after those parameters' gradient collectives).
-void CudaEmitter::planBuckets(func::FuncOp fn) {
-  constexpr int64_t kBucketElements = 10 * 1000 * 1000;
-  buckets.clear();
-  bucketsAfter.clear();
-  Block &block = fn.getBody().front();
-  llvm::DenseMap<Operation *, int64_t> position;
-  llvm::StringMap<Operation *> lastAcc;
-  int64_t i = 0;
-  for (Operation &op : block) {
-    position[&op] = i++;
-    if (auto acc = dyn_cast<mtc::AccumulateGradOp>(op))
-      lastAcc[acc.getParam()] = &op;
-  }
-  int64_t end = layout.totalElements;
-  Operation *ready = nullptr;
-  for (int64_t p = int64_t(layout.order.size()) - 1; p >= 0; --p) {
-    const std::string &name = layout.order[p];
-    if (Operation *acc = lastAcc.lookup(name))
-      if (!ready || position[acc] > position[ready])
-        ready = acc;
-    int64_t begin = layout.offset(name);
-    if (end - begin < kBucketElements && p > 0)
+// The data-parallel gradient buckets mtc-plan-buckets planned: each
+// bucket's range of the gradient buffer, launched after the op that
+// carries it.
+void CudaEmitter::readBuckets(func::FuncOp fn) {
+  for (Operation &op : fn.getBody().front()) {
+    auto triples = op.getAttrOfType<DenseI64ArrayAttr>(lowering::kDpBuckets);
+    if (!triples)
       continue;
-    if (p == 0)
-      begin = 0;
-    Operation *at = ready ? ready : &block.front();
-    bucketsAfter[at].push_back(int(buckets.size()));
-    buckets.push_back({begin, end - begin});
-    end = begin;
-    ready = nullptr;
+    ArrayRef<int64_t> t = triples.asArrayRef();
+    for (size_t i = 0; i + 2 < t.size(); i += 3) {
+      if (int64_t(buckets.size()) <= t[i])
+        buckets.resize(t[i] + 1);
+      buckets[t[i]] = {t[i + 1], t[i + 2]};
+      bucketsAfter[&op].push_back(int(t[i]));
+    }
   }
 }
 

@@ -7,11 +7,10 @@
 //
 // Its input is the lowered module: every decision is already on the ops
 // (mtc-cuda-lowering: precision, gradient sinks, fusions, collective
-// placement, lanes; compiler/include/mtc/Transforms/Lowering.h), read by
-// CudaAnalysis.cpp. Steps:
+// placement, lanes, dp buckets; compiler/include/mtc/Transforms/Lowering.h),
+// read by CudaAnalysis.cpp and CudaLanes.cpp. Steps:
 //  1. Read the decisions into ExecutionHints for the buffer plan and the
-//     tables the printer uses; plan the dp gradient buckets (the one
-//     decision still made here).
+//     tables the printer uses (the dp buckets: mtc-plan-buckets).
 //  2. Buffer planning in 2-byte units (bf16 tensors; f32 tensors take two;
 //     gradient sinks and fused-away values take none).
 //  3. One kernel call per op that is not fused into another, each preceded
@@ -215,8 +214,8 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   analyzeFusions(fn);
   buckets.clear();
   bucketsAfter.clear();
-  if (bucketed && !eval)
-    planBuckets(fn);
+  if (!eval)
+    readBuckets(fn);
   analyzeLanes(fn);
   plan = mtc::planBuffers(
       fn,

@@ -2,7 +2,7 @@
 //
 // The CUDA emitter prints a module that went through mtc-cuda-lowering
 // (mtc/Transforms/Lowering.h): CudaAnalysis.cpp reads the lowering
-// passes' decisions into the tables below (and plans the dp buckets),
+// passes' decisions into the tables below,
 // CudaEmitter.cpp prints the forward and training functions op by op,
 // CudaLanes.cpp the half-batch lanes, CudaProgram.cpp the optimizer step,
 // the program_config() of the runtime's ProgramContext and the
@@ -35,7 +35,7 @@ private:
   // CudaEmitter.cpp
   void analyzeGradientSinks(mlir::func::FuncOp fn);
   void analyzeFusions(mlir::func::FuncOp fn);
-  void planBuckets(mlir::func::FuncOp fn);
+  void readBuckets(mlir::func::FuncOp fn);
   mlir::LogicalResult emitFunction(mlir::func::FuncOp fn, bool eval);
   mlir::LogicalResult emitOp(mlir::Operation *op, bool eval);
   mlir::LogicalResult emitCollective(mlir::Operation *op);

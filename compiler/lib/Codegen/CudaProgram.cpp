@@ -232,11 +232,11 @@ LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
   if (lowered.wasInterrupted())
     return failure();
   // Buckets when dp reduces the whole gradient (not a sharded optimizer).
+  // The gradient is all-reduced over dp during the backward pass when
+  // mtc-plan-buckets planned buckets.
   bucketed = false;
-  fns->optimizer.walk([&](mtc::ReduceGradientsOp r) {
-    bucketed = !r.getShardOptimizerState() && r.getGridAxes().size() == 1 &&
-               r.getGridAxes()[0] == mtc::kAxisDP;
-  });
+  fns->train.walk(
+      [&](Operation *op) { bucketed |= op->hasAttr(lowering::kDpBuckets); });
   if (failed(emitFunction(fns->forward, /*eval=*/true)) ||
       failed(emitFunction(fns->train, /*eval=*/false)))
     return failure();

@@ -10,35 +10,17 @@
 #define MTC_CODEGEN_EMITTERCOMMON_H
 
 #include "mtc/Dialect/MtcDialect.h"
+#include "mtc/Transforms/ParamLayout.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringMap.h"
 #include <string>
 
 namespace mtc::codegen {
 
-struct ParamSlot {
-  ParamOp op;
-  int64_t offset = 0; // elements, 16-aligned
-};
-
-/// Unique parameters in program order, each at an offset of one allocation.
-struct ParamLayout {
-  llvm::StringMap<ParamSlot> slots;
-  llvm::SmallVector<std::string> order;
-  int64_t totalElements = 0;
-  /// Distributed optimizer (`mtc.reduce_gradients ... shard_optimizer_state`):
-  /// the ranks along `shardAxis` each own `shardElements` consecutive
-  /// elements of the flat buffer, rank r [r * shardElements, (r + 1) *
-  /// shardElements); totalElements is padded to a multiple of shardElements.
-  /// shardElements is 0 without one.
-  int64_t shardElements = 0;
-  int shardAxis = -1;
-
-  explicit ParamLayout(mlir::ModuleOp module);
-  int64_t offset(llvm::StringRef name) const {
-    return slots.lookup(name).offset;
-  }
-};
+// Parameters are laid out the same way by both emitters and the passes
+// that need offsets (ParamLayout, mtc/Transforms/ParamLayout.h).
+using mtc::ParamLayout;
+using mtc::ParamSlot;
 
 int64_t numel(mlir::Value v);
 llvm::ArrayRef<int64_t> shapeOf(mlir::Value v);

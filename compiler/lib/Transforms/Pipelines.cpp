@@ -42,6 +42,7 @@ void mtc::buildCudaLoweringPipeline(OpPassManager &pm) {
   pm.addPass(createMtcFuseKernels());
   pm.addPass(createMtcPlaceCollectives());
   pm.addPass(createMtcAssignLanes());
+  pm.addPass(createMtcPlanBuckets());
 }
 
 void mtc::registerMtcPipelines() {
@@ -52,6 +53,7 @@ void mtc::registerMtcPipelines() {
   PassPipelineRegistration<>(
       "mtc-cuda-lowering",
       "Training program -> the CUDA code generator's decisions on the ops "
-      "(precision, gradient sinks, fusions, collective placement, lanes)",
+      "(precision, gradient sinks, fusions, collective placement, lanes, "
+      "dp buckets)",
       buildCudaLoweringPipeline);
 }

@@ -2,7 +2,7 @@
 //
 // The CUDA target's lowering passes (mtc-assign-precision,
 // mtc-sink-gradients, mtc-fuse-kernels, mtc-place-collectives,
-// mtc-assign-lanes; pipeline mtc-cuda-lowering) decide
+// mtc-assign-lanes, mtc-plan-buckets; pipeline mtc-cuda-lowering) decide
 // how each op of the training step runs and write the decision on the op as
 // a discardable attribute; the CUDA code generator reads them and decides
 // nothing of its own. `mtc compile --emit=lowered` prints them.
@@ -27,6 +27,10 @@
 //       reduce_norm_backward: the rows of the fp32 partial-gradient buffer
 //       (summed over tp once per step) of the norm's dgamma, dbeta and the
 //       row-parallel bias gradient (-1: none)
+//   mtc.dp_buckets = array<i64: bucket, begin, size, ...>   on the op after
+//       which data-parallel gradient buckets are complete: each bucket's
+//       number and its range of the flat gradient buffer, all-reduced over
+//       dp there on the step's last microbatch (mtc-plan-buckets)
 //   mtc.lane = "split" | "whole"   an op of a half-batch lane run: run as
 //       two halves (lane 0, lane 1), or whole once both lanes passed it
 //       (mtc-assign-lanes)
@@ -73,6 +77,7 @@ inline constexpr llvm::StringLiteral kInPlace = "mtc.in_place";
 inline constexpr llvm::StringLiteral kEarlyStart = "mtc.early_start";
 inline constexpr llvm::StringLiteral kReduceThen = "mtc.reduce_then";
 inline constexpr llvm::StringLiteral kPartialRows = "mtc.partial_rows";
+inline constexpr llvm::StringLiteral kDpBuckets = "mtc.dp_buckets";
 inline constexpr llvm::StringLiteral kLane = "mtc.lane";
 inline constexpr llvm::StringLiteral kLaneRun = "mtc.lane_run";
 inline constexpr llvm::StringLiteral kLaneRunEnd = "mtc.lane_run_end";

@@ -203,4 +203,18 @@ def MtcAssignLanes : Pass<"mtc-assign-lanes", "::mlir::ModuleOp"> {
   }];
 }
 
+def MtcPlanBuckets : Pass<"mtc-plan-buckets", "::mlir::ModuleOp"> {
+  let summary = "Data-parallel gradient buckets overlapped with the backward pass";
+  let description = [{
+    Data parallelism without a sharded optimizer (`mtc.reduce_gradients`
+    over dp without `shard_optimizer_state`): the fp32 gradient buffer is
+    cut into contiguous buckets of at least 10 M elements (40 MB, Megatron's
+    default), walking the parameters backwards through the buffer's layout;
+    each bucket is all-reduced over dp right after the last
+    `accumulate_grad` of its parameters in `@train_step` on the step's last
+    microbatch, while the backward pass goes on. Writes
+    `mtc.dp_buckets = array<i64: bucket, begin, size, ...>` on those ops.
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD
