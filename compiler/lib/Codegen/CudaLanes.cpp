@@ -130,7 +130,7 @@ std::string CudaEmitter::laneCall(Operation *op, int h) {
 // So each lane's all-reduce has the other lane's piece to run beside it
 // (in the GPT forward pass: lane 0's attention-output all-reduce beside
 // lane 1's attention, lane 1's beside lane 0's MLP) even when both lanes
-// share one stream (MTC_TP_LANES=0), where the ops of a piece run one
+// share one stream (--tp-lanes=one-stream), where the ops of a piece run one
 // after the other without competing for SMs. On two streams the order only
 // sets when the host enqueues each piece; the tp stream gets the
 // all-reduces in the same order either way.
