@@ -180,7 +180,7 @@ struct AssignLanes : mtc::impl::MtcAssignLanesBase<AssignLanes> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     int64_t tp = mtc::getGridShape(module).tp;
-    bool backwardLanes = module->hasAttr("mtc.tp_backward_lanes");
+    bool backwardLanes = module->hasAttr(mtc::kTpBackwardLanesAttr);
     for (auto fn : module.getOps<func::FuncOp>())
       if (!fn.isExternal())
         assignLanes(fn, tp, backwardLanes);

@@ -175,7 +175,7 @@ struct PlaceCollectives
   void runOnOperation() override {
     ModuleOp module = getOperation();
     Placer placer(mtc::getGridShape(module),
-                  module->hasAttr("mtc.tp_backward_lanes"));
+                  module->hasAttr(mtc::kTpBackwardLanesAttr));
     for (auto fn : module.getOps<func::FuncOp>())
       if (!fn.isExternal())
         placer.place(fn.getBody().front());

@@ -74,9 +74,9 @@ constexpr llvm::StringLiteral kParallel = "mtc.parallel";
 constexpr llvm::StringLiteral kTraining = "mtc.training";
 constexpr llvm::StringLiteral kRecompute = "mtc.recompute";
 constexpr llvm::StringLiteral kModel = "mtc.model";
-constexpr llvm::StringLiteral kBackwardLanes = "mtc.tp_backward_lanes";
-constexpr llvm::StringLiteral kTpLanes = "mtc.tp_lanes";
-constexpr llvm::StringLiteral kTpAllReduce = "mtc.tp_allreduce";
+constexpr llvm::StringLiteral kBackwardLanes = kTpBackwardLanesAttr;
+constexpr llvm::StringLiteral kTpLanes = kTpLanesAttr;
+constexpr llvm::StringLiteral kTpAllReduce = kTpAllReduceAttr;
 
 /// Reads and checks the keys of one dictionary attribute, reporting at `op`.
 class DictChecker {

@@ -29,7 +29,19 @@
 #include <thread>
 #include <vector>
 
+#include "mtc/rt/comm.h"
+
 namespace mtc::rt::testing {
+
+// The message of the CommError `fn` throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const CommError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 // A fresh directory under the test build's tmp dir.
 inline std::string unique_dir(const std::string& name) {

@@ -23,14 +23,7 @@ LaunchEnv env_from(const Env& vars) {
   });
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const CommError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 TEST(CommEnv, ReadsTorchrunVariables) {
   LaunchEnv e = env_from({{"RANK", "5"},

@@ -27,14 +27,7 @@ using Clock = std::chrono::steady_clock;
 
 const std::string kToken = "0123456789abcdef0123456789abcdef";
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const CommError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 // A raw client of 127.0.0.1:port; -1 on failure.
 int dial(int port) {

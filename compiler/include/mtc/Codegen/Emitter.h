@@ -15,16 +15,8 @@
 
 namespace mtc {
 
-/// Module attributes that carry `mtc compile`'s code-generation options
-/// into the IR (so `--emit` shows them and the emitters read them there):
-///   mtc.tp_backward_lanes (unit)  the backward pass in half-batch lanes
-///   mtc.tp_lanes = "one-stream"   both lanes on the compute stream
-///                                 (default "two-streams")
-///   mtc.tp_allreduce = "nccl"     tp all-reduces on NCCL, never the copy
-///                                 engines (default "auto")
-inline constexpr llvm::StringLiteral kTpBackwardLanesAttr = "mtc.tp_backward_lanes";
-inline constexpr llvm::StringLiteral kTpLanesAttr = "mtc.tp_lanes";
-inline constexpr llvm::StringLiteral kTpAllReduceAttr = "mtc.tp_allreduce";
+// The code-generation options reach the emitters as module attributes
+// (kTpLanesAttr, ..., mtc/Dialect/MtcDialect.h).
 
 struct EmitResult {
   std::string source;       // program.cpp

@@ -54,6 +54,18 @@ std::string f32(mlir::FloatAttr a);
 std::string flag(bool v);
 } // namespace kernel_arg
 
+/// Module attributes that carry `mtc compile`'s code-generation options
+/// into the IR (verified in MtcModuleAttrs.cpp, read by the CUDA lowering
+/// passes and code generator, shown by --emit=lowered):
+///   mtc.tp_backward_lanes (unit)  the backward pass in half-batch lanes
+///   mtc.tp_lanes = "one-stream"   both lanes on the compute stream
+///                                 (default "two-streams")
+///   mtc.tp_allreduce = "nccl"     tp all-reduces on NCCL, never the copy
+///                                 engines (default "auto")
+inline constexpr llvm::StringLiteral kTpBackwardLanesAttr = "mtc.tp_backward_lanes";
+inline constexpr llvm::StringLiteral kTpLanesAttr = "mtc.tp_lanes";
+inline constexpr llvm::StringLiteral kTpAllReduceAttr = "mtc.tp_allreduce";
+
 namespace OpTrait {
 /// The activation between an MLP's two linears (gelu, swiglu,
 /// squared_relu): Megatron's tensor-parallel plan makes the linears that
