@@ -172,6 +172,7 @@ bool placeTransfers(const std::vector<std::vector<Step>>& orders, const Schedule
   auto cost = [&](PieceKind k) { return k == PieceKind::Backward && !split ? 2.0 : 1.0; };
   // End time of F / B per (microbatch, chunk); < 0 until timed.
   std::vector<double> fEnd(size_t(m) * chunks, -1), bEnd(size_t(m) * chunks, -1);
+  std::vector<double> fStart(size_t(m) * chunks, 0), bStart(size_t(m) * chunks, 0);
   std::vector<std::vector<double>> start(P);
   std::vector<size_t> next(P, 0);
   std::vector<double> clock(P, 0);
@@ -191,8 +192,8 @@ bool placeTransfers(const std::vector<std::vector<Step>>& orders, const Schedule
         }
         start[r].push_back(ready);
         clock[r] = ready + cost(s.piece);
-        if (s.piece == PieceKind::Forward) fEnd[k] = clock[r];
-        if (s.piece == PieceKind::Backward) bEnd[k] = clock[r];
+        if (s.piece == PieceKind::Forward) fStart[k] = ready, fEnd[k] = clock[r];
+        if (s.piece == PieceKind::Backward) bStart[k] = ready, bEnd[k] = clock[r];
         ++next[r];
         progress = true;
       }
@@ -204,6 +205,28 @@ bool placeTransfers(const std::vector<std::vector<Step>>& orders, const Schedule
       return false;
     }
 
+  // Rank r is inside a piece at time t when one started before t, ends after.
+  auto busyAt = [&](int r, double t) {
+    auto it = std::lower_bound(start[r].begin(), start[r].end(), t);
+    if (it == start[r].begin()) return false;
+    size_t i = size_t(it - start[r].begin()) - 1;
+    return start[r][i] + cost(orders[r][i].piece) > t;
+  };
+  // The first time in [produced, consumed] at which neither end is inside a
+  // piece (candidates: `produced` and the ends of both ranks' pieces), so
+  // the rendezvous stalls neither; `produced` if there is none.
+  auto rendezvousTime = [&](int sender, int receiver, double produced, double consumed) {
+    std::vector<double> candidates{produced};
+    for (int r : {sender, receiver})
+      for (size_t i = 0; i < orders[r].size(); ++i) {
+        double end = start[r][i] + cost(orders[r][i].piece);
+        if (end > produced && end <= consumed) candidates.push_back(end);
+      }
+    std::sort(candidates.begin(), candidates.end());
+    for (double t : candidates)
+      if (!busyAt(sender, t) && !busyAt(receiver, t)) return t;
+    return produced;
+  };
   struct Item {
     double time;
     int transfersFirst;  // 0 for a transfer, 1 for a compute
@@ -216,9 +239,12 @@ bool placeTransfers(const std::vector<std::vector<Step>>& orders, const Schedule
     for (size_t i = 0; i < orders[r].size(); ++i) {
       const Step& s = orders[r][i];
       items[r].push_back({start[r][i], 1, r, int(i), 0, s, {}});
-      double tau = start[r][i] + cost(s.piece);
+      double produced = start[r][i] + cost(s.piece);
       int idx = 0;
       for (const Transfer& t : sendsOf(s, r, P, chunks)) {
+        size_t consumer = size_t(t.microbatch) * chunks + (t.what == Payload::Activation ? t.chunk + 1 : t.chunk - 1);
+        double tau = rendezvousTime(r, t.peer, produced,
+                                    t.what == Payload::Activation ? fStart[consumer] : bStart[consumer]);
         items[r].push_back({tau, 0, r, int(i), idx, {}, t});
         Transfer recv = t;
         recv.isSend = false;

@@ -269,9 +269,7 @@ private:
                          ", chunk " + std::to_string(c - 1) + "), which rank " + std::to_string(r) +
                          " has not run before");
         } else if (!gotActivation_[r][key(mb, c - 1)]) {
-          return error(where + " needs the " + payloadText(Payload::Activation, mb, c - 1) + " from rank " +
-                       std::to_string(rankOf(c - 1)) + ", which no earlier step of rank " + std::to_string(r) +
-                       " receives");
+          return error(missingInput(where, r, Payload::Activation, mb, c - 1));
         }
       }
       cost = c_.forward[c];
@@ -286,9 +284,7 @@ private:
                          ", chunk " + std::to_string(c + 1) + "), which rank " + std::to_string(r) +
                          " has not run before");
         } else if (!gotGradient_[r][key(mb, c + 1)]) {
-          return error(where + " needs the " + payloadText(Payload::Gradient, mb, c + 1) + " from rank " +
-                       std::to_string(rankOf(c + 1)) + ", which no earlier step of rank " + std::to_string(r) +
-                       " receives");
+          return error(missingInput(where, r, Payload::Gradient, mb, c + 1));
         }
       }
       cost = splitBackward_ ? c_.backward[c] : c_.backward[c] + c_.weight[c];
@@ -309,6 +305,19 @@ private:
     finishStep(r, clock_[r], clock_[r] + cost);
     moved = true;
     return true;
+  }
+
+  // "<where> needs the activation (...) that rank q sends at step s, which no
+  // earlier step of rank r receives" (or "..., which rank q never sends").
+  std::string missingInput(const std::string& where, int r, Payload what, int mb, int chunk) const {
+    int from = rankOf(chunk);
+    std::string msg = where + " needs the " + payloadText(what, mb, chunk);
+    for (size_t i = 0; i < s_.ranks[from].size(); ++i)
+      for (const Transfer& t : s_.ranks[from][i].transfers)
+        if (t.isSend && t.what == what && t.microbatch == mb && t.chunk == chunk && t.peer == r)
+          return msg + " that rank " + std::to_string(from) + " sends at step " + std::to_string(i) +
+                 ", which no earlier step of rank " + std::to_string(r) + " receives";
+    return msg + " from rank " + std::to_string(from) + ", which never sends it to rank " + std::to_string(r);
   }
 
   // A send must carry a piece this rank ran, to the rank that consumes it.
