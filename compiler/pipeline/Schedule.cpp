@@ -154,17 +154,22 @@ Step group(std::vector<Transfer> transfers) {
 // ends, so that no wait can close a cycle under rendezvous semantics.
 //  1. Time the compute orders as soon as dataflow allows (F 1, B 1 + W 1 or,
 //     split, B 1 and W 1; transfers free).
-//  2. A transfer happens at tau = the end of the piece producing it. Each
-//     rank's steps are sorted by (time, transfers before computes, sender
-//     rank, sender step): computes by their start, transfers by tau. The
-//     producer starts before tau and the consumer at or after it, so sends
-//     follow their producer and receives precede their consumer.
+//  2. A transfer happens at tau, the first time from the end of its producer
+//     to the start of its consumer at which neither rank is inside a piece
+//     (so, under these costs, the rendezvous stalls neither); the producer's
+//     end if there is none. Each rank's steps are sorted by (time, transfers
+//     before computes, sender rank, sender piece): computes by their start,
+//     transfers by tau. So sends follow their producer and receives precede
+//     their consumer.
 //  3. Consecutive transfers of a rank (no compute between) form one group.
-// Why it cannot deadlock: every rank's steps are in the order of one global
-// key, and a pair of transfers has one key on both ends; a rank waits at a
-// group only for partners whose earlier steps all have smaller keys, so by
-// induction on the key every transfer is eventually matched. FIFO order
-// holds too, since both ends of every ordered pair are sorted by that key.
+// Why it cannot deadlock, whatever the real costs: every rank's steps are in
+// the order of one global key, and a pair of transfers has one key on both
+// ends; the groups before a transfer on either end hold only transfers of
+// smaller keys, so by induction on the key every transfer is matched. FIFO
+// order holds too: both ends of every ordered pair are sorted by that key.
+// Known gap: for interleaved with P != 4 and m > P, the pieces of
+// neighbouring ranks do not always leave a common free instant, and the
+// fallback stalls (see InterleavedBubbleIsPMinus1OverVMPlusPMinus1).
 bool placeTransfers(const std::vector<std::vector<Step>>& orders, const ScheduleSpec& spec,
                     std::vector<std::vector<Step>>& out, std::string& error) {
   const int P = spec.stages, chunks = spec.stages * spec.virtualStages, m = spec.microbatches;
