@@ -14,7 +14,7 @@ if(MTC_BUILD_COMPILER)
           DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.inc")
   install(DIRECTORY ${PROJECT_BINARY_DIR}/compiler/include/mtc
           DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.inc")
-  install(TARGETS MtcDialect MtcTransforms mtc_spec EXPORT mtcTargets
+  install(TARGETS MtcDialect MtcTransforms mtc_spec mtc_pipeline EXPORT mtcTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 endif()
 

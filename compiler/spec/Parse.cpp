@@ -570,6 +570,7 @@ class Parser {
         {"virtual_stages", integer(p.virtual_stages), nullptr},
         {"microbatches", count(p.microbatches), nullptr},
         {"schedule", enumeration(p.schedule), nullptr},
+        {"pipeline_layout", string(p.pipeline_layout), nullptr},
         {"distributed_optimizer", boolean(p.distributed_optimizer), nullptr},
     };
     fields_["training"] = {

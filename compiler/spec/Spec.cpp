@@ -54,6 +54,7 @@ const char* toString(Schedule v) {
     case Schedule::gpipe: return "gpipe";
     case Schedule::one_f_one_b: return "1f1b";
     case Schedule::interleaved: return "interleaved";
+    case Schedule::zb_h1: return "zb-h1";
   }
   return "?";
 }
@@ -84,6 +85,10 @@ const char* toString(LrDecay v) {
 
 std::optional<Recompute> parseRecompute(const std::string& s) {
   return detail::enumFromString<Recompute>(s);
+}
+
+std::optional<Schedule> parseSchedule(const std::string& s) {
+  return detail::enumFromString<Schedule>(s);
 }
 
 int64_t defaultFfnHiddenSize(int64_t hidden_size, Activation activation) {

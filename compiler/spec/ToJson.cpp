@@ -59,6 +59,7 @@ std::string toJson(const Spec& spec) {
   if (int64_t mb = p.microbatches.value_or(spec.numMicrobatches()); mb > 0)
     parallel["microbatches"] = mb;
   parallel["schedule"] = toString(p.schedule);
+  parallel["pipeline_layout"] = p.pipeline_layout;
   parallel["distributed_optimizer"] = p.distributed_optimizer;
 
   Json optimizer;

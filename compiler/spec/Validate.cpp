@@ -281,7 +281,19 @@ class Checker {
                    hint);
       }
     }
-    if (ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages"})) {
+    const bool own_layout = !p.pipeline_layout.empty() && p.pipeline_layout != "auto";
+    if (own_layout && ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages",
+                          "parallel.pipeline_layout"}) &&
+        (Wide)p.pp * p.virtual_stages <= kMaxInt) {
+      std::vector<LayoutChunk> chunks;
+      std::string why;
+      if (!resolvePipelineLayout(p.pipeline_layout, m.num_layers, p.pp * p.virtual_stages, chunks,
+                                 why))
+        fail({"parallel.pipeline_layout", "parallel.pp", "parallel.virtual_stages",
+              "model.num_layers"},
+             "'" + p.pipeline_layout + "' " + why);
+    }
+    if (!own_layout && ok({"model.num_layers", "parallel.pp", "parallel.virtual_stages"})) {
       Wide chunks = (Wide)p.pp * p.virtual_stages;
       if (m.num_layers < chunks)
         fail({"parallel.pp", "model.num_layers", "parallel.virtual_stages"},
@@ -502,6 +514,25 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
           kFlagGlobalBatchSize);
     apply(spec.recompute, overrides.recompute, "recompute", kFlagRecompute);
     apply(spec.training.train_steps, overrides.train_steps, "training.train_steps", kFlagTrainIters);
+    apply(spec.parallel.schedule, overrides.schedule, "parallel.schedule", kFlagSchedule);
+    apply(spec.parallel.virtual_stages, overrides.virtual_stages, "parallel.virtual_stages",
+          kFlagVirtualStages);
+    if (overrides.layers_per_virtual_stage) {
+      // After --pp and the spec's layers are known; num_layers is checked
+      // on its own below, so a bad one is not reported twice here.
+      const int64_t per = *overrides.layers_per_virtual_stage, pp = spec.parallel.pp;
+      const int64_t layers = spec.model.num_layers;
+      if (per < 1 || pp < 1 || layers < 1 || layers % (pp * per) != 0) {
+        diags.push_back({kFlagLayersPerVirtualStage,
+                         "must be >= 1 and divide num_layers / pp = " + std::to_string(layers) +
+                             " / " + std::to_string(pp) + " evenly, got " + std::to_string(per)});
+        return false;
+      }
+      spec.parallel.virtual_stages = layers / (pp * per);
+      ctx.flags["parallel.virtual_stages"] = kFlagLayersPerVirtualStage;
+    }
+    apply(spec.parallel.pipeline_layout, overrides.pipeline_layout, "parallel.pipeline_layout",
+          kFlagPipelineLayout);
 
     // Defaults a Spec built in code may leave at 0; a default taken from a
     // bad field is bad too (reported once, at the field).

@@ -130,6 +130,29 @@ static cl::opt<std::string> tpAllReduce(
 static cl::opt<int64_t> trainSteps("train-iters",
                                    cl::desc("Default number of training steps"),
                                    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> pipelineSchedule(
+    "pipeline-schedule",
+    cl::desc("Pipeline schedule (pp > 1): 1f1b (default), gpipe, interleaved "
+             "(with --virtual-pipeline-model-parallel-size > 1) or zb-h1 "
+             "(zero bubble, Qi et al. 2024: 1F1B's memory, a third of its "
+             "bubble)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> virtualStages(
+    "virtual-pipeline-model-parallel-size",
+    cl::desc("Virtual pipeline chunks per pipeline rank (interleaved 1F1B)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> layersPerVirtualStage(
+    "num-layers-per-virtual-pipeline-stage",
+    cl::desc("Layers per virtual pipeline chunk (Megatron's older flag: "
+             "virtual chunks per rank = layers / pp / this)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> pipelineLayout(
+    "pipeline-model-parallel-layout",
+    cl::desc("Layers of each pipeline chunk: 'auto' (balanced by cost, "
+             "embedding and LM head included) or Megatron's syntax, chunks "
+             "separated by '|': \"E,t*3|t*4|t*4|t*3,L\" (E embedding, t a "
+             "layer, L final norm + LM head + loss); default even"),
+    cl::sub(compileCmd), cl::cat(planCat));
 
 /// Where mtcConfig.cmake is: the build tree this mtc came from, or the
 /// install tree next to the binary.
@@ -243,6 +266,26 @@ int main(int argc, char **argv) {
     o.global_batch_size = globalBatch;
   if (trainSteps.getNumOccurrences())
     o.train_steps = trainSteps;
+  if (pipelineSchedule.getNumOccurrences()) {
+    o.schedule = mtc::spec::parseSchedule(pipelineSchedule);
+    if (!o.schedule) {
+      llvm::errs() << "mtc: error: --pipeline-schedule '" << pipelineSchedule
+                   << "' is not one of gpipe, 1f1b, interleaved, zb-h1\n";
+      return 1;
+    }
+  }
+  if (virtualStages.getNumOccurrences() &&
+      layersPerVirtualStage.getNumOccurrences()) {
+    llvm::errs() << "mtc: error: give --virtual-pipeline-model-parallel-size "
+                    "or --num-layers-per-virtual-pipeline-stage, not both\n";
+    return 1;
+  }
+  if (virtualStages.getNumOccurrences())
+    o.virtual_stages = virtualStages;
+  if (layersPerVirtualStage.getNumOccurrences())
+    o.layers_per_virtual_stage = layersPerVirtualStage;
+  if (pipelineLayout.getNumOccurrences())
+    o.pipeline_layout = pipelineLayout;
   if (recompute.getNumOccurrences()) {
     o.recompute = mtc::spec::parseRecompute(recompute);
     if (!o.recompute) {

@@ -180,17 +180,20 @@ void Importer::setModuleAttributes(ModuleOp module) {
           b.getNamedAttr("grad_clip", f64(t.grad_clip)),
           b.getNamedAttr("seed", i64(int64_t(t.seed))),
       }));
-  module->setAttr("mtc.parallel",
-                  b.getDictionaryAttr({
-                      b.getNamedAttr("tp", i64(p.tp)),
-                      b.getNamedAttr("pp", i64(p.pp)),
-                      b.getNamedAttr("dp", i64(p.dp)),
-                      b.getNamedAttr("sp", b.getBoolAttr(p.sp)),
-                      b.getNamedAttr("virtual_stages", i64(p.virtual_stages)),
-                      b.getNamedAttr("schedule", str(toString(p.schedule))),
-                      b.getNamedAttr("distributed_optimizer",
-                                     b.getBoolAttr(p.distributed_optimizer)),
-                  }));
+  SmallVector<NamedAttribute> parallel = {
+      b.getNamedAttr("tp", i64(p.tp)),
+      b.getNamedAttr("pp", i64(p.pp)),
+      b.getNamedAttr("dp", i64(p.dp)),
+      b.getNamedAttr("sp", b.getBoolAttr(p.sp)),
+      b.getNamedAttr("virtual_stages", i64(p.virtual_stages)),
+      b.getNamedAttr("schedule", str(toString(p.schedule))),
+      b.getNamedAttr("distributed_optimizer",
+                     b.getBoolAttr(p.distributed_optimizer)),
+  };
+  // Only when given: "" (even) is the default.
+  if (!p.pipeline_layout.empty())
+    parallel.push_back(b.getNamedAttr("layout", str(p.pipeline_layout.c_str())));
+  module->setAttr("mtc.parallel", b.getDictionaryAttr(parallel));
   module->setAttr("mtc.recompute", str(toString(spec.recompute)));
 }
 

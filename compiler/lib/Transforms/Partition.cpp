@@ -289,12 +289,6 @@ struct PartitionPass : public mtc::impl::MtcPartitionBase<PartitionPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     mtc::GridShape shape = mtc::getGridShape(module);
-    if (shape.pp > 1) {
-      module.emitError("mtc-partition: pipeline parallelism (pp = ")
-          << shape.pp << ") is not implemented yet";
-      return signalPassFailure();
-    }
-
     if (shape.tp == 1)
       return; // nothing is split; data parallelism needs no rewrite
     shard::GridOp grid = mtc::getOrCreateGrid(module);

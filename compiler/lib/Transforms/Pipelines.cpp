@@ -31,6 +31,12 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   // Scheduling: weight-gradient work beside the collectives in flight.
   if (scheduleWeightGradients)
     pm.addPass(createMtcScheduleWeightGradients());
+  // Pipeline parallelism (no-ops when pp = 1): chunks, pieces, each rank's
+  // step in schedule order, and the proof that the steps cannot deadlock.
+  pm.addPass(createMtcPipelineStages());
+  pm.addPass(createMtcPipelineSplit());
+  pm.addPass(createMtcPipelineSchedule());
+  pm.addPass(createMtcVerifyPipeline());
   return success();
 }
 

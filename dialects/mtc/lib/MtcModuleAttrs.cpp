@@ -32,6 +32,8 @@
 //  - mtc.model: a non-empty string. mtc.tp_backward_lanes: a unit attribute.
 //    mtc.tp_lanes: "two-streams" or "one-stream"; mtc.tp_allreduce: "auto"
 //    or "nccl" (code-generation options).
+//  - mtc.pipeline_layout (mtc-pipeline-stages): an array of strings, one
+//    per pipeline chunk (pp * virtual_stages of mtc.parallel).
 //  - No other mtc.* attribute on a module (a misspelled one would be
 //    silently ignored), and the module's attributes only on a module.
 //
@@ -150,6 +152,19 @@ public:
     return b.getValue();
   }
 
+  /// Any string (its meaning is checked where it is used).
+  std::optional<StringRef> string(StringRef key) {
+    Attribute a = take(key);
+    if (!a)
+      return std::nullopt;
+    auto s = dyn_cast<StringAttr>(a);
+    if (!s) {
+      fail(key) << "must be a string, got " << a;
+      return std::nullopt;
+    }
+    return s.getValue();
+  }
+
   /// One of `valid`.
   std::optional<StringRef> oneOf(StringRef key,
                                  ArrayRef<llvm::StringLiteral> valid) {
@@ -216,15 +231,17 @@ DictionaryAttr dictOf(Operation *op, NamedAttribute attr) {
   return dict;
 }
 
-/// The data-parallel size mtc.parallel gives (1 when absent or bad: that is
-/// reported there).
-int64_t dataParallelSize(ModuleOp module) {
+/// A size mtc.parallel gives (1 when absent or bad: that is reported
+/// there).
+int64_t parallelSize(ModuleOp module, StringRef key) {
   auto plan = module->getAttrOfType<DictionaryAttr>(kParallel);
-  auto dp = plan ? plan.getAs<IntegerAttr>("dp") : IntegerAttr();
-  return dp && dp.getType().isSignlessInteger(64) && dp.getInt() >= 1
-             ? dp.getInt()
+  auto v = plan ? plan.getAs<IntegerAttr>(key) : IntegerAttr();
+  return v && v.getType().isSignlessInteger(64) && v.getInt() >= 1
+             ? v.getInt()
              : 1;
 }
+
+int64_t dataParallelSize(ModuleOp module) { return parallelSize(module, "dp"); }
 
 LogicalResult verifyParallel(ModuleOp module, NamedAttribute attr) {
   DictionaryAttr dict = dictOf(module, attr);
@@ -236,7 +253,8 @@ LogicalResult verifyParallel(ModuleOp module, NamedAttribute attr) {
   c.integer("virtual_stages", 1);
   std::optional<bool> sp = c.boolean("sp");
   c.boolean("distributed_optimizer");
-  c.oneOf("schedule", {"gpipe", "1f1b", "interleaved"});
+  c.oneOf("schedule", {"gpipe", "1f1b", "interleaved", "zb-h1"});
+  c.string("layout");
   if (failed(c.finish()))
     return failure();
   int64_t t = tp.value_or(1), p = pp.value_or(1), d = dp.value_or(1);
@@ -378,6 +396,19 @@ LogicalResult MtcDialect::verifyOperationAttribute(Operation *op,
                                << attr.getValue();
     return success();
   }
+  if (name == kPipelineLayoutAttr) {
+    auto a = dyn_cast<ArrayAttr>(attr.getValue());
+    const int64_t chunks = parallelSize(module, "pp") *
+                           parallelSize(module, "virtual_stages");
+    if (!a || int64_t(a.size()) != chunks ||
+        !llvm::all_of(a, [](Attribute e) { return isa<StringAttr>(e); }))
+      return op->emitOpError()
+             << "attribute '" << kPipelineLayoutAttr
+             << "' must be an array of " << chunks
+             << " strings (one per pipeline chunk, pp * virtual_stages), got "
+             << attr.getValue();
+    return success();
+  }
   if (name == kBackwardLanes) {
     if (!isa<UnitAttr>(attr.getValue()))
       return op->emitOpError() << "attribute '" << kBackwardLanes
@@ -401,5 +432,6 @@ LogicalResult MtcDialect::verifyOperationAttribute(Operation *op,
                            << "' (known: " << kModel << ", " << kParallel
                            << ", " << kRecompute << ", " << kTraining << ", "
                            << kBackwardLanes << ", " << kTpLanes << ", "
-                           << kTpAllReduce << ")";
+                           << kTpAllReduce << ", " << kPipelineLayoutAttr
+                           << ")";
 }

@@ -455,5 +455,104 @@ LogicalResult AllGatherParamsOp::verify() {
   return success();
 }
 
+LogicalResult MicrobatchOp::verify() {
+  auto in = cast<RankedTensorType>(getBatch().getType());
+  auto out = cast<RankedTensorType>(getResult().getType());
+  if (in.getRank() != out.getRank() + 1 ||
+      in.getShape().drop_front() != out.getShape())
+    return emitOpError("takes (M, ...) to one (...) microbatch, got ")
+           << in << " -> " << out;
+  if (getIndex() < 0 || getIndex() >= in.getDimSize(0))
+    return emitOpError("microbatch ")
+           << getIndex() << " is outside [0, " << in.getDimSize(0) << ")";
+  return success();
+}
+
+bool mtc::parsePipelineTransfer(Attribute attr, PipelineTransfer &out,
+                                std::string &why) {
+  auto d = dyn_cast<DictionaryAttr>(attr);
+  const char *shape =
+      "a transfer is a dictionary {kind, payload, microbatch, chunk, index, peer}";
+  if (!d || d.size() != 6) {
+    why = shape;
+    return false;
+  }
+  auto kind = d.getAs<StringAttr>("kind");
+  auto payload = d.getAs<StringAttr>("payload");
+  auto mb = d.getAs<IntegerAttr>("microbatch");
+  auto chunk = d.getAs<IntegerAttr>("chunk");
+  auto index = d.getAs<IntegerAttr>("index");
+  auto peer = d.getAs<IntegerAttr>("peer");
+  if (!kind || !payload || !mb || !chunk || !index || !peer) {
+    why = shape;
+    return false;
+  }
+  if (kind.getValue() != "send" && kind.getValue() != "recv") {
+    why = "kind must be \"send\" or \"recv\", got \"" + kind.getValue().str() + "\"";
+    return false;
+  }
+  if (payload.getValue() != "activation" && payload.getValue() != "gradient") {
+    why = "payload must be \"activation\" or \"gradient\", got \"" +
+          payload.getValue().str() + "\"";
+    return false;
+  }
+  out.send = kind.getValue() == "send";
+  out.gradient = payload.getValue() == "gradient";
+  out.microbatch = mb.getInt();
+  out.chunk = chunk.getInt();
+  out.index = index.getInt();
+  out.peer = peer.getInt();
+  if (out.microbatch < 0 || out.chunk < 0 || out.index < 0 || out.peer < 0) {
+    why = "microbatch, chunk, index and peer must be >= 0";
+    return false;
+  }
+  return true;
+}
+
+DictionaryAttr mtc::buildPipelineTransfer(MLIRContext *ctx,
+                                          const PipelineTransfer &t) {
+  Builder b(ctx);
+  return b.getDictionaryAttr({
+      b.getNamedAttr("kind", b.getStringAttr(t.send ? "send" : "recv")),
+      b.getNamedAttr("payload",
+                     b.getStringAttr(t.gradient ? "gradient" : "activation")),
+      b.getNamedAttr("microbatch", b.getI64IntegerAttr(t.microbatch)),
+      b.getNamedAttr("chunk", b.getI64IntegerAttr(t.chunk)),
+      b.getNamedAttr("index", b.getI64IntegerAttr(t.index)),
+      b.getNamedAttr("peer", b.getI64IntegerAttr(t.peer)),
+  });
+}
+
+LogicalResult P2POp::verify() {
+  unsigned sends = 0, recvs = 0;
+  for (auto [i, a] : llvm::enumerate(getTransfers())) {
+    PipelineTransfer t;
+    std::string why;
+    if (!parsePipelineTransfer(a, t, why))
+      return emitOpError("transfer ") << i << ": " << why;
+    if (t.send) {
+      if (sends >= getSends().size())
+        return emitOpError("transfer ")
+               << i << " sends, but the op has only " << getSends().size()
+               << " operand(s)";
+      ++sends;
+    } else {
+      if (recvs >= getRecvs().size())
+        return emitOpError("transfer ")
+               << i << " receives, but the op has only " << getRecvs().size()
+               << " result(s)";
+      ++recvs;
+    }
+  }
+  if (sends != getSends().size() || recvs != getRecvs().size())
+    return emitOpError("has ")
+           << getSends().size() << " operand(s) and " << getRecvs().size()
+           << " result(s) but its transfers send " << sends << " and receive "
+           << recvs;
+  if (getTransfers().empty())
+    return emitOpError("has no transfers");
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "mtc/Dialect/MtcOps.cpp.inc"

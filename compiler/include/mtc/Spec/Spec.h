@@ -18,7 +18,7 @@ enum class NormKind { layernorm, rmsnorm };
 enum class NormPlacement { pre, post };
 enum class Activation { gelu, gelu_tanh, swiglu, squared_relu };
 enum class PositionKind { learned, rope };
-enum class Schedule { gpipe, one_f_one_b, interleaved };   // "gpipe" | "1f1b" | "interleaved"
+enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };   // "gpipe" | "1f1b" | "interleaved" | "zb-h1"
 enum class Recompute { none, selective, full };
 enum class Precision { fp32, bf16, fp16 };
 enum class LrDecay { constant, linear, cosine };
@@ -57,6 +57,12 @@ struct ParallelSpec {
   bool sp = false;
   int64_t virtual_stages = 1;    // virtual pipeline chunks per stage
   Schedule schedule = Schedule::one_f_one_b;
+  // Which layers each pipeline chunk holds: "" (even), "auto" (balanced by
+  // the ops' cost, embedding and LM head included) or Megatron's
+  // --pipeline-model-parallel-layout syntax, chunks separated by '|'
+  // ("E,t*3|t*4|t*4|t*3,L"; E the embedding, t a layer, L the final norm,
+  // LM head and loss). The compiler checks a layout against the model.
+  std::string pipeline_layout;
   bool distributed_optimizer = false;
   // As written in the spec ("parallel.microbatches"); when present it must
   // equal global_batch_size / (micro_batch_size * dp).
@@ -116,6 +122,10 @@ inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
 inline constexpr const char* kFlagGlobalBatchSize = "--global-batch-size";
 inline constexpr const char* kFlagRecompute = "--recompute";
 inline constexpr const char* kFlagTrainIters = "--train-iters";
+inline constexpr const char* kFlagSchedule = "--pipeline-schedule";
+inline constexpr const char* kFlagVirtualStages = "--virtual-pipeline-model-parallel-size";
+inline constexpr const char* kFlagLayersPerVirtualStage = "--num-layers-per-virtual-pipeline-stage";
+inline constexpr const char* kFlagPipelineLayout = "--pipeline-model-parallel-layout";
 
 struct Overrides {
   std::optional<int64_t> tp, pp, dp, micro_batch_size, global_batch_size;
@@ -123,6 +133,12 @@ struct Overrides {
   std::optional<bool> distributed_optimizer;
   std::optional<Recompute> recompute;
   std::optional<int64_t> train_steps;
+  std::optional<Schedule> schedule;
+  std::optional<int64_t> virtual_stages;
+  // Megatron's --num-layers-per-virtual-pipeline-stage: virtual_stages =
+  // num_layers / (pp * this), which must divide.
+  std::optional<int64_t> layers_per_virtual_stage;
+  std::optional<std::string> pipeline_layout;
 };
 
 // Parses `text` (the contents of a spec file). On failure returns nullopt and
@@ -155,6 +171,30 @@ std::string toJson(const Spec& spec);
 
 // Parses enum spellings shared with the command line ("selective", ...).
 std::optional<Recompute> parseRecompute(const std::string& s);
+std::optional<Schedule> parseSchedule(const std::string& s);
+
+// One pipeline chunk of a layout: whether it holds the embedding (E), its
+// transformer layers [first_layer, first_layer + num_layers), and whether
+// it holds the final norm, LM head and loss (L).
+struct LayoutChunk {
+  bool embedding = false;
+  int64_t first_layer = 0, num_layers = 0;
+  bool head = false;
+};
+
+// Resolves parallel.pipeline_layout for `num_layers` layers and `chunks` =
+// pp * virtual_stages chunks in model order (chunk c runs on pipeline rank
+// c % pp). "" splits the layers evenly (the first chunks take one more when
+// they do not divide), the embedding on the first chunk and the head on the
+// last. An explicit layout is Megatron's syntax: chunks separated by '|',
+// each a comma-separated list of E, t and L, any of them repeated as "t*3"
+// (whitespace ignored; a chunk may be empty). E must open the first chunk
+// and L close the last, and the layout must hold exactly `num_layers` t's.
+// "auto" is not resolved here (the compiler balances it from the ops' cost).
+// On failure returns false and says what is wrong: the chunk count, the
+// missing or extra layer, a misplaced E or L, an unknown token.
+bool resolvePipelineLayout(const std::string& layout, int64_t num_layers, int64_t chunks,
+                           std::vector<LayoutChunk>& out, std::string& error);
 const char* toString(Arch);
 const char* toString(NormKind);
 const char* toString(NormPlacement);

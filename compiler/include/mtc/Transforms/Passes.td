@@ -217,4 +217,62 @@ def MtcPlanBuckets : Pass<"mtc-plan-buckets", "::mlir::ModuleOp"> {
   }];
 }
 
+//===----------------------------------------------------------------------===//
+// Pipeline parallelism (mtc/Transforms/Pipeline.h). Each reads the module's
+// `mtc.parallel` (pp, virtual_stages, schedule, layout) and does nothing
+// when pp = 1.
+//===----------------------------------------------------------------------===//
+
+def MtcPipelineStages : Pass<"mtc-pipeline-stages", "::mlir::ModuleOp"> {
+  let summary = "Assigns every op to a pipeline model chunk";
+  let description = [{
+    Writes `mtc.chunk = c` on every op of @forward and @train_step (the
+    model chunk, 0 .. pp * virtual_stages - 1 in model order, that runs
+    it; chunk c runs on pipeline rank c % pp) and the module's
+    `mtc.pipeline_layout`. The layout is even by default, the user's in
+    Megatron's syntax (`"E,t*3|t*4|t*4|t*3,L"`, checked against the model),
+    or `auto`: contiguous chunks whose largest cost (FLOPs, the embedding
+    and LM head included) is smallest.
+  }];
+}
+
+def MtcPipelineSplit : Pass<"mtc-pipeline-split", "::mlir::ModuleOp"> {
+  let summary = "Cuts the training step into per-chunk pieces";
+  let description = [{
+    From the `mtc.chunk` annotations: @chunk<c>_forward, @chunk<c>_backward
+    (and @chunk<c>_weight, the weight-gradient half, under the zero-bubble
+    schedule), @chunk<c>_eval from @forward, with explicit activation,
+    gradient and saved-value arguments and results; @optimizer_step_pp<r>
+    per pipeline rank (its parameters, tied copies summed over the ranks
+    that hold them, the gradient norm summed over the pipeline).
+  }];
+}
+
+def MtcPipelineSchedule : Pass<"mtc-pipeline-schedule", "::mlir::ModuleOp"> {
+  let summary = "Each pipeline rank's step as straight-line IR";
+  let description = [{
+    Builds @pipeline_step_pp<r>(tokens, targets) for every pipeline rank:
+    the schedule's order (gpipe, 1f1b, interleaved, zb-h1; the module's
+    `mtc.parallel.schedule`) of piece calls, one per microbatch and chunk,
+    with `mtc.p2p` groups sending and receiving activations and gradients,
+    and `mtc.pipeline_loss` where the last chunk computes a loss; and
+    @pipeline_eval_pp<r>, the forward pieces one microbatch after another.
+    The values a piece saves for its backward piece live in the step
+    function from the one call to the other, so the buffer plan sees every
+    microbatch in flight.
+  }];
+}
+
+def MtcVerifyPipeline : Pass<"mtc-verify-pipeline", "::mlir::ModuleOp"> {
+  let summary = "Proves every rank's pipeline step free of deadlock";
+  let description = [{
+    Reads each @pipeline_step_pp<r> back into a schedule and simulates all
+    ranks together with rendezvous semantics (a transfer completes only
+    when the peer has posted its counterpart): every send must meet its
+    receive with the same payload in the same order, no rank may wait
+    forever, and every piece must run once after its inputs exist. A
+    failure names the ranks and the steps.
+  }];
+}
+
 #endif // MTC_TRANSFORMS_PASSES_TD

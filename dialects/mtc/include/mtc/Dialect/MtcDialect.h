@@ -65,6 +65,10 @@ std::string flag(bool v);
 inline constexpr llvm::StringLiteral kTpBackwardLanesAttr = "mtc.tp_backward_lanes";
 inline constexpr llvm::StringLiteral kTpLanesAttr = "mtc.tp_lanes";
 inline constexpr llvm::StringLiteral kTpAllReduceAttr = "mtc.tp_allreduce";
+/// Written by mtc-pipeline-stages: each pipeline chunk's part of the model in
+/// Megatron's layout syntax ("E,t*3", "t*4", ..., "t*3,L"), one string per
+/// chunk.
+inline constexpr llvm::StringLiteral kPipelineLayoutAttr = "mtc.pipeline_layout";
 
 namespace OpTrait {
 /// The activation between an MLP's two linears (gelu, swiglu,
@@ -91,6 +95,20 @@ namespace mtc {
 /// Registers the upstream ShardingInterface models of mtc ops
 /// (MtcSharding.cpp). Call on a DialectRegistry before creating a context.
 void registerShardingInterfaceExternalModels(mlir::DialectRegistry &registry);
+
+/// One entry of `mtc.p2p`'s transfers (the op's verifier checked it).
+struct PipelineTransfer {
+  bool send = false;     // else a receive
+  bool gradient = false; // else an activation
+  int64_t microbatch = 0, chunk = 0;
+  int64_t index = 0; // which tensor of the boundary (most have one)
+  int64_t peer = 0;
+};
+/// Reads a transfer dictionary; on failure returns false and sets `why`.
+bool parsePipelineTransfer(mlir::Attribute attr, PipelineTransfer &out,
+                           std::string &why);
+mlir::DictionaryAttr buildPipelineTransfer(mlir::MLIRContext *ctx,
+                                           const PipelineTransfer &t);
 } // namespace mtc
 
 #endif // MTC_DIALECT_MTCDIALECT_H

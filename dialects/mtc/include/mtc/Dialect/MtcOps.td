@@ -711,4 +711,92 @@ def Mtc_AllGatherParamsOp : Mtc_Op<"all_gather_params", [
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Pipeline parallelism: the ops of a rank's schedule (mtc-pipeline-schedule)
+//===----------------------------------------------------------------------===//
+
+def Mtc_MicrobatchOp : Mtc_Op<"microbatch", [Pure]> {
+  let summary = "One microbatch of the step's batch.";
+  let description = [{
+    A pipeline step takes every microbatch of the optimizer step at once,
+    (M, B, S) token ids; `mtc.microbatch` is microbatch `index` of it, a
+    (B, S) view.
+
+    ```mlir
+    %t3 = mtc.microbatch %tokens[3] : tensor<8x4x64xi32> -> tensor<4x64xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_TokenTensor:$batch, I64Attr:$index);
+  let results = (outs Mtc_TokenTensor:$result);
+  let assemblyFormat =
+      "$batch `[` $index `]` attr-dict `:` type($batch) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Mtc_P2POp : Mtc_Op<"p2p", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "A group of pipeline sends and receives, posted together.";
+  let description = [{
+    Point-to-point transfers along the pipeline axis of @mtc_grid that start
+    together and complete together (NCCL group semantics; Megatron's batched
+    isend/irecv, e.g. send_forward_recv_backward). `transfers` lists them in
+    order; each is a dictionary:
+      kind = "send" | "recv", payload = "activation" | "gradient",
+      microbatch, chunk (the chunk that sent it), index (which tensor of
+      that chunk's boundary; most have one), peer (pipeline rank).
+    The sends take the operands in order, the receives give the results in
+    order. mtc-verify-pipeline proves that every rank's transfers meet their
+    peers' in an order that cannot deadlock.
+
+    ```mlir
+    %g = mtc.p2p(%act) transfers = [
+        {kind = "send", payload = "activation", microbatch = 4 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64},
+        {kind = "recv", payload = "gradient", microbatch = 1 : i64, chunk = 1 : i64, index = 0 : i64, peer = 1 : i64} ]
+        : (tensor<4x64x128xf32>) -> tensor<4x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<Mtc_FloatTensor>:$sends, ArrayAttr:$transfers);
+  let results = (outs Variadic<Mtc_FloatTensor>:$recvs);
+  let assemblyFormat = [{
+    `(` $sends `)` `transfers` `=` $transfers attr-dict `:`
+    functional-type($sends, $recvs)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_PipelineLossOp : Mtc_Op<"pipeline_loss", [MemoryEffects<[MemWrite]>]> {
+  let summary = "Records the loss of one microbatch of a pipeline step.";
+  let description = [{
+    The last pipeline chunk computes each microbatch's mean loss; the step
+    records it for the runtime (its sum over the microbatches, divided by
+    their number, is the step's loss; ranks without the loss record none).
+
+    ```mlir
+    mtc.pipeline_loss %loss microbatch = 3 : tensor<f32>
+    ```
+  }];
+  let arguments = (ins Mtc_ScalarF32:$loss, I64Attr:$microbatch);
+  let assemblyFormat = "$loss `microbatch` `=` $microbatch attr-dict `:` type($loss)";
+}
+
+def Mtc_SumTiedGradientsOp : Mtc_Op<"sum_tied_gradients", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Sums a parameter's gradient over the pipeline ranks that hold it.";
+  let description = [{
+    A parameter used by chunks on several pipeline ranks (the word
+    embedding tied to the LM head: first and last rank) has a copy on each;
+    their gradients are summed over those `stages` before the optimizer, so
+    the copies stay equal (Megatron's embedding group). Every pipeline rank
+    runs the op; one that does not hold the parameter contributes zeros of
+    its `elements` (the local count, after tensor parallelism).
+
+    ```mlir
+    mtc.sum_tied_gradients "embedding.word_embeddings.weight" elements = 32768 stages = [0, 3]
+    ```
+  }];
+  let arguments = (ins StrAttr:$param, I64Attr:$elements,
+                   DenseI64ArrayAttr:$stages);
+  let assemblyFormat =
+      "$param `elements` `=` $elements `stages` `=` $stages attr-dict";
+}
+
 #endif // MTC_OPS_TD
