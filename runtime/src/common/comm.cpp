@@ -145,6 +145,34 @@ void Communicator::send_recv(const void* send_buf, int64_t send_n, int64_t send_
   });
 }
 
+void Communicator::p2p(const P2PTransfer* ops, int count, DType dtype, Stream stream) {
+  check_backend_args("p2p", dtype, stream);
+  std::vector<P2PTransfer> live;
+  for (int i = 0; i < count; ++i) {
+    const P2PTransfer& t = ops[i];
+    check_count("p2p", t.n, t.buf, t.buf);
+    check_peer("p2p", t.send ? "send peer" : "recv peer", t.peer, false);
+    if (t.n > 0) live.push_back(t);
+  }
+  if (live.empty()) return;
+  run("p2p", stream, [&] { do_p2p(live.data(), static_cast<int>(live.size()), dtype, stream); });
+}
+
+void Communicator::do_p2p(const P2PTransfer* ops, int count, DType dtype, Stream stream) {
+  const P2PTransfer* send = nullptr;
+  const P2PTransfer* recv = nullptr;
+  for (int i = 0; i < count; ++i) {
+    const P2PTransfer*& slot = ops[i].send ? send : recv;
+    if (slot != nullptr)
+      throw CommError(where("p2p") + ": backend " + backend() +
+                      " posts at most one send and one receive together");
+    slot = &ops[i];
+  }
+  do_send_recv(send ? send->buf : nullptr, send ? send->n : 0, send ? send->peer : -1,
+               recv ? recv->buf : nullptr, recv ? recv->n : 0, recv ? recv->peer : -1, dtype,
+               stream);
+}
+
 void Communicator::barrier() {
   run("barrier", nullptr, [&] { do_barrier(); });
 }
@@ -176,6 +204,9 @@ class CommAlias final : public Communicator {
   }
   void do_all_to_all(const void* send, void* recv, int64_t n, DType dt, Stream s) override {
     target_->do_all_to_all(send, recv, n, dt, s);
+  }
+  void do_p2p(const P2PTransfer* ops, int count, DType dt, Stream s) override {
+    target_->do_p2p(ops, count, dt, s);
   }
   void do_send_recv(const void* send_buf, int64_t send_n, int64_t send_peer, void* recv_buf,
                     int64_t recv_n, int64_t recv_peer, DType dt, Stream s) override {

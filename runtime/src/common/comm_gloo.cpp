@@ -178,6 +178,23 @@ class GlooCommunicator final : public Communicator {
     guard(name, [&] { exchange(send_buf, send_n, send_peer, recv_buf, recv_n, recv_peer); });
   }
 
+  void do_p2p(const P2PTransfer* ops, int count, DType, Stream) override {
+    guard("p2p", [&] {
+      // Post every send and receive, then wait for all of them.
+      std::vector<std::unique_ptr<::gloo::transport::UnboundBuffer>> bufs;
+      for (int i = 0; i < count; ++i) {
+        const P2PTransfer& t = ops[i];
+        bufs.push_back(ctx_->createUnboundBuffer(t.buf, static_cast<size_t>(t.n) * 4));
+        if (t.send) bufs.back()->send(static_cast<int>(t.peer), p2p_slot(send_seq_[t.peer]++));
+        else bufs.back()->recv(static_cast<int>(t.peer), p2p_slot(recv_seq_[t.peer]++));
+      }
+      for (int i = 0; i < count; ++i) {
+        if (ops[i].send ? !bufs[i]->waitSend(timeout_) : !bufs[i]->waitRecv(timeout_))
+          throw CommError(ops[i].send ? "a send was aborted" : "a recv was aborted");
+      }
+    });
+  }
+
   void do_barrier() override {
     guard("barrier", [&] {
       ::gloo::BarrierOptions opts(ctx_);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -68,33 +69,46 @@ void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* l
 }
 
 std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& program,
-                                         const ProgramDesc& global, const float* local) {
+                                         const ProgramDesc& global, const float* local,
+                                         bool sum_copies) {
   const GridIndex at = grid_index(comm);
-  const bool root = at[0] == 0 && at[1] == 0 && at[2] == 0;
-  std::vector<float> out(root ? static_cast<size_t>(global.num_param_elems) : 0);
+  const bool stage_root = at[1] == 0 && at[2] == 0;
+  const bool root = stage_root && at[0] == 0;
+  const bool pipeline = comm != nullptr && comm->size(0) > 1;
+  // Pipeline: every rank holds a global-sized buffer for the final sum over
+  // the pipeline axis (zeros where it has nothing to add).
+  std::vector<float> out(root || pipeline ? static_cast<size_t>(global.num_param_elems) : 0);
+  std::map<std::string, int64_t> global_offset;
+  for (const ParamDesc& g : global.params) global_offset[g.name] = g.offset;
   std::vector<float> scratch;  // a non-root member's copy of one gathered tensor
-  for (size_t k = 0; k < program.params.size(); ++k) {
-    const ParamDesc& d = program.params[k];
+  for (const ParamDesc& d : program.params) {
+    auto it = global_offset.find(d.name);
+    if (it == global_offset.end())
+      throw Error("parameter \"" + d.name + "\" is not in the checkpoint layout");
+    const bool contributes = d.pipeline_primary || sum_copies;
     const ParamSlice s = param_slice(d, program.grid, at);
+    float* place = out.empty() ? nullptr : out.data() + it->second;
     if (s.parts == 1) {
-      if (root) std::copy(local + d.offset, local + d.offset + d.numel,
-                          out.data() + global.params[k].offset);
+      if (stage_root && contributes && place != nullptr)
+        std::copy(local + d.offset, local + d.offset + d.numel, place);
       continue;
     }
     bool in_root_group = true;
-    for (int axis = 0; axis < 3; ++axis)
+    for (int axis = 1; axis < 3; ++axis)
       if (axis != d.split_axis && at[static_cast<size_t>(axis)] != 0) in_root_group = false;
     if (!in_root_group) continue;
     if (comm == nullptr)
       throw Error("parameter \"" + d.name + "\" is split over " + std::to_string(s.parts) +
                   " ranks but the run has no grid communicator");
-    float* dst = out.data() + (root ? global.params[k].offset : 0);
-    if (!root) {
+    float* dst = place;
+    if (!stage_root || !contributes) {
       scratch.resize(static_cast<size_t>(s.global_numel()));
       dst = scratch.data();
     }
     gather_slices(*comm, d.split_axis, s, local + d.offset, dst);
   }
+  if (pipeline) comm->all_reduce_sum(0, out.data(), static_cast<int64_t>(out.size()));
+  if (!root) out.clear();
   return out;
 }
 
@@ -148,7 +162,9 @@ Agreement agree(World& world, bool failed, double value) {
     if (all[static_cast<size_t>(2 * r)] != 0) a.failed_ranks.push_back(r);
     a.values.push_back(all[static_cast<size_t>(2 * r + 1)]);
     const GridCoord c = grid_coord(world.grid(), r);
-    if (c.tp == 0 && c.pp == 0) a.sum_tp0 += a.values.back();
+    // One rank per data-parallel rank; under pipeline parallelism the last
+    // pipeline rank, which computes the loss.
+    if (c.tp == 0 && c.pp == world.grid().pp - 1) a.sum_tp0 += a.values.back();
   }
   return a;
 }
@@ -221,6 +237,11 @@ class WorldGridComm final : public GridPlace {
     world_.comm(axis_kind(a)).reduce_scatter(in, out, n, ReduceOp::sum);
   }
 
+  void p2p(int axis, const P2PTransfer* ops, int count) override {
+    const int a = check(axis, "p2p");
+    world_.comm(axis_kind(a)).p2p(ops, count, DType::f32, nullptr);
+  }
+
  private:
   World& world_;
 };
@@ -270,6 +291,13 @@ class ProgramGridComm final : public GridPlace {
       return;
     }
     comms_.axis(a)->reduce_scatter(in, out, n, DType::f32, ReduceOp::sum, nullptr);
+    backend_.synchronize();
+  }
+
+  // Complete on the device when it returns.
+  void p2p(int axis, const P2PTransfer* ops, int count) override {
+    const int a = check(axis, "p2p");
+    comms_.axis(a)->p2p(ops, count, DType::f32, nullptr);
     backend_.synchronize();
   }
 
@@ -375,8 +403,6 @@ RunComms start_run_comms(const ProgramDesc& p) {
     return c;
   }
   const std::string where = "program \"" + p.model_name + "\" (" + describe_grid(grid) + "): ";
-  if (grid.pp > 1)
-    throw Error(where + "pipeline parallelism (pp > 1) is not supported by the trainer yet");
   const Backend& backend = program_backend(p);
   if (&backend == &host_backend()) {
     c.world = World::from_env(grid, gloo_comm_factory());

@@ -18,10 +18,27 @@ void validate_program(const ProgramDesc& p) {
     throw Error(where + "grid (pp " + std::to_string(p.grid[0]) + ", dp " +
                 std::to_string(p.grid[1]) + ", tp " + std::to_string(p.grid[2]) +
                 "): every axis must be at least 1");
-  if (p.forward_loss == nullptr || p.forward_backward == nullptr ||
-      p.optimizer_step == nullptr)
+  if (!p.pipeline.empty()) {
+    if (static_cast<int64_t>(p.pipeline.size()) != p.grid[0])
+      throw Error(where + std::to_string(p.pipeline.size()) + " pipeline stages for a grid of pp " +
+                  std::to_string(p.grid[0]));
+    for (size_t r = 0; r < p.pipeline.size(); ++r)
+      if (p.pipeline[r].step == nullptr || p.pipeline[r].eval == nullptr ||
+          p.pipeline[r].optimizer_step == nullptr)
+        throw Error(where + "pipeline stage " + std::to_string(r) +
+                    ": an entry point (step, eval, optimizer_step) is missing");
+  } else if (p.pipeline_step != nullptr) {
+    if (p.pipeline_eval == nullptr || p.optimizer_step == nullptr)
+      throw Error(where + "a pipeline stage's entry point (pipeline_eval, optimizer_step) "
+                  "is missing");
+  } else if (p.forward_loss == nullptr || p.forward_backward == nullptr ||
+             p.optimizer_step == nullptr) {
     throw Error(where + "an entry point (forward_loss, forward_backward, "
                 "optimizer_step) is missing");
+  } else if (p.grid[0] > 1) {
+    throw Error(where + "pp " + std::to_string(p.grid[0]) +
+                " but no pipeline stages (ProgramDesc::pipeline)");
+  }
   if (p.num_param_elems < 0 || p.arena_floats < 0 || p.compute_param_bytes < 0)
     throw Error(where + "num_param_elems, arena_floats and compute_param_bytes must be >= 0");
   if (p.optimizer_shard_elems < 0 ||
@@ -119,6 +136,28 @@ void init_params(const ProgramDesc& p, uint64_t seed, float* params, const GridI
       }
     }
   }
+}
+
+ProgramDesc pipeline_stage_program(const ProgramDesc& p, int64_t pp_rank) {
+  if (p.pipeline.empty()) return p;
+  if (pp_rank < 0 || pp_rank >= static_cast<int64_t>(p.pipeline.size()))
+    throw Error("program \"" + p.model_name + "\": no pipeline stage " +
+                std::to_string(pp_rank));
+  const PipelineStageDesc& s = p.pipeline[static_cast<size_t>(pp_rank)];
+  ProgramDesc r = p;
+  r.pipeline.clear();
+  r.params = s.params;
+  r.num_param_elems = s.num_param_elems;
+  r.optimizer_shard_elems = s.optimizer_shard_elems;
+  r.arena_floats = s.arena_floats;
+  r.compute_param_bytes = s.compute_param_bytes;
+  r.flops_per_step = s.flops_per_step;
+  r.forward_loss = nullptr;
+  r.forward_backward = nullptr;
+  r.optimizer_step = s.optimizer_step;
+  r.pipeline_step = s.step;
+  r.pipeline_eval = s.eval;
+  return r;
 }
 
 ProgramDesc global_layout(const ProgramDesc& p) {

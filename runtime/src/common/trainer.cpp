@@ -60,9 +60,12 @@
 // trainer's own collectives (checkpoint and dump gathers, the dp average of
 // --dump-grads, error agreement, loss sums) run on host copies that it
 // downloaded through the backend, over the Gloo World. For the host backend
-// they are one object. Pipeline parallelism (pp > 1) and multi-rank
-// programs of a backend without communicators (Backend::comm_factory) are
-// refused at start.
+// they are one object. Multi-rank programs of a backend without
+// communicators (Backend::comm_factory) are refused at start.
+// Pipeline parallelism (pp > 1): each rank runs its stage of the program
+// (pipeline_stage_program); a step fetches the whole batch and calls the
+// stage's pipeline_step once (the schedule, with its transfers, is the
+// generated code's); the losses come from the last pipeline rank.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -112,6 +115,7 @@ auto at_step(int64_t step, int64_t microbatch, F&& f) -> decltype(f()) {
   } catch (const std::exception& e) {
     std::string where = "training step " + std::to_string(step);
     if (microbatch >= 0) where += ", microbatch " + std::to_string(microbatch);
+    else if (microbatch == -2) where += ", pipeline schedule";
     else where += ", optimizer";
     throw Error(where + ": " + e.what());
   }
@@ -119,7 +123,10 @@ auto at_step(int64_t step, int64_t microbatch, F&& f) -> decltype(f()) {
 
 class Trainer {
  public:
-  Trainer(const ProgramDesc& program, const TrainOptions& opts, const RunComms& comms);
+  // `program` is this rank's (pipeline_stage_program), `model` the one the
+  // compiler emitted (the checkpoint layout comes from it).
+  Trainer(const ProgramDesc& program, const ProgramDesc& model, const TrainOptions& opts,
+          const RunComms& comms);
   int run();
 
  private:
@@ -174,7 +181,8 @@ class Trainer {
   std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
 };
 
-Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const RunComms& comms)
+Trainer::Trainer(const ProgramDesc& program, const ProgramDesc& model, const TrainOptions& opts,
+                 const RunComms& comms)
     : p_(program),
       t_(program.train),
       backend_(program_backend(program)),
@@ -185,7 +193,7 @@ Trainer::Trainer(const ProgramDesc& program, const TrainOptions& opts, const Run
       at_(grid_index(host_comm_)),
       root_(world_ == nullptr || world_->rank() == 0),
       dp_(program.grid[1]),
-      global_(global_layout(program)),
+      global_(global_layout(model)),
       o_(opts) {
   peak_flops_ = peak_flops_from_env();
   layout_.micro_batch = t_.micro_batch;
@@ -446,6 +454,33 @@ double Trainer::evaluate(int64_t step) {
   double sum = 0;
   int64_t count = 0;
   std::string failure;
+  if (p_.pipeline_eval != nullptr) {
+    std::vector<float> losses(static_cast<size_t>(t_.num_microbatches));
+    for (int64_t it = 0; it < o_.eval_iters; ++it) {
+      // Every rank runs every batch (the pipeline's transfers must meet).
+      for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+        const int32_t *tok = nullptr, *tgt = nullptr;
+        std::string bad =
+            fetch_microbatch(*valid_, true, it * layout_.global_batch(), i, step, &tok, &tgt);
+        if (failure.empty()) failure = bad;
+      }
+      std::fill(losses.begin(), losses.end(), 0.0f);
+      at_step(step, -2, [&] {
+        p_.pipeline_eval(state_, static_cast<const int32_t*>(tokens_dev_.get()),
+                         static_cast<const int32_t*>(targets_dev_.get()), losses.data());
+        return 0;
+      });
+      for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+        if (at_[0] == p_.grid[0] - 1 && failure.empty()) {
+          failure = loss_problem(losses[i], step, i, "validation at");
+          sum += losses[i];
+        }
+        ++count;
+      }
+    }
+    sum = settle(failure, sum, "validation at step " + std::to_string(step));
+    return sum / static_cast<double>(count * dp_);
+  }
   for (int64_t it = 0; it < o_.eval_iters && failure.empty(); ++it) {
     for (int64_t i = 0; i < t_.num_microbatches; ++i) {
       const int32_t *tok = nullptr, *tgt = nullptr;
@@ -538,17 +573,23 @@ void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   }
   const float scale = 1.0f / static_cast<float>(t_.num_microbatches);
   for (float& x : g) x *= scale;
-  if (world_ != nullptr) g = gather_params_to_root(host_comm_, p_, global_, g.data());
+  if (world_ != nullptr)
+    g = gather_params_to_root(host_comm_, p_, global_, g.data(), /*sum_copies=*/true);
 
   // Batch and microbatch losses of every data-parallel rank, gathered over
   // the dp group of rank 0 (tp index 0); int32 ids travel as raw 4-byte words.
   const int64_t mbs = t_.num_microbatches, rows = t_.micro_batch * t_.seq_length;
   std::vector<int32_t> tokens = tokens_, targets = targets_;  // (dp * mbs * B, S)
   std::vector<float> losses_all = mb_losses;                  // (dp * mbs)
+  // Pipeline: the losses are the last pipeline rank's; the others add 0.
+  if (p_.grid[0] > 1) {
+    if (at_[0] != p_.grid[0] - 1) std::fill(losses_all.begin(), losses_all.end(), 0.0f);
+    host_comm_->all_reduce_sum(0, losses_all.data(), static_cast<int64_t>(losses_all.size()));
+  }
   if (dp_ > 1 && at_[0] == 0 && at_[2] == 0) {
     tokens = gather_over_dp(*host_comm_, tokens_, mbs, rows);
     targets = gather_over_dp(*host_comm_, targets_, mbs, rows);
-    losses_all = gather_over_dp(*host_comm_, mb_losses, mbs, 1);
+    losses_all = gather_over_dp(*host_comm_, losses_all, mbs, 1);
   }
   std::string failure;
   if (root_) {
@@ -748,18 +789,41 @@ int Trainer::run() {
     // gradient buckets of the last microbatch) stay matched across ranks
     // whose data differ; a microbatch with bad ids computes on token 0
     // instead, and the failure stops every rank at the end of the step.
-    for (int64_t i = 0; i < t_.num_microbatches; ++i) {
-      const int32_t *tok = nullptr, *tgt = nullptr;
-      std::string bad = fetch_microbatch(*train_, false, consumed, i, step, &tok, &tgt);
-      if (failure.empty()) failure = bad;
-      state_.microbatch = i;
-      state_.global_microbatch = i * dp_ + at_[1];
-      float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
-      if (!failure.empty()) continue;
-      failure = loss_problem(l, step, i, "training");
-      if (!failure.empty()) continue;
-      mb_losses[i] = l;
-      loss_sum += l;
+    if (p_.pipeline_step != nullptr) {
+      // Pipeline: the whole step's batch, then one call runs the schedule;
+      // the losses come from the last pipeline rank.
+      for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+        const int32_t *tok = nullptr, *tgt = nullptr;
+        std::string bad = fetch_microbatch(*train_, false, consumed, i, step, &tok, &tgt);
+        if (failure.empty()) failure = bad;
+      }
+      std::fill(mb_losses.begin(), mb_losses.end(), 0.0f);
+      at_step(step, -2, [&] {
+        p_.pipeline_step(state_, static_cast<const int32_t*>(tokens_dev_.get()),
+                         static_cast<const int32_t*>(targets_dev_.get()), mb_losses.data());
+        return 0;
+      });
+      if (failure.empty() && !state_.error.empty())
+        failure = "training step " + std::to_string(step) + ": " + state_.error;
+      if (at_[0] == p_.grid[0] - 1)
+        for (int64_t i = 0; i < t_.num_microbatches && failure.empty(); ++i) {
+          failure = loss_problem(mb_losses[i], step, i, "training");
+          loss_sum += mb_losses[i];
+        }
+    } else {
+      for (int64_t i = 0; i < t_.num_microbatches; ++i) {
+        const int32_t *tok = nullptr, *tgt = nullptr;
+        std::string bad = fetch_microbatch(*train_, false, consumed, i, step, &tok, &tgt);
+        if (failure.empty()) failure = bad;
+        state_.microbatch = i;
+        state_.global_microbatch = i * dp_ + at_[1];
+        float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
+        if (!failure.empty()) continue;
+        failure = loss_problem(l, step, i, "training");
+        if (!failure.empty()) continue;
+        mb_losses[i] = l;
+        loss_sum += l;
+      }
     }
     // The mean microbatch loss over the global batch (all dp ranks).
     loss_sum = settle(failure, loss_sum, "training step " + std::to_string(step));
@@ -862,7 +926,10 @@ int train_main(int argc, char** argv, const ProgramDesc& program) {
     validate_program(program);
     // Destroyed in reverse: the trainer before the communicators.
     RunComms comms = start_run_comms(program);
-    Trainer trainer(program, opts, comms);
+    // Pipeline parallelism: this rank's stage of the program.
+    const ProgramDesc stage = pipeline_stage_program(program, grid_index(comms.host.get())[0]);
+    if (!program.pipeline.empty()) validate_program(stage);
+    Trainer trainer(stage, program, opts, comms);
     return trainer.run();
   } catch (const Error& e) {
     std::fflush(stdout);

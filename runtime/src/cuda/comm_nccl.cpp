@@ -189,6 +189,23 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  void do_p2p(const P2PTransfer* ops, int count, DType dt, Stream s) override {
+    guard("p2p", [&] {
+      for (int i = 0; i < count; ++i) check_device("p2p", ops[i].buf);
+      MTC_NCCL_CHECK(comm(), ncclGroupStart());
+      for (int i = 0; i < count; ++i) {
+        const P2PTransfer& t = ops[i];
+        if (t.send)
+          MTC_NCCL_CHECK(comm(), ncclSend(t.buf, static_cast<size_t>(t.n), nccl_type(dt),
+                                          static_cast<int>(t.peer), comm(), as_stream(s)));
+        else
+          MTC_NCCL_CHECK(comm(), ncclRecv(t.buf, static_cast<size_t>(t.n), nccl_type(dt),
+                                          static_cast<int>(t.peer), comm(), as_stream(s)));
+      }
+      MTC_NCCL_CHECK(comm(), ncclGroupEnd());
+    });
+  }
+
   void do_barrier() override {
     guard("barrier", [&] {
       MTC_CUDA_CHECK(cudaSetDevice(state_->device));

@@ -77,6 +77,7 @@
 
 #include "mtc/rt/io.h"
 #include "mtc/rt/launch.h"
+#include "mtc/rt/program.h"
 
 namespace mtc::rt {
 
@@ -241,6 +242,9 @@ class Communicator {
   void recv(void* buf, int64_t n, DType dtype, int64_t peer, Stream stream);
   void send_recv(const void* send_buf, int64_t send_n, int64_t send_peer, void* recv_buf,
                  int64_t recv_n, int64_t recv_peer, DType dtype, Stream stream);
+  // A group of sends and receives posted together, complete together
+  // (pipeline parallelism: mtc.p2p). Peers are ranks within the group.
+  void p2p(const P2PTransfer* ops, int count, DType dtype, Stream stream);
   // Blocks the calling thread until every member has entered the barrier
   // (the NCCL backend also waits for its own stream).
   void barrier();
@@ -268,6 +272,10 @@ class Communicator {
   virtual void do_send_recv(const void* send_buf, int64_t send_n, int64_t send_peer, void* recv_buf,
                             int64_t recv_n, int64_t recv_peer, DType dtype, Stream stream) = 0;
   virtual void do_barrier() = 0;
+  // Called with count > 0 and every n > 0. The default posts groups of at
+  // most one send and one receive through do_send_recv and refuses larger
+  // ones; Gloo and NCCL post any group.
+  virtual void do_p2p(const P2PTransfer* ops, int count, DType dtype, Stream stream);
   // Throws CommError when the backend cannot take `dtype` or `stream`.
   virtual void check_backend_args(const char* collective, DType dtype, Stream stream) const = 0;
   // Called once the backend call returned: the collective registered as

@@ -69,8 +69,14 @@ void gather_slices(GridComm& comm, int axis, const ParamSlice& s, const float* l
 // gathered in program order by the group that holds that rank (the ranks
 // whose indices on the other axes are all zero); the others skip them.
 // Every rank must call it (comm may be nullptr for a one-rank grid).
+// Pipeline parallelism: each pipeline rank's group puts its own parameters
+// (found by name in `global`) in place, then one sum over the pipeline axis
+// brings them to the root; a parameter held by several pipeline ranks is
+// taken from its primary copy, or with `sum_copies` (gradients before the
+// optimizer summed them) the copies are added.
 std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& program,
-                                         const ProgramDesc& global, const float* local);
+                                         const ProgramDesc& global, const float* local,
+                                         bool sum_copies = false);
 
 // Microbatch-blocked data of every data-parallel rank in the global batch's
 // order: `mine` is (num_microbatches, block) (this rank's microbatch i at
@@ -90,8 +96,9 @@ std::vector<double> all_gather_doubles(World& world, const std::vector<double>& 
 // The end of a phase that a rank may fail alone (bad data, a failed write):
 // every rank contributes (failed, value) through one all_gather over the
 // world and learns who failed, every rank's value, and the sum of `value`
-// over the ranks with tp (and pp) index 0, one per data-parallel rank, added
-// in rank order so that every rank gets the same double.
+// over the ranks with tp index 0 on the last pipeline rank (the one that
+// computes the loss), one per data-parallel rank, added in rank order so
+// that every rank gets the same double.
 struct Agreement {
   std::vector<int64_t> failed_ranks;  // increasing
   std::vector<double> values;         // by global rank

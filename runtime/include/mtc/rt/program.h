@@ -36,6 +36,10 @@ struct ParamDesc {
   // axis's size); -1 when the rank holds the whole tensor.
   int split_dim = -1;
   int split_axis = -1;
+  // Pipeline parallelism: a parameter several pipeline ranks hold (the word
+  // embedding tied to the LM head) is primary on the lowest of them only;
+  // checkpoints take the primary copy, gradient dumps the sum of all.
+  bool pipeline_primary = true;
 };
 
 enum class LrDecay { constant, linear, cosine };
@@ -85,6 +89,16 @@ struct Backend {
   const void* comm_factory = nullptr;
 };
 
+// One point-to-point transfer of a group (GridComm::p2p): `n` elements of
+// `buf` sent to, or received from, the member with index `peer` along the
+// axis.
+struct P2PTransfer {
+  bool send = false;
+  void* buf = nullptr;
+  int64_t n = 0;
+  int64_t peer = 0;
+};
+
 // The collectives of the device grid (axes: 0 pipeline, 1 data, 2 tensor
 // parallel), as the generated code uses them. Buffers are in the program's
 // memory (the backend's: device memory on the CUDA target), and a call has
@@ -104,6 +118,11 @@ class GridComm {
   // (index + 1) * n), where index is this rank's index along `axis`
   // (in: size(axis) * n).
   virtual void reduce_scatter_sum(int axis, const float* in, float* out, int64_t n) = 0;
+  // Pipeline transfers (fp32): the `count` sends and receives of `ops` are
+  // posted together and the call returns when all of them completed (NCCL
+  // group semantics: mtc.p2p). Sends and receives between two members
+  // match in the order they are posted.
+  virtual void p2p(int axis, const P2PTransfer* ops, int count) = 0;
   // The axis's communicator on program memory, for generated code that
   // enqueues collectives of any dtype on its own stream (the CUDA target:
   // NCCL, comm.h). nullptr along an axis of size 1 and where program memory
@@ -135,6 +154,27 @@ struct HostState {
   // parallel plan draws the one-process program's masks.
   int64_t global_microbatch = 0;
   std::string error;           // set by generated code on a data error
+};
+
+// What one pipeline rank of a pipeline-parallel program holds and runs
+// (ProgramDesc::pipeline).
+struct PipelineStageDesc {
+  std::vector<ParamDesc> params;   // this rank's, in its own layout
+  int64_t num_param_elems = 0;
+  int64_t optimizer_shard_elems = 0;
+  int64_t arena_floats = 0;
+  int64_t compute_param_bytes = 0;
+  double flops_per_step = 0;       // this rank's pieces over one step
+  // The whole step (all microbatches, the schedule's order): tokens and
+  // targets are (num_microbatches * micro_batch, S); losses[i] is set to
+  // microbatch i's mean loss by the rank that computes it (the last
+  // pipeline rank) and left alone elsewhere.
+  void (*step)(HostState& state, const int32_t* tokens, const int32_t* targets,
+               float* losses) = nullptr;
+  // Validation: the same, forward only.
+  void (*eval)(HostState& state, const int32_t* tokens, const int32_t* targets,
+               float* losses) = nullptr;
+  double (*optimizer_step)(HostState& state, float lr, int64_t step) = nullptr;
 };
 
 struct ProgramDesc {
@@ -180,6 +220,18 @@ struct ProgramDesc {
   void* (*create_context)() = nullptr;
   void (*destroy_context)(void* context) = nullptr;
   void (*sync_compute_params)(HostState& state) = nullptr;
+
+  // Pipeline parallelism (grid[0] > 1): one entry per pipeline rank. The
+  // fields above then describe the model (params: every parameter once, with
+  // its global shape, for checkpoints; forward_loss, forward_backward and
+  // optimizer_step null), and pipeline_stage_program (trainer.h) makes the
+  // ProgramDesc of one rank, whose pipeline_step/pipeline_eval replace
+  // forward_backward/forward_loss.
+  std::vector<PipelineStageDesc> pipeline;
+  void (*pipeline_step)(HostState& state, const int32_t* tokens, const int32_t* targets,
+                        float* losses) = nullptr;
+  void (*pipeline_eval)(HostState& state, const int32_t* tokens, const int32_t* targets,
+                        float* losses) = nullptr;
 };
 
 // The generated program's main() calls this.

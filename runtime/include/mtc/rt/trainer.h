@@ -55,6 +55,11 @@ std::string train_usage(const std::string& program_name);
 // grid dp). Throws Error naming the offending parameter or field.
 void validate_program(const ProgramDesc& program);
 
+// The ProgramDesc pipeline rank `pp_rank` runs: the stage's parameters,
+// sizes and entry points (ProgramDesc::pipeline) in place of the model's.
+// `program` without stages is returned as it is.
+ProgramDesc pipeline_stage_program(const ProgramDesc& program, int64_t pp_rank);
+
 // Initializes every parameter this rank holds: zeros, ones, or
 // normal(0, init_std) where element g of the GLOBAL tensor `name` is a pure
 // function of (seed, name, g) (detail::normal_at on stream (seed,
