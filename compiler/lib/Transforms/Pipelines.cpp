@@ -16,7 +16,8 @@ void mtc::registerMtcDialects(DialectRegistry &registry) {
 
 LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
                                          StringRef shardingPipeline,
-                                         bool scheduleWeightGradients) {
+                                         bool scheduleWeightGradients,
+                                         const MtcPlanRecomputeOptions &recompute) {
   pm.addPass(createMtcAutodiff());
   // Policy: annotations only. A user's sharding passes replace Megatron's
   // tensor-parallel plan.
@@ -31,6 +32,9 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   // Scheduling: weight-gradient work beside the collectives in flight.
   if (scheduleWeightGradients)
     pm.addPass(createMtcScheduleWeightGradients());
+  // Memory: which activations are kept, on the per-rank program in its
+  // final order (a policy of "none" changes nothing).
+  pm.addPass(createMtcPlanRecompute(recompute));
   return success();
 }
 

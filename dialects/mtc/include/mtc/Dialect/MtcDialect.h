@@ -65,6 +65,9 @@ std::string flag(bool v);
 inline constexpr llvm::StringLiteral kTpBackwardLanesAttr = "mtc.tp_backward_lanes";
 inline constexpr llvm::StringLiteral kTpLanesAttr = "mtc.tp_lanes";
 inline constexpr llvm::StringLiteral kTpAllReduceAttr = "mtc.tp_allreduce";
+/// On an op mtc-plan-recompute cloned into the backward pass: a forward op
+/// computed again, whose FLOPs are hardware work, not model work.
+inline constexpr llvm::StringLiteral kRecomputedAttr = "mtc.recomputed";
 
 namespace OpTrait {
 /// The activation between an MLP's two linears (gelu, swiglu,
