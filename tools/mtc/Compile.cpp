@@ -88,10 +88,10 @@ std::string foreignOutput(const std::string &dir) {
   return "";
 }
 
-std::string printModule(ModuleOp module) {
+std::string printModule(ModuleOp module, bool debugInfo) {
   std::string s;
   llvm::raw_string_ostream os(s);
-  module.print(os);
+  module.print(os, OpPrintingFlags().enableDebugInfo(debugInfo));
   return s;
 }
 
@@ -246,7 +246,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (!module)
     return 1;
   if (opts.emit == EmitStage::mlir) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -273,7 +273,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (failed(pm.run(*module)))
     return 1;
   if (opts.emit == EmitStage::train) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -295,7 +295,7 @@ int mtc::runCompile(const CompileOptions &opts) {
       return 1;
   }
   if (opts.emit == EmitStage::lowered) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -344,7 +344,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (!writeFile(in("program.cpp"), emitted.source) ||
       !writeFile(in("CMakeLists.txt"),
                  emitCMakeProject(opts.target, opts.mtcPackageDir)) ||
-      !writeFile(in("train.mlir"), printModule(*module)) ||
+      !writeFile(in("train.mlir"), printModule(*module, opts.printDebugInfo)) ||
       !writeFile(in("plan.txt"), reportText) ||
       !writeFile(in("plan.json"), reportJson) ||
       !writeFile(in("spec.json"), spec::toJson(*parsed)))

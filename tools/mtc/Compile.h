@@ -24,6 +24,7 @@ struct CompileOptions {
   std::string shardingPipeline;   // replaces mtc-shard-tensor-parallel
   spec::Overrides overrides;
   bool printIRAfterAll = false;
+  bool printDebugInfo = false;    // --mlir-print-debuginfo
   bool scheduleWeightGradients = true; // --delay-wgrad-compute
   bool backwardLanes = true;            // --tp-backward-lanes (where it applies)
   bool backwardLanesAsked = false;      // given on the command line: refuse

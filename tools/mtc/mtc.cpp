@@ -127,6 +127,12 @@ static cl::opt<std::string> gpuMemory(
     cl::desc("The memory of one GPU, for a fractional --memory-budget "
              "(default 80GiB, an H100's)"),
     cl::init("80GiB"), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> printDebugInfo(
+    "mlir-print-debuginfo",
+    cl::desc("Print locations with --emit=mlir|train|lowered (and in "
+             "train.mlir), so that mtc-opt passes that read them "
+             "(mtc-plan-recompute: the layer of each op) see them"),
+    cl::sub(compileCmd), cl::cat(flagsCat));
 static cl::opt<bool> delayWgrad(
     "delay-wgrad-compute",
     cl::desc("Run weight-gradient work while the tensor-parallel "
@@ -260,6 +266,7 @@ int main(int argc, char **argv) {
       backwardLanes.getNumOccurrences() > 0 && backwardLanes;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
+  opts.printDebugInfo = printDebugInfo;
   opts.recomputeModules.assign(recomputeModules.begin(), recomputeModules.end());
   opts.recomputeModulesAsked = recomputeModules.getNumOccurrences() > 0;
   opts.recomputeMethod = recomputeMethod;

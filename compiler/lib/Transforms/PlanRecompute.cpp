@@ -337,9 +337,9 @@ LogicalResult PlanRecomputePass::chooseAuto(ModuleOp module, func::FuncOp fn,
         int64_t fit = int64_t(double(mb.getInt()) *
                               double(best.activations - over) /
                               double(best.activations));
-        if (fit >= 1)
-          hints.push_back("a smaller micro-batch (--micro-batch-size " +
-                          std::to_string(fit) + " or less, with more "
+        if (fit >= 1 && fit < mb.getInt())
+          hints.push_back("a smaller micro-batch (--micro-batch-size at "
+                          "most " + std::to_string(fit) + ", with more "
                           "microbatches to keep the global batch)");
       }
     }
@@ -437,7 +437,7 @@ void PlanRecomputePass::runOnOperation() {
     if (numLayers < 1) {
       module.emitError() << "mtc-plan-recompute: num-layers must be at least "
                             "1, got "
-                         << numLayers;
+                         << int64_t(numLayers);
       return signalPassFailure();
     }
     if (method == "uniform") {
@@ -461,6 +461,13 @@ void PlanRecomputePass::runOnOperation() {
     return signalPassFailure();
   }
   p = analyze(fn);
+  if (p.numLayers == 0) {
+    module.emitWarning()
+        << "mtc-plan-recompute: no op of @train_step has a layer's location "
+           "(\"layers.N...\", as the importer writes them), so nothing is "
+           "recomputed; print IR for mtc-opt with --mlir-print-debuginfo";
+    return;
+  }
   applyChoice(p, c);
 }
 
