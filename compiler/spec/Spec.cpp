@@ -63,6 +63,7 @@ const char* toString(Recompute v) {
     case Recompute::none: return "none";
     case Recompute::selective: return "selective";
     case Recompute::full: return "full";
+    case Recompute::auto_: return "auto";
   }
   return "?";
 }

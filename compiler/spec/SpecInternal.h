@@ -40,7 +40,7 @@ template <> inline constexpr int kEnumCount<NormPlacement> = 2;
 template <> inline constexpr int kEnumCount<Activation> = 4;
 template <> inline constexpr int kEnumCount<PositionKind> = 2;
 template <> inline constexpr int kEnumCount<Schedule> = 4;
-template <> inline constexpr int kEnumCount<Recompute> = 3;
+template <> inline constexpr int kEnumCount<Recompute> = 4;
 template <> inline constexpr int kEnumCount<Precision> = 3;
 template <> inline constexpr int kEnumCount<LrDecay> = 3;
 

@@ -168,13 +168,6 @@ class Checker {
     integer("parallel.virtual_stages", p.virtual_stages, 1);
     if (p.microbatches) integer("parallel.microbatches", *p.microbatches, 1);
 
-    // Accepted by the format, refused until implemented: a spec asking for
-    // recomputation must not silently train without it.
-    if (ok({"recompute"}) && s_.recompute != Recompute::none)
-      fail({"recompute"}, std::string("activation recomputation ('") + toString(s_.recompute) +
-                              "') is not implemented yet; only 'none' (keep every activation) is, so "
-                              "leave it out or set it to 'none'");
-
     const TrainingSpec& t = s_.training;
     integer("training.micro_batch_size", t.micro_batch_size, 1);
     // 0 means "not given" (the parser rejects a written 0); a flag must be >= 1.

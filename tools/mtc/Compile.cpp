@@ -88,10 +88,10 @@ std::string foreignOutput(const std::string &dir) {
   return "";
 }
 
-std::string printModule(ModuleOp module) {
+std::string printModule(ModuleOp module, bool debugInfo) {
   std::string s;
   llvm::raw_string_ostream os(s);
-  module.print(os);
+  module.print(os, OpPrintingFlags().enableDebugInfo(debugInfo));
   return s;
 }
 
@@ -118,6 +118,39 @@ bool runTool(llvm::ArrayRef<llvm::StringRef> args, llvm::StringRef logPath) {
     return false;
   }
   return true;
+}
+
+/// "60GiB", "500 MiB", "80GB", "1e9B" -> bytes; "0.9" -> 0.9 of `whole`
+/// (a fraction in (0, 1]). Empty optional, with `why`, if it is neither.
+std::optional<int64_t> parseBytes(llvm::StringRef text, int64_t whole,
+                                  std::string &why) {
+  llvm::StringRef t = text.trim();
+  size_t numEnd = t.find_first_not_of("0123456789.eE+-");
+  llvm::StringRef num = t.substr(0, numEnd), unit = t.substr(num.size()).trim();
+  double v = 0;
+  if (num.empty() || num.getAsDouble(v) || !(v > 0)) {
+    why = "expected a positive size with a unit (60GiB, 500MiB, 80GB) or a "
+          "fraction of the GPU's memory (0.9)";
+    return std::nullopt;
+  }
+  static const std::pair<const char *, double> units[] = {
+      {"B", 1},          {"KiB", 1024.0},   {"MiB", 1048576.0},
+      {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}, {"KB", 1e3},
+      {"MB", 1e6},       {"GB", 1e9},       {"TB", 1e12}};
+  if (unit.empty()) {
+    if (v > 1) {
+      why = "a number without a unit is a fraction of the GPU's memory and "
+            "must be at most 1; give a unit for bytes (60GiB)";
+      return std::nullopt;
+    }
+    return int64_t(v * double(whole));
+  }
+  for (auto [name, scale] : units)
+    if (unit == name)
+      return int64_t(v * scale);
+  why = "unknown unit '" + unit.str() +
+        "' (valid: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)";
+  return std::nullopt;
 }
 
 } // namespace
@@ -173,6 +206,37 @@ int mtc::runCompile(const CompileOptions &opts) {
     return fail("--tp-allreduce needs --target cuda and tp = 2 (" + plan +
                 ")");
 
+  // Recomputation: the spec's policy, refined by flags that apply to it.
+  const spec::Recompute policy = parsed->recompute;
+  const std::string policyName = spec::toString(policy);
+  if (opts.recomputeModulesAsked && policy != spec::Recompute::selective)
+    return fail("--recompute-modules applies to --recompute selective, but "
+                "the policy is '" + policyName + "'");
+  if (opts.recomputeMethodAsked && policy != spec::Recompute::full)
+    return fail("--recompute-method and --recompute-num-layers apply to "
+                "--recompute full, but the policy is '" + policyName + "'");
+  if (!opts.memoryBudget.empty() && policy != spec::Recompute::auto_)
+    return fail("--memory-budget applies to --recompute auto, but the policy "
+                "is '" + policyName + "'");
+  MtcPlanRecomputeOptions recompute;
+  recompute.target = opts.target;
+  recompute.modules.assign(opts.recomputeModules.begin(),
+                           opts.recomputeModules.end());
+  recompute.method = opts.recomputeMethod;
+  recompute.numLayers = opts.recomputeNumLayers;
+  if (policy == spec::Recompute::auto_) {
+    std::string why;
+    std::optional<int64_t> gpu = parseBytes(opts.gpuMemory, 0, why);
+    if (!gpu || *gpu == 0)
+      return fail("--gpu-memory '" + opts.gpuMemory + "': " +
+                  (why.empty() ? "give a size with a unit (80GiB)" : why));
+    std::optional<int64_t> budget =
+        opts.memoryBudget.empty() ? gpu : parseBytes(opts.memoryBudget, *gpu, why);
+    if (!budget)
+      return fail("--memory-budget '" + opts.memoryBudget + "': " + why);
+    recompute.memoryBudget = *budget;
+  }
+
   // 2. Import.
   DialectRegistry registry;
   registerMtcDialects(registry);
@@ -182,7 +246,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (!module)
     return 1;
   if (opts.emit == EmitStage::mlir) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -202,14 +266,14 @@ int mtc::runCompile(const CompileOptions &opts) {
     pm.enableIRPrinting();
   }
   if (failed(buildTrainingPipeline(pm, opts.shardingPipeline,
-                                   opts.scheduleWeightGradients)))
+                                   opts.scheduleWeightGradients, recompute)))
     return fail("--sharding-passes '" + opts.shardingPipeline +
                 "' is not a valid pass pipeline (are its plugins loaded with "
                 "--pass-plugin?)");
   if (failed(pm.run(*module)))
     return 1;
   if (opts.emit == EmitStage::train) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -231,7 +295,7 @@ int mtc::runCompile(const CompileOptions &opts) {
       return 1;
   }
   if (opts.emit == EmitStage::lowered) {
-    llvm::outs() << printModule(*module);
+    llvm::outs() << printModule(*module, opts.printDebugInfo);
     return 0;
   }
 
@@ -249,10 +313,10 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (opts.outputDir.empty())
     return fail("-o DIR is required to write and build the program (or use "
                 "--emit=mlir|train|source to print a stage)");
-  PlanReport report = computePlanReport(*module);
   // Host arenas count fp32 elements, CUDA arenas 2-byte units.
-  report.activationBytes =
-      emitted.arenaElements * (opts.target == "cuda" ? 2 : 4);
+  PlanReport report = computePlanReport(
+      *module, opts.target,
+      emitted.arenaElements * (opts.target == "cuda" ? 2 : 4));
   std::string reportText, reportJson;
   {
     llvm::raw_string_ostream t(reportText), j(reportJson);
@@ -280,7 +344,7 @@ int mtc::runCompile(const CompileOptions &opts) {
   if (!writeFile(in("program.cpp"), emitted.source) ||
       !writeFile(in("CMakeLists.txt"),
                  emitCMakeProject(opts.target, opts.mtcPackageDir)) ||
-      !writeFile(in("train.mlir"), printModule(*module)) ||
+      !writeFile(in("train.mlir"), printModule(*module, opts.printDebugInfo)) ||
       !writeFile(in("plan.txt"), reportText) ||
       !writeFile(in("plan.json"), reportJson) ||
       !writeFile(in("spec.json"), spec::toJson(*parsed)))

@@ -24,6 +24,7 @@ struct CompileOptions {
   std::string shardingPipeline;   // replaces mtc-shard-tensor-parallel
   spec::Overrides overrides;
   bool printIRAfterAll = false;
+  bool printDebugInfo = false;    // --mlir-print-debuginfo
   bool scheduleWeightGradients = true; // --delay-wgrad-compute
   bool backwardLanes = true;            // --tp-backward-lanes (where it applies)
   bool backwardLanesAsked = false;      // given on the command line: refuse
@@ -32,6 +33,14 @@ struct CompileOptions {
   bool tpLanesAsked = false;
   std::string tpAllReduce = "auto";     // --tp-allreduce
   bool tpAllReduceAsked = false;
+  // Recomputation beyond the spec's policy (mtc-plan-recompute's options).
+  std::vector<std::string> recomputeModules; // --recompute-modules
+  bool recomputeModulesAsked = false;
+  std::string recomputeMethod = "uniform";   // --recompute-method
+  int64_t recomputeNumLayers = 1;            // --recompute-num-layers
+  bool recomputeMethodAsked = false;
+  std::string memoryBudget;                  // --memory-budget, unparsed
+  std::string gpuMemory = "80GiB";           // --gpu-memory
 };
 
 /// Runs the whole compilation; prints errors to stderr. Returns the process

@@ -95,9 +95,44 @@ static cl::opt<int64_t> globalBatch("global-batch-size",
                                     cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<std::string> recompute(
     "recompute",
-    cl::desc("Activation recomputation: none (selective and full are not "
-             "implemented yet)"),
+    cl::desc("Activation recomputation: none, selective (the attention "
+             "core, or --recompute-modules), full (layer inputs only), auto "
+             "(fewest recomputed FLOPs within --memory-budget); "
+             "docs/memory.md"),
                                       cl::sub(compileCmd), cl::cat(planCat));
+static cl::list<std::string> recomputeModules(
+    "recompute-modules",
+    cl::desc("--recompute selective: the modules recomputed, of core_attn, "
+             "mlp, layernorm, activation (default core_attn)"),
+    cl::CommaSeparated, cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> recomputeMethod(
+    "recompute-method",
+    cl::desc("--recompute full: 'uniform' (every layer, "
+             "--recompute-num-layers per checkpoint) or 'block' (the first "
+             "--recompute-num-layers layers)"),
+    cl::init("uniform"), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> recomputeNumLayers(
+    "recompute-num-layers",
+    cl::desc("--recompute full: layers per checkpoint (uniform) or layers "
+             "recomputed (block); default 1"),
+    cl::init(1), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> memoryBudget(
+    "memory-budget",
+    cl::desc("--recompute auto: memory per rank the plan must fit: bytes "
+             "with a unit (60GiB, 500MiB, 80GB) or a fraction of "
+             "--gpu-memory (0.9)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<std::string> gpuMemory(
+    "gpu-memory",
+    cl::desc("The memory of one GPU, for a fractional --memory-budget "
+             "(default 80GiB, an H100's)"),
+    cl::init("80GiB"), cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> printDebugInfo(
+    "mlir-print-debuginfo",
+    cl::desc("Print locations with --emit=mlir|train|lowered (and in "
+             "train.mlir), so that mtc-opt passes that read them "
+             "(mtc-plan-recompute: the layer of each op) see them"),
+    cl::sub(compileCmd), cl::cat(flagsCat));
 static cl::opt<bool> delayWgrad(
     "delay-wgrad-compute",
     cl::desc("Run weight-gradient work while the tensor-parallel "
@@ -185,6 +220,11 @@ static bool checkStageFlags() {
       {shardingPasses, mtc::EmitStage::train, "the training pipeline"},
       {printIR, mtc::EmitStage::train, "the training pipeline"},
       {delayWgrad, mtc::EmitStage::train, "the training pipeline"},
+      {recomputeModules, mtc::EmitStage::train, "the training pipeline"},
+      {recomputeMethod, mtc::EmitStage::train, "the training pipeline"},
+      {recomputeNumLayers, mtc::EmitStage::train, "the training pipeline"},
+      {memoryBudget, mtc::EmitStage::train, "the training pipeline"},
+      {gpuMemory, mtc::EmitStage::train, "the training pipeline"},
       {backwardLanes, mtc::EmitStage::lowered, "code generation"},
       {tpLanes, mtc::EmitStage::lowered, "code generation"},
       {tpAllReduce, mtc::EmitStage::lowered, "code generation"},
@@ -249,6 +289,15 @@ int main(int argc, char **argv) {
       backwardLanes.getNumOccurrences() > 0 && backwardLanes;
   opts.mtcPackageDir = mtcDir.empty() ? defaultPackageDir(argv[0]) : mtcDir;
   opts.printIRAfterAll = printIR;
+  opts.printDebugInfo = printDebugInfo;
+  opts.recomputeModules.assign(recomputeModules.begin(), recomputeModules.end());
+  opts.recomputeModulesAsked = recomputeModules.getNumOccurrences() > 0;
+  opts.recomputeMethod = recomputeMethod;
+  opts.recomputeMethodAsked = recomputeMethod.getNumOccurrences() > 0 ||
+                              recomputeNumLayers.getNumOccurrences() > 0;
+  opts.recomputeNumLayers = recomputeNumLayers;
+  opts.memoryBudget = memoryBudget;
+  opts.gpuMemory = gpuMemory;
   auto &o = opts.overrides;
   if (tp.getNumOccurrences())
     o.tp = tp;
@@ -290,7 +339,7 @@ int main(int argc, char **argv) {
     o.recompute = mtc::spec::parseRecompute(recompute);
     if (!o.recompute) {
       llvm::errs() << "mtc: error: --recompute '" << recompute
-                   << "' is not one of none, selective, full\n";
+                   << "' is not one of none, selective, full, auto\n";
       return 1;
     }
   }

@@ -123,7 +123,7 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
     auto a = cfg ? cfg.getAs<StringAttr>(k) : StringAttr();
     return a ? a.str() : "";
   };
-  PlanReport report = computePlanReport(module);
+  PlanReport report = computePlanReport(module, extras.target, /*activationBytes=*/0);
 
   std::string src;
   llvm::raw_string_ostream s(src);

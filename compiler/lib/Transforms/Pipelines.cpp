@@ -16,7 +16,8 @@ void mtc::registerMtcDialects(DialectRegistry &registry) {
 
 LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
                                          StringRef shardingPipeline,
-                                         bool scheduleWeightGradients) {
+                                         bool scheduleWeightGradients,
+                                         const MtcPlanRecomputeOptions &recompute) {
   pm.addPass(createMtcAutodiff());
   // Policy: annotations only. A user's sharding passes replace Megatron's
   // tensor-parallel plan.
@@ -31,6 +32,11 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   // Scheduling: weight-gradient work beside the collectives in flight.
   if (scheduleWeightGradients)
     pm.addPass(createMtcScheduleWeightGradients());
+  // Memory: which activations are kept, on the per-rank program in its
+  // final order (a policy of "none" changes nothing), before the pipeline
+  // cuts it into pieces: a recomputed op carries its forward op's location,
+  // so it lands in its chunk's backward piece.
+  pm.addPass(createMtcPlanRecompute(recompute));
   // Pipeline parallelism (no-ops when pp = 1): chunks, pieces, each rank's
   // step in schedule order, and the proof that the steps cannot deadlock.
   pm.addPass(createMtcPipelineStages());

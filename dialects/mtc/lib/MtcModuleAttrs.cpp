@@ -28,7 +28,7 @@
 //    lr_schedule.cpp): global_batch_size = micro_batch_size *
 //    num_microbatches * dp, and a decaying schedule's horizon (decay_steps,
 //    or train_steps when 0) beyond warmup_steps (no decay key: cosine).
-//  - mtc.recompute: "none" ("selective" and "full" are not implemented yet).
+//  - mtc.recompute: "none", "selective", "full" or "auto" (mtc-plan-recompute).
 //  - mtc.model: a non-empty string. mtc.tp_backward_lanes: a unit attribute.
 //    mtc.tp_lanes: "two-streams" or "one-stream"; mtc.tp_allreduce: "auto"
 //    or "nccl" (code-generation options).
@@ -351,17 +351,15 @@ LogicalResult verifyTraining(ModuleOp module, NamedAttribute attr) {
 
 LogicalResult verifyRecompute(ModuleOp module, NamedAttribute attr) {
   auto s = dyn_cast<StringAttr>(attr.getValue());
-  if (s && s.getValue() == "none")
+  if (s && llvm::is_contained(
+               {llvm::StringRef("none"), llvm::StringRef("selective"),
+                llvm::StringRef("full"), llvm::StringRef("auto")},
+               s.getValue()))
     return success();
-  if (s && (s.getValue() == "selective" || s.getValue() == "full"))
-    return module.emitOpError()
-           << "attribute '" << kRecompute << "': recomputation (\""
-           << s.getValue()
-           << "\") is not implemented yet; the only valid value is \"none\"";
   return module.emitOpError()
          << "attribute '" << kRecompute
-         << "' must be \"none\" (\"selective\" and \"full\" are not "
-            "implemented yet), got "
+         << "' must be one of \"none\", \"selective\", \"full\", \"auto\" "
+            "(the policy mtc-plan-recompute applies), got "
          << attr.getValue();
 }
 

@@ -101,7 +101,10 @@ void check_plan_fits(const ProgramDesc& p, const char* backend_name, size_t free
               " of allocation rounding), but the device has " +
               human_bytes(static_cast<double>(free_bytes)) + " free of " +
               human_bytes(static_cast<double>(total_bytes)) +
-              " (lower the micro batch size or the sequence length in the spec, "
+              "; the compiler's plan.txt adds the workspaces (cuBLASLt, attention scratch, "
+              "NCCL, the CUDA context) to these (a smaller plan: mtc compile --recompute "
+              "selective|full, or --recompute auto --memory-budget 0.9 to choose, more --tp or "
+              "--pp, or a distributed optimizer with --dp; or lower the micro batch size or the sequence length in the spec, "
               "with more microbatches to keep the global batch, or use a smaller model)");
 }
 

@@ -174,6 +174,11 @@ class Trainer {
 
   // Program memory; context_ first so that it is destroyed last.
   ContextGuard context_;
+  // Device memory as the backend reports it (0 when it does not know):
+  // in use before the program allocated (the CUDA context), and the least
+  // free seen after a step, for the measured peak printed at the end.
+  size_t total_mem_ = 0, used_at_start_ = 0, min_free_ = SIZE_MAX;
+  void sample_memory();
   ProgramBuffer params_, grads_, exp_avg_, exp_avg_sq_, compute_params_, arena_;
   ProgramBuffer tokens_dev_, targets_dev_;  // (num_microbatches * micro_batch, S) int32
   HostState state_;
@@ -631,6 +636,8 @@ void Trainer::allocate() {
   }
   size_t free_bytes = 0, total_bytes = 0;
   backend_.memory_info(&free_bytes, &total_bytes);
+  total_mem_ = total_bytes;
+  used_at_start_ = total_bytes - free_bytes;
   if (total_bytes > 0) {
     say("  device      %s: %s free of %s; the plan takes %s\n", backend_.name,
         human_bytes(static_cast<double>(free_bytes)).c_str(),
@@ -741,7 +748,22 @@ std::string Trainer::fetch_microbatch(GptSamples& samples, bool validation, int6
 
 // A successful exit: every rank has finished its collectives (one rank:
 // nothing to wait for).
+// Memory in use now: device-wide, so it counts what the runtime allocates
+// beside the plan (workspaces, scratch, NCCL) and the CUDA context.
+void Trainer::sample_memory() {
+  if (total_mem_ == 0) return;
+  size_t free_bytes = 0, total_bytes = 0;
+  backend_.memory_info(&free_bytes, &total_bytes);
+  min_free_ = std::min(min_free_, free_bytes);
+}
+
 void Trainer::finish() {
+  if (total_mem_ > 0 && min_free_ != SIZE_MAX)
+    say("  memory      measured peak %s in use on the %s device (%s of it before the "
+        "program allocated: context and libraries); the plan's buffers %s\n",
+        human_bytes(static_cast<double>(total_mem_ - min_free_)).c_str(), backend_.name,
+        human_bytes(static_cast<double>(used_at_start_)).c_str(),
+        human_bytes(plan_bytes(p_).total()).c_str());
   std::fflush(stdout);
   if (world_ != nullptr) world_->comm(GroupKind::world).barrier();
 }
@@ -864,6 +886,7 @@ int Trainer::run() {
     m.peak_flops = peak_flops_;  // flops_per_step is one rank's: MFU per rank
     m.val_loss = val_loss;
     metrics.write(m);
+    sample_memory();
 
     if (step % o_.log_interval == 0 || last) {
       const double interval_s = std::chrono::duration<double>(now - interval_start).count();

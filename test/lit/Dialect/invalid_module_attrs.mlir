@@ -180,15 +180,15 @@ module attributes {mtc.training = {warmup_steps = 5 : i64, train_steps = 5 : i64
 
 // -----
 
-// Tests that recomputation, not implemented yet, is refused.
-// expected-error @+1 {{attribute 'mtc.recompute': recomputation ("selective") is not implemented yet; the only valid value is "none"}}
-module attributes {mtc.recompute = "selective"} {
+// Tests that an unknown recompute policy is refused.
+// expected-error @+1 {{attribute 'mtc.recompute' must be one of "none", "selective", "full", "auto" (the policy mtc-plan-recompute applies), got "sometimes"}}
+module attributes {mtc.recompute = "sometimes"} {
 }
 
 // -----
 
 // Tests that other recompute values are refused too.
-// expected-error @+1 {{attribute 'mtc.recompute' must be "none" ("selective" and "full" are not implemented yet), got 3 : i64}}
+// expected-error @+1 {{attribute 'mtc.recompute' must be one of "none", "selective", "full", "auto" (the policy mtc-plan-recompute applies), got 3 : i64}}
 module attributes {mtc.recompute = 3 : i64} {
 }
 

@@ -251,32 +251,23 @@ TEST(SpecErrors, DecayNeedsAStepAfterWarmup) {
   expectDiag(flagged, "--train-iters", {"equals --train-iters (10)"});
 }
 
-// Tests that recomputation, which the compiler does not implement yet, is
-// refused (not silently ignored) in the file and as a flag, and that "none"
-// is accepted.
-TEST(SpecErrors, RecomputeIsNotImplementedYet) {
-  for (const char* policy : {"selective", "full"}) {
+// Tests that every recompute policy is accepted in the file and as a flag,
+// and that an unknown one is refused with its JSON path and the valid values.
+TEST(SpecErrors, RecomputePolicies) {
+  for (const char* policy : {"none", "selective", "full", "auto"}) {
     Json j = base();
     j["recompute"] = policy;
-    auto diags = errorsOf(j);
-    ASSERT_EQ(diags.size(), 1u) << dump(diags);
-    expectDiag(diags, "recompute",
-               {std::string("recomputation ('") + policy + "')", "not implemented yet", "'none'"});
+    std::vector<Diagnostic> diags;
+    std::optional<Spec> s = parseSpec(j.dump(), diags);
+    ASSERT_TRUE(s.has_value()) << dump(diags);
+    EXPECT_TRUE(applyOverridesAndValidate(*s, Overrides(), diags)) << dump(diags);
+    EXPECT_STREQ(toString(s->recompute), policy);
   }
-  Json n = base();
-  n["recompute"] = "none";
-  std::vector<Diagnostic> diags;
-  std::optional<Spec> s = parseSpec(n.dump(), diags);
-  ASSERT_TRUE(s.has_value()) << dump(diags);
-
-  Overrides o;
-  o.recompute = Recompute::full;
-  Spec flagged = *s;
-  EXPECT_FALSE(applyOverridesAndValidate(flagged, o, diags));
-  expectDiag(diags, "--recompute", {"recomputation ('full')", "not implemented yet"});
-  o.recompute = Recompute::none;
-  diags.clear();
-  EXPECT_TRUE(applyOverridesAndValidate(*s, o, diags)) << dump(diags);
+  Json bad = base();
+  bad["recompute"] = "sometimes";
+  auto diags = errorsOf(bad);
+  ASSERT_EQ(diags.size(), 1u) << dump(diags);
+  expectDiag(diags, "recompute", {"'none', 'selective', 'full', 'auto'"});
 }
 
 // Tests that sizes are bounded by what a machine could hold, with exact

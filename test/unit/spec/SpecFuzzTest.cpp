@@ -107,7 +107,6 @@ std::vector<std::string> violations(const Spec& s) {
   // The training program's rule: a decay needs a step after the warm-up.
   rule(o.decay == LrDecay::constant || o.warmup_steps < (o.decay_steps ? o.decay_steps : t.train_steps),
        "decay horizon > warmup_steps");
-  rule(s.recompute == Recompute::none, "recompute (not implemented)");
   rule(o.decay_steps >= 0 && o.decay_steps <= kMax && (o.decay_steps == 0 || o.warmup_steps <= o.decay_steps),
        "decay_steps");
   rule(t.grad_clip >= 0 && std::isfinite(t.grad_clip), "grad_clip");

@@ -19,7 +19,7 @@ enum class NormPlacement { pre, post };
 enum class Activation { gelu, gelu_tanh, swiglu, squared_relu };
 enum class PositionKind { learned, rope };
 enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };   // "gpipe" | "1f1b" | "interleaved" | "zb-h1"
-enum class Recompute { none, selective, full };
+enum class Recompute { none, selective, full, auto_ };
 enum class Precision { fp32, bf16, fp16 };
 enum class LrDecay { constant, linear, cosine };
 

@@ -35,10 +35,13 @@ void registerMtcPipelines();
 /// write sharding annotations. Returns failure (with a message) if it does
 /// not parse. `scheduleWeightGradients` adds mtc-schedule-weight-gradients
 /// after the partitioner (`mtc compile --delay-wgrad-compute`, on by
-/// default).
-mlir::LogicalResult buildTrainingPipeline(mlir::OpPassManager &pm,
-                                          llvm::StringRef shardingPipeline = "",
-                                          bool scheduleWeightGradients = true);
+/// default). Last, mtc-plan-recompute with `recompute` (by default the
+/// module's `mtc.recompute` policy).
+mlir::LogicalResult
+buildTrainingPipeline(mlir::OpPassManager &pm,
+                      llvm::StringRef shardingPipeline = "",
+                      bool scheduleWeightGradients = true,
+                      const MtcPlanRecomputeOptions &recompute = {});
 
 /// The CUDA target's lowering passes (mtc-cuda-lowering): precision,
 /// gradient sinks, fusions, each written on the ops (Lowering.h). Runs on

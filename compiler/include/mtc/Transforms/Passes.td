@@ -102,6 +102,60 @@ def MtcScheduleWeightGradients
   }];
 }
 
+def MtcPlanRecompute : Pass<"mtc-plan-recompute", "::mlir::ModuleOp"> {
+  let summary = "Choose which forward activations are kept, which recomputed";
+  let description = [{
+    Runs on the partitioned `@train_step` (per-rank shapes). The forward
+    ops are those the loss depends on; the rest is the backward pass. Each
+    forward op of a transformer layer belongs to the layer (its location,
+    `layers.N....`) and to a module: `core_attn` (the attention core and its
+    dropout), `layernorm` (the layer's norms), `activation` (GELU, SwiGLU,
+    squared ReLU), `mlp` (the whole MLP, activation included). A policy
+    chooses per layer a set of modules, or the whole layer (`full`):
+
+    - `none`: nothing recomputed;
+    - `selective`: `core_attn` (Korthikanti et al.), or `modules`;
+    - `full`: every op of the chosen layers but the layer's output;
+      `method=uniform`: every layer, `num-layers` layers per checkpoint
+      (only each group's input kept); `method=block`: the first
+      `num-layers` layers only;
+    - `auto`: the cheapest choice (fewest recomputed FLOPs) whose memory
+      (mtc/Transforms/PlanReport.h: parameters, gradients, optimizer
+      state, activations, workspaces) fits `memory-budget` bytes per rank;
+      refused, with what each rank needs and what would fit, when nothing
+      does (docs/memory.md has the algorithm).
+
+    Steps:
+    1. Mark the forward ops (the loss's backward slice) and the candidates:
+       mtc ops of a layer that are not parameters; collectives (`shard.*`)
+       are never recomputed (their results are kept).
+    2. For the chosen ops, in reverse program order: the position where a
+       copy is first needed = the earliest backward user, or the earliest
+       need of a chosen op of the same group that uses it.
+    3. Clone each needed op just before that position (operands from the
+       same group come from their clones, others are the kept originals),
+       mark the clone `mtc.recomputed`, and rewire the backward users. The
+       originals then die after their last forward use, which the buffer
+       plan turns into a smaller arena.
+
+    The policy is the module's `mtc.recompute` unless `policy` is given.
+  }];
+  let options = [
+    Option<"policy", "policy", "std::string", "\"\"",
+           "none|selective|full|auto (default: the module's mtc.recompute)">,
+    ListOption<"modules", "modules", "std::string",
+               "selective: core_attn, mlp, layernorm, activation">,
+    Option<"method", "method", "std::string", "\"uniform\"",
+           "full: uniform|block">,
+    Option<"numLayers", "num-layers", "int64_t", "1",
+           "full: layers per checkpoint (uniform) or layers recomputed (block)">,
+    Option<"memoryBudget", "memory-budget", "int64_t", "0",
+           "auto: bytes per rank the plan must fit">,
+    Option<"target", "target", "std::string", "\"host\"",
+           "host|cuda: how values are stored, for auto's memory estimate">
+  ];
+}
+
 //===----------------------------------------------------------------------===//
 // CUDA lowering: each pass decides one thing about how the training step
 // runs on the GPU and writes it on the ops (mtc/Transforms/Lowering.h); the

@@ -69,6 +69,9 @@ inline constexpr llvm::StringLiteral kTpAllReduceAttr = "mtc.tp_allreduce";
 /// Megatron's layout syntax ("E,t*3", "t*4", ..., "t*3,L"), one string per
 /// chunk.
 inline constexpr llvm::StringLiteral kPipelineLayoutAttr = "mtc.pipeline_layout";
+/// On an op mtc-plan-recompute cloned into the backward pass: a forward op
+/// computed again, whose FLOPs are hardware work, not model work.
+inline constexpr llvm::StringLiteral kRecomputedAttr = "mtc.recomputed";
 
 namespace OpTrait {
 /// The activation between an MLP's two linears (gelu, swiglu,
