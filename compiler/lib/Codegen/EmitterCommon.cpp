@@ -1,6 +1,8 @@
 //===- EmitterCommon.cpp - parameter layout and ProgramDesc emission -------===//
 #include "EmitterCommon.h"
 
+#include "llvm/ADT/StringSet.h"
+
 #include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/PlanReport.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -131,6 +133,10 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
     << "  mtc::rt::ProgramDesc p;\n"
     << "  p.model_name = \"" << escape(report.modelName) << "\";\n"
     << "  p.target = \"" << extras.target << "\";\n";
+  // A parameter held by several pipeline ranks is primary on the lowest.
+  llvm::StringSet<> seenOnEarlierStage;
+  auto paramRows = [&](const ParamLayout &layout, StringRef into,
+                       const llvm::StringSet<> *secondary) {
   for (const std::string &name : layout.order) {
     ParamSlot slot = layout.slots.lookup(name);
     auto t = slot.op.getType();
@@ -154,10 +160,34 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
         "  {{ mtc::rt::ParamDesc d; d.name = \"{0}\"; d.shape = {{{1}}; "
         "d.offset = {2}; d.numel = {3}; d.split_dim = {4}; d.split_axis = "
         "{5}; d.init = mtc::rt::InitKind::{6}; d.init_std = {7}; "
-        "d.weight_decay = {8}; p.params.push_back(d); }\n",
+        "d.weight_decay = {8};{9} {10}.push_back(d); }\n",
         escape(name), dims, slot.offset, t.getNumElements(), splitDim,
         splitAxis, init, fmt(slot.op.getStd().convertToDouble()),
-        global.size() >= 2 ? "true" : "false");
+        global.size() >= 2 ? "true" : "false",
+        secondary && secondary->contains(name) ? " d.pipeline_primary = false;"
+                                               : "",
+        into);
+  }
+  };
+  paramRows(layout, "p.params", nullptr);
+  for (const ProgramDescStage &st : extras.stages) {
+    s << "  {\n    mtc::rt::PipelineStageDesc s;\n";
+    llvm::StringSet<> secondary;
+    for (const std::string &name : st.layout.order)
+      if (seenOnEarlierStage.contains(name))
+        secondary.insert(name);
+    paramRows(st.layout, "s.params", &secondary);
+    for (const std::string &name : st.layout.order)
+      seenOnEarlierStage.insert(name);
+    s << llvm::formatv(
+        "    s.num_param_elems = {0};\n    s.optimizer_shard_elems = {1};\n"
+        "    s.arena_floats = {2};\n    s.compute_param_bytes = {3};\n"
+        "    s.flops_per_step = {4};\n    s.step = &{5};\n    s.eval = &{6};\n"
+        "    s.optimizer_step = &{7};\n    p.pipeline.push_back(s);\n  }\n",
+        st.layout.totalElements, st.layout.shardElements, st.arenaWords,
+        st.computeParamBytes,
+        fmt(st.flops),
+        st.step, st.eval, st.optimizer);
   }
   GridShape grid = getGridShape(module);
   s << "  p.grid[0] = " << grid.pp << "; p.grid[1] = " << grid.dp
@@ -187,9 +217,10 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
     << "  t.weight_decay = " << fmt(getF("weight_decay")) << ";\n"
     << "  t.grad_clip = " << fmt(getF("grad_clip")) << ";\n"
     << "  t.seed = " << getI("seed") << "ull;\n"
-    << "  p.forward_loss = &forward;\n"
-    << "  p.forward_backward = &train_step;\n"
-    << "  p.optimizer_step = &optimizer_step;\n"
+    << (extras.stages.empty() ? "  p.forward_loss = &forward;\n"
+                                "  p.forward_backward = &train_step;\n"
+                                "  p.optimizer_step = &optimizer_step;\n"
+                              : "")
     << extras.extraLines << "  return p;\n}\n\n"
     << "int main(int argc, char** argv) {\n"
     << "  static const mtc::rt::ProgramDesc program = make_program();\n"

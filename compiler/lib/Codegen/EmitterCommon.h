@@ -57,12 +57,24 @@ struct TrainingFunctions {
 };
 mlir::FailureOr<TrainingFunctions> getTrainingFunctions(mlir::ModuleOp module);
 
+/// One pipeline rank's part of a pipeline program's ProgramDesc.
+struct ProgramDescStage {
+  ParamLayout layout;          // the rank's parameters
+  int64_t arenaWords = 0;
+  int64_t computeParamBytes = 0;
+  double flops = 0;            // its pieces over one step
+  std::string step, eval, optimizer; // emitted function names
+};
+
 /// What differs between targets in the ProgramDesc.
 struct ProgramDescExtras {
   std::string target;          // "host" | "cuda"
   int64_t arenaWords = 0;      // 4-byte words
   int64_t computeParamBytes = 0;
   std::string extraLines;      // more `p.x = ...;` lines (backend, context)
+  /// Pipeline programs: one per pipeline rank (the `layout` given to
+  /// emitProgramDesc then lists every parameter once, for checkpoints).
+  std::vector<ProgramDescStage> stages;
 };
 
 /// `static mtc::rt::ProgramDesc make_program()` and `main()`.

@@ -23,6 +23,7 @@
 #include "mtc/Codegen/BufferPlan.h"
 #include "mtc/Dialect/MtcDialect.h"
 #include "mtc/Transforms/PlanReport.h"
+#include "mtc/Transforms/Pipeline.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/StringMap.h"
@@ -41,6 +42,14 @@ public:
   LogicalResult run(mtc::EmitResult &out);
 
 private:
+  // Pipeline programs (mtc/Transforms/Pipeline.h): per pipeline rank its
+  // pieces, step, eval and optimizer functions, and one ProgramDesc stage.
+  LogicalResult runPipeline(mtc::EmitResult &out);
+  LogicalResult emitPiece(func::FuncOp fn);
+  LogicalResult emitStep(func::FuncOp fn, int64_t base);
+  void planFunction(func::FuncOp fn);
+  enum class Kind { Plain, Piece, Step };
+  Kind kind = Kind::Plain;
   LogicalResult emitFunction(func::FuncOp fn, bool eval);
   LogicalResult emitOp(Operation *op, bool eval);
   std::string buf(Value v);
@@ -53,6 +62,8 @@ private:
   mtc::BufferPlan plan;
   llvm::DenseMap<Value, std::string> names; // func args and scalars
   int64_t arena = 0;
+  int64_t pieceArena = 0, stepArena = 0; // pipeline: per rank
+  std::string header();
 };
 
 std::string HostEmitter::buf(Value v) {
@@ -64,14 +75,23 @@ std::string HostEmitter::buf(Value v) {
   return llvm::formatv("(A + {0})", plan.offset.lookup(v)).str();
 }
 
-LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
-  names.clear();
-  plan = mtc::planBuffers(fn, [](Value v) -> int64_t {
-    if (v.getDefiningOp<mtc::ParamOp>())
+/// Arena offsets for `fn`'s values; values already named (arguments, a
+/// piece's results written straight to the caller's buffers, microbatch
+/// views) take none.
+void HostEmitter::planFunction(func::FuncOp fn) {
+  plan = mtc::planBuffers(fn, [&](Value v) -> int64_t {
+    if (v.getDefiningOp<mtc::ParamOp>() || v.getDefiningOp<mtc::MicrobatchOp>() ||
+        names.count(v))
       return 0;
     auto t = dyn_cast<RankedTensorType>(v.getType());
     return t ? t.getNumElements() : 0;
   });
+}
+
+LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
+  names.clear();
+  kind = Kind::Plain;
+  planFunction(fn);
   arena = std::max(arena, plan.size);
 
   StringRef name = fn.getSymName();
@@ -380,12 +400,92 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(a.getGrad())));
         return success();
       })
+      .Case([&](mtc::MicrobatchOp m) -> LogicalResult {
+        names[m] = llvm::formatv("({0} + {1})", buf(m.getBatch()),
+                                 m.getIndex() * numel(m))
+                       .str();
+        return success();
+      })
+      .Case([&](func::CallOp c) -> LogicalResult {
+        auto callee = module.lookupSymbol<func::FuncOp>(c.getCallee());
+        auto mb = c->getAttrOfType<IntegerAttr>(mtc::kMicrobatchAttr);
+        if (!callee || !mtc::getPieceInfo(callee) || !mb)
+          return op->emitOpError("host target: calls only pipeline pieces, "
+                                 "each with mtc.microbatch");
+        // Dropout keys: the microbatch's place in the global batch.
+        line(llvm::formatv("st.microbatch = {0}; st.global_microbatch = {0} * "
+                           "st.comm->size(1) + st.comm->index(1);",
+                           mb.getInt()));
+        std::string tok = "nullptr", tgt = "nullptr", in, out;
+        for (auto [i, v] : llvm::enumerate(c.getOperands())) {
+          auto role = callee.getArgAttrOfType<StringAttr>(i, mtc::kRoleAttr);
+          if (role && role.getValue() == "tokens")
+            tok = buf(v);
+          else if (role && role.getValue() == "targets")
+            tgt = buf(v);
+          else
+            in += (in.empty() ? "" : ", ") + buf(v);
+        }
+        for (Value r : c.getResults())
+          out += (out.empty() ? "" : ", ") + buf(r);
+        line(llvm::formatv("{{ float* in[] = {{{0}}; float* out[] = {{{1}}; "
+                           "{2}(st, {3}, {4}, in, out); }",
+                           in.empty() ? "nullptr" : in,
+                           out.empty() ? "nullptr" : out, callee.getSymName(),
+                           tok, tgt));
+        return success();
+      })
+      .Case([&](mtc::P2POp p) -> LogicalResult {
+        std::string ops;
+        unsigned si = 0, ri = 0;
+        for (Attribute a : p.getTransfers()) {
+          mtc::PipelineTransfer t;
+          std::string why;
+          if (!mtc::parsePipelineTransfer(a, t, why))
+            return op->emitOpError(why);
+          Value v = t.send ? p.getSends()[si++] : p.getRecvs()[ri++];
+          ops += llvm::formatv("{{{0}, {1}, {2}, {3}}, ",
+                               t.send ? "true" : "false", buf(v), numel(v),
+                               t.peer)
+                     .str();
+        }
+        line(llvm::formatv("{{ mtc::rt::P2PTransfer t[] = {{{0}}; "
+                           "st.comm->p2p(0, t, {1}); }",
+                           ops, p.getTransfers().size()));
+        return success();
+      })
+      .Case([&](mtc::PipelineLossOp l) -> LogicalResult {
+        line(llvm::formatv("losses[{0}] = {1}[0];", l.getMicrobatch(),
+                           buf(l.getLoss())));
+        return success();
+      })
+      .Case([&](mtc::SumTiedGradientsOp t) -> LogicalResult {
+        // Every pipeline rank joins the sum; one without the parameter
+        // adds zeros.
+        auto it = layout.slots.find(t.getParam());
+        if (it != layout.slots.end())
+          line(llvm::formatv("st.comm->all_reduce_sum(0, G + {0}, {1});  // {2}",
+                             it->second.offset, t.getElements(), t.getParam()));
+        else
+          line(llvm::formatv("{{ std::vector<float> zeros({0}); "
+                             "st.comm->all_reduce_sum(0, zeros.data(), {0}); }  "
+                             "// {1}, held by other pipeline ranks",
+                             t.getElements(), t.getParam()));
+        return success();
+      })
       .Case([&](mtc::GradNormOp g) -> LogicalResult {
         names[g] = "grad_norm";
         double scale = g.getGradScale().convertToDouble();
         auto split = g->getAttrOfType<ArrayAttr>("tp_split_params");
         bool sharded = layout.shardElements > 0;
-        if (!split && !sharded) {
+        // Pipeline: summed over the pipeline ranks, a tied copy counted on
+        // its lowest rank only.
+        const bool ppSum = g->hasAttr(mtc::kPpSumAttr);
+        llvm::StringSet<> skip;
+        if (auto a = g->getAttrOfType<ArrayAttr>(mtc::kPpSkipParamsAttr))
+          for (Attribute n : a)
+            skip.insert(cast<StringAttr>(n).getValue());
+        if (!split && !sharded && !ppSum) {
           // Padding between parameters is never written, so it stays zero.
           line(llvm::formatv("const float grad_norm = float(std::sqrt("
                              "k::sum_squares(G, {0})) * {1});",
@@ -403,6 +503,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         if (sharded)
           line("int64_t a = 0, b = 0;");
         for (const std::string &name : layout.order) {
+          if (skip.contains(name))
+            continue;
           ParamSlot slot = layout.slots.lookup(name);
           int64_t n = slot.op.getType().getNumElements();
           const char *dst = isSplit.count(name) ? "sq[0]" : "sq[1]";
@@ -420,6 +522,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                              layout.shardAxis));
         if (split)
           line("st.comm->all_reduce_sum(2, sums, 1);");
+        if (ppSum)
+          line("st.comm->all_reduce_sum(0, sums, 2);");
         line(llvm::formatv("const float grad_norm = float(std::sqrt(double("
                            "sums[0]) + double(sums[1]))) * {0}f;",
                            fmt(scale)));
@@ -469,6 +573,21 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](func::ReturnOp r) -> LogicalResult {
+        if (kind == Kind::Step) {
+          line("return;");
+          return success();
+        }
+        if (kind == Kind::Piece) {
+          // Results not already written in place go to the caller's buffers.
+          for (auto [k, v] : llvm::enumerate(r.getOperands())) {
+            std::string dst = llvm::formatv("out[{0}]", k).str();
+            if (buf(v) != dst)
+              line(llvm::formatv("std::copy({0}, {0} + {1}, {2});", buf(v),
+                                 numel(v), dst));
+          }
+          line("return 0.0f;");
+          return success();
+        }
         if (r.getNumOperands() != 1)
           return op->emitOpError("host functions return exactly one value");
         Value v = r.getOperand(0);
@@ -486,13 +605,123 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       });
 }
 
-LogicalResult HostEmitter::run(mtc::EmitResult &out) {
-  FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
-  if (failed(fns) || failed(emitFunction(fns->forward, /*eval=*/true)) ||
-      failed(emitFunction(fns->train, /*eval=*/false)) ||
-      failed(emitFunction(fns->optimizer, /*eval=*/false)))
-    return failure();
+LogicalResult HostEmitter::emitPiece(func::FuncOp fn) {
+  names.clear();
+  kind = Kind::Piece;
+  // Arguments: the microbatch's tokens and targets, the rest from `in`;
+  // results written straight into `out` when the value is returned once
+  // and computed here.
+  unsigned next = 0;
+  for (auto [i, a] : llvm::enumerate(fn.getArguments())) {
+    auto role = fn.getArgAttrOfType<StringAttr>(i, mtc::kRoleAttr);
+    if (role && (role.getValue() == "tokens" || role.getValue() == "targets"))
+      names[a] = role.getValue().str();
+    else
+      names[a] = llvm::formatv("in[{0}]", next++).str();
+  }
+  auto ret = cast<func::ReturnOp>(fn.getBody().front().getTerminator());
+  llvm::DenseMap<Value, int> uses;
+  for (Value v : ret.getOperands())
+    ++uses[v];
+  for (auto [k, v] : llvm::enumerate(ret.getOperands()))
+    if (uses[v] == 1 && !isa<BlockArgument>(v) && !v.getDefiningOp<mtc::ParamOp>() &&
+        !names.count(v))
+      names[v] = llvm::formatv("out[{0}]", k).str();
+  planFunction(fn);
+  pieceArena = std::max(pieceArena, plan.size);
+  os << "float " << fn.getSymName()
+     << "(HostState& st, const int32_t* tokens, const int32_t* targets, "
+        "float* const* in, float* const* out) {\n";
+  line("float* P = st.params;");
+  line("float* G = st.grads;");
+  line("float* A = st.arena;");
+  line("(void)P; (void)G; (void)A; (void)tokens; (void)targets; (void)in; (void)out;");
+  for (Operation &op : fn.getBody().front())
+    if (failed(emitOp(&op, mtc::getPieceInfo(fn)->kind == mtc::PieceKind::Eval)))
+      return failure();
+  os << "}\n\n";
+  return success();
+}
 
+LogicalResult HostEmitter::emitStep(func::FuncOp fn, int64_t base) {
+  names.clear();
+  kind = Kind::Step;
+  names[fn.getArgument(0)] = "tokens";
+  names[fn.getArgument(1)] = "targets";
+  planFunction(fn);
+  stepArena = std::max(stepArena, plan.size);
+  os << "void " << fn.getSymName()
+     << "(HostState& st, const int32_t* tokens, const int32_t* targets, "
+        "float* losses) {\n";
+  line("float* P = st.params;");
+  line("float* G = st.grads;");
+  line(llvm::formatv("float* A = st.arena + {0};  // after the pieces' own "
+                     "values: what the step holds between pieces",
+                     base));
+  line("(void)P; (void)G; (void)A; (void)losses;");
+  for (Operation &op : fn.getBody().front())
+    if (failed(emitOp(&op, false)))
+      return failure();
+  os << "}\n\n";
+  return success();
+}
+
+LogicalResult HostEmitter::runPipeline(mtc::EmitResult &out) {
+  const mtc::PipelineConfig cfg = mtc::getPipelineConfig(module);
+  std::vector<ProgramDescStage> stages;
+  for (int64_t r = 0; r < cfg.pp; ++r) {
+    std::vector<func::FuncOp> fns = mtc::functionsOfRank(module, r);
+    layout = ParamLayout(module, fns);
+    pieceArena = stepArena = 0;
+    func::FuncOp step, eval, optimizer;
+    for (func::FuncOp fn : fns) {
+      StringRef name = fn.getSymName();
+      if (mtc::getPieceInfo(fn)) {
+        if (failed(emitPiece(fn)))
+          return failure();
+      } else if (name.starts_with("pipeline_step_pp")) {
+        step = fn;
+      } else if (name.starts_with("pipeline_eval_pp")) {
+        eval = fn;
+      } else if (name.starts_with("optimizer_step_pp")) {
+        optimizer = fn;
+      }
+    }
+    if (!step || !eval || !optimizer)
+      return module.emitError("pipeline rank ")
+             << r << " lacks its step, eval or optimizer function (run "
+             << "mtc-pipeline-schedule)";
+    const int64_t base = (pieceArena + 15) / 16 * 16;
+    if (failed(emitStep(step, base)) || failed(emitStep(eval, base)))
+      return failure();
+    arena = 0;
+    if (failed(emitFunction(optimizer, false)))
+      return failure();
+    ProgramDescStage st;
+    st.layout = layout;
+    st.arenaWords = std::max(base + stepArena, arena);
+    st.step = step.getSymName().str();
+    st.eval = eval.getSymName().str();
+    st.optimizer = optimizer.getSymName().str();
+    for (auto call : step.getOps<func::CallOp>())
+      if (auto callee = module.lookupSymbol<func::FuncOp>(call.getCallee()))
+        callee.walk([&](mtc::CostOpInterface c) {
+          if (!c->hasAttr(mtc::kRecomputedAttr))
+            st.flops += c.getFlops();
+        });
+    out.arenaElements = std::max(out.arenaElements, st.arenaWords);
+    stages.push_back(std::move(st));
+  }
+  layout = ParamLayout(module);
+  out.source = header() + body + "}  // namespace\n\n";
+  ProgramDescExtras extras;
+  extras.target = "host";
+  extras.stages = std::move(stages);
+  out.source += emitProgramDesc(module, layout, extras);
+  return success();
+}
+
+std::string HostEmitter::header() {
   auto name = module->getAttrOfType<StringAttr>("mtc.model");
   std::string src;
   llvm::raw_string_ostream s(src);
@@ -508,9 +737,22 @@ LogicalResult HostEmitter::run(mtc::EmitResult &out) {
        "mtc::rt::host;\n\n"
     << "float data_error(HostState& st, const char* message) {\n"
     << "  st.error = message;\n"
-    << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n"
+    << "  return std::numeric_limits<float>::quiet_NaN();\n}\n\n";
+  return src;
+}
 
-    << body << "}  // namespace\n\n";
+LogicalResult HostEmitter::run(mtc::EmitResult &out) {
+  if (mtc::isPipelineModule(module))
+    return runPipeline(out);
+  FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
+  if (failed(fns) || failed(emitFunction(fns->forward, /*eval=*/true)) ||
+      failed(emitFunction(fns->train, /*eval=*/false)) ||
+      failed(emitFunction(fns->optimizer, /*eval=*/false)))
+    return failure();
+
+  std::string src = header();
+  llvm::raw_string_ostream s(src);
+  s << body << "}  // namespace\n\n";
   ProgramDescExtras extras;
   extras.target = "host";
   extras.arenaWords = arena;

@@ -5,21 +5,35 @@
 
 using namespace mlir;
 
-mtc::ParamLayout::ParamLayout(ModuleOp module) {
-  module.walk([&](ParamOp p) {
-    if (slots.count(p.getName()))
+namespace {
+template <typename Walk>
+void build(mtc::ParamLayout &l, ModuleOp module, Walk walk) {
+  walk([&](mtc::ParamOp p) {
+    if (l.slots.count(p.getName()))
       return;
-    slots[p.getName()] = {p, totalElements};
-    order.push_back(p.getName().str());
-    totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
+    l.slots[p.getName()] = {p, l.totalElements};
+    l.order.push_back(p.getName().str());
+    l.totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
   });
-  module.walk([&](ReduceGradientsOp r) {
+  walk([&](mtc::ReduceGradientsOp r) {
     if (!r.getShardOptimizerState())
       return;
-    const int64_t parts = getGridShape(module).size(r.getGridAxes());
-    shardAxis = r.getGridAxes()[0];
+    const int64_t parts = mtc::getGridShape(module).size(r.getGridAxes());
+    l.shardAxis = r.getGridAxes()[0];
     // Shards 16-aligned like the parameters, so vector loads stay aligned.
-    shardElements = (totalElements + parts * 16 - 1) / (parts * 16) * 16;
-    totalElements = shardElements * parts;
+    l.shardElements = (l.totalElements + parts * 16 - 1) / (parts * 16) * 16;
+    l.totalElements = l.shardElements * parts;
+  });
+}
+} // namespace
+
+mtc::ParamLayout::ParamLayout(ModuleOp module) {
+  build(*this, module, [&](auto fn) { module.walk(fn); });
+}
+
+mtc::ParamLayout::ParamLayout(ModuleOp module, ArrayRef<func::FuncOp> fns) {
+  build(*this, module, [&](auto fn) {
+    for (func::FuncOp f : fns)
+      f.walk(fn);
   });
 }

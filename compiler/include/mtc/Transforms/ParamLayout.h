@@ -11,6 +11,7 @@
 #define MTC_TRANSFORMS_PARAMLAYOUT_H
 
 #include "mtc/Dialect/MtcDialect.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/StringMap.h"
 
 namespace mtc {
@@ -33,7 +34,11 @@ struct ParamLayout {
   int64_t shardElements = 0;
   int shardAxis = -1;
 
+  ParamLayout() = default;
   explicit ParamLayout(mlir::ModuleOp module);
+  /// The layout of one pipeline rank: the parameters (and the sharded
+  /// optimizer) of `fns` only (mtc/Transforms/Pipeline.h: functionsOfRank).
+  ParamLayout(mlir::ModuleOp module, llvm::ArrayRef<mlir::func::FuncOp> fns);
   int64_t offset(llvm::StringRef name) const {
     return slots.lookup(name).offset;
   }
