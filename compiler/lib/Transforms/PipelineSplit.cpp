@@ -12,8 +12,8 @@
 //  2. Forward ops of @train_step are those the returned loss depends on; the
 //     rest is the backward pass. Under a zero-bubble schedule the backward
 //     ops of a chunk are split again: its weight-gradient part (W) is every
-//     op whose results only reach `mtc.accumulate_grad`, the rest (B)
-//     computes the input gradients.
+//     op whose results only reach `mtc.accumulate_grad` within the chunk, the
+//     rest (B) computes the input gradients.
 //  3. Boundaries: the activations a chunk's forward ops hand to the next
 //     chunk, the gradients a chunk's backward ops hand to the previous one,
 //     the values a chunk's backward (and W) pieces need from its forward
@@ -223,7 +223,11 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       if (Operation *d = v.getDefiningOp())
         work.push_back(d);
   }
-  // W: results reach only accumulate_grad (reverse program order).
+  // W: results reach only accumulate_grad of the same chunk (reverse
+  // program order). A value another chunk reads is an input gradient that
+  // B sends: without the chunk test the whole chain down to the word
+  // embedding's accumulate_grad would count as W, and B_c would send
+  // nothing.
   llvm::DenseSet<Operation *> isWeight;
   if (zeroBubble)
     for (Operation &op : llvm::reverse(body)) {
@@ -233,7 +237,7 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       if (!weight && op.getNumResults() > 0) {
         weight = true;
         for (Operation *u : op.getUsers())
-          weight &= isWeight.count(u) > 0;
+          weight &= isWeight.count(u) > 0 && chunkOf(u) == chunkOf(&op);
       }
       if (weight)
         isWeight.insert(&op);
