@@ -12,8 +12,8 @@
 //  2. Forward ops of @train_step are those the returned loss depends on; the
 //     rest is the backward pass. Under a zero-bubble schedule the backward
 //     ops of a chunk are split again: its weight-gradient part (W) is every
-//     op whose results only reach `mtc.accumulate_grad`, the rest (B)
-//     computes the input gradients.
+//     op whose results only reach `mtc.accumulate_grad` within the chunk, the
+//     rest (B) computes the input gradients.
 //  3. Boundaries: the activations a chunk's forward ops hand to the next
 //     chunk, the gradients a chunk's backward ops hand to the previous one,
 //     the values a chunk's backward (and W) pieces need from its forward
@@ -223,7 +223,11 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       if (Operation *d = v.getDefiningOp())
         work.push_back(d);
   }
-  // W: results reach only accumulate_grad (reverse program order).
+  // W: results reach only accumulate_grad of the same chunk (reverse
+  // program order). A value another chunk reads is an input gradient that
+  // B sends: without the chunk test the whole chain down to the word
+  // embedding's accumulate_grad would count as W, and B_c would send
+  // nothing.
   llvm::DenseSet<Operation *> isWeight;
   if (zeroBubble)
     for (Operation &op : llvm::reverse(body)) {
@@ -233,7 +237,7 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       if (!weight && op.getNumResults() > 0) {
         weight = true;
         for (Operation *u : op.getUsers())
-          weight &= isWeight.count(u) > 0;
+          weight &= isWeight.count(u) > 0 && chunkOf(u) == chunkOf(&op);
       }
       if (weight)
         isWeight.insert(&op);
@@ -271,6 +275,12 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       return nullptr;
     return d;
   };
+  // A value of chunk `from` read by chunk `to` > from + 1 (a chunk between
+  // them is empty, "E,t*2||t*2,L"): each chunk between passes it on.
+  auto passForward = [&](Value v, int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      act[j].insert(v);
+  };
   for (Operation &op : body) {
     if (&op == ret || copiedIntoPieces(&op))
       continue;
@@ -285,9 +295,9 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
       if (dc == c && dk == k)
         continue; // inside the piece
       if (k == PieceKind::Forward) {
-        if (dk != PieceKind::Forward || dc != c - 1)
+        if (dk != PieceKind::Forward || dc >= c)
           return crossError(&op, v, dc, c, "a forward value");
-        act[dc].insert(v);
+        passForward(v, dc, c);
         continue;
       }
       // B or W.
@@ -296,15 +306,16 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
           saved[c].insert(v);
           continue;
         }
-        if (dc == c - 1) { // F_c's input activation, kept from F_c to here
+        if (dc < c) { // F_c's input activation, kept from F_c to here
           saved[c].insert(v);
-          act[dc].insert(v);
+          passForward(v, dc, c);
           continue;
         }
         return crossError(&op, v, dc, c, "a forward value");
       }
-      if (dc == c + 1 && dk != PieceKind::Weight) {
-        grad[c].insert(v);
+      if (dc > c && dk != PieceKind::Weight) {
+        for (int64_t j = c; j < dc; ++j) // passed back by the chunks between
+          grad[j].insert(v);
         continue;
       }
       if (dc == c && dk == PieceKind::Backward && k == PieceKind::Weight) {
@@ -365,8 +376,8 @@ LogicalResult Splitter::splitTrain(func::FuncOp train) {
     llvm::DenseSet<Value> usedB = addSaved(bwd[c]);
     if (c + 1 < C)
       for (auto [i, v] : llvm::enumerate(grad[c]))
-        if (usedB.count(v))
-          in.push_back({v, "gradient", int64_t(i)});
+        if (usedB.count(v) || (c > 0 && grad[c - 1].contains(v)))
+          in.push_back({v, "gradient", int64_t(i)}); // used or passed on
     if (c > 0)
       for (auto [i, v] : llvm::enumerate(grad[c - 1]))
         out.push_back({v, "gradient", int64_t(i)});
@@ -413,9 +424,10 @@ LogicalResult Splitter::splitForward(func::FuncOp forward) {
       Operation *d = v.getDefiningOp();
       if (!d || copiedIntoPieces(d) || chunkOf(d) == c)
         continue;
-      if (chunkOf(d) != c - 1)
+      if (chunkOf(d) > c)
         return crossError(&op, v, chunkOf(d), c, "a forward value");
-      act[c - 1].insert(v);
+      for (int64_t j = chunkOf(d); j < c; ++j) // passed on by empty chunks
+        act[j].insert(v);
     }
   }
   for (int64_t c = 0; c < C; ++c) {

@@ -171,14 +171,20 @@ FailureOr<mtc::PipelineAnalysis> mtc::analyzePipeline(ModuleOp module) {
   if (!sim.ok) {
     InFlightDiagnostic d = module.emitError("mtc-verify-pipeline: ")
                            << sim.error;
-    // Notes at the ops of the steps the message names ("rank R step N").
+    // Notes at the ops of the steps the message names: "rank R" and the
+    // first "step N" after it, before the next rank ("rank R step N",
+    // "rank R waits at step N", "rank R, whose matching send at step N").
     StringRef msg = sim.error;
     for (size_t at = msg.find("rank "); at != StringRef::npos;
          at = msg.find("rank ", at + 5)) {
       int64_t r, n;
       StringRef rest = msg.drop_front(at + 5);
-      if (rest.consumeInteger(10, r) || !rest.consume_front(" step ") ||
-          rest.consumeInteger(10, n))
+      if (rest.consumeInteger(10, r))
+        continue;
+      rest = rest.take_front(rest.find("rank "));
+      size_t step = rest.find("step ");
+      if (step == StringRef::npos ||
+          rest.drop_front(step + 5).consumeInteger(10, n))
         continue;
       if (r >= 0 && r < cfg.pp && n >= 0 && n < int64_t(opOfStep[r].size()))
         d.attachNote(opOfStep[r][n]->getLoc())

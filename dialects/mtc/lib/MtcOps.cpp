@@ -462,9 +462,12 @@ LogicalResult MicrobatchOp::verify() {
       in.getShape().drop_front() != out.getShape())
     return emitOpError("takes (M, ...) to one (...) microbatch, got ")
            << in << " -> " << out;
-  if (getIndex() < 0 || getIndex() >= in.getDimSize(0))
+  // The attribute's signed value: getIndex() is unsigned, so -1 would read
+  // as 2^64 - 1.
+  const int64_t index = getIndexAttr().getInt();
+  if (index < 0 || index >= in.getDimSize(0))
     return emitOpError("microbatch ")
-           << getIndex() << " is outside [0, " << in.getDimSize(0) << ")";
+           << index << " is outside [0, " << in.getDimSize(0) << ")";
   return success();
 }
 

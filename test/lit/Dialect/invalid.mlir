@@ -708,3 +708,102 @@ func.func @squared_relu_grad_types(%x: tensor<2x4xf32>, %dy: tensor<2x8xf32>) ->
   %d = "mtc.squared_relu_grad"(%x, %dy) : (tensor<2x4xf32>, tensor<2x8xf32>) -> tensor<2x4xf32>
   return %d : tensor<2x4xf32>
 }
+
+// -----
+
+// Tests that a microbatch index must lie inside the step's batch.
+func.func @microbatch_out_of_range(%t: tensor<4x2x8xi32>) -> tensor<2x8xi32> {
+  // expected-error @+1 {{'mtc.microbatch' op microbatch 4 is outside [0, 4)}}
+  %m = mtc.microbatch %t[4] : tensor<4x2x8xi32> -> tensor<2x8xi32>
+  return %m : tensor<2x8xi32>
+}
+
+// -----
+
+// Tests that a negative microbatch index is refused too.
+func.func @microbatch_negative(%t: tensor<4x2x8xi32>) -> tensor<2x8xi32> {
+  // expected-error @+1 {{'mtc.microbatch' op microbatch -1 is outside [0, 4)}}
+  %m = mtc.microbatch %t[-1] : tensor<4x2x8xi32> -> tensor<2x8xi32>
+  return %m : tensor<2x8xi32>
+}
+
+// -----
+
+// Tests that a microbatch is the batch without its leading dimension.
+func.func @microbatch_shape(%t: tensor<4x2x8xi32>) -> tensor<2x4xi32> {
+  // expected-error @+1 {{'mtc.microbatch' op takes (M, ...) to one (...) microbatch, got 'tensor<4x2x8xi32>' -> 'tensor<2x4xi32>'}}
+  %m = mtc.microbatch %t[0] : tensor<4x2x8xi32> -> tensor<2x4xi32>
+  return %m : tensor<2x4xi32>
+}
+
+// -----
+
+// Tests that a p2p transfer is a dictionary of the six keys.
+func.func @p2p_transfer_keys(%a: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op transfer 0: a transfer is a dictionary {kind, payload, microbatch, chunk, index, peer}}}
+  mtc.p2p(%a) transfers = [{kind = "send", payload = "activation", microbatch = 0 : i64, chunk = 0 : i64, peer = 1 : i64}] : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that a transfer's kind is send or recv.
+func.func @p2p_transfer_kind(%a: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op transfer 0: kind must be "send" or "recv", got "put"}}
+  mtc.p2p(%a) transfers = [{kind = "put", payload = "activation", microbatch = 0 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64}] : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that a transfer's payload is an activation or a gradient.
+func.func @p2p_transfer_payload(%a: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op transfer 0: payload must be "activation" or "gradient", got "weights"}}
+  mtc.p2p(%a) transfers = [{kind = "send", payload = "weights", microbatch = 0 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64}] : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that a transfer's numbers are not negative.
+func.func @p2p_transfer_negative(%a: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op transfer 0: microbatch, chunk, index and peer must be >= 0}}
+  mtc.p2p(%a) transfers = [{kind = "send", payload = "activation", microbatch = 0 : i64, chunk = 0 : i64, index = 0 : i64, peer = -1 : i64}] : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that each send takes an operand: two sends, one operand.
+func.func @p2p_more_sends_than_operands(%a: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op transfer 1 sends, but the op has only 1 operand(s)}}
+  mtc.p2p(%a) transfers = [{kind = "send", payload = "activation", microbatch = 0 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64}, {kind = "send", payload = "activation", microbatch = 1 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64}] : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that each receive gives a result: a receive, no result.
+func.func @p2p_recv_without_result() {
+  // expected-error @+1 {{'mtc.p2p' op transfer 0 receives, but the op has only 0 result(s)}}
+  mtc.p2p() transfers = [{kind = "recv", payload = "gradient", microbatch = 0 : i64, chunk = 1 : i64, index = 0 : i64, peer = 1 : i64}] : () -> ()
+  return
+}
+
+// -----
+
+// Tests that every operand is sent: two operands, one send.
+func.func @p2p_fewer_sends_than_operands(%a: tensor<4xf32>, %b: tensor<4xf32>) {
+  // expected-error @+1 {{'mtc.p2p' op has 2 operand(s) and 0 result(s) but its transfers send 1 and receive 0}}
+  mtc.p2p(%a, %b) transfers = [{kind = "send", payload = "activation", microbatch = 0 : i64, chunk = 0 : i64, index = 0 : i64, peer = 1 : i64}] : (tensor<4xf32>, tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+// Tests that a p2p group has at least one transfer.
+func.func @p2p_empty() {
+  // expected-error @+1 {{'mtc.p2p' op has no transfers}}
+  mtc.p2p() transfers = [] : () -> ()
+  return
+}

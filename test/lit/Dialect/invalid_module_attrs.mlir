@@ -63,7 +63,7 @@ module attributes {mtc.parallel = {tp = true, pp = "2"}} {
 // -----
 
 // Tests that a misspelled key is an error, not a silent default.
-// expected-error @+1 {{attribute 'mtc.parallel' has an unknown key 'tensor_parallel' (known keys: tp, pp, dp, virtual_stages, sp, distributed_optimizer, schedule)}}
+// expected-error @+1 {{attribute 'mtc.parallel' has an unknown key 'tensor_parallel' (known keys: tp, pp, dp, virtual_stages, sp, distributed_optimizer, schedule, layout)}}
 module attributes {mtc.parallel = {tensor_parallel = 2 : i64}} {
 }
 
@@ -84,7 +84,7 @@ module attributes {mtc.parallel = {sp = true}} {
 // -----
 
 // Tests that the schedule is one of the known ones.
-// expected-error @+1 {{'schedule' must be one of "gpipe", "1f1b", "interleaved", got "zigzag"}}
+// expected-error @+1 {{'schedule' must be one of "gpipe", "1f1b", "interleaved", "zb-h1", got "zigzag"}}
 module attributes {mtc.parallel = {schedule = "zigzag"}} {
 }
 
@@ -222,7 +222,7 @@ module attributes {mtc.tp_allreduce = 2} {
 // -----
 
 // Tests that a misspelled module attribute is an error.
-// expected-error @+1 {{unknown module attribute 'mtc.paralel' (known: mtc.model, mtc.parallel, mtc.recompute, mtc.training, mtc.tp_backward_lanes, mtc.tp_lanes, mtc.tp_allreduce)}}
+// expected-error @+1 {{unknown module attribute 'mtc.paralel' (known: mtc.model, mtc.parallel, mtc.recompute, mtc.training, mtc.tp_backward_lanes, mtc.tp_lanes, mtc.tp_allreduce, mtc.pipeline_layout)}}
 module attributes {mtc.paralel = {tp = 2 : i64}} {
 }
 
@@ -234,4 +234,26 @@ module {
   func.func @f() attributes {mtc.parallel = {tp = 2 : i64}} {
     return
   }
+}
+
+// -----
+
+// Tests that mtc.pipeline_layout names one string per chunk: pp = 2,
+// virtual_stages = 2 make 4 chunks, not 2.
+// expected-error @+1 {{'builtin.module' op attribute 'mtc.pipeline_layout' must be an array of 4 strings (one per pipeline chunk, pp * virtual_stages), got ["E,t*2", "t*2,L"]}}
+module attributes {mtc.parallel = {pp = 2 : i64, virtual_stages = 2 : i64},
+                   mtc.pipeline_layout = ["E,t*2", "t*2,L"]} {
+}
+
+// -----
+
+// Tests that mtc.pipeline_layout holds strings.
+// expected-error @+1 {{attribute 'mtc.pipeline_layout' must be an array of 2 strings (one per pipeline chunk, pp * virtual_stages), got ["E,t*2", 3]}}
+module attributes {mtc.parallel = {pp = 2 : i64}, mtc.pipeline_layout = ["E,t*2", 3]} {
+}
+
+// -----
+
+// Tests that a well-formed mtc.pipeline_layout passes (an empty chunk too).
+module attributes {mtc.parallel = {pp = 3 : i64}, mtc.pipeline_layout = ["E,t*2", "", "t*2,L"]} {
 }
