@@ -62,22 +62,30 @@ bool resolvePipelineLayout(const std::string& layout, int64_t num_layers, int64_
     size_t pos = 0;
     const std::string where = "chunk " + std::to_string(c) + " (\"" + text + "\")";
     while (pos < text.size()) {
-      size_t end = text.find(',', pos);
-      if (end == std::string::npos) end = text.size();
+      // An item: E, t or L, then an optional "*N"; commas between items
+      // are optional ("Et*3" = "E,t*3").
+      if (text[pos] == ',') {
+        ++pos;
+        continue;
+      }
+      size_t end = pos + 1;
+      if (end < text.size() && text[end] == '*') {
+        ++end;
+        while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
+      }
       std::string item = text.substr(pos, end - pos);
-      pos = end + 1;
-      if (item.empty()) continue;
+      pos = end;
       int64_t count = 1;
       const char token = item[0];
       if (item.size() > 1) {
-        if (item[1] != '*' || item.size() == 2) {
-          error = where + ": '" + item + "' is not E, t, L or t*N";
+        if (item.size() == 2) {
+          error = where + ": '" + item + "': the repeat count must be a number";
           return false;
         }
         count = 0;
         for (size_t i = 2; i < item.size(); ++i) {
-          if (!std::isdigit(static_cast<unsigned char>(item[i])) || count > 1000000) {
-            error = where + ": '" + item + "': the repeat count must be a number";
+          if (count > 1000000) {
+            error = where + ": '" + item + "': the repeat count is too large";
             return false;
           }
           count = count * 10 + (item[i] - '0');

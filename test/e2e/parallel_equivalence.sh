@@ -41,7 +41,7 @@ for plan in "$@"; do
     flags+=("--$k" "$v")
     case $k in tp|dp|pp) ranks=$((ranks * v)) ;; esac
   done
-  dir="$W/$(echo "$plan" | tr ',=' '_-')"
+  dir="$W/$(echo "$plan" | tr ',=' '_-' | tr -c 'A-Za-z0-9_.\n-' '_')"
   "$MTC" compile "$SPEC" --target host "${flags[@]}" -o "$dir" > "$dir.compile.log"
   "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 5 --metrics "$dir.jsonl" > "$dir.log" 2>&1 ||
     { echo "FAIL $plan: training failed:"; tail -5 "$dir.log"; status=1; continue; }

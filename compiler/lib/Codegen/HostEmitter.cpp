@@ -95,7 +95,7 @@ LogicalResult HostEmitter::emitFunction(func::FuncOp fn, bool eval) {
   arena = std::max(arena, plan.size);
 
   StringRef name = fn.getSymName();
-  bool isOptimizer = name == "optimizer_step";
+  bool isOptimizer = name.starts_with("optimizer_step");
   if (isOptimizer) {
     os << "double " << name
        << "(HostState& st, float lr, int64_t step) {\n";

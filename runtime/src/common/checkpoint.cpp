@@ -413,10 +413,13 @@ CheckpointState inspect_checkpoint(const std::string& step_dir,
 
 CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
-                                float* exp_avg, float* exp_avg_sq, const GridIndex& at) {
+                                float* exp_avg, float* exp_avg_sq, const GridIndex& at,
+                                const ProgramDesc* whole) {
   CheckpointState s = read_state(step_dir);
   SafetensorsReader model(step_dir + "/model.safetensors");
-  check_tensors(model, model_tensors(program));
+  // The file holds the whole model; a pipeline stage reads its part.
+  const ProgramDesc& expected = whole != nullptr ? *whole : program;
+  check_tensors(model, model_tensors(expected));
   // One tensor's global data at a time when this rank holds a slice of it.
   std::vector<float> global;
   auto read = [&](const SafetensorsReader& file, const std::string& name, const ParamDesc& d,
@@ -432,7 +435,7 @@ CheckpointState load_checkpoint(const std::string& step_dir,
   };
   if (s.has_optimizer) {
     SafetensorsReader opt(step_dir + "/optimizer.safetensors");
-    check_tensors(opt, optimizer_tensors(program));
+    check_tensors(opt, optimizer_tensors(expected));
     if (exp_avg != nullptr && exp_avg_sq != nullptr) {
       for (const ParamDesc& d : program.params) {
         read(opt, d.name + ".exp_avg", d, exp_avg);

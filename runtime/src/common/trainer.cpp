@@ -217,7 +217,8 @@ Trainer::Trainer(const ProgramDesc& program, const ProgramDesc& model, const Tra
   try {
     if (resuming_) {
       resume_dir_ = resolve_checkpoint(o_.load.empty() ? o_.save : o_.load);
-      resume_state_ = inspect_checkpoint(resume_dir_, p_);
+      // Against the whole model (a pipeline stage holds part of it).
+      resume_state_ = inspect_checkpoint(resume_dir_, global_);
     }
     // Rank 0 writes the checkpoints: a directory it may not write into is
     // refused now, not after training.
@@ -687,7 +688,7 @@ int64_t Trainer::initialize_or_load(int64_t* consumed) {
       // Moments stay zero when the checkpoint has none.
       std::vector<float> exp_avg(n, 0.0f), exp_avg_sq(n, 0.0f);
       resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
-                                      exp_avg_sq.data(), at_);
+                                      exp_avg_sq.data(), at_, &global_);
       // Distributed optimizer: this dp rank's shard of the moments.
       const size_t first =
           p_.optimizer_shard_elems > 0 ? static_cast<size_t>(at_[1] * moment_elems(p_)) : 0;

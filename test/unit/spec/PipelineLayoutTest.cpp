@@ -78,14 +78,17 @@ TEST(PipelineLayout, LayoutsThatDoNotCoverTheModelAreRefused) {
             "error: the last chunk must end with L (final norm, LM head and loss)");
   EXPECT_EQ(resolve("E,t*2|t*2,X", 4, 2),
             "error: chunk 1 (\"t*2,X\"): unknown item 'X' (E embedding, t layer, L head and loss)");
-  EXPECT_EQ(resolve("E,t*2|tt,L", 4, 2), "error: chunk 1 (\"tt,L\"): 'tt' is not E, t, L or t*N");
-  EXPECT_EQ(resolve("E,t*2|t*,L", 4, 2), "error: chunk 1 (\"t*,L\"): 't*' is not E, t, L or t*N");
+  // Commas between items are optional, as in Megatron's "Et*3|t*4L".
+  EXPECT_EQ(resolve("E,t*2|tt,L", 4, 2), "E t0-1 | t2-3 L");
+  EXPECT_EQ(resolve("Et*2|t*2L", 4, 2), "E t0-1 | t2-3 L");
+  EXPECT_EQ(resolve("E,t*2|t*,L", 4, 2),
+            "error: chunk 1 (\"t*,L\"): 't*': the repeat count must be a number");
   EXPECT_EQ(resolve("E,t*2|t*2x,L", 4, 2),
-            "error: chunk 1 (\"t*2x,L\"): 't*2x': the repeat count must be a number");
+            "error: chunk 1 (\"t*2x,L\"): unknown item 'x' (E embedding, t layer, L head and loss)");
   // A repeat count too large to hold is refused, not wrapped around.
   EXPECT_EQ(resolve("E,t*99999999999999999999|L", 4, 2),
             "error: chunk 0 (\"E,t*99999999999999999999\"): 't*99999999999999999999': the repeat count "
-            "must be a number");
+            "is too large");
   EXPECT_EQ(resolve("E,t*4,L", 4, 0), "error: needs at least one chunk");
 }
 

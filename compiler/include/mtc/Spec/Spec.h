@@ -187,8 +187,9 @@ struct LayoutChunk {
 // c % pp). "" splits the layers evenly (the first chunks take one more when
 // they do not divide), the embedding on the first chunk and the head on the
 // last. An explicit layout is Megatron's syntax: chunks separated by '|',
-// each a comma-separated list of E, t and L, any of them repeated as "t*3"
-// (whitespace ignored; a chunk may be empty). E must open the first chunk
+// each a list of E, t and L (commas between them optional: "Et*3" is
+// "E,t*3"), any of them repeated as "t*3" (whitespace ignored; a chunk may
+// be empty). E must open the first chunk
 // and L close the last, and the layout must hold exactly `num_layers` t's.
 // "auto" is not resolved here (the compiler balances it from the ops' cost).
 // On failure returns false and says what is wrong: the chunk count, the

@@ -97,11 +97,14 @@ CheckpointState inspect_checkpoint(const std::string& step_dir,
 // when non-null and the checkpoint has them) at the program's offsets. For a
 // parameter split over the grid (ParamDesc::split_dim), only the slice of
 // the rank at `at` (pp, dp, tp index; grid_comm.h) is kept: each such tensor
-// is read whole into a scratch buffer, one at a time.
+// is read whole into a scratch buffer, one at a time. `model`, when given,
+// is the whole model the file must match (a pipeline stage's program holds
+// part of it: global_layout of the emitted ProgramDesc).
 CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
                                 float* exp_avg, float* exp_avg_sq,
-                                const std::array<int64_t, 3>& at = {0, 0, 0});
+                                const std::array<int64_t, 3>& at = {0, 0, 0},
+                                const ProgramDesc* model = nullptr);
 
 // What a --dump-grads file records besides the tensors (its metadata).
 struct GradDumpInfo {
