@@ -24,6 +24,7 @@
 #include "mtc/Import/Import.h"
 #include "mtc/Transforms/Passes.h"
 #include "mtc/Transforms/PlanReport.h"
+#include "mtc/Transforms/Pipeline.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -323,6 +324,20 @@ int mtc::runCompile(const CompileOptions &opts) {
     printPlanReportText(report, t);
     printPlanReportJson(report, j);
   }
+  // Pipelines: per-rank balance and memory, the orders, and the picture.
+  std::string scheduleText, scheduleSvg;
+  if (isPipelineModule(*module)) {
+    FailureOr<PipelineAnalysis> a = analyzePipeline(*module);
+    if (failed(a))
+      return 1;
+    SmallVector<int64_t> arenaBytes;
+    for (int64_t e : emitted.stageArenaElements)
+      arenaBytes.push_back(e * (opts.target == "cuda" ? 2 : 4));
+    llvm::raw_string_ostream t(reportText);
+    printPipelineReport(*module, *a, arenaBytes, opts.target, t);
+    scheduleText = a->ordersText;
+    scheduleSvg = a->svg;
+  }
   llvm::SmallString<256> outDir(opts.outputDir);
   llvm::sys::fs::make_absolute(outDir);
   std::string tmpDir = (outDir + ".partial").str();
@@ -349,6 +364,9 @@ int mtc::runCompile(const CompileOptions &opts) {
       !writeFile(in("plan.json"), reportJson) ||
       !writeFile(in("spec.json"), spec::toJson(*parsed)))
     return 1;
+  if (!scheduleSvg.empty() && (!writeFile(in("schedule.txt"), scheduleText) ||
+                               !writeFile(in("schedule.svg"), scheduleSvg)))
+    return 1;
   // Keep a previous build directory (incremental rebuilds), replace the rest.
   llvm::SmallString<256> oldBuild(outDir);
   llvm::sys::path::append(oldBuild, "build");
@@ -360,7 +378,9 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "': " + ec.message());
   llvm::outs() << reportText;
   llvm::outs() << "wrote " << outDir << "/{program.cpp, CMakeLists.txt, "
-               << "train.mlir, plan.txt, plan.json, spec.json}\n";
+               << "train.mlir, plan.txt, plan.json, spec.json"
+               << (scheduleSvg.empty() ? "" : ", schedule.txt, schedule.svg")
+               << "}\n";
   if (!opts.build)
     return 0;
 

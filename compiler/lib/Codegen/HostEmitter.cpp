@@ -428,11 +428,18 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         }
         for (Value r : c.getResults())
           out += (out.empty() ? "" : ", ") + buf(r);
-        line(llvm::formatv("{{ float* in[] = {{{0}}; float* out[] = {{{1}}; "
-                           "{2}(st, {3}, {4}, in, out); }",
+        mtc::PieceInfo piece = *mtc::getPieceInfo(callee);
+        const char kindChar = piece.kind == mtc::PieceKind::Forward    ? 'F'
+                              : piece.kind == mtc::PieceKind::Backward ? 'B'
+                              : piece.kind == mtc::PieceKind::Weight   ? 'W'
+                                                                       : 'E';
+        line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
+                           "float* in[] = {{{0}}; float* out[] = {{{1}}; "
+                           "{2}(st, {3}, {4}, in, out); "
+                           "mtc::rt::trace_record(st, '{5}', {6}, {7}, t0); }",
                            in.empty() ? "nullptr" : in,
                            out.empty() ? "nullptr" : out, callee.getSymName(),
-                           tok, tgt));
+                           tok, tgt, kindChar, mb.getInt(), piece.chunk));
         return success();
       })
       .Case([&](mtc::P2POp p) -> LogicalResult {
@@ -449,8 +456,10 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                                t.peer)
                      .str();
         }
-        line(llvm::formatv("{{ mtc::rt::P2PTransfer t[] = {{{0}}; "
-                           "st.comm->p2p(0, t, {1}); }",
+        line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
+                           "mtc::rt::P2PTransfer t[] = {{{0}}; "
+                           "st.comm->p2p(0, t, {1}); "
+                           "mtc::rt::trace_record(st, 'P', -1, -1, t0); }",
                            ops, p.getTransfers().size()));
         return success();
       })
@@ -710,6 +719,7 @@ LogicalResult HostEmitter::runPipeline(mtc::EmitResult &out) {
             st.flops += c.getFlops();
         });
     out.arenaElements = std::max(out.arenaElements, st.arenaWords);
+    out.stageArenaElements.push_back(st.arenaWords);
     stages.push_back(std::move(st));
   }
   layout = ParamLayout(module);
@@ -732,7 +742,9 @@ std::string HostEmitter::header() {
     << "#include <algorithm>\n#include <vector>\n\n"
     << "#include \"mtc/rt/dropout_hash.h\"\n"
     << "#include \"mtc/rt/grid_ops.h\"\n"
-    << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n\n"
+    << "#include \"mtc/rt/host_kernels.h\"\n#include \"mtc/rt/program.h\"\n"
+    << (mtc::isPipelineModule(module) ? "#include \"mtc/rt/trace.h\"\n" : "")
+    << "\n"
     << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
        "mtc::rt::host;\n\n"
     << "float data_error(HostState& st, const char* message) {\n"

@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Transforms/PlanReport.h"
+#include "mtc/Transforms/Pipeline.h"
 
 #include "mtc/Codegen/BufferPlan.h"
 #include "mtc/Dialect/MtcDialect.h"
@@ -202,6 +203,28 @@ mtc::PlanReport mtc::computePlanReport(ModuleOp module, StringRef target,
     train.walk([&](Operation *op) {
       r.recomputedOps += op->hasAttr(mtc::kRecomputedAttr);
     });
+  // A pipeline program: the pieces of every chunk make one microbatch.
+  for (auto fn : module.getOps<func::FuncOp>()) {
+    std::optional<mtc::PieceInfo> piece = mtc::getPieceInfo(fn);
+    if (!piece)
+      continue;
+    r.pipelineRanks = mtc::getPipelineConfig(module).pp;
+    if (piece->kind == mtc::PieceKind::Eval) {
+      r.forwardFlops += sumFlops(fn, false);
+      if (piece->chunk == 0 && fn.getNumArguments() > 0)
+        if (auto t = dyn_cast<RankedTensorType>(fn.getArgument(0).getType()))
+          r.tokensPerMicrobatch = t.getNumElements();
+      continue;
+    }
+    r.trainStepFlops += sumFlops(fn, false);
+    r.recomputedFlops += sumFlops(fn, true);
+    fn.walk([&](Operation *op) {
+      r.recomputedOps += op->hasAttr(mtc::kRecomputedAttr);
+    });
+  }
+  if (r.pipelineRanks > 1)
+    train = module.lookupSymbol<func::FuncOp>(
+        mtc::pieceFunctionName(0, mtc::PieceKind::Forward));
   r.flopsPerStep = r.trainStepFlops * double(r.numMicrobatches);
   r.paramBytes = bytes;
   r.gradBytes = train ? bytes : 0;
@@ -239,7 +262,11 @@ void mtc::printPlanReportText(const PlanReport &r, llvm::raw_ostream &os) {
                                    std::max(r.trainStepFlops, 1.0))
        << "% more than the model's)";
   os << "\n";
-  os << "  memory per rank (" << r.target << ")\n";
+  if (r.pipelineRanks > 1)
+    os << "  memory of the whole model (" << r.target
+       << "; each pipeline rank's share is under \"pipeline\" below)\n";
+  else
+    os << "  memory per rank (" << r.target << ")\n";
   auto row = [&](StringRef name, int64_t bytes) {
     os << "    " << llvm::left_justify(name, 20) << humanBytes(double(bytes))
        << "\n";

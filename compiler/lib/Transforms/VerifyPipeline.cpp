@@ -22,6 +22,9 @@
 #include "mtc/Transforms/Pipeline.h"
 
 #include "mtc/Pipeline/Schedule.h"
+#include "mtc/Transforms/ParamLayout.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/ADT/StringExtras.h"
 
 #include <map>
@@ -210,6 +213,54 @@ FailureOr<mtc::PipelineAnalysis> mtc::analyzePipeline(ModuleOp module) {
   a.ordersText = pl::formatOrders(s);
   a.svg = pl::renderSvg(s, sim);
   return a;
+}
+
+void mtc::printPipelineReport(ModuleOp module, const PipelineAnalysis &a,
+                              ArrayRef<int64_t> arenaBytes, StringRef target,
+                              llvm::raw_ostream &os) {
+  const PipelineConfig &cfg = a.config;
+  auto human = [](double b) {
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) {
+      b /= 1024;
+      ++u;
+    }
+    return llvm::formatv("{0:F2} {1}", b, units[u]).str();
+  };
+  double total = 0;
+  for (double f : a.stageFlops)
+    total += f;
+  auto layout = module->getAttrOfType<ArrayAttr>(kPipelineLayoutAttr);
+  os << "pipeline: pp " << cfg.pp << ", " << cfg.virtualStages
+     << " chunk(s) per rank, " << cfg.microbatches << " microbatches, schedule "
+     << cfg.schedule << "; the schedule's bubble "
+     << llvm::format("%.3f", a.idealBubble) << " of the ideal step"
+     << (cfg.schedule == "zb-h1" ? " (with equal F, B and W times)" : "")
+     << "\n";
+  // Bytes per parameter element: fp32 master + gradient + two moments (the
+  // distributed optimizer's share aside), and the bf16 compute copy on CUDA.
+  const double perParam = target == "cuda" ? 18 : 16;
+  for (int64_t r = 0; r < cfg.pp; ++r) {
+    ParamLayout pl(module, functionsOfRank(module, r));
+    int64_t elems = 0;
+    for (auto &e : pl.slots)
+      elems += e.second.op.getType().getNumElements();
+    std::string chunks;
+    for (int64_t c = r; layout && c < int64_t(layout.size()); c += cfg.pp)
+      chunks += (chunks.empty() ? "" : " | ") +
+                cast<StringAttr>(layout[c]).getValue().str();
+    const double act = r < int64_t(arenaBytes.size()) ? double(arenaBytes[r]) : 0;
+    os << "  rank " << r << "  " << llvm::left_justify(chunks, 16) << " FLOPs "
+       << llvm::format("%5.1f%%", total > 0 ? 100 * a.stageFlops[r] / total : 0)
+       << "  idle " << llvm::format("%.3f", a.bubble[r]) << "  in flight "
+       << a.peakInFlight[r] << " microbatch-chunks (" << human(a.heldBytes[r])
+       << " saved)  memory: " << elems << " parameters ("
+       << human(perParam * double(elems))
+       << " with gradients and AdamW), activations " << human(act) << "\n";
+  }
+  os << "  (idle: the simulated fraction of the step each rank waits, with "
+        "each piece's time taken from its FLOPs; schedule.svg draws it)\n";
 }
 
 namespace {

@@ -106,6 +106,9 @@ std::vector<Flag> flag_table(TrainOptions& o) {
       {"--metrics", "FILE", "append one JSON object per step to FILE (JSONL)", str(o.metrics)},
       {"--dump-grads", "FILE", "run step 1's forward+backward, write the gradients, loss and "
        "batch to FILE (safetensors), exit", str(o.dump_grads)},
+      {"--trace", "FILE", "write a Chrome trace (chrome://tracing, Perfetto) of every rank's "
+       "pipeline pieces, transfers and steps to FILE; on a GPU each event waits for the "
+       "device, so the run is slower and nothing overlaps", str(o.trace)},
       {"--init-only", "DIR", "write the initialized parameters as checkpoint DIR/step_000000, exit",
        str(o.init_only)},
       {"--help", nullptr, "print this help",

@@ -87,6 +87,7 @@
 #include "mtc/rt/lr_schedule.h"
 #include "mtc/rt/metrics.h"
 #include "mtc/rt/safetensors.h"
+#include "mtc/rt/trace.h"
 #include "mtc/rt/trainer.h"
 
 namespace mtc::rt {
@@ -182,6 +183,8 @@ class Trainer {
   ProgramBuffer params_, grads_, exp_avg_, exp_avg_sq_, compute_params_, arena_;
   ProgramBuffer tokens_dev_, targets_dev_;  // (num_microbatches * micro_batch, S) int32
   HostState state_;
+  TraceLog trace_log_;         // --trace
+  void write_trace();
   // Host staging of the step's batch (kept whole for --dump-grads).
   std::vector<int32_t> tokens_, targets_;  // (num_microbatches * micro_batch, S)
 };
@@ -747,6 +750,49 @@ std::string Trainer::fetch_microbatch(GptSamples& samples, bool validation, int6
   return bad;
 }
 
+// --trace: every rank's events to rank 0 (as doubles, padded to the longest
+// log), which writes the Chrome trace and prints each rank's measured idle
+// fraction of the steps.
+void Trainer::write_trace() {
+  std::vector<std::vector<TraceEvent>> all;
+  if (world_ == nullptr) {
+    all.push_back(trace_log_.events);
+  } else {
+    const std::vector<double> counts =
+        all_gather_doubles(*world_, {static_cast<double>(trace_log_.events.size())});
+    size_t longest = 0;
+    for (double c : counts) longest = std::max(longest, static_cast<size_t>(c));
+    std::vector<double> mine(5 * longest, 0.0);
+    for (size_t i = 0; i < trace_log_.events.size(); ++i) {
+      const TraceEvent& e = trace_log_.events[i];
+      mine[5 * i] = e.kind;
+      mine[5 * i + 1] = e.microbatch;
+      mine[5 * i + 2] = e.chunk;
+      mine[5 * i + 3] = e.t0;
+      mine[5 * i + 4] = e.t1;
+    }
+    const std::vector<double> got =
+        longest > 0 ? all_gather_doubles(*world_, mine) : std::vector<double>();
+    all.resize(counts.size());
+    for (size_t r = 0; r < counts.size(); ++r)
+      for (size_t i = 0; i < static_cast<size_t>(counts[r]); ++i) {
+        const double* e = got.data() + 5 * (r * longest + i);
+        all[r].push_back({static_cast<char>(e[0]), static_cast<int32_t>(e[1]),
+                          static_cast<int32_t>(e[2]), e[3], e[4]});
+      }
+  }
+  if (!root_) return;
+  write_file_atomic(o_.trace, chrome_trace_json(all));
+  const std::vector<double> idle = measured_idle(all);
+  std::string line = "trace: wrote " + o_.trace + "; idle fraction of the steps per rank:";
+  char buf[32];
+  for (double f : idle) {
+    std::snprintf(buf, sizeof(buf), " %.3f", f);
+    line += buf;
+  }
+  say("%s\n", line.c_str());
+}
+
 // A successful exit: every rank has finished its collectives (one rank:
 // nothing to wait for).
 // Memory in use now: device-wide, so it counts what the runtime allocates
@@ -759,6 +805,7 @@ void Trainer::sample_memory() {
 }
 
 void Trainer::finish() {
+  if (!o_.trace.empty()) write_trace();
   if (total_mem_ > 0 && min_free_ != SIZE_MAX)
     say("  memory      measured peak %s in use on the %s device (%s of it before the "
         "program allocated: context and libraries); the plan's buffers %s\n",
@@ -771,6 +818,10 @@ void Trainer::finish() {
 
 int Trainer::run() {
   allocate();
+  if (!o_.trace.empty()) {
+    if (&backend_ != &host_backend()) trace_log_.sync = backend_.synchronize;
+    state_.trace = &trace_log_;
+  }
   int64_t consumed = 0;
   int64_t step = initialize_or_load(&consumed);
   const int64_t rows = t_.micro_batch * t_.seq_length;
@@ -805,6 +856,7 @@ int Trainer::run() {
     const Clock::time_point step_start = Clock::now();
     backend_.zero(state_.grads, grads_.bytes());
     state_.step = step;
+    const double step_t0 = trace_now(state_);
     double loss_sum = 0;
     std::string failure;  // this rank's first data error or bad loss
     // Every rank runs every microbatch of the step even after a failure, so
@@ -840,7 +892,9 @@ int Trainer::run() {
         if (failure.empty()) failure = bad;
         state_.microbatch = i;
         state_.global_microbatch = i * dp_ + at_[1];
+        const double mb_t0 = trace_now(state_);
         float l = at_step(step, i, [&] { return p_.forward_backward(state_, tok, tgt); });
+        trace_record(state_, 'M', static_cast<int32_t>(i), -1, mb_t0);
         if (!failure.empty()) continue;
         failure = loss_problem(l, step, i, "training");
         if (!failure.empty()) continue;
@@ -856,9 +910,12 @@ int Trainer::run() {
       finish();
       return 0;
     }
+    trace_record(state_, 'S', -1, -1, step_t0);
     const double lr = lr_at(schedule_, step);
+    const double opt_t0 = trace_now(state_);
     const double grad_norm =
         at_step(step, -1, [&] { return p_.optimizer_step(state_, static_cast<float>(lr), step); });
+    trace_record(state_, 'O', -1, -1, opt_t0);
     if (!state_.error.empty())
       throw Error("training step " + std::to_string(step) + ", optimizer: " + state_.error);
     if (!std::isfinite(grad_norm))

@@ -12,6 +12,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/Support/raw_ostream.h"
 #include <string>
+#include <vector>
 
 namespace mtc {
 
@@ -21,6 +22,9 @@ namespace mtc {
 struct EmitResult {
   std::string source;       // program.cpp
   int64_t arenaElements = 0; // activation arena of the largest function
+  /// Pipeline programs: each pipeline rank's arena (its pieces' scratch and
+  /// the values its step holds between pieces), in the same units.
+  std::vector<int64_t> stageArenaElements;
 };
 
 /// Emits the host (fp32 CPU) program. Fails with an error at the offending

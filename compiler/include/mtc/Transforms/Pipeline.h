@@ -32,6 +32,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mtc/Dialect/MtcDialect.h"
 #include "llvm/ADT/StringRef.h"
+#include "llvm/Support/raw_ostream.h"
 
 #include <optional>
 #include <string>
@@ -102,6 +103,16 @@ struct PipelineAnalysis {
 /// (Schedule.h: rendezvous semantics). Reports a deadlock, a mismatched
 /// transfer or a broken dataflow at the offending rank's op and fails.
 mlir::FailureOr<PipelineAnalysis> analyzePipeline(mlir::ModuleOp module);
+
+/// The plan report's pipeline section: per pipeline rank its layers, its
+/// share of the step's FLOPs, the simulated idle fraction against the
+/// schedule's own figure, its peak of microbatches in flight, and its
+/// memory (parameters, gradients and optimizer state of its own
+/// parameters; `arenaBytes[r]`, the emitter's activation arena of rank r,
+/// which holds every value in flight).
+void printPipelineReport(mlir::ModuleOp module, const PipelineAnalysis &a,
+                         llvm::ArrayRef<int64_t> arenaBytes,
+                         llvm::StringRef target, llvm::raw_ostream &os);
 
 } // namespace mtc
 

@@ -56,6 +56,7 @@ struct PlanReport {
   double recomputedFlops = 0;     // one microbatch, ops marked mtc.recomputed
   double flopsPerStep = 0;        // trainStepFlops * microbatches
   int64_t recomputedOps = 0;
+  int64_t pipelineRanks = 1;      // > 1: memory below is the whole model's
   MemoryPlan memory;
   int64_t paramBytes = 0, gradBytes = 0, optimizerBytes = 0;
   int64_t activationBytes = 0;    // the static arena, filled by the emitter

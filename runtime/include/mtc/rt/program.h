@@ -19,6 +19,7 @@
 namespace mtc::rt {
 
 class Communicator;  // comm.h
+struct TraceLog;     // trace.h
 
 enum class InitKind { zeros, ones, normal };
 
@@ -154,6 +155,7 @@ struct HostState {
   // parallel plan draws the one-process program's masks.
   int64_t global_microbatch = 0;
   std::string error;           // set by generated code on a data error
+  TraceLog* trace = nullptr;   // train --trace: the pieces' events (trace.h)
 };
 
 // What one pipeline rank of a pipeline-parallel program holds and runs

@@ -35,6 +35,7 @@ struct TrainOptions {
   std::string metrics;         // --metrics FILE.jsonl
   std::string split = "98,2";  // --split train,valid[,test]
   std::string dump_grads;      // --dump-grads FILE.safetensors
+  std::string trace;           // --trace FILE.json (Chrome trace of every rank)
   std::string init_only;       // --init-only DIR
   int64_t exit_interval = 0;   // --exit-interval N: stop after steps % N == 0
   bool help = false;           // --help
