@@ -9,6 +9,8 @@
 #   - the losses of 5 training steps agree to 1e-5 relative;
 #   - every parameter's gradient after step 1 (--dump-grads, gathered to
 #     global tensors) agrees to 1e-5 relative (test/e2e/compare_dumps.py);
+#   - pipeline plans (pp=...): the validation loss after 2 steps equals the
+#     one-process run's (to the 4 printed decimals);
 #   - with the distributed optimizer (plan "...,use-distributed-optimizer"),
 #     whose AdamW moments are sharded over dp: the plan's checkpoint after 3
 #     steps, resumed by the one-process program, and the one-process
@@ -59,6 +61,17 @@ sys.exit(0 if err <= 1e-5 else 1)
 PY
   then echo "FAIL $plan: losses differ"; status=1; fi
   "$PYTHON" "$MTC_SRC/test/e2e/compare_dumps.py" "$W/ref.safetensors" "$dir.safetensors" || status=1
+  if [[ $plan == *pp=* ]]; then
+    # Validation runs the pipeline's eval pieces: the same loss as one process.
+    [ -f "$W/ref.val.log" ] || "$W/ref/train" --data "$W/data" --steps 2 --eval-interval 2 \
+      --eval-iters 2 --split 90,10 > "$W/ref.val.log"
+    "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 2 --eval-interval 2 \
+      --eval-iters 2 --split 90,10 > "$dir.val.log" 2>&1 || { echo "FAIL $plan: validation run failed"; status=1; }
+    want=$(grep -o 'validation at step 2 | loss [0-9.]*' "$W/ref.val.log")
+    got=$(grep -o 'validation at step 2 | loss [0-9.]*' "$dir.val.log" || true)
+    if [ -n "$want" ] && [ "$want" = "$got" ]; then echo "  validation: $got (as one process)"
+    else echo "FAIL $plan: validation '$got', one process '$want'"; status=1; fi
+  fi
   if [[ $plan == *use-distributed-optimizer* ]]; then
     rm -rf "$dir.ckpt" "$W/ref.ckpt" "$dir.r1.jsonl" "$dir.r2.jsonl"
     "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 5 --exit-interval 3 \
