@@ -402,6 +402,18 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
     auto it = sink.find(v);
     return it == sink.end() ? std::string() : grad(it->second);
   };
+  // A norm's weight gradient: accumulated into its parameter's gradient, or
+  // (a zero-bubble pipeline's backward piece) into its own fp32 storage,
+  // zeroed first.
+  auto normWeightGrad = [&](Value v) -> std::string {
+    std::string g = sinkOf(v);
+    if (!g.empty() || v.use_empty() || !storedF32(v))
+      return g;
+    line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync({0}, 0, {1}, "
+                       "ctx.stream));",
+                       buf(v), numel(v) * 4));
+    return buf(v);
+  };
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](arith::ConstantOp c) -> LogicalResult {
@@ -528,8 +540,8 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
-        std::string dg = sinkOf(n.getDgamma());
-        std::string db = sinkOf(n.getDbeta());
+        std::string dg = normWeightGrad(n.getDgamma());
+        std::string db = normWeightGrad(n.getDbeta());
         if (dg.empty() || (db.empty() && !n.getDbeta().use_empty()))
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");
@@ -544,7 +556,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
-        std::string dg = sinkOf(n.getDgamma());
+        std::string dg = normWeightGrad(n.getDgamma());
         if (dg.empty())
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");

@@ -128,10 +128,10 @@ LogicalResult CudaEmitter::emitStep(func::FuncOp fn, int64_t base) {
   os << "void " << fn.getSymName()
      << "(HostState& st, const int32_t* tokens, const int32_t* targets, "
         "float* losses) {\n";
-  emitPrologue(llvm::formatv("reinterpret_cast<char*>(st.arena) + 2 * {0}  "
-                             "// after the pieces' own values",
-                             base)
-                   .str());
+  line("// The arena after the pieces' own values: what the step holds "
+       "between pieces.");
+  emitPrologue(
+      llvm::formatv("reinterpret_cast<char*>(st.arena) + 2 * {0}", base).str());
   line("(void)losses;");
   return emitBody(fn, /*eval=*/false);
 }

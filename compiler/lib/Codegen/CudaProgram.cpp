@@ -92,7 +92,7 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
                        t.getParam()));
     std::string data = "pc.pp_zeros";
     if (layout.slots.count(t.getParam())) {
-      data = grad(t.getParam());
+      data = "(st.grads + " + gradOffset(t.getParam()) + ")";
     } else {
       ppZeroElements = std::max<int64_t>(ppZeroElements, t.getElements());
       line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync(pc.pp_zeros, 0, {0} "

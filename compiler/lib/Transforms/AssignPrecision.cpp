@@ -1,7 +1,8 @@
 //===- AssignPrecision.cpp - -mtc-assign-precision --------------------------===//
 //
 // Writes mtc.storage on every op with floating-point tensor results (see
-// Passes.td): bf16, except attention's log-sum-exp, the loss and the
+// Passes.td): bf16, except attention's log-sum-exp, the loss, a norm's
+// weight gradients (mtc-sink-gradients usually sinks them) and the
 // collectives of fp32 values, which stay fp32. Ops are visited in program
 // order, so a collective reads its operand's decision.
 //
@@ -47,6 +48,12 @@ bool keptF32(Value v) {
   Operation *def = v.getDefiningOp();
   if (auto a = dyn_cast<mtc::AttentionOp>(def))
     return v == a.getLse();
+  // A norm's weight gradients, fp32 partial sums where they do not sink
+  // (a zero-bubble pipeline hands them to its weight piece).
+  if (auto n = dyn_cast<mtc::LayerNormGradOp>(def))
+    return v != n.getDinput();
+  if (auto n = dyn_cast<mtc::RmsNormGradOp>(def))
+    return v != n.getDinput();
   if (isa<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
           shard::ReduceScatterOp>(def))
     return mtc::lowering::storedF32(def->getOperand(0));
