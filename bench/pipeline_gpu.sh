@@ -23,7 +23,9 @@ if [ "$WHAT" = prepare ]; then
   set -e
   BUILD="${MTC_BUILD_DIR:-build}"
   BIN="$BUILD/bin"
-  grep -qx '/.devrun-pp/' .git/info/exclude 2>/dev/null || echo '/.devrun-pp/' >> .git/info/exclude
+  EXCLUDE=$(git rev-parse --git-path info/exclude)  # a worktree's too
+  mkdir -p "$(dirname "$EXCLUDE")"
+  grep -qx '/.devrun-pp/' "$EXCLUDE" 2>/dev/null || echo '/.devrun-pp/' >> "$EXCLUDE"
   rm -rf "$D"
   mkdir -p "$D/bin" "$D/lib" "$D/data"
   cmake --build "$BUILD" --target mtc mtc-preprocess mtc-launch mtc_runtime_cuda
