@@ -208,8 +208,10 @@ void CudaEmitter::emitTpPartialFlush() {
   line("}");
 }
 
-LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
-  names.clear();
+// Steps 1 and 2 for `fn`: the decisions read, the buffers planned. Values
+// already named (a pipeline piece's arguments and the results it writes
+// straight into its caller's buffers, microbatch views) take no storage.
+void CudaEmitter::planFunction(func::FuncOp fn, bool eval) {
   analyzeGradientSinks(fn);
   analyzeFusions(fn);
   buckets.clear();
@@ -217,12 +219,15 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   if (!eval)
     readBuckets(fn);
   analyzeLanes(fn);
+  if (kind == Kind::Step)
+    planTransfers(fn);
   plan = mtc::planBuffers(
       fn,
       [&](Value v) -> int64_t {
         auto t = dyn_cast<RankedTensorType>(v.getType());
         if (!t || v.getDefiningOp<mtc::ParamOp>() || sink.count(v) ||
-            unmaterialized.count(v))
+            unmaterialized.count(v) || names.count(v) ||
+            v.getDefiningOp<mtc::MicrobatchOp>())
           return 0;
         if (auto c = v.getDefiningOp<arith::ConstantOp>())
           if (noOps.count(c))
@@ -230,15 +235,32 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
         return t.getNumElements() * (storedF32(v) ? 2 : 1);
       },
       /*align=*/64, hints);
+}
+
+LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
+  names.clear();
+  kind = Kind::Plain;
+  planFunction(fn, eval);
   arena = std::max(arena, plan.size);
 
   os << "float " << fn.getSymName()
      << "(HostState& st, const int32_t* tokens, const int32_t* targets) {\n";
   names[fn.getArgument(0)] = "tokens";
   names[fn.getArgument(1)] = "targets";
+  emitPrologue("reinterpret_cast<char*>(st.arena)");
+  if (!eval && (bucketed || !gradCollectivesAfter.empty() || !normReduce.empty()))
+    line(llvm::formatv("const bool last_microbatch = st.microbatch == {0};  "
+                       "(void)last_microbatch;",
+                       numMicrobatches - 1));
+  return emitBody(fn, eval);
+}
+
+// The pointers every function's body uses: the arena (`arenaBase`, a char*
+// expression), the compute copy of the parameters, the gradients.
+void CudaEmitter::emitPrologue(StringRef arenaBase) {
   line("auto& pc = program_context(st);");
   line("k::Context& ctx = pc.ctx;");
-  line("char* A = reinterpret_cast<char*>(st.arena);");
+  line("char* A = " + arenaBase + ";");
   line("const bf16* PB = static_cast<const bf16*>(st.compute_params);");
   line("float* G = st.grads;");
   line("auto B = [A](int64_t u) { return reinterpret_cast<bf16*>(A + 2 * u); "
@@ -246,10 +268,10 @@ LogicalResult CudaEmitter::emitFunction(func::FuncOp fn, bool eval) {
   line("auto F = [A](int64_t u) { return reinterpret_cast<float*>(A + 2 * u); "
        "};");
   line("(void)PB; (void)G; (void)B; (void)F;");
-  if (!eval && (bucketed || !gradCollectivesAfter.empty() || !normReduce.empty()))
-    line(llvm::formatv("const bool last_microbatch = st.microbatch == {0};  "
-                       "(void)last_microbatch;",
-                       numMicrobatches - 1));
+}
+
+// Step 3 for `fn`'s ops, and the closing brace.
+LogicalResult CudaEmitter::emitBody(func::FuncOp fn, bool eval) {
   if (!laneOps.empty())
     line("k::Context& ctx1 = pc.ctx1;  // lane 1 (half "
          "the batch)");
@@ -362,6 +384,13 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
     return success();
   if (isIndexOp(op))
     return nameIndexOp(op, names, [&](Value v) { return buf(v); });
+  if (auto m = dyn_cast<mtc::MicrobatchOp>(op)) {
+    // A view of the step's (M, B, S) tokens or targets.
+    names[m] = llvm::formatv("({0} + {1})", buf(m.getBatch()),
+                             m.getIndex() * numel(m))
+                   .str();
+    return success();
+  }
   if (!isa<func::ReturnOp>(op))
     line(opLabel(op));
   // The op's kernel-table row (KernelOpInterface), after the Context.
@@ -372,6 +401,18 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
   auto sinkOf = [&](Value v) -> std::string {
     auto it = sink.find(v);
     return it == sink.end() ? std::string() : grad(it->second);
+  };
+  // A norm's weight gradient: accumulated into its parameter's gradient, or
+  // (a zero-bubble pipeline's backward piece) into its own fp32 storage,
+  // zeroed first.
+  auto normWeightGrad = [&](Value v) -> std::string {
+    std::string g = sinkOf(v);
+    if (!g.empty() || v.use_empty() || !storedF32(v))
+      return g;
+    line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync({0}, 0, {1}, "
+                       "ctx.stream));",
+                       buf(v), numel(v) * 4));
+    return buf(v);
   };
 
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
@@ -499,8 +540,8 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
-        std::string dg = sinkOf(n.getDgamma());
-        std::string db = sinkOf(n.getDbeta());
+        std::string dg = normWeightGrad(n.getDgamma());
+        std::string db = normWeightGrad(n.getDbeta());
         if (dg.empty() || (db.empty() && !n.getDbeta().use_empty()))
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");
@@ -515,7 +556,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
-        std::string dg = sinkOf(n.getDgamma());
+        std::string dg = normWeightGrad(n.getDgamma());
         if (dg.empty())
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");
@@ -581,10 +622,45 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                            int64_t(c.getIgnoreIndex()), fmt(dloss)));
         return success();
       })
-      .Case([&](mtc::CrossEntropyGradOp) -> LogicalResult {
-        return op->emitOpError("CUDA target: cross_entropy_grad must follow "
-                               "its cross_entropy with a constant seed (it "
-                               "is fused into it)");
+      .Case([&](mtc::CrossEntropyGradOp g) -> LogicalResult {
+        auto cst = g.getDloss().getDefiningOp<arith::ConstantOp>();
+        auto dense =
+            cst ? dyn_cast<DenseFPElementsAttr>(cst.getValue()) : nullptr;
+        if (kind != Kind::Piece || !dense || !dense.isSplat())
+          return op->emitOpError("CUDA target: cross_entropy_grad must follow "
+                                 "its cross_entropy with a constant seed (it "
+                                 "is fused into it)");
+        // A pipeline's backward piece: the softmax again from the saved
+        // logits, the loss into a scratch float.
+        double dloss = dense.getSplatValue<APFloat>().convertToDouble();
+        int64_t t = numel(g.getTargets()), v = shapeOf(g.getLogits()).back();
+        if (Value start = g.getVocabStart()) {
+          int axis = *g.getGridAxis();
+          ceRows = std::max(ceRows, t);
+          line(llvm::formatv("k::vp_cross_entropy_stats(ctx, {0}, {1}, "
+                             "pc.ce_stats, {2}, {3}, {4}, {5}, {6});",
+                             buf(g.getLogits()), buf(g.getTargets()), t, v,
+                             buf(start), g.getNumValidClasses(),
+                             int64_t(g.getIgnoreIndex())));
+          axisCall(axis, llvm::formatv("axis_comm(st, {0}).all_gather("
+                                       "pc.ce_stats, pc.ce_all_stats, {1}, "
+                                       "mtc::rt::DType::f32, AXIS_STREAM);",
+                                       axis, 3 * t));
+          line(llvm::formatv(
+              "k::vp_cross_entropy_finish(ctx, {0}, {1}, pc.ce_all_stats, {2}, "
+              "pc.loss_scratch, {3}, {4}, {5}, {6}, {7}, {8}, {9}f);",
+              buf(g.getLogits()), buf(g.getTargets()), grid.size(axis),
+              buf(g.getResult()), t, v, buf(start), g.getNumValidClasses(),
+              int64_t(g.getIgnoreIndex()), fmt(dloss)));
+          return success();
+        }
+        line(llvm::formatv("k::cross_entropy(ctx, {0}, {1}, pc.loss_scratch, "
+                           "{2}, {3}, {4}, {5}, {6}, {7}f);",
+                           buf(g.getLogits()), buf(g.getTargets()),
+                           buf(g.getResult()), t, v,
+                           g.getNumValidClasses(),
+                           int64_t(g.getIgnoreIndex()), fmt(dloss)));
+        return success();
       })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
         if (sink.count(a.getGrad()))
@@ -595,12 +671,16 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](func::ReturnOp r) -> LogicalResult {
+        if (kind != Kind::Plain)
+          return emitPipelineReturn(r);
         if (bucketed && !eval)
           line("if (last_microbatch) finish_grad_buckets(pc);");
         line(llvm::formatv("return finish_loss(st, {0});",
                            buf(r.getOperand(0))));
         return success();
       })
+      .Case<func::CallOp, mtc::P2POp, mtc::PipelineLossOp>(
+          [&](Operation *) { return emitPipelineOp(op); })
       .Case<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
             shard::ReduceScatterOp>(
           [&](Operation *) { return emitCollective(op); })

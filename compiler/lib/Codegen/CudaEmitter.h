@@ -36,7 +36,10 @@ private:
   void analyzeGradientSinks(mlir::func::FuncOp fn);
   void analyzeFusions(mlir::func::FuncOp fn);
   void readBuckets(mlir::func::FuncOp fn);
+  void planFunction(mlir::func::FuncOp fn, bool eval);
   mlir::LogicalResult emitFunction(mlir::func::FuncOp fn, bool eval);
+  void emitPrologue(llvm::StringRef arenaBase);
+  mlir::LogicalResult emitBody(mlir::func::FuncOp fn, bool eval);
   mlir::LogicalResult emitOp(mlir::Operation *op, bool eval);
   mlir::LogicalResult emitCollective(mlir::Operation *op);
   void emitAfterGradient(mlir::Operation *op, bool eval);
@@ -58,11 +61,42 @@ private:
   // CudaProgram.cpp
   mlir::LogicalResult emitOptimizer(mlir::func::FuncOp fn);
   std::string emitConfig() const;
-
+  std::string sourceHeader(llvm::StringRef declarations,
+                           llvm::StringRef syncParams) const;
+  // Pipeline programs (CudaPipeline.cpp): per pipeline rank its pieces
+  // (destination-passing: in[] / out[]), step and eval functions (their
+  // values after the pieces' scratch in the arena), optimizer step and
+  // ProgramDesc stage.
+  mlir::LogicalResult runPipeline(mtc::EmitResult &out);
+  mlir::LogicalResult emitPiece(mlir::func::FuncOp fn);
+  mlir::LogicalResult emitStep(mlir::func::FuncOp fn, int64_t base);
+  void planTransfers(mlir::func::FuncOp fn);
+  mlir::LogicalResult emitPipelineOp(mlir::Operation *op);
+  mlir::LogicalResult emitPipelineReturn(mlir::func::ReturnOp r);
   void line(const llvm::Twine &t) { os << "  " << t << "\n"; }
 
   mlir::ModuleOp module;
   ParamLayout layout;
+  // What the function being printed is: a plain one (@forward,
+  // @train_step), a pipeline piece, or a pipeline step or eval function.
+  enum class Kind { Plain, Piece, Step };
+  Kind kind = Kind::Plain;
+  // Pipeline programs. The step's mtc.p2p groups run on the pp axis's
+  // stream: each marks slot event p2pSlot[op] when done; the compute
+  // stream waits for it before the first call that reads a received value
+  // (recvWaited: done in this function), and after the call that follows a
+  // group with sends (sendWaitAfter: call -> slots), whose buffers the
+  // plan keeps until then.
+  bool pipeline = false;
+  llvm::DenseMap<mlir::Operation *, int> p2pSlot;
+  llvm::DenseMap<mlir::Operation *, llvm::SmallVector<int>> sendWaitAfter;
+  llvm::DenseSet<int> recvWaited;
+  int64_t numP2PSlots = 0;
+  int64_t pieceArena = 0;       // per rank, 2-byte units
+  int64_t ppZeroElements = 0;   // mtc.sum_tied_gradients on a rank without the param
+  // The optimizer's parameter table is kParamRows<rowsSuffix> (one per
+  // pipeline rank).
+  std::string rowsSuffix;
   mtc::GridShape grid;
   int64_t numMicrobatches = 1;
   std::string body;

@@ -22,6 +22,7 @@
 #include "CudaEmitter.h"
 
 #include "mtc/Transforms/Lowering.h"
+#include "mtc/Transforms/Pipeline.h"
 #include "llvm/ADT/StringSet.h"
 
 using namespace mlir;
@@ -60,8 +61,17 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
     for (Attribute a : attr)
       split.insert(cast<StringAttr>(a).getValue());
   bool sharded = layout.shardElements > 0;
+  // Pipeline: the norm summed over the pipeline ranks, a tied copy counted
+  // on one of them only.
+  const bool ppSum = norm->hasAttr(mtc::kPpSumAttr);
+  llvm::StringSet<> skip;
+  if (auto a = norm->getAttrOfType<ArrayAttr>(mtc::kPpSkipParamsAttr))
+    for (Attribute n : a)
+      skip.insert(cast<StringAttr>(n).getValue());
+  const std::string rows = "kParamRows" + rowsSuffix;
 
-  os << "double optimizer_step(HostState& st, float lr, int64_t step) {\n";
+  os << "double " << fn.getSymName()
+     << "(HostState& st, float lr, int64_t step) {\n";
   line("auto& pc = program_context(st);");
   line("k::Context& ctx = pc.ctx;");
   // This rank's part of the flat buffer: a shard, or all of it.
@@ -71,9 +81,29 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
                        layout.shardAxis, layout.shardElements));
   else
     line(llvm::formatv("const int64_t lo = 0, hi = {0};", layout.totalElements));
-  line(llvm::formatv("if (!pc.adamw) build_optimizer_plans(pc, kParamRows, "
-                     "kNumParamRows, lo, hi, {0});",
-                     sharded ? "true" : "false"));
+  line(llvm::formatv("if (!pc.adamw) build_optimizer_plans(pc, {1}, "
+                     "kNumParamRows{2}, lo, hi, {0});",
+                     sharded ? "true" : "false", rows, rowsSuffix));
+  // Pipeline: a parameter several pipeline ranks hold (the tied word
+  // embedding) has its gradients summed over them first; a rank without it
+  // adds zeros.
+  for (auto t : fn.getOps<mtc::SumTiedGradientsOp>()) {
+    line(llvm::formatv("k::set_current_op(\"mtc.sum_tied_gradients {0}\");",
+                       t.getParam()));
+    std::string data = "pc.pp_zeros";
+    if (layout.slots.count(t.getParam())) {
+      data = "(st.grads + " + gradOffset(t.getParam()) + ")";
+    } else {
+      ppZeroElements = std::max<int64_t>(ppZeroElements, t.getElements());
+      line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync(pc.pp_zeros, 0, {0} "
+                         "* sizeof(float), ctx.stream));",
+                         t.getElements()));
+    }
+    axisCall(0, llvm::formatv("axis_comm(st, 0).all_reduce({0}, {1}, "
+                              "mtc::rt::DType::f32, mtc::rt::ReduceOp::sum, "
+                              "AXIS_STREAM);",
+                              data, t.getElements()));
+  }
   // The 1/dp of the mean folds into the gradient scale, so the norm and
   // AdamW see the global batch's gradient without another pass.
   for (auto r : fn.getOps<mtc::ReduceGradientsOp>()) {
@@ -103,7 +133,7 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
     }
   }
   line("k::set_current_op(\"mtc.grad_norm\");");
-  if (split.empty() && !sharded) {
+  if (split.empty() && !sharded && !ppSum) {
     // Padding between parameters is never written, so it stays zero.
     line(llvm::formatv("k::sum_squares(ctx, st.grads, {0}, pc.grad_sumsq, "
                        "false);",
@@ -120,6 +150,9 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
                              "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, "
                              "AXIS_STREAM);",
                              layout.shardAxis));
+    if (ppSum)
+      axisCall(0, "axis_comm(st, 0).all_reduce(pc.grad_sumsq, 1, "
+                  "mtc::rt::DType::f64, mtc::rt::ReduceOp::sum, AXIS_STREAM);");
   }
   line("k::set_current_op(\"mtc.adamw\");");
   line("k::AdamWHyper h;");
@@ -164,18 +197,24 @@ LogicalResult CudaEmitter::emitOptimizer(func::FuncOp fn) {
         return g.emitOpError("updates unknown parameter '") << name << "'";
       decays[name] = g.getWeightDecay().convertToDouble() > 0;
     }
-  os << "// offset, numel, weight decay, split over tp\n"
-     << "const k::ParamRow kParamRows[] = {\n";
+  os << "// offset, numel, weight decay, split over tp"
+     << (skip.empty() ? "" : "[, counted in the norm]") << "\n"
+     << "const k::ParamRow " << rows << "[] = {\n";
   for (const std::string &name : layout.order) {
     if (!decays.count(name))
       continue; // not trained
     ParamSlot slot = layout.slots.lookup(name);
-    os << llvm::formatv("    {{{0}, {1}, {2}, {3}},  // {4}\n", slot.offset,
+    os << llvm::formatv("    {{{0}, {1}, {2}, {3}{5}},  // {4}\n", slot.offset,
                         slot.op.getType().getNumElements(),
                         decays.lookup(name) ? "true" : "false",
-                        split.count(name) ? "true" : "false", name);
+                        split.count(name) ? "true" : "false", name,
+                        skip.contains(name) ? ", false" : "");
   }
-  os << "};\n\n";
+  os << "};\n";
+  if (pipeline)
+    os << "const size_t kNumParamRows" << rowsSuffix << " = sizeof(" << rows
+       << ") / sizeof(" << rows << "[0]);\n";
+  os << "\n";
   return success();
 }
 
@@ -207,12 +246,55 @@ std::string CudaEmitter::emitConfig() const {
     << llvm::formatv("  c.tp_partial = {0};\n", tpPartialElements)
     << llvm::formatv("  c.ce_rows = {0};\n", ceRows)
     << llvm::formatv("  c.arena_bytes = {0};\n", arena * 2)
-    << llvm::formatv("  c.peer_max_elements = {0};\n", peerMaxElements)
-    << "  return c;\n}\n\n";
+    << llvm::formatv("  c.peer_max_elements = {0};\n", peerMaxElements);
+  if (pipeline)
+    o << llvm::formatv("  c.pp_slots = {0};\n", numP2PSlots)
+      << llvm::formatv("  c.pipeline_microbatches = {0};\n", numMicrobatches)
+      << llvm::formatv("  c.pp_zeros = {0};\n", ppZeroElements);
+  o << "  return c;\n}\n\n";
   return s;
 }
 
+// The program's includes, its ProgramConfig and context functions:
+// `declarations` of the parameter tables, `syncParams` the expression of
+// how many parameters this rank holds.
+std::string CudaEmitter::sourceHeader(StringRef declarations,
+                                      StringRef syncParams) const {
+  auto name = module->getAttrOfType<StringAttr>("mtc.model");
+  std::string src;
+  llvm::raw_string_ostream s(src);
+  s << "// Generated by mtc from model '" << escape(name ? name.str() : "")
+    << "' for the CUDA target (bf16 compute, fp32 master weights).\n"
+    << "// Do not edit: recompile the spec. Each kernel call is preceded by\n"
+    << "// the IR op and location it lowers.\n"
+    << "#include <algorithm>\n#include <cmath>\n#include <cstdint>\n#include <cstdio>\n"
+    << "#include <cstdlib>\n#include <limits>\n#include <memory>\n"
+    << "#include <string>\n#include <utility>\n#include <vector>\n\n"
+    << "#include \"mtc/rt/comm.h\"\n"
+    << "#include \"mtc/rt/cuda_backend.h\"\n"
+    << "#include \"mtc/rt/cuda_kernels.h\"\n"
+    << "#include \"mtc/rt/cuda_program.h\"\n"
+    << "#include \"mtc/rt/cuda_tp_kernels.h\"\n"
+    << "#include \"mtc/rt/dropout_hash.h\"\n"
+    << "#include \"mtc/rt/program.h\"\n\n"
+    << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
+       "mtc::rt::cuda;\nusing k::bf16;\n"
+    << "using namespace mtc::rt::cuda;  // the program helpers "
+       "(mtc/rt/cuda_program.h)\n\n"
+    << declarations
+    << emitConfig()
+    << "void* create_context() { return new k::ProgramContext(program_config()); "
+       "}\n"
+    << "void destroy_context(void* c) { delete static_cast<k::ProgramContext*>(c); "
+       "}\n"
+    << "void sync_compute_params(HostState& st) {\n"
+    << "  k::sync_compute_params(st, " << syncParams << ");\n}\n\n";
+  return src;
+}
+
 LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
+  if (mtc::isPipelineModule(module))
+    return runPipeline(out);
   FailureOr<TrainingFunctions> fns = getTrainingFunctions(module);
   if (failed(fns))
     return failure();
@@ -246,37 +328,12 @@ LogicalResult CudaEmitter::run(mtc::EmitResult &out) {
     return failure();
   std::string optimizer = std::move(body);
 
-  auto name = module->getAttrOfType<StringAttr>("mtc.model");
-  std::string src;
+  std::string src = sourceHeader(
+      "extern const k::ParamRow kParamRows[];\n"
+      "extern const size_t kNumParamRows;\n\n",
+      std::to_string(layout.totalElements));
   llvm::raw_string_ostream s(src);
-  s << "// Generated by mtc from model '" << escape(name ? name.str() : "")
-    << "' for the CUDA target (bf16 compute, fp32 master weights).\n"
-    << "// Do not edit: recompile the spec. Each kernel call is preceded by\n"
-    << "// the IR op and location it lowers.\n"
-    << "#include <algorithm>\n#include <cmath>\n#include <cstdint>\n#include <cstdio>\n"
-    << "#include <cstdlib>\n#include <limits>\n#include <memory>\n"
-    << "#include <string>\n#include <utility>\n#include <vector>\n\n"
-    << "#include \"mtc/rt/comm.h\"\n"
-    << "#include \"mtc/rt/cuda_backend.h\"\n"
-    << "#include \"mtc/rt/cuda_kernels.h\"\n"
-    << "#include \"mtc/rt/cuda_program.h\"\n"
-    << "#include \"mtc/rt/cuda_tp_kernels.h\"\n"
-    << "#include \"mtc/rt/dropout_hash.h\"\n"
-    << "#include \"mtc/rt/program.h\"\n\n"
-    << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
-       "mtc::rt::cuda;\nusing k::bf16;\n"
-    << "using namespace mtc::rt::cuda;  // the program helpers "
-       "(mtc/rt/cuda_program.h)\n\n"
-    << "extern const k::ParamRow kParamRows[];\n"
-    << "extern const size_t kNumParamRows;\n\n"
-    << emitConfig()
-    << "void* create_context() { return new k::ProgramContext(program_config()); "
-       "}\n"
-    << "void destroy_context(void* c) { delete static_cast<k::ProgramContext*>(c); "
-       "}\n"
-    << "void sync_compute_params(HostState& st) {\n"
-    << "  k::sync_compute_params(st, " << layout.totalElements << ");\n}\n\n"
-    << funcs << optimizer
+  s << funcs << optimizer
     << "const size_t kNumParamRows = sizeof(kParamRows) / "
        "sizeof(kParamRows[0]);\n\n"
     << "}  // namespace\n\n";

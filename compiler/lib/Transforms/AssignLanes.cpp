@@ -28,6 +28,7 @@
 //===----------------------------------------------------------------------===//
 #include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/Lowering.h"
+#include "mtc/Transforms/Pipeline.h"
 #include "mtc/Transforms/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -179,6 +180,11 @@ void assignLanes(func::FuncOp fn, int64_t tp, bool backwardLanes) {
 struct AssignLanes : mtc::impl::MtcAssignLanesBase<AssignLanes> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    // Pipeline pieces run whole: their microbatch's all-reduces have the
+    // other pieces' work and the transfers beside them (lanes inside pieces
+    // are a later step).
+    if (mtc::isPipelineModule(module))
+      return;
     int64_t tp = mtc::getGridShape(module).tp;
     bool backwardLanes = module->hasAttr(mtc::kTpBackwardLanesAttr);
     for (auto fn : module.getOps<func::FuncOp>())

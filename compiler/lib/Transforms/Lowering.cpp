@@ -1,6 +1,7 @@
 //===- Lowering.cpp - reading and writing the lowering attributes ---------===//
 #include "mtc/Transforms/Lowering.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
 
@@ -8,7 +9,15 @@ using namespace mlir;
 
 namespace mtc::lowering {
 
+// A function argument's decision is an argument attribute (a pipeline
+// piece's inputs: mtc-assign-precision).
 StringRef resultString(Value v, StringRef attr) {
+  if (auto a = dyn_cast<BlockArgument>(v)) {
+    auto fn = dyn_cast_or_null<func::FuncOp>(a.getOwner()->getParentOp());
+    auto s = fn ? fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), attr)
+                : StringAttr();
+    return s ? s.getValue() : "";
+  }
   auto r = dyn_cast<OpResult>(v);
   if (!r)
     return "";
@@ -20,6 +29,12 @@ StringRef resultString(Value v, StringRef attr) {
 }
 
 void setResultString(Value v, StringRef attr, StringRef value) {
+  if (auto a = dyn_cast<BlockArgument>(v)) {
+    auto fn = cast<func::FuncOp>(a.getOwner()->getParentOp());
+    fn.setArgAttr(a.getArgNumber(), attr,
+                  StringAttr::get(fn.getContext(), value));
+    return;
+  }
   auto r = cast<OpResult>(v);
   Operation *op = r.getOwner();
   Builder b(op->getContext());

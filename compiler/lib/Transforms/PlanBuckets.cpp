@@ -13,6 +13,10 @@
 //  3. A bucket is launched after the last accumulate_grad of any of its
 //     parameters in @train_step (the function's first op when none has
 //     one); that op carries (bucket, begin, size) triples.
+// Pipeline modules have no @train_step: with pp x dp the gradient is
+// all-reduced once, in @optimizer_step_pp<r> (as on the host target);
+// overlapping buckets with the last microbatch's backward pieces is a
+// later optimization.
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Transforms/Grid.h"

@@ -110,6 +110,13 @@ ProgramContext::ProgramContext(const ProgramConfig& c)
     MTC_CUDA_CHECK(cudaMalloc(&ce_stats, c.ce_rows * 3 * sizeof(float)));
     MTC_CUDA_CHECK(cudaMalloc(&ce_all_stats, c.ce_rows * 3 * sizeof(float) * c.grid[2]));
   }
+  if (c.pipeline_microbatches > 0) {
+    const size_t bytes = static_cast<size_t>(c.pipeline_microbatches) * sizeof(float);
+    MTC_CUDA_CHECK(cudaMalloc(&pipeline_losses, bytes));
+    MTC_CUDA_CHECK(cudaMallocHost(&pipeline_losses_host, bytes));
+    MTC_CUDA_CHECK(cudaMalloc(&loss_scratch, sizeof(float)));
+  }
+  if (c.pp_zeros > 0) MTC_CUDA_CHECK(cudaMalloc(&pp_zeros, c.pp_zeros * sizeof(float)));
 }
 
 ProgramContext::~ProgramContext() {
@@ -127,6 +134,10 @@ ProgramContext::~ProgramContext() {
   cudaFree(tp_scratch);
   cudaFree(tp_partial);
   cudaFree(tp_partial_dst);
+  cudaFree(pipeline_losses);
+  cudaFreeHost(pipeline_losses_host);
+  cudaFree(loss_scratch);
+  cudaFree(pp_zeros);
   cudaFree(ce_stats);
   cudaFree(ce_all_stats);
 }
@@ -156,7 +167,7 @@ void build_optimizer_plans(ProgramContext& pc, const ParamRow* rows, size_t num_
     t.weight_decay = r.decay;
     t.state_offset = sharded ? a - lo : -1;
     tensors.push_back(t);
-    (r.split ? split : whole).emplace_back(a, b - a);
+    if (r.counted) (r.split ? split : whole).emplace_back(a, b - a);
   }
   pc.adamw = std::make_unique<AdamWPlan>(pc.ctx, tensors);
   pc.sq_split = std::make_unique<SumSquaresPlan>(pc.ctx, split);
@@ -253,6 +264,27 @@ void launch_grad_bucket(ProgramContext& pc, HostState& st, int b, int64_t begin,
 void finish_grad_buckets(ProgramContext& pc) {
   set_current_op("shard.all_reduce of the gradient of the dp buckets (data parallelism)");
   axis_join(pc, 1);
+}
+
+void pipeline_loss(ProgramContext& pc, int64_t mb, const float* loss) {
+  MTC_CUDA_CHECK(cudaMemcpyAsync(pc.pipeline_losses + mb, loss, sizeof(float),
+                                 cudaMemcpyDeviceToDevice, pc.ctx.stream));
+}
+
+void finish_pipeline_step(HostState& st, float* losses, int64_t n) {
+  ProgramContext& pc = program_context(st);
+  set_current_op("end of the pipeline step");
+  axis_join(pc, 0);
+  if (n > 0)
+    MTC_CUDA_CHECK(cudaMemcpyAsync(pc.pipeline_losses_host, pc.pipeline_losses,
+                                   static_cast<size_t>(n) * sizeof(float),
+                                   cudaMemcpyDeviceToHost, pc.ctx.stream));
+  std::string error = pc.ctx.take_data_error();  // synchronizes
+  if (!error.empty()) {
+    data_error(st, error);
+    return;
+  }
+  std::copy(pc.pipeline_losses_host, pc.pipeline_losses_host + n, losses);
 }
 
 float data_error(HostState& st, const std::string& message) {

@@ -51,6 +51,12 @@ struct ProgramConfig {
   int64_t ce_rows = 0;            // rows of the vocabulary-parallel loss
   int64_t arena_bytes = 0;        // activation arena (the copy engines map it)
   int64_t peer_max_elements = 0;  // the largest early bf16 tp all-reduce
+  // Pipeline programs: slot events of the step's p2p groups on the pp
+  // stream, microbatches per step (the losses kept on the device), fp32
+  // elements of the zeros a rank without a tied parameter sums over pp.
+  size_t pp_slots = 0;
+  int64_t pipeline_microbatches = 0;
+  int64_t pp_zeros = 0;
 };
 
 // One parameter of the flat buffer: where it is, whether it decays, whether
@@ -58,6 +64,9 @@ struct ProgramConfig {
 struct ParamRow {
   int64_t offset, numel;
   bool decay, split;
+  // In the gradient norm; false for a pipeline rank's copy of a tied
+  // parameter that another pipeline rank counts.
+  bool counted = true;
 };
 
 // One GPU per rank: LOCAL_RANK (set by mtc-launch, torchrun, Slurm) picks it
@@ -102,6 +111,12 @@ struct ProgramContext {
   std::unique_ptr<Context> ctx_tp;
   float* ce_stats = nullptr;      // (ce_rows, 3)
   float* ce_all_stats = nullptr;  // (tp, ce_rows, 3)
+  // Pipeline programs (config.pipeline_microbatches > 0).
+  float* pipeline_losses = nullptr;       // (M) device: each microbatch's loss
+  float* pipeline_losses_host = nullptr;  // (M) pinned
+  float* loss_scratch = nullptr;          // (1) device: a backward piece's
+                                          // recomputed loss, unused
+  float* pp_zeros = nullptr;              // (config.pp_zeros) device
 };
 
 ProgramContext& program_context(HostState& st);
@@ -151,6 +166,15 @@ void lane_join(ProgramContext& pc);
 // stream; at the backward pass's end the compute stream waits for them all.
 void launch_grad_bucket(ProgramContext& pc, HostState& st, int b, int64_t begin, int64_t size);
 void finish_grad_buckets(ProgramContext& pc);
+
+// Pipeline steps: microbatch `mb`'s loss (one fp32 on the device) kept in
+// pc.pipeline_losses until the step's end.
+void pipeline_loss(ProgramContext& pc, int64_t mb, const float* loss);
+// The end of a pipeline step: the compute stream waits for the pp stream's
+// transfers, the `n` losses kept (0 on ranks without the loss) are
+// downloaded into `losses` (host), recorded data errors are reported. The
+// step's one host synchronization.
+void finish_pipeline_step(HostState& st, float* losses, int64_t n);
 
 // Records a data error for the trainer and returns NaN (the step's loss).
 float data_error(HostState& st, const std::string& message);
