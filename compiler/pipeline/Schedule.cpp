@@ -3,13 +3,19 @@
 // Two steps, kept apart so that every schedule shares the transfer rule:
 //  1. The compute pieces of each rank, in order (the published tables; see the
 //     comment on each schedule below).
-//  2. placeTransfers(): the sends and receives those pieces imply, each pair
-//     at one point of a global timeline, consecutive ones batched into one
-//     group. In the 1F1B steady state this yields Megatron's batched pairs
+//  2. The sends and receives those pieces imply, batched into groups.
+//     gpipe, 1f1b, zb-h1: placeTransfers() puts each pair at one point of a
+//     global timeline and batches consecutive ones into one group. In the
+//     1F1B steady state this yields Megatron's batched pairs
 //     (send_forward_recv_backward after an F, send_backward_recv_forward
-//     after a B) and in the interleaved warm-up its send_forward_recv_forward;
-//     unlike Megatron's hand-placed receives, the construction is proved
-//     deadlock-free for any order whose dataflow is acyclic (see below).
+//     after a B); unlike Megatron's hand-placed receives, the construction is
+//     proved deadlock-free for any order whose dataflow is acyclic (see
+//     below). interleaved: placeLockstep() posts one group per step, as
+//     Megatron's send_forward_backward_recv_forward_backward does, also
+//     proved deadlock-free (see there); on the global timeline the
+//     interleaved pieces of neighbouring ranks leave no common free instant
+//     for some transfers when P != 4 and m > P, which stalled ranks (P = 2,
+//     v = 2, m = 8: bubble 0.158, the formula 0.059).
 #include "mtc/Pipeline/Schedule.h"
 
 #include <algorithm>
@@ -167,9 +173,7 @@ Step group(std::vector<Transfer> transfers) {
 // ends; the groups before a transfer on either end hold only transfers of
 // smaller keys, so by induction on the key every transfer is matched. FIFO
 // order holds too: both ends of every ordered pair are sorted by that key.
-// Known gap: for interleaved with P != 4 and m > P, the pieces of
-// neighbouring ranks do not always leave a common free instant, and the
-// fallback stalls (see InterleavedBubbleIsPMinus1OverVMPlusPMinus1).
+// (Not used for interleaved: see placeLockstep.)
 bool placeTransfers(const std::vector<std::vector<Step>>& orders, const ScheduleSpec& spec,
                     std::vector<std::vector<Step>>& out, std::string& error) {
   const int P = spec.stages, chunks = spec.stages * spec.virtualStages, m = spec.microbatches;
@@ -276,6 +280,116 @@ bool placeTransfers(const std::vector<std::vector<Step>>& orders, const Schedule
   return true;
 }
 
+// Interleaved 1F1B's transfers in lockstep, as Megatron's
+// forward_backward_pipelining_with_interleaving batches them
+// (send_forward_recv_forward in the warm-up,
+// send_forward_backward_recv_forward_backward in the steady state,
+// send_backward_recv_backward in the cool-down): rank r's pieces are cut into
+// units, unit u holding F u (u < m*V) and B u - W_r (u >= W_r), F first, where
+// W_r = (P - r - 1) * 2 + (V - 1) * P is the warm-up before Megatron's cap at
+// m*V (under the cap, m == P, the units between the last F and the first B
+// are empty). One group sits before each unit u: it sends what unit u-1
+// computed and receives the inputs of unit u's pieces. A rank thus posts one
+// group per unit and the data of a piece leaves as soon as its unit ends.
+// Why it cannot deadlock, whatever the costs: give rank r's group u the key
+// u + r. The F index of a piece is the same on every rank and the B index
+// too (the piece order depends on the rank only through W_r), so an
+// activation of F k leaves rank r-1 in its group k+1 (key k+r) and reaches
+// rank r's group k (key k+r); across the wrap, rank P-1's F k feeds rank 0's
+// F k+P (the next local chunk, P pieces later in its group of P*V): key
+// k+1+P-1 on both ends. A gradient of B j leaves rank r+1 in group
+// j+W_{r+1}+1 and reaches rank r's group j+W_r, and W_r = W_{r+1} + 2: key
+// j+W_r+r on both; rank 0's B j feeds rank P-1's B j+P, key j+W_0+1 =
+// j+P+W_{P-1}+P-1. So both ends of every transfer carry one key, every
+// rank's groups have increasing keys, and (ranks order a group's transfers
+// by sender, payload, microbatch, chunk) both ends of every ordered pair of
+// ranks list their transfers in one order: the induction of placeTransfers
+// applies (the transfer with the smallest key not yet done has every earlier
+// group of both its ends done, so both ends post it). Consecutive groups
+// with no piece between (empty units) are merged, which keeps that order.
+// Timing: in the steady state rank r runs unit u from (u + r) * (F + B) on,
+// and its group u meets rank r-1's group u+1 and rank r+1's group u-1, which
+// both post at that instant, so with uniform costs and free transfers no
+// rank waits beyond the dataflow of its order: the simulated bubble is
+// (p-1)/(v*m + p-1) for every P, V, m (SimulateTest). One group per unit,
+// not one after each piece, also means fewer groups to pay a transfer time
+// for. (Splitting a unit's group in two, the activations right after F and
+// the gradients before the next F, keeps both the keys and that bubble, but
+// was slower in every case simulated with a transfer time or uneven chunks.)
+bool placeLockstep(const std::vector<std::vector<Step>>& orders, const ScheduleSpec& spec,
+                   std::vector<std::vector<Step>>& out, std::string& error) {
+  const int P = spec.stages, V = spec.virtualStages, chunks = P * V, m = spec.microbatches;
+  const int total = m * V;
+  // Per rank and per (microbatch, chunk): the unit of F / B.
+  std::vector<int> fUnit(size_t(m) * chunks, -1), bUnit(size_t(m) * chunks, -1);
+  std::vector<std::vector<int>> unitOf(P);
+  for (int r = 0; r < P; ++r) {
+    int W = (P - r - 1) * 2 + (V - 1) * P, nf = 0, nb = 0;
+    for (const Step& s : orders[r]) {
+      size_t k = size_t(s.microbatch) * chunks + s.chunk;
+      int u = s.piece == PieceKind::Forward ? nf++ : W + nb++;
+      (s.piece == PieceKind::Forward ? fUnit : bUnit)[k] = u;
+      if (!unitOf[r].empty() && u < unitOf[r].back()) {
+        error = "interleaved schedule: rank " + std::to_string(r) + "'s pieces are not in unit order";
+        return false;
+      }
+      unitOf[r].push_back(u);
+    }
+    if (nf != total || nb != total) {
+      error = "interleaved schedule: rank " + std::to_string(r) + " does not run every piece";
+      return false;
+    }
+  }
+  struct Item {
+    int key;  // group key (unit + rank)
+    int sender;
+    int what, microbatch, chunk;
+    Transfer transfer;
+  };
+  std::vector<std::vector<Item>> items(P);
+  for (int r = 0; r < P; ++r)
+    for (size_t i = 0; i < orders[r].size(); ++i) {
+      const Step& s = orders[r][i];
+      for (const Transfer& t : sendsOf(s, r, P, chunks)) {
+        bool act = t.what == Payload::Activation;
+        size_t consumer = size_t(t.microbatch) * chunks + (act ? t.chunk + 1 : t.chunk - 1);
+        int sendKey = unitOf[r][i] + 1 + r;
+        int recvKey = (act ? fUnit : bUnit)[consumer] + t.peer;
+        if (sendKey != recvKey) {
+          error = "interleaved schedule: the lockstep keys of a transfer differ (rank " + std::to_string(r) +
+                  " piece " + std::to_string(i) + ")";
+          return false;
+        }
+        items[r].push_back({sendKey, r, int(t.what), t.microbatch, t.chunk, t});
+        Transfer recv = t;
+        recv.isSend = false;
+        recv.peer = r;
+        items[t.peer].push_back({sendKey, r, int(t.what), t.microbatch, t.chunk, recv});
+      }
+    }
+  out.assign(P, {});
+  for (int r = 0; r < P; ++r) {
+    std::sort(items[r].begin(), items[r].end(), [](const Item& a, const Item& b) {
+      return std::tie(a.key, a.sender, a.what, a.microbatch, a.chunk) <
+             std::tie(b.key, b.sender, b.what, b.microbatch, b.chunk);
+    });
+    size_t next = 0;
+    auto flushUpTo = [&](int unit) {  // the groups keyed up to unit + r
+      if (next < items[r].size() && items[r][next].key <= unit + r) {
+        out[r].push_back(group({}));
+        while (next < items[r].size() && items[r][next].key <= unit + r)
+          out[r].back().transfers.push_back(items[r][next++].transfer);
+      }
+    };
+    for (size_t i = 0; i < orders[r].size(); ++i) {
+      flushUpTo(unitOf[r][i]);
+      out[r].push_back(orders[r][i]);
+    }
+    flushUpTo(1 << 30);
+  }
+  return true;
+}
+
 }  // namespace
 
 bool buildSchedule(const ScheduleSpec& spec, Schedule& out, std::string& error) {
@@ -317,7 +431,9 @@ bool buildSchedule(const ScheduleSpec& spec, Schedule& out, std::string& error) 
       break;
     }
   }
-  if (!placeTransfers(orders, spec, out.ranks, error)) return false;
+  bool placed = spec.kind == ScheduleKind::Interleaved ? placeLockstep(orders, spec, out.ranks, error)
+                                                       : placeTransfers(orders, spec, out.ranks, error);
+  if (!placed) return false;
   error.clear();
   return true;
 }

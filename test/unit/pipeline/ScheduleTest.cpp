@@ -144,6 +144,49 @@ TEST(ScheduleTransfers, ZeroBubbleH1SendsTheGradientAfterBAndNothingAfterW) {
   }
 }
 
+TEST(ScheduleTransfers, InterleavedPostsOneGroupPerStepLikeMegatron) {
+  // Tests that interleaved 1F1B batches its transfers as Megatron's
+  // forward_backward_pipelining_with_interleaving does: one group before
+  // each step (a warm-up F, a steady (F, B) pair or a cool-down B) that sends
+  // what the previous step computed and receives the inputs of this one
+  // (send_forward_recv_forward in the warm-up,
+  // send_forward_backward_recv_forward_backward in the steady state,
+  // send_backward_recv_backward in the cool-down). P = 2, V = 2, m = 4
+  // (chunks 0, 2 on rank 0 and 1, 3 on rank 1; rank 0's warm-up is 4, rank
+  // 1's 2): e.g. rank 1's steady group {ra3.0<0 rg1.2<0 sa2.1>0 sg0.1>0}
+  // after F2 (chunk 1) and B0 (chunk 1) sends both and receives the inputs
+  // of F3 (chunk 1) and B1 (chunk 1).
+  Schedule s;
+  std::string error;
+  ASSERT_TRUE(buildSchedule({ScheduleKind::Interleaved, 2, 2, 4}, s, error)) << error;
+  EXPECT_EQ(stepsOf(s, 0),
+            "F0 {sa0.0>1} F1 {sa1.0>1 ra0.1<1} F0 {sa0.2>1 ra1.1<1} F1 {sa1.2>1 rg0.3<1} F2 B0 "
+            "{sa2.0>1 sg0.2>1 rg1.3<1} F3 B1 {sa3.0>1 sg1.2>1 ra2.1<1 rg0.1<1} F2 B0 {sa2.2>1 ra3.1<1 rg1.1<1} "
+            "F3 B1 {sa3.2>1 rg2.3<1} B2 {sg2.2>1 rg3.3<1} B3 {sg3.2>1 rg2.1<1} B2 {rg3.1<1} B3");
+  EXPECT_EQ(stepsOf(s, 1),
+            "{ra0.0<0} F0 {ra1.0<0 sa0.1>0} F1 {ra0.2<0 sa1.1>0} F0 B0 {ra1.2<0 sg0.3>0} F1 B1 "
+            "{ra2.0<0 rg0.2<0 sg1.3>0} F2 B0 {ra3.0<0 rg1.2<0 sa2.1>0 sg0.1>0} F3 B1 {ra2.2<0 sa3.1>0 sg1.1>0} "
+            "F2 B2 {ra3.2<0 sg2.3>0} F3 B3 {rg2.2<0 sg3.3>0} B2 {rg3.2<0 sg2.1>0} B3 {sg3.1>0}");
+  // Over a grid: never two groups in a row, and a group holds at most one
+  // transfer of each kind (send or receive, activation or gradient).
+  for (int P : {2, 3, 4, 8})
+    for (int V : {2, 3})
+      for (int m : {P, 2 * P, 4 * P}) {
+        ASSERT_TRUE(buildSchedule({ScheduleKind::Interleaved, P, V, m}, s, error)) << error;
+        for (int r = 0; r < P; ++r)
+          for (size_t i = 0; i < s.ranks[r].size(); ++i) {
+            const Step& st = s.ranks[r][i];
+            if (st.isCompute) continue;
+            EXPECT_TRUE(i + 1 == s.ranks[r].size() || s.ranks[r][i + 1].isCompute)
+                << "P=" << P << " V=" << V << " m=" << m << " rank " << r << " step " << i;
+            int kinds[2][2] = {{0, 0}, {0, 0}};
+            for (const Transfer& t : st.transfers) ++kinds[t.isSend][int(t.what)];
+            for (auto& k : kinds)
+              for (int n : k) EXPECT_LE(n, 1) << "P=" << P << " V=" << V << " m=" << m << " rank " << r;
+          }
+      }
+}
+
 TEST(ScheduleTransfers, InterleavedWrapsFromTheLastRankToTheFirst) {
   // Tests that with V > 1 the activation of chunk P-1 (last rank) goes to
   // chunk P on rank 0, and that a single stage never transfers.

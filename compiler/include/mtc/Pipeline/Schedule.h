@@ -19,7 +19,9 @@
 //   1f1b         PipeDream-Flush (Narayanan et al. 2021, Fig. 4 top; Megatron's
 //                forward_backward_pipelining_without_interleaving).
 //   interleaved  interleaved 1F1B (Fig. 4 bottom; Megatron's
-//                forward_backward_pipelining_with_interleaving).
+//                forward_backward_pipelining_with_interleaving), its
+//                transfers in Megatron's lockstep: one group per step
+//                (send_forward_backward_recv_forward_backward).
 //   zb-h1        ZB-H1 (Qi et al., "Zero Bubble Pipeline Parallelism", ICLR
 //                2024, Fig. 3 top): backward split into B (input gradient)
 //                and W (weight gradient), W's delayed into 1F1B's bubble.
