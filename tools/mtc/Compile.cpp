@@ -64,6 +64,7 @@ bool writeFile(llvm::StringRef path, llvm::StringRef contents) {
 /// output holds only these, so replacing it loses nothing of anyone else's.
 const char *const kOutputNames[] = {"program.cpp", "CMakeLists.txt", "train.mlir",
                                     "plan.txt",    "plan.json",      "spec.json",
+                                    "schedule.txt", "schedule.svg",
                                     "build",       "build.log",      "train"};
 
 /// "" if `dir` does not exist or is a directory (not a link) holding only
