@@ -168,7 +168,7 @@ func::FuncOp buildPiece(ModuleOp module, func::FuncOp source, StringRef name,
     for (Value v : op->getOperands())
       if (!map.contains(v))
         if (Operation *d = v.getDefiningOp(); d && copiedIntoPieces(d))
-          b.clone(*d, map);
+          b.clone(*d, map)->removeAttr(mtc::kChunkAttr);
     Operation *c = b.clone(*op, map);
     c->removeAttr(mtc::kChunkAttr);
   }
