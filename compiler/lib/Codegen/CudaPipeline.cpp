@@ -240,27 +240,16 @@ LogicalResult CudaEmitter::runPipeline(mtc::EmitResult &out) {
   std::string declarations, stageParams;
   int64_t minArena = -1;
   for (int64_t r = 0; r < cfg.pp; ++r) {
-    std::vector<func::FuncOp> fns = mtc::functionsOfRank(module, r);
-    layout = ParamLayout(module, fns);
+    FailureOr<mtc::RankFunctions> rank = mtc::getRankFunctions(module, r);
+    if (failed(rank))
+      return failure();
+    layout = ParamLayout(module, mtc::functionsOfRank(module, r));
     pieceArena = 0;
-    func::FuncOp step, eval, optimizer;
-    for (func::FuncOp fn : fns) {
-      StringRef name = fn.getSymName();
-      if (mtc::getPieceInfo(fn)) {
-        if (failed(emitPiece(fn)))
-          return failure();
-      } else if (name.starts_with("pipeline_step_pp")) {
-        step = fn;
-      } else if (name.starts_with("pipeline_eval_pp")) {
-        eval = fn;
-      } else if (name.starts_with("optimizer_step_pp")) {
-        optimizer = fn;
-      }
-    }
-    if (!step || !eval || !optimizer)
-      return module.emitError("pipeline rank ")
-             << r << " lacks its step, eval or optimizer function (run "
-             << "mtc-pipeline-schedule)";
+    for (func::FuncOp fn : rank->pieces)
+      if (failed(emitPiece(fn)))
+        return failure();
+    func::FuncOp step = rank->step, eval = rank->eval,
+                 optimizer = rank->optimizer;
     const int64_t base = (pieceArena + 63) / 64 * 64;
     arena = pieceArena;
     if (failed(emitStep(step, base)) || failed(emitStep(eval, base)))

@@ -90,3 +90,29 @@ std::vector<func::FuncOp> mtc::functionsOfRank(ModuleOp module, int64_t rank) {
   }
   return out;
 }
+
+std::string mtc::stepFunctionName(int64_t rank) {
+  return "pipeline_step_pp" + std::to_string(rank);
+}
+std::string mtc::evalFunctionName(int64_t rank) {
+  return "pipeline_eval_pp" + std::to_string(rank);
+}
+std::string mtc::optimizerFunctionName(int64_t rank) {
+  return "optimizer_step_pp" + std::to_string(rank);
+}
+
+FailureOr<mtc::RankFunctions> mtc::getRankFunctions(ModuleOp module,
+                                                    int64_t rank) {
+  RankFunctions f;
+  for (func::FuncOp fn : functionsOfRank(module, rank))
+    if (getPieceInfo(fn))
+      f.pieces.push_back(fn);
+  f.step = module.lookupSymbol<func::FuncOp>(stepFunctionName(rank));
+  f.eval = module.lookupSymbol<func::FuncOp>(evalFunctionName(rank));
+  f.optimizer = module.lookupSymbol<func::FuncOp>(optimizerFunctionName(rank));
+  if (!f.step || !f.eval || !f.optimizer)
+    return module.emitError("pipeline rank ")
+           << rank << " lacks its step, eval or optimizer function (run "
+           << "mtc-pipeline-schedule)";
+  return f;
+}

@@ -274,7 +274,7 @@ void PipelineSchedulePass::runOnOperation() {
 
   for (int64_t r = 0; r < cfg.pp; ++r) {
     StepBuilder sb(module, cfg);
-    makeFunction(sb, ("pipeline_step_pp" + llvm::Twine(r)).str(), r);
+    makeFunction(sb, mtc::stepFunctionName(r), r);
     for (const pl::Step &step : sched.ranks[r]) {
       LogicalResult ok = success();
       if (step.isCompute) {
@@ -295,7 +295,7 @@ void PipelineSchedulePass::runOnOperation() {
     // Validation: microbatch after microbatch, chunks in model order.
     StepBuilder eb(module, cfg);
     eb.eval = true;
-    makeFunction(eb, ("pipeline_eval_pp" + llvm::Twine(r)).str(), r);
+    makeFunction(eb, mtc::evalFunctionName(r), r);
     const int64_t C = cfg.chunks();
     auto rankOf = [&](int64_t c) { return c % cfg.pp; };
     for (int64_t mb = 0; mb < cfg.microbatches; ++mb)

@@ -467,7 +467,7 @@ LogicalResult Splitter::buildOptimizers(func::FuncOp optimizer) {
   for (int64_t r = 0; r < P; ++r) {
     b.setInsertionPointToEnd(module.getBody());
     auto fn = cast<func::FuncOp>(b.clone(*optimizer));
-    fn.setSymName(("optimizer_step_pp" + llvm::Twine(r)).str());
+    fn.setSymName(mtc::optimizerFunctionName(r));
     fn->setAttr(mtc::kPipelineRankAttr, b.getI64IntegerAttr(r));
     // AdamW over this rank's parameters.
     SmallVector<mtc::AdamWOp> adams;

@@ -70,8 +70,7 @@ FailureOr<mtc::PipelineAnalysis> mtc::analyzePipeline(ModuleOp module) {
 
   // Step 1.
   for (int64_t r = 0; r < cfg.pp; ++r) {
-    auto fn = module.lookupSymbol<func::FuncOp>(
-        ("pipeline_step_pp" + llvm::Twine(r)).str());
+    auto fn = module.lookupSymbol<func::FuncOp>(stepFunctionName(r));
     if (!fn)
       return module.emitError("mtc-verify-pipeline: no @pipeline_step_pp")
              << r << " (run mtc-pipeline-schedule first)";

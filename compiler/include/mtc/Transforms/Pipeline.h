@@ -87,6 +87,21 @@ std::optional<int64_t> getPipelineRank(mlir::func::FuncOp fn);
 std::vector<mlir::func::FuncOp> functionsOfRank(mlir::ModuleOp module,
                                                 int64_t rank);
 
+/// @pipeline_step_pp<r>, @pipeline_eval_pp<r>, @optimizer_step_pp<r>.
+std::string stepFunctionName(int64_t rank);
+std::string evalFunctionName(int64_t rank);
+std::string optimizerFunctionName(int64_t rank);
+
+/// What a code generator emits for one pipeline rank.
+struct RankFunctions {
+  std::vector<mlir::func::FuncOp> pieces; // in module order
+  mlir::func::FuncOp step, eval, optimizer;
+};
+/// Fails (with an error on the module) when the rank lacks its step, eval
+/// or optimizer function.
+mlir::FailureOr<RankFunctions> getRankFunctions(mlir::ModuleOp module,
+                                                int64_t rank);
+
 /// The schedule of every rank, its simulation and the per-stage figures
 /// the plan report prints; filled by analyzePipeline.
 struct PipelineAnalysis {
