@@ -561,6 +561,38 @@ class Parser {
         {"hidden_dropout", real(m.hidden_dropout), nullptr},
         {"attention_dropout", real(m.attention_dropout), nullptr},
         {"init_std", real(m.init_std), nullptr},
+        {"moe", section("model.moe"), nullptr},
+    };
+    MoeSpec& e = m.moe;
+    fields_["model.moe"] = {
+        {"num_experts", integer(e.num_experts), "the number of experts, a positive integer"},
+        {"top_k", integer(e.top_k), nullptr},
+        {"granularity", integer(e.granularity), nullptr},
+        {"shared_expert_ffn_hidden_size", integer(e.shared_expert_ffn_hidden_size), nullptr},
+        {"router", enumeration(e.router), nullptr},
+        {"router_scale", real(e.router_scale), nullptr},
+        {"aux_loss_coeff", real(e.aux_loss_coeff), nullptr},
+        {"z_loss_coeff", real(e.z_loss_coeff), nullptr},
+        {"layer_freq",
+         [this, &e](const Json& v, const std::string& path) {
+           // An integer N (every N-th layer) or a list of 0/1, one a layer.
+           if (!v.is_array()) {
+             integer(e.layer_freq)(v, path);
+             return;
+           }
+           e.layer_pattern.clear();
+           for (size_t i = 0; i < v.size(); ++i) {
+             const Json& x = v[i];
+             if (!x.is_number_integer() || (x.get<int64_t>() != 0 && x.get<int64_t>() != 1)) {
+               error(path, "element " + std::to_string(i) + " of the layer pattern must be 0 "
+                           "(a dense MLP) or 1 (an MoE layer), got " + describe(x));
+               return;
+             }
+             e.layer_pattern.push_back(x.get<int64_t>());
+           }
+         },
+         nullptr},
+        {"capacity_factor", real(e.capacity_factor), nullptr},
     };
     fields_["parallel"] = {
         {"tp", integer(p.tp), nullptr},
@@ -619,6 +651,12 @@ class Parser {
       if (bad("model.num_heads") || m.num_heads < 1 || m.num_heads > detail::kMaxInt)
         ctx_.bad.insert("model.num_kv_heads");
     }
+    // "no MoE" is model.moe left out, never a written num_experts of 0.
+    if (given_.count("model.moe.num_experts") && !bad("model.moe.num_experts") &&
+        m.moe.num_experts < 1)
+      error("model.moe.num_experts", "must be a positive integer, got " +
+                                         std::to_string(m.moe.num_experts) +
+                                         " (leave model.moe out for a dense model)");
     if (!given_.count("model.ffn_hidden_size")) {
       m.ffn_hidden_size = defaultFfnHiddenSize(m.hidden_size, m.activation);
       if (bad("model.hidden_size") || bad("model.activation") || m.ffn_hidden_size == 0)

@@ -84,6 +84,14 @@ const char* toString(LrDecay v) {
   return "?";
 }
 
+const char* toString(RouterKind v) {
+  switch (v) {
+    case RouterKind::softmax_topk: return "softmax-topk";
+    case RouterKind::topk_softmax: return "topk-softmax";
+  }
+  return "?";
+}
+
 std::optional<Recompute> parseRecompute(const std::string& s) {
   return detail::enumFromString<Recompute>(s);
 }

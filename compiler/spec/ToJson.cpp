@@ -47,6 +47,22 @@ std::string toJson(const Spec& spec) {
   model["hidden_dropout"] = m.hidden_dropout;
   model["attention_dropout"] = m.attention_dropout;
   model["init_std"] = m.init_std;
+  if (m.moe.enabled()) {
+    const MoeSpec& e = m.moe;
+    Json moe;
+    moe["num_experts"] = e.num_experts;
+    moe["top_k"] = e.top_k;
+    moe["granularity"] = e.granularity;
+    moe["shared_expert_ffn_hidden_size"] = e.shared_expert_ffn_hidden_size;
+    moe["router"] = toString(e.router);
+    moe["router_scale"] = e.router_scale;
+    moe["aux_loss_coeff"] = e.aux_loss_coeff;
+    moe["z_loss_coeff"] = e.z_loss_coeff;
+    if (e.layer_pattern.empty()) moe["layer_freq"] = e.layer_freq;
+    else moe["layer_freq"] = e.layer_pattern;
+    moe["capacity_factor"] = e.capacity_factor;
+    model["moe"] = moe;
+  }
 
   Json parallel;
   parallel["tp"] = p.tp;

@@ -10,6 +10,7 @@
 // after their own checks pass, and cross rules may still see wild values.
 #include "SpecInternal.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -74,6 +75,7 @@ class Checker {
     size_t before = diags_.size();
     checkFields();
     checkModel();
+    checkMoe();
     checkParallel();
     checkBatch();
     checkOptimizer();
@@ -243,6 +245,69 @@ class Checker {
                ref("model.num_kv_heads", m.num_kv_heads) +
                ": each key/value head serves an equal group of query heads" +
                divisorHint(m.num_heads, m.num_kv_heads, [&](int64_t d) { return splitsOverTp(d); }));
+  }
+
+  // model.moe (docs/moe.md): ranges, top_k <= num_experts, granularity
+  // divides ffn_hidden_size, a layer pattern of num_layers entries with at
+  // least one MoE layer; what is not implemented yet is refused by name
+  // (token dropping, tensor and pipeline parallelism with MoE layers).
+  void checkMoe() {
+    const ModelSpec& m = s_.model;
+    const MoeSpec& e = m.moe;
+    if (!e.enabled()) {
+      // A written num_experts of 0 or less is an error, not "no MoE".
+      return;
+    }
+    const double inf = std::numeric_limits<double>::infinity();
+    integer("model.moe.num_experts", e.num_experts, 1);
+    integer("model.moe.top_k", e.top_k, 1);
+    integer("model.moe.granularity", e.granularity, 1);
+    integer("model.moe.shared_expert_ffn_hidden_size", e.shared_expert_ffn_hidden_size, 0);
+    real("model.moe.router_scale", e.router_scale, 0, true, inf, false);
+    real("model.moe.aux_loss_coeff", e.aux_loss_coeff, 0, false, inf, false);
+    real("model.moe.z_loss_coeff", e.z_loss_coeff, 0, false, inf, false);
+    real("model.moe.capacity_factor", e.capacity_factor, 0, false, inf, false);
+    if (ok({"model.moe.num_experts", "model.moe.top_k"}) && e.top_k > e.num_experts)
+      fail({"model.moe.top_k", "model.moe.num_experts"},
+           ref("model.moe.top_k", e.top_k) + " is more than " +
+               ref("model.moe.num_experts", e.num_experts) +
+               ": each token picks top_k distinct experts");
+    if (ok({"model.moe.granularity", "model.ffn_hidden_size"}) &&
+        m.ffn_hidden_size % e.granularity != 0)
+      fail({"model.moe.granularity", "model.ffn_hidden_size"},
+           ref("model.ffn_hidden_size", m.ffn_hidden_size) + " is not divisible by " +
+               ref("model.moe.granularity", e.granularity) +
+               ": each expert's hidden layer is ffn_hidden_size / granularity" +
+               divisorHint(m.ffn_hidden_size, e.granularity, [](int64_t) { return true; }));
+    if (ok({"model.moe.capacity_factor"}) && e.capacity_factor > 0)
+      fail({"model.moe.capacity_factor"},
+           "token dropping (capacity_factor " + formatReal(e.capacity_factor) +
+               ") is not implemented yet; leave it out or write 0 for dropless routing");
+    if (ok({"model.moe.layer_freq", "model.num_layers"})) {
+      if (e.layer_pattern.empty()) {
+        if (e.layer_freq < 1 || e.layer_freq > m.num_layers)
+          fail({"model.moe.layer_freq"},
+               "must be an integer in [1, num_layers = " + str(m.num_layers) +
+                   "] (every layer_freq-th layer is an MoE layer) or a list of 0/1, got " +
+                   str(e.layer_freq));
+      } else if ((int64_t)e.layer_pattern.size() != m.num_layers) {
+        fail({"model.moe.layer_freq"}, "the layer pattern has " + str((int64_t)e.layer_pattern.size()) +
+                                           " entries; it needs one per layer, num_layers = " +
+                                           str(m.num_layers));
+      } else if (std::count(e.layer_pattern.begin(), e.layer_pattern.end(), 1) == 0) {
+        fail({"model.moe.layer_freq"}, "the layer pattern has no MoE layer (no 1); leave "
+                                       "model.moe out for a dense model");
+      }
+    }
+    const ParallelSpec& p = s_.parallel;
+    if (ok({"parallel.tp"}) && p.tp > 1)
+      fail({"parallel.tp"}, "MoE layers (model.moe) run with tp = 1 so far: the experts are not "
+                            "split over tensor-parallel ranks yet (docs/moe.md); got " +
+                                ref("parallel.tp", p.tp));
+    if (ok({"parallel.pp"}) && p.pp > 1)
+      fail({"parallel.pp"}, "MoE layers (model.moe) run with pp = 1 so far: the pipeline passes "
+                            "do not carry the router's aux loss between stages yet (docs/moe.md); "
+                            "got " + ref("parallel.pp", p.pp));
   }
 
   void checkParallel() {

@@ -183,6 +183,12 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "', but the CUDA target computes in bf16 only (fp16 with "
                 "loss scaling and an fp32 mode are not implemented); set it "
                 "to \"bf16\"");
+  // The MoE ops have host kernels only (docs/moe.md).
+  if (opts.target == "cuda" && parsed->model.moe.enabled())
+    return fail(opts.specPath + ": at model.moe: mixture-of-experts "
+                "layers have no CUDA kernels yet (grouped GEMM, permute, "
+                "router); compile this spec with --target host, or leave "
+                "model.moe out");
 
   // Backward lanes are the default where they apply (CUDA, tp > 1, no sp);
   // asked for by name on another plan, they are an error.

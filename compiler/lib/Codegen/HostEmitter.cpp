@@ -72,6 +72,14 @@ std::string HostEmitter::buf(Value v) {
   auto it = names.find(v);
   if (it != names.end())
     return it->second;
+  // Integer tensors computed by the program (an MoE router's expert
+  // indices, a permutation's positions and counts) live in the float arena
+  // too, 4 bytes an element like fp32.
+  auto t = dyn_cast<RankedTensorType>(v.getType());
+  if (t && t.getElementType().isInteger(32))
+    return llvm::formatv("reinterpret_cast<int32_t*>(A + {0})",
+                         plan.offset.lookup(v))
+        .str();
   return llvm::formatv("(A + {0})", plan.offset.lookup(v)).str();
 }
 

@@ -90,6 +90,13 @@ private:
   }
   Value attention(const Twine &prefix, Value x, Value mask);
   Value mlp(const Twine &prefix, Value x);
+  Value denseMlp(const Twine &prefix, Value x, int64_t ffn);
+  Value activation(const Twine &prefix, Value h);
+  Value moeMlp(const Twine &prefix, Value x);
+  /// Block of layer `l`'s MLP: an MoE layer's or the dense one.
+  Value layerMlp(int64_t l, const Twine &prefix, Value x) {
+    return m.moe.isMoeLayer(l) ? moeMlp(prefix, x) : mlp(prefix, x);
+  }
   void setModuleAttributes(ModuleOp module);
 
   const Spec &spec;
@@ -98,6 +105,9 @@ private:
   OpBuilder b;
   Location fileLoc;
   int64_t nextDropoutKey = 0;
+  /// The MoE routers' aux losses (load balancing + z-loss), added to the
+  /// returned loss.
+  SmallVector<Value> auxLosses;
 };
 
 Value Importer::attention(const Twine &prefix, Value x, Value mask) {
@@ -124,29 +134,106 @@ Value Importer::attention(const Twine &prefix, Value x, Value mask) {
 }
 
 Value Importer::mlp(const Twine &prefix, Value x) {
+  return dropout(prefix + ".dropout", denseMlp(prefix, x, m.ffn_hidden_size),
+                 m.hidden_dropout);
+}
+
+Value Importer::denseMlp(const Twine &prefix, Value x, int64_t ffn) {
   double std = m.init_std, outStd = m.init_std / std::sqrt(2.0 * m.num_layers);
   Value y;
   if (m.activation == mtc::spec::Activation::swiglu) {
-    Value gate = linear(prefix + ".gate", x, m.ffn_hidden_size, std);
-    Value up = linear(prefix + ".up", x, m.ffn_hidden_size, std);
+    Value gate = linear(prefix + ".gate", x, ffn, std);
+    Value up = linear(prefix + ".up", x, ffn, std);
     Value act = mtc::SwigluOp::create(b, loc(prefix + ".swiglu"),
                                       gate.getType(), gate, up);
     y = linear(prefix + ".down", act, m.hidden_size, outStd);
   } else {
-    Value h = linear(prefix + ".fc1", x, m.ffn_hidden_size, std);
-    Value act;
-    if (m.activation == mtc::spec::Activation::squared_relu) {
-      act = mtc::SquaredReluOp::create(b, loc(prefix + ".squared_relu"),
-                                      h.getType(), h);
-    } else {
-      auto approx = m.activation == mtc::spec::Activation::gelu_tanh
-                        ? mtc::GeluApprox::tanh
-                        : mtc::GeluApprox::none;
-      act = mtc::GeluOp::create(b, loc(prefix + ".gelu"), h.getType(), h,
-                                mtc::GeluApproxAttr::get(&ctx, approx));
-    }
-    y = linear(prefix + ".fc2", act, m.hidden_size, outStd);
+    Value h = linear(prefix + ".fc1", x, ffn, std);
+    y = linear(prefix + ".fc2", activation(prefix, h), m.hidden_size, outStd);
   }
+  return y;
+}
+
+Value Importer::activation(const Twine &prefix, Value h) {
+  if (m.activation == mtc::spec::Activation::squared_relu)
+    return mtc::SquaredReluOp::create(b, loc(prefix + ".squared_relu"),
+                                      h.getType(), h);
+  auto approx = m.activation == mtc::spec::Activation::gelu_tanh
+                    ? mtc::GeluApprox::tanh
+                    : mtc::GeluApprox::none;
+  return mtc::GeluOp::create(b, loc(prefix + ".gelu"), h.getType(), h,
+                             mtc::GeluApproxAttr::get(&ctx, approx));
+}
+
+/// An MoE layer's MLP (docs/moe.md): router, dropless permute, the experts
+/// as grouped GEMMs over the permuted rows, weighted unpermute; plus a
+/// shared expert (a dense MLP on every token) when the spec has one. The
+/// experts' weights are stacked, (E, out, in), one parameter per linear;
+/// the router's aux loss goes to `auxLosses`.
+Value Importer::moeMlp(const Twine &prefix, Value x) {
+  const mtc::spec::MoeSpec &e = m.moe;
+  int64_t ne = e.num_experts, k = e.top_k, d = m.hidden_size;
+  int64_t f = m.ffn_hidden_size / e.granularity;
+  double std = m.init_std, outStd = m.init_std / std::sqrt(2.0 * m.num_layers);
+  auto xt = cast<RankedTensorType>(x.getType());
+  SmallVector<int64_t> lead(xt.getShape().drop_back());
+  auto withLast = [&](int64_t last, Type elem) {
+    SmallVector<int64_t> s(lead);
+    s.push_back(last);
+    return RankedTensorType::get(s, elem);
+  };
+  int64_t rows = xt.getNumElements() / d * k;
+
+  std::string r = (prefix + ".router").str();
+  Value logits = mtc::MatmulOp::create(
+      b, loc(r), withLast(ne, b.getF32Type()), x,
+      weight(r, {ne, d}, std), Value(), false, true);
+  auto router = mtc::MoeRouterOp::create(
+      b, loc(r), withLast(ne, b.getF32Type()), withLast(k, b.getI32Type()),
+      withLast(k, b.getF32Type()), f32({}), logits, b.getI64IntegerAttr(k),
+      mtc::RouterKindAttr::get(&ctx, e.router == mtc::spec::RouterKind::topk_softmax
+                                         ? mtc::RouterKind::topk_softmax
+                                         : mtc::RouterKind::softmax_topk),
+      b.getF64FloatAttr(e.router_scale), b.getF64FloatAttr(e.aux_loss_coeff),
+      b.getF64FloatAttr(e.z_loss_coeff));
+  if (e.aux_loss_coeff > 0 || e.z_loss_coeff > 0)
+    auxLosses.push_back(router.getAuxLoss());
+
+  std::string ex = (prefix + ".experts").str();
+  auto permute = mtc::MoePermuteOp::create(
+      b, loc(ex + ".permute"), f32({rows, d}), router.getIndices().getType(),
+      RankedTensorType::get({ne}, b.getI32Type()), x, router.getIndices(),
+      b.getI64IntegerAttr(ne));
+  Value counts = permute.getCounts();
+  // A stacked linear: weight (E, out, in), bias (E, out).
+  auto experts = [&](const std::string &name, Value in, int64_t out,
+                     double s) -> Value {
+    int64_t inDim = cast<RankedTensorType>(in.getType()).getShape().back();
+    Value w = weight(name, {ne, out, inDim}, s);
+    Value bi = m.bias ? param(name + ".bias", {ne, out}, mtc::InitKind::zeros)
+                      : Value();
+    return mtc::GroupedMatmulOp::create(b, loc(name), f32({rows, out}), in, w,
+                                        counts, bi, b.getUnitAttr());
+  };
+  Value h;
+  if (m.activation == mtc::spec::Activation::swiglu) {
+    Value gate = experts(ex + ".gate", permute.getResult(), f, std);
+    Value up = experts(ex + ".up", permute.getResult(), f, std);
+    Value act = mtc::SwigluOp::create(b, loc(ex + ".swiglu"), gate.getType(),
+                                      gate, up);
+    h = experts(ex + ".down", act, d, outStd);
+  } else {
+    Value h1 = experts(ex + ".fc1", permute.getResult(), f, std);
+    h = experts(ex + ".fc2", activation(ex, h1), d, outStd);
+  }
+  Value y = mtc::MoeUnpermuteOp::create(b, loc(ex + ".unpermute"),
+                                        x.getType(), h,
+                                        permute.getPositions(),
+                                        router.getWeights());
+  if (e.shared_expert_ffn_hidden_size > 0)
+    y = mtc::AddOp::create(
+        b, loc(prefix + ".shared_experts.residual"), y.getType(), y,
+        denseMlp(prefix + ".shared_experts", x, e.shared_expert_ffn_hidden_size));
   return dropout(prefix + ".dropout", y, m.hidden_dropout);
 }
 
@@ -241,12 +328,12 @@ OwningOpRef<ModuleOp> Importer::run() {
                              attention(p + ".attn", x, mask));
       x = norm(p + ".post_attn_norm", x);
       x = mtc::AddOp::create(b, loc(p + ".mlp.residual"), x.getType(), x,
-                             mlp(p + ".mlp", x));
+                             layerMlp(l, p + ".mlp", x));
       x = norm(p + ".post_mlp_norm", x);
     } else {
       Value a = attention(p + ".attn", norm(p + ".input_norm", x), mask);
       x = mtc::AddOp::create(b, loc(p + ".attn.residual"), x.getType(), x, a);
-      Value f = mlp(p + ".mlp", norm(p + ".pre_mlp_norm", x));
+      Value f = layerMlp(l, p + ".mlp", norm(p + ".pre_mlp_norm", x));
       x = mtc::AddOp::create(b, loc(p + ".mlp.residual"), x.getType(), x, f);
     }
   }
@@ -262,6 +349,10 @@ OwningOpRef<ModuleOp> Importer::run() {
                                            targets, Value(),
                                            b.getI64IntegerAttr(-1), valid,
                                            IntegerAttr());
+  // The training loss includes the routers' aux losses (Megatron adds them
+  // to the gradient the same way; the evaluation loss includes them too).
+  for (Value aux : auxLosses)
+    loss = mtc::AddOp::create(b, loc("loss.moe_aux"), loss.getType(), loss, aux);
   func::ReturnOp::create(b, loc("forward"), loss);
 
   if (failed(verify(*module)))

@@ -12,7 +12,8 @@
 //     emit `mtc.accumulate_grad` of its full gradient into its buffer.
 //  4. Build @optimizer_step(lr, step) -> grad_norm: mtc.grad_norm, then one
 //     mtc.adamw per weight-decay group (rank >= 2 parameters decay; norms and
-//     biases do not, as in Megatron and GPT-2).
+//     biases do not, as in Megatron and GPT-2; an MoE layer's stacked expert
+//     biases (E, out) are biases too, named ".bias").
 //
 // Autodiff runs on the global (unsharded) program, before any sharding pass;
 // see docs/architecture.md for why.
@@ -120,7 +121,8 @@ void AutodiffPass::buildOptimizerStep(ModuleOp module, func::FuncOp train,
   });
   SmallVector<Attribute> decay, noDecay;
   for (mtc::ParamOp p : params)
-    (p.getType().getRank() >= 2 ? decay : noDecay)
+    (p.getType().getRank() >= 2 && !p.getName().ends_with(".bias") ? decay
+                                                                    : noDecay)
         .push_back(p.getNameAttr());
 
   OpBuilder b = OpBuilder::atBlockEnd(module.getBody());

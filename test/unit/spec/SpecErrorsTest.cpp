@@ -338,7 +338,7 @@ TEST(SpecErrors, ObjectsWithTooManyKeysAreCut) {
   auto diags = errorsOf(text);
   // 64 keys read: 5 known, 59 unknown; one for the rest.
   EXPECT_EQ(diags.size(), 60u) << dump(diags).substr(0, 2000);
-  expectDiag(diags, "model", {"more than 64 keys in one object", "at most 21", "not read"});
+  expectDiag(diags, "model", {"more than 64 keys in one object", "at most 22", "not read"});
   expectDiag(diags, "model.k0", {"unknown key 'k0'"});
 }
 

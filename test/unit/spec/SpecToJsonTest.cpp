@@ -120,7 +120,9 @@ void checkRoundTrip(const Spec& spec) {
   std::string text = toJson(spec);
   Json j = Json::parse(text);
   EXPECT_EQ(keysOf(j), (std::vector<std::string>{"model", "parallel", "recompute", "training"}));
-  EXPECT_EQ(keysOf(j["model"]), kModelKeys);
+  std::vector<std::string> modelKeys = kModelKeys;
+  if (spec.model.moe.enabled()) modelKeys.push_back("moe");  // only when present
+  EXPECT_EQ(keysOf(j["model"]), modelKeys);
   EXPECT_EQ(keysOf(j["parallel"]), kParallelKeys);
   EXPECT_EQ(keysOf(j["training"]), kTrainingKeys);
   EXPECT_EQ(keysOf(j["training"]["optimizer"]), kOptimizerKeys);

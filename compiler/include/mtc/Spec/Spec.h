@@ -22,6 +22,34 @@ enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };   // "gpipe" | "
 enum class Recompute { none, selective, full, auto_ };
 enum class Precision { fp32, bf16, fp16 };
 enum class LrDecay { constant, linear, cosine };
+enum class RouterKind { softmax_topk, topk_softmax };   // "softmax-topk" | "topk-softmax"
+
+// model.moe: mixture-of-experts MLPs (docs/moe.md). Absent: num_experts 0
+// and every MLP dense.
+struct MoeSpec {
+  int64_t num_experts = 0;         // E, counting fine-grained experts; 0: no MoE
+  int64_t top_k = 2;               // experts per token
+  int64_t granularity = 1;         // G: each expert's ffn is ffn_hidden_size / G
+  int64_t shared_expert_ffn_hidden_size = 0;  // a dense MLP beside the experts; 0: none
+  RouterKind router = RouterKind::softmax_topk;
+  double router_scale = 1.0;       // multiplies the routing weights
+  double aux_loss_coeff = 0.01;    // load-balancing loss coefficient (alpha)
+  double z_loss_coeff = 0.0;       // router z-loss coefficient
+  // Which layers are MoE layers: every layer_freq-th (0, N, 2N, ...,
+  // Megatron's --moe-layer-freq N), or layer_pattern[l] != 0 when the spec
+  // wrote a list.
+  int64_t layer_freq = 1;
+  std::vector<int64_t> layer_pattern;
+  double capacity_factor = 0.0;    // 0: dropless (the only mode implemented)
+
+  bool enabled() const { return num_experts > 0; }
+  bool isMoeLayer(int64_t layer) const {
+    if (!enabled()) return false;
+    if (!layer_pattern.empty())
+      return layer >= 0 && layer < int64_t(layer_pattern.size()) && layer_pattern[layer] != 0;
+    return layer_freq > 0 && layer % layer_freq == 0;
+  }
+};
 
 struct ModelSpec {
   std::string name = "model";
@@ -45,6 +73,7 @@ struct ModelSpec {
   double attention_dropout = 0.0; // on the attention output (before the projection)
   double init_std = 0.02;
   bool causal = true;            // causal attention mask; bert: bidirectional
+  MoeSpec moe;                   // model.moe
 };
 
 // Llama's rule for the SwiGLU width: 2/3 of 4*hidden, rounded up to a
@@ -205,5 +234,6 @@ const char* toString(Schedule);
 const char* toString(Recompute);
 const char* toString(Precision);
 const char* toString(LrDecay);
+const char* toString(RouterKind);
 
 }  // namespace mtc::spec

@@ -168,6 +168,61 @@ void cross_entropy_backward(const float* logits, const int32_t* targets,
                             int64_t valid, int32_t ignore_index);
 
 // ---------------------------------------------------------------------------
+// Mixture of experts (runtime/src/host/moe.cpp; docs/moe.md)
+// ---------------------------------------------------------------------------
+// T tokens, E experts, k experts per token, D model width. The permuted
+// buffer has N = T*k rows, expert 0's first, each expert's rows in token
+// order; counts (E) says how many rows each expert owns.
+
+// probs (T, E) = softmax(logits); indices (T, k) the k largest logits in
+// decreasing order (ties: lower index first); weights (T, k) = scale *
+// probs[indices] (softmax-then-top-k, no renormalization) or, with
+// topk_softmax, scale * softmax over the k selected logits; aux_loss (1) =
+// aux_coeff * E * sum_e f_e P_e (f_e = assignments to e / (T k), P_e =
+// mean_t probs[t, e]) + z_coeff * mean_t logsumexp(logits[t])^2.
+void moe_router_forward(const float* logits, float* probs, int32_t* indices,
+                        float* weights, float* aux_loss, int64_t t, int64_t e,
+                        int64_t k, bool topk_softmax, float scale,
+                        float aux_coeff, float z_coeff);
+// dlogits (T, E) from dweights (T, k) and daux (1, or nullptr: the aux loss
+// is not part of the loss); indices are constants.
+void moe_router_backward(const float* logits, const float* probs,
+                         const int32_t* indices, const float* dweights,
+                         const float* daux, float* dlogits, int64_t t,
+                         int64_t e, int64_t k, bool topk_softmax, float scale,
+                         float aux_coeff, float z_coeff);
+
+// out[positions[t, j]] = x[t] for every assignment (t, j); counts (E).
+//   x (T, D), indices (T, k) in [0, E), out (T*k, D), positions (T, k).
+void moe_permute(const float* x, const int32_t* indices, float* out,
+                 int32_t* positions, int32_t* counts, int64_t t, int64_t d,
+                 int64_t e, int64_t k);
+// y[t] = sum_j w[t, j] * h[positions[t, j]]   h (T*k, D), y (T, D);
+// weights nullptr: w = 1 (the gradient of moe_permute).
+void moe_unpermute(const float* h, const int32_t* positions,
+                   const float* weights, float* y, int64_t t, int64_t d,
+                   int64_t k);
+// dh[positions[t, j]] = w[t, j] * dy[t];  dw[t, j] = dy[t] . h[positions[t, j]].
+void moe_unpermute_backward(const float* h, const int32_t* positions,
+                            const float* weights, const float* dy, float* dh,
+                            float* dweights, int64_t t, int64_t d, int64_t k);
+
+// Grouped GEMM: for each expert e, its rows of x times op(w[e]) (+ bias[e]).
+//   x (N, K), w (E, K, Nout) or (E, Nout, K) with trans_b, counts (E)
+//   summing to N, bias (E, Nout) or nullptr, y (N, Nout).
+void grouped_matmul(const float* x, const float* w, const int32_t* counts,
+                    const float* bias, float* y, int64_t rows, int64_t e,
+                    int64_t n, int64_t k, bool trans_b);
+// dw[e] = a_e^T · b_e   a (N, P), b (N, Q), dw (E, P, Q); zero for an
+// expert without rows.
+void grouped_matmul_wgrad(const float* a, const float* b,
+                          const int32_t* counts, float* dw, int64_t rows,
+                          int64_t e, int64_t p, int64_t q);
+// db[e] = sum of expert e's rows of dy   dy (N, M), db (E, M).
+void grouped_bias_grad(const float* dy, const int32_t* counts, float* db,
+                       int64_t rows, int64_t e, int64_t m);
+
+// ---------------------------------------------------------------------------
 // Optimizer
 // ---------------------------------------------------------------------------
 

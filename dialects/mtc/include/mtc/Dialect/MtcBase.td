@@ -48,4 +48,13 @@ def Mtc_GeluApprox : I32EnumAttr<"GeluApprox", "GELU formula", [
 }
 def Mtc_GeluApproxAttr : EnumAttr<Mtc_Dialect, Mtc_GeluApprox, "gelu_approx">;
 
+def Mtc_RouterKind : I32EnumAttr<"RouterKind", "mixture-of-experts router", [
+    I32EnumAttrCase<"softmax_topk", 0>,
+    I32EnumAttrCase<"topk_softmax", 1>
+  ]> {
+  let cppNamespace = "::mtc";
+  let genSpecializedAttr = 0;
+}
+def Mtc_RouterKindAttr : EnumAttr<Mtc_Dialect, Mtc_RouterKind, "router">;
+
 #endif // MTC_BASE_TD

@@ -598,6 +598,235 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Mtc_PartitionOp, Pure
 }
 
 //===----------------------------------------------------------------------===//
+// Mixture of experts (docs/moe.md)
+//
+// A dropless MoE MLP over T tokens, E experts, top-k routing:
+//   logits = matmul(x, router.weight^T)            (T, E)
+//   probs, indices, weights, aux = moe_router(logits)
+//   xp, positions, counts = moe_permute(x, indices) (T*k, D) grouped by expert
+//   h = grouped_matmul(xp, fc1 (E, F, D), counts)   expert e's rows times its
+//   ...                                             weights
+//   y = moe_unpermute(out, positions, weights)      (T, D) weighted sum
+// Shapes are static: the permuted buffer always has T*k rows; how many of
+// them each expert owns (counts) is data, computed at run time.
+//===----------------------------------------------------------------------===//
+
+def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                           Mtc_KernelOp]> {
+  let summary = "Top-k router: probabilities, expert indices and weights, aux loss.";
+  let description = [{
+    `logits` (..., E) f32 are each token's router scores. Results, for every
+    token (the leading dimensions, T tokens in all):
+    - `probs` (..., E) f32: softmax over all E experts;
+    - `indices` (..., k) i32: the k experts with the highest logits, in
+      decreasing order (ties: the lower index first);
+    - `weights` (..., k) f32: `softmax_topk` (softmax then top-k, the
+      upcycling paper's choice) takes the selected probabilities as they
+      are, not renormalized; `topk_softmax` (Mixtral's) a softmax over the
+      k selected logits. Both are multiplied by `scale`;
+    - `aux_loss` () f32: `aux_coeff * E * sum_e f_e * P_e` (Switch's and
+      Megatron's load-balancing loss; f_e the fraction of the T*k
+      assignments that went to e, P_e the mean of probs over tokens) plus
+      `z_coeff * mean_t logsumexp(logits_t)^2` (ST-MoE's router z-loss).
+    The router's math is fp32 on every target.
+
+    ```mlir
+    %p, %i, %w, %aux = mtc.moe_router %logits top_k = 2 router = softmax_topk
+        scale = 1.0 aux_coeff = 1.0e-02 z_coeff = 1.0e-03
+        : tensor<8x64x8xf32> -> tensor<8x64x8xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, I64Attr:$top_k,
+                   Mtc_RouterKindAttr:$router, F64Attr:$scale,
+                   F64Attr:$aux_coeff, F64Attr:$z_coeff);
+  let results = (outs RankedTensorOf<[F32]>:$probs, Mtc_TokenTensor:$indices,
+                 RankedTensorOf<[F32]>:$weights, Mtc_ScalarF32:$aux_loss);
+  let assemblyFormat = [{
+    $logits `top_k` `=` $top_k `router` `=` $router `scale` `=` $scale
+    `aux_coeff` `=` $aux_coeff `z_coeff` `=` $z_coeff attr-dict
+    `:` type($logits) `->` type($probs) `,` type($indices) `,` type($weights)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Pure, Mtc_CostOp, Mtc_KernelOp,
+    AllTypesMatch<["logits", "probs", "result"]>,
+    AllTypesMatch<["dweights"]>]> {
+  let summary = "Gradient of mtc.moe_router with respect to the logits.";
+  let description = [{
+    From the gradients of the weights and (optionally, when the aux loss is
+    part of the loss) of the aux loss; the indices are constants (top-k
+    selection has no gradient), so the logits get their gradient through
+    the selected weights, the load-balancing term's P_e and the z-loss.
+
+    ```mlir
+    %dl = mtc.moe_router_grad %logits, %p, %i, %dw, %daux top_k = 2
+        router = softmax_topk scale = 1.0 aux_coeff = 1.0e-02 z_coeff = 1.0e-03
+        : tensor<8x64x8xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, RankedTensorOf<[F32]>:$probs,
+                   Mtc_TokenTensor:$indices, RankedTensorOf<[F32]>:$dweights,
+                   Optional<Mtc_ScalarF32>:$daux, I64Attr:$top_k,
+                   Mtc_RouterKindAttr:$router, F64Attr:$scale,
+                   F64Attr:$aux_coeff, F64Attr:$z_coeff);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+  let assemblyFormat = [{
+    $logits `,` $probs `,` $indices `,` $dweights (`,` $daux^)? `top_k` `=` $top_k
+    `router` `=` $router `scale` `=` $scale `aux_coeff` `=` $aux_coeff
+    `z_coeff` `=` $z_coeff attr-dict
+    `:` type($logits) `,` type($indices) `,` type($dweights)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoePermuteOp : Mtc_Op<"moe_permute", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                             Mtc_KernelOp,
+                                             AllTypesMatch<["indices", "positions"]>]> {
+  let summary = "Groups token copies by expert (dropless dispatch).";
+  let description = [{
+    x (..., D) with T tokens, indices (..., k) i32 in [0, E). Every (token,
+    slot) assignment becomes one row of `result` (T*k, D): expert 0's rows
+    first, then expert 1's, ..., each expert's in token order. `positions`
+    (..., k) i32 is the row each assignment went to; `counts` (E) i32 how
+    many rows each expert owns (its rows start at the sum of the counts
+    before it). Nothing is dropped, so the shapes are static and the counts
+    are data.
+
+    ```mlir
+    %xp, %pos, %counts = mtc.moe_permute %x, %i num_experts = 8
+        : tensor<8x64x128xf32>, tensor<8x64x2xi32> -> tensor<1024x128xf32>, tensor<8xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$indices,
+                   I64Attr:$num_experts);
+  let results = (outs Mtc_FloatTensor:$result, Mtc_TokenTensor:$positions,
+                 Mtc_TokenTensor:$counts);
+  let assemblyFormat = [{
+    $input `,` $indices `num_experts` `=` $num_experts attr-dict
+    `:` type($input) `,` type($indices) `->` type($result) `,` type($counts)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeUnpermuteOp : Mtc_Op<"moe_unpermute", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                                 Mtc_KernelOp]> {
+  let summary = "Sums each token's expert rows back in token order (combine).";
+  let description = [{
+    `result[t] = sum_j weights[t, j] * input[positions[t, j]]`, input
+    (N, D) the permuted rows, positions and weights (..., k) with T tokens;
+    result (..., D). Without weights every row counts once: the gradient of
+    mtc.moe_permute.
+
+    ```mlir
+    %y = mtc.moe_unpermute %h, %pos, %w
+        : tensor<1024x128xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32> -> tensor<8x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$positions,
+                   Optional<RankedTensorOf<[F32]>>:$weights);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $positions (`,` $weights^)? attr-dict
+    `:` type($input) `,` type($positions) (`,` type($weights)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeUnpermuteGradOp : Mtc_Op<"moe_unpermute_grad", [Pure, Mtc_CostOp, Mtc_KernelOp,
+    AllTypesMatch<["input", "dinput"]>, AllTypesMatch<["weights", "dweights"]>]> {
+  let summary = "Gradients of a weighted mtc.moe_unpermute.";
+  let description = [{
+    `dinput[positions[t, j]] = weights[t, j] * dout[t]` (each permuted row
+    belongs to exactly one assignment) and `dweights[t, j] = dout[t] .
+    input[positions[t, j]]`.
+
+    ```mlir
+    %dh, %dw = mtc.moe_unpermute_grad %h, %pos, %w, %dy
+        : tensor<1024x128xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>, tensor<8x64x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$positions,
+                   RankedTensorOf<[F32]>:$weights, Mtc_FloatTensor:$dout);
+  let results = (outs Mtc_FloatTensor:$dinput, RankedTensorOf<[F32]>:$dweights);
+  let assemblyFormat = [{
+    $input `,` $positions `,` $weights `,` $dout attr-dict
+    `:` type($input) `,` type($positions) `,` type($weights) `,` type($dout)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_GroupedMatmulOp : Mtc_Op<"grouped_matmul", [Pure, Mtc_GradientOp, Mtc_CostOp,
+                                                   Mtc_KernelOp]> {
+  let summary = "One matrix product per expert over its rows (grouped GEMM).";
+  let description = [{
+    lhs (N, K) holds E groups of consecutive rows, `counts` (E) i32 rows
+    each (summing to N); rhs (E, K, Nout), or (E, Nout, K) with
+    `transpose_b` (an expert's nn.Linear weight (out, in)); bias (E, Nout).
+    Rows of group e: `result = lhs · op(rhs[e]) + bias[e]`; result (N,
+    Nout). Its FLOPs are 2 N K Nout whatever the counts: the active
+    parameters' work.
+
+    ```mlir
+    %h = mtc.grouped_matmul %xp, %w1, %counts, %b1 transpose_b
+        : tensor<1024x128xf32>, tensor<8x512x128xf32>, tensor<8xi32>, tensor<8x512xf32>
+        -> tensor<1024x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$lhs, Mtc_FloatTensor:$rhs,
+                   Mtc_TokenTensor:$counts, Optional<Mtc_FloatTensor>:$bias,
+                   UnitAttr:$transpose_b);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $lhs `,` $rhs `,` $counts (`,` $bias^)? (`transpose_b` $transpose_b^)? attr-dict
+    `:` type($lhs) `,` type($rhs) `,` type($counts) (`,` type($bias)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_GroupedMatmulWgradOp : Mtc_Op<"grouped_matmul_wgrad", [Pure, Mtc_CostOp,
+                                                             Mtc_KernelOp]> {
+  let summary = "Per-group lhs^T · rhs: the weight gradient of grouped_matmul.";
+  let description = [{
+    lhs (N, P), rhs (N, Q), grouped by `counts` (E); `result[e] =
+    lhs_e^T · rhs_e`, (E, P, Q) (zero for an expert with no rows).
+
+    ```mlir
+    %dw1 = mtc.grouped_matmul_wgrad %dh, %xp, %counts
+        : tensor<1024x512xf32>, tensor<1024x128xf32>, tensor<8xi32> -> tensor<8x512x128xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$lhs, Mtc_FloatTensor:$rhs,
+                   Mtc_TokenTensor:$counts);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $lhs `,` $rhs `,` $counts attr-dict
+    `:` type($lhs) `,` type($rhs) `,` type($counts) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_GroupedBiasGradOp : Mtc_Op<"grouped_bias_grad", [Pure, Mtc_CostOp,
+                                                       Mtc_KernelOp]> {
+  let summary = "Per-group column sums: the bias gradient of grouped_matmul.";
+  let description = [{
+    dout (N, M) grouped by `counts` (E); `result[e] = sum of group e's rows`,
+    (E, M).
+
+    ```mlir
+    %db1 = mtc.grouped_bias_grad %dh, %counts
+        : tensor<1024x512xf32>, tensor<8xi32> -> tensor<8x512xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$dout, Mtc_TokenTensor:$counts);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $dout `,` $counts attr-dict `:` type($dout) `,` type($counts) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Training step
 //===----------------------------------------------------------------------===//
 

@@ -1,0 +1,406 @@
+//===- MtcMoe.cpp - the mixture-of-experts ops: verifiers, gradients, costs, kernel rows -===//
+//
+// The MoE family (MtcOps.td, "Mixture of experts"; docs/moe.md) in one
+// file, since its ops only make sense together: the router, the dropless
+// permute / unpermute pair and the grouped GEMMs. Each op's verifier lists
+// its checks; each gradient rule states its math; the kernel rows name the
+// host kernels of runtime/include/mtc/rt/host_kernels.h ("Mixture of
+// experts"), which take exactly these arguments. There are no CUDA kernels
+// for these ops yet: `mtc compile --target cuda` refuses MoE specs before
+// any IR is built (tools/mtc/Compile.cpp).
+//
+// Costs: a grouped GEMM counts 2 N K Nout FLOPs for N = T*k permuted rows,
+// i.e. top_k experts' work per token, which is what MFU on active
+// parameters counts. Permute/unpermute count their multiply-adds.
+//
+//===----------------------------------------------------------------------===//
+#include "mtc/Dialect/MtcDialect.h"
+
+#include "mlir/IR/Builders.h"
+
+using namespace mlir;
+using namespace mtc;
+
+namespace {
+RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
+ArrayRef<int64_t> shapeOf(Value v) { return typeOf(v).getShape(); }
+double numel(Value v) { return double(typeOf(v).getNumElements()); }
+/// Tokens of a (..., last) tensor: the product of its leading dimensions.
+int64_t tokens(Value v) { return typeOf(v).getNumElements() / shapeOf(v).back(); }
+std::string shapeStr(ArrayRef<int64_t> s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i)
+    r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + ")";
+}
+/// The same leading dimensions (the tokens) in `a` and `b`, rank >= 2.
+bool sameTokens(Value a, Value b) {
+  auto sa = shapeOf(a), sb = shapeOf(b);
+  return sa.size() >= 2 && sa.size() == sb.size() &&
+         sa.drop_back() == sb.drop_back();
+}
+std::string optional(BufferName buf, Value v) {
+  return v ? buf(v) : std::string("nullptr");
+}
+using kernel_arg::f32;
+using kernel_arg::flag;
+using kernel_arg::integer;
+
+/// Router checks shared by the op and its gradient: logits (..., E) with
+/// rank >= 2; 1 <= top_k <= E; indices (..., k) and weights (..., k) with
+/// the logits' tokens; scale > 0; coefficients >= 0.
+LogicalResult verifyRouter(Operation *op, Value logits, Value indices,
+                           Value weights, int64_t k, double scale, double aux,
+                           double z) {
+  auto s = shapeOf(logits);
+  if (s.size() < 2)
+    return op->emitOpError("logits must be (..., num_experts) with at least "
+                           "one token dimension, got ")
+           << shapeStr(s);
+  int64_t e = s.back();
+  if (k < 1 || k > e)
+    return op->emitOpError("top_k must be in [1, num_experts = ")
+           << e << "], got " << k;
+  for (Value v : {indices, weights})
+    if (!sameTokens(logits, v) || shapeOf(v).back() != k)
+      return op->emitOpError("indices and weights must be (..., top_k) = ")
+             << shapeStr(s.drop_back()) << " x " << k << ", got "
+             << shapeStr(shapeOf(v));
+  if (!(scale > 0))
+    return op->emitOpError("scale must be > 0, got ") << scale;
+  if (!(aux >= 0) || !(z >= 0))
+    return op->emitOpError("aux_coeff and z_coeff must be >= 0");
+  return success();
+}
+
+/// The row count and E of a grouped op: counts is (E) with E >= 1.
+LogicalResult verifyCounts(Operation *op, Value counts) {
+  if (shapeOf(counts).size() != 1 || shapeOf(counts)[0] < 1)
+    return op->emitOpError("counts must be (num_experts), got ")
+           << shapeStr(shapeOf(counts));
+  return success();
+}
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Verifiers
+//===----------------------------------------------------------------------===//
+
+// Checks: verifyRouter; probs has the logits' type.
+LogicalResult MoeRouterOp::verify() {
+  if (getProbs().getType() != getLogits().getType())
+    return emitOpError("probs must have the logits' type");
+  return verifyRouter(*this, getLogits(), getIndices(), getWeights(),
+                      getTopK(), getScale().convertToDouble(),
+                      getAuxCoeff().convertToDouble(),
+                      getZCoeff().convertToDouble());
+}
+
+// Checks: verifyRouter (types of logits, probs and result agree by trait).
+LogicalResult MoeRouterGradOp::verify() {
+  return verifyRouter(*this, getLogits(), getIndices(), getDweights(),
+                      getTopK(), getScale().convertToDouble(),
+                      getAuxCoeff().convertToDouble(),
+                      getZCoeff().convertToDouble());
+}
+
+// Checks: input (..., D) and indices (..., k) share the token dimensions;
+// num_experts >= 1; result (T*k, D) with the input's element type;
+// positions has the indices' type; counts (num_experts).
+LogicalResult MoePermuteOp::verify() {
+  Value x = getInput(), idx = getIndices();
+  if (!sameTokens(x, idx))
+    return emitOpError("input (..., D) and indices (..., top_k) must have the "
+                       "same token dimensions, got ")
+           << shapeStr(shapeOf(x)) << " and " << shapeStr(shapeOf(idx));
+  if (getNumExperts() < 1)
+    return emitOpError("num_experts must be >= 1");
+  int64_t rows = tokens(idx) * shapeOf(idx).back();
+  auto r = typeOf(getResult());
+  if (r.getShape() != ArrayRef<int64_t>{rows, shapeOf(x).back()} ||
+      r.getElementType() != typeOf(x).getElementType())
+    return emitOpError("result must be (tokens * top_k, D) = (")
+           << rows << ", " << shapeOf(x).back() << ") of the input's element "
+           << "type (dropless: every assignment has a row), got "
+           << shapeStr(r.getShape());
+  if (getPositions().getType() != idx.getType())
+    return emitOpError("positions must have the indices' type");
+  if (shapeOf(getCounts()) != ArrayRef<int64_t>{getNumExperts()})
+    return emitOpError("counts must be (num_experts) = (")
+           << getNumExperts() << "), got " << shapeStr(shapeOf(getCounts()));
+  return success();
+}
+
+// Checks: input (N, D) with N = tokens * k of positions (..., k); weights,
+// when present, has the positions' shape; result (..., D) with the
+// positions' token dimensions and the input's element type.
+static LogicalResult verifyUnpermute(Operation *op, Value input,
+                                     Value positions, Value weights,
+                                     Value result) {
+  auto in = shapeOf(input), pos = shapeOf(positions);
+  if (in.size() != 2 || pos.size() < 2 ||
+      in[0] != tokens(positions) * pos.back())
+    return op->emitOpError("input must be (tokens * top_k, D) for positions ")
+           << shapeStr(pos) << ", got " << shapeStr(in);
+  if (weights && shapeOf(weights) != pos)
+    return op->emitOpError("weights must have the positions' shape ")
+           << shapeStr(pos) << ", got " << shapeStr(shapeOf(weights));
+  SmallVector<int64_t> want(pos.drop_back());
+  want.push_back(in[1]);
+  if (shapeOf(result) != ArrayRef<int64_t>(want) ||
+      typeOf(result).getElementType() != typeOf(input).getElementType())
+    return op->emitOpError("result must be ")
+           << shapeStr(want) << " of the input's element type, got "
+           << shapeStr(shapeOf(result));
+  return success();
+}
+
+LogicalResult MoeUnpermuteOp::verify() {
+  return verifyUnpermute(*this, getInput(), getPositions(), getWeights(),
+                         getResult());
+}
+
+// Checks: those of mtc.moe_unpermute, with dout in the result's place.
+LogicalResult MoeUnpermuteGradOp::verify() {
+  return verifyUnpermute(*this, getInput(), getPositions(), getWeights(),
+                         getDout());
+}
+
+// Checks: lhs (N, K); rhs (E, K, Nout), or (E, Nout, K) with transpose_b;
+// counts (E); bias (E, Nout); result (N, Nout).
+LogicalResult GroupedMatmulOp::verify() {
+  if (failed(verifyCounts(*this, getCounts())))
+    return failure();
+  auto a = shapeOf(getLhs()), w = shapeOf(getRhs());
+  int64_t e = shapeOf(getCounts())[0];
+  if (a.size() != 2 || w.size() != 3 || w[0] != e)
+    return emitOpError("lhs must be (rows, K) and rhs (num_experts = ")
+           << e << ", ., .), got " << shapeStr(a) << " and " << shapeStr(w);
+  int64_t k = getTransposeB() ? w[2] : w[1], n = getTransposeB() ? w[1] : w[2];
+  if (a[1] != k)
+    return emitOpError("contraction sizes differ: lhs has K = ")
+           << a[1] << ", rhs " << k
+           << (getTransposeB() ? " (its last dimension, transpose_b)"
+                               : " (its second dimension)");
+  if (getBias() && shapeOf(getBias()) != ArrayRef<int64_t>{e, n})
+    return emitOpError("bias must be (num_experts, Nout) = (")
+           << e << ", " << n << "), got " << shapeStr(shapeOf(getBias()));
+  if (shapeOf(getResult()) != ArrayRef<int64_t>{a[0], n})
+    return emitOpError("result must be (rows, Nout) = (")
+           << a[0] << ", " << n << "), got "
+           << shapeStr(shapeOf(getResult()));
+  return success();
+}
+
+// Checks: lhs (N, P), rhs (N, Q), counts (E), result (E, P, Q).
+LogicalResult GroupedMatmulWgradOp::verify() {
+  if (failed(verifyCounts(*this, getCounts())))
+    return failure();
+  auto a = shapeOf(getLhs()), b = shapeOf(getRhs());
+  if (a.size() != 2 || b.size() != 2 || a[0] != b[0])
+    return emitOpError("lhs and rhs must be (rows, P) and (rows, Q), got ")
+           << shapeStr(a) << " and " << shapeStr(b);
+  int64_t e = shapeOf(getCounts())[0];
+  if (shapeOf(getResult()) != ArrayRef<int64_t>{e, a[1], b[1]})
+    return emitOpError("result must be (num_experts, P, Q) = (")
+           << e << ", " << a[1] << ", " << b[1] << "), got "
+           << shapeStr(shapeOf(getResult()));
+  return success();
+}
+
+// Checks: dout (N, M), counts (E), result (E, M).
+LogicalResult GroupedBiasGradOp::verify() {
+  if (failed(verifyCounts(*this, getCounts())))
+    return failure();
+  auto d = shapeOf(getDout());
+  int64_t e = shapeOf(getCounts())[0];
+  if (d.size() != 2 || shapeOf(getResult()) != ArrayRef<int64_t>{e, d.back()})
+    return emitOpError("dout must be (rows, M) and result (num_experts, M), "
+                       "got ")
+           << shapeStr(d) << " and " << shapeStr(shapeOf(getResult()));
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Gradient rules
+//===----------------------------------------------------------------------===//
+
+// (probs, indices, weights, aux) = router(logits)  =>  dlogits from
+// dweights and daux (moe_router_grad). probs feeds only the aux loss inside
+// the op, and indices are integers: neither carries a gradient out.
+LogicalResult MoeRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
+                                         SmallVectorImpl<Value> &grads) {
+  if (dy[0])
+    return emitOpError("probs has no gradient rule (use weights or the aux "
+                       "loss)");
+  Value dweights = dy[2];
+  if (!dweights)
+    return emitOpError("the router's weights do not reach the loss: nothing "
+                       "to differentiate through");
+  auto g = MoeRouterGradOp::create(
+      b, getLoc(), getLogits().getType(), getLogits(), getProbs(),
+      getIndices(), dweights, dy[3], getTopKAttr(), getRouterAttr(),
+      getScaleAttr(), getAuxCoeffAttr(), getZCoeffAttr());
+  grads.assign({Value(g)});
+  return success();
+}
+
+// xp[positions[t, j]] = x[t]  =>  dx[t] = sum_j dxp[positions[t, j]]: an
+// unweighted moe_unpermute. indices get none.
+LogicalResult MoePermuteOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
+                                          SmallVectorImpl<Value> &grads) {
+  if (!dy[0]) {
+    grads.assign({Value(), Value()});
+    return success();
+  }
+  Value dx = MoeUnpermuteOp::create(b, getLoc(), getInput().getType(), dy[0],
+                                    getPositions(), Value());
+  grads.assign({dx, Value()});
+  return success();
+}
+
+// y[t] = sum_j w[t, j] h[positions[t, j]]  =>  moe_unpermute_grad gives
+// dh and dw. Unweighted unpermutes are gradients themselves (of
+// moe_permute) and are not differentiated again.
+LogicalResult MoeUnpermuteOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
+                                            SmallVectorImpl<Value> &grads) {
+  if (!getWeights())
+    return emitOpError("has no gradient rule without weights (only produced "
+                       "by autodiff itself)");
+  auto g = MoeUnpermuteGradOp::create(
+      b, getLoc(), getInput().getType(), getWeights().getType(), getInput(),
+      getPositions(), getWeights(), dy[0]);
+  grads.assign({g.getDinput(), Value(), g.getDweights()});
+  return success();
+}
+
+// Per group e, Y_e = X_e · op(W_e) + b_e:
+//   transpose_b (W_e (Nout, K)):  dX = dY · W_e  (grouped, no transpose),
+//                                 dW_e = dY_e^T · X_e
+//   otherwise   (W_e (K, Nout)):  dX = dY · W_e^T, dW_e = X_e^T · dY_e
+//   db_e = sum of dY_e's rows.  counts get none.
+LogicalResult GroupedMatmulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
+                                             SmallVectorImpl<Value> &grads) {
+  Location loc = getLoc();
+  Value counts = getCounts();
+  Value dx = GroupedMatmulOp::create(
+      b, loc, getLhs().getType(), dy[0], getRhs(), counts, Value(),
+      getTransposeB() ? UnitAttr() : b.getUnitAttr());
+  Value dw = getTransposeB()
+                 ? GroupedMatmulWgradOp::create(b, loc, getRhs().getType(),
+                                                dy[0], getLhs(), counts)
+                 : GroupedMatmulWgradOp::create(b, loc, getRhs().getType(),
+                                                getLhs(), dy[0], counts);
+  grads.assign({dx, dw, Value()});
+  if (getBias())
+    grads.push_back(GroupedBiasGradOp::create(b, loc, getBias().getType(),
+                                              dy[0], counts));
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Costs
+//===----------------------------------------------------------------------===//
+
+// Softmax, top-k selection and the loss terms: a few FLOPs per logit.
+double MoeRouterOp::getFlops() { return 8 * numel(getLogits()); }
+double MoeRouterGradOp::getFlops() { return 10 * numel(getLogits()); }
+double MoePermuteOp::getFlops() { return 0; }
+double MoeUnpermuteOp::getFlops() {
+  return getWeights() ? 2 * numel(getInput()) : numel(getInput());
+}
+double MoeUnpermuteGradOp::getFlops() { return 3 * numel(getInput()); }
+double GroupedMatmulOp::getFlops() {
+  auto a = shapeOf(getLhs());
+  double n = double(shapeOf(getResult())[1]);
+  double f = 2.0 * double(a[0]) * double(a[1]) * n;
+  if (getBias())
+    f += double(a[0]) * n;
+  return f;
+}
+double GroupedMatmulWgradOp::getFlops() {
+  return 2.0 * numel(getLhs()) * double(shapeOf(getRhs())[1]);
+}
+double GroupedBiasGradOp::getFlops() { return numel(getDout()); }
+
+//===----------------------------------------------------------------------===//
+// Kernel rows (the count argument: tokens or rows, for half-batch lanes)
+//===----------------------------------------------------------------------===//
+
+KernelCall MoeRouterOp::getKernelCall(BufferName buf) {
+  int64_t t = tokens(getLogits());
+  return {"moe_router_forward",
+          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+           buf(getWeights()), buf(getAuxLoss()), integer(t),
+           integer(shapeOf(getLogits()).back()), integer(getTopK()),
+           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
+           f32(getAuxCoeffAttr()), f32(getZCoeffAttr())},
+          5, t};
+}
+
+KernelCall MoeRouterGradOp::getKernelCall(BufferName buf) {
+  int64_t t = tokens(getLogits());
+  return {"moe_router_backward",
+          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+           buf(getDweights()), optional(buf, getDaux()), buf(getResult()),
+           integer(t), integer(shapeOf(getLogits()).back()), integer(getTopK()),
+           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
+           f32(getAuxCoeffAttr()), f32(getZCoeffAttr())},
+          6, t};
+}
+
+KernelCall MoePermuteOp::getKernelCall(BufferName buf) {
+  int64_t t = tokens(getInput());
+  return {"moe_permute",
+          {buf(getInput()), buf(getIndices()), buf(getResult()),
+           buf(getPositions()), buf(getCounts()), integer(t),
+           integer(shapeOf(getInput()).back()), integer(getNumExperts()),
+           integer(shapeOf(getIndices()).back())},
+          5, t};
+}
+
+KernelCall MoeUnpermuteOp::getKernelCall(BufferName buf) {
+  int64_t t = tokens(getPositions());
+  return {"moe_unpermute",
+          {buf(getInput()), buf(getPositions()), optional(buf, getWeights()),
+           buf(getResult()), integer(t), integer(shapeOf(getInput()).back()),
+           integer(shapeOf(getPositions()).back())},
+          4, t};
+}
+
+KernelCall MoeUnpermuteGradOp::getKernelCall(BufferName buf) {
+  int64_t t = tokens(getPositions());
+  return {"moe_unpermute_backward",
+          {buf(getInput()), buf(getPositions()), buf(getWeights()),
+           buf(getDout()), buf(getDinput()), buf(getDweights()), integer(t),
+           integer(shapeOf(getInput()).back()),
+           integer(shapeOf(getPositions()).back())},
+          6, t};
+}
+
+KernelCall GroupedMatmulOp::getKernelCall(BufferName buf) {
+  auto a = shapeOf(getLhs());
+  return {"grouped_matmul",
+          {buf(getLhs()), buf(getRhs()), buf(getCounts()),
+           optional(buf, getBias()), buf(getResult()), integer(a[0]),
+           integer(shapeOf(getCounts())[0]), integer(shapeOf(getResult())[1]),
+           integer(a[1]), flag(getTransposeB())},
+          5, a[0]};
+}
+
+KernelCall GroupedMatmulWgradOp::getKernelCall(BufferName buf) {
+  auto a = shapeOf(getLhs());
+  return {"grouped_matmul_wgrad",
+          {buf(getLhs()), buf(getRhs()), buf(getCounts()), buf(getResult()),
+           integer(a[0]), integer(shapeOf(getCounts())[0]), integer(a[1]),
+           integer(shapeOf(getRhs())[1])},
+          4, a[0]};
+}
+
+KernelCall GroupedBiasGradOp::getKernelCall(BufferName buf) {
+  auto d = shapeOf(getDout());
+  return {"grouped_bias_grad",
+          {buf(getDout()), buf(getCounts()), buf(getResult()), integer(d[0]),
+           integer(shapeOf(getCounts())[0]), integer(d[1])},
+          3, d[0]};
+}

@@ -1,0 +1,255 @@
+// Host kernels of the mixture-of-experts ops (declared in host_kernels.h,
+// "Mixture of experts"): the router, the dropless permute / unpermute and
+// the grouped GEMMs. The numerical reference for future CUDA kernels.
+//
+// Math (per token t; p = softmax(l) over the E experts, S the k selected
+// experts, s the scale):
+//   softmax_topk: w_j = s p_{S_j}
+//                 dp_e = s dw_j where e = S_j (else 0)
+//   topk_softmax: w_j = s q_j, q = softmax(l_S)
+//                 dl_{S_j} = q_j (s dw_j - sum_m q_m s dw_m)
+//   load balance: LB = a E sum_e f_e P_e, P_e = (1/T) sum_t p_te, f_e fixed
+//                 (counts are not differentiable): dp_te += daux a E f_e / T
+//   z-loss:       Z = z (1/T) sum_t lse_t^2:  dl_te += daux z 2 lse_t p_te / T
+//   through softmax: dl_te = p_te (dp_te - sum_f p_tf dp_tf)
+// Sums are taken in double. Top-k is k passes of an argmax (k is small),
+// the first maximum winning, so ties go to the lower index.
+//
+// The permutation is stable: expert e's rows start at offset_e = sum of
+// the counts before e and hold its assignments in (token, slot) order. A
+// grouped GEMM is one BLAS sgemm per expert on its rows.
+#include "mtc/rt/host_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "host/parallel.h"
+
+namespace mtc::rt::host {
+namespace {
+
+constexpr int64_t kRowGrain = 64;
+
+// p = softmax(l) over n; returns logsumexp(l).
+double softmax_row(const float* l, float* p, int64_t n) {
+  double mx = l[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, double(l[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(l[i]) - mx);
+  for (int64_t i = 0; i < n; ++i) p[i] = float(std::exp(double(l[i]) - mx) / sum);
+  return mx + std::log(sum);
+}
+
+double logsumexp_row(const float* l, int64_t n) {
+  double mx = l[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, double(l[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(l[i]) - mx);
+  return mx + std::log(sum);
+}
+
+// Row offsets of the experts from their counts.
+std::vector<int64_t> offsets_of(const int32_t* counts, int64_t e) {
+  std::vector<int64_t> off(static_cast<size_t>(e) + 1, 0);
+  for (int64_t i = 0; i < e; ++i) off[i + 1] = off[i] + counts[i];
+  return off;
+}
+
+}  // namespace
+
+void moe_router_forward(const float* logits, float* probs, int32_t* indices,
+                        float* weights, float* aux_loss, int64_t t, int64_t e,
+                        int64_t k, bool topk_softmax, float scale,
+                        float aux_coeff, float z_coeff) {
+  std::vector<double> lse(static_cast<size_t>(t));
+  parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<char> taken(static_cast<size_t>(e));
+    for (int64_t r = begin; r < end; ++r) {
+      const float* l = logits + r * e;
+      float* p = probs + r * e;
+      lse[r] = softmax_row(l, p, e);
+      std::fill(taken.begin(), taken.end(), 0);
+      int32_t* idx = indices + r * k;
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < e; ++i)
+          if (!taken[i] && (best < 0 || l[i] > l[best])) best = i;
+        taken[best] = 1;
+        idx[j] = static_cast<int32_t>(best);
+      }
+      float* w = weights + r * k;
+      if (topk_softmax) {
+        // Softmax over the selected logits; idx[0] holds the largest.
+        double sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - l[idx[0]]);
+        for (int64_t j = 0; j < k; ++j)
+          w[j] = float(scale * std::exp(double(l[idx[j]]) - l[idx[0]]) / sum);
+      } else {
+        for (int64_t j = 0; j < k; ++j) w[j] = scale * p[idx[j]];
+      }
+    }
+  });
+  double lb = 0, z = 0;
+  if (aux_coeff != 0) {
+    std::vector<double> psum(static_cast<size_t>(e), 0.0), assigned(static_cast<size_t>(e), 0.0);
+    for (int64_t r = 0; r < t; ++r) {
+      for (int64_t i = 0; i < e; ++i) psum[i] += probs[r * e + i];
+      for (int64_t j = 0; j < k; ++j) assigned[indices[r * k + j]] += 1;
+    }
+    for (int64_t i = 0; i < e; ++i)
+      lb += (assigned[i] / double(t * k)) * (psum[i] / double(t));
+    lb *= double(aux_coeff) * double(e);
+  }
+  if (z_coeff != 0) {
+    for (int64_t r = 0; r < t; ++r) z += lse[r] * lse[r];
+    z *= double(z_coeff) / double(t);
+  }
+  aux_loss[0] = float(lb + z);
+}
+
+void moe_router_backward(const float* logits, const float* probs,
+                         const int32_t* indices, const float* dweights,
+                         const float* daux, float* dlogits, int64_t t,
+                         int64_t e, int64_t k, bool topk_softmax, float scale,
+                         float aux_coeff, float z_coeff) {
+  const double da = daux != nullptr ? double(daux[0]) : 0.0;
+  // dP_e / T of the load-balancing term: a E f_e / T, f_e from the indices.
+  std::vector<double> lb_grad(static_cast<size_t>(e), 0.0);
+  if (da != 0 && aux_coeff != 0) {
+    for (int64_t r = 0; r < t; ++r)
+      for (int64_t j = 0; j < k; ++j) lb_grad[indices[r * k + j]] += 1;
+    for (int64_t i = 0; i < e; ++i)
+      lb_grad[i] = da * aux_coeff * double(e) * (lb_grad[i] / double(t * k)) / double(t);
+  }
+  parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<double> dp(static_cast<size_t>(e));
+    for (int64_t r = begin; r < end; ++r) {
+      const float* l = logits + r * e;
+      const float* p = probs + r * e;
+      const int32_t* idx = indices + r * k;
+      const float* dw = dweights + r * k;
+      float* dl = dlogits + r * e;
+      for (int64_t i = 0; i < e; ++i) dp[i] = lb_grad[i];
+      if (!topk_softmax)
+        for (int64_t j = 0; j < k; ++j) dp[idx[j]] += double(scale) * dw[j];
+      // Through the full softmax.
+      double dot = 0;
+      for (int64_t i = 0; i < e; ++i) dot += double(p[i]) * dp[i];
+      for (int64_t i = 0; i < e; ++i) dl[i] = float(double(p[i]) * (dp[i] - dot));
+      if (topk_softmax) {
+        // Through the softmax over the selected logits.
+        double sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - l[idx[0]]);
+        double qdot = 0;
+        for (int64_t j = 0; j < k; ++j)
+          qdot += std::exp(double(l[idx[j]]) - l[idx[0]]) / sum * double(scale) * dw[j];
+        for (int64_t j = 0; j < k; ++j) {
+          double q = std::exp(double(l[idx[j]]) - l[idx[0]]) / sum;
+          dl[idx[j]] += float(q * (double(scale) * dw[j] - qdot));
+        }
+      }
+      if (da != 0 && z_coeff != 0) {
+        double c = da * z_coeff * 2.0 * logsumexp_row(l, e) / double(t);
+        for (int64_t i = 0; i < e; ++i) dl[i] += float(c * p[i]);
+      }
+    }
+  });
+}
+
+void moe_permute(const float* x, const int32_t* indices, float* out,
+                 int32_t* positions, int32_t* counts, int64_t t, int64_t d,
+                 int64_t e, int64_t k) {
+  std::fill(counts, counts + e, 0);
+  for (int64_t i = 0; i < t * k; ++i) ++counts[indices[i]];
+  std::vector<int64_t> next = offsets_of(counts, e);
+  for (int64_t i = 0; i < t * k; ++i)
+    positions[i] = static_cast<int32_t>(next[indices[i]]++);
+  parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t j = 0; j < k; ++j)
+        std::copy(x + r * d, x + (r + 1) * d, out + int64_t(positions[r * k + j]) * d);
+  });
+}
+
+void moe_unpermute(const float* h, const int32_t* positions,
+                   const float* weights, float* y, int64_t t, int64_t d,
+                   int64_t k) {
+  parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(static_cast<size_t>(d));
+    for (int64_t r = begin; r < end; ++r) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t j = 0; j < k; ++j) {
+        const float* row = h + int64_t(positions[r * k + j]) * d;
+        double w = weights != nullptr ? double(weights[r * k + j]) : 1.0;
+        for (int64_t c = 0; c < d; ++c) acc[c] += w * row[c];
+      }
+      for (int64_t c = 0; c < d; ++c) y[r * d + c] = float(acc[c]);
+    }
+  });
+}
+
+void moe_unpermute_backward(const float* h, const int32_t* positions,
+                            const float* weights, const float* dy, float* dh,
+                            float* dweights, int64_t t, int64_t d, int64_t k) {
+  parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* g = dy + r * d;
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t row = positions[r * k + j];
+        const float w = weights[r * k + j];
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          dot += double(g[c]) * h[row * d + c];
+          dh[row * d + c] = w * g[c];
+        }
+        dweights[r * k + j] = float(dot);
+      }
+    }
+  });
+}
+
+void grouped_matmul(const float* x, const float* w, const int32_t* counts,
+                    const float* bias, float* y, int64_t rows, int64_t e,
+                    int64_t n, int64_t k, bool trans_b) {
+  (void)rows;
+  std::vector<int64_t> off = offsets_of(counts, e);
+  for (int64_t i = 0; i < e; ++i) {
+    const int64_t m = off[i + 1] - off[i];
+    if (m == 0) continue;
+    matmul(x + off[i] * k, w + i * n * k, bias != nullptr ? bias + i * n : nullptr,
+           y + off[i] * n, m, n, k, false, trans_b);
+  }
+}
+
+void grouped_matmul_wgrad(const float* a, const float* b,
+                          const int32_t* counts, float* dw, int64_t rows,
+                          int64_t e, int64_t p, int64_t q) {
+  (void)rows;
+  std::vector<int64_t> off = offsets_of(counts, e);
+  for (int64_t i = 0; i < e; ++i) {
+    const int64_t m = off[i + 1] - off[i];
+    float* out = dw + i * p * q;
+    if (m == 0) {
+      std::fill(out, out + p * q, 0.0f);
+      continue;
+    }
+    // (P, Q) = a_i^T (P, m) · b_i (m, Q).
+    matmul(a + off[i] * p, b + off[i] * q, nullptr, out, p, q, m, true, false);
+  }
+}
+
+void grouped_bias_grad(const float* dy, const int32_t* counts, float* db,
+                       int64_t rows, int64_t e, int64_t m) {
+  (void)rows;
+  std::vector<int64_t> off = offsets_of(counts, e);
+  for (int64_t i = 0; i < e; ++i) {
+    if (off[i + 1] == off[i]) {
+      std::fill(db + i * m, db + (i + 1) * m, 0.0f);
+      continue;
+    }
+    reduce_rows(dy + off[i] * m, db + i * m, off[i + 1] - off[i], m);
+  }
+}
+
+}  // namespace mtc::rt::host

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Upcycling a dense checkpoint to mixture-of-experts (docs/moe.md) and
+# training MoE models on the host:
+#   1. examples/tiny-moe.json (8 experts, top-2) trains: the loss falls;
+#   2. tiny-gpt trained dense for 20 steps and saved, upcycled with a zero
+#      router to 8 experts top-2 (G = 1) and to 8 fine-grained experts
+#      top-2 (G = 2, virtual groups), and resumed with the MoE programs: the
+#      loss of step 21 equals the dense run's step-21 loss plus the routers'
+#      aux losses at uniform routing, 4 layers * (0.01 * 1 + 0.001 *
+#      ln(8)^2) (load balancing is exactly alpha for uniform probabilities;
+#      every logsumexp is ln 8). G = 1 is exact up to fp32 rounding of the
+#      sum (the weight scaling by E/k = 4 and the weights 1/8 are powers of
+#      two); G = 2 sums two half-width GEMMs, tolerance 1e-4;
+#   3. with the paper's random router (std 0.02, shared by each virtual
+#      group) the step-21 loss is within 0.02 of that: the MoE MLP is the
+#      dense one times c_t = (E/k) * (sum of the top-2 probabilities) >= 1,
+#      close to 1 for small router logits, and the aux losses move a little
+#      off their uniform value;
+#   4. the CUDA target refuses MoE specs, naming model.moe; mtc-upcycle
+#      refuses bad flags.
+set -euo pipefail
+: "${MTC:?}" "${MTC_PREPROCESS:?}" "${MTC_UPCYCLE:?}" "${MTC_SRC:?}" "${MTC_E2E_WORK:?}"
+W="$MTC_E2E_WORK/upcycle"
+rm -rf "$W" && mkdir -p "$W"
+
+corpus=(/usr/share/games/fortunes/fortunes /usr/share/games/fortunes/literature /usr/share/games/fortunes/science)
+"$MTC_PREPROCESS" --input "${corpus[@]}" --output-prefix "$W/data" --tokenizer byte \
+  --split-documents fortune > "$W/preprocess.log"
+
+"$MTC" compile "$MTC_SRC/examples/tiny-gpt.json" --target host -o "$W/dense" > "$W/compile_dense.log"
+"$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target host -o "$W/moe" > "$W/compile_moe.log"
+"$MTC" compile "$MTC_SRC/test/e2e/Inputs/tiny-moe-g2.json" --target host -o "$W/moe_g2" > "$W/compile_g2.log"
+
+losses() { grep -o '"loss":[^,}]*' "$1" | cut -d: -f2; }
+loss_at() { grep "\"step\":$2," "$1" | grep -o '"loss":[^,}]*' | cut -d: -f2; }
+
+# 1. The MoE model trains.
+"$W/moe/train" --data "$W/data" --steps 60 --metrics "$W/moe60.jsonl" --log-interval 20 > "$W/moe60.log"
+first=$(losses "$W/moe60.jsonl" | awk 'NR <= 5 {s += $1; n++} END {print s/n}')
+last=$(losses "$W/moe60.jsonl" | tail -5 | awk '{s+=$1} END {print s/NR}')
+echo "tiny-moe: first 5 steps $first, last 5 steps $last"
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 0.5)}' || { echo "FAIL: MoE loss did not fall"; exit 1; }
+
+# 2. Dense 20 steps, saved; the dense run continued gives step 21's loss.
+"$W/dense/train" --data "$W/data" --steps 40 --exit-interval 20 --save "$W/dense_ckpt" \
+  --metrics "$W/dense.jsonl" > "$W/dense1.log"
+cp -r "$W/dense_ckpt" "$W/dense_ckpt_20"
+"$W/dense/train" --data "$W/data" --steps 40 --save "$W/dense_ckpt" --resume \
+  --metrics "$W/dense.jsonl" > "$W/dense2.log"
+dense21=$(loss_at "$W/dense.jsonl" 21)
+offset=$(awk 'BEGIN {printf "%.9f", 4 * (0.01 + 0.001 * log(8) * log(8))}')
+
+check() {  # name, program, upcycle flags..., then "--" tolerance
+  local name=$1 prog=$2; shift 2
+  local flags=() tol
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  tol=$2
+  "$MTC_UPCYCLE" "$W/dense_ckpt_20" "${flags[@]}" -o "$W/$name" > "$W/$name.log"
+  "$W/$prog/train" --data "$W/data" --steps 30 --save "$W/$name" --resume \
+    --metrics "$W/$name.jsonl" > "$W/$name.train.log"
+  local moe21; moe21=$(loss_at "$W/$name.jsonl" 21)
+  echo "$name: step 21 loss $moe21, dense $dense21 + aux at uniform routing $offset (tolerance $tol)"
+  awk -v m="$moe21" -v d="$dense21" -v o="$offset" -v t="$tol" \
+    'BEGIN {x = m - d - o; if (x < 0) x = -x; exit !(x <= t)}' ||
+    { echo "FAIL: $name: |step-21 loss - dense - offset| above $tol"; exit 1; }
+}
+check zero_g1 moe --experts 8 --topk 2 --router-init zero -- 2e-6
+check zero_g2 moe_g2 --experts 8 --topk 2 --granularity 2 --router-init zero -- 1e-4
+check random_g1 moe --experts 8 --topk 2 -- 0.02
+grep -q "has no optimizer state" "$W/zero_g1.train.log" ||
+  { echo "FAIL: the upcycled run did not start with fresh AdamW moments"; exit 1; }
+
+# 4. Refusals.
+if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda -o "$W/cuda" > "$W/cuda.log" 2>&1; then
+  echo "FAIL: the CUDA target accepted an MoE spec"; exit 1
+fi
+grep -q "model.moe" "$W/cuda.log" || { echo "FAIL: no model.moe in: $(cat "$W/cuda.log")"; exit 1; }
+if "$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 6 --topk 2 --granularity 4 -o "$W/bad" > "$W/bad.log" 2>&1; then
+  echo "FAIL: --experts 6 --granularity 4 accepted"; exit 1
+fi
+grep -q "multiple of --granularity" "$W/bad.log" || { echo "FAIL: $(cat "$W/bad.log")"; exit 1; }
+echo "refusals: CUDA target and bad upcycle flags"
+echo "PASS"

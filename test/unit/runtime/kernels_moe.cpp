@@ -1,0 +1,198 @@
+// Host MoE kernels (runtime/src/host/moe.cpp) against double-precision
+// references and central finite differences of those references (eps 1e-6,
+// tolerance 1e-4: kernels_util.h explains the budget). Top-k selection is
+// piecewise constant: the random logits are far enough apart (gaps >> eps)
+// that no finite-difference step changes which experts are selected.
+#include "kernels_util.h"
+#include "mtc/rt/host_kernels.h"
+
+namespace mtc::rt::host::test {
+namespace {
+
+struct RouterRef {
+  std::vector<double> weights;  // (T, k)
+  double aux = 0;
+};
+
+// The router's weights and aux loss in double, for fixed indices.
+RouterRef router_ref(const std::vector<double>& l, const std::vector<int32_t>& idx, int64_t t,
+                     int64_t e, int64_t k, bool topk_softmax, double scale, double a, double z) {
+  RouterRef r;
+  r.weights.assign(size_t(t * k), 0.0);
+  std::vector<double> psum(size_t(e), 0.0), assigned(size_t(e), 0.0);
+  double zsum = 0;
+  for (int64_t i = 0; i < t; ++i) {
+    double mx = l[i * e], sum = 0;
+    for (int64_t j = 0; j < e; ++j) mx = std::max(mx, l[i * e + j]);
+    for (int64_t j = 0; j < e; ++j) sum += std::exp(l[i * e + j] - mx);
+    double lse = mx + std::log(sum);
+    zsum += lse * lse;
+    for (int64_t j = 0; j < e; ++j) psum[j] += std::exp(l[i * e + j] - lse);
+    double ssum = 0;
+    for (int64_t j = 0; j < k; ++j) ssum += std::exp(l[i * e + idx[i * k + j]]);
+    for (int64_t j = 0; j < k; ++j) {
+      int32_t x = idx[i * k + j];
+      assigned[x] += 1;
+      r.weights[i * k + j] = scale * (topk_softmax ? std::exp(l[i * e + x]) / ssum
+                                                   : std::exp(l[i * e + x] - lse));
+    }
+  }
+  for (int64_t j = 0; j < e; ++j) r.aux += a * e * (assigned[j] / double(t * k)) * (psum[j] / t);
+  r.aux += z * zsum / t;
+  return r;
+}
+
+void check_router(bool topk_softmax) {
+  const int64_t t = 12, e = 6, k = 2;
+  const double scale = 1.5, a = 0.3, z = 0.05;
+  Rng rng(7 + topk_softmax);
+  std::vector<float> logits = rng.normal(t * e, 2.0f);
+  std::vector<float> probs(t * e), weights(t * k), aux(1);
+  std::vector<int32_t> idx(t * k);
+  moe_router_forward(logits.data(), probs.data(), idx.data(), weights.data(), aux.data(), t, e, k,
+                     topk_softmax, float(scale), float(a), float(z));
+  // The selection: the k largest logits in decreasing order.
+  for (int64_t i = 0; i < t; ++i) {
+    std::vector<int> order(e);
+    for (int j = 0; j < e; ++j) order[j] = j;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int x, int y) { return logits[i * e + x] > logits[i * e + y]; });
+    for (int64_t j = 0; j < k; ++j) ASSERT_EQ(idx[i * k + j], order[j]) << "token " << i;
+  }
+  std::vector<double> ld = to_double(logits);
+  RouterRef ref = router_ref(ld, idx, t, e, k, topk_softmax, scale, a, z);
+  expect_near_all(weights, ref.weights, 1e-5, 1e-7, "weights");
+  expect_near_all(aux, {ref.aux}, 1e-5, 1e-7, "aux_loss");
+
+  // L = sum w * W + c * aux.
+  std::vector<float> dw = rng.normal(t * k);
+  const float c = 0.7f;
+  std::vector<float> dlogits(t * e);
+  moe_router_backward(logits.data(), probs.data(), idx.data(), dw.data(), &c, dlogits.data(), t, e,
+                      k, topk_softmax, float(scale), float(a), float(z));
+  std::vector<double> fd = finite_difference<double>(
+      ld,
+      [&] {
+        RouterRef r = router_ref(ld, idx, t, e, k, topk_softmax, scale, a, z);
+        return weighted_sum(r.weights, dw) + c * r.aux;
+      },
+      1e-6);
+  expect_gradient(dlogits, fd, 1e-4, "dlogits");
+}
+
+TEST(MoeKernels, RouterSoftmaxTopk) { check_router(false); }
+TEST(MoeKernels, RouterTopkSoftmax) { check_router(true); }
+
+// Equal logits: the lower indices win, every probability is 1/E, and the
+// aux loss is exactly aux_coeff + z_coeff * log(E)^2 (the upcycling test's
+// offset, docs/moe.md).
+TEST(MoeKernels, RouterTiesAndUniformAux) {
+  const int64_t t = 5, e = 8, k = 2;
+  std::vector<float> logits(t * e, 0.0f), probs(t * e), weights(t * k), aux(1);
+  std::vector<int32_t> idx(t * k);
+  moe_router_forward(logits.data(), probs.data(), idx.data(), weights.data(), aux.data(), t, e, k,
+                     false, 1.0f, 0.01f, 0.001f);
+  for (int64_t i = 0; i < t; ++i) {
+    EXPECT_EQ(idx[i * k], 0);
+    EXPECT_EQ(idx[i * k + 1], 1);
+    EXPECT_FLOAT_EQ(weights[i * k], 1.0f / e);
+  }
+  EXPECT_NEAR(aux[0], 0.01 + 0.001 * std::log(8.0) * std::log(8.0), 1e-7);
+}
+
+TEST(MoeKernels, PermuteUnpermute) {
+  const int64_t t = 7, d = 5, e = 4, k = 2;
+  Rng rng(11);
+  std::vector<float> x = rng.normal(t * d);
+  // Distinct experts per token; expert 3 gets no token.
+  std::vector<int32_t> idx;
+  for (int64_t i = 0; i < t; ++i) {
+    int32_t a = rng.integer(0, 2), b = (a + 1 + rng.integer(0, 1)) % 3;
+    idx.push_back(a);
+    idx.push_back(b);
+  }
+  std::vector<float> xp(t * k * d);
+  std::vector<int32_t> pos(t * k), counts(e);
+  moe_permute(x.data(), idx.data(), xp.data(), pos.data(), counts.data(), t, d, e, k);
+  // Counts, offsets and order: expert by expert, token order within.
+  std::vector<int32_t> want(e, 0);
+  for (int32_t v : idx) ++want[v];
+  EXPECT_EQ(counts, want);
+  int64_t row = 0;
+  for (int32_t ex = 0; ex < e; ++ex)
+    for (int64_t i = 0; i < t * k; ++i)
+      if (idx[i] == ex) {
+        EXPECT_EQ(pos[i], row) << "assignment " << i;
+        for (int64_t c = 0; c < d; ++c) EXPECT_EQ(xp[row * d + c], x[(i / k) * d + c]);
+        ++row;
+      }
+
+  // Weighted unpermute against its double reference and its gradients.
+  std::vector<float> h = rng.normal(t * k * d), w = rng.uniform(t * k, 0.1f, 1.0f);
+  std::vector<double> hd = to_double(h), wd = to_double(w);
+  auto ref = [&] {
+    std::vector<double> y(t * d, 0.0);
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t c = 0; c < d; ++c) y[i * d + c] += wd[i * k + j] * hd[pos[i * k + j] * d + c];
+    return y;
+  };
+  std::vector<float> y(t * d);
+  moe_unpermute(h.data(), pos.data(), w.data(), y.data(), t, d, k);
+  expect_near_all(y, ref(), 1e-6, 1e-6, "unpermute");
+  std::vector<float> dy = rng.normal(t * d), dh(t * k * d), dwts(t * k);
+  moe_unpermute_backward(h.data(), pos.data(), w.data(), dy.data(), dh.data(), dwts.data(), t, d,
+                         k);
+  auto objective = [&] { return weighted_sum(ref(), dy); };
+  expect_gradient(dh, finite_difference<double>(hd, objective, 1e-6), 1e-4, "dh");
+  expect_gradient(dwts, finite_difference<double>(wd, objective, 1e-6), 1e-4, "dweights");
+
+  // Unweighted unpermute is permute's adjoint: <permute(x), g> = <x, unpermute(g)>.
+  std::vector<float> g = rng.normal(t * k * d), xg(t * d);
+  moe_unpermute(g.data(), pos.data(), nullptr, xg.data(), t, d, k);
+  double lhs = 0, rhs = 0;
+  for (size_t i = 0; i < g.size(); ++i) lhs += double(xp[i]) * g[i];
+  for (size_t i = 0; i < x.size(); ++i) rhs += double(x[i]) * xg[i];
+  EXPECT_NEAR(lhs, rhs, 1e-4 * std::abs(lhs) + 1e-5);
+}
+
+TEST(MoeKernels, GroupedMatmul) {
+  const int64_t e = 3, kdim = 4, n = 5;
+  const std::vector<int32_t> counts = {3, 0, 4};  // expert 1 has no rows
+  const int64_t rows = 7;
+  Rng rng(13);
+  std::vector<float> x = rng.normal(rows * kdim), w = rng.normal(e * n * kdim),
+                     bias = rng.normal(e * n);
+  std::vector<double> xd = to_double(x), wd = to_double(w), bd = to_double(bias);
+  auto group = [&](int64_t r) { return r < 3 ? 0 : 2; };
+  // y = x_e · w_e^T + b_e, w (E, Nout, K) (transpose_b).
+  auto ref = [&] {
+    std::vector<double> y(rows * n, 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < n; ++o) {
+        double acc = bd[group(r) * n + o];
+        for (int64_t c = 0; c < kdim; ++c)
+          acc += xd[r * kdim + c] * wd[(group(r) * n + o) * kdim + c];
+        y[r * n + o] = acc;
+      }
+    return y;
+  };
+  std::vector<float> y(rows * n);
+  grouped_matmul(x.data(), w.data(), counts.data(), bias.data(), y.data(), rows, e, n, kdim, true);
+  expect_near_all(y, ref(), 1e-5, 1e-5, "grouped_matmul");
+
+  // The gradient ops that mtc.grouped_matmul's rule builds.
+  std::vector<float> dy = rng.normal(rows * n), dx(rows * kdim), dw(e * n * kdim, 99.0f),
+                     db(e * n, 99.0f);
+  grouped_matmul(dy.data(), w.data(), counts.data(), nullptr, dx.data(), rows, e, kdim, n, false);
+  grouped_matmul_wgrad(dy.data(), x.data(), counts.data(), dw.data(), rows, e, n, kdim);
+  grouped_bias_grad(dy.data(), counts.data(), db.data(), rows, e, n);
+  auto objective = [&] { return weighted_sum(ref(), dy); };
+  expect_gradient(dx, finite_difference<double>(xd, objective, 1e-6), 1e-4, "dx");
+  expect_gradient(dw, finite_difference<double>(wd, objective, 1e-6), 1e-4, "dw");
+  expect_gradient(db, finite_difference<double>(bd, objective, 1e-6), 1e-4, "dbias");
+  for (int64_t i = n * kdim; i < 2 * n * kdim; ++i) ASSERT_EQ(dw[i], 0.0f) << "expert 1 has no rows";
+}
+
+}  // namespace
+}  // namespace mtc::rt::host::test
