@@ -165,11 +165,15 @@ LogicalResult CudaEmitter::emitPipelineOp(Operation *op) {
     }
     for (Value r : c.getResults())
       out += (out.empty() ? "" : ", ") + buf(r);
-    line(llvm::formatv("{{ void* in[] = {{{0}}; void* out[] = {{{1}}; "
-                       "{2}(st, {3}, {4}, in, out); }",
+    // train --trace: the piece's time (waiting for the device first).
+    mtc::PieceInfo piece = *mtc::getPieceInfo(callee);
+    line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
+                       "void* in[] = {{{0}}; void* out[] = {{{1}}; "
+                       "{2}(st, {3}, {4}, in, out); "
+                       "mtc::rt::trace_record(st, '{5}', {6}, {7}, t0); }",
                        in.empty() ? "nullptr" : in,
                        out.empty() ? "nullptr" : out, callee.getSymName(), tok,
-                       tgt));
+                       tgt, traceKind(piece.kind), mb.getInt(), piece.chunk));
     for (int slot : sendWaitAfter.lookup(op))
       if (recvWaited.insert(slot).second)
         line(llvm::formatv("axis_wait(pc, 0, {0});  // the sends' buffers "

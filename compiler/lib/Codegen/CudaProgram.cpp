@@ -276,7 +276,9 @@ std::string CudaEmitter::sourceHeader(StringRef declarations,
     << "#include \"mtc/rt/cuda_program.h\"\n"
     << "#include \"mtc/rt/cuda_tp_kernels.h\"\n"
     << "#include \"mtc/rt/dropout_hash.h\"\n"
-    << "#include \"mtc/rt/program.h\"\n\n"
+    << "#include \"mtc/rt/program.h\"\n"
+    << (mtc::isPipelineModule(module) ? "#include \"mtc/rt/trace.h\"\n" : "")
+    << "\n"
     << "namespace {\nusing mtc::rt::HostState;\nnamespace k = "
        "mtc::rt::cuda;\nusing k::bf16;\n"
     << "using namespace mtc::rt::cuda;  // the program helpers "

@@ -110,6 +110,20 @@ FailureOr<TrainingFunctions> getTrainingFunctions(ModuleOp module) {
   return f;
 }
 
+char traceKind(mtc::PieceKind kind) {
+  switch (kind) {
+  case mtc::PieceKind::Forward:
+    return 'F';
+  case mtc::PieceKind::Backward:
+    return 'B';
+  case mtc::PieceKind::Weight:
+    return 'W';
+  case mtc::PieceKind::Eval:
+    return 'E';
+  }
+  return 'F';
+}
+
 std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
                             const ProgramDescExtras &extras) {
   auto cfg = module->getAttrOfType<DictionaryAttr>("mtc.training");

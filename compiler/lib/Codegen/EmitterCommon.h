@@ -11,6 +11,7 @@
 
 #include "mtc/Dialect/MtcDialect.h"
 #include "mtc/Transforms/ParamLayout.h"
+#include "mtc/Transforms/Pipeline.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringMap.h"
 #include <string>
@@ -56,6 +57,9 @@ struct TrainingFunctions {
   mlir::func::FuncOp forward, train, optimizer;
 };
 mlir::FailureOr<TrainingFunctions> getTrainingFunctions(mlir::ModuleOp module);
+
+/// The event kind `train --trace` records for a piece (mtc/rt/trace.h).
+char traceKind(mtc::PieceKind kind);
 
 /// One pipeline rank's part of a pipeline program's ProgramDesc.
 struct ProgramDescStage {

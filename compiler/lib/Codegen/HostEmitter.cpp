@@ -437,10 +437,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         for (Value r : c.getResults())
           out += (out.empty() ? "" : ", ") + buf(r);
         mtc::PieceInfo piece = *mtc::getPieceInfo(callee);
-        const char kindChar = piece.kind == mtc::PieceKind::Forward    ? 'F'
-                              : piece.kind == mtc::PieceKind::Backward ? 'B'
-                              : piece.kind == mtc::PieceKind::Weight   ? 'W'
-                                                                       : 'E';
+        const char kindChar = traceKind(piece.kind);
         line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
                            "float* in[] = {{{0}}; float* out[] = {{{1}}; "
                            "{2}(st, {3}, {4}, in, out); "
