@@ -151,37 +151,39 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
   llvm::StringSet<> seenOnEarlierStage;
   auto paramRows = [&](const ParamLayout &layout, StringRef into,
                        const llvm::StringSet<> *secondary) {
-  for (const std::string &name : layout.order) {
-    ParamSlot slot = layout.slots.lookup(name);
-    auto t = slot.op.getType();
-    // Checkpoints hold global tensors: a split parameter records its global
-    // shape and which slice this rank holds (mtc-partition's `mtc.shard`).
-    SmallVector<int64_t> global(t.getShape());
-    int64_t splitDim = -1, splitAxis = -1;
-    if (auto sh = slot.op->getAttrOfType<DictionaryAttr>("mtc.shard")) {
-      global.assign(sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().begin(),
-                    sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().end());
-      splitDim = sh.getAs<IntegerAttr>("dim").getInt();
-      splitAxis = sh.getAs<IntegerAttr>("axis").getInt();
+    for (const std::string &name : layout.order) {
+      ParamSlot slot = layout.slots.lookup(name);
+      auto t = slot.op.getType();
+      // Checkpoints hold global tensors: a split parameter records its global
+      // shape and which slice this rank holds (mtc-partition's `mtc.shard`).
+      SmallVector<int64_t> global(t.getShape());
+      int64_t splitDim = -1, splitAxis = -1;
+      if (auto sh = slot.op->getAttrOfType<DictionaryAttr>("mtc.shard")) {
+        global.assign(
+            sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().begin(),
+            sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().end());
+        splitDim = sh.getAs<IntegerAttr>("dim").getInt();
+        splitAxis = sh.getAs<IntegerAttr>("axis").getInt();
+      }
+      std::string dims;
+      for (int64_t d : global)
+        dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+      const char *init = slot.op.getInit() == InitKind::zeros  ? "zeros"
+                         : slot.op.getInit() == InitKind::ones ? "ones"
+                                                               : "normal";
+      s << llvm::formatv(
+          "  {{ mtc::rt::ParamDesc d; d.name = \"{0}\"; d.shape = {{{1}}; "
+          "d.offset = {2}; d.numel = {3}; d.split_dim = {4}; d.split_axis = "
+          "{5}; d.init = mtc::rt::InitKind::{6}; d.init_std = {7}; "
+          "d.weight_decay = {8};{9} {10}.push_back(d); }\n",
+          escape(name), dims, slot.offset, t.getNumElements(), splitDim,
+          splitAxis, init, fmt(slot.op.getStd().convertToDouble()),
+          global.size() >= 2 ? "true" : "false",
+          secondary && secondary->contains(name)
+              ? " d.pipeline_primary = false;"
+              : "",
+          into);
     }
-    std::string dims;
-    for (int64_t d : global)
-      dims += (dims.empty() ? "" : ", ") + std::to_string(d);
-    const char *init = slot.op.getInit() == InitKind::zeros   ? "zeros"
-                       : slot.op.getInit() == InitKind::ones ? "ones"
-                                                             : "normal";
-    s << llvm::formatv(
-        "  {{ mtc::rt::ParamDesc d; d.name = \"{0}\"; d.shape = {{{1}}; "
-        "d.offset = {2}; d.numel = {3}; d.split_dim = {4}; d.split_axis = "
-        "{5}; d.init = mtc::rt::InitKind::{6}; d.init_std = {7}; "
-        "d.weight_decay = {8};{9} {10}.push_back(d); }\n",
-        escape(name), dims, slot.offset, t.getNumElements(), splitDim,
-        splitAxis, init, fmt(slot.op.getStd().convertToDouble()),
-        global.size() >= 2 ? "true" : "false",
-        secondary && secondary->contains(name) ? " d.pipeline_primary = false;"
-                                               : "",
-        into);
-  }
   };
   paramRows(layout, "p.params", nullptr);
   for (const ProgramDescStage &st : extras.stages) {
@@ -199,9 +201,7 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
         "    s.flops_per_step = {4};\n    s.step = &{5};\n    s.eval = &{6};\n"
         "    s.optimizer_step = &{7};\n    p.pipeline.push_back(s);\n  }\n",
         st.layout.totalElements, st.layout.shardElements, st.arenaWords,
-        st.computeParamBytes,
-        fmt(st.flops),
-        st.step, st.eval, st.optimizer);
+        st.computeParamBytes, fmt(st.flops), st.step, st.eval, st.optimizer);
   }
   GridShape grid = getGridShape(module);
   s << "  p.grid[0] = " << grid.pp << "; p.grid[1] = " << grid.dp
