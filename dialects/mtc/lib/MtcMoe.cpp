@@ -125,7 +125,7 @@ LogicalResult MoePermuteOp::verify() {
            << shapeStr(r.getShape());
   if (getPositions().getType() != idx.getType())
     return emitOpError("positions must have the indices' type");
-  if (shapeOf(getCounts()) != ArrayRef<int64_t>{getNumExperts()})
+  if (shapeOf(getCounts()) != ArrayRef<int64_t>{int64_t(getNumExperts())})
     return emitOpError("counts must be (num_experts) = (")
            << getNumExperts() << "), got " << shapeStr(shapeOf(getCounts()));
   return success();
