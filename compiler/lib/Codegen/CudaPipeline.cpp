@@ -154,26 +154,17 @@ LogicalResult CudaEmitter::emitPipelineOp(Operation *op) {
     line(llvm::formatv("st.microbatch = {0}; st.global_microbatch = {0} * "
                        "st.comm->size(1) + st.comm->index(1);",
                        mb.getInt()));
-    std::string tok = "nullptr", tgt = "nullptr", in, out;
-    for (auto [i, v] : llvm::enumerate(c.getOperands())) {
-      if (isRole(callee, i, "tokens"))
-        tok = buf(v);
-      else if (isRole(callee, i, "targets"))
-        tgt = buf(v);
-      else
-        in += (in.empty() ? "" : ", ") + buf(v);
-    }
-    for (Value r : c.getResults())
-      out += (out.empty() ? "" : ", ") + buf(r);
+    PieceCallArgs args =
+        pieceCallArgs(c, callee, [&](Value v) { return buf(v); });
     // train --trace: the piece's time (waiting for the device first).
     mtc::PieceInfo piece = *mtc::getPieceInfo(callee);
     line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
                        "void* in[] = {{{0}}; void* out[] = {{{1}}; "
                        "{2}(st, {3}, {4}, in, out); "
                        "mtc::rt::trace_record(st, '{5}', {6}, {7}, t0); }",
-                       in.empty() ? "nullptr" : in,
-                       out.empty() ? "nullptr" : out, callee.getSymName(), tok,
-                       tgt, traceKind(piece.kind), mb.getInt(), piece.chunk));
+                       args.in, args.out, callee.getSymName(), args.tokens,
+                       args.targets, traceKind(piece.kind), mb.getInt(),
+                       piece.chunk));
     for (int slot : sendWaitAfter.lookup(op))
       if (recvWaited.insert(slot).second)
         line(llvm::formatv("axis_wait(pc, 0, {0});  // the sends' buffers "

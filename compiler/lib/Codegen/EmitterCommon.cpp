@@ -110,6 +110,26 @@ FailureOr<TrainingFunctions> getTrainingFunctions(ModuleOp module) {
   return f;
 }
 
+PieceCallArgs pieceCallArgs(func::CallOp call, func::FuncOp callee,
+                            BufferName buf) {
+  PieceCallArgs a;
+  std::string in, out;
+  for (auto [i, v] : llvm::enumerate(call.getOperands())) {
+    auto role = callee.getArgAttrOfType<StringAttr>(i, mtc::kRoleAttr);
+    if (role && role.getValue() == "tokens")
+      a.tokens = buf(v);
+    else if (role && role.getValue() == "targets")
+      a.targets = buf(v);
+    else
+      in += (in.empty() ? "" : ", ") + buf(v);
+  }
+  for (Value r : call.getResults())
+    out += (out.empty() ? "" : ", ") + buf(r);
+  a.in = in.empty() ? "nullptr" : in;
+  a.out = out.empty() ? "nullptr" : out;
+  return a;
+}
+
 char traceKind(mtc::PieceKind kind) {
   switch (kind) {
   case mtc::PieceKind::Forward:

@@ -58,6 +58,16 @@ struct TrainingFunctions {
 };
 mlir::FailureOr<TrainingFunctions> getTrainingFunctions(mlir::ModuleOp module);
 
+/// A pipeline step's call of a piece, as the code generators print it: the
+/// microbatch's tokens and targets (by the callee's argument roles), the
+/// other operands as the `in` list and the results as the `out` list
+/// ("nullptr" when empty, so the printed arrays are never empty).
+struct PieceCallArgs {
+  std::string tokens = "nullptr", targets = "nullptr", in, out;
+};
+PieceCallArgs pieceCallArgs(mlir::func::CallOp call, mlir::func::FuncOp callee,
+                            BufferName buf);
+
 /// The event kind `train --trace` records for a piece (mtc/rt/trace.h).
 char traceKind(mtc::PieceKind kind);
 

@@ -424,27 +424,16 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         line(llvm::formatv("st.microbatch = {0}; st.global_microbatch = {0} * "
                            "st.comm->size(1) + st.comm->index(1);",
                            mb.getInt()));
-        std::string tok = "nullptr", tgt = "nullptr", in, out;
-        for (auto [i, v] : llvm::enumerate(c.getOperands())) {
-          auto role = callee.getArgAttrOfType<StringAttr>(i, mtc::kRoleAttr);
-          if (role && role.getValue() == "tokens")
-            tok = buf(v);
-          else if (role && role.getValue() == "targets")
-            tgt = buf(v);
-          else
-            in += (in.empty() ? "" : ", ") + buf(v);
-        }
-        for (Value r : c.getResults())
-          out += (out.empty() ? "" : ", ") + buf(r);
+        PieceCallArgs args =
+            pieceCallArgs(c, callee, [&](Value v) { return buf(v); });
         mtc::PieceInfo piece = *mtc::getPieceInfo(callee);
         const char kindChar = traceKind(piece.kind);
         line(llvm::formatv("{{ const double t0 = mtc::rt::trace_now(st); "
                            "float* in[] = {{{0}}; float* out[] = {{{1}}; "
                            "{2}(st, {3}, {4}, in, out); "
                            "mtc::rt::trace_record(st, '{5}', {6}, {7}, t0); }",
-                           in.empty() ? "nullptr" : in,
-                           out.empty() ? "nullptr" : out, callee.getSymName(),
-                           tok, tgt, kindChar, mb.getInt(), piece.chunk));
+                           args.in, args.out, callee.getSymName(), args.tokens,
+                           args.targets, kindChar, mb.getInt(), piece.chunk));
         return success();
       })
       .Case([&](mtc::P2POp p) -> LogicalResult {
