@@ -68,6 +68,7 @@ std::string toJson(const Spec& spec) {
   parallel["tp"] = p.tp;
   parallel["pp"] = p.pp;
   parallel["dp"] = p.dp;
+  parallel["ep"] = p.ep;
   parallel["sp"] = p.sp;
   parallel["virtual_stages"] = p.virtual_stages;
   // The derived count when the spec leaves it out (0: not derivable, as on

@@ -167,6 +167,7 @@ class Checker {
     integer("parallel.tp", p.tp, 1);
     integer("parallel.pp", p.pp, 1);
     integer("parallel.dp", p.dp, 1);
+    integer("parallel.ep", p.ep, 1);
     integer("parallel.virtual_stages", p.virtual_stages, 1);
     if (p.microbatches) integer("parallel.microbatches", *p.microbatches, 1);
 
@@ -300,6 +301,21 @@ class Checker {
       }
     }
     const ParallelSpec& p = s_.parallel;
+    if (ok({"parallel.ep", "model.moe.num_experts"}) && e.num_experts % p.ep != 0)
+      fail({"parallel.ep", "model.moe.num_experts"},
+           ref("model.moe.num_experts", e.num_experts) + " is not divisible by " +
+               ref("parallel.ep", p.ep) + ": each expert-parallel rank holds num_experts / ep experts" +
+               divisorHint(e.num_experts, p.ep, [](int64_t) { return true; }));
+    if (ok({"parallel.ep", "parallel.tp"}) && p.ep > 1 && p.tp > 1)
+      fail({"parallel.ep", "parallel.tp"},
+           "expert parallelism with tensor parallelism is not implemented yet (" +
+               ref("parallel.ep", p.ep) + ", " + ref("parallel.tp", p.tp) +
+               "); use tp = 1 with ep, or ep = 1 with tp (docs/moe.md)");
+    if (ok({"parallel.ep", "parallel.distributed_optimizer"}) && p.ep > 1 && p.distributed_optimizer)
+      fail({"parallel.ep", "parallel.distributed_optimizer"},
+           "the distributed optimizer with expert parallelism (" + ref("parallel.ep", p.ep) +
+               ") is not implemented yet: the experts' optimizer state would be sharded over the "
+               "expert-data-parallel group (dp / ep ranks); leave one of them out");
     if (ok({"parallel.tp"}) && p.tp > 1)
       fail({"parallel.tp"}, "MoE layers (model.moe) run with tp = 1 so far: the experts are not "
                             "split over tensor-parallel ranks yet (docs/moe.md); got " +
@@ -373,6 +389,17 @@ class Checker {
     if (ok({"parallel.schedule", "parallel.pp"}) && interleaved && p.pp == 1)
       fail({"parallel.schedule", "parallel.pp"},
            "the 'interleaved' schedule needs " + name("parallel.pp") + " > 1, got 1");
+    // Expert parallelism is carved out of dp (Megatron's order: ep groups are
+    // ep consecutive dp ranks), and only splits MoE layers' experts.
+    if (ok({"parallel.ep", "parallel.dp"}) && p.dp % p.ep != 0)
+      fail({"parallel.ep", "parallel.dp"},
+           ref("parallel.dp", p.dp) + " is not divisible by " + ref("parallel.ep", p.ep) +
+               ": expert parallelism is carved out of data parallelism (dp / ep expert-data-"
+               "parallel groups of ep ranks each); make dp a multiple of ep");
+    if (ok({"parallel.ep"}) && p.ep > 1 && !s_.model.moe.enabled())
+      fail({"parallel.ep"}, ref("parallel.ep", p.ep) +
+                                " splits the experts of MoE layers, but the model has none "
+                                "(model.moe); leave ep at 1");
     if (ok({"parallel.tp", "parallel.pp", "parallel.dp"})) {
       Wide world = (Wide)p.tp * p.pp * p.dp;
       if (world > kMaxInt)
@@ -563,6 +590,7 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
     apply(spec.parallel.tp, overrides.tp, "parallel.tp", kFlagTp);
     apply(spec.parallel.pp, overrides.pp, "parallel.pp", kFlagPp);
     apply(spec.parallel.dp, overrides.dp, "parallel.dp", kFlagDp);
+    apply(spec.parallel.ep, overrides.ep, "parallel.ep", kFlagEp);
     apply(spec.parallel.sp, overrides.sp, "parallel.sp", kFlagSp);
     apply(spec.parallel.distributed_optimizer, overrides.distributed_optimizer,
           "parallel.distributed_optimizer", kFlagDistributedOptimizer);

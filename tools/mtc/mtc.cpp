@@ -80,6 +80,13 @@ static cl::opt<int64_t> pp("pp", cl::desc("Pipeline-parallel size"),
                            cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<int64_t> dp("dp", cl::desc("Data-parallel size"),
                            cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<int64_t> ep(
+    "expert-model-parallel-size",
+    cl::desc("Expert-parallel size: the experts of MoE layers split over ep "
+             "consecutive data-parallel ranks (divides dp)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::alias epShort("ep", cl::desc("Alias for --expert-model-parallel-size"),
+                         cl::aliasopt(ep), cl::cat(planCat));
 static cl::opt<bool> sp("sp", cl::desc("Sequence parallelism (needs tp > 1)"),
                         cl::sub(compileCmd), cl::cat(planCat));
 static cl::opt<bool> distOpt(
@@ -305,6 +312,8 @@ int main(int argc, char **argv) {
     o.pp = pp;
   if (dp.getNumOccurrences())
     o.dp = dp;
+  if (ep.getNumOccurrences())
+    o.ep = ep;
   if (sp.getNumOccurrences())
     o.sp = sp;
   if (distOpt.getNumOccurrences())

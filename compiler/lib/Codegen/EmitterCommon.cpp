@@ -183,7 +183,9 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
             sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().begin(),
             sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().end());
         splitDim = sh.getAs<IntegerAttr>("dim").getInt();
-        splitAxis = sh.getAs<IntegerAttr>("axis").getInt();
+        auto grid = sh.getAs<FlatSymbolRefAttr>("grid");
+        splitAxis = runtimeAxis(grid ? grid.getValue() : StringRef(kGridName),
+                                sh.getAs<IntegerAttr>("axis").getInt());
       }
       std::string dims;
       for (int64_t d : global)
@@ -226,6 +228,9 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
   GridShape grid = getGridShape(module);
   s << "  p.grid[0] = " << grid.pp << "; p.grid[1] = " << grid.dp
     << "; p.grid[2] = " << grid.tp << ";\n";
+  if (grid.ep > 1)
+    s << "  p.grid[3] = " << grid.ep << "; p.grid[4] = " << grid.dp / grid.ep
+      << ";  // expert parallel, expert data parallel\n";
   std::string decay = getS("decay");
   s << "  p.num_param_elems = " << layout.totalElements << ";\n"
     << "  p.optimizer_shard_elems = " << layout.shardElements << ";\n"
@@ -263,3 +268,41 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
 }
 
 } // namespace mtc::codegen
+
+int mtc::codegen::runtimeAxis(StringRef grid, int64_t axis) {
+  if (grid == mtc::kExpertGridName) {
+    static const int kMap[4] = {0, 4, 3, 2};
+    return kMap[axis];
+  }
+  return int(axis);
+}
+
+SmallVector<std::pair<int64_t, int64_t>>
+mtc::codegen::reducedRuns(mtc::ReduceGradientsOp r, const ParamLayout &layout) {
+  llvm::StringSet<> mine, others;
+  if (auto p = r.getParams()) {
+    for (Attribute a : *p)
+      mine.insert(cast<StringAttr>(a).getValue());
+  } else if (Block *block = r->getBlock()) {
+    for (auto other : block->getOps<mtc::ReduceGradientsOp>())
+      if (auto p = other.getParams())
+        for (Attribute a : *p)
+          others.insert(cast<StringAttr>(a).getValue());
+  }
+  SmallVector<std::pair<int64_t, int64_t>> runs;
+  for (size_t i = 0; i < layout.order.size(); ++i) {
+    const std::string &name = layout.order[i];
+    bool take = r.getParams() ? mine.contains(name) : !others.contains(name);
+    if (!take)
+      continue;
+    int64_t begin = layout.slots.lookup(name).offset;
+    int64_t end = i + 1 < layout.order.size()
+                      ? layout.slots.lookup(layout.order[i + 1]).offset
+                      : layout.totalElements;
+    if (!runs.empty() && runs.back().first + runs.back().second == begin)
+      runs.back().second += end - begin;
+    else
+      runs.push_back({begin, end - begin});
+  }
+  return runs;
+}

@@ -71,6 +71,20 @@ PieceCallArgs pieceCallArgs(mlir::func::CallOp call, mlir::func::FuncOp callee,
 /// The event kind `train --trace` records for a piece (mtc/rt/trace.h).
 char traceKind(mtc::PieceKind kind);
 
+/// The runtime's axis (GridComm, program.h: 0 pp, 1 dp, 2 tp, 3 ep, 4
+/// expert data parallel) of axis `axis` of grid `grid` (@mtc_grid's are
+/// the same numbers; @mtc_expert_grid's pp x dp/ep x ep x tp map to 0, 4,
+/// 3, 2).
+int runtimeAxis(llvm::StringRef grid, int64_t axis);
+
+/// The runs [offset, offset + n) of the flat gradient buffer whose
+/// gradients `r` reduces: its `params`, or every parameter that no other
+/// mtc.reduce_gradients of its function names (then all of them, one run,
+/// unless expert parallelism names the experts'). Padding between the
+/// parameters of a run is included (it stays zero).
+llvm::SmallVector<std::pair<int64_t, int64_t>>
+reducedRuns(mtc::ReduceGradientsOp r, const ParamLayout &layout);
+
 /// One pipeline rank's part of a pipeline program's ProgramDesc.
 struct ProgramDescStage {
   ParamLayout layout;          // the rank's parameters

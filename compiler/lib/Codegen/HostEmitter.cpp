@@ -22,6 +22,7 @@
 #include "EmitterCommon.h"
 #include "mtc/Codegen/BufferPlan.h"
 #include "mtc/Dialect/MtcDialect.h"
+#include "mtc/Transforms/Grid.h"
 #include "mtc/Transforms/PlanReport.h"
 #include "mtc/Transforms/Pipeline.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -234,10 +235,50 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           line("(void)in_shard;");
           return success();
         }
-        for (int16_t axis : r.getGridAxes())
-          line(llvm::formatv(
-              "mtc::rt::grid::all_reduce_mean(*st.comm, {0}, G, {1});", axis,
-              layout.totalElements));
+        // The parameters it covers (all of them unless some reduction
+        // names its own: expert parallelism), as runs of the flat buffer.
+        StringRef grid = r.getGrid();
+        for (auto [offset, n] : reducedRuns(r, layout))
+          for (int16_t axis : r.getGridAxes()) {
+            std::string at =
+                offset ? llvm::formatv("G + {0}", offset).str() : "G";
+            if (auto d = r.getDivisor())
+              line(llvm::formatv("mtc::rt::grid::all_reduce_divide(*st.comm, "
+                                 "{0}, {1}, {2}, {3});",
+                                 runtimeAxis(grid, axis), at, n, *d));
+            else
+              line(llvm::formatv(
+                  "mtc::rt::grid::all_reduce_mean(*st.comm, {0}, {1}, {2});",
+                  runtimeAxis(grid, axis), at, n));
+          }
+        return success();
+      })
+      .Case([&](mtc::MoeExchangeCountsOp x) -> LogicalResult {
+        line(llvm::formatv("mtc::rt::grid::moe_exchange_counts(*st.comm, {0}, "
+                           "{1}, {2}, {3}, {4});",
+                           runtimeAxis(x.getGrid(), x.getGridAxes()[0]),
+                           buf(x.getCounts()), buf(x.getReceived()),
+                           buf(x.getLocalCounts()), numel(x.getCounts())));
+        return success();
+      })
+      .Case([&](mtc::MoeDispatchOp x) -> LogicalResult {
+        auto in = shapeOf(x.getInput());
+        line(llvm::formatv("mtc::rt::grid::moe_dispatch(*st.comm, {0}, {1}, "
+                           "{2}, {3}, {4}, {5}, {6}, {7});",
+                           runtimeAxis(x.getGrid(), x.getGridAxes()[0]),
+                           buf(x.getInput()), buf(x.getCounts()),
+                           buf(x.getReceived()), buf(x), in[0], in[1],
+                           numel(x.getCounts())));
+        return success();
+      })
+      .Case([&](mtc::MoeCombineOp x) -> LogicalResult {
+        auto out = shapeOf(x);
+        line(llvm::formatv("mtc::rt::grid::moe_combine(*st.comm, {0}, {1}, "
+                           "{2}, {3}, {4}, {5}, {6}, {7});",
+                           runtimeAxis(x.getGrid(), x.getGridAxes()[0]),
+                           buf(x.getInput()), buf(x.getCounts()),
+                           buf(x.getReceived()), buf(x), out[0], out[1],
+                           numel(x.getCounts())));
         return success();
       })
       .Case([&](mtc::AllGatherParamsOp g) -> LogicalResult {
@@ -480,6 +521,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         names[g] = "grad_norm";
         double scale = g.getGradScale().convertToDouble();
         auto split = g->getAttrOfType<ArrayAttr>("tp_split_params");
+        // Expert parallelism: each ep rank holds other experts.
+        auto epSplit = g->getAttrOfType<ArrayAttr>("ep_split_params");
         bool sharded = layout.shardElements > 0;
         // Pipeline: summed over the pipeline ranks, a tied copy counted on
         // its lowest rank only.
@@ -488,7 +531,7 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         if (auto a = g->getAttrOfType<ArrayAttr>(mtc::kPpSkipParamsAttr))
           for (Attribute n : a)
             skip.insert(cast<StringAttr>(n).getValue());
-        if (!split && !sharded && !ppSum) {
+        if (!split && !sharded && !ppSum && !epSplit) {
           // Padding between parameters is never written, so it stays zero.
           line(llvm::formatv("const float grad_norm = float(std::sqrt("
                              "k::sum_squares(G, {0})) * {1});",
@@ -498,11 +541,18 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         // Split parameters: each rank holds a slice, so their squared norms
         // are summed over the tp group; whole ones are counted once. A
         // sharded optimizer sums this rank's shard, then over its group.
-        llvm::StringSet<> isSplit;
+        llvm::StringSet<> isSplit, isExpert;
         if (split)
           for (Attribute a : split)
             isSplit.insert(cast<StringAttr>(a).getValue());
-        line("double sq[2] = {0, 0};  // split over tp, whole");
+        if (epSplit)
+          for (Attribute a : epSplit)
+            isExpert.insert(cast<StringAttr>(a).getValue());
+        if (epSplit)
+          line("double sq[3] = {0, 0, 0};  // split over tp, whole, experts "
+               "(split over ep)");
+        else
+          line("double sq[2] = {0, 0};  // split over tp, whole");
         if (sharded)
           line("int64_t a = 0, b = 0;");
         for (const std::string &name : layout.order) {
@@ -510,7 +560,9 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             continue;
           ParamSlot slot = layout.slots.lookup(name);
           int64_t n = slot.op.getType().getNumElements();
-          const char *dst = isSplit.count(name) ? "sq[0]" : "sq[1]";
+          const char *dst = isSplit.count(name)    ? "sq[0]"
+                            : isExpert.count(name) ? "sq[2]"
+                                                   : "sq[1]";
           if (sharded)
             line(llvm::formatv("if (in_shard({0}, {1}, &a, &b)) {2} += "
                                "k::sum_squares(G + a, b - a);  // {3}",
@@ -520,6 +572,13 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                                slot.offset, n));
         }
         line("float sums[2] = {float(sq[0]), float(sq[1])};");
+        if (epSplit) {
+          line("float experts = float(sq[2]);");
+          line(llvm::formatv("st.comm->all_reduce_sum({0}, &experts, 1);",
+                             runtimeAxis(mtc::kExpertGridName,
+                                         mtc::kExpertAxisEP)));
+          line("sums[1] += experts;");
+        }
         if (sharded)
           line(llvm::formatv("st.comm->all_reduce_sum({0}, sums, 2);",
                              layout.shardAxis));

@@ -277,7 +277,9 @@ void Importer::setModuleAttributes(ModuleOp module) {
       b.getNamedAttr("distributed_optimizer",
                      b.getBoolAttr(p.distributed_optimizer)),
   };
-  // Only when given: "" (even) is the default.
+  // Only when not the default (ep 1, layout "" = even).
+  if (p.ep > 1)
+    parallel.push_back(b.getNamedAttr("ep", i64(p.ep)));
   if (!p.pipeline_layout.empty())
     parallel.push_back(b.getNamedAttr("layout", str(p.pipeline_layout.c_str())));
   module->setAttr("mtc.parallel", b.getDictionaryAttr(parallel));

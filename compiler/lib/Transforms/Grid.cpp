@@ -17,6 +17,7 @@ mtc::GridShape mtc::getGridShape(ModuleOp module) {
   g.pp = get("pp");
   g.dp = get("dp");
   g.tp = get("tp");
+  g.ep = get("ep");
   return g;
 }
 
@@ -28,6 +29,18 @@ shard::GridOp mtc::getOrCreateGrid(ModuleOp module) {
   return shard::GridOp::create(
       b, NameLoc::get(b.getStringAttr("grid"), module.getLoc()), kGridName,
       b.getDenseI64ArrayAttr({g.pp, g.dp, g.tp}));
+}
+
+shard::GridOp mtc::getOrCreateExpertGrid(ModuleOp module) {
+  if (auto grid = module.lookupSymbol<shard::GridOp>(kExpertGridName))
+    return grid;
+  shard::GridOp main = getOrCreateGrid(module);
+  GridShape g = getGridShape(module);
+  OpBuilder b(module.getContext());
+  b.setInsertionPointAfter(main);
+  return shard::GridOp::create(
+      b, NameLoc::get(b.getStringAttr("expert_grid"), module.getLoc()),
+      kExpertGridName, b.getDenseI64ArrayAttr({g.pp, g.dp / g.ep, g.ep, g.tp}));
 }
 
 namespace {

@@ -6,15 +6,25 @@
 using namespace mlir;
 
 namespace {
+/// Split over @mtc_expert_grid (expert parallelism): laid out after every
+/// other parameter, so that their gradients, reduced over another group,
+/// are one run of the flat buffer.
+bool isExpertParam(mtc::ParamOp p) {
+  auto sh = p->getAttrOfType<DictionaryAttr>("mtc.shard");
+  auto grid = sh ? sh.getAs<FlatSymbolRefAttr>("grid") : FlatSymbolRefAttr();
+  return grid && grid.getValue() == mtc::kExpertGridName;
+}
+
 template <typename Walk>
 void build(mtc::ParamLayout &l, ModuleOp module, Walk walk) {
-  walk([&](mtc::ParamOp p) {
-    if (l.slots.count(p.getName()))
-      return;
-    l.slots[p.getName()] = {p, l.totalElements};
-    l.order.push_back(p.getName().str());
-    l.totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
-  });
+  for (bool experts : {false, true})
+    walk([&](mtc::ParamOp p) {
+      if (l.slots.count(p.getName()) || isExpertParam(p) != experts)
+        return;
+      l.slots[p.getName()] = {p, l.totalElements};
+      l.order.push_back(p.getName().str());
+      l.totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
+    });
   walk([&](mtc::ReduceGradientsOp r) {
     if (!r.getShardOptimizerState())
       return;

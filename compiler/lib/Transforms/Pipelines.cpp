@@ -29,6 +29,9 @@ LogicalResult mtc::buildTrainingPipeline(OpPassManager &pm,
   pm.addPass(createMtcShardDataParallel());
   // Mechanism: local shapes and collectives.
   pm.addPass(createMtcPartition());
+  // Expert parallelism: the experts' rows routed between ranks (no-op when
+  // ep = 1).
+  pm.addPass(createMtcShardExpertParallel());
   // Scheduling: weight-gradient work beside the collectives in flight.
   if (scheduleWeightGradients)
     pm.addPass(createMtcScheduleWeightGradients());

@@ -53,7 +53,7 @@ struct ShardDataParallelPass
     auto axes = b.getDenseI16ArrayAttr({mtc::kAxisDP});
     auto reduce = mtc::ReduceGradientsOp::create(
         b, NameLoc::get(b.getStringAttr("data_parallel"), module.getLoc()),
-        gridRef, axes);
+        gridRef, axes, UnitAttr(), ArrayAttr(), IntegerAttr());
     if (!shardState)
       return;
     reduce.setShardOptimizerState(true);

@@ -249,7 +249,7 @@ LogicalResult verifyParallel(ModuleOp module, NamedAttribute attr) {
     return failure();
   DictChecker c(module, kParallel, dict);
   std::optional<int64_t> tp = c.integer("tp", 1), pp = c.integer("pp", 1),
-                         dp = c.integer("dp", 1);
+                         dp = c.integer("dp", 1), ep = c.integer("ep", 1);
   c.integer("virtual_stages", 1);
   std::optional<bool> sp = c.boolean("sp");
   c.boolean("distributed_optimizer");
@@ -264,6 +264,10 @@ LogicalResult verifyParallel(ModuleOp module, NamedAttribute attr) {
   if (!world || *world > kMaxInt)
     return c.error() << "tp * pp * dp = " << t << " * " << p << " * " << d
                      << " devices is more than 2^40";
+  if (d % ep.value_or(1) != 0)
+    return c.error() << "expert parallelism is carved out of data "
+                        "parallelism: ep = "
+                     << ep.value_or(1) << " must divide dp = " << d;
   if (sp.value_or(false) && t == 1)
     return c.error() << "sequence parallelism (sp = true) needs tensor "
                         "parallelism, tp > 1, got tp = 1";

@@ -238,6 +238,9 @@ unsigned effective_axes(const GridSpec& g, GroupKind kind) {
     case GroupKind::pp: return pp;
     case GroupKind::tp_dp: return tp | dp;
     case GroupKind::tp_pp: return tp | pp;
+    // Parts of dp: the whole dp axis when the other part has size 1.
+    case GroupKind::ep: return g.ep == 1 ? 0u : g.ep == g.dp ? dp : 8u;
+    case GroupKind::edp: return g.ep == g.dp ? 0u : g.ep == 1 ? dp : 16u;
   }
   return tp | dp | pp;
 }

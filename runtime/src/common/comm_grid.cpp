@@ -28,6 +28,8 @@ AxisSet axes_of(GroupKind kind) {
     case GroupKind::pp: return {false, false, true};
     case GroupKind::tp_dp: return {true, true, false};
     case GroupKind::tp_pp: return {true, false, true};
+    case GroupKind::ep:
+    case GroupKind::edp: return {false, true, false};  // part of dp: group_of
   }
   return {true, true, true};
 }
@@ -50,6 +52,7 @@ std::string describe_grid(const GridSpec& grid) {
   add("tp", grid.tp);
   add("dp", grid.dp);
   add("pp", grid.pp);
+  if (grid.ep > 1) s += " (ep=" + std::to_string(grid.ep) + " within dp)";
   int64_t n = grid.world_size();
   if (s.empty()) return "1 rank";
   return s + " = " + std::to_string(n) + (n == 1 ? " rank" : " ranks");
@@ -60,6 +63,10 @@ void check_grid(const GridSpec& grid) {
     throw CommError("invalid process grid tp=" + std::to_string(grid.tp) +
                     " dp=" + std::to_string(grid.dp) + " pp=" + std::to_string(grid.pp) +
                     ": every axis must be at least 1");
+  if (grid.ep < 1 || grid.dp % grid.ep != 0)
+    throw CommError("invalid process grid: ep=" + std::to_string(grid.ep) +
+                    " must be at least 1 and divide dp=" + std::to_string(grid.dp) +
+                    " (expert parallelism is carved out of data parallelism)");
 }
 
 GridCoord grid_coord(const GridSpec& grid, int64_t rank) {
@@ -89,6 +96,8 @@ const char* group_kind_name(GroupKind kind) {
     case GroupKind::pp: return "pp";
     case GroupKind::tp_dp: return "tp_dp";
     case GroupKind::tp_pp: return "tp_pp";
+    case GroupKind::ep: return "ep";
+    case GroupKind::edp: return "edp";
   }
   return "?";
 }
@@ -108,6 +117,26 @@ std::string GroupDesc::str() const {
 
 GroupDesc group_of(const GridSpec& grid, GroupKind kind, int64_t rank) {
   GridCoord c = grid_coord(grid, rank);
+  if (kind == GroupKind::ep || kind == GroupKind::edp) {
+    // Within the dp group: dp_rank = ep_rank + ep * edp_rank. An ep group
+    // varies ep_rank, an edp group edp_rank; the group's index is the
+    // mixed-radix number of (tp, the other dp part, pp), tp fastest.
+    const int64_t ep = grid.ep, edp = grid.dp / grid.ep;
+    const int64_t e = c.dp % ep, d = c.dp / ep;
+    const bool is_ep = kind == GroupKind::ep;
+    GroupDesc g;
+    g.kind = kind;
+    g.index = c.tp + grid.tp * ((is_ep ? d : e) + (is_ep ? edp : ep) * c.pp);
+    const int64_t n = is_ep ? ep : edp;
+    for (int64_t i = 0; i < n; ++i) {
+      GridCoord m = c;
+      m.dp = is_ep ? i + ep * d : e + ep * i;
+      int64_t r = grid_rank(grid, m);
+      if (r == rank) g.rank = i;
+      g.members.push_back(r);
+    }
+    return g;
+  }
   AxisSet in = axes_of(kind);
 
   GroupDesc g;

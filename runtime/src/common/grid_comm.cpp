@@ -19,11 +19,11 @@
 namespace mtc::rt {
 
 GridIndex grid_index(const GridComm* comm) {
-  if (comm == nullptr) return {0, 0, 0};
-  return {comm->index(0), comm->index(1), comm->index(2)};
+  if (comm == nullptr) return {0, 0, 0, 0, 0};
+  return {comm->index(0), comm->index(1), comm->index(2), comm->index(3), comm->index(4)};
 }
 
-ParamSlice param_slice(const ParamDesc& d, const int64_t grid[3], const GridIndex& at) {
+ParamSlice param_slice(const ParamDesc& d, const int64_t* grid, const GridIndex& at) {
   ParamSlice s;
   if (d.split_dim < 0 || d.split_axis < 0 || grid[d.split_axis] == 1) {
     s.chunk = d.numel;
@@ -93,9 +93,13 @@ std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& prog
         std::copy(local + d.offset, local + d.offset + d.numel, place);
       continue;
     }
-    bool in_root_group = true;
-    for (int axis = 1; axis < 3; ++axis)
-      if (axis != d.split_axis && at[static_cast<size_t>(axis)] != 0) in_root_group = false;
+    // The group along split_axis through the stage root: index 0 on the
+    // other axes of the stage (the expert axes split dp: ep's group has
+    // edp index 0, edp's ep index 0).
+    bool in_root_group = at[2] == 0 || d.split_axis == 2;
+    if (d.split_axis == 1 || d.split_axis == 2) in_root_group &= at[3 - d.split_axis] == 0;
+    if (d.split_axis == 3) in_root_group &= at[4] == 0;
+    if (d.split_axis == 4) in_root_group &= at[3] == 0;
     if (!in_root_group) continue;
     if (comm == nullptr)
       throw Error("parameter \"" + d.name + "\" is split over " + std::to_string(s.parts) +
@@ -181,9 +185,13 @@ class GridPlace : public GridComm {
     size_[0] = g.pp;
     size_[1] = g.dp;
     size_[2] = g.tp;
+    size_[3] = g.ep;
+    size_[4] = g.dp / g.ep;
     index_[0] = c.pp;
     index_[1] = c.dp;
     index_[2] = c.tp;
+    index_[3] = c.dp % g.ep;
+    index_[4] = c.dp / g.ep;
   }
 
   int64_t size(int axis) const override { return size_[check(axis, "size")]; }
@@ -191,18 +199,21 @@ class GridPlace : public GridComm {
 
  protected:
   static int check(int axis, const char* op) {
-    if (axis < 0 || axis > 2)
+    if (axis < 0 || axis > 4)
       throw Error(std::string("GridComm::") + op + ": axis " + std::to_string(axis) +
-                  " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
+                  " is not a grid axis (0 pipeline, 1 data, 2 tensor, 3 expert, 4 "
+                  "expert data parallel)");
     return axis;
   }
 
-  int64_t size_[3] = {1, 1, 1};
-  int64_t index_[3] = {0, 0, 0};
+  int64_t size_[5] = {1, 1, 1, 1, 1};
+  int64_t index_[5] = {0, 0, 0, 0, 0};
 };
 
 GroupKind axis_kind(int axis) {
-  return axis == 0 ? GroupKind::pp : axis == 1 ? GroupKind::dp : GroupKind::tp;
+  static const GroupKind kinds[5] = {GroupKind::pp, GroupKind::dp, GroupKind::tp, GroupKind::ep,
+                                     GroupKind::edp};
+  return kinds[axis];
 }
 
 // Host buffers on the World's (Gloo) communicators.
@@ -353,6 +364,9 @@ CommFactory ProgramComms::world_factory(CommFactory host) {
 }
 
 Communicator* ProgramComms::axis(int axis) const {
+  if (axis == 3 || axis == 4)
+    throw Error("ProgramComms::axis: the expert-parallel axes have no program "
+                "communicators yet (expert parallelism runs on the host target only)");
   if (axis < 0 || axis > 2)
     throw Error("ProgramComms::axis: " + std::to_string(axis) +
                 " is not a grid axis (0 pipeline, 1 data, 2 tensor parallel)");
@@ -388,7 +402,7 @@ std::string RunComms::describe() const {
 
 RunComms start_run_comms(const ProgramDesc& p) {
   RunComms c;
-  const GridSpec grid{p.grid[0], p.grid[1], p.grid[2]};
+  const GridSpec grid{p.grid[0], p.grid[1], p.grid[2], p.grid[3]};
   if (grid.world_size() == 1) {
     // The launch environment is checked as for several ranks (a malformed
     // value is refused, naming the variable); an explicit WORLD_SIZE must

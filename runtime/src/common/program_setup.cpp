@@ -18,6 +18,10 @@ void validate_program(const ProgramDesc& p) {
     throw Error(where + "grid (pp " + std::to_string(p.grid[0]) + ", dp " +
                 std::to_string(p.grid[1]) + ", tp " + std::to_string(p.grid[2]) +
                 "): every axis must be at least 1");
+  if (p.grid[3] < 1 || p.grid[1] % p.grid[3] != 0 || p.grid[4] * p.grid[3] != p.grid[1])
+    throw Error(where + "expert grid (ep " + std::to_string(p.grid[3]) + ", edp " +
+                std::to_string(p.grid[4]) + "): ep must divide dp " + std::to_string(p.grid[1]) +
+                " and edp be dp / ep");
   if (!p.pipeline.empty()) {
     if (static_cast<int64_t>(p.pipeline.size()) != p.grid[0])
       throw Error(where + std::to_string(p.pipeline.size()) + " pipeline stages for a grid of pp " +
@@ -75,8 +79,9 @@ void validate_program(const ProgramDesc& p) {
       if (d.split_dim < 0 || d.split_dim >= static_cast<int>(d.shape.size()))
         throw Error(at + split + "split_dim is not a dimension of shape " +
                     shape_string(d.shape) + " (-1 for an unsplit tensor)");
-      if (d.split_axis != 1 && d.split_axis != 2)
-        throw Error(at + split + "split_axis must be 1 (data) or 2 (tensor parallel)");
+      if (d.split_axis < 1 || d.split_axis > 3)
+        throw Error(at + split +
+                    "split_axis must be 1 (data), 2 (tensor) or 3 (expert parallel)");
       parts = p.grid[d.split_axis];
       if (d.shape[static_cast<size_t>(d.split_dim)] % parts != 0)
         throw Error(at + split + "dimension " + std::to_string(d.split_dim) + " of shape " +

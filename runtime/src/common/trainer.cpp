@@ -575,8 +575,15 @@ void Trainer::save(int64_t step, int64_t consumed) {
 void Trainer::dump_grads(double loss, const std::vector<float>& mb_losses) {
   std::vector<float> g = download_floats(state_.grads);
   if (dp_ > 1) {
-    if (!p_.grads_summed_in_backward)
+    if (p_.grads_summed_in_backward) {
+    } else if (p_.grid[3] > 1) {
+      // Expert parallelism: each rank holds its experts' gradients, summed
+      // over the ranks holding the same experts (edp); the rest over dp.
+      for (const ParamDesc& d : p_.params)
+        host_comm_->all_reduce_sum(d.split_axis == 3 ? 4 : 1, g.data() + d.offset, d.numel);
+    } else {
       host_comm_->all_reduce_sum(1, g.data(), static_cast<int64_t>(g.size()));
+    }
     const float inv_dp = 1.0f / static_cast<float>(dp_);
     for (float& x : g) x *= inv_dp;
   }

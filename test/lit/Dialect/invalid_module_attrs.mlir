@@ -63,8 +63,15 @@ module attributes {mtc.parallel = {tp = true, pp = "2"}} {
 // -----
 
 // Tests that a misspelled key is an error, not a silent default.
-// expected-error @+1 {{attribute 'mtc.parallel' has an unknown key 'tensor_parallel' (known keys: tp, pp, dp, virtual_stages, sp, distributed_optimizer, schedule, layout)}}
+// expected-error @+1 {{attribute 'mtc.parallel' has an unknown key 'tensor_parallel' (known keys: tp, pp, dp, ep, virtual_stages, sp, distributed_optimizer, schedule, layout)}}
 module attributes {mtc.parallel = {tensor_parallel = 2 : i64}} {
+}
+
+// -----
+
+// Tests that expert parallelism must divide data parallelism.
+// expected-error @+1 {{attribute 'mtc.parallel': expert parallelism is carved out of data parallelism: ep = 3 must divide dp = 4}}
+module attributes {mtc.parallel = {dp = 4 : i64, ep = 3 : i64}} {
 }
 
 // -----

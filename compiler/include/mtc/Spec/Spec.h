@@ -83,6 +83,10 @@ int64_t defaultFfnHiddenSize(int64_t hidden_size, Activation activation);
 
 struct ParallelSpec {
   int64_t tp = 1, pp = 1, dp = 1;
+  // Expert parallelism (Megatron's --expert-model-parallel-size): carved out
+  // of dp, so it divides dp; the experts of every MoE layer are split over
+  // ep consecutive dp ranks (docs/moe.md).
+  int64_t ep = 1;
   bool sp = false;
   int64_t virtual_stages = 1;    // virtual pipeline chunks per stage
   Schedule schedule = Schedule::one_f_one_b;
@@ -145,6 +149,7 @@ struct Diagnostic {
 inline constexpr const char* kFlagTp = "--tp";
 inline constexpr const char* kFlagPp = "--pp";
 inline constexpr const char* kFlagDp = "--dp";
+inline constexpr const char* kFlagEp = "--expert-model-parallel-size";
 inline constexpr const char* kFlagSp = "--sp";
 inline constexpr const char* kFlagDistributedOptimizer = "--use-distributed-optimizer";
 inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
@@ -157,7 +162,7 @@ inline constexpr const char* kFlagLayersPerVirtualStage = "--num-layers-per-virt
 inline constexpr const char* kFlagPipelineLayout = "--pipeline-model-parallel-layout";
 
 struct Overrides {
-  std::optional<int64_t> tp, pp, dp, micro_batch_size, global_batch_size;
+  std::optional<int64_t> tp, pp, dp, ep, micro_batch_size, global_batch_size;
   std::optional<bool> sp;
   std::optional<bool> distributed_optimizer;
   std::optional<Recompute> recompute;

@@ -27,10 +27,20 @@ namespace mtc {
 // kGridName, the grid's symbol, is in MtcDialect.h (the verifier uses it).
 enum GridAxis : int16_t { kAxisPP = 0, kAxisDP = 1, kAxisTP = 2 };
 
+// With expert parallelism (ep > 1) the experts live on a second grid over the
+// same devices, `shard.grid @mtc_expert_grid(shape = PPx(DP/EP)xEPxTP)`
+// (kExpertGridName, MtcDialect.h): its linear index is the same rank, since
+// dp_rank = ep_rank + ep * edp_rank (Megatron's expert rank order: ep groups
+// are ep consecutive dp ranks). Axis 1 is expert-data-parallel (the ranks
+// holding the same experts, whose expert gradients are averaged), axis 2
+// expert-parallel (the all-to-all of tokens).
+enum ExpertGridAxis : int16_t { kExpertAxisEDP = 1, kExpertAxisEP = 2 };
+
 /// Sizes of the grid's axes, from the module's `mtc.parallel` attribute
 /// (1 where absent).
 struct GridShape {
   int64_t pp = 1, dp = 1, tp = 1;
+  int64_t ep = 1; // expert parallel, divides dp
   int64_t size(int axis) const { return axis == 0 ? pp : axis == 1 ? dp : tp; }
   /// Ranks in a group along several axes: the product of their sizes.
   int64_t size(llvm::ArrayRef<int16_t> axes) const {
@@ -44,6 +54,9 @@ GridShape getGridShape(mlir::ModuleOp module);
 
 /// The module's grid, created at the start of the module on first use.
 mlir::shard::GridOp getOrCreateGrid(mlir::ModuleOp module);
+/// The experts' grid (pp, dp / ep, ep, tp), created after the module's grid
+/// on first use.
+mlir::shard::GridOp getOrCreateExpertGrid(mlir::ModuleOp module);
 
 /// A value's split: tensor dimension `dim` split evenly over grid axis
 /// `axis`.

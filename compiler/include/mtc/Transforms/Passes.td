@@ -68,6 +68,22 @@ def MtcShardDataParallel
   let dependentDialects = ["::mlir::shard::ShardDialect"];
 }
 
+def MtcShardExpertParallel
+    : Pass<"mtc-shard-expert-parallel", "::mlir::ModuleOp"> {
+  let summary = "Expert parallelism: experts split over ep, rows exchanged all-to-all";
+  let description = [{
+    With `ep` > 1 in `mtc.parallel` (tp = 1, pp = 1 so far): the stacked
+    expert parameters of every MoE layer are split on dimension 0 over the
+    ep axis of `@mtc_expert_grid` (pp x dp/ep x ep x tp, created here), the
+    grouped GEMMs (forward and backward) read rows that
+    `mtc.moe_dispatch` brought from every ep rank after
+    `mtc.moe_exchange_counts`, and `mtc.moe_combine` returns their results;
+    the experts' gradients are reduced over the expert-data-parallel axis.
+    Runs after mtc-partition. No-op when ep = 1.
+  }];
+  let dependentDialects = ["::mlir::shard::ShardDialect"];
+}
+
 def MtcPartition : Pass<"mtc-partition", "::mlir::ModuleOp"> {
   let summary = "Sharding annotations -> per-rank program with collectives";
   let description = [{

@@ -103,7 +103,7 @@ CheckpointState inspect_checkpoint(const std::string& step_dir,
 CheckpointState load_checkpoint(const std::string& step_dir,
                                 const ProgramDesc& program, float* params,
                                 float* exp_avg, float* exp_avg_sq,
-                                const std::array<int64_t, 3>& at = {0, 0, 0},
+                                const std::array<int64_t, 5>& at = {0, 0, 0, 0, 0},
                                 const ProgramDesc* model = nullptr);
 
 // What a --dump-grads file records besides the tensors (its metadata).

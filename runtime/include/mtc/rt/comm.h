@@ -96,6 +96,11 @@ class CommError : public Error {
 
 struct GridSpec {
   int64_t pp = 1, dp = 1, tp = 1;
+  // Expert parallelism, carved out of dp (Megatron's expert rank order):
+  // dp_rank = ep_rank + ep * edp_rank, so an ep group is ep consecutive dp
+  // ranks and an expert-data-parallel (edp) group the dp ranks with the same
+  // ep_rank. Divides dp; the world size does not change.
+  int64_t ep = 1;
   int64_t world_size() const { return pp * dp * tp; }
 };
 
@@ -117,10 +122,13 @@ inline int64_t dp_rank(const GridSpec& grid, int64_t rank) { return grid_coord(g
 inline int64_t pp_rank(const GridSpec& grid, int64_t rank) { return grid_coord(grid, rank).pp; }
 
 // The group kinds a World builds; each spans the named axes.
-enum class GroupKind { world, tp, dp, pp, tp_dp, tp_pp };
+// ep and edp split the dp axis (GridSpec::ep); with ep = 1 the ep groups
+// are single ranks and the edp groups the dp groups.
+enum class GroupKind { world, tp, dp, pp, tp_dp, tp_pp, ep, edp };
 inline constexpr GroupKind kAllGroupKinds[] = {GroupKind::world, GroupKind::tp,
                                                GroupKind::dp,    GroupKind::pp,
-                                               GroupKind::tp_dp, GroupKind::tp_pp};
+                                               GroupKind::tp_dp, GroupKind::tp_pp,
+                                               GroupKind::ep,    GroupKind::edp};
 const char* group_kind_name(GroupKind kind);  // "world", "tp", ..., "tp_pp"
 
 // One group as one of its members sees it.

@@ -7,7 +7,8 @@
 // that one of them failed.
 //
 // Axes are those of ProgramDesc::grid: 0 pipeline, 1 data, 2 tensor
-// parallel. Along one axis the group's members are the ranks that differ
+// parallel, 3 expert parallel and 4 expert data parallel (the two parts of
+// the data axis, comm.h's GridSpec::ep). Along one axis the group's members are the ranks that differ
 // only in that coordinate; a member's index is its coordinate (comm.h:
 // Megatron's order, tp fastest), so all_gather returns the members' data in
 // index order.
@@ -33,8 +34,9 @@
 
 namespace mtc::rt {
 
-// This rank's index along each axis (pp, dp, tp); all zero for one rank.
-using GridIndex = std::array<int64_t, 3>;
+// This rank's index along each axis (pp, dp, tp, ep, edp); all zero for one
+// rank.
+using GridIndex = std::array<int64_t, 5>;
 GridIndex grid_index(const GridComm* comm);  // zeros when comm is nullptr
 
 struct ParamSlice {
@@ -49,7 +51,8 @@ struct ParamSlice {
 
 // The slice of `d` that the rank at `at` holds in a program compiled for
 // `grid` (ProgramDesc::grid). Assumes validate_program accepted the program.
-ParamSlice param_slice(const ParamDesc& d, const int64_t grid[3], const GridIndex& at);
+// `grid` has ProgramDesc::grid's axes (at least split_axis + 1 of them).
+ParamSlice param_slice(const ParamDesc& d, const int64_t* grid, const GridIndex& at);
 
 // local (outer, chunk) = global (outer, parts, chunk)[:, s.index, :].
 void take_slice(const ParamSlice& s, const float* global, float* local);

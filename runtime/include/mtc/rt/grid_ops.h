@@ -52,5 +52,30 @@ void vocab_parallel_cross_entropy_backward(GridComm& comm, int axis,
 
 // data (n) = the mean of the group members' data (sum / size), in place.
 void all_reduce_mean(GridComm& comm, int axis, float* data, int64_t n);
+// data (n) = the sum of the group members' data divided by `divisor`, in
+// place (expert parallelism: the experts' gradients, summed over the expert
+// data-parallel group, divided by all dp ranks).
+void all_reduce_divide(GridComm& comm, int axis, float* data, int64_t n,
+                       int64_t divisor);
+
+// Expert parallelism (mtc.moe_exchange_counts / moe_dispatch / moe_combine;
+// docs/moe.md). Along `axis` there are P = comm.size(axis) members; E
+// experts, L = E / P per member (member j holds experts j*L .. j*L+L-1).
+// This rank's N permuted rows (D wide) are grouped by expert, `counts` (E)
+// rows each.
+//
+// received (P, L) = rows member s sends for each of this rank's experts;
+// local_counts (L) = their sum over s. One all-gather of the counts.
+void moe_exchange_counts(GridComm& comm, int axis, const int32_t* counts,
+                         int32_t* received, int32_t* local_counts, int64_t e);
+// out (P * N, D): the rows of every member for this rank's experts, local
+// expert by local expert, members in order within an expert; rows past
+// their total are zero. Point-to-point exchanges posted together.
+void moe_dispatch(GridComm& comm, int axis, const float* in, const int32_t* counts,
+                  const int32_t* received, float* out, int64_t n, int64_t d, int64_t e);
+// The inverse: in (P * N, D) in moe_dispatch's layout, out (N, D) this
+// rank's rows back in their permuted order.
+void moe_combine(GridComm& comm, int axis, const float* in, const int32_t* counts,
+                 const int32_t* received, float* out, int64_t n, int64_t d, int64_t e);
 
 }  // namespace mtc::rt::grid

@@ -68,7 +68,7 @@ ProgramDesc pipeline_stage_program(const ProgramDesc& program, int64_t pp_rank);
 // tensor (grid_comm.h). Independent of the parameters' order, offsets and of
 // how a tensor is sharded: every layout initializes the same global model.
 void init_params(const ProgramDesc& program, uint64_t seed, float* params,
-                 const std::array<int64_t, 3>& at = {0, 0, 0});
+                 const std::array<int64_t, 5>& at = {0, 0, 0, 0, 0});
 
 // The program's parameters at their global shapes, unsplit, packed in
 // program order (offset = running sum of the global sizes), num_param_elems

@@ -24,6 +24,12 @@ namespace mtc {
 /// pp x dp x tp; mtc/Transforms/Grid.h). The module verifier checks it
 /// against the module's `mtc.parallel`.
 constexpr llvm::StringLiteral kGridName = "mtc_grid";
+/// The experts' grid when the plan has expert parallelism (ep > 1),
+/// `shard.grid @mtc_expert_grid` with axes pp x (dp / ep) x ep x tp: the same
+/// devices in the same order, the dp axis cut into expert-data-parallel
+/// (dp / ep) and expert-parallel (ep) axes, as Megatron builds its expert
+/// groups (mtc/Transforms/Grid.h).
+constexpr llvm::StringLiteral kExpertGridName = "mtc_expert_grid";
 
 /// Bytes of every operand and result at their element sizes: the default
 /// answer of CostOpInterface::getBytesMoved.

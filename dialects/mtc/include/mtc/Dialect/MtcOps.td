@@ -826,6 +826,91 @@ def Mtc_GroupedBiasGradOp : Mtc_Op<"grouped_bias_grad", [Pure, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
+// Expert parallelism (mtc-shard-expert-parallel; docs/moe.md). The experts
+// of a layer are split over the `ep` axis of @mtc_expert_grid; these ops move
+// the permuted rows to the rank holding their expert and back. They are
+// inserted into the training program after autodiff, so they have no
+// gradient rule: the pass rewrites the forward and backward grouped GEMMs
+// alike (a dispatch's gradient is a combine and the other way round).
+
+def Mtc_MoeExchangeCountsOp : Mtc_Op<"moe_exchange_counts", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Tells each expert-parallel rank how many rows it will receive.";
+  let description = [{
+    counts (E) i32: this rank's rows per expert (mtc.moe_permute's). With
+    ep ranks along `grid_axes` of `grid` and L = E / ep local experts (rank
+    j holds experts j*L .. j*L+L-1), `received` (ep, L) i32 is, for each
+    member s, how many rows s sends for each of this rank's experts, and
+    `local_counts` (L) i32 their sum over s: the rows per local expert
+    after the dispatch. One all-gather of the counts.
+
+    ```mlir
+    %recv, %local = mtc.moe_exchange_counts %counts on @mtc_expert_grid grid_axes = [2]
+        : tensor<8xi32> -> tensor<2x4xi32>, tensor<4xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_TokenTensor:$counts, FlatSymbolRefAttr:$grid,
+                   DenseI16ArrayAttr:$grid_axes);
+  let results = (outs Mtc_TokenTensor:$received, Mtc_TokenTensor:$local_counts);
+  let assemblyFormat = [{
+    $counts `on` $grid `grid_axes` `=` $grid_axes attr-dict
+    `:` type($counts) `->` type($received) `,` type($local_counts)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeDispatchOp : Mtc_Op<"moe_dispatch", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Sends each permuted row to the rank that holds its expert (all-to-all).";
+  let description = [{
+    input (N, D): this rank's rows grouped by expert (all E experts, as
+    mtc.moe_permute writes them); `counts` (E) and `received` (ep, L) from
+    mtc.moe_exchange_counts. result (ep * N, D): the rows every member sent
+    for this rank's L experts, local expert by local expert, in member
+    order within an expert (so `local_counts` groups them for the grouped
+    GEMMs); the rows past their total are zero. ep * N rows is the worst
+    case of dropless routing (every member's every row to this rank).
+
+    ```mlir
+    %xr = mtc.moe_dispatch %xp, %counts, %recv on @mtc_expert_grid grid_axes = [2]
+        : tensor<256x64xf32>, tensor<8xi32>, tensor<2x4xi32> -> tensor<512x64xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$counts,
+                   Mtc_TokenTensor:$received, FlatSymbolRefAttr:$grid,
+                   DenseI16ArrayAttr:$grid_axes);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $counts `,` $received `on` $grid `grid_axes` `=` $grid_axes attr-dict
+    `:` type($input) `,` type($counts) `,` type($received) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeCombineOp : Mtc_Op<"moe_combine", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Returns expert rows to the ranks their tokens came from (all-to-all).";
+  let description = [{
+    The inverse of mtc.moe_dispatch with the same `counts` and `received`:
+    input (ep * N, D) in the dispatch's layout, result (N, D) this rank's
+    rows back in mtc.moe_permute's order.
+
+    ```mlir
+    %o = mtc.moe_combine %hr, %counts, %recv on @mtc_expert_grid grid_axes = [2]
+        : tensor<512x64xf32>, tensor<8xi32>, tensor<2x4xi32> -> tensor<256x64xf32>
+    ```
+  }];
+  let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$counts,
+                   Mtc_TokenTensor:$received, FlatSymbolRefAttr:$grid,
+                   DenseI16ArrayAttr:$grid_axes);
+  let results = (outs Mtc_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $counts `,` $received `on` $grid `grid_axes` `=` $grid_axes attr-dict
+    `:` type($input) `,` type($counts) `,` type($received) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Training step
 //===----------------------------------------------------------------------===//
@@ -906,13 +991,26 @@ def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
     shard alone (AdamW's moments exist only for it), and
     `mtc.all_gather_params` hands every member the updated parameters.
 
+    With `params` it averages only the named parameters' gradients; without
+    it, every parameter that no other mtc.reduce_gradients of the function
+    names. Expert parallelism uses it: the experts' gradients are averaged
+    over the expert-data-parallel axis of @mtc_expert_grid, every other
+    gradient over the whole dp axis. `divisor` replaces the number of
+    ranks on the axes as the divisor: the experts' gradients are summed over
+    dp / ep ranks and divided by dp, since each rank's sum already holds the
+    tokens of its ep group.
+
     ```mlir
     mtc.reduce_gradients on @mtc_grid grid_axes = [1]
     mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+    mtc.reduce_gradients on @mtc_expert_grid grid_axes = [1]
+        {divisor = 4 : i64, params = ["layers.0.mlp.experts.fc1.weight"]}
     ```
   }];
   let arguments = (ins FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes,
-                   UnitAttr:$shard_optimizer_state);
+                   UnitAttr:$shard_optimizer_state,
+                   OptionalAttr<StrArrayAttr>:$params,
+                   OptionalAttr<I64Attr>:$divisor);
   let assemblyFormat = [{
     `on` $grid `grid_axes` `=` $grid_axes
     (`shard_optimizer_state` $shard_optimizer_state^)? attr-dict
