@@ -15,7 +15,9 @@
 #     whose AdamW moments are sharded over dp: the plan's checkpoint after 3
 #     steps, resumed by the one-process program, and the one-process
 #     program's checkpoint, resumed by the plan, both give steps 4 and 5 the
-#     one-process run's losses (moments gathered and cut correctly).
+#     one-process run's losses (moments gathered and cut correctly); the
+#     same for expert-parallel plans ("...,ep=2"), whose experts' weights
+#     and moments are split over the ep ranks.
 # Environment (test/e2e/CMakeLists.txt): MTC, MTC_PREPROCESS, MTC_LAUNCH,
 # MTC_SRC, MTC_E2E_WORK, PYTHON.
 set -euo pipefail
@@ -72,7 +74,7 @@ PY
     if [ -n "$want" ] && [ "$want" = "$got" ]; then echo "  validation: $got (as one process)"
     else echo "FAIL $plan: validation '$got', one process '$want'"; status=1; fi
   fi
-  if [[ $plan == *use-distributed-optimizer* ]]; then
+  if [[ $plan == *use-distributed-optimizer* || $plan == *ep=* ]]; then
     rm -rf "$dir.ckpt" "$W/ref.ckpt" "$dir.r1.jsonl" "$dir.r2.jsonl"
     "$MTC_LAUNCH" -n "$ranks" "$dir/train" --data "$W/data" --steps 5 --exit-interval 3 \
       --save "$dir.ckpt" > "$dir.save.log" 2>&1 &&
