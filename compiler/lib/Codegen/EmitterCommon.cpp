@@ -229,8 +229,7 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
   s << "  p.grid[0] = " << grid.pp << "; p.grid[1] = " << grid.dp
     << "; p.grid[2] = " << grid.tp << ";\n";
   if (grid.ep > 1)
-    s << "  p.grid[3] = " << grid.ep << "; p.grid[4] = " << grid.dp / grid.ep
-      << ";  // expert parallel, expert data parallel\n";
+    s << "  p.grid[3] = " << grid.ep << ";  // expert parallel, within dp\n";
   std::string decay = getS("decay");
   s << "  p.num_param_elems = " << layout.totalElements << ";\n"
     << "  p.optimizer_shard_elems = " << layout.shardElements << ";\n"

@@ -18,10 +18,9 @@ void validate_program(const ProgramDesc& p) {
     throw Error(where + "grid (pp " + std::to_string(p.grid[0]) + ", dp " +
                 std::to_string(p.grid[1]) + ", tp " + std::to_string(p.grid[2]) +
                 "): every axis must be at least 1");
-  if (p.grid[3] < 1 || p.grid[1] % p.grid[3] != 0 || p.grid[4] * p.grid[3] != p.grid[1])
-    throw Error(where + "expert grid (ep " + std::to_string(p.grid[3]) + ", edp " +
-                std::to_string(p.grid[4]) + "): ep must divide dp " + std::to_string(p.grid[1]) +
-                " and edp be dp / ep");
+  if (p.grid[3] < 1 || p.grid[1] % p.grid[3] != 0)
+    throw Error(where + "expert parallelism ep " + std::to_string(p.grid[3]) +
+                " must be at least 1 and divide dp " + std::to_string(p.grid[1]));
   if (!p.pipeline.empty()) {
     if (static_cast<int64_t>(p.pipeline.size()) != p.grid[0])
       throw Error(where + std::to_string(p.pipeline.size()) + " pipeline stages for a grid of pp " +

@@ -295,8 +295,12 @@ TEST(MultiRankProgram, SplitParametersAreValidated) {
                              "dimension of shape [16, 8]"), std::string::npos) << error_of(p);
   p = sharded::program<2>(1, 2);
   p.params[1].split_axis = 0;
-  EXPECT_NE(error_of(p).find("split_axis must be 1 (data) or 2 (tensor parallel)"),
+  EXPECT_NE(error_of(p).find("split_axis must be 1 (data), 2 (tensor) or 3 (expert parallel)"),
             std::string::npos);
+  p = sharded::program<2>(1, 2);
+  p.grid[3] = 3;
+  EXPECT_NE(error_of(p).find("expert parallelism ep 3 must be at least 1 and divide dp 1"),
+            std::string::npos) << error_of(p);
   p = sharded::program<2>(1, 2);
   p.params[0].numel = 128;
   EXPECT_NE(error_of(p).find("numel 128 != product of shape [16, 8] / 2 ranks"),

@@ -200,9 +200,9 @@ struct ProgramDesc {
   int64_t arena_floats = 0;    // size of HostState::arena in 4-byte words
   int64_t compute_param_bytes = 0;  // size of HostState::compute_params (0: none)
   const Backend* backend = nullptr; // nullptr: the host backend
-  // pp, dp, tp: ranks the program was compiled for; then the two parts of
-  // dp under expert parallelism: ep and dp / ep (grid_comm.h's axes 3, 4).
-  int64_t grid[5] = {1, 1, 1, 1, 1};
+  // pp, dp, tp: ranks the program was compiled for; then ep, the expert-
+  // parallel part of dp (grid_comm.h's axis 3; axis 4, dp / ep, follows).
+  int64_t grid[4] = {1, 1, 1, 1};
   double flops_per_step = 0;   // model FLOPs of one optimizer step (no recompute)
   TrainConfig train;
 
