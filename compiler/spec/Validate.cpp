@@ -193,8 +193,9 @@ class Checker {
   // ---- across fields ------------------------------------------------------
 
   // The tp values nearest the given one that pass every rule on tp: common
-  // divisors of num_heads, num_kv_heads, ffn_hidden_size (and seq_length
-  // under sp), above 1 under sp, within the GPU bound. Fields already
+  // divisors of num_heads, num_kv_heads, ffn_hidden_size (with MoE layers
+  // the experts' and the shared expert's widths, and seq_length under sp),
+  // above 1 under sp, within the GPU bound. Fields already
   // reported are left out. "" when there is none to offer.
   std::string tpHint() const {
     const ModelSpec& m = s_.model;
@@ -206,6 +207,12 @@ class Checker {
     add("model.num_heads", m.num_heads);
     add("model.num_kv_heads", m.num_kv_heads);
     add("model.ffn_hidden_size", m.ffn_hidden_size);
+    if (m.moe.enabled()) {
+      if (ok({"model.moe.granularity"}) && m.moe.granularity >= 1 && m.ffn_hidden_size % m.moe.granularity == 0)
+        add("model.moe.granularity", m.ffn_hidden_size / m.moe.granularity);
+      if (m.moe.shared_expert_ffn_hidden_size > 0)
+        add("model.moe.shared_expert_ffn_hidden_size", m.moe.shared_expert_ffn_hidden_size);
+    }
     bool sp = ok({"parallel.sp"}) && p.sp;
     if (sp) add("model.seq_length", m.seq_length);
     int64_t hi = g;
@@ -251,7 +258,8 @@ class Checker {
   // model.moe (docs/moe.md): ranges, top_k <= num_experts, granularity
   // divides ffn_hidden_size, a layer pattern of num_layers entries with at
   // least one MoE layer; what is not implemented yet is refused by name
-  // (token dropping, tensor and pipeline parallelism with MoE layers).
+  // (token dropping, pipeline parallelism with MoE layers). The experts'
+  // widths under tp are checkParallel's.
   void checkMoe() {
     const ModelSpec& m = s_.model;
     const MoeSpec& e = m.moe;
@@ -316,10 +324,6 @@ class Checker {
            "the distributed optimizer with expert parallelism (" + ref("parallel.ep", p.ep) +
                ") is not implemented yet: the experts' optimizer state would be sharded over the "
                "expert-data-parallel group (dp / ep ranks); leave one of them out");
-    if (ok({"parallel.tp"}) && p.tp > 1)
-      fail({"parallel.tp"}, "MoE layers (model.moe) run with tp = 1 so far: the experts are not "
-                            "split over tensor-parallel ranks yet (docs/moe.md); got " +
-                                ref("parallel.tp", p.tp));
     if (ok({"parallel.pp"}) && p.pp > 1)
       fail({"parallel.pp"}, "MoE layers (model.moe) run with pp = 1 so far: the pipeline passes "
                             "do not carry the router's aux loss between stages yet (docs/moe.md); "
@@ -343,6 +347,19 @@ class Checker {
                 "tensor parallelism gives each rank num_kv_heads / tp key/value heads");
       divides("model.ffn_hidden_size", m.ffn_hidden_size,
               "tensor parallelism splits the MLP's hidden layer across tp ranks");
+      // MoE layers: every expert's hidden layer (ffn_hidden_size /
+      // granularity) and the shared expert's split over tp like the MLP's.
+      const MoeSpec& e = m.moe;
+      if (e.enabled() && ok({"model.ffn_hidden_size", "model.moe.granularity"}) && e.granularity >= 1 &&
+          m.ffn_hidden_size % e.granularity == 0 && (m.ffn_hidden_size / e.granularity) % p.tp != 0)
+        fail({"parallel.tp", "model.moe.granularity"},
+             "each expert's hidden layer, " + name("model.ffn_hidden_size") + " / " +
+                 name("model.moe.granularity") + " = " + str(m.ffn_hidden_size / e.granularity) +
+                 ", is not divisible by " + ref("parallel.tp", p.tp) +
+                 ": tensor parallelism splits every expert's hidden layer across tp ranks" + hint);
+      if (e.enabled() && e.shared_expert_ffn_hidden_size > 0)
+        divides("model.moe.shared_expert_ffn_hidden_size", e.shared_expert_ffn_hidden_size,
+                "tensor parallelism splits the shared expert's hidden layer across tp ranks");
       if (ok({"parallel.sp"}) && p.sp) {
         if (p.tp == 1)
           fail({"parallel.sp", "parallel.tp"},

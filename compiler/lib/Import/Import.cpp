@@ -213,7 +213,7 @@ Value Importer::moeMlp(const Twine &prefix, Value x) {
     Value bi = m.bias ? param(name + ".bias", {ne, out}, mtc::InitKind::zeros)
                       : Value();
     return mtc::GroupedMatmulOp::create(b, loc(name), f32({rows, out}), in, w,
-                                        counts, bi, b.getUnitAttr());
+                                        counts, bi, Value(), b.getUnitAttr());
   };
   Value h;
   if (m.activation == mtc::spec::Activation::swiglu) {

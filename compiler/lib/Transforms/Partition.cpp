@@ -103,6 +103,7 @@ public:
       return Dist::s(1);
     return Dist::r();
   }
+  Value tpRank(Location loc) override;
   Value vocabStart(Location loc, int64_t localRows) override;
   std::optional<Dist> gradientTarget(Value v) override;
   Dist paramDist(StringRef name) override { return paramDists.lookup(name); }
@@ -184,12 +185,17 @@ Value FunctionPartitioner::get(Value old, Dist want) {
   return c;
 }
 
-Value FunctionPartitioner::vocabStart(Location loc, int64_t localRows) {
+Value FunctionPartitioner::tpRank(Location loc) {
   auto idx = shard::ProcessMultiIndexOp::create(
       b, loc, TypeRange{b.getIndexType()}, grid.getSymName(),
       ArrayRef<int16_t>{mtc::kAxisTP});
+  return idx->getResult(0);
+}
+
+Value FunctionPartitioner::vocabStart(Location loc, int64_t localRows) {
+  Value idx = tpRank(loc);
   Value rows = arith::ConstantIndexOp::create(b, loc, localRows);
-  return arith::MulIOp::create(b, loc, idx->getResult(0), rows);
+  return arith::MulIOp::create(b, loc, idx, rows);
 }
 
 std::optional<Dist> FunctionPartitioner::gradientTarget(Value v) {

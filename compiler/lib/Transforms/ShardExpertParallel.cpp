@@ -170,8 +170,9 @@ private:
     Value counts = countsOperand->get();
     b.setInsertionPoint(op);
     for (OpOperand &o : op->getOpOperands()) {
-      if (&o == countsOperand || paramOf(o.get()))
-        continue;
+      if (&o == countsOperand || paramOf(o.get()) ||
+          !isa<RankedTensorType>(o.get().getType()))
+        continue; // the counts, the experts' parameters, a bias rank index
       o.set(toExperts(o.get(), counts, op->getLoc()));
     }
     countsOperand->set(routing[counts].local);

@@ -13,6 +13,11 @@
 //     attention's output or the activation (through dropout).
 //  3. Vocabulary-parallel: embedding tables split on dimension 0 (a tied LM
 //     head is the same parameter, hence also vocabulary-parallel).
+// An MoE layer's experts (grouped GEMMs of stacked (E, out, in) weights,
+// docs/moe.md) are linears too, as in Megatron with expert tp = tp: the
+// ones feeding the activation column-parallel (weight split on dimension 1,
+// bias (E, out) on 1), the one after it row-parallel (weight on 2, bias
+// whole). The router stays whole: every rank routes the same tokens alike.
 // Backward ops use the same parameter values, so they need no annotation.
 //
 //===----------------------------------------------------------------------===//
@@ -35,35 +40,50 @@ mtc::ParamOp paramOf(Value v) {
   return v.getDefiningOp<mtc::ParamOp>();
 }
 
-/// The linear layer (matmul of an activation with an (out, in) parameter)
-/// producing `v`, looking through rope and dropout.
-mtc::MatmulOp producingLinear(Value v) {
+/// A linear layer: an activation times a parameter stored (out, in)
+/// (mtc.matmul with transpose_b), or stacked per expert (E, out, in)
+/// (mtc.grouped_matmul with transpose_b). Null members when `op` is not one.
+struct Linear {
+  Operation *op = nullptr;
+  Value input, weight, bias;
+  explicit operator bool() const { return op; }
+};
+
+Linear asLinear(Operation *op) {
+  if (auto mm = dyn_cast_or_null<mtc::MatmulOp>(op))
+    if (!mm.getTransposeA() && mm.getTransposeB() && paramOf(mm.getRhs()))
+      return {op, mm.getLhs(), mm.getRhs(), mm.getBias()};
+  if (auto g = dyn_cast_or_null<mtc::GroupedMatmulOp>(op))
+    if (g.getTransposeB() && paramOf(g.getRhs()))
+      return {op, g.getLhs(), g.getRhs(), g.getBias()};
+  return {};
+}
+
+/// The linear layer producing `v`, looking through rope and dropout.
+Linear producingLinear(Value v) {
   while (Operation *def = v.getDefiningOp()) {
     if (isa<mtc::RopeOp, mtc::DropoutOp>(def)) {
       v = def->getOperand(0);
       continue;
     }
-    auto mm = dyn_cast<mtc::MatmulOp>(def);
-    if (mm && !mm.getTransposeA() && mm.getTransposeB() && paramOf(mm.getRhs()))
-      return mm;
-    return nullptr;
+    return asLinear(def);
   }
-  return nullptr;
+  return {};
 }
 
 /// The linear layers consuming `v` as their input, looking through dropout.
-void consumingLinears(Value v, SmallVectorImpl<mtc::MatmulOp> &out) {
+void consumingLinears(Value v, SmallVectorImpl<Linear> &out) {
   for (Operation *user : v.getUsers()) {
     if (auto d = dyn_cast<mtc::DropoutOp>(user)) {
       consumingLinears(d.getResult(), out);
       continue;
     }
-    auto mm = dyn_cast<mtc::MatmulOp>(user);
-    if (mm && mm.getLhs() == v && !mm.getTransposeA() && mm.getTransposeB() &&
-        paramOf(mm.getRhs()))
-      out.push_back(mm);
+    if (Linear l = asLinear(user); l && l.input == v)
+      out.push_back(l);
   }
 }
+
+int64_t rankOf(Value v) { return cast<RankedTensorType>(v.getType()).getRank(); }
 
 struct ShardTensorParallelPass
     : public mtc::impl::MtcShardTensorParallelBase<ShardTensorParallelPass> {
@@ -76,19 +96,22 @@ struct ShardTensorParallelPass
     auto split = [&](Value param, int64_t dim) {
       ok &= succeeded(mtc::annotateSplit(param, {dim, mtc::kAxisTP}));
     };
-    auto column = [&](mtc::MatmulOp mm) {
-      if (!mm)
+    // The output dimension is the weight's second to last (0 of (out, in),
+    // 1 of (E, out, in)) and the bias's last; the input dimension the
+    // weight's last.
+    auto column = [&](Linear l) {
+      if (!l)
         return;
-      split(paramOf(mm.getRhs()), 0);
-      if (mm.getBias())
-        if (mtc::ParamOp b = paramOf(mm.getBias()))
-          split(b, 0);
+      split(paramOf(l.weight), rankOf(l.weight) - 2);
+      if (l.bias)
+        if (mtc::ParamOp b = paramOf(l.bias))
+          split(b, rankOf(l.bias) - 1);
     };
     auto row = [&](Value activation) {
-      SmallVector<mtc::MatmulOp> consumers;
+      SmallVector<Linear> consumers;
       consumingLinears(activation, consumers);
-      for (mtc::MatmulOp mm : consumers)
-        split(paramOf(mm.getRhs()), 1);
+      for (Linear l : consumers)
+        split(paramOf(l.weight), rankOf(l.weight) - 1);
     };
 
     module.walk([&](Operation *op) {

@@ -1,11 +1,13 @@
-//===- MtcMoe.cpp - the mixture-of-experts ops: verifiers, gradients, costs, kernel rows -===//
+//===- MtcMoe.cpp - the mixture-of-experts ops: verifiers, gradients, costs, rules, kernel rows -===//
 //
 // The MoE family (MtcOps.td, "Mixture of experts"; docs/moe.md) in one
 // file, since its ops only make sense together: the router, the dropless
 // permute / unpermute pair and the grouped GEMMs. Each op's verifier lists
-// its checks; each gradient rule states its math; the kernel rows name the
-// host kernels of runtime/include/mtc/rt/host_kernels.h ("Mixture of
-// experts"), which take exactly these arguments. There are no CUDA kernels
+// its checks; each gradient rule states its math; the tensor-parallel
+// rules (mtc-partition) say how the experts split over tp while routing
+// stays whole; the kernel rows name the host kernels of
+// runtime/include/mtc/rt/host_kernels.h ("Mixture of experts"), which take
+// exactly these arguments. There are no CUDA kernels
 // for these ops yet: `mtc compile --target cuda` refuses MoE specs before
 // any IR is built (tools/mtc/Compile.cpp).
 //
@@ -167,10 +169,13 @@ LogicalResult MoeUnpermuteGradOp::verify() {
 }
 
 // Checks: lhs (N, K); rhs (E, K, Nout), or (E, Nout, K) with transpose_b;
-// counts (E); bias (E, Nout); result (N, Nout).
+// counts (E); bias (E, Nout); bias_rank only with a bias; result (N, Nout).
 LogicalResult GroupedMatmulOp::verify() {
   if (failed(verifyCounts(*this, getCounts())))
     return failure();
+  if (getBiasRank() && !getBias())
+    return emitOpError("bias_rank without a bias: it says where the bias is "
+                       "added");
   auto a = shapeOf(getLhs()), w = shapeOf(getRhs());
   int64_t e = shapeOf(getCounts())[0];
   if (a.size() != 2 || w.size() != 3 || w[0] != e)
@@ -284,7 +289,7 @@ LogicalResult GroupedMatmulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   Location loc = getLoc();
   Value counts = getCounts();
   Value dx = GroupedMatmulOp::create(
-      b, loc, getLhs().getType(), dy[0], getRhs(), counts, Value(),
+      b, loc, getLhs().getType(), dy[0], getRhs(), counts, Value(), Value(),
       getTransposeB() ? UnitAttr() : b.getUnitAttr());
   Value dw = getTransposeB()
                  ? GroupedMatmulWgradOp::create(b, loc, getRhs().getType(),
@@ -292,9 +297,13 @@ LogicalResult GroupedMatmulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                  : GroupedMatmulWgradOp::create(b, loc, getRhs().getType(),
                                                 getLhs(), dy[0], counts);
   grads.assign({dx, dw, Value()});
-  if (getBias())
+  if (getBias()) {
+    if (getBiasRank())
+      return emitOpError("a bias added on one rank (bias_rank) is the "
+                         "partitioner's, after autodiff: no gradient rule");
     grads.push_back(GroupedBiasGradOp::create(b, loc, getBias().getType(),
                                               dy[0], counts));
+  }
   return success();
 }
 
@@ -322,6 +331,118 @@ double GroupedMatmulWgradOp::getFlops() {
   return 2.0 * numel(getLhs()) * double(shapeOf(getRhs())[1]);
 }
 double GroupedBiasGradOp::getFlops() { return numel(getDout()); }
+
+//===----------------------------------------------------------------------===//
+// Tensor-parallel rules (PartitionOpInterface; MtcPartition.h)
+//
+// Megatron's expert tensor parallelism (expert tp = tp): routing runs on
+// whole tokens, identically on every tp rank, and the experts are split
+// like the dense MLP, fc1 (gate/up) column-parallel, fc2 (down)
+// row-parallel (mtc-shard-tensor-parallel):
+//   moe_router, moe_router_grad, moe_permute   everything whole: the top-k
+//             decisions and the aux loss need every token's logits, and
+//             whole inputs make them the same on every rank
+//   grouped_matmul   rhs split on its output dimension -> the result's
+//             columns S(1) (bias split alike); split on its contraction ->
+//             P, the lhs's columns sliced to match, the bias added on tp
+//             rank 0 only (bias_rank); else whole
+//   grouped_matmul_wgrad   one operand's columns split -> that dimension of
+//             the (E, P, Q) result; grouped_bias_grad keeps dout's columns
+//   moe_unpermute    linear in its input: P -> P (the combine's partial
+//             sums are reduced by whoever needs them whole: an all_reduce,
+//             or with sp a reduce_scatter); S(1) -> the output's last dim
+//   moe_unpermute_grad   dinput = w * dout follows dout; dweights = dout .
+//             input[pos] is P when the input is P or split on D
+// Anything else (a split on the experts' dimension 0, partial operands
+// where a rule needs them whole) is made whole first: slower, never wrong.
+//===----------------------------------------------------------------------===//
+
+namespace {
+SmallVector<Dist> whole(Operation *op) {
+  return SmallVector<Dist>(op->getNumOperands(), Dist::r());
+}
+SmallVector<Dist> wholeResults(Operation *op) {
+  return SmallVector<Dist>(op->getNumResults(), Dist::r());
+}
+int64_t lastDim(Value v) { return typeOf(v).getRank() - 1; }
+bool splitOn(Dist d, int64_t dim) { return d.kind == Dist::S && d.dim == dim; }
+} // namespace
+
+LogicalResult MoeRouterOp::partition(Partitioner &p) {
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+LogicalResult MoeRouterGradOp::partition(Partitioner &p) {
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+LogicalResult MoePermuteOp::partition(Partitioner &p) {
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+
+LogicalResult MoeUnpermuteOp::partition(Partitioner &p) {
+  Dist d = p.distOf(getInput());
+  SmallVector<Dist> want = whole(*this);
+  if (d.kind == Dist::P || splitOn(d, 1)) {
+    want[0] = d;
+    return p.rebuild(*this, want,
+                     {d.kind == Dist::P ? d : Dist::s(lastDim(getResult()))});
+  }
+  return p.rebuild(*this, want, {Dist::r()});
+}
+
+LogicalResult MoeUnpermuteGradOp::partition(Partitioner &p) {
+  // Operands (input, positions, weights, dout); results (dinput, dweights).
+  Dist din = p.distOf(getInput()), dout = p.distOf(getDout());
+  Dist doutCols = Dist::s(lastDim(getDout()));
+  if (splitOn(din, 1) || (din.kind == Dist::R && dout == doutCols))
+    return p.rebuild(*this, {Dist::s(1), Dist::r(), Dist::r(), doutCols},
+                     {Dist::s(1), Dist::p()});
+  if (din.kind == Dist::P)
+    return p.rebuild(*this, {din, Dist::r(), Dist::r(), Dist::r()},
+                     {Dist::r(), Dist::p()});
+  if (dout.kind == Dist::P)
+    return p.rebuild(*this, {Dist::r(), Dist::r(), Dist::r(), dout},
+                     {Dist::p(), Dist::p()});
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+
+LogicalResult GroupedMatmulOp::partition(Partitioner &p) {
+  // rhs (E, K, Nout), or (E, Nout, K) with transpose_b.
+  int64_t kDim = getTransposeB() ? 2 : 1, nDim = getTransposeB() ? 1 : 2;
+  Dist dr = p.distOf(getRhs());
+  Location loc = getLoc();
+  auto build = [&](Dist lhs, Dist rhs, Dist bias, Dist out, Value rank) {
+    Value b = getBias() ? p.get(getBias(), bias) : Value();
+    auto mm = GroupedMatmulOp::create(
+        p.builder(), loc, p.localType(getResult(), out), p.get(getLhs(), lhs),
+        p.get(getRhs(), rhs), p.get(getCounts(), Dist::r()), b, rank,
+        getTransposeBAttr());
+    p.set(getResult(), mm, out);
+    return success();
+  };
+  if (splitOn(dr, kDim)) // row-parallel: partial sums, the bias once
+    return build(Dist::s(1), dr, Dist::r(), Dist::p(),
+                 getBias() ? p.tpRank(loc) : Value());
+  if (splitOn(dr, nDim)) // column-parallel
+    return build(Dist::r(), dr, Dist::s(1), Dist::s(1), Value());
+  return build(Dist::r(), Dist::r(), Dist::r(), Dist::r(), Value());
+}
+
+LogicalResult GroupedMatmulWgradOp::partition(Partitioner &p) {
+  // result[e] = lhs_e^T rhs_e: (E, P, Q) from lhs (N, P), rhs (N, Q).
+  Dist dl = p.distOf(getLhs()), dr = p.distOf(getRhs());
+  if (splitOn(dl, 1))
+    return p.rebuild(*this, {dl, Dist::r(), Dist::r()}, {Dist::s(1)});
+  if (splitOn(dr, 1))
+    return p.rebuild(*this, {Dist::r(), dr, Dist::r()}, {Dist::s(2)});
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+
+LogicalResult GroupedBiasGradOp::partition(Partitioner &p) {
+  Dist d = p.distOf(getDout());
+  if (splitOn(d, 1) || d.kind == Dist::P)
+    return p.rebuild(*this, {d, Dist::r()}, {d});
+  return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
 
 //===----------------------------------------------------------------------===//
 // Kernel rows (the count argument: tokens or rows, for half-batch lanes)
@@ -380,9 +501,13 @@ KernelCall MoeUnpermuteGradOp::getKernelCall(BufferName buf) {
 
 KernelCall GroupedMatmulOp::getKernelCall(BufferName buf) {
   auto a = shapeOf(getLhs());
+  // With bias_rank, the bias pointer only where that rank is 0.
+  std::string bias = optional(buf, getBias());
+  if (getBiasRank())
+    bias = "(" + buf(getBiasRank()) + " == 0 ? " + bias + " : nullptr)";
   return {"grouped_matmul",
-          {buf(getLhs()), buf(getRhs()), buf(getCounts()),
-           optional(buf, getBias()), buf(getResult()), integer(a[0]),
+          {buf(getLhs()), buf(getRhs()), buf(getCounts()), bias,
+           buf(getResult()), integer(a[0]),
            integer(shapeOf(getCounts())[0]), integer(shapeOf(getResult())[1]),
            integer(a[1]), flag(getTransposeB())},
           5, a[0]};

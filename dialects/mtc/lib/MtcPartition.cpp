@@ -20,6 +20,7 @@
 //             outside the parallel regions have
 //   accumulate_grad -> its parameter's distribution; grad_norm learns which
 //             parameters are split (their squared norms are summed over tp)
+// The mixture-of-experts ops' rules live with those ops (MtcMoe.cpp).
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Dialect/MtcDialect.h"

@@ -121,6 +121,16 @@ func.func @grouped_bias(%x: tensor<12x8xf32>, %w: tensor<4x16x8xf32>, %c: tensor
 
 // -----
 
+// Tests that bias_rank (where the bias is added) comes with a bias.
+func.func @grouped_bias_rank(%x: tensor<12x8xf32>, %w: tensor<4x16x8xf32>, %c: tensor<4xi32>, %r: index) {
+  // expected-error @+1 {{'mtc.grouped_matmul' op bias_rank without a bias: it says where the bias is added}}
+  %h = mtc.grouped_matmul %x, %w, %c bias_rank %r transpose_b
+      : tensor<12x8xf32>, tensor<4x16x8xf32>, tensor<4xi32> -> tensor<12x16xf32>
+  return
+}
+
+// -----
+
 // Tests that the weight gradient is (num_experts, P, Q).
 func.func @wgrad_shape(%a: tensor<12x16xf32>, %b: tensor<12x8xf32>, %c: tensor<4xi32>) {
   // expected-error @+1 {{'mtc.grouped_matmul_wgrad' op result must be (num_experts, P, Q) = (4, 16, 8), got (4, 8, 16)}}

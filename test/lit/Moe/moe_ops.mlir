@@ -58,3 +58,16 @@ func.func @moe_backward(%l: tensor<2x3x4xf32>, %p: tensor<2x3x4xf32>, %i: tensor
   %u = mtc.moe_unpermute %h, %i : tensor<12x8xf32>, tensor<2x3x2xi32> -> tensor<2x3x8xf32>
   return
 }
+
+// -----
+
+// Tests that a row-parallel grouped GEMM's bias_rank (the bias added where
+// it is 0) round-trips.
+// CHECK-LABEL: func.func @bias_rank
+// CHECK:         mtc.grouped_matmul %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} bias_rank %{{.*}} transpose_b :
+func.func @bias_rank(%h: tensor<12x8xf32>, %w: tensor<4x16x8xf32>, %c: tensor<4xi32>,
+                     %b: tensor<4x16xf32>, %r: index) -> tensor<12x16xf32> {
+  %o = mtc.grouped_matmul %h, %w, %c, %b bias_rank %r transpose_b
+      : tensor<12x8xf32>, tensor<4x16x8xf32>, tensor<4xi32>, tensor<4x16xf32> -> tensor<12x16xf32>
+  return %o : tensor<12x16xf32>
+}

@@ -611,7 +611,7 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Mtc_PartitionOp, Pure
 // them each expert owns (counts) is data, computed at run time.
 //===----------------------------------------------------------------------===//
 
-def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                                            Mtc_KernelOp]> {
   let summary = "Top-k router: probabilities, expert indices and weights, aux loss.";
   let description = [{
@@ -649,7 +649,7 @@ def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Pure, Mtc_CostOp, Mtc_KernelOp,
+def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp, Mtc_KernelOp,
     AllTypesMatch<["logits", "probs", "result"]>,
     AllTypesMatch<["dweights"]>]> {
   let summary = "Gradient of mtc.moe_router with respect to the logits.";
@@ -680,7 +680,7 @@ def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Pure, Mtc_CostOp, Mtc_Kerne
   let hasVerifier = 1;
 }
 
-def Mtc_MoePermuteOp : Mtc_Op<"moe_permute", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_MoePermuteOp : Mtc_Op<"moe_permute", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                                              Mtc_KernelOp,
                                              AllTypesMatch<["indices", "positions"]>]> {
   let summary = "Groups token copies by expert (dropless dispatch).";
@@ -709,7 +709,7 @@ def Mtc_MoePermuteOp : Mtc_Op<"moe_permute", [Pure, Mtc_GradientOp, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_MoeUnpermuteOp : Mtc_Op<"moe_unpermute", [Pure, Mtc_GradientOp, Mtc_CostOp,
+def Mtc_MoeUnpermuteOp : Mtc_Op<"moe_unpermute", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                                                  Mtc_KernelOp]> {
   let summary = "Sums each token's expert rows back in token order (combine).";
   let description = [{
@@ -733,7 +733,7 @@ def Mtc_MoeUnpermuteOp : Mtc_Op<"moe_unpermute", [Pure, Mtc_GradientOp, Mtc_Cost
   let hasVerifier = 1;
 }
 
-def Mtc_MoeUnpermuteGradOp : Mtc_Op<"moe_unpermute_grad", [Pure, Mtc_CostOp, Mtc_KernelOp,
+def Mtc_MoeUnpermuteGradOp : Mtc_Op<"moe_unpermute_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp, Mtc_KernelOp,
     AllTypesMatch<["input", "dinput"]>, AllTypesMatch<["weights", "dweights"]>]> {
   let summary = "Gradients of a weighted mtc.moe_unpermute.";
   let description = [{
@@ -756,8 +756,8 @@ def Mtc_MoeUnpermuteGradOp : Mtc_Op<"moe_unpermute_grad", [Pure, Mtc_CostOp, Mtc
   let hasVerifier = 1;
 }
 
-def Mtc_GroupedMatmulOp : Mtc_Op<"grouped_matmul", [Pure, Mtc_GradientOp, Mtc_CostOp,
-                                                   Mtc_KernelOp]> {
+def Mtc_GroupedMatmulOp : Mtc_Op<"grouped_matmul", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
+                                                   Mtc_KernelOp, AttrSizedOperandSegments]> {
   let summary = "One matrix product per expert over its rows (grouped GEMM).";
   let description = [{
     lhs (N, K) holds E groups of consecutive rows, `counts` (E) i32 rows
@@ -767,24 +767,34 @@ def Mtc_GroupedMatmulOp : Mtc_Op<"grouped_matmul", [Pure, Mtc_GradientOp, Mtc_Co
     Nout). Its FLOPs are 2 N K Nout whatever the counts: the active
     parameters' work.
 
+    With `bias_rank` (an index: a rank along a grid axis, from
+    shard.process_multi_index), the bias is added only where it is 0. A
+    row-parallel grouped GEMM (K split over tp, mtc-partition) gives each
+    rank a partial sum of the result; the bias is added on one rank, once.
+
     ```mlir
     %h = mtc.grouped_matmul %xp, %w1, %counts, %b1 transpose_b
         : tensor<1024x128xf32>, tensor<8x512x128xf32>, tensor<8xi32>, tensor<8x512xf32>
         -> tensor<1024x512xf32>
+    %r = shard.process_multi_index on @mtc_grid axes = [2] : index
+    %o = mtc.grouped_matmul %h, %w2, %counts, %b2 bias_rank %r transpose_b
+        : tensor<1024x256xf32>, tensor<8x128x256xf32>, tensor<8xi32>, tensor<8x128xf32>
+        -> tensor<1024x128xf32>
     ```
   }];
   let arguments = (ins Mtc_FloatTensor:$lhs, Mtc_FloatTensor:$rhs,
                    Mtc_TokenTensor:$counts, Optional<Mtc_FloatTensor>:$bias,
-                   UnitAttr:$transpose_b);
+                   Optional<Index>:$bias_rank, UnitAttr:$transpose_b);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $lhs `,` $rhs `,` $counts (`,` $bias^)? (`transpose_b` $transpose_b^)? attr-dict
+    $lhs `,` $rhs `,` $counts (`,` $bias^)? (`bias_rank` $bias_rank^)?
+    (`transpose_b` $transpose_b^)? attr-dict
     `:` type($lhs) `,` type($rhs) `,` type($counts) (`,` type($bias)^)? `->` type($result)
   }];
   let hasVerifier = 1;
 }
 
-def Mtc_GroupedMatmulWgradOp : Mtc_Op<"grouped_matmul_wgrad", [Pure, Mtc_CostOp,
+def Mtc_GroupedMatmulWgradOp : Mtc_Op<"grouped_matmul_wgrad", [Mtc_PartitionOp, Pure, Mtc_CostOp,
                                                              Mtc_KernelOp]> {
   let summary = "Per-group lhs^T · rhs: the weight gradient of grouped_matmul.";
   let description = [{
@@ -806,7 +816,7 @@ def Mtc_GroupedMatmulWgradOp : Mtc_Op<"grouped_matmul_wgrad", [Pure, Mtc_CostOp,
   let hasVerifier = 1;
 }
 
-def Mtc_GroupedBiasGradOp : Mtc_Op<"grouped_bias_grad", [Pure, Mtc_CostOp,
+def Mtc_GroupedBiasGradOp : Mtc_Op<"grouped_bias_grad", [Mtc_PartitionOp, Pure, Mtc_CostOp,
                                                        Mtc_KernelOp]> {
   let summary = "Per-group column sums: the bias gradient of grouped_matmul.";
   let description = [{

@@ -59,6 +59,8 @@ public:
   /// How a value outside the tensor-parallel regions is held: whole, or
   /// with sequence parallelism a (B, S, D) activation split on S.
   virtual Dist whole(mlir::Value v) = 0;
+  /// This rank's index along the tensor-parallel axis (an index value).
+  virtual mlir::Value tpRank(mlir::Location loc) = 0;
   /// This rank's first row of a vocabulary split into `localRows` rows.
   virtual mlir::Value vocabStart(mlir::Location loc, int64_t localRows) = 0;
   /// The distribution of the parameter a gradient value accumulates into.
