@@ -25,7 +25,6 @@ esac
 BUILD="${MTC_BUILD_DIR:-build}"
 OUTD=.devrun
 BIN="$BUILD/bin"
-grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/info/exclude
 rm -rf "$OUTD/lib" "$OUTD/lib.tar.xz"
 mkdir -p "$OUTD/lib" "$OUTD/bench" "$OUTD/data"
 rm -rf "$OUTD"/prog-* "$OUTD/progs.tar.xz" "$OUTD"/compile-*.log "$OUTD/mtc-cuda-tests" "$OUTD/bin"

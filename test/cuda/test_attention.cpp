@@ -4,8 +4,9 @@
 // (including a sequence with every key masked: out 0, lse -inf, no
 // gradient), GQA through the grouped fused-QKV layout, head_dim 64 and 128,
 // ragged sequence lengths, and the GPT-2 124M and 1.3B head shapes; for the
-// own kernels and, where it applies (H == KV, no mask), the cuDNN path
-// (skipped with the reason when cuDNN or an engine is missing).
+// own kernels and, where it applies (no mask), the cuDNN path: MHA, GQA
+// (q packed, dk and dv summed over each group by cuDNN) and MQA (skipped
+// with the reason when cuDNN or an engine is missing).
 #include <cmath>
 
 #include "cuda_test_util.h"
@@ -68,9 +69,10 @@ void run_case(const Case& c, uint64_t seed, AttentionBackend backend) {
                     c.causal, scale);
   std::vector<float> got_out = download(out);
   // The backward takes the GPU's own bf16 output, as in training. Its
-  // scratch (dq accumulators, row sums, cuDNN workspace) starts as NaN, so a
-  // kernel relying on zeroed scratch fails.
-  const size_t scratch = attention_backward_scratch_bytes(c.b, c.s, c.h, c.dh) + (16u << 20);
+  // scratch (dq accumulators, row sums, cuDNN's packed q and dq for grouped
+  // heads and workspace) starts as NaN, so a kernel relying on zeroed scratch
+  // fails.
+  const size_t scratch = 2 * attention_backward_scratch_bytes(c.b, c.s, c.h, c.dh) + (16u << 20);
   MTC_TEST_CUDA(cudaMemsetAsync(ctx().scratch(scratch), 0xff, ctx().scratch_bytes(), ctx().stream));
   attention_backward(ctx(), dqkv_in.get(), mp, out.get(), lse.get(), ddout.get(), dqkv.get(), c.b,
                      c.s, c.h, c.kv, c.dh, c.causal, scale);
@@ -134,6 +136,18 @@ TEST_F(CudaAttentionCudnn, Gpt2_124M_Shape) {
 TEST_F(CudaAttentionCudnn, Gpt_1p3B_Shape) {
   run_case({1, 2048, 16, 16, 128, true, 0}, 814, kCudnn);
 }
+// Grouped KV heads: 4 query heads per KV head (q has no 4-D view and is
+// packed), and one KV head for all (MQA: q is a view, dk and dv are still
+// group sums).
+TEST_F(CudaAttentionCudnn, GqaCausal) { run_case({2, 256, 8, 2, 64, true, 0}, 815, kCudnn); }
+TEST_F(CudaAttentionCudnn, GqaCausal128) { run_case({2, 256, 8, 2, 128, true, 0}, 816, kCudnn); }
+TEST_F(CudaAttentionCudnn, GqaBidirectionalRagged) {
+  run_case({2, 200, 8, 2, 64, false, 0}, 817, kCudnn);
+}
+TEST_F(CudaAttentionCudnn, MqaCausal) { run_case({2, 256, 8, 1, 64, true, 0}, 818, kCudnn); }
+// The Llama 3.2 1B head shape (32 query heads on 8 KV heads), one sequence.
+TEST_F(CudaAttentionCudnn, Llama1B_Shape) { run_case({1, 1024, 32, 8, 64, true, 0}, 819, kCudnn); }
+TEST_F(CudaAttention, GqaCausal) { run_case({2, 256, 8, 2, 64, true, 0}, 808, kOwn); }
 
 }  // namespace
 }  // namespace mtc::rt::cuda::test

@@ -1,5 +1,6 @@
 // Kernel timings at the GPT 1.3B shapes (B=8, S=2048, D=2048, H=16, Dh=128,
-// F=4D, V=50304) and the GPT-2 124M attention shape, for the GPU run. Not a
+// F=4D, V=50304) and the GPT-2 124M and Llama-1B (GQA) attention shapes, for
+// the GPU run. Not a
 // test (nothing is asserted): disabled by default; run with
 //   mtc-cuda-tests --gtest_also_run_disabled_tests --gtest_filter='CudaTimings.*'
 // Each kernel: 3 warm-up calls, then the median of 10 calls timed with CUDA
@@ -74,7 +75,7 @@ void report_bytes(const char* what, double ms, double bytes) {
 }
 
 TEST_F(CudaTimings, DISABLED_Gpt1p3BShapes) {
-  // The attention shapes (H = 16, Dh = 128 for 1.3B) are in their own table below.
+  // The attention shapes are in their own test (DISABLED_Attention).
   const int64_t B = 8, S = 2048, T = B * S, D = 2048, F = 4 * D, V = 50304;
   auto& c = ctx();
   {
@@ -179,42 +180,6 @@ TEST_F(CudaTimings, DISABLED_Gpt1p3BShapes) {
     ms = median_ms([&] { gelu_backward(c, h.get(), dh.get(), o.get(), T * F, true); });
     report_bytes("gelu_backward tanh (T x 4D)", ms, 3.0 * T * F * 2);
   }
-  // Attention, 1.3B and 124M shapes.
-  struct A { const char* name; int64_t b, s, h, dh; };
-  for (A a : {A{"1.3B (8 x 16 x 2048 x 128)", 8, 2048, 16, 128},
-              A{"124M (16 x 12 x 1024 x 64)", 16, 1024, 12, 64}}) {
-    const int64_t t = a.b * a.s, width = 3 * a.h * a.dh;
-    DevBuf<bf16> qkv(t * width), out(t * a.h * a.dh), dout(t * a.h * a.dh), dqkv(t * width);
-    DevBuf<float> lse(a.b * a.h * a.s);
-    fill_random(qkv, 16, 1.f);
-    fill_random(dout, 17, 1.f);
-    const float scale = 1.f / std::sqrt(static_cast<float>(a.dh));
-    c.reserve_scratch(attention_backward_scratch_bytes(a.b, a.s, a.h, a.dh));
-    const double fwd_flops = 4.0 * a.b * a.h * a.s * a.s * a.dh / 2;
-    for (AttentionBackend be : {AttentionBackend::own, AttentionBackend::cudnn}) {
-      const char* bname = be == AttentionBackend::own ? "own" : "cuDNN";
-      std::string why;
-      if (be == AttentionBackend::cudnn &&
-          !cudnn_attention_supported(c, a.b, a.s, a.h, a.h, a.dh, true, false, &why)) {
-        std::printf("[timing] attention %s %s: skipped (%s)\n", bname, a.name, why.c_str());
-        continue;
-      }
-      set_attention_backend(be);
-      double ms = median_ms([&] {
-        attention_forward(c, qkv.get(), nullptr, out.get(), lse.get(), a.b, a.s, a.h, a.h, a.dh,
-                          true, scale);
-      });
-      double ms_b = median_ms([&] {
-        attention_backward(c, qkv.get(), nullptr, out.get(), lse.get(), dout.get(), dqkv.get(),
-                           a.b, a.s, a.h, a.h, a.dh, true, scale);
-      });
-      const std::string tag = std::string(" causal ") + bname + " " + a.name;
-      report_flops(("attention fwd" + tag).c_str(), ms, fwd_flops);
-      report_flops(("attention bwd" + tag).c_str(), ms_b, 2.5 * fwd_flops);
-      report_flops(("attention fwd+bwd" + tag).c_str(), ms + ms_b, 3.5 * fwd_flops);
-    }
-    set_attention_backend(AttentionBackend::automatic);
-  }
   {
     // AdamW over 1.3B parameters (fp32 master, m, v, grads; bf16 copy).
     const int64_t n = 1300000000;
@@ -239,6 +204,63 @@ TEST_F(CudaTimings, DISABLED_Gpt1p3BShapes) {
       adamw(c, plan, p.get(), gr.get(), m.get(), v.get(), pb.get(), hp, sumsq.get());
     });
     report_bytes("adamw + bf16 copy (1.3B params)", ms, n * (16.0 + 12.0 + 2.0));
+  }
+}
+
+// Attention forward and backward, causal, both implementations: the 1.3B GPT
+// and GPT-2 124M shapes (MHA) and Llama 3.2 1B's (GQA, 32 query heads on 8
+// KV heads), with the strided copy the cuDNN path makes of q (and dq) for
+// grouped heads timed on its own.
+TEST_F(CudaTimings, DISABLED_Attention) {
+  auto& c = ctx();
+  struct A { const char* name; int64_t b, s, h, kv, dh; };
+  for (A a : {A{"1.3B (8 x 16 x 2048 x 128)", 8, 2048, 16, 16, 128},
+              A{"124M (16 x 12 x 1024 x 64)", 16, 1024, 12, 12, 64},
+              A{"Llama-1B GQA (4 x 32/8 x 2048 x 64)", 4, 2048, 32, 8, 64}}) {
+    const int64_t t = a.b * a.s, width = (a.h + 2 * a.kv) * a.dh;
+    DevBuf<bf16> qkv(t * width), out(t * a.h * a.dh), dout(t * a.h * a.dh), dqkv(t * width);
+    DevBuf<float> lse(a.b * a.h * a.s);
+    fill_random(qkv, 16, 1.f);
+    fill_random(dout, 17, 1.f);
+    const float scale = 1.f / std::sqrt(static_cast<float>(a.dh));
+    c.reserve_scratch(2 * attention_backward_scratch_bytes(a.b, a.s, a.h, a.dh));
+    const double fwd_flops = 4.0 * a.b * a.h * a.s * a.s * a.dh / 2;
+    for (AttentionBackend be : {AttentionBackend::own, AttentionBackend::cudnn}) {
+      const char* bname = be == AttentionBackend::own ? "own" : "cuDNN";
+      std::string why;
+      if (be == AttentionBackend::cudnn &&
+          !cudnn_attention_supported(c, a.b, a.s, a.h, a.kv, a.dh, true, false, &why)) {
+        std::printf("[timing] attention %s %s: skipped (%s)\n", bname, a.name, why.c_str());
+        continue;
+      }
+      set_attention_backend(be);
+      double ms = median_ms([&] {
+        attention_forward(c, qkv.get(), nullptr, out.get(), lse.get(), a.b, a.s, a.h, a.kv, a.dh,
+                          true, scale);
+      });
+      double ms_b = median_ms([&] {
+        attention_backward(c, qkv.get(), nullptr, out.get(), lse.get(), dout.get(), dqkv.get(), a.b,
+                           a.s, a.h, a.kv, a.dh, true, scale);
+      });
+      const std::string tag = std::string(" causal ") + bname + " " + a.name;
+      report_flops(("attention fwd" + tag).c_str(), ms, fwd_flops);
+      report_flops(("attention bwd" + tag).c_str(), ms_b, 2.5 * fwd_flops);
+      report_flops(("attention fwd+bwd" + tag).c_str(), ms + ms_b, 3.5 * fwd_flops);
+    }
+    set_attention_backend(AttentionBackend::automatic);
+    if (a.kv > 1 && a.kv < a.h) {
+      // The cuDNN path's q packing: (B S KV) rows of R Dh bf16 out of the
+      // fused rows (once in the forward, twice in the backward).
+      const int64_t r = a.h / a.kv;
+      DevBuf<bf16> packed(t * a.h * a.dh);
+      double ms = median_ms([&] {
+        MTC_TEST_CUDA(cudaMemcpy2DAsync(packed.get(), sizeof(bf16) * r * a.dh, qkv.get(),
+                                        sizeof(bf16) * (r + 2) * a.dh, sizeof(bf16) * r * a.dh,
+                                        a.b * a.s * a.kv, cudaMemcpyDeviceToDevice, c.stream));
+      });
+      report_bytes(("q pack for cuDNN (cudaMemcpy2D) " + std::string(a.name)).c_str(), ms,
+                   2.0 * t * a.h * a.dh * sizeof(bf16));
+    }
   }
 }
 

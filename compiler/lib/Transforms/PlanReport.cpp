@@ -133,13 +133,17 @@ mtc::MemoryPlan mtc::planMemory(ModuleOp module, StringRef target,
   m.workspaces.push_back(
       {"cuBLASLt", kCublasWorkspace * (lanes ? 2 : 1)});
   // Context::scratch: the largest request (the attention backward's fp32
-  // dQ accumulator and row sums), grown by 1/4 and rounded to 1 MiB.
+  // dQ accumulator and row sums; with grouped KV heads, 1 < kv_heads <
+  // heads, also the packed bf16 q and dq of the cuDNN path), grown by 1/4
+  // and rounded to 1 MiB.
   int64_t scratch = 0;
   module.walk([&](mtc::AttentionGradOp g) {
     auto t = cast<RankedTensorType>(g.getOut().getType()); // (B, S, H*Dh)
     int64_t b = t.getDimSize(0), s = t.getDimSize(1), hd = t.getDimSize(2);
-    int64_t heads = g.getHeads();
+    int64_t heads = g.getHeads(), kvHeads = g.getKvHeads();
     int64_t bytes = roundUp(4 * b * s * hd, 256) + 4 * b * heads * s;
+    if (kvHeads > 1 && kvHeads < heads)
+      bytes = roundUp(bytes, 256) + 2 * roundUp(2 * b * s * hd, 256);
     scratch = std::max(scratch, bytes);
   });
   if (scratch)

@@ -4,15 +4,26 @@
 // cuDNN is loaded at run time (dlopen of libcudnn.so.9, or $MTC_CUDNN_LIB),
 // so the runtime neither links nor requires it: when it is missing, too old,
 // or has no engine for a shape, attention_fwd.cu / attention_bwd.cu use the
-// library's own kernels. Used only where the layout maps onto 4-D strided
-// tensors and the math is the same: H == KV (the grouped fused-QKV layout of
-// MHA is [q, k, v] per head, so q, k, v of head h are at fixed strides),
-// no padding mask, Dh 64 or 128. Same outputs as the own kernels: O bf16,
+// library's own kernels. Used where the math is the same: no padding mask,
+// Dh 64 or 128, KV dividing H. Same outputs as the own kernels: O bf16,
 // lse = max + log(sum exp) of the scaled scores (cuDNN's softmax "Stats"),
 // dq, dk, dv written into the fused dqkv.
 //
+// Layout (Megatron's grouped fused QKV, QkvCols in attention_common.cuh):
+// a row of qkv is ld = (H + 2 KV) Dh wide; KV group g (R = H / KV query
+// heads) holds [q_{gR}, ..., q_{gR+R-1}, k_g, v_g], each Dh wide. So k and
+// v are 4-D strided tensors (B, KV, S, Dh), strides (S ld, (R+2) Dh, ld, 1)
+// at columns R Dh and (R+1) Dh. Query head h = gR + j sits at column
+// g (R+2) Dh + j Dh, one stride per head only when R == 1 (MHA, 3 Dh) or
+// KV == 1 (MQA, Dh); for 1 < KV < H (GQA) no 4-D view exists, so q is first
+// copied into a packed (B, S, H, Dh) buffer in ctx.scratch and the backward
+// writes dq there and copies it back into dqkv's q columns (one strided
+// cudaMemcpy2DAsync each way: B S KV rows of R Dh elements).
+//
 // Graphs (the composite SDPA expansion cudnn-frontend emits for cuDNN < 9.21,
-// op by op; S = scores (B, H, S, S), virtual, fp32 unless noted):
+// op by op; S = scores (B, H, S, S), virtual, fp32 unless noted; K and V
+// have KV heads and the matmuls broadcast them over each group's R query
+// heads, query head h reading KV head h / R as in the own kernels):
 //   forward:  S = Q K^T; S *= scale; [causal: S = row >= col ? S : lowest];
 //             M = max_rows(S); E = exp(S - M); Z = sum_rows(E);
 //             Stats = M + log(Z); P = E / Z (bf16); O = P V
@@ -20,16 +31,21 @@
 //             [causal mask]; E = exp(S); dV = E^T dO; dP = dO V^T;
 //             dS = (dP - Dsum) * E * scale; dK = dS^T Q; dQacc = dS K;
 //             dQ = identity(dQacc)
+//   with R > 1, dV and dK are first (B, H, S, Dh) bf16 virtual tensors and
+//   a sum reduction over each group's R heads gives the (B, KV, S, Dh)
+//   outputs (cudnn-frontend's GQA expansion; the fused engine accumulates
+//   the group's gradients itself).
 // Dsum and dQacc are fp32 tensors in ctx.scratch, with the plan's workspace
 // (dQacc zeroed by the engine since cuDNN 9.6; the tests poison the scratch).
-// Plans are built once per (direction, B, S, H, Dh, causal) and cached in
-// the context; MTC_CUDA_ATTN_VERBOSE=1 prints each build and fallback.
+// Plans are built once per (direction, B, S, H, KV, Dh, causal) and cached
+// in the context; MTC_CUDA_ATTN_VERBOSE=1 prints each build and fallback.
 #include "cuda/internal.h"
 
 #if __has_include(<cudnn_graph.h>)
 #include <cudnn_graph.h>
 #include <dlfcn.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -123,6 +139,8 @@ std::string status_text(cudnnStatus_t st) {
   return s;
 }
 
+using Dims = std::array<int64_t, 4>;
+
 // Builds one backend graph; the first failing call is recorded and every
 // later call becomes a no-op, so a builder reads straight through.
 class Builder {
@@ -152,16 +170,15 @@ class Builder {
   }
 
   // A 4-D tensor (dims, strides in elements).
-  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, const int64_t (&dims)[4],
-                                  const int64_t (&strides)[4], bool is_virtual,
-                                  bool by_value = false) {
+  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, const Dims& dims,
+                                  const Dims& strides, bool is_virtual, bool by_value = false) {
     cudnnBackendDescriptor_t t = create(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
     const int64_t alignment = 16;
     set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
     set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, "tensor type");
     set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment, "tensor alignment");
-    set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims, "tensor dims");
-    set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides, "tensor strides");
+    set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims.data(), "tensor dims");
+    set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides.data(), "tensor strides");
     if (is_virtual) {
       const bool v = true;
       set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v, "tensor virtual");
@@ -174,7 +191,7 @@ class Builder {
     return t;
   }
   cudnnBackendDescriptor_t scalar(int64_t uid) {
-    const int64_t one[4] = {1, 1, 1, 1};
+    const Dims one = {1, 1, 1, 1};
     return tensor(uid, CUDNN_DATA_FLOAT, one, one, false, true);
   }
 
@@ -280,16 +297,48 @@ struct Plan {
 };
 
 struct Shape {
-  int64_t b, s, h, dh;
+  int64_t b, s, h, kv, dh;
   bool causal;
 };
+
+// The 4-D views of the fused qkv (and dqkv) that the graphs use; see the
+// file comment for the layout.
+struct Layout {
+  int64_t r;             // query heads per KV head, H / KV
+  bool packed_q;         // q and dq go through a packed (B, S, H, Dh) copy
+  Dims qd, qs;           // Q, dQ (B, H, S, Dh): fused view, or the packed copy
+  Dims ktd, kts;         // K^T, V^T (B, KV, Dh, S)
+  Dims kd, ks;           // K, V, dK, dV (B, KV, S, Dh)
+  Dims od, os;           // O, dO (B, H, S, Dh) in out's (B, S, H, Dh) layout
+  int64_t k_col, v_col;  // columns of k_0 and v_0 in a qkv row
+};
+
+Layout layout(const Shape& s) {
+  const int64_t b = s.b, n = s.s, h = s.h, d = s.dh, r = s.h / s.kv;
+  const int64_t ld = (s.h + 2 * s.kv) * d;  // qkv row
+  const int64_t group = (r + 2) * d;        // columns of one KV group
+  Layout l;
+  l.r = r;
+  l.packed_q = r > 1 && s.kv > 1;
+  l.od = {b, h, n, d};
+  l.os = {n * h * d, d, h * d, 1};
+  l.qd = {b, h, n, d};
+  // MHA: one query head per group; MQA: the H query heads side by side.
+  l.qs = l.packed_q ? l.os : Dims{n * ld, r == 1 ? group : d, ld, 1};
+  l.ktd = {b, s.kv, d, n};
+  l.kts = {n * ld, group, 1, ld};
+  l.kd = {b, s.kv, n, d};
+  l.ks = {n * ld, group, ld, 1};
+  l.k_col = r * d;
+  l.v_col = (r + 1) * d;
+  return l;
+}
 
 // Adds the causal mask (keep row >= col, else lowest) to scores x; returns
 // the masked scores.
 cudnnBackendDescriptor_t add_causal_mask(Builder& g, cudnnBackendDescriptor_t x,
-                                         cudnnBackendDescriptor_t mask_value,
-                                         const int64_t (&sd)[4], const int64_t (&ss)[4],
-                                         int64_t& next_uid) {
+                                         cudnnBackendDescriptor_t mask_value, const Dims& sd,
+                                         const Dims& ss, int64_t& next_uid) {
   cudnnBackendDescriptor_t row = g.tensor(next_uid++, CUDNN_DATA_INT32, sd, ss, true);
   cudnnBackendDescriptor_t col = g.tensor(next_uid++, CUDNN_DATA_INT32, sd, ss, true);
   cudnnBackendDescriptor_t keep = g.tensor(next_uid++, CUDNN_DATA_BOOLEAN, sd, ss, true);
@@ -359,17 +408,15 @@ void make_plan(Builder& g, cudnnHandle_t handle, Plan& p) {
 
 void build_forward(cudnnHandle_t handle, const Shape& s, Plan& p) {
   Builder g(p.owned);
-  const int64_t b = s.b, n = s.s, h = s.h, d = s.dh, ld = 3 * h * d;
-  const int64_t qd[4] = {b, h, n, d}, qs[4] = {n * ld, 3 * d, ld, 1};
-  const int64_t ktd[4] = {b, h, d, n}, kts[4] = {n * ld, 3 * d, 1, ld};
-  const int64_t od[4] = {b, h, n, d}, os[4] = {n * h * d, d, h * d, 1};
-  const int64_t sd[4] = {b, h, n, n}, ss[4] = {h * n * n, n * n, n, 1};
-  const int64_t rd[4] = {b, h, n, 1}, rs[4] = {h * n, n, 1, 1};
+  const Layout l = layout(s);
+  const int64_t b = s.b, n = s.s, h = s.h;
+  const Dims sd = {b, h, n, n}, ss = {h * n * n, n * n, n, 1};
+  const Dims rd = {b, h, n, 1}, rs = {h * n, n, 1, 1};
   int64_t v = kVirtual;
-  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, qd, qs, false);
-  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, ktd, kts, false);
-  auto vv = g.tensor(kV, CUDNN_DATA_BFLOAT16, qd, qs, false);
-  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, od, os, false);
+  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, l.qd, l.qs, false);
+  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, l.ktd, l.kts, false);
+  auto vv = g.tensor(kV, CUDNN_DATA_BFLOAT16, l.kd, l.ks, false);
+  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, l.od, l.os, false);
   auto stats = g.tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
   auto scale = g.scalar(kScale);
   auto s0 = g.tensor(v++, CUDNN_DATA_FLOAT, sd, ss, true);
@@ -397,31 +444,42 @@ void build_forward(cudnnHandle_t handle, const Shape& s, Plan& p) {
 
 void build_backward(cudnnHandle_t handle, const Shape& s, Plan& p) {
   Builder g(p.owned);
-  const int64_t b = s.b, n = s.s, h = s.h, d = s.dh, ld = 3 * h * d;
-  const int64_t qd[4] = {b, h, n, d}, qs[4] = {n * ld, 3 * d, ld, 1};
-  const int64_t ktd[4] = {b, h, d, n}, kts[4] = {n * ld, 3 * d, 1, ld};
-  const int64_t od[4] = {b, h, n, d}, os[4] = {n * h * d, d, h * d, 1};
-  const int64_t sd[4] = {b, h, n, n}, ss[4] = {h * n * n, n * n, n, 1};
-  const int64_t std_[4] = {b, h, n, n}, sts[4] = {h * n * n, n * n, 1, n};  // transposed view
-  const int64_t rd[4] = {b, h, n, 1}, rs[4] = {h * n, n, 1, 1};
-  const int64_t ad[4] = {b, h, n, d}, as[4] = {h * n * d, n * d, d, 1};  // dQ accumulator
+  const Layout l = layout(s);
+  const int64_t b = s.b, n = s.s, h = s.h, d = s.dh;
+  const Dims sd = {b, h, n, n}, ss = {h * n * n, n * n, n, 1};
+  const Dims std_ = {b, h, n, n}, sts = {h * n * n, n * n, 1, n};  // transposed view
+  const Dims rd = {b, h, n, 1}, rs = {h * n, n, 1, 1};
+  const Dims fd = {b, h, n, d}, fs = {h * n * d, n * d, d, 1};  // dQ accumulator, per-head dK, dV
   int64_t v = kVirtual;
-  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, qd, qs, false);
-  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, ktd, kts, false);
-  auto vt = g.tensor(kV, CUDNN_DATA_BFLOAT16, ktd, kts, false);
-  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, od, os, false);
-  auto dout = g.tensor(kDO, CUDNN_DATA_BFLOAT16, od, os, false);
+  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, l.qd, l.qs, false);
+  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, l.ktd, l.kts, false);
+  auto vt = g.tensor(kV, CUDNN_DATA_BFLOAT16, l.ktd, l.kts, false);
+  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, l.od, l.os, false);
+  auto dout = g.tensor(kDO, CUDNN_DATA_BFLOAT16, l.od, l.os, false);
   auto stats = g.tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
-  auto dq = g.tensor(kDQ, CUDNN_DATA_BFLOAT16, qd, qs, false);
-  auto dk = g.tensor(kDK, CUDNN_DATA_BFLOAT16, qd, qs, false);
-  auto dv = g.tensor(kDV, CUDNN_DATA_BFLOAT16, qd, qs, false);
+  auto dq = g.tensor(kDQ, CUDNN_DATA_BFLOAT16, l.qd, l.qs, false);
+  auto dk = g.tensor(kDK, CUDNN_DATA_BFLOAT16, l.kd, l.ks, false);
+  auto dv = g.tensor(kDV, CUDNN_DATA_BFLOAT16, l.kd, l.ks, false);
   auto scale = g.scalar(kScale);
   auto one = g.scalar(kOne);
   auto dsum = g.tensor(kDsum, CUDNN_DATA_FLOAT, rd, rs, false);
-  auto dq_acc = g.tensor(kDQAcc, CUDNN_DATA_FLOAT, ad, as, false);
+  auto dq_acc = g.tensor(kDQAcc, CUDNN_DATA_FLOAT, fd, fs, false);
+  // out (dK or dV) = a bm: the matmul gives one gradient per query head;
+  // with R > 1 query heads per KV head (GQA, MQA) they land in a (B, H, S,
+  // Dh) virtual tensor and are summed over each group's R heads.
+  auto kv_grad = [&](cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t bm,
+                     cudnnBackendDescriptor_t out) {
+    if (l.r == 1) {
+      g.matmul(a, bm, out);
+      return;
+    }
+    auto per_head = g.tensor(v++, CUDNN_DATA_BFLOAT16, fd, fs, true);
+    g.matmul(a, bm, per_head);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+  };
 
   // Dsum = sum_rows(dO * O) * 1.
-  const int64_t pd[4] = {b, h, n, d}, ps[4] = {h * n * d, n * d, h * d, 1};
+  const Dims pd = {b, h, n, d}, ps = {h * n * d, n * d, h * d, 1};
   auto dob = g.tensor(v++, CUDNN_DATA_FLOAT, pd, ps, true);
   g.pointwise(CUDNN_POINTWISE_MUL, dout, o, nullptr, dob);
   auto red = g.tensor(v++, CUDNN_DATA_FLOAT, rd, rs, true);
@@ -440,7 +498,7 @@ void build_backward(cudnnHandle_t handle, const Shape& s, Plan& p) {
   // dV = E^T dO.
   auto et = g.tensor(v++, CUDNN_DATA_BFLOAT16, std_, sts, true);
   g.reshape(e, et);
-  g.matmul(et, dout, dv);
+  kv_grad(et, dout, dv);
   // dS = (dO V^T - Dsum) * E * scale.
   auto dp = g.tensor(v++, CUDNN_DATA_FLOAT, sd, ss, true);
   g.matmul(dout, vt, dp);
@@ -453,9 +511,9 @@ void build_backward(cudnnHandle_t handle, const Shape& s, Plan& p) {
   // dK = dS^T Q.
   auto dst = g.tensor(v++, CUDNN_DATA_BFLOAT16, std_, sts, true);
   g.reshape(ds, dst);
-  g.matmul(dst, q, dk);
+  kv_grad(dst, q, dk);
   // dQ = dS K (fp32 accumulator), then converted.
-  auto kr = g.tensor(v++, CUDNN_DATA_FLOAT, qd, qs, true);
+  auto kr = g.tensor(v++, CUDNN_DATA_FLOAT, l.kd, l.ks, true);
   g.reshape(kt, kr);
   g.matmul(ds, kr, dq_acc);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_acc, nullptr, nullptr, dq);
@@ -463,7 +521,7 @@ void build_backward(cudnnHandle_t handle, const Shape& s, Plan& p) {
   if (!g.ok()) p.error = g.error();
 }
 
-using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, bool>;
+using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
 
 }  // namespace
 
@@ -505,7 +563,7 @@ Plan* get_plan(Context& ctx, bool forward, const Shape& s, std::string& why) {
     }
     ctx.cudnn = st;
   }
-  const Key key(forward, s.b, s.s, s.h, s.dh, s.causal);
+  const Key key(forward, s.b, s.s, s.h, s.kv, s.dh, s.causal);
   auto it = ctx.cudnn->plans.find(key);
   if (it == ctx.cudnn->plans.end()) {
     auto p = std::make_unique<Plan>();
@@ -514,13 +572,13 @@ Plan* get_plan(Context& ctx, bool forward, const Shape& s, std::string& why) {
     else
       build_backward(ctx.cudnn->handle, s, *p);
     if (verbose())
-      std::fprintf(stderr, "[mtc attention] cuDNN %zu %s B=%lld S=%lld H=%lld Dh=%lld%s: %s\n",
-                   api().GetVersion(), forward ? "forward" : "backward",
-                   static_cast<long long>(s.b), static_cast<long long>(s.s),
-                   static_cast<long long>(s.h), static_cast<long long>(s.dh),
-                   s.causal ? " causal" : "",
-                   p->ok ? ("plan, workspace " + std::to_string(p->workspace) + " bytes").c_str()
-                         : p->error.c_str());
+      std::fprintf(
+          stderr, "[mtc attention] cuDNN %zu %s B=%lld S=%lld H=%lld KV=%lld Dh=%lld%s: %s\n",
+          api().GetVersion(), forward ? "forward" : "backward", static_cast<long long>(s.b),
+          static_cast<long long>(s.s), static_cast<long long>(s.h), static_cast<long long>(s.kv),
+          static_cast<long long>(s.dh), s.causal ? " causal" : "",
+          p->ok ? ("plan, workspace " + std::to_string(p->workspace) + " bytes").c_str()
+                : p->error.c_str());
     it = ctx.cudnn->plans.emplace(key, std::move(p)).first;
   }
   if (!it->second->ok) {
@@ -532,7 +590,7 @@ Plan* get_plan(Context& ctx, bool forward, const Shape& s, std::string& why) {
 
 // Whether the cuDNN graphs express this attention (see the file comment).
 bool eligible(int64_t h, int64_t kv, int64_t dh, bool has_mask, std::string& why) {
-  if (h != kv) why = "grouped-query attention (H != KV) is not a strided 4-D layout";
+  if (kv < 1 || h % kv != 0) why = "KV must divide H";
   else if (has_mask) why = "padding masks are not supported on the cuDNN path";
   else if (dh != 64 && dh != 128) why = "head_dim must be 64 or 128";
   return why.empty();
@@ -562,6 +620,21 @@ void execute(Context& ctx, Plan& p, const std::vector<int64_t>& uids,
   if (!err.empty()) throw_error("cudnn", "attention graph", err, __FILE__, __LINE__);
 }
 
+// Bytes of a scratch piece, rounded up to 256 so the next one stays aligned.
+size_t piece(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Copies the query columns between the fused qkv layout (a KV group every
+// (R+2) Dh elements) and the packed (B, S, H, Dh) one (every R Dh): B S KV
+// rows of R Dh contiguous elements, one strided copy.
+void copy_q(Context& ctx, const Shape& s, bf16* dst, const bf16* src, bool to_fused) {
+  const int64_t r = s.h / s.kv;
+  const size_t packed = sizeof(bf16) * static_cast<size_t>(r * s.dh);
+  const size_t fused = sizeof(bf16) * static_cast<size_t>((r + 2) * s.dh);
+  MTC_CUDA_CHECK(cudaMemcpy2DAsync(dst, to_fused ? fused : packed, src, to_fused ? packed : fused,
+                                   packed, static_cast<size_t>(s.b * s.s * s.kv),
+                                   cudaMemcpyDeviceToDevice, ctx.stream));
+}
+
 }  // namespace
 
 void set_attention_backend(AttentionBackend backend) { g_backend = backend; }
@@ -570,7 +643,7 @@ bool cudnn_attention_supported(Context& ctx, int64_t b, int64_t s, int64_t h, in
                                int64_t dh, bool causal, bool has_mask, std::string* why) {
   std::string reason;
   bool ok = eligible(h, kv, dh, has_mask, reason);
-  const Shape shape{b, s, h, dh, causal};
+  const Shape shape{b, s, h, kv, dh, causal};
   ok = ok && get_plan(ctx, true, shape, reason) && get_plan(ctx, false, shape, reason);
   if (why) *why = reason;
   return ok;
@@ -582,23 +655,33 @@ bool cudnn_attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask,
   if (g_backend == AttentionBackend::own) return false;
   std::string why;
   Plan* p = nullptr;
-  if (eligible(h, kv, dh, mask != nullptr, why))
-    p = get_plan(ctx, true, Shape{b, s, h, dh, causal}, why);
+  const Shape shape{b, s, h, kv, dh, causal};
+  if (eligible(h, kv, dh, mask != nullptr, why)) p = get_plan(ctx, true, shape, why);
   if (!p) {
     require(g_backend != AttentionBackend::cudnn,
             "attention_forward: the cuDNN backend is forced but cannot run this call: " + why);
     return false;
   }
-  void* ws = p->workspace > 0 ? ctx.scratch(static_cast<size_t>(p->workspace)) : nullptr;
-  float mask_value = std::numeric_limits<float>::lowest();
+  const Layout l = layout(shape);
+  // Scratch: the packed q (B, S, H, Dh) bf16 when q has no 4-D view, then
+  // the plan's workspace.
+  const size_t q_bytes = l.packed_q ? piece(sizeof(bf16) * static_cast<size_t>(b * s * h * dh)) : 0;
+  const size_t total = q_bytes + static_cast<size_t>(p->workspace);
+  char* scratch = total > 0 ? static_cast<char*>(ctx.scratch(total)) : nullptr;
   bf16* base = const_cast<bf16*>(qkv);
+  bf16* q = base;
+  if (l.packed_q) {
+    q = reinterpret_cast<bf16*>(scratch);
+    copy_q(ctx, shape, q, qkv, false);
+  }
+  float mask_value = std::numeric_limits<float>::lowest();
   std::vector<int64_t> uids = {kQ, kK, kV, kO, kStats, kScale};
-  std::vector<void*> ptrs = {base, base + dh, base + 2 * dh, out, lse, &scale};
+  std::vector<void*> ptrs = {q, base + l.k_col, base + l.v_col, out, lse, &scale};
   if (causal) {
     uids.push_back(kMaskValue);
     ptrs.push_back(&mask_value);
   }
-  execute(ctx, *p, uids, ptrs, ws);
+  execute(ctx, *p, uids, ptrs, p->workspace > 0 ? scratch + q_bytes : nullptr);
   return true;
 }
 
@@ -608,37 +691,48 @@ bool cudnn_attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask
   if (g_backend == AttentionBackend::own) return false;
   std::string why;
   Plan* p = nullptr;
-  if (eligible(h, kv, dh, mask != nullptr, why))
-    p = get_plan(ctx, false, Shape{b, s, h, dh, causal}, why);
+  const Shape shape{b, s, h, kv, dh, causal};
+  if (eligible(h, kv, dh, mask != nullptr, why)) p = get_plan(ctx, false, shape, why);
   if (!p) {
     require(g_backend != AttentionBackend::cudnn,
             "attention_backward: the cuDNN backend is forced but cannot run this call: " + why);
     return false;
   }
-  // Scratch: dQ accumulator (B, H, S, Dh) fp32, Dsum (B, H, S) fp32, then
-  // the plan's workspace; 256-byte aligned pieces.
-  auto round = [](size_t x) { return (x + 255) / 256 * 256; };
-  const size_t acc_bytes = round(sizeof(float) * static_cast<size_t>(b * h * s * dh));
-  const size_t dsum_bytes = round(sizeof(float) * static_cast<size_t>(b * h * s));
-  char* scratch =
-      static_cast<char*>(ctx.scratch(acc_bytes + dsum_bytes + static_cast<size_t>(p->workspace)));
+  const Layout l = layout(shape);
+  // Scratch: dQ accumulator (B, H, S, Dh) fp32, Dsum (B, H, S) fp32, with a
+  // packed q the packed q and dq (B, S, H, Dh) bf16, then the plan's
+  // workspace; 256-byte aligned pieces.
+  const size_t elems = static_cast<size_t>(b * h * s * dh);
+  const size_t acc_bytes = piece(sizeof(float) * elems);
+  const size_t dsum_bytes = piece(sizeof(float) * static_cast<size_t>(b * h * s));
+  const size_t q_bytes = l.packed_q ? piece(sizeof(bf16) * elems) : 0;
+  char* scratch = static_cast<char*>(
+      ctx.scratch(acc_bytes + dsum_bytes + 2 * q_bytes + static_cast<size_t>(p->workspace)));
+  char* workspace = scratch + acc_bytes + dsum_bytes + 2 * q_bytes;
   // Since cuDNN 9.6 the engine initializes the dQ accumulator itself (as
   // cudnn-frontend assumes); earlier versions need it zeroed.
   if (api().GetVersion() < 90600)
     MTC_CUDA_CHECK(cudaMemsetAsync(scratch, 0, acc_bytes, ctx.stream));
-  float one = 1.f, mask_value = std::numeric_limits<float>::lowest();
   bf16* base = const_cast<bf16*>(qkv);
+  bf16* q = base;
+  bf16* dq = dqkv;
+  if (l.packed_q) {
+    q = reinterpret_cast<bf16*>(scratch + acc_bytes + dsum_bytes);
+    dq = reinterpret_cast<bf16*>(scratch + acc_bytes + dsum_bytes + q_bytes);
+    copy_q(ctx, shape, q, qkv, false);
+  }
+  float one = 1.f, mask_value = std::numeric_limits<float>::lowest();
   std::vector<int64_t> uids = {kQ,  kK,  kV,  kO,    kDO,   kStats, kDQ,
                                kDK, kDV, kScale, kOne, kDsum, kDQAcc};
-  std::vector<void*> ptrs = {base,
-                             base + dh,
-                             base + 2 * dh,
+  std::vector<void*> ptrs = {q,
+                             base + l.k_col,
+                             base + l.v_col,
                              const_cast<bf16*>(out),
                              const_cast<bf16*>(dout),
                              const_cast<float*>(lse),
-                             dqkv,
-                             dqkv + dh,
-                             dqkv + 2 * dh,
+                             dq,
+                             dqkv + l.k_col,
+                             dqkv + l.v_col,
                              &scale,
                              &one,
                              scratch + acc_bytes,
@@ -647,7 +741,8 @@ bool cudnn_attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask
     uids.push_back(kMaskValue);
     ptrs.push_back(&mask_value);
   }
-  execute(ctx, *p, uids, ptrs, p->workspace > 0 ? scratch + acc_bytes + dsum_bytes : nullptr);
+  execute(ctx, *p, uids, ptrs, p->workspace > 0 ? workspace : nullptr);
+  if (l.packed_q) copy_q(ctx, shape, dqkv, dq, true);
   return true;
 }
 

@@ -31,7 +31,7 @@ void destroy_cudnn_state(CudnnState* state);
 
 // Attention through cuDNN (attention_cudnn.cpp): runs the call and returns
 // true, or returns false when the cuDNN path does not apply (library
-// missing, GQA, padding mask, no engine, own kernels selected); the caller
+// missing, padding mask, head_dim, no engine, own kernels selected); the caller
 // then runs its own kernel. Throws when the cuDNN backend is forced and
 // cannot run the call.
 bool cudnn_attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask, bf16* out,

@@ -295,7 +295,8 @@ void attention_forward(Context& ctx, const bf16* qkv, const int32_t* mask,
 // dqkv (B, S, (H+2KV)*Dh) overwritten; P recomputed from lse. Uses
 // attention_backward_scratch_bytes() of ctx's scratch (fp32 dq accumulators
 // and the row terms D = rowsum(dout * out)), plus cuDNN's workspace (a few
-// bytes to a few MB) on the cuDNN path.
+// bytes to a few MB) on the cuDNN path, and with grouped KV heads
+// (1 < KV < H) as much again for the packed q and dq it passes cuDNN.
 void attention_backward(Context& ctx, const bf16* qkv, const int32_t* mask,
                         const bf16* out, const float* lse, const bf16* dout,
                         bf16* dqkv, int64_t b, int64_t s, int64_t h,
@@ -305,9 +306,10 @@ size_t attention_backward_scratch_bytes(int64_t b, int64_t s, int64_t h,
 
 // Which implementation attention_forward / attention_backward use:
 //   automatic  cuDNN's fused flash-attention engines (loaded at run time,
-//              libcudnn.so.9 or $MTC_CUDNN_LIB) where they apply: H == KV,
-//              no padding mask, Dh 64 or 128, and an engine exists; the own
-//              FlashAttention-2 style kernels otherwise (GQA, masks, no cuDNN).
+//              libcudnn.so.9 or $MTC_CUDNN_LIB) where they apply: no padding
+//              mask, Dh 64 or 128 (MHA, GQA and MQA), and an engine exists;
+//              the own FlashAttention-2 style kernels otherwise (masks, other
+//              head sizes, no cuDNN).
 //   own        always the own kernels.
 //   cudnn      always cuDNN; a call it cannot run throws CudaError.
 // Process-wide; the default comes from $MTC_ATTENTION_BACKEND
