@@ -7,7 +7,8 @@
 #       .devrun/lib.tar.xz exists, then compiles every (model, policy) for
 #       CUDA into .devrun/rc-progs.tar.xz with its plan.txt/plan.json;
 #       carry .devrun to the GPU machine
-#   bench/recompute_gpu.sh run       on the GPU machine (no MLIR there: only
+#   bench/recompute_gpu.sh run [MODEL-POLICY...]
+#                                    on the GPU machine (no MLIR there: only
 #       the prebuilt binaries): trains each program a few steps and prints,
 #       per program, ms per step (median of the logged intervals after the
 #       first), tokens/s, the measured peak (the training binary's
@@ -69,8 +70,10 @@ python3 -c "
 import numpy as np; np.random.seed(0)
 np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
 printf '%-10s %-11s %9s %11s %12s %12s %7s\n' model policy ms/step tokens/s measured planned ratio | tee -a "$S"
+shift || true
 for c in "${CASES[@]}"; do
   read -r model policy mb flags <<< "$c"
+  if [ $# -gt 0 ] && [[ " $* " != *" $model-$policy "* ]]; then continue; fi
   dir="$D/rc-$model-$policy" log="$OUT/rc-$model-$policy.log"
   "$dir/train" --data /tmp/mtc-random.tokens --split 100,0 --steps 15 --log-interval 1 \
     --metrics "$OUT/rc-$model-$policy.jsonl" > "$log" 2>&1 ||
