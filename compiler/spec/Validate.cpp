@@ -314,11 +314,11 @@ class Checker {
            ref("model.moe.num_experts", e.num_experts) + " is not divisible by " +
                ref("parallel.ep", p.ep) + ": each expert-parallel rank holds num_experts / ep experts" +
                divisorHint(e.num_experts, p.ep, [](int64_t) { return true; }));
-    if (ok({"parallel.ep", "parallel.tp"}) && p.ep > 1 && p.tp > 1)
-      fail({"parallel.ep", "parallel.tp"},
-           "expert parallelism with tensor parallelism is not implemented yet (" +
-               ref("parallel.ep", p.ep) + ", " + ref("parallel.tp", p.tp) +
-               "); use tp = 1 with ep, or ep = 1 with tp (docs/moe.md)");
+    if (ok({"parallel.ep", "parallel.tp", "parallel.sp"}) && p.ep > 1 && p.tp > 1 && !p.sp)
+      fail({"parallel.ep", "parallel.sp"},
+           "expert parallelism with tensor parallelism (" + ref("parallel.ep", p.ep) + ", " +
+               ref("parallel.tp", p.tp) +
+               ") needs sequence parallelism, as in Megatron-LM: add --sp (parallel.sp)");
     if (ok({"parallel.ep", "parallel.distributed_optimizer"}) && p.ep > 1 && p.distributed_optimizer)
       fail({"parallel.ep", "parallel.distributed_optimizer"},
            "the distributed optimizer with expert parallelism (" + ref("parallel.ep", p.ep) +

@@ -177,7 +177,7 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
       // Checkpoints hold global tensors: a split parameter records its global
       // shape and which slice this rank holds (mtc-partition's `mtc.shard`).
       SmallVector<int64_t> global(t.getShape());
-      int64_t splitDim = -1, splitAxis = -1;
+      int64_t splitDim = -1, splitAxis = -1, split2Dim = -1, split2Axis = -1;
       if (auto sh = slot.op->getAttrOfType<DictionaryAttr>("mtc.shard")) {
         global.assign(
             sh.getAs<DenseI64ArrayAttr>("global_shape").asArrayRef().begin(),
@@ -186,6 +186,12 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
         auto grid = sh.getAs<FlatSymbolRefAttr>("grid");
         splitAxis = runtimeAxis(grid ? grid.getValue() : StringRef(kGridName),
                                 sh.getAs<IntegerAttr>("axis").getInt());
+        // Expert parallelism over a tensor-parallel split: the tp split of
+        // the ep slice (mtc-shard-expert-parallel's `then`).
+        if (auto then = sh.getAs<DictionaryAttr>("then")) {
+          split2Dim = then.getAs<IntegerAttr>("dim").getInt();
+          split2Axis = runtimeAxis(kGridName, then.getAs<IntegerAttr>("axis").getInt());
+        }
       }
       std::string dims;
       for (int64_t d : global)
@@ -197,14 +203,18 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
           "  {{ mtc::rt::ParamDesc d; d.name = \"{0}\"; d.shape = {{{1}}; "
           "d.offset = {2}; d.numel = {3}; d.split_dim = {4}; d.split_axis = "
           "{5}; d.init = mtc::rt::InitKind::{6}; d.init_std = {7}; "
-          "d.weight_decay = {8};{9} {10}.push_back(d); }\n",
+          "d.weight_decay = {8};{9}{11} {10}.push_back(d); }\n",
           escape(name), dims, slot.offset, t.getNumElements(), splitDim,
           splitAxis, init, fmt(slot.op.getStd().convertToDouble()),
           global.size() >= 2 ? "true" : "false",
           secondary && secondary->contains(name)
               ? " d.pipeline_primary = false;"
               : "",
-          into);
+          into,
+          split2Dim >= 0 ? llvm::formatv(" d.split2_dim = {0}; d.split2_axis = {1};",
+                                         split2Dim, split2Axis)
+                               .str()
+                         : std::string());
     }
   };
   paramRows(layout, "p.params", nullptr);

@@ -549,8 +549,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           for (Attribute a : epSplit)
             isExpert.insert(cast<StringAttr>(a).getValue());
         if (epSplit)
-          line("double sq[3] = {0, 0, 0};  // split over tp, whole, experts "
-               "(split over ep)");
+          line("double sq[4] = {0, 0, 0, 0};  // split over tp, whole, "
+               "experts (split over ep), experts split over ep and tp");
         else
           line("double sq[2] = {0, 0};  // split over tp, whole");
         if (sharded)
@@ -560,7 +560,9 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
             continue;
           ParamSlot slot = layout.slots.lookup(name);
           int64_t n = slot.op.getType().getNumElements();
-          const char *dst = isSplit.count(name)    ? "sq[0]"
+          const char *dst = isSplit.count(name) && isExpert.count(name)
+                                ? "sq[3]"
+                            : isSplit.count(name)  ? "sq[0]"
                             : isExpert.count(name) ? "sq[2]"
                                                    : "sq[1]";
           if (sharded)
@@ -573,11 +575,13 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         }
         line("float sums[2] = {float(sq[0]), float(sq[1])};");
         if (epSplit) {
-          line("float experts = float(sq[2]);");
-          line(llvm::formatv("st.comm->all_reduce_sum({0}, &experts, 1);",
+          // Summed over ep first; those also split over tp join the tp sum.
+          line("float experts[2] = {float(sq[2]), float(sq[3])};");
+          line(llvm::formatv("st.comm->all_reduce_sum({0}, experts, 2);",
                              runtimeAxis(mtc::kExpertGridName,
                                          mtc::kExpertAxisEP)));
-          line("sums[1] += experts;");
+          line("sums[1] += experts[0];");
+          line("sums[0] += experts[1];");
         }
         if (sharded)
           line(llvm::formatv("st.comm->all_reduce_sum({0}, sums, 2);",

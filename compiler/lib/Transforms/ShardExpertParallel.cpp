@@ -7,8 +7,13 @@
 // The ep ranks are data-parallel ranks: each has its own tokens, so this is
 // a routing of rows between ranks, not a distribution of one value, and it
 // has its own pass instead of rules in mtc-partition. It runs on the joint
-// training program after autodiff and mtc-partition (tp = 1 so far), so the
-// forward and backward grouped GEMMs are rewritten alike.
+// training program after autodiff and mtc-partition, so the forward and
+// backward grouped GEMMs are rewritten alike. With tensor parallelism the
+// partitioner has already split each expert's hidden dimension over tp and
+// made the routing whole on every tp rank: each tp rank exchanges its
+// (identical) rows with the ep ranks of its own tp index, and the experts'
+// parameters are split twice (ep on dimension 0, then tp), as Megatron's
+// expert tensor parallelism (= tp) does.
 //
 // Per function, in program order:
 //  1. The stacked expert parameters (the weights and biases the grouped GEMMs
@@ -99,14 +104,20 @@ private:
       if (t.getDimSize(0) % ep != 0)
         return p.emitOpError("has ")
                << t.getDimSize(0) << " experts, not divisible by ep = " << ep;
-      p->setAttr("mtc.shard",
-                 b.getDictionaryAttr(
-                     {b.getNamedAttr("dim", b.getI64IntegerAttr(0)),
-                      b.getNamedAttr("axis",
-                                     b.getI64IntegerAttr(mtc::kExpertAxisEP)),
-                      b.getNamedAttr("grid", gridRef),
-                      b.getNamedAttr("global_shape",
-                                     b.getDenseI64ArrayAttr(t.getShape()))}));
+      // A tensor-parallel split (mtc-partition's `mtc.shard`) stays, as
+      // the split of the ep slice (`then`); the global shape is its.
+      SmallVector<NamedAttribute> shard = {
+          b.getNamedAttr("dim", b.getI64IntegerAttr(0)),
+          b.getNamedAttr("axis", b.getI64IntegerAttr(mtc::kExpertAxisEP)),
+          b.getNamedAttr("grid", gridRef),
+          b.getNamedAttr("global_shape", b.getDenseI64ArrayAttr(t.getShape()))};
+      if (auto tp = p->getAttrOfType<DictionaryAttr>("mtc.shard")) {
+        shard[3] = b.getNamedAttr("global_shape", tp.get("global_shape"));
+        shard.push_back(b.getNamedAttr(
+            "then", b.getDictionaryAttr({b.getNamedAttr("dim", tp.get("dim")),
+                                         b.getNamedAttr("axis", tp.get("axis"))})));
+      }
+      p->setAttr("mtc.shard", b.getDictionaryAttr(shard));
       p.getResult().setType(withDim(t, 0, t.getDimSize(0) / ep));
       return success();
     }
@@ -231,10 +242,10 @@ struct ShardExpertParallelPass
     mtc::GridShape g = mtc::getGridShape(module);
     if (g.ep <= 1)
       return;
-    if (g.tp > 1 || g.pp > 1) {
+    if (g.pp > 1) {
       module.emitError("mtc-shard-expert-parallel: expert parallelism runs "
-                       "with tp = 1 and pp = 1 so far, got tp = ")
-          << g.tp << ", pp = " << g.pp;
+                       "with pp = 1 so far, got pp = ")
+          << g.pp;
       return signalPassFailure();
     }
     if (g.dp % g.ep != 0) {

@@ -424,14 +424,14 @@ CheckpointState load_checkpoint(const std::string& step_dir,
   std::vector<float> global;
   auto read = [&](const SafetensorsReader& file, const std::string& name, const ParamDesc& d,
                   float* base) {
-    const ParamSlice slice = param_slice(d, program.grid, at);
-    if (slice.parts == 1) {
+    const ParamSlices slices = param_slices(d, program.grid, at);
+    if (!slices.split()) {
       file.read_f32(name, base + d.offset, d.numel);
       return;
     }
-    global.resize(static_cast<size_t>(slice.global_numel()));
-    file.read_f32(name, global.data(), slice.global_numel());
-    take_slice(slice, global.data(), base + d.offset);
+    global.resize(static_cast<size_t>(slices.first.global_numel()));
+    file.read_f32(name, global.data(), slices.first.global_numel());
+    take_slices(slices, global.data(), base + d.offset);
   };
   if (s.has_optimizer) {
     SafetensorsReader opt(step_dir + "/optimizer.safetensors");

@@ -38,6 +38,33 @@ ParamSlice param_slice(const ParamDesc& d, const int64_t* grid, const GridIndex&
   return s;
 }
 
+ParamSlices param_slices(const ParamDesc& d, const int64_t* grid, const GridIndex& at) {
+  ParamSlices s;
+  s.first = param_slice(d, grid, at);
+  s.second.chunk = s.first.local_numel();
+  if (d.split2_dim < 0 || d.split2_axis < 0 || grid[d.split2_axis] == 1) return s;
+  // The second split of the first one's slice: its shape is the global one
+  // with split_dim divided by the first axis's size.
+  ParamDesc inner = d;
+  if (s.first.parts > 1)
+    inner.shape[static_cast<size_t>(d.split_dim)] /= s.first.parts;
+  inner.split_dim = d.split2_dim;
+  inner.split_axis = d.split2_axis;
+  inner.numel = s.first.local_numel() / grid[d.split2_axis];
+  s.second = param_slice(inner, grid, at);
+  return s;
+}
+
+void take_slices(const ParamSlices& s, const float* global, float* local) {
+  if (s.second.parts == 1) {
+    take_slice(s.first, global, local);
+    return;
+  }
+  std::vector<float> mid(static_cast<size_t>(s.first.local_numel()));
+  take_slice(s.first, global, mid.data());
+  take_slice(s.second, mid.data(), local);
+}
+
 void take_slice(const ParamSlice& s, const float* global, float* local) {
   for (int64_t o = 0; o < s.outer; ++o) {
     const float* src = global + (o * s.parts + s.index) * s.chunk;
@@ -86,11 +113,28 @@ std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& prog
     if (it == global_offset.end())
       throw Error("parameter \"" + d.name + "\" is not in the checkpoint layout");
     const bool contributes = d.pipeline_primary || sum_copies;
-    const ParamSlice s = param_slice(d, program.grid, at);
+    const ParamSlices both = param_slices(d, program.grid, at);
+    const ParamSlice& s = both.first;
     float* place = out.empty() ? nullptr : out.data() + it->second;
-    if (s.parts == 1) {
+    if (!both.split()) {
       if (stage_root && contributes && place != nullptr)
         std::copy(local + d.offset, local + d.offset + d.numel, place);
+      continue;
+    }
+    if (both.second.parts > 1) {
+      // Experts split over ep, then tp (validate_program allows no other
+      // pair): the tp group of each ep rank with edp index 0 gathers the
+      // ep slice, then the ep group with tp index 0 the whole tensor.
+      if (at[4] != 0) continue;
+      std::vector<float> mid(static_cast<size_t>(s.local_numel()));
+      gather_slices(*comm, d.split2_axis, both.second, local + d.offset, mid.data());
+      if (at[2] != 0) continue;
+      float* dst = place;
+      if (!stage_root || !contributes) {
+        scratch.resize(static_cast<size_t>(s.global_numel()));
+        dst = scratch.data();
+      }
+      gather_slices(*comm, d.split_axis, s, mid.data(), dst);
       continue;
     }
     // The group along split_axis through the stage root: index 0 on the

@@ -87,6 +87,20 @@ void validate_program(const ProgramDesc& p) {
                     shape_string(d.shape) + " does not divide evenly over the " +
                     std::to_string(parts) + " ranks of the axis");
     }
+    if (d.split2_dim != -1 || d.split2_axis != -1) {
+      // Only the experts' pair: dimension 0 over ep, then another over tp.
+      if (d.split_axis != 3 || d.split_dim != 0 || d.split2_axis != 2 || d.split2_dim < 1 ||
+          d.split2_dim >= static_cast<int>(d.shape.size()))
+        throw Error(at + "a second split (split2_dim " + std::to_string(d.split2_dim) +
+                    ", split2_axis " + std::to_string(d.split2_axis) +
+                    ") is only valid as tp (axis 2) on a dimension >= 1 after ep (axis 3) on "
+                    "dimension 0");
+      if (d.shape[static_cast<size_t>(d.split2_dim)] % p.grid[2] != 0)
+        throw Error(at + "dimension " + std::to_string(d.split2_dim) + " of shape " +
+                    shape_string(d.shape) + " does not divide evenly over tp " +
+                    std::to_string(p.grid[2]));
+      parts *= p.grid[2];
+    }
     if (shape_numel(d.shape) != d.numel * parts)
       throw Error(at + "numel " + std::to_string(d.numel) + " != product of shape " +
                   shape_string(d.shape) +
@@ -131,7 +145,7 @@ void init_params(const ProgramDesc& p, uint64_t seed, float* params, const GridI
       case InitKind::ones: std::fill(x, x + d.numel, 1.0f); break;
       case InitKind::normal: {
         // Local element i is element s.global_at(i) of the global tensor.
-        const ParamSlice s = param_slice(d, p.grid, at);
+        const ParamSlices s = param_slices(d, p.grid, at);
         const uint64_t key = detail::stream_key(seed, detail::fnv1a(d.name));
         for (int64_t i = 0; i < d.numel; ++i)
           x[i] = static_cast<float>(
@@ -170,8 +184,8 @@ ProgramDesc global_layout(const ProgramDesc& p) {
   for (ParamDesc& d : g.params) {
     d.offset = offset;
     d.numel = shape_numel(d.shape);
-    d.split_dim = -1;
-    d.split_axis = -1;
+    d.split_dim = d.split2_dim = -1;
+    d.split_axis = d.split2_axis = -1;
     offset += d.numel;
   }
   g.num_param_elems = offset;

@@ -351,5 +351,40 @@ TEST(MultiRankProgram, SlicesOfAThreeDimensionalTensor) {
   EXPECT_EQ(param_slice(d, one, {0, 0, 0}).parts, 1);
 }
 
+TEST(MultiRankProgram, ExpertsSplitOverEpThenTp) {
+  // (4, 6, 2) stacked experts: dimension 0 over ep = 2, then dimension 1 of
+  // that slice over tp = 3; the rank at (tp t, ep e) holds
+  // x[2e + a, 2t + b, c] for a, b in [0, 2), as (2, 2, 2).
+  ParamDesc d;
+  d.name = "experts";
+  d.shape = {4, 6, 2};
+  d.numel = 8;
+  d.split_dim = 0;
+  d.split_axis = 3;
+  d.split2_dim = 1;
+  d.split2_axis = 2;
+  const int64_t grid[4] = {1, 2, 3, 2};
+  std::vector<float> global(48);
+  for (size_t i = 0; i < global.size(); ++i) global[i] = static_cast<float>(i);
+  std::vector<int> seen(48, 0);
+  for (int64_t e = 0; e < 2; ++e)
+    for (int64_t t = 0; t < 3; ++t) {
+      const ParamSlices s = param_slices(d, grid, {0, e, t, e, 0});
+      ASSERT_TRUE(s.split());
+      EXPECT_EQ(s.second.local_numel(), 8);
+      std::vector<float> local(8);
+      take_slices(s, global.data(), local.data());
+      for (int64_t a = 0; a < 2; ++a)
+        for (int64_t b = 0; b < 2; ++b)
+          for (int64_t c = 0; c < 2; ++c) {
+            const int64_t li = (a * 2 + b) * 2 + c, gi = ((2 * e + a) * 6 + 2 * t + b) * 2 + c;
+            EXPECT_EQ(local[li], global[gi]);
+            EXPECT_EQ(s.global_at(li), gi);
+            ++seen[gi];
+          }
+    }
+  EXPECT_EQ(seen, std::vector<int>(48, 1));  // every element on exactly one rank
+}
+
 }  // namespace
 }  // namespace mtc::rt

@@ -52,7 +52,20 @@ struct ParamSlice {
 // The slice of `d` that the rank at `at` holds in a program compiled for
 // `grid` (ProgramDesc::grid). Assumes validate_program accepted the program.
 // `grid` has ProgramDesc::grid's axes (at least split_axis + 1 of them).
+// The first split only (split_dim / split_axis).
 ParamSlice param_slice(const ParamDesc& d, const int64_t* grid, const GridIndex& at);
+
+// Both splits of a parameter: `first` of the global tensor, `second`
+// (split2_dim / split2_axis) of first's slice; second is the identity (one
+// part) when there is no second split.
+struct ParamSlices {
+  ParamSlice first, second;
+  bool split() const { return first.parts > 1 || second.parts > 1; }
+  int64_t global_at(int64_t i) const { return first.global_at(second.global_at(i)); }
+};
+ParamSlices param_slices(const ParamDesc& d, const int64_t* grid, const GridIndex& at);
+// local = this rank's slice of `global` (both splits).
+void take_slices(const ParamSlices& s, const float* global, float* local);
 
 // local (outer, chunk) = global (outer, parts, chunk)[:, s.index, :].
 void take_slice(const ParamSlice& s, const float* global, float* local);

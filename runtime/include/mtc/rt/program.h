@@ -37,6 +37,11 @@ struct ParamDesc {
   // axis's size); -1 when the rank holds the whole tensor.
   int split_dim = -1;
   int split_axis = -1;
+  // A second split of the first one's slice (expert parallelism with tensor
+  // parallelism: the experts' dimension 0 over ep first, then the tensor-
+  // parallel dimension over tp): -1 when there is none.
+  int split2_dim = -1;
+  int split2_axis = -1;
   // Pipeline parallelism: a parameter several pipeline ranks hold (the word
   // embedding tied to the LM head) is primary on the lowest of them only;
   // checkpoints take the primary copy, gradient dumps the sum of all.
