@@ -101,7 +101,7 @@ const std::vector<std::string> kModelKeys = {
     "activation", "position_embedding", "rope_theta", "tied_embeddings", "bias", "causal",
     "hidden_dropout", "attention_dropout", "init_std"};
 const std::vector<std::string> kParallelKeys = {
-    "tp", "pp", "dp", "sp", "virtual_stages", "microbatches", "schedule", "pipeline_layout",
+    "tp", "pp", "dp", "ep", "sp", "virtual_stages", "microbatches", "schedule", "pipeline_layout",
     "distributed_optimizer"};
 const std::vector<std::string> kTrainingKeys = {
     "micro_batch_size", "global_batch_size", "train_steps", "precision", "optimizer", "grad_clip", "seed"};
