@@ -6,7 +6,8 @@
 //
 //   mtc-upcycle DENSE_CKPT --experts E --topk K [--granularity G]
 //       [--router softmax-topk|topk-softmax] [--router-init random|zero]
-//       [--router-std S] [--layer-freq N] [--seed N] -o MOE_CKPT
+//       [--router-std S] [--optimizer reset|copy] [--layer-freq N] [--seed N]
+//       -o MOE_CKPT
 //
 // DENSE_CKPT is a checkpoint root (holding `latest`) or a step directory.
 // For every MoE layer l (l % N == 0, the spec's model.moe.layer_freq) with
@@ -34,19 +35,42 @@
 // logit 0, hence uniform probabilities and (ties to the lower index) the
 // first k experts for every token: then, with G dividing K, the MoE model
 // computes exactly the dense model's function (docs/moe.md, the test).
-// Every other tensor is copied. The AdamW moments are not carried over
-// (the optimizer state is reset: state.json says has_optimizer false and
-// the program starts the moments at zero); the step, data position, seed
-// and learning-rate schedule are kept, so the MoE program resumes the
-// dense run's schedule and data order where it stopped.
-// Output: MOE_CKPT/step_NNNNNN/{model.safetensors, state.json} and
-// MOE_CKPT/latest, written to a temporary directory and renamed.
+// Every other tensor is copied. The step, data position, seed and
+// learning-rate schedule are kept, so the MoE program resumes the dense
+// run's schedule and data order where it stopped. The AdamW moments:
+//   copy (default): every copied tensor keeps its moments, the routers'
+//     start at zero, and each expert takes its shard of the dense MLP's
+//     moments, selected exactly as its weights, times r (exp_avg) and r^2 (exp_avg_sq), r the
+//     ratio of the expert's gradient to the dense tensor's at the upcycled
+//     point. Derivation: a token t sent to expert e with routing weight w
+//     contributes w dy_t to its output gradient, so fc2's weight and bias
+//     get w times the dense gradient (the factor c on fc2 does not enter
+//     its own gradient), and fc1's get c w times it (the backward through
+//     c * fc2). w c = G / k for both routers (w = 1/E with c = E G / k,
+//     w = 1/k with c = G), and an expert receives a fraction f of the
+//     tokens: f = 1 with the zero router (experts 0..k-1 take every token),
+//     k / E with the random one (balanced routing). Hence
+//       r = f G / k        fc1 / gate / up, weights and biases
+//       r = f G / (k c)    fc2 / down, weights and biases.
+//     Scaling the moments like the weights (c, c^2 on fc2) is not this:
+//     under P = c W the gradient is dL/dW / c. AdamW's first update,
+//     m / sqrt(v), does not depend on a common r, so r only sets how fast
+//     new gradients replace the copied moments (docs/moe.md measures the
+//     choices). The bias corrections use the kept step, as for the dense
+//     run's own moments. The dense checkpoint must hold its moments.
+//   reset (Megatron's): none (state.json says has_optimizer false and the
+//     program starts the moments at zero). Measured on tiny-gpt
+//     (test/e2e/upcycle_demo.sh), this makes the loss jump after upcycling
+//     and copy does not.
+// Output: MOE_CKPT/step_NNNNNN/{model.safetensors, state.json, and with
+// copy optimizer.safetensors} and MOE_CKPT/latest, written to a temporary directory and renamed.
 #include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -63,7 +87,7 @@ namespace fs = std::filesystem;
 struct Options {
   std::string input, output;
   int64_t experts = 0, topk = 0, granularity = 1, layer_freq = 1;
-  bool topk_softmax = false, zero_router = false;
+  bool topk_softmax = false, zero_router = false, copy_optimizer = true;
   double router_std = 0.02;
   uint64_t seed = 1234;
 };
@@ -71,7 +95,7 @@ struct Options {
 [[noreturn]] void usage(const std::string& why) {
   throw Error(why + "\nusage: mtc-upcycle DENSE_CKPT --experts E --topk K [--granularity G] "
               "[--router softmax-topk|topk-softmax] [--router-init random|zero] "
-              "[--router-std S] [--layer-freq N] [--seed N] -o MOE_CKPT");
+              "[--router-std S] [--optimizer reset|copy] [--layer-freq N] [--seed N] -o MOE_CKPT");
 }
 
 int64_t positive(const std::string& flag, const std::string& v) {
@@ -110,6 +134,11 @@ Options parse(int argc, char** argv) {
       o.router_std = std::strtod(v.c_str(), &end);
       if (v.empty() || *end != '\0' || !(o.router_std > 0) || !std::isfinite(o.router_std))
         usage("--router-std must be a number > 0, got \"" + v + "\"");
+    } else if (a == "--optimizer") {
+      std::string v = value();
+      if (v != "reset" && v != "copy")
+        usage("--optimizer must be copy or reset, got \"" + v + "\"");
+      o.copy_optimizer = v == "copy";
     } else if (a == "-o" || a == "--output") o.output = value();
     else if (!a.empty() && a[0] == '-') usage("unknown flag " + a);
     else if (o.input.empty()) o.input = a;
@@ -133,19 +162,40 @@ struct Tensor {
   std::vector<float> data;
 };
 
+// How a dense MLP tensor becomes a stacked expert tensor.
+enum class Part {
+  rows,      // fc1 / gate / up weight (F, D) or bias (F) -> (E, f, D) / (E, f)
+  columns,   // fc2 / down weight (D, F) -> (E, D, f)
+  out_bias,  // fc2 / down bias (D) -> (E, D)
+};
+
 struct Upcycler {
   const Options& o;
   const mtc::rt::SafetensorsReader& in;
-  std::vector<std::pair<std::string, Tensor>> out;
+  const mtc::rt::SafetensorsReader* opt;  // the dense moments (--optimizer copy)
+  std::vector<std::pair<std::string, Tensor>> out, exp_avg, exp_avg_sq;
   double scale() const {
     return o.topk_softmax ? double(o.granularity)
                           : double(o.experts * o.granularity) / double(o.topk);
   }
-  Tensor read(const std::string& name) const {
+  // The factor on the weights of a part: c on the output linear, c / G on
+  // its bias (each of a group's G experts adds it), 1 on the input linears.
+  double weight_scale(Part p) const {
+    return p == Part::rows ? 1.0 : p == Part::columns ? scale() : scale() / double(o.granularity);
+  }
+  // The factor r on exp_avg (r^2 on exp_avg_sq) of a part: the expert's
+  // gradient over the dense one's (the header), r = a f G / k with a = 1
+  // before the activation and 1 / c after it.
+  double moment_scale(Part p) const {
+    const double E = double(o.experts), G = double(o.granularity), k = double(o.topk);
+    const double f = o.zero_router ? 1.0 : k / E;
+    return f * G / k / (p == Part::rows ? 1.0 : scale());
+  }
+  static Tensor read(const mtc::rt::SafetensorsReader& file, const std::string& name) {
     Tensor t;
-    t.shape = in.info(name).shape;
+    t.shape = file.info(name).shape;
     t.data.resize(size_t(mtc::rt::shape_numel(t.shape)));
-    in.read_f32(name, t.data.data(), int64_t(t.data.size()));
+    file.read_f32(name, t.data.data(), int64_t(t.data.size()));
     return t;
   }
   int64_t shard_size(const std::string& name, int64_t f) const {
@@ -154,48 +204,55 @@ struct Upcycler {
                   ", not divisible by --granularity " + std::to_string(o.granularity));
     return f / o.granularity;
   }
-  // (F, D) weight or (F) bias -> (E, f, D) / (E, f): rows of shard e mod G.
-  void split_rows(const std::string& name, const std::string& to) {
-    Tensor t = read(name);
-    int64_t f = shard_size(name, t.shape[0]);
-    int64_t inner = t.shape.size() == 2 ? t.shape[1] : 1;
+  // t (dense) -> the stacked (E, ...) tensor of part p, times `scale`.
+  Tensor stack(const std::string& name, const Tensor& t, Part p, double scale) const {
+    const float a = float(scale);
     Tensor r;
-    r.shape = {o.experts, f};
-    if (t.shape.size() == 2) r.shape.push_back(inner);
-    for (int64_t e = 0; e < o.experts; ++e) {
-      const float* src = t.data.data() + (e % o.granularity) * f * inner;
-      r.data.insert(r.data.end(), src, src + f * inner);
+    if (p == Part::rows) {  // rows of shard e mod G
+      int64_t f = shard_size(name, t.shape[0]);
+      int64_t inner = t.shape.size() == 2 ? t.shape[1] : 1;
+      r.shape = {o.experts, f};
+      if (t.shape.size() == 2) r.shape.push_back(inner);
+      for (int64_t e = 0; e < o.experts; ++e) {
+        const float* src = t.data.data() + (e % o.granularity) * f * inner;
+        for (int64_t i = 0; i < f * inner; ++i) r.data.push_back(a * src[i]);
+      }
+    } else if (p == Part::columns) {  // columns of shard e mod G
+      int64_t d = t.shape[0], f = shard_size(name, t.shape[1]);
+      r.shape = {o.experts, d, f};
+      for (int64_t e = 0; e < o.experts; ++e) {
+        int64_t s = e % o.granularity;
+        for (int64_t i = 0; i < d; ++i)
+          for (int64_t j = 0; j < f; ++j) r.data.push_back(a * t.data[i * t.shape[1] + s * f + j]);
+      }
+    } else {  // the whole bias for every expert
+      r.shape = {o.experts, t.shape[0]};
+      for (int64_t e = 0; e < o.experts; ++e)
+        for (float v : t.data) r.data.push_back(a * v);
     }
-    out.emplace_back(to, std::move(r));
+    return r;
   }
-  // (D, F) weight -> (E, D, f): columns of shard e mod G, times c.
-  void split_columns(const std::string& name, const std::string& to) {
-    Tensor t = read(name);
-    int64_t d = t.shape[0], f = shard_size(name, t.shape[1]);
-    Tensor r;
-    r.shape = {o.experts, d, f};
-    const float c = float(scale());
-    for (int64_t e = 0; e < o.experts; ++e) {
-      int64_t s = e % o.granularity;
-      for (int64_t i = 0; i < d; ++i)
-        for (int64_t j = 0; j < f; ++j) r.data.push_back(c * t.data[i * t.shape[1] + s * f + j]);
-    }
-    out.emplace_back(to, std::move(r));
+  void expert(const std::string& name, const std::string& to, Part p) {
+    out.emplace_back(to, stack(name, read(in, name), p, weight_scale(p)));
+    if (opt == nullptr) return;
+    const double r = moment_scale(p);
+    exp_avg.emplace_back(to, stack(name, read(*opt, name + ".exp_avg"), p, r));
+    exp_avg_sq.emplace_back(to, stack(name, read(*opt, name + ".exp_avg_sq"), p, r * r));
   }
-  // (D) bias of the output linear -> (E, D): c * bias / G each.
-  void spread_bias(const std::string& name, const std::string& to) {
-    Tensor t = read(name);
-    Tensor r;
-    r.shape = {o.experts, t.shape[0]};
-    const double c = scale() / double(o.granularity);
-    for (int64_t e = 0; e < o.experts; ++e)
-      for (float v : t.data) r.data.push_back(float(c * v));
-    out.emplace_back(to, std::move(r));
+  void copy(const std::string& name) {
+    out.emplace_back(name, read(in, name));
+    if (opt == nullptr) return;
+    exp_avg.emplace_back(name, read(*opt, name + ".exp_avg"));
+    exp_avg_sq.emplace_back(name, read(*opt, name + ".exp_avg_sq"));
   }
   void router(const std::string& to, int64_t d, std::mt19937_64& rng) {
     Tensor r;
     r.shape = {o.experts, d};
     r.data.assign(size_t(o.experts * d), 0.0f);
+    if (opt != nullptr) {  // the router's moments start at zero
+      exp_avg.emplace_back(to, r);
+      exp_avg_sq.emplace_back(to, r);
+    }
     if (!o.zero_router) {
       std::normal_distribution<double> normal(0.0, o.router_std);
       for (int64_t g = 0; g < o.experts / o.granularity; ++g) {
@@ -233,7 +290,21 @@ int run(int argc, char** argv) {
   if (!state.is_object() || !state.contains("step") || !state["step"].is_number_integer())
     throw Error(step_dir + "/state.json: not an mtc checkpoint state (no integer \"step\")");
 
-  Upcycler u{o, in, {}};
+  std::unique_ptr<mtc::rt::SafetensorsReader> opt;
+  if (o.copy_optimizer) {
+    if (!state.contains("has_optimizer") || state["has_optimizer"] != true)
+      throw Error(step_dir + "/state.json: the checkpoint has no optimizer state (has_optimizer "
+                  "is not true): --optimizer copy needs the dense run's AdamW moments; use "
+                  "--optimizer reset");
+    opt = std::make_unique<mtc::rt::SafetensorsReader>(step_dir + "/optimizer.safetensors");
+    for (const auto& [name, info] : in.tensors())
+      for (const char* suffix : {".exp_avg", ".exp_avg_sq"})
+        if (!opt->has(name + suffix) || opt->info(name + suffix).shape != info.shape)
+          throw Error(opt->path() + ": no tensor \"" + name + suffix + "\" of shape " +
+                      mtc::rt::shape_string(info.shape) + " (the moments of " + in.path() +
+                      "'s \"" + name + "\")");
+  }
+  Upcycler u{o, in, opt.get(), {}, {}, {}};
   std::mt19937_64 rng(o.seed);
   int64_t layers = 0;
   for (const auto& [name, info] : in.tensors()) {
@@ -249,13 +320,13 @@ int run(int argc, char** argv) {
     const std::string ex = p + "experts.";
     if (rest == "fc1.weight" || rest == "gate.weight" || rest == "up.weight" ||
         rest == "fc1.bias" || rest == "gate.bias" || rest == "up.bias") {
-      u.split_rows(name, ex + rest);
+      u.expert(name, ex + rest, Part::rows);
     } else if (rest == "fc2.weight" || rest == "down.weight") {
-      u.split_columns(name, ex + rest);
+      u.expert(name, ex + rest, Part::columns);
       u.router(p + "router.weight", info.shape[0], rng);
       ++layers;
     } else if (rest == "fc2.bias" || rest == "down.bias") {
-      u.spread_bias(name, ex + rest);
+      u.expert(name, ex + rest, Part::out_bias);
     } else {
       throw Error(in.path() + ": \"" + name + "\" is an MLP tensor mtc-upcycle does not know "
                   "(expected fc1/fc2 or gate/up/down weights and biases)");
@@ -268,18 +339,24 @@ int run(int argc, char** argv) {
     std::string rest;
     int64_t l = mlp_layer(name, &rest);
     if (l >= 0 && l % o.layer_freq == 0) continue;
-    u.out.emplace_back(name, u.read(name));
+    u.copy(name);
   }
 
-  // The state: the dense run's step, data position, seed and schedule; no
-  // optimizer state.
+  // The state: the dense run's step, data position, seed and schedule; the
+  // moments (--optimizer copy, in the trainer's order: each parameter's
+  // exp_avg then exp_avg_sq) or none.
   int64_t numel = 0;
-  std::vector<mtc::rt::TensorRef> refs;
+  std::vector<mtc::rt::TensorRef> refs, moments;
   for (const auto& [name, t] : u.out) {
     refs.push_back({name, t.shape, t.data.data(), "F32"});
     numel += int64_t(t.data.size());
   }
-  state["has_optimizer"] = false;
+  for (size_t i = 0; i < u.exp_avg.size(); ++i) {
+    const auto& [name, m] = u.exp_avg[i];
+    moments.push_back({name + ".exp_avg", m.shape, m.data.data(), "F32"});
+    moments.push_back({name + ".exp_avg_sq", m.shape, u.exp_avg_sq[i].second.data.data(), "F32"});
+  }
+  state["has_optimizer"] = o.copy_optimizer;
   if (state.contains("config") && state["config"].is_object()) {
     state["config"]["num_params"] = numel;
     state["config"]["num_param_tensors"] = refs.size();
@@ -291,6 +368,9 @@ int run(int argc, char** argv) {
   try {
     mtc::rt::write_safetensors((tmp / "model.safetensors").string(), refs,
                                {{"format", "pt"}, {"mtc.upcycled_from", step_dir}});
+    if (o.copy_optimizer)
+      mtc::rt::write_safetensors((tmp / "optimizer.safetensors").string(), moments,
+                                 {{"format", "pt"}, {"mtc.upcycled_from", step_dir}});
     mtc::rt::write_file_atomic((tmp / "state.json").string(), state.dump(2) + "\n");
     fs::rename(tmp, root / step_name);
     mtc::rt::write_file_atomic((root / "latest").string(), step_name + "\n");
@@ -299,11 +379,13 @@ int run(int argc, char** argv) {
     throw;
   }
   std::printf("upcycled %lld MLP layers of %s to %lld experts (granularity %lld, top-%lld, %s, "
-              "%s router, output weight scale %g): %s, %lld parameters; optimizer state reset\n",
+              "%s router, output weight scale %g): %s, %lld parameters; optimizer state %s\n",
               (long long)layers, step_dir.c_str(), (long long)o.experts,
               (long long)o.granularity, (long long)o.topk,
               o.topk_softmax ? "topk-softmax" : "softmax-topk", o.zero_router ? "zero" : "random",
-              u.scale(), (root / step_name).string().c_str(), (long long)numel);
+              u.scale(), (root / step_name).string().c_str(), (long long)numel,
+              o.copy_optimizer ? "copied (the experts' moments scaled, the routers' zero)"
+                               : "reset");
   if (o.topk % o.granularity != 0)
     std::printf("note: --topk %lld is not a multiple of --granularity %lld: tokens do not pick "
                 "whole virtual groups, so the MoE model does not start equal to the dense one\n",

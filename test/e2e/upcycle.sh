@@ -16,10 +16,17 @@
 #      dense one times c_t = (E/k) * (sum of the top-2 probabilities) >= 1,
 #      close to 1 for small router logits, and the aux losses move a little
 #      off their uniform value;
-#   4. the CUDA target refuses MoE specs, naming model.moe; mtc-upcycle
-#      refuses bad flags.
+#   4. --optimizer reset (zero_g1) starts the moments at zero, the default
+#      --optimizer copy carries them: each expert's are its shard of the
+#      dense moments times r and r^2, exactly (Inputs/
+#      check_upcycled_moments.py; test/e2e/upcycle_demo.sh shows what that
+#      does to the loss curve);
+#   5. the CUDA target refuses MoE specs, naming model.moe; mtc-upcycle
+#      refuses bad flags: a checkpoint without moments under --optimizer
+#      copy.
 set -euo pipefail
 : "${MTC:?}" "${MTC_PREPROCESS:?}" "${MTC_UPCYCLE:?}" "${MTC_SRC:?}" "${MTC_E2E_WORK:?}"
+PYTHON="${PYTHON:-/usr/bin/python3}"  # with numpy
 W="$MTC_E2E_WORK/upcycle"
 rm -rf "$W" && mkdir -p "$W"
 
@@ -64,13 +71,24 @@ check() {  # name, program, upcycle flags..., then "--" tolerance
     'BEGIN {x = m - d - o; if (x < 0) x = -x; exit !(x <= t)}' ||
     { echo "FAIL: $name: |step-21 loss - dense - offset| above $tol"; exit 1; }
 }
-check zero_g1 moe --experts 8 --topk 2 --router-init zero -- 2e-6
+check zero_g1 moe --experts 8 --topk 2 --router-init zero --optimizer reset -- 2e-6
 check zero_g2 moe_g2 --experts 8 --topk 2 --granularity 2 --router-init zero -- 1e-4
 check random_g1 moe --experts 8 --topk 2 -- 0.02
 grep -q "has no optimizer state" "$W/zero_g1.train.log" ||
-  { echo "FAIL: the upcycled run did not start with fresh AdamW moments"; exit 1; }
+  { echo "FAIL: the --optimizer reset run did not start with fresh AdamW moments"; exit 1; }
+# The copied moments, exactly: G = 1 with the random router (r = 1/8 on fc1,
+# 1/32 on fc2) and G = 2 with the zero router (r = 1, 1/8).
+"$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 8 --topk 2 --granularity 2 --router-init zero \
+  -o "$W/copy_g2" > "$W/copy_g2.log"
+"$PYTHON" "$MTC_SRC/test/e2e/Inputs/check_upcycled_moments.py" "$W/dense_ckpt_20/step_000020" \
+  "$W/copy_g2/step_000020" 8 2 2 1
+"$PYTHON" "$MTC_SRC/test/e2e/Inputs/check_upcycled_moments.py" "$W/dense_ckpt_20/step_000020" \
+  "$W/random_g1/step_000020" 8 2 1 0
+if grep -q "has no optimizer state" "$W/random_g1.train.log"; then
+  echo "FAIL: the --optimizer copy run (the default) started with fresh AdamW moments"; exit 1
+fi
 
-# 4. Refusals.
+# 5. Refusals.
 if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda -o "$W/cuda" > "$W/cuda.log" 2>&1; then
   echo "FAIL: the CUDA target accepted an MoE spec"; exit 1
 fi
@@ -79,5 +97,12 @@ if "$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 6 --topk 2 --granularity 4 -o "$W
   echo "FAIL: --experts 6 --granularity 4 accepted"; exit 1
 fi
 grep -q "multiple of --granularity" "$W/bad.log" || { echo "FAIL: $(cat "$W/bad.log")"; exit 1; }
+# A dense checkpoint without moments (as one saved without its optimizer).
+mkdir -p "$W/no_moments" && cp "$W/dense_ckpt_20/step_000020"/{model.safetensors,state.json} "$W/no_moments/"
+sed -i 's/"has_optimizer": true/"has_optimizer": false/' "$W/no_moments/state.json"
+if "$MTC_UPCYCLE" "$W/no_moments" --experts 8 --topk 2 -o "$W/bad2" > "$W/bad2.log" 2>&1; then
+  echo "FAIL: --optimizer copy accepted a checkpoint without moments"; exit 1
+fi
+grep -q "has no optimizer state" "$W/bad2.log" || { echo "FAIL: $(cat "$W/bad2.log")"; exit 1; }
 echo "refusals: CUDA target and bad upcycle flags"
 echo "PASS"
