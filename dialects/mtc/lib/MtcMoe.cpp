@@ -1,8 +1,9 @@
 //===- MtcMoe.cpp - the mixture-of-experts ops: verifiers, gradients, costs, rules, kernel rows -===//
 //
 // The MoE family (MtcOps.td, "Mixture of experts"; docs/moe.md) in one
-// file, since its ops only make sense together: the router, the dropless
-// permute / unpermute pair and the grouped GEMMs. Each op's verifier lists
+// file, since its ops only make sense together: the router, the permute /
+// unpermute pair (dropless, or with a capacity: token dropping) and the
+// grouped GEMMs. Each op's verifier lists
 // its checks; each gradient rule states its math; the tensor-parallel
 // rules (mtc-partition) say how the experts split over tp while routing
 // stays whole; the kernel rows name the host kernels of
@@ -13,7 +14,7 @@
 //
 // Costs: a grouped GEMM counts 2 N K Nout FLOPs for N = T*k permuted rows,
 // i.e. top_k experts' work per token, which is what MFU on active
-// parameters counts. Permute/unpermute count their multiply-adds.
+// parameters counts (with a capacity, N = min(E*C, T*k), the buffer's rows). Permute/unpermute count their multiply-adds.
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Dialect/MtcDialect.h"

@@ -1,6 +1,7 @@
 // Host kernels of the mixture-of-experts ops (declared in host_kernels.h,
-// "Mixture of experts"): the router, the dropless permute / unpermute and
-// the grouped GEMMs. The numerical reference for future CUDA kernels.
+// "Mixture of experts"): the router, the permute (dropless or with a
+// capacity) / unpermute and the grouped GEMMs. The numerical reference for
+// future CUDA kernels.
 //
 // Math (per token t; p = softmax(l) over the E experts, S the k selected
 // experts, s the scale):
