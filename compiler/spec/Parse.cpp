@@ -593,6 +593,7 @@ class Parser {
          },
          nullptr},
         {"capacity_factor", real(e.capacity_factor), nullptr},
+        {"drop_policy", enumeration(e.drop_policy), nullptr},
     };
     fields_["parallel"] = {
         {"tp", integer(p.tp), nullptr},

@@ -92,6 +92,14 @@ const char* toString(RouterKind v) {
   return "?";
 }
 
+const char* toString(DropPolicy v) {
+  switch (v) {
+    case DropPolicy::probs: return "probs";
+    case DropPolicy::position: return "position";
+  }
+  return "?";
+}
+
 std::optional<Recompute> parseRecompute(const std::string& s) {
   return detail::enumFromString<Recompute>(s);
 }

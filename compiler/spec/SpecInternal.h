@@ -44,6 +44,7 @@ template <> inline constexpr int kEnumCount<Recompute> = 4;
 template <> inline constexpr int kEnumCount<Precision> = 3;
 template <> inline constexpr int kEnumCount<LrDecay> = 3;
 template <> inline constexpr int kEnumCount<RouterKind> = 2;
+template <> inline constexpr int kEnumCount<DropPolicy> = 2;
 
 template <class E> std::optional<E> enumFromString(const std::string& s) {
   for (int i = 0; i < kEnumCount<E>; ++i)

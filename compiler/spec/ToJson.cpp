@@ -61,6 +61,8 @@ std::string toJson(const Spec& spec) {
     if (e.layer_pattern.empty()) moe["layer_freq"] = e.layer_freq;
     else moe["layer_freq"] = e.layer_pattern;
     moe["capacity_factor"] = e.capacity_factor;
+    // Only with token dropping: a dropless spec.json stays as it was.
+    if (e.capacity_factor > 0) moe["drop_policy"] = toString(e.drop_policy);
     model["moe"] = moe;
   }
 

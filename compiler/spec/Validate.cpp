@@ -257,9 +257,9 @@ class Checker {
 
   // model.moe (docs/moe.md): ranges, top_k <= num_experts, granularity
   // divides ffn_hidden_size, a layer pattern of num_layers entries with at
-  // least one MoE layer; what is not implemented yet is refused by name
-  // (token dropping, pipeline parallelism with MoE layers). The experts'
-  // widths under tp are checkParallel's.
+  // least one MoE layer, capacity_factor >= 0 (0: dropless); what is not
+  // implemented yet is refused by name (pipeline parallelism with MoE
+  // layers). The experts' widths under tp are checkParallel's.
   void checkMoe() {
     const ModelSpec& m = s_.model;
     const MoeSpec& e = m.moe;
@@ -288,10 +288,6 @@ class Checker {
                ref("model.moe.granularity", e.granularity) +
                ": each expert's hidden layer is ffn_hidden_size / granularity" +
                divisorHint(m.ffn_hidden_size, e.granularity, [](int64_t) { return true; }));
-    if (ok({"model.moe.capacity_factor"}) && e.capacity_factor > 0)
-      fail({"model.moe.capacity_factor"},
-           "token dropping (capacity_factor " + formatReal(e.capacity_factor) +
-               ") is not implemented yet; leave it out or write 0 for dropless routing");
     if (ok({"model.moe.layer_freq", "model.num_layers"})) {
       if (e.layer_pattern.empty()) {
         if (e.layer_freq < 1 || e.layer_freq > m.num_layers)

@@ -165,7 +165,8 @@ Value Importer::activation(const Twine &prefix, Value h) {
                              mtc::GeluApproxAttr::get(&ctx, approx));
 }
 
-/// An MoE layer's MLP (docs/moe.md): router, dropless permute, the experts
+/// An MoE layer's MLP (docs/moe.md): router, permute (dropless, or with a
+/// capacity when model.moe.capacity_factor > 0), the experts
 /// as grouped GEMMs over the permuted rows, weighted unpermute; plus a
 /// shared expert (a dense MLP on every token) when the spec has one. The
 /// experts' weights are stacked, (E, out, in), one parameter per linear;
@@ -199,11 +200,28 @@ Value Importer::moeMlp(const Twine &prefix, Value x) {
   if (e.aux_loss_coeff > 0 || e.z_loss_coeff > 0)
     auxLosses.push_back(router.getAuxLoss());
 
+  // Token dropping: capacity C = ceil(capacity_factor * T * k / E) rows per
+  // expert (Megatron's get_capacity), at most T (an expert gets at most one
+  // assignment per token, so a larger C drops nothing); the permuted
+  // buffer holds min(E * C, T * k) rows. The "probs" policy ranks by the
+  // routing weights.
+  Value priority;
+  IntegerAttr capacity;
+  if (e.capacity_factor > 0) {
+    int64_t t = rows / k;
+    int64_t c = std::min<int64_t>(
+        t, static_cast<int64_t>(std::ceil(e.capacity_factor * double(rows) / double(ne))));
+    c = std::max<int64_t>(c, 1);
+    capacity = b.getI64IntegerAttr(c);
+    rows = std::min(rows, ne * c);
+    if (e.drop_policy == mtc::spec::DropPolicy::probs)
+      priority = router.getWeights();
+  }
   std::string ex = (prefix + ".experts").str();
   auto permute = mtc::MoePermuteOp::create(
       b, loc(ex + ".permute"), f32({rows, d}), router.getIndices().getType(),
       RankedTensorType::get({ne}, b.getI32Type()), x, router.getIndices(),
-      b.getI64IntegerAttr(ne));
+      priority, b.getI64IntegerAttr(ne), capacity);
   Value counts = permute.getCounts();
   // A stacked linear: weight (E, out, in), bias (E, out).
   auto experts = [&](const std::string &name, Value in, int64_t out,

@@ -1,8 +1,9 @@
 //===- MtcMoe.cpp - the mixture-of-experts ops: verifiers, gradients, costs, rules, kernel rows -===//
 //
 // The MoE family (MtcOps.td, "Mixture of experts"; docs/moe.md) in one
-// file, since its ops only make sense together: the router, the dropless
-// permute / unpermute pair and the grouped GEMMs. Each op's verifier lists
+// file, since its ops only make sense together: the router, the permute /
+// unpermute pair (dropless, or with a capacity: token dropping) and the
+// grouped GEMMs. Each op's verifier lists
 // its checks; each gradient rule states its math; the tensor-parallel
 // rules (mtc-partition) say how the experts split over tp while routing
 // stays whole; the kernel rows name the host kernels of
@@ -13,7 +14,7 @@
 //
 // Costs: a grouped GEMM counts 2 N K Nout FLOPs for N = T*k permuted rows,
 // i.e. top_k experts' work per token, which is what MFU on active
-// parameters counts. Permute/unpermute count their multiply-adds.
+// parameters counts (with a capacity, N = min(E*C, T*k), the buffer's rows). Permute/unpermute count their multiply-adds.
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Dialect/MtcDialect.h"
@@ -107,8 +108,10 @@ LogicalResult MoeRouterGradOp::verify() {
 }
 
 // Checks: input (..., D) and indices (..., k) share the token dimensions;
-// num_experts >= 1; result (T*k, D) with the input's element type;
-// positions has the indices' type; counts (num_experts).
+// num_experts >= 1; capacity, when present, >= 1; priority only with a
+// capacity, of the indices' shape; result (T*k, D) dropless, (min(E*C,
+// T*k), D) with capacity C, of the input's element type; positions has the
+// indices' type; counts (num_experts).
 LogicalResult MoePermuteOp::verify() {
   Value x = getInput(), idx = getIndices();
   if (!sameTokens(x, idx))
@@ -117,14 +120,35 @@ LogicalResult MoePermuteOp::verify() {
            << shapeStr(shapeOf(x)) << " and " << shapeStr(shapeOf(idx));
   if (getNumExperts() < 1)
     return emitOpError("num_experts must be >= 1");
+  std::optional<uint64_t> cap = getCapacity();
+  if (cap && int64_t(*cap) < 1)
+    return emitOpError("capacity must be >= 1 (rows per expert), got ")
+           << int64_t(*cap);
+  if (getPriority() && !cap)
+    return emitOpError("priority ranks the assignments an expert keeps when "
+                       "it is over capacity: it needs a capacity");
+  if (getPriority() && shapeOf(getPriority()) != shapeOf(idx))
+    return emitOpError("priority must have the indices' shape ")
+           << shapeStr(shapeOf(idx)) << ", got "
+           << shapeStr(shapeOf(getPriority()));
   int64_t rows = tokens(idx) * shapeOf(idx).back();
+  if (cap)
+    rows = std::min(rows, int64_t(getNumExperts()) * int64_t(*cap));
   auto r = typeOf(getResult());
   if (r.getShape() != ArrayRef<int64_t>{rows, shapeOf(x).back()} ||
-      r.getElementType() != typeOf(x).getElementType())
-    return emitOpError("result must be (tokens * top_k, D) = (")
-           << rows << ", " << shapeOf(x).back() << ") of the input's element "
-           << "type (dropless: every assignment has a row), got "
-           << shapeStr(r.getShape());
+      r.getElementType() != typeOf(x).getElementType()) {
+    auto diag = emitOpError();
+    if (cap)
+      diag << "result must be (min(num_experts * capacity, tokens * top_k), "
+              "D) = (";
+    else
+      diag << "result must be (tokens * top_k, D) = (";
+    return diag << rows << ", " << shapeOf(x).back()
+                << ") of the input's element type ("
+                << (cap ? "a row for every kept assignment"
+                        : "dropless: every assignment has a row")
+                << "), got " << shapeStr(r.getShape());
+  }
   if (getPositions().getType() != idx.getType())
     return emitOpError("positions must have the indices' type");
   if (shapeOf(getCounts()) != ArrayRef<int64_t>{int64_t(getNumExperts())})
@@ -133,16 +157,19 @@ LogicalResult MoePermuteOp::verify() {
   return success();
 }
 
-// Checks: input (N, D) with N = tokens * k of positions (..., k); weights,
+// Checks: input (N, D) with 1 <= N <= tokens * k of positions (..., k)
+// (N < tokens * k: a permute with a capacity dropped assignments); weights,
 // when present, has the positions' shape; result (..., D) with the
 // positions' token dimensions and the input's element type.
 static LogicalResult verifyUnpermute(Operation *op, Value input,
                                      Value positions, Value weights,
                                      Value result) {
   auto in = shapeOf(input), pos = shapeOf(positions);
-  if (in.size() != 2 || pos.size() < 2 ||
-      in[0] != tokens(positions) * pos.back())
-    return op->emitOpError("input must be (tokens * top_k, D) for positions ")
+  if (in.size() != 2 || pos.size() < 2 || in[0] < 1 ||
+      in[0] > tokens(positions) * pos.back())
+    return op->emitOpError("input must be (rows, D) with rows at most tokens "
+                           "* top_k = ")
+           << tokens(positions) * pos.back() << " for positions "
            << shapeStr(pos) << ", got " << shapeStr(in);
   if (weights && shapeOf(weights) != pos)
     return op->emitOpError("weights must have the positions' shape ")
@@ -251,16 +278,18 @@ LogicalResult MoeRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
 }
 
 // xp[positions[t, j]] = x[t]  =>  dx[t] = sum_j dxp[positions[t, j]]: an
-// unweighted moe_unpermute. indices get none.
+// unweighted moe_unpermute (a dropped assignment, position -1, adds
+// nothing). indices and the priority get none.
 LogicalResult MoePermuteOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                           SmallVectorImpl<Value> &grads) {
   if (!dy[0]) {
-    grads.assign({Value(), Value()});
+    grads.assign(getNumOperands(), Value());
     return success();
   }
   Value dx = MoeUnpermuteOp::create(b, getLoc(), getInput().getType(), dy[0],
                                     getPositions(), Value());
   grads.assign({dx, Value()});
+  grads.resize(getNumOperands()); // the priority's: none (a ranking)
   return success();
 }
 
@@ -470,14 +499,24 @@ KernelCall MoeRouterGradOp::getKernelCall(BufferName buf) {
           6, t};
 }
 
+// Dropless: moe_permute. With a capacity: moe_permute_capacity, the same
+// arguments then the priority (or nullptr) and the capacity, so that a
+// dropless program calls exactly what it did before token dropping existed.
 KernelCall MoePermuteOp::getKernelCall(BufferName buf) {
   int64_t t = tokens(getInput());
-  return {"moe_permute",
-          {buf(getInput()), buf(getIndices()), buf(getResult()),
-           buf(getPositions()), buf(getCounts()), integer(t),
-           integer(shapeOf(getInput()).back()), integer(getNumExperts()),
-           integer(shapeOf(getIndices()).back())},
-          5, t};
+  KernelCall call{"moe_permute",
+                  {buf(getInput()), buf(getIndices()), buf(getResult()),
+                   buf(getPositions()), buf(getCounts()), integer(t),
+                   integer(shapeOf(getInput()).back()),
+                   integer(getNumExperts()),
+                   integer(shapeOf(getIndices()).back())},
+                  5, t};
+  if (std::optional<uint64_t> cap = getCapacity()) {
+    call.name = "moe_permute_capacity";
+    call.args.push_back(optional(buf, getPriority()));
+    call.args.push_back(integer(int64_t(*cap)));
+  }
+  return call;
 }
 
 KernelCall MoeUnpermuteOp::getKernelCall(BufferName buf) {

@@ -1,6 +1,7 @@
 // Host kernels of the mixture-of-experts ops (declared in host_kernels.h,
-// "Mixture of experts"): the router, the dropless permute / unpermute and
-// the grouped GEMMs. The numerical reference for future CUDA kernels.
+// "Mixture of experts"): the router, the permute (dropless or with a
+// capacity) / unpermute and the grouped GEMMs. The numerical reference for
+// future CUDA kernels.
 //
 // Math (per token t; p = softmax(l) over the E experts, S the k selected
 // experts, s the scale):
@@ -18,6 +19,14 @@
 // The permutation is stable: expert e's rows start at offset_e = sum of
 // the counts before e and hold its assignments in (token, slot) order. A
 // grouped GEMM is one BLAS sgemm per expert on its rows.
+//
+// Token dropping (moe_permute_capacity, capacity C): an expert with more
+// than C assignments keeps C of them, by decreasing priority (Megatron's
+// "probs" drop policy; ties to the earlier assignment) or the first C
+// ("position"); the kept ones are packed exactly as dropless ones, so when
+// nothing is over capacity the rows, positions and counts are the dropless
+// permute's. Dropped assignments get position -1: the unpermute skips them
+// (weight 0 in the combine) and its backward gives them dw = 0.
 #include "mtc/rt/host_kernels.h"
 
 #include <algorithm>
@@ -157,19 +166,55 @@ void moe_router_backward(const float* logits, const float* probs,
   });
 }
 
-void moe_permute(const float* x, const int32_t* indices, float* out,
-                 int32_t* positions, int32_t* counts, int64_t t, int64_t d,
-                 int64_t e, int64_t k) {
+namespace {
+
+// Both permutes: keep[i] says whether assignment i = t*k + j keeps its row.
+void permute_kept(const float* x, const int32_t* indices,
+                  const std::vector<char>& keep, float* out,
+                  int32_t* positions, int32_t* counts, int64_t t, int64_t d,
+                  int64_t e, int64_t k) {
   std::fill(counts, counts + e, 0);
-  for (int64_t i = 0; i < t * k; ++i) ++counts[indices[i]];
+  for (int64_t i = 0; i < t * k; ++i)
+    if (keep[i]) ++counts[indices[i]];
   std::vector<int64_t> next = offsets_of(counts, e);
   for (int64_t i = 0; i < t * k; ++i)
-    positions[i] = static_cast<int32_t>(next[indices[i]]++);
+    positions[i] = keep[i] ? static_cast<int32_t>(next[indices[i]]++) : -1;
   parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       for (int64_t j = 0; j < k; ++j)
-        std::copy(x + r * d, x + (r + 1) * d, out + int64_t(positions[r * k + j]) * d);
+        if (positions[r * k + j] >= 0)
+          std::copy(x + r * d, x + (r + 1) * d, out + int64_t(positions[r * k + j]) * d);
   });
+}
+
+}  // namespace
+
+void moe_permute(const float* x, const int32_t* indices, float* out,
+                 int32_t* positions, int32_t* counts, int64_t t, int64_t d,
+                 int64_t e, int64_t k) {
+  permute_kept(x, indices, std::vector<char>(static_cast<size_t>(t * k), 1), out, positions,
+               counts, t, d, e, k);
+}
+
+void moe_permute_capacity(const float* x, const int32_t* indices, float* out,
+                          int32_t* positions, int32_t* counts, int64_t t,
+                          int64_t d, int64_t e, int64_t k,
+                          const float* priority, int64_t capacity) {
+  // Each expert's assignments in (token, slot) order.
+  std::vector<std::vector<int64_t>> of(static_cast<size_t>(e));
+  for (int64_t i = 0; i < t * k; ++i) of[static_cast<size_t>(indices[i])].push_back(i);
+  std::vector<char> keep(static_cast<size_t>(t * k), 1);
+  for (std::vector<int64_t>& list : of) {
+    if (int64_t(list.size()) <= capacity) continue;
+    if (priority != nullptr)  // highest priority first, then the earlier
+      std::stable_sort(list.begin(), list.end(),
+                       [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
+    for (size_t i = static_cast<size_t>(capacity); i < list.size(); ++i) keep[list[i]] = 0;
+  }
+  permute_kept(x, indices, keep, out, positions, counts, t, d, e, k);
+  int64_t kept = 0, rows = std::min(e * capacity, t * k);
+  for (int64_t i = 0; i < e; ++i) kept += counts[i];
+  std::fill(out + kept * d, out + rows * d, 0.0f);
 }
 
 void moe_unpermute(const float* h, const int32_t* positions,
@@ -180,6 +225,7 @@ void moe_unpermute(const float* h, const int32_t* positions,
     for (int64_t r = begin; r < end; ++r) {
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t j = 0; j < k; ++j) {
+        if (positions[r * k + j] < 0) continue;  // dropped
         const float* row = h + int64_t(positions[r * k + j]) * d;
         double w = weights != nullptr ? double(weights[r * k + j]) : 1.0;
         for (int64_t c = 0; c < d; ++c) acc[c] += w * row[c];
@@ -197,6 +243,10 @@ void moe_unpermute_backward(const float* h, const int32_t* positions,
       const float* g = dy + r * d;
       for (int64_t j = 0; j < k; ++j) {
         int64_t row = positions[r * k + j];
+        if (row < 0) {  // dropped: no row, no gradient
+          dweights[r * k + j] = 0.0f;
+          continue;
+        }
         const float w = weights[r * k + j];
         double dot = 0;
         for (int64_t c = 0; c < d; ++c) {
@@ -212,7 +262,6 @@ void moe_unpermute_backward(const float* h, const int32_t* positions,
 void grouped_matmul(const float* x, const float* w, const int32_t* counts,
                     const float* bias, float* y, int64_t rows, int64_t e,
                     int64_t n, int64_t k, bool trans_b) {
-  (void)rows;
   std::vector<int64_t> off = offsets_of(counts, e);
   for (int64_t i = 0; i < e; ++i) {
     const int64_t m = off[i + 1] - off[i];
@@ -220,6 +269,9 @@ void grouped_matmul(const float* x, const float* w, const int32_t* counts,
     matmul(x + off[i] * k, w + i * n * k, bias != nullptr ? bias + i * n : nullptr,
            y + off[i] * n, m, n, k, false, trans_b);
   }
+  // Rows no expert owns (dropped capacity, the expert-parallel receive
+  // buffer's slack): zero, never read.
+  if (off[e] < rows) std::fill(y + off[e] * n, y + rows * n, 0.0f);
 }
 
 void grouped_matmul_wgrad(const float* a, const float* b,

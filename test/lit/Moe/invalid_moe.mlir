@@ -73,10 +73,50 @@ func.func @permute_tokens(%x: tensor<5x8xf32>, %i: tensor<6x2xi32>) {
 
 // -----
 
-// Tests that the unpermute's input has tokens * top_k rows.
-func.func @unpermute_rows(%h: tensor<10x8xf32>, %pos: tensor<6x2xi32>) {
-  // expected-error @+1 {{'mtc.moe_unpermute' op input must be (tokens * top_k, D) for positions (6, 2), got (10, 8)}}
-  %y = mtc.moe_unpermute %h, %pos : tensor<10x8xf32>, tensor<6x2xi32> -> tensor<6x8xf32>
+// Tests that the unpermute's input has at most tokens * top_k rows.
+func.func @unpermute_rows(%h: tensor<14x8xf32>, %pos: tensor<6x2xi32>) {
+  // expected-error @+1 {{'mtc.moe_unpermute' op input must be (rows, D) with rows at most tokens * top_k = 12 for positions (6, 2), got (14, 8)}}
+  %y = mtc.moe_unpermute %h, %pos : tensor<14x8xf32>, tensor<6x2xi32> -> tensor<6x8xf32>
+  return
+}
+
+// -----
+
+// Tests that a permute with a capacity has min(E * C, T * k) rows.
+func.func @permute_capacity_rows(%x: tensor<6x8xf32>, %i: tensor<6x2xi32>) {
+  // expected-error @+1 {{'mtc.moe_permute' op result must be (min(num_experts * capacity, tokens * top_k), D) = (8, 8) of the input's element type (a row for every kept assignment), got (12, 8)}}
+  %xp, %pos, %c = mtc.moe_permute %x, %i num_experts = 4 capacity = 2
+      : tensor<6x8xf32>, tensor<6x2xi32> -> tensor<12x8xf32>, tensor<4xi32>
+  return
+}
+
+// -----
+
+// Tests that a capacity is at least one row.
+func.func @permute_capacity_zero(%x: tensor<6x8xf32>, %i: tensor<6x2xi32>) {
+  // expected-error @+1 {{'mtc.moe_permute' op capacity must be >= 1 (rows per expert), got 0}}
+  %xp, %pos, %c = mtc.moe_permute %x, %i num_experts = 4 capacity = 0
+      : tensor<6x8xf32>, tensor<6x2xi32> -> tensor<12x8xf32>, tensor<4xi32>
+  return
+}
+
+// -----
+
+// Tests that a priority comes with a capacity.
+func.func @permute_priority_dropless(%x: tensor<6x8xf32>, %i: tensor<6x2xi32>, %w: tensor<6x2xf32>) {
+  // expected-error @+1 {{'mtc.moe_permute' op priority ranks the assignments an expert keeps when it is over capacity: it needs a capacity}}
+  %xp, %pos, %c = mtc.moe_permute %x, %i priority %w num_experts = 4
+      : tensor<6x8xf32>, tensor<6x2xi32>, tensor<6x2xf32> -> tensor<12x8xf32>, tensor<4xi32>
+  return
+}
+
+// -----
+
+// Tests that the priority has the indices' shape.
+func.func @permute_priority_shape(%x: tensor<6x8xf32>, %i: tensor<6x2xi32>, %w: tensor<6x3xf32>) {
+  // expected-error @+1 {{'mtc.moe_permute' op priority must have the indices' shape (6, 2), got (6, 3)}}
+  %xp, %pos, %c = mtc.moe_permute %x, %i priority %w num_experts = 4 capacity = 2
+      : tensor<6x8xf32>, tensor<6x2xi32>, tensor<6x3xf32> -> tensor<8x8xf32>, tensor<4xi32>
   return
 }
 

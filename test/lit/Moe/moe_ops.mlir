@@ -71,3 +71,27 @@ func.func @bias_rank(%h: tensor<12x8xf32>, %w: tensor<4x16x8xf32>, %c: tensor<4x
       : tensor<12x8xf32>, tensor<4x16x8xf32>, tensor<4xi32>, tensor<4x16xf32> -> tensor<12x16xf32>
   return %o : tensor<12x16xf32>
 }
+
+// -----
+
+// Tests that a permute with a capacity round-trips with and without a
+// priority (the drop policies "probs" and "position"), its result
+// min(E * C, T * k) rows, and that the unpermute and its gradient take
+// those rows.
+// CHECK-LABEL: func.func @moe_capacity
+// CHECK:         %[[XP:.*]], %[[POS:.*]], %[[C:.*]] = mtc.moe_permute %{{.*}}, %[[I:.*]] priority %[[W:.*]] num_experts = 4 capacity = 2 : tensor<2x3x8xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32> -> tensor<8x8xf32>, tensor<4xi32>
+// CHECK:         mtc.moe_permute %{{.*}}, %[[I]] num_experts = 4 capacity = 5 : tensor<2x3x8xf32>, tensor<2x3x2xi32> -> tensor<12x8xf32>, tensor<4xi32>
+// CHECK:         mtc.moe_unpermute %[[XP]], %[[POS]], %[[W]] : tensor<8x8xf32>
+// CHECK:         mtc.moe_unpermute_grad %[[XP]], %[[POS]], %[[W]], %{{.*}} : tensor<8x8xf32>
+func.func @moe_capacity(%x: tensor<2x3x8xf32>, %i: tensor<2x3x2xi32>, %w: tensor<2x3x2xf32>,
+                        %dy: tensor<2x3x8xf32>) {
+  %xp, %pos, %c = mtc.moe_permute %x, %i priority %w num_experts = 4 capacity = 2
+      : tensor<2x3x8xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32> -> tensor<8x8xf32>, tensor<4xi32>
+  %xq, %posq, %cq = mtc.moe_permute %x, %i num_experts = 4 capacity = 5
+      : tensor<2x3x8xf32>, tensor<2x3x2xi32> -> tensor<12x8xf32>, tensor<4xi32>
+  %y = mtc.moe_unpermute %xp, %pos, %w
+      : tensor<8x8xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32> -> tensor<2x3x8xf32>
+  %dh, %dw = mtc.moe_unpermute_grad %xp, %pos, %w, %dy
+      : tensor<8x8xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32>, tensor<2x3x8xf32>
+  return
+}

@@ -156,6 +156,142 @@ TEST(MoeKernels, PermuteUnpermute) {
   EXPECT_NEAR(lhs, rhs, 1e-4 * std::abs(lhs) + 1e-5);
 }
 
+// The kept assignments of a capacity-C permute, in double-free integer
+// logic: per expert, its assignments in (token, slot) order, ranked by
+// decreasing priority (ties: the earlier) or kept in order without one.
+std::vector<char> kept_ref(const std::vector<int32_t>& idx, const std::vector<float>* prio,
+                           int64_t e, int64_t cap) {
+  std::vector<char> keep(idx.size(), 0);
+  for (int32_t ex = 0; ex < e; ++ex) {
+    std::vector<int64_t> list;
+    for (size_t i = 0; i < idx.size(); ++i)
+      if (idx[i] == ex) list.push_back(int64_t(i));
+    // Selection sort by rank: the C best, one at a time.
+    for (int64_t c = 0; c < cap && !list.empty(); ++c) {
+      size_t best = 0;
+      for (size_t i = 1; i < list.size(); ++i)
+        if (prio != nullptr && (*prio)[list[i]] > (*prio)[list[best]]) best = i;
+      keep[list[best]] = 1;
+      list.erase(list.begin() + long(best));
+    }
+  }
+  return keep;
+}
+
+// Token dropping: both drop policies against kept_ref, rows packed expert
+// by expert in token order, the tail zero, dropped positions -1; the
+// unpermute skips them and its backward gives them no gradient.
+TEST(MoeKernels, PermuteCapacityDrops) {
+  const int64_t t = 20, d = 3, e = 4, k = 2, cap = 6;
+  const int64_t rows = std::min(e * cap, t * k);  // 24 of 40 assignments
+  Rng rng(17);
+  std::vector<float> x = rng.normal(t * d), prio = rng.uniform(t * k, 0.0f, 1.0f);
+  std::vector<int32_t> idx;
+  for (int64_t i = 0; i < t; ++i) {  // experts 0 and 1 are crowded
+    int32_t a = rng.integer(0, 1), b = 2 + rng.integer(0, 1);
+    if (i % 3 == 0) b = 1 - a;
+    idx.push_back(a);
+    idx.push_back(b);
+  }
+  for (bool by_prob : {true, false}) {
+    SCOPED_TRACE(by_prob ? "policy probs" : "policy position");
+    const float* p = by_prob ? prio.data() : nullptr;
+    std::vector<float> xp(rows * d, 99.0f);
+    std::vector<int32_t> pos(t * k), counts(e);
+    moe_permute_capacity(x.data(), idx.data(), xp.data(), pos.data(), counts.data(), t, d, e, k,
+                         p, cap);
+    std::vector<char> keep = kept_ref(idx, by_prob ? &prio : nullptr, e, cap);
+    int64_t row = 0, dropped = 0;
+    for (int32_t ex = 0; ex < e; ++ex) {
+      int32_t n = 0;
+      for (int64_t i = 0; i < t * k; ++i) {
+        if (idx[i] != ex) continue;
+        if (!keep[i]) {
+          EXPECT_EQ(pos[i], -1) << "assignment " << i << " is dropped";
+          ++dropped;
+          continue;
+        }
+        EXPECT_EQ(pos[i], row) << "assignment " << i;
+        for (int64_t c = 0; c < d; ++c) EXPECT_EQ(xp[row * d + c], x[(i / k) * d + c]);
+        ++row;
+        ++n;
+      }
+      EXPECT_EQ(counts[ex], n) << "expert " << ex;
+      EXPECT_LE(counts[ex], cap);
+    }
+    EXPECT_GT(dropped, 0) << "the test routes more than capacity to experts 0 and 1";
+    for (int64_t i = row * d; i < rows * d; ++i) ASSERT_EQ(xp[i], 0.0f) << "the tail is zero";
+
+    // The combine: dropped assignments add nothing (weight 0).
+    std::vector<float> h = rng.normal(rows * d), w = rng.uniform(t * k, 0.1f, 1.0f);
+    std::vector<double> hd = to_double(h), wd = to_double(w);
+    auto ref = [&] {
+      std::vector<double> y(t * d, 0.0);
+      for (int64_t i = 0; i < t * k; ++i)
+        if (keep[i])
+          for (int64_t c = 0; c < d; ++c) y[(i / k) * d + c] += wd[i] * hd[pos[i] * d + c];
+      return y;
+    };
+    std::vector<float> y(t * d);
+    moe_unpermute(h.data(), pos.data(), w.data(), y.data(), t, d, k);
+    expect_near_all(y, ref(), 1e-6, 1e-6, "unpermute");
+    std::vector<float> dy = rng.normal(t * d), dh(rows * d, 0.0f), dwts(t * k, 99.0f);
+    moe_unpermute_backward(h.data(), pos.data(), w.data(), dy.data(), dh.data(), dwts.data(), t,
+                           d, k);
+    auto objective = [&] { return weighted_sum(ref(), dy); };
+    expect_gradient(dh, finite_difference<double>(hd, objective, 1e-6), 1e-4, "dh");
+    expect_gradient(dwts, finite_difference<double>(wd, objective, 1e-6), 1e-4, "dweights");
+    for (int64_t i = 0; i < t * k; ++i)
+      if (!keep[i]) ASSERT_EQ(dwts[i], 0.0f) << "dropped assignment " << i;
+  }
+}
+
+// Equal priorities: the "probs" policy keeps the earlier assignments, as
+// "position" does. A capacity of T drops nothing: the dropless permute's
+// rows, positions and counts, bit for bit.
+TEST(MoeKernels, PermuteCapacityTiesAndNoDrop) {
+  const int64_t t = 9, d = 4, e = 3, k = 2;
+  Rng rng(19);
+  std::vector<float> x = rng.normal(t * d), same(t * k, 0.5f);
+  std::vector<int32_t> idx;
+  for (int64_t i = 0; i < t; ++i) {
+    int32_t a = rng.integer(0, 2);
+    idx.push_back(a);
+    idx.push_back((a + 1) % 3);
+  }
+  const int64_t cap = 2, rows = e * cap;
+  std::vector<float> xa(rows * d), xb(rows * d);
+  std::vector<int32_t> pa(t * k), pb(t * k), ca(e), cb(e);
+  moe_permute_capacity(x.data(), idx.data(), xa.data(), pa.data(), ca.data(), t, d, e, k,
+                       same.data(), cap);
+  moe_permute_capacity(x.data(), idx.data(), xb.data(), pb.data(), cb.data(), t, d, e, k, nullptr,
+                       cap);
+  EXPECT_EQ(pa, pb);
+  EXPECT_EQ(ca, cb);
+  EXPECT_EQ(xa, xb);
+
+  std::vector<float> prio = rng.uniform(t * k, 0.0f, 1.0f), xd(t * k * d), xc(t * k * d);
+  std::vector<int32_t> pd(t * k), pc(t * k), cd(e), cc(e);
+  moe_permute(x.data(), idx.data(), xd.data(), pd.data(), cd.data(), t, d, e, k);
+  moe_permute_capacity(x.data(), idx.data(), xc.data(), pc.data(), cc.data(), t, d, e, k,
+                       prio.data(), t);
+  EXPECT_EQ(pc, pd);
+  EXPECT_EQ(cc, cd);
+  EXPECT_EQ(xc, xd);
+}
+
+// Rows past the counts' total (dropped capacity): grouped_matmul zeroes
+// them.
+TEST(MoeKernels, GroupedMatmulTailRows) {
+  const int64_t e = 2, kdim = 3, n = 4, rows = 6;
+  const std::vector<int32_t> counts = {2, 1};
+  Rng rng(23);
+  std::vector<float> x = rng.normal(rows * kdim), w = rng.normal(e * kdim * n), y(rows * n, 99.0f);
+  grouped_matmul(x.data(), w.data(), counts.data(), nullptr, y.data(), rows, e, n, kdim, false);
+  for (int64_t i = 0; i < 3 * n; ++i) ASSERT_NE(y[i], 99.0f);
+  for (int64_t i = 3 * n; i < rows * n; ++i) ASSERT_EQ(y[i], 0.0f);
+}
+
 TEST(MoeKernels, GroupedMatmul) {
   const int64_t e = 3, kdim = 4, n = 5;
   const std::vector<int32_t> counts = {3, 0, 4};  // expert 1 has no rows

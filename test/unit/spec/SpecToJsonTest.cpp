@@ -208,6 +208,30 @@ TEST(SpecToJson, EveryKeyAwayFromItsDefaultRoundTrips) {
   checkRoundTrip(s);
 }
 
+// Token dropping: capacity_factor and drop_policy round-trip; a dropless
+// spec writes no drop_policy (its spec.json is what it was before token
+// dropping existed).
+TEST(SpecToJson, MoeTokenDroppingRoundTrips) {
+  const char* base = R"({"model": {"num_layers": 2, "hidden_size": 64, "num_heads": 4,
+      "vocab_size": 256, "seq_length": 8, "moe": {"num_experts": 4, "top_k": 2%s}}})";
+  auto withMoe = [&](const std::string& extra) {
+    std::string text = base;
+    return text.replace(text.find("%s"), 2, extra);
+  };
+  Spec s = load(withMoe(R"(, "capacity_factor": 1.2500000000000002, "drop_policy": "position")"));
+  Json j = Json::parse(toJson(s));
+  EXPECT_EQ(j["model"]["moe"]["capacity_factor"].get<double>(), 1.2500000000000002);
+  EXPECT_EQ(j["model"]["moe"]["drop_policy"], "position");
+  j["model"].erase("padded_vocab_size");
+  Spec back = load(j.dump());
+  EXPECT_EQ(back.model.moe.capacity_factor, s.model.moe.capacity_factor);
+  EXPECT_EQ(back.model.moe.drop_policy, DropPolicy::position);
+
+  Spec dropless = load(withMoe(""));
+  EXPECT_EQ(dropless.model.moe.drop_policy, DropPolicy::probs);
+  EXPECT_FALSE(Json::parse(toJson(dropless))["model"]["moe"].contains("drop_policy"));
+}
+
 TEST(SpecToJson, SpecBuiltInCodeGetsItsDefaultsWritten) {
   Spec s;
   s.model.num_layers = 2;

@@ -23,6 +23,7 @@ enum class Recompute { none, selective, full, auto_ };
 enum class Precision { fp32, bf16, fp16 };
 enum class LrDecay { constant, linear, cosine };
 enum class RouterKind { softmax_topk, topk_softmax };   // "softmax-topk" | "topk-softmax"
+enum class DropPolicy { probs, position };              // "probs" | "position"
 
 // model.moe: mixture-of-experts MLPs (docs/moe.md). Absent: num_experts 0
 // and every MLP dense.
@@ -40,7 +41,11 @@ struct MoeSpec {
   // wrote a list.
   int64_t layer_freq = 1;
   std::vector<int64_t> layer_pattern;
-  double capacity_factor = 0.0;    // 0: dropless (the only mode implemented)
+  // Token dropping (Megatron's --moe-expert-capacity-factor and
+  // --moe-token-drop-policy): each expert takes at most C = ceil(factor *
+  // T * top_k / E) assignments of a micro-batch's T tokens; 0: dropless.
+  double capacity_factor = 0.0;
+  DropPolicy drop_policy = DropPolicy::probs;  // which assignments are kept
 
   bool enabled() const { return num_experts > 0; }
   bool isMoeLayer(int64_t layer) const {
@@ -240,5 +245,6 @@ const char* toString(Recompute);
 const char* toString(Precision);
 const char* toString(LrDecay);
 const char* toString(RouterKind);
+const char* toString(DropPolicy);
 
 }  // namespace mtc::spec

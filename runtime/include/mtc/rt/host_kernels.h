@@ -171,8 +171,9 @@ void cross_entropy_backward(const float* logits, const int32_t* targets,
 // Mixture of experts (runtime/src/host/moe.cpp; docs/moe.md)
 // ---------------------------------------------------------------------------
 // T tokens, E experts, k experts per token, D model width. The permuted
-// buffer has N = T*k rows, expert 0's first, each expert's rows in token
-// order; counts (E) says how many rows each expert owns.
+// buffer has N = T*k rows (dropless) or N = min(E*C, T*k) (capacity C),
+// expert 0's first, each expert's rows in token order; counts (E) says how
+// many rows each expert owns. A dropped assignment's position is -1.
 
 // probs (T, E) = softmax(logits); indices (T, k) the k largest logits in
 // decreasing order (ties: lower index first); weights (T, k) = scale *
@@ -197,19 +198,30 @@ void moe_router_backward(const float* logits, const float* probs,
 void moe_permute(const float* x, const int32_t* indices, float* out,
                  int32_t* positions, int32_t* counts, int64_t t, int64_t d,
                  int64_t e, int64_t k);
-// y[t] = sum_j w[t, j] * h[positions[t, j]]   h (T*k, D), y (T, D);
-// weights nullptr: w = 1 (the gradient of moe_permute).
+// moe_permute with token dropping: each expert keeps at most `capacity`
+// (C >= 1) assignments, those of highest priority (T, k) (ties: the
+// earlier assignment), or with priority nullptr the first C in token
+// order; the others get position -1. out (min(E*C, T*k), D), the rows past
+// the counts' total zero; counts (E) the kept rows.
+void moe_permute_capacity(const float* x, const int32_t* indices, float* out,
+                          int32_t* positions, int32_t* counts, int64_t t,
+                          int64_t d, int64_t e, int64_t k,
+                          const float* priority, int64_t capacity);
+// y[t] = sum_j w[t, j] * h[positions[t, j]]   h (N, D), y (T, D), skipping
+// positions -1; weights nullptr: w = 1 (the gradient of moe_permute).
 void moe_unpermute(const float* h, const int32_t* positions,
                    const float* weights, float* y, int64_t t, int64_t d,
                    int64_t k);
-// dh[positions[t, j]] = w[t, j] * dy[t];  dw[t, j] = dy[t] . h[positions[t, j]].
+// dh[positions[t, j]] = w[t, j] * dy[t];  dw[t, j] = dy[t] . h[positions[t, j]];
+// a position -1: dw[t, j] = 0 and no row of dh.
 void moe_unpermute_backward(const float* h, const int32_t* positions,
                             const float* weights, const float* dy, float* dh,
                             float* dweights, int64_t t, int64_t d, int64_t k);
 
 // Grouped GEMM: for each expert e, its rows of x times op(w[e]) (+ bias[e]).
 //   x (N, K), w (E, K, Nout) or (E, Nout, K) with trans_b, counts (E)
-//   summing to N, bias (E, Nout) or nullptr, y (N, Nout).
+//   summing to at most N, bias (E, Nout) or nullptr, y (N, Nout), its rows
+//   past the counts' total zero.
 void grouped_matmul(const float* x, const float* w, const int32_t* counts,
                     const float* bias, float* y, int64_t rows, int64_t e,
                     int64_t n, int64_t k, bool trans_b);

@@ -608,7 +608,9 @@ def Mtc_CrossEntropyGradOp : Mtc_Op<"cross_entropy_grad", [Mtc_PartitionOp, Pure
 //   ...                                             weights
 //   y = moe_unpermute(out, positions, weights)      (T, D) weighted sum
 // Shapes are static: the permuted buffer always has T*k rows; how many of
-// them each expert owns (counts) is data, computed at run time.
+// them each expert owns (counts) is data, computed at run time. With token
+// dropping (moe_permute's `capacity` C) it has min(E*C, T*k) rows, the
+// dropped assignments' positions are -1.
 //===----------------------------------------------------------------------===//
 
 def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
@@ -683,28 +685,47 @@ def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Mtc_PartitionOp, Pure, Mtc_
 def Mtc_MoePermuteOp : Mtc_Op<"moe_permute", [Mtc_PartitionOp, Pure, Mtc_GradientOp, Mtc_CostOp,
                                              Mtc_KernelOp,
                                              AllTypesMatch<["indices", "positions"]>]> {
-  let summary = "Groups token copies by expert (dropless dispatch).";
+  let summary = "Groups token copies by expert (dispatch), dropless or with a capacity.";
   let description = [{
     x (..., D) with T tokens, indices (..., k) i32 in [0, E). Every (token,
-    slot) assignment becomes one row of `result` (T*k, D): expert 0's rows
-    first, then expert 1's, ..., each expert's in token order. `positions`
+    slot) assignment becomes one row of `result`: expert 0's rows first,
+    then expert 1's, ..., each expert's in token order. `positions`
     (..., k) i32 is the row each assignment went to; `counts` (E) i32 how
     many rows each expert owns (its rows start at the sum of the counts
-    before it). Nothing is dropped, so the shapes are static and the counts
-    are data.
+    before it).
+
+    Dropless (no `capacity`): result (T*k, D), nothing is dropped, so the
+    shapes are static and the counts are data.
+
+    With `capacity` = C (token dropping, GShard / Megatron): each expert
+    keeps at most C of its assignments and the others are dropped: their
+    position is -1 (mtc.moe_unpermute skips them, so they contribute
+    nothing and get no gradient). Which are kept: with a `priority`
+    operand (..., k) f32 (the routing weights: Megatron's "probs" drop
+    policy) the C of highest priority, ties to the earlier assignment;
+    without, the first C in token order ("position"). The kept rows stay
+    packed, expert by expert in token order, so the grouped GEMMs read them
+    through `counts` as in the dropless case; result (min(E*C, T*k), D),
+    the rows past the counts' total zero. The aux loss of mtc.moe_router
+    counts the assignments before dropping, as Megatron's does.
 
     ```mlir
     %xp, %pos, %counts = mtc.moe_permute %x, %i num_experts = 8
         : tensor<8x64x128xf32>, tensor<8x64x2xi32> -> tensor<1024x128xf32>, tensor<8xi32>
+    %xq, %posq, %countsq = mtc.moe_permute %x, %i priority %w num_experts = 8 capacity = 80
+        : tensor<8x64x128xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>
+        -> tensor<640x128xf32>, tensor<8xi32>
     ```
   }];
   let arguments = (ins Mtc_FloatTensor:$input, Mtc_TokenTensor:$indices,
-                   I64Attr:$num_experts);
+                   Optional<RankedTensorOf<[F32]>>:$priority,
+                   I64Attr:$num_experts, OptionalAttr<I64Attr>:$capacity);
   let results = (outs Mtc_FloatTensor:$result, Mtc_TokenTensor:$positions,
                  Mtc_TokenTensor:$counts);
   let assemblyFormat = [{
-    $input `,` $indices `num_experts` `=` $num_experts attr-dict
-    `:` type($input) `,` type($indices) `->` type($result) `,` type($counts)
+    $input `,` $indices (`priority` $priority^)? `num_experts` `=` $num_experts
+    (`capacity` `=` $capacity^)? attr-dict
+    `:` type($input) `,` type($indices) (`,` type($priority)^)? `->` type($result) `,` type($counts)
   }];
   let hasVerifier = 1;
 }
@@ -715,8 +736,9 @@ def Mtc_MoeUnpermuteOp : Mtc_Op<"moe_unpermute", [Mtc_PartitionOp, Pure, Mtc_Gra
   let description = [{
     `result[t] = sum_j weights[t, j] * input[positions[t, j]]`, input
     (N, D) the permuted rows, positions and weights (..., k) with T tokens;
-    result (..., D). Without weights every row counts once: the gradient of
-    mtc.moe_permute.
+    result (..., D). A position of -1 (an assignment mtc.moe_permute dropped
+    for capacity) adds nothing. Without weights every row counts once: the
+    gradient of mtc.moe_permute.
 
     ```mlir
     %y = mtc.moe_unpermute %h, %pos, %w
@@ -739,7 +761,9 @@ def Mtc_MoeUnpermuteGradOp : Mtc_Op<"moe_unpermute_grad", [Mtc_PartitionOp, Pure
   let description = [{
     `dinput[positions[t, j]] = weights[t, j] * dout[t]` (each permuted row
     belongs to exactly one assignment) and `dweights[t, j] = dout[t] .
-    input[positions[t, j]]`.
+    input[positions[t, j]]`; a dropped assignment (position -1) gets
+    `dweights = 0`, and rows no assignment owns (past the counts' total)
+    are left as they are: no grouped op reads them.
 
     ```mlir
     %dh, %dw = mtc.moe_unpermute_grad %h, %pos, %w, %dy
