@@ -1,4 +1,5 @@
-//===- ShardExpertParallel.cpp - -mtc-shard-expert-parallel ----------------===//
+//===- ShardExpertParallel.cpp - -mtc-shard-expert-parallel
+//----------------===//
 //
 // Expert parallelism (Megatron's --expert-model-parallel-size; docs/moe.md):
 // the experts of every MoE layer are split over the `ep` axis of
@@ -114,8 +115,9 @@ private:
       if (auto tp = p->getAttrOfType<DictionaryAttr>("mtc.shard")) {
         shard[3] = b.getNamedAttr("global_shape", tp.get("global_shape"));
         shard.push_back(b.getNamedAttr(
-            "then", b.getDictionaryAttr({b.getNamedAttr("dim", tp.get("dim")),
-                                         b.getNamedAttr("axis", tp.get("axis"))})));
+            "then",
+            b.getDictionaryAttr({b.getNamedAttr("dim", tp.get("dim")),
+                                 b.getNamedAttr("axis", tp.get("axis"))})));
       }
       p->setAttr("mtc.shard", b.getDictionaryAttr(shard));
       p.getResult().setType(withDim(t, 0, t.getDimSize(0) / ep));
@@ -229,10 +231,10 @@ private:
   OpBuilder b;
   FlatSymbolRefAttr gridRef;
   DenseI16ArrayAttr axes;
-  llvm::DenseMap<Value, Routing> routing;   // a permute's counts
-  llvm::DenseMap<Value, Value> countsOf;    // experts'-side value -> counts
-  llvm::DenseMap<Value, Value> dispatched;  // token side -> experts' side
-  llvm::DenseMap<Value, Value> combined;    // experts' side -> token side
+  llvm::DenseMap<Value, Routing> routing;  // a permute's counts
+  llvm::DenseMap<Value, Value> countsOf;   // experts'-side value -> counts
+  llvm::DenseMap<Value, Value> dispatched; // token side -> experts' side
+  llvm::DenseMap<Value, Value> combined;   // experts' side -> token side
 };
 
 struct ShardExpertParallelPass
@@ -285,8 +287,8 @@ struct ShardExpertParallelPass
       nameAttrs.push_back(b.getStringAttr(n));
     ArrayAttr list = b.getArrayAttr(nameAttrs);
     auto gridRef = FlatSymbolRefAttr::get(grid.getSymNameAttr());
-    for (auto r : llvm::make_early_inc_range(
-             opt.getOps<mtc::ReduceGradientsOp>())) {
+    for (auto r :
+         llvm::make_early_inc_range(opt.getOps<mtc::ReduceGradientsOp>())) {
       if (r.getShardOptimizerState()) {
         r.emitOpError("expert parallelism with the distributed optimizer is "
                       "not implemented yet");

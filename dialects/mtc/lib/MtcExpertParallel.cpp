@@ -1,4 +1,5 @@
-//===- MtcExpertParallel.cpp - the expert-parallel exchange ops' verifiers -===//
+//===- MtcExpertParallel.cpp - the expert-parallel exchange ops' verifiers
+//-===//
 //
 // mtc.moe_exchange_counts, mtc.moe_dispatch and mtc.moe_combine (MtcOps.td,
 // "Expert parallelism"): the all-to-all of permuted rows between the ranks of
