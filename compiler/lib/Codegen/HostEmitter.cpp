@@ -261,24 +261,18 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            buf(x.getLocalCounts()), numel(x.getCounts())));
         return success();
       })
-      .Case([&](mtc::MoeDispatchOp x) -> LogicalResult {
-        auto in = shapeOf(x.getInput());
-        line(llvm::formatv("mtc::rt::grid::moe_dispatch(*st.comm, {0}, {1}, "
-                           "{2}, {3}, {4}, {5}, {6}, {7});",
+      .Case<mtc::MoeDispatchOp, mtc::MoeCombineOp>([&](auto x) -> LogicalResult {
+        // The token side's rows (N, D): the dispatch's input, the
+        // combine's result.
+        Value tokens = isa<mtc::MoeDispatchOp>(op) ? x.getInput() : x.getResult();
+        auto rows = shapeOf(tokens);
+        line(llvm::formatv("mtc::rt::grid::{0}(*st.comm, {1}, {2}, {3}, {4}, "
+                           "{5}, {6}, {7}, {8});",
+                           op->getName().stripDialect(),
                            runtimeAxis(x.getGrid(), x.getGridAxes()[0]),
                            buf(x.getInput()), buf(x.getCounts()),
-                           buf(x.getReceived()), buf(x), in[0], in[1],
-                           numel(x.getCounts())));
-        return success();
-      })
-      .Case([&](mtc::MoeCombineOp x) -> LogicalResult {
-        auto out = shapeOf(x);
-        line(llvm::formatv("mtc::rt::grid::moe_combine(*st.comm, {0}, {1}, "
-                           "{2}, {3}, {4}, {5}, {6}, {7});",
-                           runtimeAxis(x.getGrid(), x.getGridAxes()[0]),
-                           buf(x.getInput()), buf(x.getCounts()),
-                           buf(x.getReceived()), buf(x), out[0], out[1],
-                           numel(x.getCounts())));
+                           buf(x.getReceived()), buf(x.getResult()), rows[0],
+                           rows[1], numel(x.getCounts())));
         return success();
       })
       .Case([&](mtc::AllGatherParamsOp g) -> LogicalResult {
