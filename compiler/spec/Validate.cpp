@@ -604,6 +604,8 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
     apply(spec.parallel.pp, overrides.pp, "parallel.pp", kFlagPp);
     apply(spec.parallel.dp, overrides.dp, "parallel.dp", kFlagDp);
     apply(spec.parallel.ep, overrides.ep, "parallel.ep", kFlagEp);
+    apply(spec.model.moe.capacity_factor, overrides.moe_capacity_factor,
+          "model.moe.capacity_factor", kFlagMoeCapacityFactor);
     apply(spec.parallel.sp, overrides.sp, "parallel.sp", kFlagSp);
     apply(spec.parallel.distributed_optimizer, overrides.distributed_optimizer,
           "parallel.distributed_optimizer", kFlagDistributedOptimizer);

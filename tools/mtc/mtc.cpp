@@ -85,6 +85,12 @@ static cl::opt<int64_t> ep(
     cl::desc("Expert-parallel size: the experts of MoE layers split over ep "
              "consecutive data-parallel ranks (divides dp)"),
     cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<double> moeCapacityFactor(
+    "moe-expert-capacity-factor",
+    cl::desc("Token dropping in MoE layers: each expert takes at most "
+             "capacity_factor * tokens * top_k / num_experts rows per "
+             "microbatch (model.moe.capacity_factor; 0: dropless)"),
+    cl::sub(compileCmd), cl::cat(planCat));
 static cl::alias epShort("ep", cl::desc("Alias for --expert-model-parallel-size"),
                          cl::aliasopt(ep), cl::cat(planCat));
 static cl::opt<bool> sp("sp", cl::desc("Sequence parallelism (needs tp > 1)"),
@@ -314,6 +320,8 @@ int main(int argc, char **argv) {
     o.dp = dp;
   if (ep.getNumOccurrences())
     o.ep = ep;
+  if (moeCapacityFactor.getNumOccurrences())
+    o.moe_capacity_factor = moeCapacityFactor;
   if (sp.getNumOccurrences())
     o.sp = sp;
   if (distOpt.getNumOccurrences())

@@ -155,6 +155,7 @@ inline constexpr const char* kFlagTp = "--tp";
 inline constexpr const char* kFlagPp = "--pp";
 inline constexpr const char* kFlagDp = "--dp";
 inline constexpr const char* kFlagEp = "--expert-model-parallel-size";
+inline constexpr const char* kFlagMoeCapacityFactor = "--moe-expert-capacity-factor";
 inline constexpr const char* kFlagSp = "--sp";
 inline constexpr const char* kFlagDistributedOptimizer = "--use-distributed-optimizer";
 inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
@@ -168,6 +169,8 @@ inline constexpr const char* kFlagPipelineLayout = "--pipeline-model-parallel-la
 
 struct Overrides {
   std::optional<int64_t> tp, pp, dp, ep, micro_batch_size, global_batch_size;
+  // Megatron's --moe-expert-capacity-factor: model.moe.capacity_factor.
+  std::optional<double> moe_capacity_factor;
   std::optional<bool> sp;
   std::optional<bool> distributed_optimizer;
   std::optional<Recompute> recompute;
