@@ -65,6 +65,14 @@ std::optional<mtc::Split> splitOf(shard::ShardOp op) {
 }
 } // namespace
 
+mtc::ParamOp mtc::paramOf(Value v) {
+  if (!v)
+    return nullptr;
+  if (auto s = v.getDefiningOp<shard::ShardOp>())
+    v = s.getSrc();
+  return v.getDefiningOp<ParamOp>();
+}
+
 std::optional<mtc::Split> mtc::getAnnotatedSplit(Value value) {
   // The annotated value itself, or the value an annotation applies to.
   if (auto s = value.getDefiningOp<shard::ShardOp>())

@@ -65,14 +65,7 @@ RankedTensorType withDim(Type t, int64_t dim, int64_t size) {
   return r.clone(shape);
 }
 
-/// The parameter behind `v`, if any.
-mtc::ParamOp paramOf(Value v) {
-  if (!v)
-    return nullptr;
-  if (auto s = v.getDefiningOp<shard::ShardOp>())
-    v = s.getSrc();
-  return v.getDefiningOp<mtc::ParamOp>();
-}
+using mtc::paramOf;
 
 class FunctionRewriter {
 public:

@@ -33,12 +33,7 @@ using namespace mlir;
 
 namespace {
 
-/// The parameter behind `v`, looking through an existing annotation.
-mtc::ParamOp paramOf(Value v) {
-  if (auto s = v.getDefiningOp<shard::ShardOp>())
-    v = s.getSrc();
-  return v.getDefiningOp<mtc::ParamOp>();
-}
+using mtc::paramOf;
 
 /// A linear layer: an activation times a parameter stored (out, in)
 /// (mtc.matmul with transpose_b), or stacked per expert (E, out, in)

@@ -74,6 +74,10 @@ mlir::LogicalResult annotateSplit(mlir::Value value, Split split);
 /// The split annotated on `value` by annotateSplit, if any.
 std::optional<Split> getAnnotatedSplit(mlir::Value value);
 
+/// The parameter behind `v` (looking through a split annotation), or null;
+/// null for a null `v`.
+ParamOp paramOf(mlir::Value v);
+
 } // namespace mtc
 
 #endif // MTC_TRANSFORMS_GRID_H
