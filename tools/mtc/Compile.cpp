@@ -183,12 +183,14 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "', but the CUDA target computes in bf16 only (fp16 with "
                 "loss scaling and an fp32 mode are not implemented); set it "
                 "to \"bf16\"");
-  // The MoE ops have host kernels only (docs/moe.md).
-  if (opts.target == "cuda" && parsed->model.moe.enabled())
-    return fail(opts.specPath + ": at model.moe: mixture-of-experts "
-                "layers have no CUDA kernels yet (grouped GEMM, permute, "
-                "router); compile this spec with --target host, or leave "
-                "model.moe out");
+
+  // The MoE ops have CUDA kernels; the expert-parallel exchange does not.
+  if (opts.target == "cuda" && parsed->model.moe.enabled() &&
+      parsed->parallel.ep > 1)
+    return fail(opts.specPath + ": at parallel.ep: expert parallelism on the "
+                "CUDA target needs the token exchange over NCCL (moe_dispatch "
+                "/ moe_combine), which is not implemented; compile with "
+                "--target host, or with ep = 1 (docs/moe.md)");
 
   // Backward lanes are the default where they apply (CUDA, tp > 1, no sp);
   // asked for by name on another plan, they are an error.

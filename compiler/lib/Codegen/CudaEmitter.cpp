@@ -38,6 +38,10 @@ using namespace mlir;
 namespace mtc::codegen {
 
 bool storedF32(Value v) { return lowering::storedF32(v); }
+bool isIntegerTensor(Value v) {
+  auto t = dyn_cast<RankedTensorType>(v.getType());
+  return t && t.getElementType().isInteger();
+}
 
 namespace {
 /// Product of the leading `d` dimensions.
@@ -78,9 +82,8 @@ std::string CudaEmitter::buf(Value v) {
   auto it = names.find(v);
   if (it != names.end())
     return it->second;
-  return llvm::formatv("{0}({1})", storedF32(v) ? "F" : "B",
-                       plan.offset.lookup(v))
-      .str();
+  const char *view = isIntegerTensor(v) ? "I" : storedF32(v) ? "F" : "B";
+  return llvm::formatv("{0}({1})", view, plan.offset.lookup(v)).str();
 }
 
 // The set_current_op line that names `op` (and its location) before its
@@ -232,7 +235,9 @@ void CudaEmitter::planFunction(func::FuncOp fn, bool eval) {
         if (auto c = v.getDefiningOp<arith::ConstantOp>())
           if (noOps.count(c))
             return 0;
-        return t.getNumElements() * (storedF32(v) ? 2 : 1);
+        // In 2-byte units: bf16 1, fp32 and int32 (MoE indices) 2.
+        return t.getNumElements() *
+               (storedF32(v) || isIntegerTensor(v) ? 2 : 1);
       },
       /*align=*/64, hints);
 }
@@ -267,7 +272,9 @@ void CudaEmitter::emitPrologue(StringRef arenaBase) {
        "};");
   line("auto F = [A](int64_t u) { return reinterpret_cast<float*>(A + 2 * u); "
        "};");
-  line("(void)PB; (void)G; (void)B; (void)F;");
+  line("auto I = [A](int64_t u) { return reinterpret_cast<int32_t*>(A + 2 * "
+       "u); };");
+  line("(void)PB; (void)G; (void)B; (void)F; (void)I;");
 }
 
 // Step 3 for `fn`'s ops, and the closing brace.
@@ -526,6 +533,18 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::MatmulOp m) -> LogicalResult {
+        if (storedF32(m)) {
+          // An fp32 result (an MoE router's logits): fp32 output, no bias.
+          if (m.getBias())
+            return op->emitOpError("CUDA target: a matmul with an fp32 "
+                                   "result takes no bias");
+          line(llvm::formatv("k::matmul_f32(ctx, {0}, {1}, {2}, nullptr, {3}, "
+                             "{4}, {5}, {6}, {7}, false);",
+                             buf(m.getLhs()), buf(m.getRhs()), buf(m),
+                             m.getM(), m.getN(), m.getK(), m.getTransposeA(),
+                             m.getTransposeB()));
+          return success();
+        }
         if (std::string g = sinkOf(m); !g.empty()) {
           line(llvm::formatv("k::matmul_f32(ctx, {0}, {1}, {2}, nullptr, {3}, "
                              "{4}, {5}, true, {6}, true);",
@@ -662,6 +681,24 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
                            int64_t(g.getIgnoreIndex()), fmt(dloss)));
         return success();
       })
+      .Case<mtc::GroupedMatmulWgradOp, mtc::GroupedBiasGradOp>(
+          [&](Operation *) -> LogicalResult {
+            // Expert weight and bias gradients accumulate into fp32: the
+            // parameter's gradient (a sink), or their own buffer, zeroed.
+            Value r = op->getResult(0);
+            std::string g = sinkOf(r);
+            if (g.empty())
+              line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync({0}, 0, {1}, "
+                                 "ctx.stream));",
+                                 buf(r), numel(r) * 4));
+            line(formatCall(*kernelCall(op,
+                                        [&](Value v) {
+                                          return v == r && !g.empty() ? g
+                                                                      : buf(v);
+                                        }),
+                            "ctx"));
+            return success();
+          })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
         if (sink.count(a.getGrad()))
           return success();

@@ -25,6 +25,9 @@ namespace mtc::codegen {
 /// mtc-assign-precision's decision (mtc.storage): the value is stored in
 /// fp32 (else bf16).
 bool storedF32(mlir::Value v);
+/// An integer tensor (int32: MoE indices, positions and counts), stored as
+/// it is.
+bool isIntegerTensor(mlir::Value v);
 
 class CudaEmitter {
 public:

@@ -57,7 +57,28 @@ bool keptF32(Value v) {
   if (isa<shard::AllReduceOp, shard::AllGatherOp, shard::AllSliceOp,
           shard::ReduceScatterOp>(def))
     return mtc::lowering::storedF32(def->getOperand(0));
-  return isa<mtc::CrossEntropyOp>(def);
+  // Mixture of experts: the router's math is fp32 (its logits, the
+  // probabilities and weights it saves, the aux loss, the weights'
+  // gradient, the aux loss's gradient seed), and expert weight gradients
+  // are fp32 partial sums where they do not sink.
+  if (auto mm = dyn_cast<mtc::MatmulOp>(def))
+    return !mm->use_empty() &&
+           llvm::all_of(mm->getUsers(), [](Operation *u) {
+             return isa<mtc::MoeRouterOp, mtc::MoeRouterGradOp>(u);
+           });
+  if (auto c = dyn_cast<arith::ConstantOp>(def))
+    return llvm::any_of(c->getUses(), [](OpOperand &u) {
+             auto g = dyn_cast<mtc::MoeRouterGradOp>(u.getOwner());
+             return g && u.get() == g.getDaux();
+           });
+  if (auto u = dyn_cast<mtc::MoeUnpermuteGradOp>(def))
+    return v == u.getDweights();
+  // The sum of two fp32 values (the loss plus MoE aux losses).
+  if (auto add = dyn_cast<mtc::AddOp>(def))
+    return mtc::lowering::storedF32(add.getLhs()) &&
+           mtc::lowering::storedF32(add.getRhs());
+  return isa<mtc::CrossEntropyOp, mtc::MoeRouterOp, mtc::GroupedMatmulWgradOp,
+             mtc::GroupedBiasGradOp>(def);
 }
 
 void assignOp(Operation *op) {

@@ -16,7 +16,8 @@
 //  5. an add of a norm's input gradient (single use) and another stored
 //     value at its last use: norm_into_residual;
 //  6. a cross_entropy_grad of a cross_entropy's logits and targets with a
-//     constant seed: cross_entropy_grad.
+//     constant seed: cross_entropy_grad (the seed copied when other
+//     gradients, MoE aux losses', use it too).
 //
 //===----------------------------------------------------------------------===//
 #include "mtc/Transforms/Lowering.h"
@@ -117,7 +118,14 @@ void fuse(Block &block) {
         if (auto c = dyn_cast<mtc::CrossEntropyOp>(u))
           if (c.getTargets() == ceg.getTargets())
             ce = c;
-      if (ce && cst && cst->hasOneUse() && ce->isBeforeInBlock(ceg)) {
+      if (ce && cst && ce->isBeforeInBlock(ceg)) {
+        // A seed shared with other gradients (MoE layers' aux losses): the
+        // fused pair takes its own copy, the others keep the original.
+        if (!cst->hasOneUse()) {
+          OpBuilder b(ceg);
+          cst = cast<arith::ConstantOp>(b.clone(*cst));
+          ceg.getDlossMutable().assign(cst);
+        }
         mark(ce, ceg, lw::kCrossEntropyGrad);
         cst->setAttr(lw::kFused, ceg->getAttr(lw::kFused));
         lw::setInPlace(ceg.getResult(), 0);

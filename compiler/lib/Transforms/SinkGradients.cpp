@@ -8,7 +8,8 @@
 //     over tp (or gathers along dimension 0).
 //  2. Forward: a candidate sinks if its producer can accumulate (a matmul
 //     with transpose_a and no bias, a norm gradient's gamma/beta result,
-//     embedding_grad, reduce_leading), if it is an add of two sinking
+//     embedding_grad, reduce_leading, an MoE layer's grouped weight and
+//     bias gradients), if it is an add of two sinking
 //     values, or if it is such a collective of a sinking value.
 //  3. Backward: the operands of an add that does not sink are stored.
 //  4. A collective that sinks runs on the parameter's accumulated buffer,
@@ -57,7 +58,8 @@ bool canAccumulate(Value v) {
     return v != ln.getDinput();
   if (auto rn = dyn_cast<mtc::RmsNormGradOp>(def))
     return v != rn.getDinput();
-  return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp>(def);
+  return isa<mtc::EmbeddingGradOp, mtc::ReduceLeadingOp,
+             mtc::GroupedMatmulWgradOp, mtc::GroupedBiasGradOp>(def);
 }
 
 void sinkGradients(Block &block) {

@@ -115,6 +115,7 @@ Context::~Context() {
   }
   destroy_gemm_cache(gemm_cache);
   destroy_cudnn_state(cudnn);
+  destroy_moe_counts(moe_counts);
   if (scratch_) cudaFree(scratch_);
   cudaFree(data_error_slots);
   cudaFree(cublas_workspace);

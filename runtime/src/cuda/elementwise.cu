@@ -75,6 +75,11 @@ __global__ void add_kernel(const bf16* a, const bf16* b, bf16* out, int64_t n, i
   }
 }
 
+// The same in fp32.
+__global__ void add_f32_kernel(const float* a, const float* b, float* out, int64_t n, int64_t nb) {
+  for (int64_t i = global_tid(); i < n; i += grid_stride()) out[i] = a[i] + b[i % nb];
+}
+
 // out (n) = (a (n) + b (n)) + c (n), c optional.
 template <bool kVec>
 __global__ void add3_kernel(const bf16* a, const bf16* b, const bf16* c, bf16* out, int64_t n) {
@@ -264,6 +269,13 @@ void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n, int64
   else
     add_kernel<false><<<grid, kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
   MTC_LAUNCH_CHECK("add_kernel");
+}
+
+void add(Context& ctx, const float* a, const float* b, float* out, int64_t n, int64_t nb) {
+  if (n <= 0) return;
+  require(nb > 0 && n % nb == 0, "add: nb must divide n");
+  add_f32_kernel<<<grid_for(ctx, n, kThreads), kThreads, 0, ctx.stream>>>(a, b, out, n, nb);
+  MTC_LAUNCH_CHECK("add_f32_kernel");
 }
 
 void add3_on(cudaStream_t stream, int sm_count, const bf16* a, const bf16* b, const bf16* c,

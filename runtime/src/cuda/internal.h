@@ -26,6 +26,9 @@ void check_attention_args(const char* op, int64_t b, int64_t s, int64_t h, int64
 // Frees the cuBLASLt plans of a context (gemm.cu).
 void destroy_gemm_cache(GemmCache* cache);
 
+// Frees the host copies of MoE expert counts of a context (moe.cu).
+void destroy_moe_counts(MoeCounts* counts);
+
 // Frees the cuDNN handle and attention plans of a context (attention_cudnn.cpp).
 void destroy_cudnn_state(CudnnState* state);
 

@@ -184,8 +184,13 @@ def MtcAssignPrecision : Pass<"mtc-assign-precision", "::mlir::ModuleOp"> {
     Megatron's bf16 mixed precision for the CUDA target, as `mtc.storage`
     on every op with floating-point tensor results: activations, their
     gradients and the parameters' compute copies are stored in bf16; the
-    values kept in fp32 by design are attention's log-sum-exp, the loss,
-    and collectives of fp32 values. The IR's types stay fp32 (the math);
+    values kept in fp32 by design are attention's log-sum-exp, the loss
+    (and sums of fp32 values, such as the loss plus MoE aux losses), a
+    norm's weight gradients, collectives of fp32 values, and an MoE
+    layer's router math: the router logits (a matmul used only by the
+    router), the router's probabilities, weights and aux loss, the weights'
+    gradient and the aux-loss gradient seed, and the grouped weight and
+    bias gradients where they do not sink. The IR's types stay fp32 (the math);
     parameter gradients never reach storage (mtc-sink-gradients) and go to
     the fp32 gradient buffer, as master weights and AdamW state do.
   }];
@@ -198,7 +203,8 @@ def MtcSinkGradients : Pass<"mtc-sink-gradients", "::mlir::ModuleOp"> {
     (directly, through `mtc.add`s of other such gradients such as a tied
     embedding's two, or through one tensor-parallel collective) is never
     stored: its producer (a transposed matmul, `embedding_grad`,
-    `reduce_leading`, a norm's gamma/beta gradient) accumulates it straight
+    `reduce_leading`, a norm's gamma/beta gradient, `grouped_matmul_wgrad`,
+    `grouped_bias_grad`) accumulates it straight
     into the parameter's fp32 gradient buffer. Writes `mtc.sink` (the
     parameter) on those results, and `mtc.storage` "none" where
     mtc-assign-precision ran before. A collective of such a gradient then runs

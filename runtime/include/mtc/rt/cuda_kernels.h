@@ -38,6 +38,7 @@ using bf16 = __nv_bfloat16;
 
 struct GemmCache;   // cuBLASLt plans by shape (gemm.cu)
 struct CudnnState;  // cuDNN handle and attention plans (attention_cudnn.cpp)
+struct MoeCounts;   // host copies of MoE expert counts (moe.cu)
 
 // ---------------------------------------------------------------------------
 // Context: created once per device and process, before the first op.
@@ -64,6 +65,7 @@ struct Context {
   size_t cublas_workspace_bytes = 0;
   GemmCache* gemm_cache = nullptr;
   CudnnState* cudnn = nullptr;     // created at the first cuDNN attention call
+  MoeCounts* moe_counts = nullptr; // created at the first MoE permute
   // SMs that the GEMMs enqueued from now on leave to work running beside
   // them on other streams (NCCL kernels of an overlapped collective): their
   // plans target sm_count - sm_margin SMs (cuBLASLt's SM count target), so
@@ -112,6 +114,9 @@ void fill(Context& ctx, bf16* x, float value, int64_t n);
 // Residual add (nb == n) and broadcast add of an (S, D) table over B.
 // out may alias a or b.
 void add(Context& ctx, const bf16* a, const bf16* b, bf16* out, int64_t n,
+         int64_t nb);
+// The same in fp32 (the loss and the terms added to it, e.g. MoE aux losses).
+void add(Context& ctx, const float* a, const float* b, float* out, int64_t n,
          int64_t nb);
 
 // out[i] = (a[i] + b[i]) + c[i]   (n; without c when it is null), in fp32
@@ -341,6 +346,70 @@ bool cudnn_attention_supported(Context& ctx, int64_t b, int64_t s, int64_t h,
 void cross_entropy(Context& ctx, const bf16* logits, const int32_t* targets,
                    float* loss, bf16* dlogits, int64_t t, int64_t v,
                    int64_t valid, int32_t ignore_index, float dloss);
+
+// ---------------------------------------------------------------------------
+// Mixture of experts (moe.cu; the math of host_kernels.h's "Mixture of
+// experts", which documents the layouts)
+// ---------------------------------------------------------------------------
+//
+// The router's math is fp32: logits, probs, weights, the aux loss and the
+// weights' gradient are fp32; the rows moved and the GEMMs are bf16.
+//
+// Token counts: an expert's rows start at the sum of the counts before it,
+// and cuBLASLt takes the rows of a GEMM from the host. moe_permute therefore
+// copies the counts it computes to the host (one stream synchronization per
+// call) and keeps the copy in ctx, keyed by the counts' device address; the
+// grouped GEMMs read that copy (or copy and synchronize themselves when no
+// permute of this context wrote that address). Counts written at an
+// address by anything else (an upload, a collective) must be declared with
+// moe_counts_written before a grouped GEMM reads them.
+void moe_counts_written(Context& ctx, const int32_t* counts);
+
+// probs (T, E) = softmax(logits); indices, weights (T, K): the top K
+// experts by logit (ties to the lower index) and their weights; aux_loss
+// (1): load-balancing + z-loss (host::moe_router_forward). E <= 4096,
+// K <= 32. Statistics summed in a fixed order (deterministic).
+void moe_router_forward(Context& ctx, const float* logits, float* probs, int32_t* indices,
+                        float* weights, float* aux_loss, int64_t t, int64_t e, int64_t k,
+                        bool topk_softmax, float scale, float aux_coeff, float z_coeff);
+// dlogits (T, E) from dweights (T, K) and daux (1, device; nullptr: 0).
+void moe_router_backward(Context& ctx, const float* logits, const float* probs,
+                         const int32_t* indices, const float* dweights, const float* daux,
+                         bf16* dlogits, int64_t t, int64_t e, int64_t k, bool topk_softmax,
+                         float scale, float aux_coeff, float z_coeff);
+// out (T*K, D): x's rows grouped by expert, token order within an expert;
+// positions (T, K) the row of each assignment; counts (E).
+void moe_permute(Context& ctx, const bf16* x, const int32_t* indices, bf16* out,
+                 int32_t* positions, int32_t* counts, int64_t t, int64_t d, int64_t e,
+                 int64_t k);
+// The same keeping at most `capacity` assignments per expert (by decreasing
+// priority (T, K), ties to the earlier; by position when priority is null);
+// dropped assignments get position -1; out has min(E * capacity, T * K) rows,
+// those past the kept ones zero.
+void moe_permute_capacity(Context& ctx, const bf16* x, const int32_t* indices, bf16* out,
+                          int32_t* positions, int32_t* counts, int64_t t, int64_t d,
+                          int64_t e, int64_t k, const float* priority, int64_t capacity);
+// y (T, D) = sum_j weights[t, j] h[positions[t, j]] (weights null: 1;
+// position -1: skipped). Summed in fp32.
+void moe_unpermute(Context& ctx, const bf16* h, const int32_t* positions, const float* weights,
+                   bf16* y, int64_t t, int64_t d, int64_t k);
+// dh[positions[t, j]] = weights[t, j] dy[t]; dweights[t, j] = <dy[t], h[row]>
+// (0 for dropped assignments, whose rows dh leaves as they are).
+void moe_unpermute_backward(Context& ctx, const bf16* h, const int32_t* positions,
+                            const float* weights, const bf16* dy, bf16* dh, float* dweights,
+                            int64_t t, int64_t d, int64_t k);
+// y (rows, N): expert i's rows x_i (m_i, K) times w_i ((N, K) when trans_b,
+// else (K, N)) [+ bias_i (N)], one cuBLASLt GEMM per expert with rows;
+// rows past the counted ones are zeroed.
+void grouped_matmul(Context& ctx, const bf16* x, const bf16* w, const int32_t* counts,
+                    const bf16* bias, bf16* y, int64_t rows, int64_t e, int64_t n, int64_t k,
+                    bool trans_b);
+// dw (E, P, Q) fp32 += a_i^T b_i per expert (a (rows, P), b (rows, Q)).
+void grouped_matmul_wgrad(Context& ctx, const bf16* a, const bf16* b, const int32_t* counts,
+                          float* dw, int64_t rows, int64_t e, int64_t p, int64_t q);
+// db (E, M) fp32 += the sum of expert i's rows of dy (rows, M).
+void grouped_bias_grad(Context& ctx, const bf16* dy, const int32_t* counts, float* db,
+                       int64_t rows, int64_t e, int64_t m);
 
 // ---------------------------------------------------------------------------
 // Optimizer
