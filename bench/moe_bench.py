@@ -21,7 +21,7 @@
 #   6 N_active + 12 L d T, N_active = every parameter but the position table
 #   and the E - k unused experts of each layer.
 # Usage: python3 moe_bench.py --moe 1 --experts grouped --layers 8 --batch 4
-#        [--compile 1] [--peak 989]
+#        [--accum 1] [--compile 1] [--peak 989]
 #        python3 moe_bench.py --smoke   (CPU, tiny: both expert paths agree)
 import argparse, json, math, statistics, time
 import torch
@@ -177,9 +177,10 @@ def run(a):
     ys = [torch.randint(0, 50257, (B, T), device="cuda") for _ in range(4)]
 
     def step(i):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(xs[i % 4], ys[i % 4])
-        loss.backward()
+        for j in range(a.accum):  # gradient accumulation: a.accum microbatches a step
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fwd(xs[(i + j) % 4], ys[(i + j) % 4]) / a.accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -197,9 +198,10 @@ def run(a):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - ts)
     med = statistics.median(times)
-    tps = B * T / med
+    tps = a.accum * B * T / med
     name = ("pytorch-moe-" + a.experts) if a.moe else "pytorch-dense"
     return dict(system=name + ("-compile" if a.compile else "-eager"), layers=L, B=B, T=T,
+                microbatches=a.accum,
                 flops_per_token=fpt, step_ms_median=med * 1e3, tokens_per_s=tps,
                 tflops=fpt * tps / 1e12, mfu=fpt * tps / 1e12 / a.peak, warmup_s=warm,
                 final_loss=loss.item(), max_mem_GiB=torch.cuda.max_memory_allocated() / 2**30)
@@ -230,6 +232,7 @@ def main():
     ap.add_argument("--experts", choices=["loop", "grouped"], default="grouped")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--accum", type=int, default=1, help="microbatches per optimizer step")
     ap.add_argument("--compile", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=15)

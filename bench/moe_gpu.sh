@@ -15,6 +15,9 @@
 #       exists), the kernel tests, the baseline script
 #   bench/moe_gpu.sh run       on the GPU machine; writes $OUT (or ./gpu-out)/
 #       moe.txt (the summary) and the logs
+#   bench/moe_gpu.sh run2      on the GPU machine: tiny-moe twice (determinism)
+#       and under compute-sanitizer (memcheck, racecheck); the 8-layer models
+#       with 4 microbatches a step, mtc and PyTorch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.devrun
@@ -45,9 +48,17 @@ json.dump(s, open('$D/specs/$m-${LAYERS}l.json', 'w'), indent=2)"
   }
   compile moe-${LAYERS}l "$D/specs/gpt-1.3b-moe-${LAYERS}l.json" cuda --micro-batch-size 4 --global-batch-size 4
   compile dense-${LAYERS}l "$D/specs/gpt-1.3b-${LAYERS}l.json" cuda --micro-batch-size 4 --global-batch-size 4
+  # Four microbatches a step (the optimizer's share of a step as in real
+  # training, where it is amortized over many microbatches).
+  compile moe-${LAYERS}l-gb16 "$D/specs/gpt-1.3b-moe-${LAYERS}l.json" cuda --micro-batch-size 4 --global-batch-size 16
+  compile dense-${LAYERS}l-gb16 "$D/specs/gpt-1.3b-${LAYERS}l.json" cuda --micro-batch-size 4 --global-batch-size 16
   compile tiny-moe-cuda examples/tiny-moe.json cuda
   compile tiny-moe-host examples/tiny-moe.json host
   cp bench/moe_bench.py "$D/bench/"
+  # The programs share most of their bytes: one archive (the carry limit).
+  progs="prog-moe-${LAYERS}l prog-dense-${LAYERS}l prog-moe-${LAYERS}l-gb16 prog-dense-${LAYERS}l-gb16 prog-tiny-moe-cuda prog-tiny-moe-host"
+  tar -cJf "$D/moe-progs.tar.xz" -C "$D" $progs
+  (cd "$D" && rm -rf $progs)
   du -sh "$D"
   exit 0
 fi
@@ -55,10 +66,95 @@ fi
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
 [ -f "$D/lib.tar.xz" ] && mkdir -p /tmp/mtc-lib && tar -xJf "$D/lib.tar.xz" -C /tmp/mtc-lib
+[ -f "$D/moe-progs.tar.xz" ] && tar -xJf "$D/moe-progs.tar.xz" -C "$D"
 export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
 export PYTHONUNBUFFERED=1
 S="$OUT/moe.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$S"
+[ -f /tmp/mtc-random.tokens ] || python3 -c "
+import numpy as np; np.random.seed(0)
+np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
+
+# Median tokens/s of a metrics file after its fourth step, and the peaks.
+mtc_rate() {  # label jsonl log
+  python3 - "$2" "$3" "$1" <<'PY' | tee -a "$S"
+import json, re, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+tps = statistics.median(r["tokens_per_s"] for r in rows[4:])
+log = open(sys.argv[2]).read()
+peak = re.search(r"measured peak ([0-9.]+ \w+) in use", log)
+print(f"MTC {sys.argv[3]} tokens_per_s {tps:.0f} loss {rows[-1]['loss']:.4f}"
+      + (f" measured_peak {peak.group(1).replace(' ', '')}" if peak else "")
+      + " step_ms " + " ".join(f"{r['step_time_s'] * 1e3:.0f}" for r in rows))
+PY
+}
+
+if [ "$MODE" = run2 ]; then
+  # (a) tiny-moe on the CUDA target twice (is a run deterministic?), then
+  #     under compute-sanitizer: memcheck over 30 steps, racecheck (shared
+  #     memory) over 3.
+  for r in 1 2; do
+    "$D/prog-tiny-moe-cuda/train" --data "$D/data/fortunes" --steps 60 --log-interval 10 \
+      --metrics "$OUT/tiny-moe-cuda-$r.jsonl" > "$OUT/tiny-moe-cuda-$r.log" 2>&1
+  done
+  python3 - "$OUT/tiny-moe-cuda-1.jsonl" "$OUT/tiny-moe-cuda-2.jsonl" <<'PY' | tee -a "$S"
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+same = sum(x == y for x, y in zip(a, b))
+print(f"tiny-moe cuda run 1 vs run 2: {same} of {len(a)} step losses identical; "
+      f"largest difference {max(abs(x - y) for x, y in zip(a, b)):.6f}; "
+      f"steps with loss > 5 after step 10: run 1 {[i + 1 for i, x in enumerate(a) if i >= 10 and x > 5]}, "
+      f"run 2 {[i + 1 for i, x in enumerate(b) if i >= 10 and x > 5]}")
+PY
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -n "$CS" ]; then
+    timeout 150 "$CS" --tool memcheck --print-limit 20 "$D/prog-tiny-moe-cuda/train" \
+      --data "$D/data/fortunes" --steps 30 --log-interval 10 > "$OUT/memcheck.log" 2>&1
+    echo "memcheck 30 steps: exit $?, $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log")" | tee -a "$S"
+    timeout 100 "$CS" --tool racecheck --print-limit 20 "$D/prog-tiny-moe-cuda/train" \
+      --data "$D/data/fortunes" --steps 3 --log-interval 1 > "$OUT/racecheck.log" 2>&1
+    echo "racecheck 3 steps: exit $?, $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log")" | tee -a "$S"
+  else
+    echo "compute-sanitizer not found" | tee -a "$S"
+  fi
+  # (b) Four microbatches a step: mtc MoE and dense, PyTorch grouped MoE and
+  #     dense with the same accumulation.
+  for m in moe dense; do
+    "$D/prog-$m-${LAYERS}l-gb16/train" --data /tmp/mtc-random.tokens --split 100,0 --steps 10 \
+      --log-interval 1 --metrics "$OUT/mtc-$m-gb16.jsonl" > "$OUT/mtc-$m-gb16.log" 2>&1 ||
+      echo "mtc $m gb16 FAILED: $(tail -3 "$OUT/mtc-$m-gb16.log")" | tee -a "$S"
+    mtc_rate "$m-gb16" "$OUT/mtc-$m-gb16.jsonl" "$OUT/mtc-$m-gb16.log"
+  done
+  for cfg in "dense:0" "moe-grouped:1"; do
+    IFS=: read -r name moe <<< "$cfg"
+    timeout 150 python3 "$D/bench/moe_bench.py" --moe "$moe" --experts grouped --layers "$LAYERS" \
+      --batch 4 --accum 4 --iters 8 --compile 1 > "$OUT/torch-$name-gb16.log" 2>&1
+    grep BENCH_RESULT "$OUT/torch-$name-gb16.log" | tee -a "$S" ||
+      echo "torch $name gb16: $(tail -3 "$OUT/torch-$name-gb16.log")" | tee -a "$S"
+  done
+  python3 - "$S" "$D/bench" "$LAYERS" <<'PY' | tee -a "$S"
+import json, re, sys
+sys.path.insert(0, sys.argv[2])
+from moe_bench import flops_per_token
+L = int(sys.argv[3])
+text = open(sys.argv[1]).read()
+mtc = {m: float(v) for m, v in re.findall(r"^MTC (\w+)-gb16 tokens_per_s ([0-9.]+)", text, re.M)}
+fpt = {m: flops_per_token(L, 2048, 8192, 2048, 8, 2, m == "moe") for m in ("moe", "dense")}
+mfu = {m: t * fpt[m] / 989e12 for m, t in mtc.items()}
+for m, t in mtc.items():
+    print(f"mtc {m} (4 microbatches): {t:,.0f} tokens/s, MFU {mfu[m]:.3f}")
+for l in text.splitlines():
+    if l.startswith("BENCH_RESULT"):
+        r = json.loads(l.split(" ", 1)[1])
+        if not r.get("tokens_per_s"): continue
+        m = "moe" if "moe" in r["system"] else "dense"
+        print(f"{r['system']} (4 microbatches): {r['tokens_per_s']:,.0f} tokens/s"
+              + (f", mtc / it {mtc[m] / r['tokens_per_s']:.3f}" if m in mtc else ""))
+if len(mfu) == 2:
+    print(f"mtc MoE MFU / dense MFU (4 microbatches): {mfu['moe'] / mfu['dense']:.3f}")
+PY
+  exit 0
+fi
 
 # 1. The kernels against the host kernels (and the GEMM / elementwise ones
 #    the MoE path calls).
@@ -84,22 +180,11 @@ print(f"tiny-moe largest relative loss difference cuda vs host: {worst:.4f}")
 PY
 
 # 3. Throughput: mtc MoE and dense, then PyTorch.
-[ -f /tmp/mtc-random.tokens ] || python3 -c "
-import numpy as np; np.random.seed(0)
-np.random.randint(0, 50257, size=64*1025*60, dtype=np.uint16).tofile('/tmp/mtc-random.tokens')"
 for m in moe dense; do
   "$D/prog-$m-${LAYERS}l/train" --data /tmp/mtc-random.tokens --split 100,0 --steps 14 \
     --log-interval 1 --metrics "$OUT/mtc-$m.jsonl" > "$OUT/mtc-$m.log" 2>&1 ||
     echo "mtc $m FAILED: $(tail -3 "$OUT/mtc-$m.log")" | tee -a "$S"
-  python3 - "$OUT/mtc-$m.jsonl" "$OUT/mtc-$m.log" "$m" <<'PY' | tee -a "$S"
-import json, re, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-tps = statistics.median(r["tokens_per_s"] for r in rows[4:])
-log = open(sys.argv[2]).read()
-peak = re.search(r"measured peak ([0-9.]+ \w+) in use", log)
-print(f"MTC {sys.argv[3]} tokens_per_s {tps:.0f} loss {rows[-1]['loss']:.4f}"
-      + (f" measured_peak {peak.group(1).replace(' ', '')}" if peak else ""))
-PY
+  mtc_rate "$m" "$OUT/mtc-$m.jsonl" "$OUT/mtc-$m.log"
   grep -E "plan peak|measured peak" "$OUT/mtc-$m.log" | head -2 | tee -a "$S"
 done
 for cfg in "dense:0:grouped" "moe-grouped:1:grouped" "moe-loop:1:loop"; do
