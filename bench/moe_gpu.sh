@@ -15,9 +15,10 @@
 #       exists), the kernel tests, the baseline script
 #   bench/moe_gpu.sh run       on the GPU machine; writes $OUT (or ./gpu-out)/
 #       moe.txt (the summary) and the logs
-#   bench/moe_gpu.sh run2      on the GPU machine: tiny-moe twice (determinism)
-#       and under compute-sanitizer (memcheck, racecheck); the 8-layer models
-#       with 4 microbatches a step, mtc and PyTorch
+#   bench/moe_gpu.sh run2      on the GPU machine: check2 then accum:
+#       check2: tiny-moe twice (determinism) and under compute-sanitizer
+#       (memcheck, racecheck); accum: the 8-layer models with 4 microbatches
+#       a step, mtc and PyTorch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.devrun
@@ -60,8 +61,8 @@ json.dump(s, open('$D/specs/$m-${LAYERS}l.json', 'w'), indent=2)"
   tar -cJf "$D/moe-progs.tar.xz" -C "$D" $progs
   (cd "$D" && rm -rf $progs)
   du -sh "$D"
-  exit 0
 fi
+case "$MODE" in run2|check2|accum) exit 0 ;; esac
 
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
@@ -69,7 +70,7 @@ mkdir -p "$OUT"
 [ -f "$D/moe-progs.tar.xz" ] && tar -xJf "$D/moe-progs.tar.xz" -C "$D"
 export LD_LIBRARY_PATH="/tmp/mtc-lib/lib:${LD_LIBRARY_PATH:-}"
 export PYTHONUNBUFFERED=1
-S="$OUT/moe.txt"
+S="$OUT/moe${MODE#run}.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$S"
 [ -f /tmp/mtc-random.tokens ] || python3 -c "
 import numpy as np; np.random.seed(0)
@@ -89,7 +90,7 @@ print(f"MTC {sys.argv[3]} tokens_per_s {tps:.0f} loss {rows[-1]['loss']:.4f}"
 PY
 }
 
-if [ "$MODE" = run2 ]; then
+if [ "$MODE" = run2 ] || [ "$MODE" = check2 ]; then
   # (a) tiny-moe on the CUDA target twice (is a run deterministic?), then
   #     under compute-sanitizer: memcheck over 30 steps, racecheck (shared
   #     memory) over 3.
@@ -117,6 +118,8 @@ PY
   else
     echo "compute-sanitizer not found" | tee -a "$S"
   fi
+fi
+if [ "$MODE" = run2 ] || [ "$MODE" = accum ]; then
   # (b) Four microbatches a step: mtc MoE and dense, PyTorch grouped MoE and
   #     dense with the same accumulation.
   for m in moe dense; do
