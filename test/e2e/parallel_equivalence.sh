@@ -6,7 +6,9 @@
 # "Same math under any plan": compiles SPEC for one process and for each
 # plan, runs each plan as N cooperating processes (mtc-launch, Gloo), and
 # checks against the one-process run of the same global batch:
-#   - the losses of 5 training steps agree to 1e-5 relative;
+#   - the losses and gradient norms of 5 training steps agree to 1e-5
+#     relative (the norm counts every element of a split or sharded
+#     gradient once);
 #   - every parameter's gradient after step 1 (--dump-grads, gathered to
 #     global tensors) agrees to 1e-5 relative (test/e2e/compare_dumps.py);
 #   - pipeline plans (pp=...): the validation loss after 2 steps equals the
@@ -59,14 +61,17 @@ for plan in "$@"; do
   echo "== $plan ($ranks ranks)"
   if ! "$PYTHON" - "$W/ref.jsonl" "$dir.jsonl" <<'PY'
 import json, sys
-ref = [json.loads(l)["loss"] for l in open(sys.argv[1])]
-got = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+ref = [json.loads(l) for l in open(sys.argv[1])]
+got = [json.loads(l) for l in open(sys.argv[2])]
 assert len(ref) == len(got) == 5, (len(ref), len(got))
-err = max(abs(a - b) / abs(a) for a, b in zip(ref, got))
-print(f"  losses of 5 steps: max relative error {err:.2e}")
-sys.exit(0 if err <= 1e-5 else 1)
+ok = True
+for key, what in (("loss", "losses"), ("grad_norm", "gradient norms")):
+    err = max(abs(a[key] - b[key]) / abs(a[key]) for a, b in zip(ref, got))
+    print(f"  {what} of 5 steps: max relative error {err:.2e}")
+    ok &= err <= 1e-5
+sys.exit(0 if ok else 1)
 PY
-  then echo "FAIL $plan: losses differ"; status=1; fi
+  then echo "FAIL $plan: losses or gradient norms differ"; status=1; fi
   "$PYTHON" "$MTC_SRC/test/e2e/compare_dumps.py" "$W/ref.safetensors" "$dir.safetensors" || status=1
   if [[ $plan == *pp=* ]]; then
     # Validation runs the pipeline's eval pieces: the same loss as one process.
