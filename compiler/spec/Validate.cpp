@@ -315,11 +315,6 @@ class Checker {
            "expert parallelism with tensor parallelism (" + ref("parallel.ep", p.ep) + ", " +
                ref("parallel.tp", p.tp) +
                ") needs sequence parallelism, as in Megatron-LM: add --sp (parallel.sp)");
-    if (ok({"parallel.ep", "parallel.distributed_optimizer"}) && p.ep > 1 && p.distributed_optimizer)
-      fail({"parallel.ep", "parallel.distributed_optimizer"},
-           "the distributed optimizer with expert parallelism (" + ref("parallel.ep", p.ep) +
-               ") is not implemented yet: the experts' optimizer state would be sharded over the "
-               "expert-data-parallel group (dp / ep ranks); leave one of them out");
     if (ok({"parallel.pp"}) && p.pp > 1)
       fail({"parallel.pp"}, "MoE layers (model.moe) run with pp = 1 so far: the pipeline passes "
                             "do not carry the router's aux loss between stages yet (docs/moe.md); "

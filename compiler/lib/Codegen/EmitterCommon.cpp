@@ -243,6 +243,12 @@ std::string emitProgramDesc(ModuleOp module, const ParamLayout &layout,
   std::string decay = getS("decay");
   s << "  p.num_param_elems = " << layout.totalElements << ";\n"
     << "  p.optimizer_shard_elems = " << layout.shardElements << ";\n"
+    << (layout.shards.size() > 1
+            ? llvm::formatv("  p.expert_optimizer_shard_elems = {0};  // over "
+                            "the expert-data-parallel group, from element {1}\n",
+                            layout.shards[1].elements, layout.shards[1].begin)
+                  .str()
+            : std::string())
     << "  p.arena_floats = " << extras.arenaWords << ";\n"
     << "  p.compute_param_bytes = " << extras.computeParamBytes << ";\n"
     << "  p.flops_per_step = " << fmt(report.flopsPerStep) << ";\n"

@@ -20,6 +20,7 @@ namespace mtc::codegen {
 
 // Parameters are laid out the same way by both emitters and the passes
 // that need offsets (ParamLayout, mtc/Transforms/ParamLayout.h).
+using mtc::OptimizerShard;
 using mtc::ParamLayout;
 using mtc::ParamSlot;
 

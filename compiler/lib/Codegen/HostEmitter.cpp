@@ -37,6 +37,18 @@ using namespace mlir;
 namespace {
 using namespace mtc::codegen;
 
+// The emitted names of a distributed optimizer region's bounds and test:
+// lo, hi, in_shard for the dense one (dp); expert_lo, expert_hi,
+// expert_in_shard for the experts' (edp).
+std::string shardVar(const OptimizerShard &s, llvm::StringRef name) {
+  return ((s.experts ? "expert_" : "") + name).str();
+}
+
+// `base + offset`, or `base` at offset 0.
+std::string plus(llvm::StringRef base, int64_t offset) {
+  return offset ? llvm::formatv("{0} + {1}", base, offset).str() : base.str();
+}
+
 class HostEmitter {
 public:
   explicit HostEmitter(ModuleOp module) : module(module), layout(module) {}
@@ -207,32 +219,53 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case([&](mtc::ReduceGradientsOp r) -> LogicalResult {
         if (r.getShardOptimizerState()) {
-          // Distributed optimizer: this rank's shard of the flat gradient
-          // buffer, [lo, hi), receives the group's mean; the ops below
-          // read and update that shard only.
-          if (r.getGridAxes().size() != 1)
-            return op->emitOpError("host target: a sharded optimizer over "
-                                   "one grid axis");
-          int16_t axis = r.getGridAxes()[0];
-          line(llvm::formatv("const int64_t lo = st.comm->index({0}) * {1}, "
-                             "hi = lo + {1};",
-                             axis, layout.shardElements));
-          line(llvm::formatv("st.comm->reduce_scatter_sum({0}, G, G + lo, "
-                             "{1});",
-                             axis, layout.shardElements));
+          // Distributed optimizer: this rank's share of the flat gradient
+          // buffer's region, [lo, hi), receives the group's mean (the
+          // experts' region: [expert_lo, expert_hi), the sum over the
+          // expert-data-parallel group divided by `divisor`); the ops below
+          // read and update that share only.
+          const OptimizerShard *sh = layout.shardOn(r.getGrid(), r.getGridAxes());
+          if (r.getGridAxes().size() != 1 || !sh)
+            return op->emitOpError(
+                "host target: a sharded optimizer over one grid axis, its "
+                "region the whole buffer (dp) or the experts' after the "
+                "dense parameters' (edp)");
+          auto runs = reducedRuns(r, layout);
+          if (runs.size() != 1 || runs[0].first != sh->begin ||
+              runs[0].first + runs[0].second != sh->end())
+            return op->emitOpError("host target: the parameters it reduces "
+                                   "are not its sharded region of the flat "
+                                   "buffer");
+          const int axis = runtimeAxis(r.getGrid(), r.getGridAxes()[0]);
+          std::string lo = shardVar(*sh, "lo"), hi = shardVar(*sh, "hi");
+          line(llvm::formatv("const int64_t {0} = {1}st.comm->index({2}) * "
+                             "{3}, {4} = {0} + {3};",
+                             lo, sh->begin ? std::to_string(sh->begin) + " + " : "",
+                             axis, sh->elements, hi));
+          line(llvm::formatv("st.comm->reduce_scatter_sum({0}, {1}, G + {2}, "
+                             "{3});",
+                             axis, plus("G", sh->begin), lo, sh->elements));
           line("{");
-          line(llvm::formatv("  const float inv = 1.0f / float(st.comm->size("
-                             "{0}));",
-                             axis));
-          line("  for (int64_t i = lo; i < hi; ++i) G[i] *= inv;");
+          if (auto d = r.getDivisor())
+            line(llvm::formatv("  const float inv = 1.0f / float({0});", *d));
+          else
+            line(llvm::formatv("  const float inv = 1.0f / float(st.comm->size("
+                               "{0}));",
+                               axis));
+          line(llvm::formatv("  for (int64_t i = {0}; i < {1}; ++i) G[i] *= inv;",
+                             lo, hi));
           line("}");
-          // [a, b) = [off, off + n) within the shard; empty when a >= b.
-          line("auto in_shard = [lo, hi](int64_t off, int64_t n, int64_t* a, "
-               "int64_t* b) {");
-          line("  *a = std::max(off, lo); *b = std::min(off + n, hi);");
+          // [a, b) = [off, off + n) within the share; empty when a >= b.
+          std::string in = shardVar(*sh, "in_shard");
+          line(llvm::formatv("auto {0} = [{1}, {2}](int64_t off, int64_t n, "
+                             "int64_t* a, int64_t* b) {{",
+                             in, lo, hi));
+          line(llvm::formatv("  *a = std::max(off, {0}); *b = std::min(off + "
+                             "n, {1});",
+                             lo, hi));
           line("  return *a < *b;");
           line("};");
-          line("(void)in_shard;");
+          line(llvm::formatv("(void){0};", in));
           return success();
         }
         // The parameters it covers (all of them unless some reduction
@@ -276,15 +309,19 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::AllGatherParamsOp g) -> LogicalResult {
-        if (layout.shardElements == 0 || g.getGridAxes().size() != 1)
+        const OptimizerShard *sh = layout.shardOn(g.getGrid(), g.getGridAxes());
+        if (!sh || g.getGridAxes().size() != 1)
           return op->emitOpError("host target: gathers the shards of a "
                                  "sharded optimizer over one grid axis");
         line("{");
-        line(llvm::formatv("  std::vector<float> mine(P + lo, P + hi);  // "
-                           "({0})",
-                           layout.shardElements));
-        line(llvm::formatv("  st.comm->all_gather({0}, mine.data(), P, {1});",
-                           g.getGridAxes()[0], layout.shardElements));
+        line(llvm::formatv("  std::vector<float> mine(P + {0}, P + {1});  // "
+                           "({2})",
+                           shardVar(*sh, "lo"), shardVar(*sh, "hi"),
+                           sh->elements));
+        line(llvm::formatv("  st.comm->all_gather({0}, mine.data(), {1}, "
+                           "{2});",
+                           runtimeAxis(g.getGrid(), g.getGridAxes()[0]),
+                           plus("P", sh->begin), sh->elements));
         line("}");
         return success();
       })
@@ -517,7 +554,13 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         auto split = g->getAttrOfType<ArrayAttr>("tp_split_params");
         // Expert parallelism: each ep rank holds other experts.
         auto epSplit = g->getAttrOfType<ArrayAttr>("ep_split_params");
-        bool sharded = layout.shardElements > 0;
+        bool sharded = !layout.shards.empty();
+        // Sharded experts (over edp) are summed over dp with the rest.
+        if (sharded && epSplit && layout.shards.size() > 1)
+          return op->emitOpError("host target: `ep_split_params` with the "
+                                 "experts' optimizer state sharded: each dp "
+                                 "rank holds its own share of the experts, "
+                                 "so the sum over ep would count them twice");
         // Pipeline: summed over the pipeline ranks, a tied copy counted on
         // its lowest rank only.
         const bool ppSum = g->hasAttr(mtc::kPpSumAttr);
@@ -560,9 +603,11 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                             : isExpert.count(name) ? "sq[2]"
                                                    : "sq[1]";
           if (sharded)
-            line(llvm::formatv("if (in_shard({0}, {1}, &a, &b)) {2} += "
+            line(llvm::formatv("if ({4}({0}, {1}, &a, &b)) {2} += "
                                "k::sum_squares(G + a, b - a);  // {3}",
-                               slot.offset, n, dst, name));
+                               slot.offset, n, dst, name,
+                               shardVar(*layout.shardAt(slot.offset),
+                                        "in_shard")));
           else
             line(llvm::formatv("{0} += k::sum_squares(G + {1}, {2});", dst,
                                slot.offset, n));
@@ -579,7 +624,8 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
         }
         if (sharded)
           line(llvm::formatv("st.comm->all_reduce_sum({0}, sums, 2);",
-                             layout.shardAxis));
+                             runtimeAxis(layout.shards.front().grid,
+                                         layout.shardAxis)));
         if (split)
           line("st.comm->all_reduce_sum(2, sums, 1);");
         if (ppSum)
@@ -610,13 +656,17 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
           std::string guard, at = std::to_string(off),
                              state = std::to_string(off),
                              count = std::to_string(elems);
-          if (layout.shardElements > 0) {
-            guard = llvm::formatv("if (int64_t a = 0, b = 0; in_shard({0}, "
+          if (const OptimizerShard *sh = layout.shardAt(off)) {
+            guard = llvm::formatv("if (int64_t a = 0, b = 0; {2}({0}, "
                                   "{1}, &a, &b)) ",
-                                  off, elems)
+                                  off, elems, shardVar(*sh, "in_shard"))
                         .str();
             at = "a";
-            state = "(a - lo)";
+            state = sh->stateOffset
+                        ? llvm::formatv("(a - {0} + {1})", shardVar(*sh, "lo"),
+                                        sh->stateOffset)
+                              .str()
+                        : llvm::formatv("(a - {0})", shardVar(*sh, "lo")).str();
             count = "b - a";
           }
           line(llvm::formatv(

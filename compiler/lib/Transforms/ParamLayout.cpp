@@ -15,25 +15,58 @@ bool isExpertParam(mtc::ParamOp p) {
   return grid && grid.getValue() == mtc::kExpertGridName;
 }
 
+// Pads [begin, totalElements) to `r`'s group: equal shares, 16-aligned
+// like the parameters, so vector loads stay aligned.
+void closeShard(mtc::ParamLayout &l, ModuleOp module, mtc::ReduceGradientsOp r,
+                int64_t begin, bool experts) {
+  mtc::OptimizerShard s;
+  s.grid = r.getGrid().str();
+  s.axes.assign(r.getGridAxes().begin(), r.getGridAxes().end());
+  s.parts = mtc::getGridShape(module).size(s.grid, s.axes);
+  s.begin = begin;
+  s.elements = (l.totalElements - begin + s.parts * 16 - 1) / (s.parts * 16) * 16;
+  s.stateOffset = l.shards.empty() ? 0 : l.shards.back().stateOffset +
+                                             l.shards.back().elements;
+  s.experts = experts;
+  l.totalElements = s.end();
+  l.shards.push_back(s);
+}
+
 template <typename Walk>
 void build(mtc::ParamLayout &l, ModuleOp module, Walk walk) {
-  for (bool experts : {false, true})
+  // A distributed optimizer's reductions: the one over every parameter no
+  // other names (dp), and with expert parallelism the experts' (edp).
+  mtc::ReduceGradientsOp dense, experts;
+  walk([&](mtc::ReduceGradientsOp r) {
+    if (r.getShardOptimizerState())
+      (r.getParams() ? experts : dense) = r;
+  });
+  int64_t expertsBegin = 0;
+  for (bool expertGroup : {false, true}) {
+    if (expertGroup) {
+      // Two regions: the dense one ends before the experts.
+      if (dense && experts)
+        closeShard(l, module, dense, 0, false);
+      expertsBegin = l.totalElements;
+    }
     walk([&](mtc::ParamOp p) {
-      if (l.slots.count(p.getName()) || isExpertParam(p) != experts)
+      if (l.slots.count(p.getName()) || isExpertParam(p) != expertGroup)
         return;
       l.slots[p.getName()] = {p, l.totalElements};
       l.order.push_back(p.getName().str());
       l.totalElements += (p.getType().getNumElements() + 15) / 16 * 16;
     });
-  walk([&](mtc::ReduceGradientsOp r) {
-    if (!r.getShardOptimizerState())
-      return;
-    const int64_t parts = mtc::getGridShape(module).size(r.getGridAxes());
-    l.shardAxis = r.getGridAxes()[0];
-    // Shards 16-aligned like the parameters, so vector loads stay aligned.
-    l.shardElements = (l.totalElements + parts * 16 - 1) / (parts * 16) * 16;
-    l.totalElements = l.shardElements * parts;
-  });
+  }
+  // The experts' state is sharded only beside the dense parameters' (the
+  // emitters refuse a sharded experts' reduction without a region).
+  if (dense && experts)
+    closeShard(l, module, experts, expertsBegin, true);
+  else if (dense)
+    closeShard(l, module, dense, 0, false);
+  if (!l.shards.empty()) {
+    l.shardElements = l.shards.front().elements;
+    l.shardAxis = l.shards.front().axes.front();
+  }
 }
 } // namespace
 
@@ -46,4 +79,26 @@ mtc::ParamLayout::ParamLayout(ModuleOp module, ArrayRef<func::FuncOp> fns) {
     for (func::FuncOp f : fns)
       f.walk(fn);
   });
+}
+
+int64_t mtc::ParamLayout::momentElements() const {
+  if (shards.empty())
+    return totalElements;
+  return shards.back().stateOffset + shards.back().elements;
+}
+
+const mtc::OptimizerShard *
+mtc::ParamLayout::shardOn(llvm::StringRef grid,
+                          llvm::ArrayRef<int16_t> axes) const {
+  for (const OptimizerShard &s : shards)
+    if (s.grid == grid && llvm::ArrayRef<int16_t>(s.axes) == axes)
+      return &s;
+  return nullptr;
+}
+
+const mtc::OptimizerShard *mtc::ParamLayout::shardAt(int64_t offset) const {
+  for (const OptimizerShard &s : shards)
+    if (offset >= s.begin && offset < s.end())
+      return &s;
+  return nullptr;
 }

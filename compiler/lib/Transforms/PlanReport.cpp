@@ -88,6 +88,38 @@ int64_t mtc::planActivationBytes(func::FuncOp fn, StringRef target) {
   return plan.size * unit;
 }
 
+// Bytes of the AdamW moments on one rank, for `elements` parameter
+// elements: 8 each, and a distributed optimizer keeps 1/N of its
+// reduction's parameters (with expert parallelism the dense ones over dp,
+// the experts' over the expert-data-parallel group).
+static int64_t momentBytes(ModuleOp module, int64_t elements) {
+  mtc::ReduceGradientsOp dense, experts;
+  module.walk([&](mtc::ReduceGradientsOp r) {
+    if (r.getShardOptimizerState())
+      (r.getParams() ? experts : dense) = r;
+  });
+  const mtc::GridShape g = mtc::getGridShape(module);
+  auto share = [&](int64_t bytes, mtc::ReduceGradientsOp r) {
+    int64_t parts = g.size(r.getGrid(), r.getGridAxes());
+    return (bytes + parts - 1) / parts;
+  };
+  if (!dense)
+    return 8 * elements;
+  if (!experts)
+    return share(8 * elements, dense);
+  llvm::StringSet<> named, seen;
+  ArrayAttr list = *experts.getParams();
+  for (Attribute a : list)
+    named.insert(cast<StringAttr>(a).getValue());
+  int64_t expertElements = 0;
+  module.walk([&](mtc::ParamOp p) {
+    if (named.contains(p.getName()) && seen.insert(p.getName()).second)
+      expertElements += p.getType().getNumElements();
+  });
+  return share(8 * (elements - expertElements), dense) +
+         share(8 * expertElements, experts);
+}
+
 mtc::MemoryPlan mtc::planMemory(ModuleOp module, StringRef target,
                                 int64_t activations) {
   MemoryPlan m;
@@ -100,13 +132,7 @@ mtc::MemoryPlan mtc::planMemory(ModuleOp module, StringRef target,
   const bool cuda = target == "cuda";
   m.params = 4 * elements;
   m.grads = m.params;
-  m.optimizer = 2 * m.params;
-  module.walk([&](mtc::ReduceGradientsOp g) {
-    if (!g.getShardOptimizerState())
-      return;
-    int64_t parts = mtc::getGridShape(module).size(g.getGridAxes());
-    m.optimizer = (m.optimizer + parts - 1) / parts;
-  });
+  m.optimizer = momentBytes(module, elements);
   if (cuda)
     m.computeCopy = 2 * elements;
   m.activations = activations;
@@ -232,14 +258,7 @@ mtc::PlanReport mtc::computePlanReport(ModuleOp module, StringRef target,
   r.flopsPerStep = r.trainStepFlops * double(r.numMicrobatches);
   r.paramBytes = bytes;
   r.gradBytes = train ? bytes : 0;
-  r.optimizerBytes = train ? 2 * bytes : 0;
-  // A distributed optimizer keeps the moments of 1/N of the parameters.
-  module.walk([&](mtc::ReduceGradientsOp g) {
-    if (!g.getShardOptimizerState())
-      return;
-    int64_t parts = mtc::getGridShape(module).size(g.getGridAxes());
-    r.optimizerBytes = (r.optimizerBytes + parts - 1) / parts;
-  });
+  r.optimizerBytes = train ? momentBytes(module, r.numParams) : 0;
   r.activationBytes = activationBytes >= 0
                           ? activationBytes
                           : planActivationBytes(train, target);

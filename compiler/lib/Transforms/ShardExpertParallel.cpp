@@ -37,7 +37,14 @@
 //     expert-data-parallel axis (the ranks holding the same experts) and
 //     divided by the whole dp size, like every other gradient; the dense
 //     gradients keep mtc-shard-data-parallel's reduction over dp.
-//     mtc.grad_norm sums the experts' squared norms over ep.
+//     mtc.grad_norm sums the experts' squared norms over ep
+//     (`ep_split_params`). With the distributed optimizer (a dp reduction
+//     with shard_optimizer_state) the experts' reduction shards their
+//     optimizer state over the expert-data-parallel axis, and an
+//     mtc.all_gather_params over that axis gathers their updated shares;
+//     the norm then needs no `ep_split_params`: every dp rank holds a
+//     distinct share of the experts (its ep slice, its edp shard), so the
+//     sum over dp counts each expert element once.
 // Collectives are never recomputed (mtc-plan-recompute keeps their
 // results), and every rank of an ep group runs the same exchanges in the
 // same order.
@@ -280,26 +287,37 @@ struct ShardExpertParallelPass
       nameAttrs.push_back(b.getStringAttr(n));
     ArrayAttr list = b.getArrayAttr(nameAttrs);
     auto gridRef = FlatSymbolRefAttr::get(grid.getSymNameAttr());
+    bool sharded = false;
     for (auto r :
          llvm::make_early_inc_range(opt.getOps<mtc::ReduceGradientsOp>())) {
-      if (r.getShardOptimizerState()) {
-        r.emitOpError("expert parallelism with the distributed optimizer is "
-                      "not implemented yet");
-        return signalPassFailure();
-      }
       if (r.getParams())
         continue;
       // The experts' gradients: summed over the ranks holding the same
       // experts, divided by all dp ranks (each ep rank's sum already covers
-      // the tokens of its ep group).
+      // the tokens of its ep group). With the distributed optimizer the
+      // experts' optimizer state is sharded over those ranks likewise, and
+      // gathered over them after the update.
+      sharded = r.getShardOptimizerState();
       b.setInsertionPointAfter(r);
-      auto er = mtc::ReduceGradientsOp::create(
+      auto edp = b.getDenseI16ArrayAttr({mtc::kExpertAxisEDP});
+      mtc::ReduceGradientsOp::create(
           b, NameLoc::get(b.getStringAttr("expert_data_parallel"), r.getLoc()),
-          gridRef, b.getDenseI16ArrayAttr({mtc::kExpertAxisEDP}), UnitAttr(),
-          list, b.getI64IntegerAttr(g.dp));
-      (void)er;
+          gridRef, edp, sharded ? b.getUnitAttr() : UnitAttr(), list,
+          b.getI64IntegerAttr(g.dp));
+      if (sharded) {
+        b.setInsertionPoint(opt.getBody().front().getTerminator());
+        mtc::AllGatherParamsOp::create(
+            b,
+            NameLoc::get(b.getStringAttr("expert_distributed_optimizer"),
+                         r.getLoc()),
+            gridRef, edp);
+      }
     }
-    opt.walk([&](mtc::GradNormOp n) { n->setAttr("ep_split_params", list); });
+    // Sharded over edp, a rank's share of the experts is distinct from
+    // every other dp rank's: the norm's sum over dp counts each once.
+    if (!sharded)
+      opt.walk(
+          [&](mtc::GradNormOp n) { n->setAttr("ep_split_params", list); });
   }
 };
 

@@ -433,10 +433,10 @@ LogicalResult ReduceGradientsOp::verify() {
   ArrayRef<int16_t> axes = getGridAxes();
   if (!findPartner(*this, /*after=*/true, [&](Operation *o) {
         auto g = dyn_cast<AllGatherParamsOp>(o);
-        return g && g.getGridAxes() == axes;
+        return g && g.getGrid() == getGrid() && g.getGridAxes() == axes;
       }))
     return emitOpError("shards the optimizer state but no "
-                       "mtc.all_gather_params over the same grid axes "
+                       "mtc.all_gather_params over the same grid and axes "
                        "follows it");
   return success();
 }
@@ -447,11 +447,12 @@ LogicalResult AllGatherParamsOp::verify() {
   ArrayRef<int16_t> axes = getGridAxes();
   if (!findPartner(*this, /*after=*/false, [&](Operation *o) {
         auto r = dyn_cast<ReduceGradientsOp>(o);
-        return r && r.getShardOptimizerState() && r.getGridAxes() == axes;
+        return r && r.getShardOptimizerState() && r.getGrid() == getGrid() &&
+               r.getGridAxes() == axes;
       }))
     return emitOpError("needs an earlier mtc.reduce_gradients with "
-                       "shard_optimizer_state over the same grid axes (only "
-                       "a sharded optimizer step gathers parameters)");
+                       "shard_optimizer_state over the same grid and axes "
+                       "(only a sharded optimizer step gathers parameters)");
   return success();
 }
 

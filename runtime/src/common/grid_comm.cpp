@@ -160,6 +160,39 @@ std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& prog
   return out;
 }
 
+std::vector<MomentShard> moment_shards(const ProgramDesc& p) {
+  std::vector<MomentShard> out;
+  if (p.optimizer_shard_elems == 0) return out;
+  out.push_back({1, 0, p.optimizer_shard_elems, 0});
+  if (p.expert_optimizer_shard_elems > 0)
+    out.push_back({4, p.grid[1] * p.optimizer_shard_elems, p.expert_optimizer_shard_elems,
+                   p.optimizer_shard_elems});
+  return out;
+}
+
+void take_moment_shares(const ProgramDesc& p, const GridIndex& at, const float* full,
+                        float* mine) {
+  const std::vector<MomentShard> shards = moment_shards(p);
+  if (shards.empty()) std::copy(full, full + p.num_param_elems, mine);
+  for (const MomentShard& s : shards) {
+    const float* src = full + s.begin + at[static_cast<size_t>(s.axis)] * s.elems;
+    std::copy(src, src + s.elems, mine + s.moments);
+  }
+}
+
+void gather_moment_shares(GridComm* comm, const ProgramDesc& p, const float* mine,
+                          float* full) {
+  const std::vector<MomentShard> shards = moment_shards(p);
+  if (shards.empty()) std::copy(mine, mine + p.num_param_elems, full);
+  for (const MomentShard& s : shards) {
+    if (comm == nullptr) {
+      std::copy(mine + s.moments, mine + s.moments + s.elems, full + s.begin);
+      continue;
+    }
+    comm->all_gather(s.axis, mine + s.moments, full + s.begin, s.elems);
+  }
+}
+
 std::vector<float> gather_over_dp(GridComm& comm, const std::vector<float>& mine,
                                   int64_t num_microbatches, int64_t block) {
   const int64_t dp = comm.size(1), n = num_microbatches * block;

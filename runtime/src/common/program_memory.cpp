@@ -62,7 +62,8 @@ std::string human_bytes(double bytes) {
 }
 
 int64_t moment_elems(const ProgramDesc& p) {
-  return p.optimizer_shard_elems > 0 ? p.optimizer_shard_elems : p.num_param_elems;
+  return p.optimizer_shard_elems > 0 ? p.optimizer_shard_elems + p.expert_optimizer_shard_elems
+                                     : p.num_param_elems;
 }
 
 PlanBytes plan_bytes(const ProgramDesc& p) {

@@ -44,11 +44,26 @@ void validate_program(const ProgramDesc& p) {
   }
   if (p.num_param_elems < 0 || p.arena_floats < 0 || p.compute_param_bytes < 0)
     throw Error(where + "num_param_elems, arena_floats and compute_param_bytes must be >= 0");
-  if (p.optimizer_shard_elems < 0 ||
-      (p.optimizer_shard_elems > 0 && p.optimizer_shard_elems * p.grid[1] != p.num_param_elems))
+  if (p.expert_optimizer_shard_elems != 0) {
+    // Two regions: the dense parameters' over dp, the experts' over edp.
+    const int64_t edp = p.grid[1] / p.grid[3];
+    if (p.expert_optimizer_shard_elems < 0 || p.optimizer_shard_elems <= 0 || p.grid[3] == 1 ||
+        p.optimizer_shard_elems * p.grid[1] + p.expert_optimizer_shard_elems * edp !=
+            p.num_param_elems)
+      throw Error(where + "expert_optimizer_shard_elems " +
+                  std::to_string(p.expert_optimizer_shard_elems) +
+                  " needs expert parallelism (ep " + std::to_string(p.grid[3]) +
+                  ") and a sharded dense region, with num_param_elems " +
+                  std::to_string(p.num_param_elems) + " = dp " + std::to_string(p.grid[1]) +
+                  " x optimizer_shard_elems " + std::to_string(p.optimizer_shard_elems) +
+                  " + dp / ep " + std::to_string(edp) + " x expert_optimizer_shard_elems");
+  } else if (p.optimizer_shard_elems < 0 ||
+             (p.optimizer_shard_elems > 0 &&
+              p.optimizer_shard_elems * p.grid[1] != p.num_param_elems)) {
     throw Error(where + "optimizer_shard_elems " + std::to_string(p.optimizer_shard_elems) +
                 " must be 0 (no distributed optimizer) or num_param_elems / dp = " +
                 std::to_string(p.num_param_elems) + " / " + std::to_string(p.grid[1]));
+  }
   if (p.backend == nullptr && p.target != "host")
     throw Error(where + "target \"" + p.target + "\" has no backend (ProgramDesc::backend "
                 "is null, which means host memory)");
@@ -167,6 +182,7 @@ ProgramDesc pipeline_stage_program(const ProgramDesc& p, int64_t pp_rank) {
   r.params = s.params;
   r.num_param_elems = s.num_param_elems;
   r.optimizer_shard_elems = s.optimizer_shard_elems;
+  r.expert_optimizer_shard_elems = 0;  // expert parallelism runs with pp = 1
   r.arena_floats = s.arena_floats;
   r.compute_param_bytes = s.compute_param_bytes;
   r.flops_per_step = s.flops_per_step;

@@ -533,15 +533,14 @@ void Trainer::save(int64_t step, int64_t consumed) {
     return gather_params_to_root(host_comm_, p_, global_, local.data());
   };
   auto global = [&](const float* src) { return to_global(download_floats(src)); };
-  // Distributed optimizer: the dp group first puts its moment shards
-  // together into the parameters' layout.
+  // Distributed optimizer: each region's group (dp; the experts' over edp)
+  // first puts its moment shares together into the parameters' layout.
   auto global_moments = [&](const float* src) {
     if (p_.optimizer_shard_elems == 0) return global(src);
-    const int64_t shard = moment_elems(p_);
-    std::vector<float> mine(static_cast<size_t>(shard));
+    std::vector<float> mine(static_cast<size_t>(moment_elems(p_)));
     backend_.download(mine.data(), src, mine.size() * sizeof(float));
     std::vector<float> all(static_cast<size_t>(p_.num_param_elems));
-    host_comm_->all_gather(1, mine.data(), all.data(), shard);
+    gather_moment_shares(host_comm_, p_, mine.data(), all.data());
     return to_global(all);
   };
   const std::vector<float> params = global(state_.params);
@@ -699,12 +698,13 @@ int64_t Trainer::initialize_or_load(int64_t* consumed) {
       std::vector<float> exp_avg(n, 0.0f), exp_avg_sq(n, 0.0f);
       resume_state_ = load_checkpoint(resume_dir_, p_, params.data(), exp_avg.data(),
                                       exp_avg_sq.data(), at_, &global_);
-      // Distributed optimizer: this dp rank's shard of the moments.
-      const size_t first =
-          p_.optimizer_shard_elems > 0 ? static_cast<size_t>(at_[1] * moment_elems(p_)) : 0;
-      const size_t mbytes = static_cast<size_t>(moment_elems(p_)) * sizeof(float);
-      backend_.upload(state_.exp_avg, exp_avg.data() + first, mbytes);
-      backend_.upload(state_.exp_avg_sq, exp_avg_sq.data() + first, mbytes);
+      // Distributed optimizer: this rank's shares of the moments.
+      std::vector<float> mine(static_cast<size_t>(moment_elems(p_)));
+      const size_t mbytes = mine.size() * sizeof(float);
+      take_moment_shares(p_, at_, exp_avg.data(), mine.data());
+      backend_.upload(state_.exp_avg, mine.data(), mbytes);
+      take_moment_shares(p_, at_, exp_avg_sq.data(), mine.data());
+      backend_.upload(state_.exp_avg_sq, mine.data(), mbytes);
       step = resume_state_.step;
       *consumed = resume_state_.consumed_samples;
       if (!resume_state_.has_optimizer)

@@ -684,7 +684,7 @@ func.func @all_gather_params_negative_axis() {
 
 // Tests that a sharded optimizer step ends by gathering the parameters.
 func.func @sharded_without_gather() {
-  // expected-error @+1 {{'mtc.reduce_gradients' op shards the optimizer state but no mtc.all_gather_params over the same grid axes follows it}}
+  // expected-error @+1 {{'mtc.reduce_gradients' op shards the optimizer state but no mtc.all_gather_params over the same grid and axes follows it}}
   mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
   return
 }
@@ -694,7 +694,20 @@ func.func @sharded_without_gather() {
 // Tests that parameters are gathered only after a sharded reduction.
 func.func @gather_without_sharded_reduce() {
   mtc.reduce_gradients on @mtc_grid grid_axes = [1]
-  // expected-error @+1 {{'mtc.all_gather_params' op needs an earlier mtc.reduce_gradients with shard_optimizer_state over the same grid axes}}
+  // expected-error @+1 {{'mtc.all_gather_params' op needs an earlier mtc.reduce_gradients with shard_optimizer_state over the same grid and axes}}
+  mtc.all_gather_params on @mtc_grid grid_axes = [1]
+  return
+}
+
+// -----
+
+// Tests that a sharded reduction and its gather pair on the same grid, not
+// only the same axis numbers: the dp axis of @mtc_grid and the
+// expert-data-parallel axis of @mtc_expert_grid are both axis 1.
+func.func @gather_on_another_grid() {
+  mtc.reduce_gradients on @mtc_grid grid_axes = [1] shard_optimizer_state
+  // expected-error @+1 {{'mtc.reduce_gradients' op shards the optimizer state but no mtc.all_gather_params over the same grid and axes follows it}}
+  mtc.reduce_gradients on @mtc_expert_grid grid_axes = [1] shard_optimizer_state {divisor = 4 : i64, params = ["e"]}
   mtc.all_gather_params on @mtc_grid grid_axes = [1]
   return
 }

@@ -4,8 +4,9 @@
 // moe_dispatch, moe_combine) in real processes over Gloo against a reference
 // each rank builds from every rank's regenerated rows: the received counts,
 // every dispatched row in its place (local expert by local expert, senders
-// in order, zeros after), and combine returning each rank its own rows.
-// Data movement only: every comparison is exact.
+// in order, zeros after), and combine returning each rank its own rows; the
+// distributed optimizer's moment shares (dense over dp, experts over edp)
+// cut and gathered back. Data movement only: every comparison is exact.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include "mtc/rt/comm.h"
 #include "mtc/rt/grid_comm.h"
 #include "mtc/rt/grid_ops.h"
+#include "mtc/rt/trainer.h"
 
 namespace mtc::rt {
 namespace {
@@ -144,6 +146,84 @@ TEST(ExpertExchange, EpOfOneKeepsEveryRow) {
   testing::RunOptions opt;
   opt.rdzv_dir = testing::unique_dir("ep1");
   testing::expect_all_ok(testing::run_ranks(4, [](int r) { return exchange_body(r, 1); }, opt));
+}
+
+// The distributed optimizer with expert parallelism (program.h): dp = 4,
+// ep = 2, a dense region of 4 shares of 3 elements over dp, then the
+// experts' region of 2 shares of 5 over edp (axis 4). Each rank's moments
+// in the parameters' layout: the dense part the same everywhere, the
+// experts' part that of its ep rank's experts.
+ProgramDesc sharded_moments_program() {
+  ProgramDesc p;
+  p.grid[1] = 4;
+  p.grid[3] = 2;
+  p.optimizer_shard_elems = 3;
+  p.expert_optimizer_shard_elems = 5;
+  p.num_param_elems = 4 * 3 + 2 * 5;
+  return p;
+}
+
+std::vector<float> moments_in_layout(const ProgramDesc& p, int64_t ep_rank) {
+  std::vector<float> full(static_cast<size_t>(p.num_param_elems));
+  for (size_t i = 0; i < full.size(); ++i)
+    full[i] = static_cast<float>(i < 12 ? i : 1000 * (ep_rank + 1) + i);
+  return full;
+}
+
+TEST(ExpertOptimizerShares, Regions) {
+  const ProgramDesc p = sharded_moments_program();
+  const std::vector<MomentShard> s = moment_shards(p);
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0].axis, 1);
+  EXPECT_EQ(s[0].begin, 0);
+  EXPECT_EQ(s[0].elems, 3);
+  EXPECT_EQ(s[0].moments, 0);
+  EXPECT_EQ(s[1].axis, 4);  // expert data parallel
+  EXPECT_EQ(s[1].begin, 12);
+  EXPECT_EQ(s[1].elems, 5);
+  EXPECT_EQ(s[1].moments, 3);
+  EXPECT_EQ(moment_elems(p), 8);
+  // The rank at dp 3 = ep 1 + 2 * edp 1: dense share 3, experts' share 1.
+  const std::vector<float> full = moments_in_layout(p, 1);
+  std::vector<float> mine(8, -1.0f);
+  take_moment_shares(p, {0, 3, 0, 1, 1}, full.data(), mine.data());
+  EXPECT_EQ(mine, (std::vector<float>{9, 10, 11, 2017, 2018, 2019, 2020, 2021}));
+  // Without a distributed optimizer: the whole buffer.
+  ProgramDesc whole = p;
+  whole.optimizer_shard_elems = whole.expert_optimizer_shard_elems = 0;
+  EXPECT_TRUE(moment_shards(whole).empty());
+  std::vector<float> all(full.size());
+  take_moment_shares(whole, {0, 3, 0, 1, 1}, full.data(), all.data());
+  EXPECT_EQ(all, full);
+}
+
+// Every rank takes its shares of its moments, then the gather puts every
+// rank's layout back together: the dense region from the 4 dp ranks, the
+// experts' from the 2 ranks holding the same experts.
+int moment_shares_body(int r) {
+  WorldOptions opt;
+  opt.grid = GridSpec{1, 4, 1, 2};
+  opt.collective_timeout_s = 30;
+  opt.rendezvous_timeout_s = 20;
+  World world(read_launch_env(), opt, gloo_comm_factory());
+  auto comm = make_grid_comm(world);
+  const ProgramDesc p = sharded_moments_program();
+  const GridIndex at = grid_index(comm.get());
+  const std::vector<float> full = moments_in_layout(p, at[3]);
+  std::vector<float> mine(static_cast<size_t>(moment_elems(p)));
+  take_moment_shares(p, at, full.data(), mine.data());
+  std::vector<float> back(full.size(), -1.0f);
+  gather_moment_shares(comm.get(), p, mine.data(), back.data());
+  bool ok = back == full;
+  if (!ok) std::fprintf(stderr, "rank %d: gathered moments differ from its layout\n", r);
+  world.comm(GroupKind::world).barrier();
+  return ok ? 0 : 1;
+}
+
+TEST(ExpertOptimizerShares, GatherOverDpAndEdp) {
+  testing::RunOptions opt;
+  opt.rdzv_dir = testing::unique_dir("epshares");
+  testing::expect_all_ok(testing::run_ranks(4, moment_shares_body, opt));
 }
 
 }  // namespace

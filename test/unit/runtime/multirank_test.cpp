@@ -309,6 +309,19 @@ TEST(MultiRankProgram, SplitParametersAreValidated) {
   p.grid[2] = 3;
   EXPECT_NE(error_of(p).find("does not divide evenly over the 3 ranks"), std::string::npos)
       << error_of(p);
+  // The experts' optimizer region needs ep and the dense region, and the
+  // regions must fill the buffer.
+  p = sharded::program<2>(4, 1);
+  p.grid[3] = 2;
+  p.optimizer_shard_elems = p.num_param_elems / 4;
+  p.expert_optimizer_shard_elems = 16;
+  EXPECT_NE(error_of(p).find("expert_optimizer_shard_elems 16 needs expert parallelism (ep 2) "
+                             "and a sharded dense region, with num_param_elems"),
+            std::string::npos) << error_of(p);
+  p.num_param_elems += 2 * 16;
+  EXPECT_EQ(error_of(p), "");
+  p.grid[3] = 1;
+  EXPECT_NE(error_of(p).find("needs expert parallelism (ep 1)"), std::string::npos);
   p = sharded::program<2>(2, 1);
   p.train.global_batch = 4;
   EXPECT_NE(error_of(p).find("global_batch 4 = micro_batch 2 x 2 microbatches x dp 1, but the "

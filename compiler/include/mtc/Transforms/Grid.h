@@ -49,6 +49,16 @@ struct GridShape {
       n *= size(a);
     return n;
   }
+  /// The same on the axes of `grid`: @mtc_grid's, or @mtc_expert_grid's
+  /// (pp, dp / ep, ep, tp).
+  int64_t size(llvm::StringRef grid, llvm::ArrayRef<int16_t> axes) const {
+    if (grid != kExpertGridName)
+      return size(axes);
+    int64_t n = 1;
+    for (int16_t a : axes)
+      n *= a == 0 ? pp : a == kExpertAxisEDP ? dp / ep : a == kExpertAxisEP ? ep : tp;
+    return n;
+  }
 };
 GridShape getGridShape(mlir::ModuleOp module);
 

@@ -94,6 +94,34 @@ std::vector<float> gather_params_to_root(GridComm* comm, const ProgramDesc& prog
                                          const ProgramDesc& global, const float* local,
                                          bool sum_copies = false);
 
+// The distributed optimizer's shares of the flat parameter buffer
+// (ProgramDesc::optimizer_shard_elems, expert_optimizer_shard_elems): a
+// region of the parameters' layout cut into equal shares over the group
+// along `axis`; the member with index r along it owns [begin + r * elems,
+// begin + (r + 1) * elems) and keeps its AdamW moments at `moments` of
+// exp_avg / exp_avg_sq.
+struct MomentShard {
+  int axis = 1;          // 1 (dp), or 4 (edp: the experts' region)
+  int64_t begin = 0;     // the region's first element in the parameters' layout
+  int64_t elems = 0;     // each member's share
+  int64_t moments = 0;   // where a member's share starts in the moment buffers
+};
+// The program's regions in buffer order: none without a distributed
+// optimizer, the whole buffer over dp, or with expert parallelism the dense
+// parameters over dp and then the experts over edp.
+std::vector<MomentShard> moment_shards(const ProgramDesc& program);
+// mine (moment_elems(program), trainer.h) = the shares of `full`
+// (num_param_elems, the parameters' layout) that the rank at `at` keeps;
+// all of `full` without a distributed optimizer.
+void take_moment_shares(const ProgramDesc& program, const GridIndex& at, const float* full,
+                        float* mine);
+// full (num_param_elems, the parameters' layout) = every member's shares
+// put in place, gathered over each region's group; a copy of `mine` without
+// a distributed optimizer. Every rank calls it (comm may be nullptr for one
+// rank).
+void gather_moment_shares(GridComm* comm, const ProgramDesc& program, const float* mine,
+                          float* full);
+
 // Microbatch-blocked data of every data-parallel rank in the global batch's
 // order: `mine` is (num_microbatches, block) (this rank's microbatch i at
 // i * block); the result is (dp * num_microbatches, block) with rank d's

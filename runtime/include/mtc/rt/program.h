@@ -146,7 +146,8 @@ struct HostState {
   float* params = nullptr;     // fp32 (master) parameters, one allocation
   float* grads = nullptr;      // same layout as params; accumulated over microbatches
   float* exp_avg = nullptr;    // AdamW first moments, same layout as params
-                               // (distributed optimizer: this rank's shard)
+                               // (distributed optimizer: this rank's shards,
+                               // ProgramDesc::optimizer_shard_elems)
   float* exp_avg_sq = nullptr; // AdamW second moments, likewise
   float* arena = nullptr;      // activations/temporaries, `arena_floats` 4-byte words
   void* compute_params = nullptr;  // compute copy of params (bf16 on CUDA), `compute_param_bytes`
@@ -196,6 +197,16 @@ struct ProgramDesc {
   // (optimizer_shard_elems each). 0: not sharded; the moments are
   // num_param_elems long, in the parameters' layout.
   int64_t optimizer_shard_elems = 0;
+  // The distributed optimizer with expert parallelism (grid[3] > 1): the
+  // dense parameters' region [0, dp * optimizer_shard_elems) is sharded over
+  // dp as above, and the experts' region after it over the expert-data-
+  // parallel group (grid_comm.h's axis 4, dp / ep ranks, which hold the same
+  // experts): its member with index q owns elements dp *
+  // optimizer_shard_elems + [q * expert_optimizer_shard_elems, (q + 1) *
+  // expert_optimizer_shard_elems), whose moments follow the dense share's in
+  // exp_avg / exp_avg_sq. num_param_elems = dp * optimizer_shard_elems +
+  // dp / ep * expert_optimizer_shard_elems. 0: one region (or none).
+  int64_t expert_optimizer_shard_elems = 0;
   // Data parallelism with the gradient sum in the backward pass (the CUDA
   // target: buckets all-reduced over dp as the backward pass completes them):
   // after forward_backward of a step's last microbatch, state.grads hold the

@@ -145,7 +145,9 @@ struct PlanBytes {
 PlanBytes plan_bytes(const ProgramDesc& program);
 
 // Elements of each AdamW moment buffer on one rank: the distributed
-// optimizer's shard (optimizer_shard_elems), else num_param_elems.
+// optimizer's shares (optimizer_shard_elems, plus
+// expert_optimizer_shard_elems with expert parallelism), else
+// num_param_elems.
 int64_t moment_elems(const ProgramDesc& program);
 
 // "params 1.0 MiB + grads 1.0 MiB + AdamW moments 2.0 MiB [+ compute copy

@@ -1032,7 +1032,11 @@ def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
     gradient over the whole dp axis. `divisor` replaces the number of
     ranks on the axes as the divisor: the experts' gradients are summed over
     dp / ep ranks and divided by dp, since each rank's sum already holds the
-    tokens of its ep group.
+    tokens of its ep group. With `shard_optimizer_state` as well (the
+    distributed optimizer with expert parallelism) the named parameters
+    are a region of their own after the others', sharded over this op's
+    axes (the dense region over dp, the experts' over edp), and each
+    region has its own mtc.all_gather_params.
 
     ```mlir
     mtc.reduce_gradients on @mtc_grid grid_axes = [1]
@@ -1061,7 +1065,8 @@ def Mtc_AllGatherParamsOp : Mtc_Op<"all_gather_params", [
     `mtc.reduce_gradients ... shard_optimizer_state` gave it; after this op
     every member holds every shard (an all-gather of the shards in index
     order). Only valid in a function whose `mtc.reduce_gradients` shards
-    the optimizer state over the same axes.
+    the optimizer state over the same grid and axes; it gathers that
+    reduction's region.
 
     ```mlir
     mtc.all_gather_params on @mtc_grid grid_axes = [1]
