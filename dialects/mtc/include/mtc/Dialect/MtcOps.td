@@ -1120,7 +1120,9 @@ def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
     gradient over the whole dp axis. `divisor` replaces the number of
     ranks on the axes as the divisor: the experts' gradients are summed over
     dp / ep ranks and divided by dp, since each rank's sum already holds the
-    tokens of its ep group.
+    tokens of its ep group. `divisor = 1` sums: the MoE expert biases'
+    loads, which a `not_trained` parameter's slot holds
+    (mtc.moe_accumulate_load), are summed over dp before their update.
 
     ```mlir
     mtc.reduce_gradients on @mtc_grid grid_axes = [1]
