@@ -540,28 +540,40 @@ LogicalResult GroupedBiasGradOp::partition(Partitioner &p) {
 // Kernel rows (the count argument: tokens or rows, for half-batch lanes)
 //===----------------------------------------------------------------------===//
 
+// An expert bias is the last argument, printed only when there is one: the
+// kernels default it to nullptr (host_kernels.h), so a router without one
+// calls exactly what it did before the bias existed, on both targets.
 KernelCall MoeRouterOp::getKernelCall(BufferName buf) {
   int64_t t = tokens(getLogits());
-  return {"moe_router_forward",
-          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
-           buf(getWeights()), buf(getAuxLoss()), integer(t),
-           integer(shapeOf(getLogits()).back()), integer(getTopK()),
-           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
-           f32(getAuxCoeffAttr()), f32(getZCoeffAttr()),
-           optional(buf, getBias())},
-          5, t};
+  KernelCall call{"moe_router_forward",
+                  {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+                   buf(getWeights()), buf(getAuxLoss()), integer(t),
+                   integer(shapeOf(getLogits()).back()), integer(getTopK()),
+                   flag(getRouter() == RouterKind::topk_softmax),
+                   f32(getScaleAttr()), f32(getAuxCoeffAttr()),
+                   f32(getZCoeffAttr())},
+                  5, t};
+  if (getBias())
+    call.args.push_back(buf(getBias()));
+  return call;
 }
 
+// biased_selection likewise: a last `true` argument only when set (the
+// kernels default it to false).
 KernelCall MoeRouterGradOp::getKernelCall(BufferName buf) {
   int64_t t = tokens(getLogits());
-  return {"moe_router_backward",
-          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
-           buf(getDweights()), optional(buf, getDaux()), buf(getResult()),
-           integer(t), integer(shapeOf(getLogits()).back()), integer(getTopK()),
-           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
-           f32(getAuxCoeffAttr()), f32(getZCoeffAttr()),
-           flag(getBiasedSelection())},
-          6, t};
+  KernelCall call{"moe_router_backward",
+                  {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+                   buf(getDweights()), optional(buf, getDaux()),
+                   buf(getResult()), integer(t),
+                   integer(shapeOf(getLogits()).back()), integer(getTopK()),
+                   flag(getRouter() == RouterKind::topk_softmax),
+                   f32(getScaleAttr()), f32(getAuxCoeffAttr()),
+                   f32(getZCoeffAttr())},
+                  6, t};
+  if (getBiasedSelection())
+    call.args.push_back(flag(true));
+  return call;
 }
 
 // Dropless: moe_permute. With a capacity: moe_permute_capacity, the same
