@@ -24,7 +24,8 @@
 #      A program with expert biases resumes a checkpoint upcycled with
 #      --expert-bias (zero biases) with the zero-router step-21 loss, and
 #      refuses one upcycled without them, naming the missing tensor;
-#   5. the CUDA target refuses MoE specs, naming model.moe; mtc-upcycle
+#   5. the CUDA target refuses MoE specs with expert biases, naming
+#      model.moe.expert_bias (it has kernels for the other MoE ops); mtc-upcycle
 #      refuses bad flags: a checkpoint without moments under --optimizer
 #      copy.
 set -euo pipefail
@@ -105,10 +106,12 @@ if grep -q "has no optimizer state" "$W/random_g1.train.log"; then
 fi
 
 # 5. Refusals.
-if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda -o "$W/cuda" > "$W/cuda.log" 2>&1; then
-  echo "FAIL: the CUDA target accepted an MoE spec"; exit 1
+if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda --moe-router-enable-expert-bias \
+    -o "$W/cuda" > "$W/cuda.log" 2>&1; then
+  echo "FAIL: the CUDA target accepted an MoE spec with expert biases"; exit 1
 fi
-grep -q "model.moe" "$W/cuda.log" || { echo "FAIL: no model.moe in: $(cat "$W/cuda.log")"; exit 1; }
+grep -q "model.moe.expert_bias" "$W/cuda.log" ||
+  { echo "FAIL: no model.moe.expert_bias in: $(cat "$W/cuda.log")"; exit 1; }
 if "$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 6 --topk 2 --granularity 4 -o "$W/bad" > "$W/bad.log" 2>&1; then
   echo "FAIL: --experts 6 --granularity 4 accepted"; exit 1
 fi
@@ -120,5 +123,5 @@ if "$MTC_UPCYCLE" "$W/no_moments" --experts 8 --topk 2 -o "$W/bad2" > "$W/bad2.l
   echo "FAIL: --optimizer copy accepted a checkpoint without moments"; exit 1
 fi
 grep -q "has no optimizer state" "$W/bad2.log" || { echo "FAIL: $(cat "$W/bad2.log")"; exit 1; }
-echo "refusals: CUDA target and bad upcycle flags"
+echo "refusals: CUDA target (expert biases) and bad upcycle flags"
 echo "PASS"
