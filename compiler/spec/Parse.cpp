@@ -594,6 +594,8 @@ class Parser {
          nullptr},
         {"capacity_factor", real(e.capacity_factor), nullptr},
         {"drop_policy", enumeration(e.drop_policy), nullptr},
+        {"expert_bias", boolean(e.expert_bias), nullptr},
+        {"bias_update_rate", real(e.bias_update_rate), nullptr},
     };
     fields_["parallel"] = {
         {"tp", integer(p.tp), nullptr},

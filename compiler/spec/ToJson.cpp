@@ -63,6 +63,11 @@ std::string toJson(const Spec& spec) {
     moe["capacity_factor"] = e.capacity_factor;
     // Only with token dropping: a dropless spec.json stays as it was.
     if (e.capacity_factor > 0) moe["drop_policy"] = toString(e.drop_policy);
+    // Likewise only with an expert bias.
+    if (e.expert_bias) {
+      moe["expert_bias"] = true;
+      moe["bias_update_rate"] = e.bias_update_rate;
+    }
     model["moe"] = moe;
   }
 

@@ -265,6 +265,11 @@ class Checker {
     const MoeSpec& e = m.moe;
     if (!e.enabled()) {
       // A written num_experts of 0 or less is an error, not "no MoE".
+      // Megatron's expert-bias flag on a dense model would do nothing.
+      if (e.expert_bias && ok({"model.moe.expert_bias"}))
+        fail({"model.moe.expert_bias"},
+             "an expert bias balances the experts of MoE layers, and this model has none "
+             "(model.moe with num_experts)");
       return;
     }
     const double inf = std::numeric_limits<double>::infinity();
@@ -276,6 +281,7 @@ class Checker {
     real("model.moe.aux_loss_coeff", e.aux_loss_coeff, 0, false, inf, false);
     real("model.moe.z_loss_coeff", e.z_loss_coeff, 0, false, inf, false);
     real("model.moe.capacity_factor", e.capacity_factor, 0, false, inf, false);
+    real("model.moe.bias_update_rate", e.bias_update_rate, 0, true, inf, false);
     if (ok({"model.moe.num_experts", "model.moe.top_k"}) && e.top_k > e.num_experts)
       fail({"model.moe.top_k", "model.moe.num_experts"},
            ref("model.moe.top_k", e.top_k) + " is more than " +
@@ -601,6 +607,10 @@ bool applyOverridesAndValidate(Spec& spec, const Overrides& overrides,
     apply(spec.parallel.ep, overrides.ep, "parallel.ep", kFlagEp);
     apply(spec.model.moe.capacity_factor, overrides.moe_capacity_factor,
           "model.moe.capacity_factor", kFlagMoeCapacityFactor);
+    apply(spec.model.moe.expert_bias, overrides.moe_expert_bias, "model.moe.expert_bias",
+          kFlagMoeExpertBias);
+    apply(spec.model.moe.bias_update_rate, overrides.moe_bias_update_rate,
+          "model.moe.bias_update_rate", kFlagMoeBiasUpdateRate);
     apply(spec.parallel.sp, overrides.sp, "parallel.sp", kFlagSp);
     apply(spec.parallel.distributed_optimizer, overrides.distributed_optimizer,
           "parallel.distributed_optimizer", kFlagDistributedOptimizer);

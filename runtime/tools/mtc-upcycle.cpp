@@ -7,7 +7,7 @@
 //   mtc-upcycle DENSE_CKPT --experts E --topk K [--granularity G]
 //       [--router softmax-topk|topk-softmax] [--router-init random|zero]
 //       [--router-std S] [--optimizer reset|copy] [--layer-freq N] [--seed N]
-//       -o MOE_CKPT
+//       [--expert-bias] -o MOE_CKPT
 //
 // DENSE_CKPT is a checkpoint root (holding `latest`) or a step directory.
 // For every MoE layer l (l % N == 0, the spec's model.moe.layer_freq) with
@@ -35,6 +35,9 @@
 // logit 0, hence uniform probabilities and (ties to the lower index) the
 // first k experts for every token: then, with G dividing K, the MoE model
 // computes exactly the dense model's function (docs/moe.md, the test).
+// --expert-bias (for a program with model.moe.expert_bias): every MoE
+// layer also gets router.expert_bias (E), zero (its start in any run), with
+// zero moments (it is not trained; the checkpoint holds them all the same).
 // Every other tensor is copied. The step, data position, seed and
 // learning-rate schedule are kept, so the MoE program resumes the dense
 // run's schedule and data order where it stopped. The AdamW moments:
@@ -87,7 +90,7 @@ namespace fs = std::filesystem;
 struct Options {
   std::string input, output;
   int64_t experts = 0, topk = 0, granularity = 1, layer_freq = 1;
-  bool topk_softmax = false, zero_router = false, copy_optimizer = true;
+  bool topk_softmax = false, zero_router = false, copy_optimizer = true, expert_bias = false;
   double router_std = 0.02;
   uint64_t seed = 1234;
 };
@@ -95,7 +98,8 @@ struct Options {
 [[noreturn]] void usage(const std::string& why) {
   throw Error(why + "\nusage: mtc-upcycle DENSE_CKPT --experts E --topk K [--granularity G] "
               "[--router softmax-topk|topk-softmax] [--router-init random|zero] "
-              "[--router-std S] [--optimizer reset|copy] [--layer-freq N] [--seed N] -o MOE_CKPT");
+              "[--router-std S] [--optimizer reset|copy] [--layer-freq N] [--seed N] [--expert-bias] "
+              "-o MOE_CKPT");
 }
 
 int64_t positive(const std::string& flag, const std::string& v) {
@@ -119,6 +123,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--granularity") o.granularity = positive(a, value());
     else if (a == "--layer-freq") o.layer_freq = positive(a, value());
     else if (a == "--seed") o.seed = uint64_t(positive(a, value()));
+    else if (a == "--expert-bias") o.expert_bias = true;
     else if (a == "--router") {
       std::string v = value();
       if (v != "softmax-topk" && v != "topk-softmax")
@@ -264,6 +269,17 @@ struct Upcycler {
     }
     out.emplace_back(to, std::move(r));
   }
+  // A zero (E) tensor with zero moments: an expert bias's start.
+  void zeros(const std::string& to) {
+    Tensor z;
+    z.shape = {o.experts};
+    z.data.assign(size_t(o.experts), 0.0f);
+    if (opt != nullptr) {
+      exp_avg.emplace_back(to, z);
+      exp_avg_sq.emplace_back(to, z);
+    }
+    out.emplace_back(to, std::move(z));
+  }
 };
 
 // "layers.12.mlp.fc1.weight" -> 12; -1 when not a layer's MLP tensor.
@@ -324,6 +340,7 @@ int run(int argc, char** argv) {
     } else if (rest == "fc2.weight" || rest == "down.weight") {
       u.expert(name, ex + rest, Part::columns);
       u.router(p + "router.weight", info.shape[0], rng);
+      if (o.expert_bias) u.zeros(p + "router.expert_bias");
       ++layers;
     } else if (rest == "fc2.bias" || rest == "down.bias") {
       u.expert(name, ex + rest, Part::out_bias);

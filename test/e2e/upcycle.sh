@@ -21,7 +21,11 @@
 #      dense moments times r and r^2, exactly (Inputs/
 #      check_upcycled_moments.py; test/e2e/upcycle_demo.sh shows what that
 #      does to the loss curve);
-#   5. the CUDA target refuses MoE specs, naming model.moe; mtc-upcycle
+#      A program with expert biases resumes a checkpoint upcycled with
+#      --expert-bias (zero biases) with the zero-router step-21 loss, and
+#      refuses one upcycled without them, naming the missing tensor;
+#   5. the CUDA target refuses MoE specs with expert biases, naming
+#      model.moe.expert_bias (it has kernels for the other MoE ops); mtc-upcycle
 #      refuses bad flags: a checkpoint without moments under --optimizer
 #      copy.
 set -euo pipefail
@@ -74,6 +78,19 @@ check() {  # name, program, upcycle flags..., then "--" tolerance
 check zero_g1 moe --experts 8 --topk 2 --router-init zero --optimizer reset -- 2e-6
 check zero_g2 moe_g2 --experts 8 --topk 2 --granularity 2 --router-init zero -- 1e-4
 check random_g1 moe --experts 8 --topk 2 -- 0.02
+# An expert-bias program (model.moe.expert_bias) resumes a checkpoint
+# upcycled with --expert-bias (zero biases: the zero router's ties go as
+# without them, so the same step-21 loss) and refuses one without them.
+"$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target host --moe-router-enable-expert-bias \
+  -o "$W/moe_bias" > "$W/compile_moe_bias.log"
+check zero_bias moe_bias --experts 8 --topk 2 --router-init zero --optimizer reset --expert-bias -- 2e-6
+"$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 8 --topk 2 -o "$W/no_bias" > "$W/no_bias.log"
+if "$W/moe_bias/train" --data "$W/data" --steps 30 --save "$W/no_bias" --resume \
+    > "$W/no_bias.train.log" 2>&1; then
+  echo "FAIL: an expert-bias program resumed a checkpoint without expert biases"; exit 1
+fi
+grep -q "layers.0.mlp.router.expert_bias" "$W/no_bias.train.log" ||
+  { echo "FAIL: the refusal does not name the missing bias: $(tail -3 "$W/no_bias.train.log")"; exit 1; }
 grep -q "has no optimizer state" "$W/zero_g1.train.log" ||
   { echo "FAIL: the --optimizer reset run did not start with fresh AdamW moments"; exit 1; }
 # The copied moments, exactly: G = 1 with the random router (r = 1/8 on fc1,
@@ -89,10 +106,12 @@ if grep -q "has no optimizer state" "$W/random_g1.train.log"; then
 fi
 
 # 5. Refusals.
-if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda -o "$W/cuda" > "$W/cuda.log" 2>&1; then
-  echo "FAIL: the CUDA target accepted an MoE spec"; exit 1
+if "$MTC" compile "$MTC_SRC/examples/tiny-moe.json" --target cuda --moe-router-enable-expert-bias \
+    -o "$W/cuda" > "$W/cuda.log" 2>&1; then
+  echo "FAIL: the CUDA target accepted an MoE spec with expert biases"; exit 1
 fi
-grep -q "model.moe" "$W/cuda.log" || { echo "FAIL: no model.moe in: $(cat "$W/cuda.log")"; exit 1; }
+grep -q "model.moe.expert_bias" "$W/cuda.log" ||
+  { echo "FAIL: no model.moe.expert_bias in: $(cat "$W/cuda.log")"; exit 1; }
 if "$MTC_UPCYCLE" "$W/dense_ckpt_20" --experts 6 --topk 2 --granularity 4 -o "$W/bad" > "$W/bad.log" 2>&1; then
   echo "FAIL: --experts 6 --granularity 4 accepted"; exit 1
 fi
@@ -104,5 +123,5 @@ if "$MTC_UPCYCLE" "$W/no_moments" --experts 8 --topk 2 -o "$W/bad2" > "$W/bad2.l
   echo "FAIL: --optimizer copy accepted a checkpoint without moments"; exit 1
 fi
 grep -q "has no optimizer state" "$W/bad2.log" || { echo "FAIL: $(cat "$W/bad2.log")"; exit 1; }
-echo "refusals: CUDA target and bad upcycle flags"
+echo "refusals: CUDA target (expert biases) and bad upcycle flags"
 echo "PASS"

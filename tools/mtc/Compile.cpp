@@ -191,6 +191,13 @@ int mtc::runCompile(const CompileOptions &opts) {
                 "CUDA target needs the token exchange over NCCL (moe_dispatch "
                 "/ moe_combine), which is not implemented; compile with "
                 "--target host, or with ep = 1 (docs/moe.md)");
+  // Aux-loss-free balancing has host kernels only.
+  if (opts.target == "cuda" && parsed->model.moe.enabled() &&
+      parsed->model.moe.expert_bias)
+    return fail(opts.specPath + ": at model.moe.expert_bias: the CUDA target "
+                "has no expert-bias kernels yet (the biased router, "
+                "moe_accumulate_load, moe_update_expert_bias); compile with "
+                "--target host, or without the expert bias (docs/moe.md)");
 
   // Backward lanes are the default where they apply (CUDA, tp > 1, no sp);
   // asked for by name on another plan, they are an error.

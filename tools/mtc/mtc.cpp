@@ -91,6 +91,17 @@ static cl::opt<double> moeCapacityFactor(
              "capacity_factor * tokens * top_k / num_experts rows per "
              "microbatch (model.moe.capacity_factor; 0: dropless)"),
     cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<bool> moeExpertBias(
+    "moe-router-enable-expert-bias",
+    cl::desc("Aux-loss-free load balancing: a per-expert bias on the router's "
+             "scores for the top-k selection, moved after each step toward "
+             "balanced loads (model.moe.expert_bias)"),
+    cl::sub(compileCmd), cl::cat(planCat));
+static cl::opt<double> moeBiasUpdateRate(
+    "moe-router-bias-update-rate",
+    cl::desc("How far each expert bias moves per step, rate * sign(mean load "
+             "- load) (model.moe.bias_update_rate; default 1e-3)"),
+    cl::sub(compileCmd), cl::cat(planCat));
 static cl::alias epShort("ep", cl::desc("Alias for --expert-model-parallel-size"),
                          cl::aliasopt(ep), cl::cat(planCat));
 static cl::opt<bool> sp("sp", cl::desc("Sequence parallelism (needs tp > 1)"),
@@ -322,6 +333,10 @@ int main(int argc, char **argv) {
     o.ep = ep;
   if (moeCapacityFactor.getNumOccurrences())
     o.moe_capacity_factor = moeCapacityFactor;
+  if (moeExpertBias.getNumOccurrences())
+    o.moe_expert_bias = moeExpertBias;
+  if (moeBiasUpdateRate.getNumOccurrences())
+    o.moe_bias_update_rate = moeBiasUpdateRate;
   if (sp.getNumOccurrences())
     o.sp = sp;
   if (distOpt.getNumOccurrences())

@@ -480,6 +480,31 @@ LogicalResult HostEmitter::emitOp(Operation *op, bool eval) {
                            numel(a.getGrad())));
         return success();
       })
+      // An expert bias's loads live in its slot of the gradient buffer (a
+      // not_trained parameter has no gradient); the update reads them,
+      // moves the bias in the parameter buffer and zeroes the slot.
+      .Case([&](mtc::MoeAccumulateLoadOp a) -> LogicalResult {
+        auto it = layout.slots.find(a.getParam());
+        if (it == layout.slots.end())
+          return op->emitOpError("accumulates into unknown parameter '")
+                 << a.getParam() << "'";
+        line(llvm::formatv("k::moe_accumulate_load({0}, G + {1}, {2});",
+                           buf(a.getCounts()), it->second.offset,
+                           numel(a.getCounts())));
+        return success();
+      })
+      .Case([&](mtc::MoeUpdateExpertBiasOp u) -> LogicalResult {
+        auto it = layout.slots.find(u.getParam());
+        if (it == layout.slots.end())
+          return op->emitOpError("updates unknown parameter '")
+                 << u.getParam() << "'";
+        line(llvm::formatv("k::moe_update_expert_bias(G + {0}, P + {0}, {1}, "
+                           "{2}f);",
+                           it->second.offset,
+                           it->second.op.getType().getNumElements(),
+                           fmt(u.getRate().convertToDouble())));
+        return success();
+      })
       .Case([&](mtc::MicrobatchOp m) -> LogicalResult {
         names[m] = llvm::formatv("({0} + {1})", buf(m.getBatch()),
                                  m.getIndex() * numel(m))

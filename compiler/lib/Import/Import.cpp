@@ -45,11 +45,12 @@ private:
     return RankedTensorType::get(shape, b.getF32Type());
   }
   Value param(const Twine &name, ArrayRef<int64_t> shape, mtc::InitKind init,
-              double std = 0.02) {
+              double std = 0.02, bool notTrained = false) {
     std::string n = name.str();
     return mtc::ParamOp::create(b, loc(n), f32(shape), b.getStringAttr(n),
                                 mtc::InitKindAttr::get(&ctx, init),
-                                b.getF64FloatAttr(std));
+                                b.getF64FloatAttr(std),
+                                notTrained ? b.getUnitAttr() : UnitAttr());
   }
   Value weight(const Twine &name, ArrayRef<int64_t> shape, double std) {
     return param(name + ".weight", shape, mtc::InitKind::normal, std);
@@ -170,7 +171,10 @@ Value Importer::activation(const Twine &prefix, Value h) {
 /// as grouped GEMMs over the permuted rows, weighted unpermute; plus a
 /// shared expert (a dense MLP on every token) when the spec has one. The
 /// experts' weights are stacked, (E, out, in), one parameter per linear;
-/// the router's aux loss goes to `auxLosses`.
+/// the router's aux loss goes to `auxLosses`. With model.moe.expert_bias
+/// the router selects with `router.expert_bias`, a not-trained (E)
+/// parameter, and the permute's counts go to its load accumulator
+/// (mtc.moe_accumulate_load), from which mtc-autodiff builds the update.
 Value Importer::moeMlp(const Twine &prefix, Value x) {
   const mtc::spec::MoeSpec &e = m.moe;
   int64_t ne = e.num_experts, k = e.top_k, d = m.hidden_size;
@@ -189,9 +193,14 @@ Value Importer::moeMlp(const Twine &prefix, Value x) {
   Value logits = mtc::MatmulOp::create(
       b, loc(r), withLast(ne, b.getF32Type()), x,
       weight(r, {ne, d}, std), Value(), false, true);
+  std::string biasName = r + ".expert_bias";
+  Value expertBias = e.expert_bias ? param(biasName, {ne}, mtc::InitKind::zeros,
+                                           0.02, /*notTrained=*/true)
+                                   : Value();
   auto router = mtc::MoeRouterOp::create(
       b, loc(r), withLast(ne, b.getF32Type()), withLast(k, b.getI32Type()),
-      withLast(k, b.getF32Type()), f32({}), logits, b.getI64IntegerAttr(k),
+      withLast(k, b.getF32Type()), f32({}), logits, expertBias,
+      b.getI64IntegerAttr(k),
       mtc::RouterKindAttr::get(&ctx, e.router == mtc::spec::RouterKind::topk_softmax
                                          ? mtc::RouterKind::topk_softmax
                                          : mtc::RouterKind::softmax_topk),
@@ -223,6 +232,10 @@ Value Importer::moeMlp(const Twine &prefix, Value x) {
       RankedTensorType::get({ne}, b.getI32Type()), x, router.getIndices(),
       priority, b.getI64IntegerAttr(ne), capacity);
   Value counts = permute.getCounts();
+  if (expertBias)
+    mtc::MoeAccumulateLoadOp::create(b, loc(r + ".load"), counts,
+                                     b.getStringAttr(biasName),
+                                     b.getF64FloatAttr(e.bias_update_rate));
   // A stacked linear: weight (E, out, in), bias (E, out).
   auto experts = [&](const std::string &name, Value in, int64_t out,
                      double s) -> Value {

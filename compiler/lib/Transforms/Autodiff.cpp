@@ -2,18 +2,24 @@
 //
 // Algorithm:
 //  1. Find @forward(tokens, targets, ...) -> tensor<f32>; clone it as
-//     @train_step.
+//     @train_step. Training statistics (mtc.moe_accumulate_load) stay in
+//     @train_step only: @forward is also the evaluation program, which
+//     counts nothing.
 //  2. Seed d(loss)/d(loss) = 1 and walk @train_step's ops in reverse. For an
 //     op with a gradient for at least one result, call its
 //     GradientOpInterface rule (inserting before the return) and add each
 //     operand gradient into the running gradient of that operand (mtc.add
 //     when a value already has one: fan-out sums gradients).
 //  3. When the walk reaches an mtc.param, all its users have been handled:
-//     emit `mtc.accumulate_grad` of its full gradient into its buffer.
-//  4. Build @optimizer_step(lr, step) -> grad_norm: mtc.grad_norm, then one
-//     mtc.adamw per weight-decay group (rank >= 2 parameters decay; norms and
-//     biases do not, as in Megatron and GPT-2; an MoE layer's stacked expert
-//     biases (E, out) are biases too, named ".bias").
+//     emit `mtc.accumulate_grad` of its full gradient into its buffer
+//     (a `not_trained` one gets none: it is not trained).
+//  4. Build @optimizer_step(lr, step) -> grad_norm: first one
+//     mtc.moe_update_expert_bias per mtc.moe_accumulate_load of the step
+//     (each zeroes its loads' slot, so the norm sees no gradient there),
+//     then mtc.grad_norm, then one mtc.adamw per weight-decay group (rank
+//     >= 2 parameters decay; norms and biases do not, as in Megatron and
+//     GPT-2; an MoE layer's stacked expert biases (E, out) are biases too,
+//     named ".bias"). `not_trained` parameters are in no group.
 //
 // Autodiff runs on the global (unsharded) program, before any sharding pass;
 // see docs/architecture.md for why.
@@ -78,6 +84,8 @@ LogicalResult AutodiffPass::buildBackward(func::FuncOp train) {
 
   for (Operation *op : llvm::reverse(forwardOps)) {
     if (auto param = dyn_cast<mtc::ParamOp>(op)) {
+      if (param.getNotTrained())
+        continue;
       if (Value g = grads.lookup(param.getResult()))
         mtc::AccumulateGradOp::create(b, param.getLoc(), g,
                                       param.getNameAttr());
@@ -121,7 +129,8 @@ void AutodiffPass::buildOptimizerStep(ModuleOp module, func::FuncOp train,
   });
   SmallVector<Attribute> decay, noDecay;
   for (mtc::ParamOp p : params)
-    (p.getType().getRank() >= 2 && !p.getName().ends_with(".bias") ? decay
+    if (!p.getNotTrained())
+      (p.getType().getRank() >= 2 && !p.getName().ends_with(".bias") ? decay
                                                                     : noDecay)
         .push_back(p.getNameAttr());
 
@@ -134,6 +143,13 @@ void AutodiffPass::buildOptimizerStep(ModuleOp module, func::FuncOp train,
                                  b.getFunctionType({f32, i64}, {f32}));
   Block *entry = fn.addEntryBlock();
   b.setInsertionPointToStart(entry);
+
+  // Aux-loss-free balancing: each expert bias moves after the step by the
+  // loads its mtc.moe_accumulate_load gathered (docs/moe.md).
+  train.walk([&](mtc::MoeAccumulateLoadOp acc) {
+    mtc::MoeUpdateExpertBiasOp::create(b, acc.getLoc(), acc.getParamAttr(),
+                                       acc.getUpdateRateAttr());
+  });
 
   double microbatches = getF64(cfg, "num_microbatches", 1);
   double gradScale = 1.0 / microbatches;
@@ -182,6 +198,9 @@ void AutodiffPass::runOnOperation() {
   auto train = cast<func::FuncOp>(forward->clone());
   train.setSymName("train_step");
   module.getBody()->push_back(train);
+  for (auto acc :
+       llvm::make_early_inc_range(forward.getOps<mtc::MoeAccumulateLoadOp>()))
+    acc.erase();
   if (failed(buildBackward(train)))
     return signalPassFailure();
   buildOptimizerStep(module, train,

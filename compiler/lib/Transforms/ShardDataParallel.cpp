@@ -6,6 +6,14 @@
 // dp group before the optimizer reads them: one `mtc.reduce_gradients` at
 // the start of @optimizer_step.
 //
+// MoE expert biases (docs/moe.md): each dp rank (ep ranks are dp ranks)
+// routed different tokens, so the loads their `mtc.moe_update_expert_bias`
+// read are first summed over dp, `mtc.reduce_gradients {divisor = 1,
+// params = [the biases]}` at the very start, and the gradients' reduction
+// goes after the updates (which zero the loads' slots), so every rank
+// moves its biases by the whole step's loads, as the one-process run does.
+// Under tp every tp rank routed the same whole tokens: no sum over tp.
+//
 // With the spec's `parallel.distributed_optimizer` (Megatron's
 // --use-distributed-optimizer, ZeRO stage 1) the reduction shards the
 // optimizer state: `mtc.reduce_gradients ... shard_optimizer_state`
@@ -51,6 +59,19 @@ struct ShardDataParallelPass
     OpBuilder b = OpBuilder::atBlockBegin(&body);
     auto gridRef = FlatSymbolRefAttr::get(b.getContext(), grid.getSymName());
     auto axes = b.getDenseI16ArrayAttr({mtc::kAxisDP});
+    SmallVector<Attribute> biases;
+    mtc::MoeUpdateExpertBiasOp lastUpdate;
+    for (auto u : body.getOps<mtc::MoeUpdateExpertBiasOp>()) {
+      biases.push_back(u.getParamAttr());
+      lastUpdate = u;
+    }
+    if (lastUpdate) {
+      mtc::ReduceGradientsOp::create(
+          b, NameLoc::get(b.getStringAttr("expert_loads"), module.getLoc()),
+          gridRef, axes, UnitAttr(), b.getArrayAttr(biases),
+          b.getI64IntegerAttr(1));
+      b.setInsertionPointAfter(lastUpdate);
+    }
     auto reduce = mtc::ReduceGradientsOp::create(
         b, NameLoc::get(b.getStringAttr("data_parallel"), module.getLoc()),
         gridRef, axes, UnitAttr(), ArrayAttr(), IntegerAttr());

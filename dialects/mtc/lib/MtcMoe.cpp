@@ -20,6 +20,9 @@
 #include "mtc/Dialect/MtcDialect.h"
 
 #include "mlir/IR/Builders.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
+
+#include <cmath>
 
 using namespace mlir;
 using namespace mtc;
@@ -89,10 +92,17 @@ LogicalResult verifyCounts(Operation *op, Value counts) {
 // Verifiers
 //===----------------------------------------------------------------------===//
 
-// Checks: verifyRouter; probs has the logits' type.
+// Checks: verifyRouter; probs has the logits' type; bias, when present,
+// is (num_experts).
 LogicalResult MoeRouterOp::verify() {
   if (getProbs().getType() != getLogits().getType())
     return emitOpError("probs must have the logits' type");
+  if (Value bias = getBias()) {
+    int64_t e = shapeOf(getLogits()).back();
+    if (shapeOf(bias) != ArrayRef<int64_t>{e})
+      return emitOpError("bias must be (num_experts) = (")
+             << e << "), one per expert, got " << shapeStr(shapeOf(bias));
+  }
   return verifyRouter(*this, getLogits(), getIndices(), getWeights(),
                       getTopK(), getScale().convertToDouble(),
                       getAuxCoeff().convertToDouble(),
@@ -253,13 +263,56 @@ LogicalResult GroupedBiasGradOp::verify() {
   return success();
 }
 
+// Checks: counts (E) with E >= 1; update_rate > 0 and finite; the named
+// parameter, where the function defines it (the training step does), is
+// a `not_trained` (E) f32 tensor: a trained parameter's slot holds its
+// gradient.
+LogicalResult MoeAccumulateLoadOp::verify() {
+  if (failed(verifyCounts(*this, getCounts())))
+    return failure();
+  double rate = getUpdateRate().convertToDouble();
+  if (!(rate > 0) || !std::isfinite(rate))
+    return emitOpError("update_rate must be a finite number > 0, got ")
+           << rate;
+  int64_t e = shapeOf(getCounts())[0];
+  auto fn = (*this)->getParentOfType<FunctionOpInterface>();
+  ParamOp target;
+  if (fn)
+    fn->walk([&](ParamOp p) {
+      if (!target && p.getName() == getParam())
+        target = p;
+    });
+  if (!target)
+    return success();
+  if (!target.getNotTrained())
+    return emitOpError("accumulates into '")
+           << getParam()
+           << "', a trained parameter: its gradient-buffer slot holds its "
+              "gradient (an expert bias is `not_trained`)";
+  if (target.getType().getShape() != ArrayRef<int64_t>{e})
+    return emitOpError("'")
+           << getParam() << "' must be (num_experts) = (" << e
+           << "), one per expert, got "
+           << shapeStr(target.getType().getShape());
+  return success();
+}
+
+// Checks: rate > 0 and finite.
+LogicalResult MoeUpdateExpertBiasOp::verify() {
+  double rate = getRate().convertToDouble();
+  if (!(rate > 0) || !std::isfinite(rate))
+    return emitOpError("rate must be a finite number > 0, got ") << rate;
+  return success();
+}
+
 //===----------------------------------------------------------------------===//
 // Gradient rules
 //===----------------------------------------------------------------------===//
 
-// (probs, indices, weights, aux) = router(logits)  =>  dlogits from
-// dweights and daux (moe_router_grad). probs feeds only the aux loss inside
-// the op, and indices are integers: neither carries a gradient out.
+// (probs, indices, weights, aux) = router(logits[, bias])  =>  dlogits
+// from dweights and daux (moe_router_grad). probs feeds only the aux loss
+// inside the op, and indices are integers: neither carries a gradient out.
+// The expert bias only chooses the indices, so it gets none.
 LogicalResult MoeRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                          SmallVectorImpl<Value> &grads) {
   if (dy[0])
@@ -272,8 +325,10 @@ LogicalResult MoeRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   auto g = MoeRouterGradOp::create(
       b, getLoc(), getLogits().getType(), getLogits(), getProbs(),
       getIndices(), dweights, dy[3], getTopKAttr(), getRouterAttr(),
-      getScaleAttr(), getAuxCoeffAttr(), getZCoeffAttr());
+      getScaleAttr(), getAuxCoeffAttr(), getZCoeffAttr(),
+      getBias() ? b.getUnitAttr() : UnitAttr());
   grads.assign({Value(g)});
+  grads.resize(getNumOperands()); // the bias's: none
   return success();
 }
 
@@ -360,6 +415,7 @@ double GroupedMatmulWgradOp::getFlops() {
   return 2.0 * numel(getLhs()) * double(shapeOf(getRhs())[1]);
 }
 double GroupedBiasGradOp::getFlops() { return numel(getDout()); }
+double MoeAccumulateLoadOp::getFlops() { return numel(getCounts()); }
 
 //===----------------------------------------------------------------------===//
 // Tensor-parallel rules (PartitionOpInterface; MtcPartition.h)
@@ -370,7 +426,10 @@ double GroupedBiasGradOp::getFlops() { return numel(getDout()); }
 // row-parallel (mtc-shard-tensor-parallel):
 //   moe_router, moe_router_grad, moe_permute   everything whole: the top-k
 //             decisions and the aux loss need every token's logits, and
-//             whole inputs make them the same on every rank
+//             whole inputs make them the same on every rank (the expert
+//             bias, a small (E) tensor, is whole on every rank too)
+//   moe_accumulate_load   the counts whole: every tp rank adds the same
+//             loads
 //   grouped_matmul   rhs split on its output dimension -> the result's
 //             columns S(1) (bias split alike); split on its contraction ->
 //             P, the lhs's columns sliced to match, the bias added on tp
@@ -405,6 +464,10 @@ LogicalResult MoeRouterGradOp::partition(Partitioner &p) {
 }
 LogicalResult MoePermuteOp::partition(Partitioner &p) {
   return p.rebuild(*this, whole(*this), wholeResults(*this));
+}
+// The counts are whole (the permute's), the same on every tp rank.
+LogicalResult MoeAccumulateLoadOp::partition(Partitioner &p) {
+  return p.rebuild(*this, whole(*this), {});
 }
 
 LogicalResult MoeUnpermuteOp::partition(Partitioner &p) {
@@ -477,26 +540,40 @@ LogicalResult GroupedBiasGradOp::partition(Partitioner &p) {
 // Kernel rows (the count argument: tokens or rows, for half-batch lanes)
 //===----------------------------------------------------------------------===//
 
+// An expert bias is the last argument, printed only when there is one: the
+// kernels default it to nullptr (host_kernels.h), so a router without one
+// calls exactly what it did before the bias existed, on both targets.
 KernelCall MoeRouterOp::getKernelCall(BufferName buf) {
   int64_t t = tokens(getLogits());
-  return {"moe_router_forward",
-          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
-           buf(getWeights()), buf(getAuxLoss()), integer(t),
-           integer(shapeOf(getLogits()).back()), integer(getTopK()),
-           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
-           f32(getAuxCoeffAttr()), f32(getZCoeffAttr())},
-          5, t};
+  KernelCall call{"moe_router_forward",
+                  {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+                   buf(getWeights()), buf(getAuxLoss()), integer(t),
+                   integer(shapeOf(getLogits()).back()), integer(getTopK()),
+                   flag(getRouter() == RouterKind::topk_softmax),
+                   f32(getScaleAttr()), f32(getAuxCoeffAttr()),
+                   f32(getZCoeffAttr())},
+                  5, t};
+  if (getBias())
+    call.args.push_back(buf(getBias()));
+  return call;
 }
 
+// biased_selection likewise: a last `true` argument only when set (the
+// kernels default it to false).
 KernelCall MoeRouterGradOp::getKernelCall(BufferName buf) {
   int64_t t = tokens(getLogits());
-  return {"moe_router_backward",
-          {buf(getLogits()), buf(getProbs()), buf(getIndices()),
-           buf(getDweights()), optional(buf, getDaux()), buf(getResult()),
-           integer(t), integer(shapeOf(getLogits()).back()), integer(getTopK()),
-           flag(getRouter() == RouterKind::topk_softmax), f32(getScaleAttr()),
-           f32(getAuxCoeffAttr()), f32(getZCoeffAttr())},
-          6, t};
+  KernelCall call{"moe_router_backward",
+                  {buf(getLogits()), buf(getProbs()), buf(getIndices()),
+                   buf(getDweights()), optional(buf, getDaux()),
+                   buf(getResult()), integer(t),
+                   integer(shapeOf(getLogits()).back()), integer(getTopK()),
+                   flag(getRouter() == RouterKind::topk_softmax),
+                   f32(getScaleAttr()), f32(getAuxCoeffAttr()),
+                   f32(getZCoeffAttr())},
+                  6, t};
+  if (getBiasedSelection())
+    call.args.push_back(flag(true));
+  return call;
 }
 
 // Dropless: moe_permute. With a capacity: moe_permute_capacity, the same

@@ -16,6 +16,14 @@
 // Sums are taken in double. Top-k is k passes of an argmax (k is small),
 // the first maximum winning, so ties go to the lower index.
 //
+// Expert bias b (aux-loss-free balancing): the top-k ranks p + b
+// (softmax_topk) or l + b (topk_softmax); w is computed as above from the
+// unbiased p or l of the selected experts, so b gets no gradient and the
+// formulas for dl hold with S the biased selection. f_e of the load
+// balancing term counts the unbiased top-k of l (Megatron's aux loss
+// ranks the unbiased scores). After the step: b_e += u sign(mean L - L_e)
+// for the step's loads L (moe_update_expert_bias).
+//
 // The permutation is stable: expert e's rows start at offset_e = sum of
 // the counts before e and hold its assignments in (token, slot) order. A
 // grouped GEMM is one BLAS sgemm per expert on its rows.
@@ -58,6 +66,46 @@ double logsumexp_row(const float* l, int64_t n) {
   return mx + std::log(sum);
 }
 
+// idx (k) = the k largest of score_i + (bias ? bias_i : 0), decreasing,
+// the first maximum winning (ties to the lower index).
+void top_k(const float* score, const float* bias, int32_t* idx, int64_t e,
+           int64_t k, std::vector<char>& taken) {
+  std::fill(taken.begin(), taken.end(), 0);
+  auto key = [&](int64_t i) { return bias ? score[i] + bias[i] : score[i]; };
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t best = -1;
+    float bk = 0;
+    for (int64_t i = 0; i < e; ++i)
+      if (!taken[i] && (best < 0 || key(i) > bk)) {
+        best = i;
+        bk = key(i);
+      }
+    taken[best] = 1;
+    idx[j] = static_cast<int32_t>(best);
+  }
+}
+
+// Assignments per expert of the unbiased top-k of every token's logits
+// (the aux loss's f_e times T k when the selection had a bias).
+std::vector<double> unbiased_assignments(const float* logits, int64_t t, int64_t e,
+                                         int64_t k) {
+  std::vector<double> assigned(static_cast<size_t>(e), 0.0);
+  std::vector<char> taken(static_cast<size_t>(e));
+  std::vector<int32_t> idx(static_cast<size_t>(k));
+  for (int64_t r = 0; r < t; ++r) {
+    top_k(logits + r * e, nullptr, idx.data(), e, k, taken);
+    for (int64_t j = 0; j < k; ++j) assigned[idx[j]] += 1;
+  }
+  return assigned;
+}
+
+// The largest of l over the selected experts (the softmax's shift).
+double selected_max(const float* l, const int32_t* idx, int64_t k) {
+  double mx = l[idx[0]];
+  for (int64_t j = 1; j < k; ++j) mx = std::max(mx, double(l[idx[j]]));
+  return mx;
+}
+
 // Row offsets of the experts from their counts.
 std::vector<int64_t> offsets_of(const int32_t* counts, int64_t e) {
   std::vector<int64_t> off(static_cast<size_t>(e) + 1, 0);
@@ -70,7 +118,7 @@ std::vector<int64_t> offsets_of(const int32_t* counts, int64_t e) {
 void moe_router_forward(const float* logits, float* probs, int32_t* indices,
                         float* weights, float* aux_loss, int64_t t, int64_t e,
                         int64_t k, bool topk_softmax, float scale,
-                        float aux_coeff, float z_coeff) {
+                        float aux_coeff, float z_coeff, const float* bias) {
   std::vector<double> lse(static_cast<size_t>(t));
   parallel_for(t, kRowGrain, [&](int64_t begin, int64_t end) {
     std::vector<char> taken(static_cast<size_t>(e));
@@ -78,22 +126,18 @@ void moe_router_forward(const float* logits, float* probs, int32_t* indices,
       const float* l = logits + r * e;
       float* p = probs + r * e;
       lse[r] = softmax_row(l, p, e);
-      std::fill(taken.begin(), taken.end(), 0);
       int32_t* idx = indices + r * k;
-      for (int64_t j = 0; j < k; ++j) {
-        int64_t best = -1;
-        for (int64_t i = 0; i < e; ++i)
-          if (!taken[i] && (best < 0 || l[i] > l[best])) best = i;
-        taken[best] = 1;
-        idx[j] = static_cast<int32_t>(best);
-      }
+      // Without a bias the logits rank as the probabilities do (and decide
+      // ties the same way as before the bias existed).
+      top_k(bias && !topk_softmax ? p : l, bias, idx, e, k, taken);
       float* w = weights + r * k;
       if (topk_softmax) {
-        // Softmax over the selected logits; idx[0] holds the largest.
+        // Softmax over the selected logits (the unbiased ones).
+        const double mx = selected_max(l, idx, k);
         double sum = 0;
-        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - l[idx[0]]);
+        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - mx);
         for (int64_t j = 0; j < k; ++j)
-          w[j] = float(scale * std::exp(double(l[idx[j]]) - l[idx[0]]) / sum);
+          w[j] = float(scale * std::exp(double(l[idx[j]]) - mx) / sum);
       } else {
         for (int64_t j = 0; j < k; ++j) w[j] = scale * p[idx[j]];
       }
@@ -102,9 +146,11 @@ void moe_router_forward(const float* logits, float* probs, int32_t* indices,
   double lb = 0, z = 0;
   if (aux_coeff != 0) {
     std::vector<double> psum(static_cast<size_t>(e), 0.0), assigned(static_cast<size_t>(e), 0.0);
+    if (bias != nullptr) assigned = unbiased_assignments(logits, t, e, k);
     for (int64_t r = 0; r < t; ++r) {
       for (int64_t i = 0; i < e; ++i) psum[i] += probs[r * e + i];
-      for (int64_t j = 0; j < k; ++j) assigned[indices[r * k + j]] += 1;
+      if (bias == nullptr)
+        for (int64_t j = 0; j < k; ++j) assigned[indices[r * k + j]] += 1;
     }
     for (int64_t i = 0; i < e; ++i)
       lb += (assigned[i] / double(t * k)) * (psum[i] / double(t));
@@ -121,13 +167,17 @@ void moe_router_backward(const float* logits, const float* probs,
                          const int32_t* indices, const float* dweights,
                          const float* daux, float* dlogits, int64_t t,
                          int64_t e, int64_t k, bool topk_softmax, float scale,
-                         float aux_coeff, float z_coeff) {
+                         float aux_coeff, float z_coeff, bool biased_selection) {
   const double da = daux != nullptr ? double(daux[0]) : 0.0;
-  // dP_e / T of the load-balancing term: a E f_e / T, f_e from the indices.
+  // dP_e / T of the load-balancing term: a E f_e / T, f_e from the indices
+  // (from the unbiased top-k when the selection had a bias).
   std::vector<double> lb_grad(static_cast<size_t>(e), 0.0);
   if (da != 0 && aux_coeff != 0) {
-    for (int64_t r = 0; r < t; ++r)
-      for (int64_t j = 0; j < k; ++j) lb_grad[indices[r * k + j]] += 1;
+    if (biased_selection)
+      lb_grad = unbiased_assignments(logits, t, e, k);
+    else
+      for (int64_t r = 0; r < t; ++r)
+        for (int64_t j = 0; j < k; ++j) lb_grad[indices[r * k + j]] += 1;
     for (int64_t i = 0; i < e; ++i)
       lb_grad[i] = da * aux_coeff * double(e) * (lb_grad[i] / double(t * k)) / double(t);
   }
@@ -148,13 +198,14 @@ void moe_router_backward(const float* logits, const float* probs,
       for (int64_t i = 0; i < e; ++i) dl[i] = float(double(p[i]) * (dp[i] - dot));
       if (topk_softmax) {
         // Through the softmax over the selected logits.
+        const double mx = selected_max(l, idx, k);
         double sum = 0;
-        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - l[idx[0]]);
+        for (int64_t j = 0; j < k; ++j) sum += std::exp(double(l[idx[j]]) - mx);
         double qdot = 0;
         for (int64_t j = 0; j < k; ++j)
-          qdot += std::exp(double(l[idx[j]]) - l[idx[0]]) / sum * double(scale) * dw[j];
+          qdot += std::exp(double(l[idx[j]]) - mx) / sum * double(scale) * dw[j];
         for (int64_t j = 0; j < k; ++j) {
-          double q = std::exp(double(l[idx[j]]) - l[idx[0]]) / sum;
+          double q = std::exp(double(l[idx[j]]) - mx) / sum;
           dl[idx[j]] += float(q * (double(scale) * dw[j] - qdot));
         }
       }
@@ -302,6 +353,24 @@ void grouped_bias_grad(const float* dy, const int32_t* counts, float* db,
     }
     reduce_rows(dy + off[i] * m, db + i * m, off[i + 1] - off[i], m);
   }
+}
+
+void moe_accumulate_load(const int32_t* counts, float* load, int64_t e) {
+  for (int64_t i = 0; i < e; ++i) load[i] += static_cast<float>(counts[i]);
+}
+
+void moe_update_expert_bias(float* load, float* bias, int64_t e, float rate) {
+  // sign(mean - L_e) = sign(sum - e L_e): exact in double for any load a
+  // float holds exactly (whole counts below 2^24), where the mean itself
+  // need not be representable.
+  double sum = 0;
+  for (int64_t i = 0; i < e; ++i) sum += load[i];
+  for (int64_t i = 0; i < e; ++i) {
+    const double offset = sum - double(e) * double(load[i]);
+    const float sign = offset > 0 ? 1.0f : offset < 0 ? -1.0f : 0.0f;
+    bias[i] += sign * rate;
+  }
+  std::fill(load, load + e, 0.0f);
 }
 
 }  // namespace mtc::rt::host

@@ -187,3 +187,61 @@ func.func @bias_grad_shape(%d: tensor<12x8xf32>, %c: tensor<4xi32>) {
   %g = mtc.grouped_bias_grad %d, %c : tensor<12x8xf32>, tensor<4xi32> -> tensor<8xf32>
   return
 }
+
+// -----
+
+// Tests that an expert bias has one entry per expert.
+func.func @router_bias_shape(%l: tensor<6x4xf32>, %b: tensor<3xf32>) {
+  // expected-error @+1 {{'mtc.moe_router' op bias must be (num_experts) = (4), one per expert, got (3)}}
+  %p, %i, %w, %a = mtc.moe_router %l bias %b top_k = 2 router = softmax_topk scale = 1.0 aux_coeff = 0.0 z_coeff = 0.0
+      : tensor<6x4xf32>, tensor<3xf32> -> tensor<6x4xf32>, tensor<6x2xi32>, tensor<6x2xf32>
+  return
+}
+
+// -----
+
+// Tests that loads accumulate only into a not-trained parameter (a
+// trained one's gradient slot holds its gradient).
+func.func @load_into_trained(%c: tensor<4xi32>) {
+  %b = mtc.param "layers.0.mlp.router.expert_bias" init = zeros : tensor<4xf32>
+  // expected-error @+1 {{'mtc.moe_accumulate_load' op accumulates into 'layers.0.mlp.router.expert_bias', a trained parameter: its gradient-buffer slot holds its gradient (an expert bias is `not_trained`)}}
+  mtc.moe_accumulate_load %c into "layers.0.mlp.router.expert_bias" update_rate = 1.0e-3 : tensor<4xi32>
+  return
+}
+
+// -----
+
+// Tests that the accumulator has the loads' shape.
+func.func @load_shape(%c: tensor<4xi32>) {
+  %b = mtc.param "layers.0.mlp.router.expert_bias" init = zeros not_trained : tensor<8xf32>
+  // expected-error @+1 {{'mtc.moe_accumulate_load' op 'layers.0.mlp.router.expert_bias' must be (num_experts) = (4), one per expert, got (8)}}
+  mtc.moe_accumulate_load %c into "layers.0.mlp.router.expert_bias" update_rate = 1.0e-3 : tensor<4xi32>
+  return
+}
+
+// -----
+
+// Tests that the loads are (num_experts).
+func.func @load_counts(%c: tensor<2x4xi32>) {
+  // expected-error @+1 {{'mtc.moe_accumulate_load' op counts must be (num_experts), got (2, 4)}}
+  mtc.moe_accumulate_load %c into "layers.0.mlp.router.expert_bias" update_rate = 1.0e-3 : tensor<2x4xi32>
+  return
+}
+
+// -----
+
+// Tests that the update rate is positive, on the accumulation and on the
+// update.
+func.func @load_rate(%c: tensor<4xi32>) {
+  // expected-error @+1 {{'mtc.moe_accumulate_load' op update_rate must be a finite number > 0, got 0}}
+  mtc.moe_accumulate_load %c into "layers.0.mlp.router.expert_bias" update_rate = 0.0 : tensor<4xi32>
+  return
+}
+
+// -----
+
+func.func @update_rate() {
+  // expected-error @+1 {{'mtc.moe_update_expert_bias' op rate must be a finite number > 0, got -1}}
+  mtc.moe_update_expert_bias "layers.0.mlp.router.expert_bias" rate = -1.0
+  return
+}

@@ -95,3 +95,27 @@ func.func @moe_capacity(%x: tensor<2x3x8xf32>, %i: tensor<2x3x2xi32>, %w: tensor
       : tensor<8x8xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32>, tensor<2x3x8xf32>
   return
 }
+
+// -----
+
+// Tests that aux-loss-free balancing round-trips: a not-trained parameter,
+// the router selecting with it, its gradient marked biased_selection, the
+// load accumulation and the bias update.
+// CHECK-LABEL: func.func @expert_bias
+// CHECK:         %[[B:.*]] = mtc.param "layers.0.mlp.router.expert_bias" init = zeros not_trained : tensor<4xf32>
+// CHECK:         %{{.*}}, %[[I:.*]], %[[W:.*]], %{{.*}} = mtc.moe_router %{{.*}} bias %[[B]] top_k = 2 router = topk_softmax {{.*}} : tensor<2x3x4xf32>, tensor<4xf32> -> tensor<2x3x4xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32>
+// CHECK:         mtc.moe_router_grad %{{.*}}, %{{.*}}, %[[I]], %{{.*}} top_k = 2 router = topk_softmax {{.*}} biased_selection :
+// CHECK:         mtc.moe_accumulate_load %{{.*}} into "layers.0.mlp.router.expert_bias" update_rate = 1.000000e-03 : tensor<4xi32>
+// CHECK:         mtc.moe_update_expert_bias "layers.0.mlp.router.expert_bias" rate = 1.000000e-03
+func.func @expert_bias(%logits: tensor<2x3x4xf32>, %dw: tensor<2x3x2xf32>, %c: tensor<4xi32>) {
+  %b = mtc.param "layers.0.mlp.router.expert_bias" init = zeros not_trained : tensor<4xf32>
+  %p, %i, %w, %aux = mtc.moe_router %logits bias %b top_k = 2 router = topk_softmax
+      scale = 1.0 aux_coeff = 0.0 z_coeff = 0.0
+      : tensor<2x3x4xf32>, tensor<4xf32> -> tensor<2x3x4xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32>
+  %dl = mtc.moe_router_grad %logits, %p, %i, %dw top_k = 2 router = topk_softmax
+      scale = 1.0 aux_coeff = 0.0 z_coeff = 0.0 biased_selection
+      : tensor<2x3x4xf32>, tensor<2x3x2xi32>, tensor<2x3x2xf32>
+  mtc.moe_accumulate_load %c into "layers.0.mlp.router.expert_bias" update_rate = 1.0e-3 : tensor<4xi32>
+  mtc.moe_update_expert_bias "layers.0.mlp.router.expert_bias" rate = 1.0e-3
+  return
+}

@@ -332,3 +332,48 @@ func.func @forward(%qkv: tensor<2x4x24xf32>, %tgt: tensor<2x2xi32>) -> tensor<f3
   %loss = mtc.cross_entropy %lse, %tgt ignore_index = -1 : tensor<2x2x4xf32>, tensor<2x2xi32>
   return %loss : tensor<f32>
 }
+
+// -----
+
+// Tests an expert bias (a not_trained parameter): the router's gradient is
+// built with biased_selection and the bias gets no accumulate_grad; the
+// load accumulation leaves @forward (evaluation) for @train_step; the
+// optimizer step updates the bias first, at the accumulation's rate, and
+// keeps it out of every AdamW group.
+module {
+  func.func @forward(%tok: tensor<2x4xi32>, %tgt: tensor<2x4xi32>) -> tensor<f32> {
+    %wte = mtc.param "wte" init = normal : tensor<16x8xf32>
+    %x = mtc.embedding %tok, %wte : tensor<2x4xi32>, tensor<16x8xf32> -> tensor<2x4x8xf32>
+    %wr = mtc.param "router.weight" init = normal : tensor<4x8xf32>
+    %l = mtc.matmul %x, %wr transpose_b : tensor<2x4x8xf32>, tensor<4x8xf32> -> tensor<2x4x4xf32>
+    %eb = mtc.param "router.expert_bias" init = zeros not_trained : tensor<4xf32>
+    %p, %i, %w, %aux = mtc.moe_router %l bias %eb top_k = 2 router = softmax_topk
+        scale = 1.0 aux_coeff = 0.0 z_coeff = 0.0
+        : tensor<2x4x4xf32>, tensor<4xf32> -> tensor<2x4x4xf32>, tensor<2x4x2xi32>, tensor<2x4x2xf32>
+    %xp, %pos, %c = mtc.moe_permute %x, %i num_experts = 4
+        : tensor<2x4x8xf32>, tensor<2x4x2xi32> -> tensor<16x8xf32>, tensor<4xi32>
+    mtc.moe_accumulate_load %c into "router.expert_bias" update_rate = 2.5e-3 : tensor<4xi32>
+    %y = mtc.moe_unpermute %xp, %pos, %w
+        : tensor<16x8xf32>, tensor<2x4x2xi32>, tensor<2x4x2xf32> -> tensor<2x4x8xf32>
+    %logits = mtc.matmul %y, %wte transpose_b : tensor<2x4x8xf32>, tensor<16x8xf32> -> tensor<2x4x16xf32>
+    %loss = mtc.cross_entropy %logits, %tgt ignore_index = -1 : tensor<2x4x16xf32>, tensor<2x4xi32>
+    return %loss : tensor<f32>
+  }
+}
+
+// CHECK-LABEL: func.func @forward
+// CHECK-NOT:     mtc.moe_accumulate_load
+// CHECK:         return
+// CHECK-LABEL: func.func @train_step
+// CHECK:         mtc.moe_accumulate_load %{{.*}} into "router.expert_bias" update_rate = 2.500000e-03
+// CHECK:         mtc.moe_router_grad {{.*}} biased_selection
+// CHECK-NOT:     into "router.expert_bias"
+// CHECK:         mtc.accumulate_grad %{{.*}} into "router.weight"
+// CHECK-NOT:     into "router.expert_bias"
+// CHECK:         return
+// CHECK-LABEL: func.func @optimizer_step
+// CHECK-NEXT:    mtc.moe_update_expert_bias "router.expert_bias" rate = 2.500000e-03
+// CHECK-NEXT:    mtc.grad_norm
+// CHECK-NEXT:    mtc.adamw {{.*}} params = ["wte", "router.weight"]
+// CHECK-NOT:     router.expert_bias
+// CHECK:         return

@@ -14,9 +14,12 @@ struct RouterRef {
   double aux = 0;
 };
 
-// The router's weights and aux loss in double, for fixed indices.
+// The router's weights and aux loss in double, for fixed indices; f_e of
+// the aux loss counts `fidx` when given (an expert bias: the unbiased
+// top-k), else the indices.
 RouterRef router_ref(const std::vector<double>& l, const std::vector<int32_t>& idx, int64_t t,
-                     int64_t e, int64_t k, bool topk_softmax, double scale, double a, double z) {
+                     int64_t e, int64_t k, bool topk_softmax, double scale, double a, double z,
+                     const std::vector<int32_t>* fidx = nullptr) {
   RouterRef r;
   r.weights.assign(size_t(t * k), 0.0);
   std::vector<double> psum(size_t(e), 0.0), assigned(size_t(e), 0.0);
@@ -32,7 +35,7 @@ RouterRef router_ref(const std::vector<double>& l, const std::vector<int32_t>& i
     for (int64_t j = 0; j < k; ++j) ssum += std::exp(l[i * e + idx[i * k + j]]);
     for (int64_t j = 0; j < k; ++j) {
       int32_t x = idx[i * k + j];
-      assigned[x] += 1;
+      assigned[fidx ? (*fidx)[i * k + j] : x] += 1;
       r.weights[i * k + j] = scale * (topk_softmax ? std::exp(l[i * e + x]) / ssum
                                                    : std::exp(l[i * e + x] - lse));
     }
@@ -50,7 +53,7 @@ void check_router(bool topk_softmax) {
   std::vector<float> probs(t * e), weights(t * k), aux(1);
   std::vector<int32_t> idx(t * k);
   moe_router_forward(logits.data(), probs.data(), idx.data(), weights.data(), aux.data(), t, e, k,
-                     topk_softmax, float(scale), float(a), float(z));
+                     topk_softmax, float(scale), float(a), float(z), nullptr);
   // The selection: the k largest logits in decreasing order.
   for (int64_t i = 0; i < t; ++i) {
     std::vector<int> order(e);
@@ -69,7 +72,7 @@ void check_router(bool topk_softmax) {
   const float c = 0.7f;
   std::vector<float> dlogits(t * e);
   moe_router_backward(logits.data(), probs.data(), idx.data(), dw.data(), &c, dlogits.data(), t, e,
-                      k, topk_softmax, float(scale), float(a), float(z));
+                      k, topk_softmax, float(scale), float(a), float(z), false);
   std::vector<double> fd = finite_difference<double>(
       ld,
       [&] {
@@ -83,6 +86,137 @@ void check_router(bool topk_softmax) {
 TEST(MoeKernels, RouterSoftmaxTopk) { check_router(false); }
 TEST(MoeKernels, RouterTopkSoftmax) { check_router(true); }
 
+// An expert bias, by hand: two tokens, four experts, top-2. Token 0's
+// logits (2, 1, 0, -1) give probabilities p = e^l / 11.1055 = (0.6439,
+// 0.2369, 0.0871, 0.0321); the bias (0, 0, 0.5, 0) lifts expert 2 over
+// expert 1 for softmax-then-top-k (0.0871 + 0.5 > 0.2369), so it takes
+// experts (0, 2) with the unbiased weights (0.6439, 0.0871). Ranking
+// logits + bias (top-k then softmax), 0 + 0.5 < 1: still (0, 1). Token 1
+// (logits all 0): the bias alone picks expert 2 first, then the lowest
+// index, 0; weights 1/4 each (softmax-then-top-k) or 1/2 (top-k then
+// softmax over two equal logits).
+TEST(MoeKernels, RouterExpertBiasByHand) {
+  const int64_t t = 2, e = 4, k = 2;
+  const std::vector<float> logits = {2, 1, 0, -1, 0, 0, 0, 0};
+  const std::vector<float> bias = {0, 0, 0.5f, 0};
+  std::vector<float> probs(t * e), w(t * k), aux(1);
+  std::vector<int32_t> idx(t * k);
+  const double z0 = std::exp(2.0) + std::exp(1.0) + 1 + std::exp(-1.0);
+  moe_router_forward(logits.data(), probs.data(), idx.data(), w.data(), aux.data(), t, e, k,
+                     false, 1.0f, 0.0f, 0.0f, bias.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 2, 2, 0}));
+  EXPECT_NEAR(w[0], std::exp(2.0) / z0, 1e-7);
+  EXPECT_NEAR(w[1], 1.0 / z0, 1e-7);
+  EXPECT_NEAR(w[2], 0.25, 1e-7);
+  EXPECT_NEAR(w[3], 0.25, 1e-7);
+  // The probabilities stay the unbiased softmax.
+  EXPECT_NEAR(probs[1], std::exp(1.0) / z0, 1e-7);
+
+  moe_router_forward(logits.data(), probs.data(), idx.data(), w.data(), aux.data(), t, e, k,
+                     true, 1.0f, 0.0f, 0.0f, bias.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2, 0}));
+  EXPECT_NEAR(w[0], std::exp(1.0) / (std::exp(1.0) + 1), 1e-7);
+  EXPECT_NEAR(w[1], 1 / (std::exp(1.0) + 1), 1e-7);
+  EXPECT_NEAR(w[2], 0.5, 1e-7);
+  EXPECT_NEAR(w[3], 0.5, 1e-7);
+
+  // A zero bias selects exactly what no bias does.
+  const std::vector<float> zero(e, 0.0f);
+  std::vector<int32_t> idx0(t * k), idx1(t * k);
+  std::vector<float> w0(t * k), w1(t * k);
+  for (bool ts : {false, true}) {
+    moe_router_forward(logits.data(), probs.data(), idx0.data(), w0.data(), aux.data(), t, e, k,
+                       ts, 1.0f, 0.0f, 0.0f, nullptr);
+    moe_router_forward(logits.data(), probs.data(), idx1.data(), w1.data(), aux.data(), t, e, k,
+                       ts, 1.0f, 0.0f, 0.0f, zero.data());
+    EXPECT_EQ(idx0, idx1);
+    EXPECT_EQ(w0, w1);
+  }
+}
+
+// A random bias that changes many selections: the weights are the
+// unbiased scores of the biased selection, f_e counts the unbiased top-k,
+// and the backward (biased_selection) is the finite difference of that.
+void check_router_bias(bool topk_softmax) {
+  const int64_t t = 12, e = 6, k = 2;
+  const double scale = 1.5, a = 0.3, z = 0.05;
+  Rng rng(21 + topk_softmax);
+  std::vector<float> logits = rng.normal(t * e, 2.0f);
+  std::vector<float> bias = rng.normal(e, topk_softmax ? 3.0f : 0.5f);
+  std::vector<float> probs(t * e), weights(t * k), aux(1);
+  std::vector<int32_t> idx(t * k);
+  moe_router_forward(logits.data(), probs.data(), idx.data(), weights.data(), aux.data(), t, e, k,
+                     topk_softmax, float(scale), float(a), float(z), bias.data());
+  std::vector<int32_t> unbiased(t * k);
+  int changed = 0;
+  for (int64_t i = 0; i < t; ++i) {
+    auto rank = [&](bool biased) {
+      std::vector<int> order(e);
+      for (int j = 0; j < e; ++j) order[j] = j;
+      auto score = [&](int x) {
+        float s = topk_softmax ? logits[i * e + x] : probs[i * e + x];
+        return biased ? s + bias[x] : s;
+      };
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int x, int y) { return score(x) > score(y); });
+      return order;
+    };
+    std::vector<int> b = rank(true), u = rank(false);
+    for (int64_t j = 0; j < k; ++j) {
+      ASSERT_EQ(idx[i * k + j], b[j]) << "token " << i;
+      unbiased[i * k + j] = u[j];
+      changed += b[j] != u[j];
+    }
+  }
+  ASSERT_GT(changed, 0) << "the bias must change some selections for this test to mean anything";
+  std::vector<double> ld = to_double(logits);
+  RouterRef ref = router_ref(ld, idx, t, e, k, topk_softmax, scale, a, z, &unbiased);
+  expect_near_all(weights, ref.weights, 1e-5, 1e-7, "weights");
+  expect_near_all(aux, {ref.aux}, 1e-5, 1e-7, "aux_loss");
+
+  std::vector<float> dw = rng.normal(t * k);
+  const float c = 0.7f;
+  std::vector<float> dlogits(t * e);
+  moe_router_backward(logits.data(), probs.data(), idx.data(), dw.data(), &c, dlogits.data(), t, e,
+                      k, topk_softmax, float(scale), float(a), float(z), true);
+  std::vector<double> fd = finite_difference<double>(
+      ld,
+      [&] {
+        RouterRef r = router_ref(ld, idx, t, e, k, topk_softmax, scale, a, z, &unbiased);
+        return weighted_sum(r.weights, dw) + c * r.aux;
+      },
+      1e-6);
+  expect_gradient(dlogits, fd, 1e-4, "dlogits");
+}
+
+TEST(MoeKernels, RouterExpertBiasSoftmaxTopk) { check_router_bias(false); }
+TEST(MoeKernels, RouterExpertBiasTopkSoftmax) { check_router_bias(true); }
+
+// The loads of two microbatches add up; the update moves each bias by
+// rate toward the mean load and clears the loads. Loads (3, 5, 4, 4):
+// mean 4, so expert 0 (under) +rate, expert 1 (over) -rate, experts 2 and
+// 3 (at the mean) unchanged. Loads (1, 2, 2): mean 5/3, not a float, and
+// still exactly +, -, -.
+TEST(MoeKernels, ExpertBiasUpdateByHand) {
+  std::vector<float> load(4, 0.0f);
+  const std::vector<int32_t> a = {1, 3, 4, 0}, b = {2, 2, 0, 4};
+  moe_accumulate_load(a.data(), load.data(), 4);
+  moe_accumulate_load(b.data(), load.data(), 4);
+  EXPECT_EQ(load, (std::vector<float>{3, 5, 4, 4}));
+  std::vector<float> bias = {0.5f, 0.0f, -0.25f, 0.125f};
+  moe_update_expert_bias(load.data(), bias.data(), 4, 0.01f);
+  EXPECT_EQ(bias, (std::vector<float>{0.5f + 0.01f, 0.0f - 0.01f, -0.25f, 0.125f}));
+  EXPECT_EQ(load, (std::vector<float>{0, 0, 0, 0}));
+
+  std::vector<float> load3 = {1, 2, 2}, bias3 = {0, 0, 0};
+  moe_update_expert_bias(load3.data(), bias3.data(), 3, 1e-3f);
+  EXPECT_EQ(bias3, (std::vector<float>{1e-3f, -1e-3f, -1e-3f}));
+  // Balanced loads leave the bias alone.
+  std::vector<float> even = {7, 7, 7}, bias_even = {0.25f, -0.5f, 0};
+  moe_update_expert_bias(even.data(), bias_even.data(), 3, 1e-3f);
+  EXPECT_EQ(bias_even, (std::vector<float>{0.25f, -0.5f, 0}));
+}
+
 // Equal logits: the lower indices win, every probability is 1/E, and the
 // aux loss is exactly aux_coeff + z_coeff * log(E)^2 (the upcycling test's
 // offset, docs/moe.md).
@@ -91,7 +225,7 @@ TEST(MoeKernels, RouterTiesAndUniformAux) {
   std::vector<float> logits(t * e, 0.0f), probs(t * e), weights(t * k), aux(1);
   std::vector<int32_t> idx(t * k);
   moe_router_forward(logits.data(), probs.data(), idx.data(), weights.data(), aux.data(), t, e, k,
-                     false, 1.0f, 0.01f, 0.001f);
+                     false, 1.0f, 0.01f, 0.001f, nullptr);
   for (int64_t i = 0; i < t; ++i) {
     EXPECT_EQ(idx[i * k], 0);
     EXPECT_EQ(idx[i * k + 1], 1);

@@ -46,6 +46,12 @@ struct MoeSpec {
   // T * top_k / E) assignments of a micro-batch's T tokens; 0: dropless.
   double capacity_factor = 0.0;
   DropPolicy drop_policy = DropPolicy::probs;  // which assignments are kept
+  // Aux-loss-free load balancing (DeepSeek-V3; Megatron's
+  // --moe-router-enable-expert-bias and --moe-router-bias-update-rate): a
+  // per-layer bias on the router's scores for the top-k selection only,
+  // moved after each step by bias_update_rate * sign(mean load - load).
+  bool expert_bias = false;
+  double bias_update_rate = 1e-3;
 
   bool enabled() const { return num_experts > 0; }
   bool isMoeLayer(int64_t layer) const {
@@ -156,6 +162,8 @@ inline constexpr const char* kFlagPp = "--pp";
 inline constexpr const char* kFlagDp = "--dp";
 inline constexpr const char* kFlagEp = "--expert-model-parallel-size";
 inline constexpr const char* kFlagMoeCapacityFactor = "--moe-expert-capacity-factor";
+inline constexpr const char* kFlagMoeExpertBias = "--moe-router-enable-expert-bias";
+inline constexpr const char* kFlagMoeBiasUpdateRate = "--moe-router-bias-update-rate";
 inline constexpr const char* kFlagSp = "--sp";
 inline constexpr const char* kFlagDistributedOptimizer = "--use-distributed-optimizer";
 inline constexpr const char* kFlagMicroBatchSize = "--micro-batch-size";
@@ -171,6 +179,11 @@ struct Overrides {
   std::optional<int64_t> tp, pp, dp, ep, micro_batch_size, global_batch_size;
   // Megatron's --moe-expert-capacity-factor: model.moe.capacity_factor.
   std::optional<double> moe_capacity_factor;
+  // Megatron's --moe-router-enable-expert-bias and
+  // --moe-router-bias-update-rate: model.moe.expert_bias and
+  // model.moe.bias_update_rate.
+  std::optional<bool> moe_expert_bias;
+  std::optional<double> moe_bias_update_rate;
   std::optional<bool> sp;
   std::optional<bool> distributed_optimizer;
   std::optional<Recompute> recompute;

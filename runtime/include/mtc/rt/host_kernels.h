@@ -181,17 +181,32 @@ void cross_entropy_backward(const float* logits, const int32_t* targets,
 // topk_softmax, scale * softmax over the k selected logits; aux_loss (1) =
 // aux_coeff * E * sum_e f_e P_e (f_e = assignments to e / (T k), P_e =
 // mean_t probs[t, e]) + z_coeff * mean_t logsumexp(logits[t])^2.
+// With an expert bias (E; nullptr: none) the indices are the k largest of
+// probs + bias (softmax-then-top-k) or logits + bias (topk_softmax), ties
+// to the lower index; the weights use the unbiased probs or logits, and
+// f_e counts the unbiased top-k of the logits. A program passes the bias
+// only when its router has one (the kernel row, MtcMoe.cpp); likewise
+// biased_selection below, only when true.
 void moe_router_forward(const float* logits, float* probs, int32_t* indices,
                         float* weights, float* aux_loss, int64_t t, int64_t e,
                         int64_t k, bool topk_softmax, float scale,
-                        float aux_coeff, float z_coeff);
+                        float aux_coeff, float z_coeff, const float* bias = nullptr);
 // dlogits (T, E) from dweights (T, k) and daux (1, or nullptr: the aux loss
-// is not part of the loss); indices are constants.
+// is not part of the loss); indices are constants. biased_selection: the
+// forward had an expert bias, so f_e is recounted from the unbiased top-k
+// of the logits rather than from the indices.
 void moe_router_backward(const float* logits, const float* probs,
                          const int32_t* indices, const float* dweights,
                          const float* daux, float* dlogits, int64_t t,
                          int64_t e, int64_t k, bool topk_softmax, float scale,
-                         float aux_coeff, float z_coeff);
+                         float aux_coeff, float z_coeff, bool biased_selection = false);
+// Aux-loss-free balancing (DeepSeek-V3's expert bias, Megatron's
+// get_updated_expert_bias). load (E) += counts (E): a microbatch's rows
+// per expert into the step's accumulator.
+void moe_accumulate_load(const int32_t* counts, float* load, int64_t e);
+// bias_e += rate * sign(mean_f load_f - load_e) (0 at equality, decided
+// exactly: sum_f load_f against e * load_e in double), then load = 0.
+void moe_update_expert_bias(float* load, float* bias, int64_t e, float rate);
 
 // out[positions[t, j]] = x[t] for every assignment (t, j); counts (E).
 //   x (T, D), indices (T, k) in [0, E), out (T*k, D), positions (T, k).

@@ -41,7 +41,7 @@ def Mtc_MlpActivation : NativeOpTrait<"MlpActivation"> {
 //===----------------------------------------------------------------------===//
 
 def Mtc_ParamOp : Mtc_Op<"param", [Mtc_PartitionOp, Pure, Mtc_CostOp]> {
-  let summary = "A trainable parameter, named by its checkpoint key.";
+  let summary = "A parameter, named by its checkpoint key.";
   let description = [{
     Produces the value of the parameter `name` (the key it has in
     checkpoints, e.g. `layers.3.attn.qkv.weight`) with its global shape.
@@ -49,16 +49,28 @@ def Mtc_ParamOp : Mtc_Op<"param", [Mtc_PartitionOp, Pure, Mtc_CostOp]> {
     with one name in a function are the same tensor (tied embeddings reuse
     one param op).
 
+    `not_trained`: state the optimizer does not train (an MoE router's
+    expert bias, Megatron's `expert_bias` buffer). It is laid out,
+    initialized, checkpointed and restored like every parameter, but
+    mtc-autodiff gives it no gradient and leaves it out of AdamW; its slot
+    of the gradient buffer (zeroed before each step like every gradient)
+    holds the statistic its own update reads (mtc.moe_accumulate_load,
+    mtc.moe_update_expert_bias).
+
     ```mlir
     %w = mtc.param "layers.0.mlp.fc1.weight" init = normal std = 2.000000e-02
            : tensor<512x128xf32>
+    %b = mtc.param "layers.0.mlp.router.expert_bias" init = zeros not_trained
+           : tensor<8xf32>
     ```
   }];
   let arguments = (ins StrAttr:$name, Mtc_InitKindAttr:$init,
-                   DefaultValuedAttr<F64Attr, "0.02">:$std);
+                   DefaultValuedAttr<F64Attr, "0.02">:$std,
+                   UnitAttr:$not_trained);
   let results = (outs Mtc_FloatTensor:$result);
   let assemblyFormat = [{
-    $name `init` `=` $init (`std` `=` $std^)? attr-dict `:` type($result)
+    $name `init` `=` $init (`std` `=` $std^)? (`not_trained` $not_trained^)?
+    attr-dict `:` type($result)
   }];
   let hasVerifier = 1;
 }
@@ -632,21 +644,36 @@ def Mtc_MoeRouterOp : Mtc_Op<"moe_router", [Mtc_PartitionOp, Pure, Mtc_GradientO
       `z_coeff * mean_t logsumexp(logits_t)^2` (ST-MoE's router z-loss).
     The router's math is fp32 on every target.
 
+    With a `bias` (E) f32 (aux-loss-free load balancing, DeepSeek-V3's
+    expert bias; a `not_trained` parameter), the selection ranks each
+    token's scores plus the bias, the scores being the probabilities
+    (`softmax_topk`) or the logits (`topk_softmax`); the weights are the
+    unbiased scores' (the selected probabilities, or the softmax over the
+    selected logits), so the bias changes which experts a token goes to,
+    never how much of each it gets. The aux loss's f_e then counts the
+    unbiased top-k of the logits, as Megatron's aux loss does.
+
     ```mlir
     %p, %i, %w, %aux = mtc.moe_router %logits top_k = 2 router = softmax_topk
         scale = 1.0 aux_coeff = 1.0e-02 z_coeff = 1.0e-03
         : tensor<8x64x8xf32> -> tensor<8x64x8xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>
+    %p2, %i2, %w2, %aux2 = mtc.moe_router %logits bias %b top_k = 2
+        router = softmax_topk scale = 1.0 aux_coeff = 0.0 z_coeff = 0.0
+        : tensor<8x64x8xf32>, tensor<8xf32>
+        -> tensor<8x64x8xf32>, tensor<8x64x2xi32>, tensor<8x64x2xf32>
     ```
   }];
-  let arguments = (ins RankedTensorOf<[F32]>:$logits, I64Attr:$top_k,
+  let arguments = (ins RankedTensorOf<[F32]>:$logits,
+                   Optional<RankedTensorOf<[F32]>>:$bias, I64Attr:$top_k,
                    Mtc_RouterKindAttr:$router, F64Attr:$scale,
                    F64Attr:$aux_coeff, F64Attr:$z_coeff);
   let results = (outs RankedTensorOf<[F32]>:$probs, Mtc_TokenTensor:$indices,
                  RankedTensorOf<[F32]>:$weights, Mtc_ScalarF32:$aux_loss);
   let assemblyFormat = [{
-    $logits `top_k` `=` $top_k `router` `=` $router `scale` `=` $scale
-    `aux_coeff` `=` $aux_coeff `z_coeff` `=` $z_coeff attr-dict
-    `:` type($logits) `->` type($probs) `,` type($indices) `,` type($weights)
+    $logits (`bias` $bias^)? `top_k` `=` $top_k `router` `=` $router
+    `scale` `=` $scale `aux_coeff` `=` $aux_coeff `z_coeff` `=` $z_coeff
+    attr-dict `:` type($logits) (`,` type($bias)^)?
+    `->` type($probs) `,` type($indices) `,` type($weights)
   }];
   let hasVerifier = 1;
 }
@@ -660,6 +687,10 @@ def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Mtc_PartitionOp, Pure, Mtc_
     part of the loss) of the aux loss; the indices are constants (top-k
     selection has no gradient), so the logits get their gradient through
     the selected weights, the load-balancing term's P_e and the z-loss.
+    `biased_selection`: the forward router had an expert bias, so the
+    indices are not the unbiased top-k, and the aux loss's f_e is counted
+    from the unbiased top-k of the logits (recomputed here) as the forward
+    counted it. The bias itself gets no gradient (it only chose).
 
     ```mlir
     %dl = mtc.moe_router_grad %logits, %p, %i, %dw, %daux top_k = 2
@@ -671,12 +702,13 @@ def Mtc_MoeRouterGradOp : Mtc_Op<"moe_router_grad", [Mtc_PartitionOp, Pure, Mtc_
                    Mtc_TokenTensor:$indices, RankedTensorOf<[F32]>:$dweights,
                    Optional<Mtc_ScalarF32>:$daux, I64Attr:$top_k,
                    Mtc_RouterKindAttr:$router, F64Attr:$scale,
-                   F64Attr:$aux_coeff, F64Attr:$z_coeff);
+                   F64Attr:$aux_coeff, F64Attr:$z_coeff,
+                   UnitAttr:$biased_selection);
   let results = (outs RankedTensorOf<[F32]>:$result);
   let assemblyFormat = [{
     $logits `,` $probs `,` $indices `,` $dweights (`,` $daux^)? `top_k` `=` $top_k
     `router` `=` $router `scale` `=` $scale `aux_coeff` `=` $aux_coeff
-    `z_coeff` `=` $z_coeff attr-dict
+    `z_coeff` `=` $z_coeff (`biased_selection` $biased_selection^)? attr-dict
     `:` type($logits) `,` type($indices) `,` type($dweights)
   }];
   let hasVerifier = 1;
@@ -860,6 +892,62 @@ def Mtc_GroupedBiasGradOp : Mtc_Op<"grouped_bias_grad", [Mtc_PartitionOp, Pure, 
   let hasVerifier = 1;
 }
 
+// Aux-loss-free load balancing (DeepSeek-V3's expert bias; docs/moe.md):
+// each microbatch's loads are added into the bias's slot of the gradient
+// buffer, and after the step the bias moves by rate * sign(mean load -
+// load). Both address state by name, like mtc.accumulate_grad and
+// mtc.adamw: the code generators place that state, so they print these ops
+// themselves (the host kernels moe_accumulate_load and
+// moe_update_expert_bias) rather than from a kernel-table row.
+
+def Mtc_MoeAccumulateLoadOp : Mtc_Op<"moe_accumulate_load", [Mtc_PartitionOp,
+    MemoryEffects<[MemWrite]>, Mtc_CostOp]> {
+  let summary = "Adds a microbatch's expert loads into an expert bias's accumulator.";
+  let description = [{
+    `counts` (E) i32 are the rows each expert got in this microbatch
+    (mtc.moe_permute's, after any token dropping: Megatron's
+    `local_tokens_per_expert += routing_map.sum(0)`). They are added into
+    the slot of the gradient buffer of `param`, a `not_trained` (E) f32
+    parameter (the router's expert bias), which the runtime zeroes before
+    the step's first microbatch. `update_rate` is the rate at which
+    mtc.moe_update_expert_bias moves the bias after the step; mtc-autodiff
+    builds that update from this op. Training steps only: mtc-autodiff
+    moves it out of @forward (evaluation does not count, as Megatron only
+    counts with gradients enabled), and recomputation never repeats it.
+
+    ```mlir
+    mtc.moe_accumulate_load %counts into "layers.0.mlp.router.expert_bias"
+        update_rate = 1.000000e-03 : tensor<8xi32>
+    ```
+  }];
+  let arguments = (ins Mtc_TokenTensor:$counts, StrAttr:$param,
+                   F64Attr:$update_rate);
+  let assemblyFormat = [{
+    $counts `into` $param `update_rate` `=` $update_rate attr-dict `:` type($counts)
+  }];
+  let hasVerifier = 1;
+}
+
+def Mtc_MoeUpdateExpertBiasOp : Mtc_Op<"moe_update_expert_bias", [
+    MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "Moves an expert bias toward balanced loads (after the step).";
+  let description = [{
+    Reads the step's loads L (E) from `param`'s slot of the gradient buffer
+    (what mtc.moe_accumulate_load added, summed over the data-parallel
+    ranks by the mtc.reduce_gradients {divisor = 1} before it), then
+    `bias_e += rate * sign(mean_f L_f - L_e)` (sign 0 at equality) and
+    zeroes the slot, so the gradient norm and reductions that follow see
+    no gradient there. Megatron's `get_updated_expert_bias`.
+
+    ```mlir
+    mtc.moe_update_expert_bias "layers.0.mlp.router.expert_bias" rate = 1.000000e-03
+    ```
+  }];
+  let arguments = (ins StrAttr:$param, F64Attr:$rate);
+  let assemblyFormat = "$param `rate` `=` $rate attr-dict";
+  let hasVerifier = 1;
+}
+
 // Expert parallelism (mtc-shard-expert-parallel; docs/moe.md). The experts
 // of a layer are split over the `ep` axis of @mtc_expert_grid; these ops move
 // the permuted rows to the rank holding their expert and back. They are
@@ -1036,7 +1124,9 @@ def Mtc_ReduceGradientsOp : Mtc_Op<"reduce_gradients", [
     distributed optimizer with expert parallelism) the named parameters
     are a region of their own after the others', sharded over this op's
     axes (the dense region over dp, the experts' over edp), and each
-    region has its own mtc.all_gather_params.
+    region has its own mtc.all_gather_params. `divisor = 1` sums: the MoE
+    expert biases' loads, which a `not_trained` parameter's slot holds
+    (mtc.moe_accumulate_load), are summed over dp before their update.
 
     ```mlir
     mtc.reduce_gradients on @mtc_grid grid_axes = [1]
