@@ -9,7 +9,7 @@
 # layers instead of 24 (hidden 2048, MLP 8192, sequence 2048, micro-batch
 # 4): the 24-layer MoE has 6.96B parameters, whose fp32 weights, gradients
 # and AdamW moments (16 bytes each, 111 GB) do not fit one GPU; at 8 layers
-# it has 2.39B (0.94B active per token).
+# it has 2.39B (0.77B active per token, the tied embedding included).
 #   bench/moe_gpu.sh prepare   here (mtc and nvcc, no GPU): the programs into
 #       .devrun/prog-* (bench/prepare_gpu.sh first unless .devrun/lib.tar.xz
 #       exists), the kernel tests, the baseline script
