@@ -299,10 +299,22 @@ mtc::codegen::reducedRuns(mtc::ReduceGradientsOp r, const ParamLayout &layout) {
     for (Attribute a : *p)
       mine.insert(cast<StringAttr>(a).getValue());
   } else if (Block *block = r->getBlock()) {
+    // A sharded reduction keeps the untrained parameters' slots (MoE expert
+    // biases' loads, summed by their own reduction and zeroed by their
+    // update before it) inside its region: it reduces their zeros and
+    // gathers their values, the same on every rank.
+    auto untrained = [&](StringRef name) {
+      auto it = layout.slots.find(name);
+      return it != layout.slots.end() &&
+             mtc::ParamOp(it->second.op).getNotTrained();
+    };
     for (auto other : block->getOps<mtc::ReduceGradientsOp>())
       if (auto p = other.getParams())
-        for (Attribute a : *p)
-          others.insert(cast<StringAttr>(a).getValue());
+        for (Attribute a : *p) {
+          StringRef name = cast<StringAttr>(a).getValue();
+          if (!(r.getShardOptimizerState() && untrained(name)))
+            others.insert(name);
+        }
   }
   SmallVector<std::pair<int64_t, int64_t>> runs;
   for (size_t i = 0; i < layout.order.size(); ++i) {
