@@ -226,6 +226,33 @@ def smoke():
     print("smoke: loop and grouped agree on outputs, aux loss and every gradient")
 
 
+def summary(path, suffix, L, peak=989e12):
+    """Tokens/s and MFU on active parameters of the "MTC <model><suffix>
+    tokens_per_s" lines (moe_gpu.sh) and the BENCH_RESULT lines of a
+    summary file, and mtc against each baseline of the same model."""
+    import re
+    text = open(path).read()
+    mtc = {m: float(v) for m, v in
+           re.findall(r"^MTC (moe|dense)%s tokens_per_s ([0-9.]+)" % re.escape(suffix), text, re.M)}
+    fpt = {m: flops_per_token(L, 2048, 8192, 2048, 8, 2, m == "moe") for m in ("moe", "dense")}
+    mfu = {m: t * fpt[m] / peak for m, t in mtc.items()}
+    for m, t in mtc.items():
+        print(f"mtc {m}{suffix}: {t:,.0f} tokens/s, MFU {mfu[m]:.3f} (active parameters, of "
+              f"{peak / 1e12:.0f} TFLOP/s)")
+    for l in text.splitlines():
+        if not l.startswith("BENCH_RESULT"):
+            continue
+        r = json.loads(l.split(" ", 1)[1])
+        if not r.get("tokens_per_s"):
+            continue
+        m = "moe" if "moe" in r["system"] else "dense"
+        t = r["tokens_per_s"]
+        print(f"{r['system']} ({r.get('microbatches', 1)} microbatches): {t:,.0f} tokens/s, "
+              f"MFU {t * fpt[m] / peak:.3f}" + (f"; mtc / it {mtc[m] / t:.3f}" if m in mtc else ""))
+    if len(mfu) == 2:
+        print(f"mtc MoE MFU / mtc dense MFU{suffix}: {mfu['moe'] / mfu['dense']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moe", type=int, default=1)
@@ -238,9 +265,13 @@ def main():
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--peak", type=float, default=989.0, help="bf16 dense TFLOP/s (H100 SXM)")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--summary", help="print the comparison of a moe_gpu.sh summary file")
+    ap.add_argument("--suffix", default="", help="with --summary: the mtc runs' suffix (-gb16)")
     a = ap.parse_args()
     if a.smoke:
         return smoke()
+    if a.summary:
+        return summary(a.summary, a.suffix, a.layers)
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
         print("BENCH_RESULT", json.dumps(run(a)), flush=True)

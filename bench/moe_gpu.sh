@@ -135,27 +135,7 @@ if [ "$MODE" = run2 ] || [ "$MODE" = accum ]; then
     grep BENCH_RESULT "$OUT/torch-$name-gb16.log" | tee -a "$S" ||
       echo "torch $name gb16: $(tail -3 "$OUT/torch-$name-gb16.log")" | tee -a "$S"
   done
-  python3 - "$S" "$D/bench" "$LAYERS" <<'PY' | tee -a "$S"
-import json, re, sys
-sys.path.insert(0, sys.argv[2])
-from moe_bench import flops_per_token
-L = int(sys.argv[3])
-text = open(sys.argv[1]).read()
-mtc = {m: float(v) for m, v in re.findall(r"^MTC (\w+)-gb16 tokens_per_s ([0-9.]+)", text, re.M)}
-fpt = {m: flops_per_token(L, 2048, 8192, 2048, 8, 2, m == "moe") for m in ("moe", "dense")}
-mfu = {m: t * fpt[m] / 989e12 for m, t in mtc.items()}
-for m, t in mtc.items():
-    print(f"mtc {m} (4 microbatches): {t:,.0f} tokens/s, MFU {mfu[m]:.3f}")
-for l in text.splitlines():
-    if l.startswith("BENCH_RESULT"):
-        r = json.loads(l.split(" ", 1)[1])
-        if not r.get("tokens_per_s"): continue
-        m = "moe" if "moe" in r["system"] else "dense"
-        print(f"{r['system']} (4 microbatches): {r['tokens_per_s']:,.0f} tokens/s"
-              + (f", mtc / it {mtc[m] / r['tokens_per_s']:.3f}" if m in mtc else ""))
-if len(mfu) == 2:
-    print(f"mtc MoE MFU / dense MFU (4 microbatches): {mfu['moe'] / mfu['dense']:.3f}")
-PY
+  python3 "$D/bench/moe_bench.py" --summary "$S" --suffix -gb16 --layers "$LAYERS" | tee -a "$S"
 fi
 case "$MODE" in run2|check2|accum) exit 0 ;; esac
 
@@ -197,29 +177,4 @@ for cfg in "dense:0:grouped" "moe-grouped:1:grouped" "moe-loop:1:loop"; do
   grep BENCH_RESULT "$OUT/torch-$name.log" | tee -a "$S" ||
     echo "torch $name: $(tail -3 "$OUT/torch-$name.log")" | tee -a "$S"
 done
-python3 - "$S" "$D/bench" "$LAYERS" <<'PY' | tee -a "$S"
-import json, re, sys
-sys.path.insert(0, sys.argv[2])
-from moe_bench import flops_per_token
-L = int(sys.argv[3])
-text = open(sys.argv[1]).read()
-mtc = {m: float(v) for m, v in re.findall(r"^MTC (\w+) tokens_per_s ([0-9.]+)", text, re.M)}
-torch = {}
-for l in text.splitlines():
-    if l.startswith("BENCH_RESULT"):
-        r = json.loads(l.split(" ", 1)[1])
-        if r.get("tokens_per_s"): torch[r["system"]] = r["tokens_per_s"]
-peak = 989e12
-fpt = {"moe": flops_per_token(L, 2048, 8192, 2048, 8, 2, True),
-       "dense": flops_per_token(L, 2048, 8192, 2048, 8, 2, False)}
-mfu = {}
-for m, t in mtc.items():
-    mfu[m] = t * fpt[m] / peak
-    print(f"mtc {m}: {t:,.0f} tokens/s, MFU {mfu[m]:.3f} (active parameters, of 989 TFLOP/s)")
-for s, t in torch.items():
-    m = "moe" if "moe" in s else "dense"
-    print(f"{s}: {t:,.0f} tokens/s, MFU {t * fpt[m] / peak:.3f}")
-    if m in mtc: print(f"  mtc {m} / {s}: {mtc[m] / t:.3f}")
-if "moe" in mfu and "dense" in mfu:
-    print(f"mtc MoE MFU / mtc dense MFU: {mfu['moe'] / mfu['dense']:.3f}")
-PY
+python3 "$D/bench/moe_bench.py" --summary "$S" --layers "$LAYERS" | tee -a "$S"
