@@ -135,7 +135,7 @@ if [ "$MODE" = run2 ] || [ "$MODE" = accum ]; then
     grep BENCH_RESULT "$OUT/torch-$name-gb16.log" | tee -a "$S" ||
       echo "torch $name gb16: $(tail -3 "$OUT/torch-$name-gb16.log")" | tee -a "$S"
   done
-  python3 "$D/bench/moe_bench.py" --summary "$S" --suffix -gb16 --layers "$LAYERS" | tee -a "$S"
+  python3 "$D/bench/moe_bench.py" --summary "$S" --suffix=-gb16 --layers "$LAYERS" | tee -a "$S"
 fi
 case "$MODE" in run2|check2|accum) exit 0 ;; esac
 
