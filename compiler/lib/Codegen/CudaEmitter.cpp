@@ -409,10 +409,11 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
     auto it = sink.find(v);
     return it == sink.end() ? std::string() : grad(it->second);
   };
-  // A norm's weight gradient: accumulated into its parameter's gradient, or
-  // (a zero-bubble pipeline's backward piece) into its own fp32 storage,
-  // zeroed first.
-  auto normWeightGrad = [&](Value v) -> std::string {
+  // A weight gradient computed in fp32 by accumulation (a norm's, an MoE
+  // layer's grouped weight or bias gradient): into its parameter's
+  // gradient (a sink), or into its own fp32 storage, zeroed first (a
+  // zero-bubble pipeline's backward piece, an unsunk expert gradient).
+  auto fp32GradTarget = [&](Value v) -> std::string {
     std::string g = sinkOf(v);
     if (!g.empty() || v.use_empty() || !storedF32(v))
       return g;
@@ -559,8 +560,8 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::LayerNormGradOp n) -> LogicalResult {
-        std::string dg = normWeightGrad(n.getDgamma());
-        std::string db = normWeightGrad(n.getDbeta());
+        std::string dg = fp32GradTarget(n.getDgamma());
+        std::string db = fp32GradTarget(n.getDbeta());
         if (dg.empty() || (db.empty() && !n.getDbeta().use_empty()))
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");
@@ -575,7 +576,7 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
         return success();
       })
       .Case([&](mtc::RmsNormGradOp n) -> LogicalResult {
-        std::string dg = normWeightGrad(n.getDgamma());
+        std::string dg = fp32GradTarget(n.getDgamma());
         if (dg.empty())
           return op->emitOpError("CUDA target: norm weight gradients must "
                                  "flow into mtc.accumulate_grad");
@@ -683,20 +684,15 @@ LogicalResult CudaEmitter::emitOp(Operation *op, bool eval) {
       })
       .Case<mtc::GroupedMatmulWgradOp, mtc::GroupedBiasGradOp>(
           [&](Operation *) -> LogicalResult {
-            // Expert weight and bias gradients accumulate into fp32: the
-            // parameter's gradient (a sink), or their own buffer, zeroed.
+            // Expert weight and bias gradients accumulate into fp32.
             Value r = op->getResult(0);
-            std::string g = sinkOf(r);
+            std::string g = fp32GradTarget(r);
             if (g.empty())
-              line(llvm::formatv("MTC_CUDA_CHECK(cudaMemsetAsync({0}, 0, {1}, "
-                                 "ctx.stream));",
-                                 buf(r), numel(r) * 4));
-            line(formatCall(*kernelCall(op,
-                                        [&](Value v) {
-                                          return v == r && !g.empty() ? g
-                                                                      : buf(v);
-                                        }),
-                            "ctx"));
+              return op->emitOpError("CUDA target: an expert gradient must "
+                                     "sink or be stored in fp32");
+            line(formatCall(
+                *kernelCall(op, [&](Value v) { return v == r ? g : buf(v); }),
+                "ctx"));
             return success();
           })
       .Case([&](mtc::AccumulateGradOp a) -> LogicalResult {
